@@ -1,0 +1,141 @@
+"""Order-preserving key encoding and the key prefixes of one shard's store.
+
+A key is a one-byte prefix followed by an encoded tuple. Each tuple element is a type tag and a
+body:
+
+- ``str``: tag ``0x01``, UTF-8 bytes with ``0x00`` escaped as ``0x00 0xFF``, then ``0x00 0x01``;
+- ``int`` (unsigned, < 2**64): tag ``0x02``, eight bytes big-endian.
+
+For tuples whose positions have the same types, the bytewise order of encodings equals the tuple
+order, and the encoding of a tuple prefix is a byte prefix of the encoding of every tuple that
+starts with it, so "all keys starting with these elements" is one contiguous range.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+MAX_U64 = (1 << 64) - 1
+
+_STR = 0x01
+_INT = 0x02
+
+Element = str | int
+
+
+class KeyError_(ValueError):
+    """A key could not be decoded."""
+
+
+class Prefix(IntEnum):
+    """The first byte of every key: which table the key belongs to (DESIGN §3)."""
+
+    JOB = 0x01
+    STATUS = 0x02
+    STATUS_INDEX = 0x03
+    METADATA_INDEX = 0x04
+    READY = 0x05
+    TIMER = 0x06
+    LEASE = 0x07
+    LEASE_EXPIRY = 0x08
+    ATTEMPT = 0x09
+    CANCEL = 0x0A
+    CONCURRENCY_REQUEST = 0x0B
+    CONCURRENCY_HOLDER = 0x0C
+    FLOATING_LIMIT = 0x0D
+    RATE_BUCKET = 0x0E
+    META = 0xF0
+
+
+def encode_tuple(elements: tuple[Element, ...]) -> bytes:
+    """Encode a tuple of ``str`` and unsigned ``int`` preserving order."""
+    out = bytearray()
+    for element in elements:
+        if isinstance(element, bool):
+            raise TypeError("bool is not a key element")
+        if isinstance(element, str):
+            out.append(_STR)
+            out += element.encode("utf-8").replace(b"\x00", b"\x00\xff")
+            out += b"\x00\x01"
+        elif isinstance(element, int):
+            if not 0 <= element <= MAX_U64:
+                raise ValueError(f"key integer out of range: {element}")
+            out.append(_INT)
+            out += element.to_bytes(8, "big")
+        else:
+            raise TypeError(f"unsupported key element type: {type(element).__name__}")
+    return bytes(out)
+
+
+def decode_tuple(data: bytes) -> tuple[Element, ...]:
+    """Inverse of :func:`encode_tuple`; raises :class:`KeyError_` on malformed input."""
+    out: list[Element] = []
+    i = 0
+    n = len(data)
+    while i < n:
+        tag = data[i]
+        i += 1
+        if tag == _INT:
+            if i + 8 > n:
+                raise KeyError_(f"truncated integer in key {data!r}")
+            out.append(int.from_bytes(data[i : i + 8], "big"))
+            i += 8
+        elif tag == _STR:
+            body = bytearray()
+            while True:
+                j = data.find(b"\x00", i)
+                if j < 0 or j + 1 >= n:
+                    raise KeyError_(f"unterminated string in key {data!r}")
+                body += data[i:j]
+                marker = data[j + 1]
+                i = j + 2
+                if marker == 0x01:
+                    break
+                if marker != 0xFF:
+                    raise KeyError_(f"bad escape in key {data!r}")
+                body.append(0)
+            try:
+                out.append(body.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise KeyError_(f"invalid UTF-8 in key {data!r}") from exc
+        else:
+            raise KeyError_(f"unknown element tag {tag:#x} in key {data!r}")
+    return tuple(out)
+
+
+def key(prefix: Prefix, *elements: Element) -> bytes:
+    """The key ``prefix`` + encoded ``elements``."""
+    return bytes((prefix,)) + encode_tuple(elements)
+
+
+def parse(data: bytes) -> tuple[Prefix, tuple[Element, ...]]:
+    """Split a key into its prefix and decoded elements."""
+    if not data:
+        raise KeyError_("empty key")
+    try:
+        prefix = Prefix(data[0])
+    except ValueError as exc:
+        raise KeyError_(f"unknown key prefix {data[0]:#x}") from exc
+    return prefix, decode_tuple(data[1:])
+
+
+def successor(data: bytes) -> bytes | None:
+    """The smallest byte string greater than every string starting with ``data``.
+
+    ``None`` when no such string exists (``data`` is all ``0xFF``), meaning "no upper bound".
+    """
+    stripped = data.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes((stripped[-1] + 1,))
+
+
+def prefix_range(prefix: Prefix, *elements: Element) -> tuple[bytes, bytes | None]:
+    """``(start, end)`` covering exactly the keys of ``prefix`` whose tuple starts with ``elements``."""
+    start = key(prefix, *elements)
+    return start, successor(start)
+
+
+def inverted(value: int) -> int:
+    """``MAX_U64 - value``: sorts newest first when used for timestamps."""
+    return MAX_U64 - value

@@ -1,0 +1,369 @@
+"""The records silo stores and hands out, and their msgpack encoding.
+
+Every record encodes as a msgpack array whose first element is a format version, so a later
+release can read what an earlier one wrote. A record that cannot be decoded raises
+:class:`CorruptRecord` naming its key: nothing is ever silently dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+DEFAULT_TENANT = "default"
+DEFAULT_PRIORITY = 50
+
+
+class CorruptRecord(Exception):
+    """A stored record could not be decoded."""
+
+    def __init__(self, key: bytes, reason: str) -> None:
+        super().__init__(f"corrupt record at key {key.hex()}: {reason}")
+        self.key = key
+
+
+class JobStatus(IntEnum):
+    """A job's lifecycle state (DESIGN §3)."""
+
+    SCHEDULED = 1
+    RUNNING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+    @property
+    def terminal(self) -> bool:
+        return self >= JobStatus.SUCCEEDED
+
+
+TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class AttemptState(IntEnum):
+    RUNNING = 1
+    SUCCEEDED = 2
+    FAILED = 3
+    CANCELLED = 4
+
+
+WORKER_CRASHED = "WORKER_CRASHED"
+"""The failure code recorded when a lease expires without a report."""
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _unpack(key: bytes, data: bytes, version: int, arity: int) -> list[Any]:
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise CorruptRecord(key, f"not msgpack ({exc})") from exc
+    if not isinstance(obj, list) or len(obj) != arity + 1 or obj[0] != version:
+        raise CorruptRecord(key, f"expected a version-{version} record of {arity} fields")
+    return obj[1:]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """At most ``retry_count`` retries per (re)start; retry k waits
+    ``min(initial_backoff_ms * backoff_factor**(k-1), max_backoff_ms)``, times a jitter in
+    [1, 2) when ``randomize`` is set."""
+
+    retry_count: int = 0
+    initial_backoff_ms: int = 1000
+    max_backoff_ms: int = 60_000
+    backoff_factor: float = 2.0
+    randomize: bool = False
+
+    def to_list(self) -> list[Any]:
+        return [
+            self.retry_count,
+            self.initial_backoff_ms,
+            self.max_backoff_ms,
+            self.backoff_factor,
+            self.randomize,
+        ]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> RetryPolicy:
+        return cls(int(data[0]), int(data[1]), int(data[2]), float(data[3]), bool(data[4]))
+
+    def backoff_ms(self, retry_number: int, jitter: float = 1.0) -> int:
+        """Delay before retry ``retry_number`` (1 for the first retry)."""
+        base = self.initial_backoff_ms * (self.backoff_factor ** (retry_number - 1))
+        return int(min(base, self.max_backoff_ms) * jitter)
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """The immutable part of a job, written once at enqueue."""
+
+    tenant: str
+    job_id: str
+    task_group: str
+    payload: bytes
+    priority: int = DEFAULT_PRIORITY
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    metadata: dict[str, str] = field(default_factory=dict)
+    enqueued_at_ms: int = 0
+    start_at_ms: int = 0
+    limits: tuple[Any, ...] = ()
+
+    def encode(self) -> bytes:
+        return _pack(
+            [
+                1,
+                self.tenant,
+                self.job_id,
+                self.task_group,
+                self.payload,
+                self.priority,
+                self.retry.to_list(),
+                sorted(self.metadata.items()),
+                self.enqueued_at_ms,
+                self.start_at_ms,
+                list(self.limits),
+            ]
+        )
+
+    @classmethod
+    def decode(cls, key: bytes, data: bytes) -> JobInfo:
+        f = _unpack(key, data, 1, 10)
+        try:
+            return cls(
+                f[0], f[1], f[2], f[3], f[4], RetryPolicy.from_list(f[5]),
+                {k: v for k, v in f[6]}, f[7], f[8], tuple(f[9]),
+            )
+        except (TypeError, ValueError, IndexError) as exc:
+            raise CorruptRecord(key, f"bad job record ({exc})") from exc
+
+
+@dataclass(slots=True)
+class JobState:
+    """The mutable part of a job.
+
+    ``attempt`` is the highest attempt number ever allocated (0: none); ``run_attempts`` counts
+    the attempts handed out since the last (re)start. ``task`` is the job's queued task, if any:
+    ``(attempt, due_ms, ready)`` where ``ready`` says whether it sits in the ready queue (True)
+    or in the timer index (False). ``lease_task_id`` is the task id of the running attempt.
+    """
+
+    status: JobStatus
+    changed_at_ms: int
+    next_attempt_at_ms: int | None = None
+    attempt: int = 0
+    run_attempts: int = 0
+    task: tuple[int, int, bool] | None = None
+    lease_task_id: str | None = None
+
+    def encode(self) -> bytes:
+        return _pack(
+            [
+                1,
+                int(self.status),
+                self.changed_at_ms,
+                self.next_attempt_at_ms,
+                self.attempt,
+                self.run_attempts,
+                list(self.task) if self.task is not None else None,
+                self.lease_task_id,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, key: bytes, data: bytes) -> JobState:
+        f = _unpack(key, data, 1, 7)
+        try:
+            task = (int(f[5][0]), int(f[5][1]), bool(f[5][2])) if f[5] is not None else None
+            return cls(JobStatus(f[0]), f[1], f[2], f[3], f[4], task, f[6])
+        except (TypeError, ValueError, IndexError) as exc:
+            raise CorruptRecord(key, f"bad status record ({exc})") from exc
+
+    def copy(self) -> JobState:
+        return JobState(
+            self.status,
+            self.changed_at_ms,
+            self.next_attempt_at_ms,
+            self.attempt,
+            self.run_attempts,
+            self.task,
+            self.lease_task_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One hand-out of a job to a worker and how it ended."""
+
+    attempt: int
+    task_id: str
+    state: AttemptState
+    worker_id: str
+    started_at_ms: int
+    ended_at_ms: int | None = None
+    result: bytes | None = None
+    error_code: str | None = None
+    error_data: bytes | None = None
+
+    def encode(self) -> bytes:
+        return _pack(
+            [
+                1,
+                self.attempt,
+                self.task_id,
+                int(self.state),
+                self.worker_id,
+                self.started_at_ms,
+                self.ended_at_ms,
+                self.result,
+                self.error_code,
+                self.error_data,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, key: bytes, data: bytes) -> Attempt:
+        f = _unpack(key, data, 1, 9)
+        try:
+            return cls(f[0], f[1], AttemptState(f[2]), f[3], f[4], f[5], f[6], f[7], f[8])
+        except (TypeError, ValueError) as exc:
+            raise CorruptRecord(key, f"bad attempt record ({exc})") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A queued hand-out of a job: sits in the timer index until due, then in the ready queue."""
+
+    task_id: str
+    tenant: str
+    job_id: str
+    attempt: int
+    task_group: str
+    priority: int
+    due_ms: int
+
+    def encode(self) -> bytes:
+        return _pack(
+            [
+                1,
+                self.task_id,
+                self.tenant,
+                self.job_id,
+                self.attempt,
+                self.task_group,
+                self.priority,
+                self.due_ms,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, key: bytes, data: bytes) -> Task:
+        f = _unpack(key, data, 1, 7)
+        return cls(*f)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's claim on a task until ``expiry_ms``."""
+
+    task_id: str
+    tenant: str
+    job_id: str
+    attempt: int
+    task_group: str
+    worker_id: str
+    leased_at_ms: int
+    expiry_ms: int
+
+    def encode(self) -> bytes:
+        return _pack(
+            [
+                1,
+                self.task_id,
+                self.tenant,
+                self.job_id,
+                self.attempt,
+                self.task_group,
+                self.worker_id,
+                self.leased_at_ms,
+                self.expiry_ms,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, key: bytes, data: bytes) -> Lease:
+        f = _unpack(key, data, 1, 8)
+        return cls(*f)
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedTask:
+    """What a worker receives for each task it leases."""
+
+    task_id: str
+    tenant: str
+    job_id: str
+    attempt: int
+    task_group: str
+    payload: bytes
+    priority: int
+    metadata: dict[str, str]
+    lease_expiry_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    result: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    code: str
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    pass
+
+
+Outcome = Success | Failure | Cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """A job as the API shows it: immutable info, current state and optionally its attempts."""
+
+    info: JobInfo
+    state: JobState
+    cancelled_at_ms: int | None
+    attempts: tuple[Attempt, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """The outcome of a terminal job."""
+
+    status: JobStatus
+    result: bytes | None = None
+    error_code: str | None = None
+    error_data: bytes | None = None
+    cancelled_at_ms: int | None = None
+
+
+def encode_int(value: int) -> bytes:
+    return _pack(value)
+
+
+def decode_int(key: bytes, data: bytes) -> int:
+    try:
+        value = msgpack.unpackb(data)
+    except Exception as exc:
+        raise CorruptRecord(key, f"not msgpack ({exc})") from exc
+    if not isinstance(value, int):
+        raise CorruptRecord(key, "expected an integer")
+    return value

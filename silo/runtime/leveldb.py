@@ -1,0 +1,153 @@
+"""The real :class:`~silo.runtime.disk.Disk`: LevelDB through plyvel.
+
+Every call that may block (open, reads, writes, fsync) runs in a worker thread so the trio thread
+never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+import plyvel
+import trio
+
+from silo.runtime.disk import DiskError, WriteBatch
+
+_LIMITER = trio.CapacityLimiter(8)
+
+
+def _scan_sync(
+    reader, start: bytes, end: bytes | None, reverse: bool, limit: int | None
+) -> list[tuple[bytes, bytes]]:
+    out: list[tuple[bytes, bytes]] = []
+    if limit is not None and limit <= 0:
+        return out
+    it = reader.iterator(start=start, stop=end, reverse=reverse)
+    try:
+        for kv in it:
+            out.append(kv)
+            if limit is not None and len(out) >= limit:
+                break
+    finally:
+        it.close()
+    return out
+
+
+class LevelDBSnapshot:
+    def __init__(self, snap) -> None:
+        self._snap = snap
+
+    async def get(self, key: bytes) -> bytes | None:
+        return await trio.to_thread.run_sync(self._snap.get, key, limiter=_LIMITER)
+
+    async def scan(
+        self, start: bytes, end: bytes | None, *, reverse: bool = False, limit: int | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        return await trio.to_thread.run_sync(
+            _scan_sync, self._snap, start, end, reverse, limit, limiter=_LIMITER
+        )
+
+    def close(self) -> None:
+        self._snap.close()
+
+
+class LevelDBStore:
+    """An open LevelDB database."""
+
+    def __init__(self, db: plyvel.DB, path: str) -> None:
+        self._db = db
+        self.path = path
+        self._write_lock = threading.Lock()
+
+    async def get(self, key: bytes) -> bytes | None:
+        return await trio.to_thread.run_sync(self._db.get, key, limiter=_LIMITER)
+
+    async def scan(
+        self, start: bytes, end: bytes | None, *, reverse: bool = False, limit: int | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        return await trio.to_thread.run_sync(
+            _scan_sync, self._db, start, end, reverse, limit, limiter=_LIMITER
+        )
+
+    def _write_sync(self, ops: list[tuple[bytes, bytes | None]], sync: bool) -> None:
+        try:
+            with self._write_lock:
+                wb = self._db.write_batch(sync=sync)
+                for key, value in ops:
+                    if value is None:
+                        wb.delete(key)
+                    else:
+                        wb.put(key, value)
+                wb.write()
+        except plyvel.Error as exc:  # pragma: no cover - depends on a failing disk
+            raise DiskError(str(exc)) from exc
+
+    async def write(self, batch: WriteBatch, *, sync: bool = True) -> None:
+        await trio.to_thread.run_sync(self._write_sync, list(batch.ops), sync, limiter=_LIMITER)
+
+    def snapshot(self) -> LevelDBSnapshot:
+        return LevelDBSnapshot(self._db.snapshot())
+
+    async def close(self) -> None:
+        if not self._db.closed:
+            await trio.to_thread.run_sync(self._db.close, limiter=_LIMITER)
+
+
+class LevelDBDisk:
+    """Stores are LevelDB directories on the local file system."""
+
+    async def open(self, path: str) -> LevelDBStore:
+        def _open() -> plyvel.DB:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            try:
+                return plyvel.DB(path, create_if_missing=True)
+            except plyvel.Error as exc:
+                raise DiskError(f"cannot open {path}: {exc}") from exc
+
+        db = await trio.to_thread.run_sync(_open, limiter=_LIMITER)
+        return LevelDBStore(db, path)
+
+    async def clone(self, src_path: str, dst_path: str) -> None:
+        def _clone() -> None:
+            if os.path.exists(dst_path):
+                shutil.rmtree(dst_path)
+            shutil.copytree(src_path, dst_path)
+
+        await trio.to_thread.run_sync(_clone, limiter=_LIMITER)
+
+    async def destroy(self, path: str) -> None:
+        await trio.to_thread.run_sync(
+            lambda: shutil.rmtree(path, ignore_errors=True), limiter=_LIMITER
+        )
+
+    async def exists(self, path: str) -> bool:
+        return await trio.to_thread.run_sync(os.path.exists, path, limiter=_LIMITER)
+
+    async def makedirs(self, path: str) -> None:
+        await trio.to_thread.run_sync(
+            lambda: os.makedirs(path, exist_ok=True), limiter=_LIMITER
+        )
+
+    async def read_file(self, path: str) -> bytes | None:
+        def _read() -> bytes | None:
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                return None
+
+        return await trio.to_thread.run_sync(_read, limiter=_LIMITER)
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        def _write() -> None:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            tmp = path + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+
+        await trio.to_thread.run_sync(_write, limiter=_LIMITER)
