@@ -14,6 +14,7 @@ starts with it, so "all keys starting with these elements" is one contiguous ran
 from __future__ import annotations
 
 from enum import IntEnum
+from functools import lru_cache
 
 MAX_U64 = (1 << 64) - 1
 
@@ -47,24 +48,33 @@ class Prefix(IntEnum):
     META = 0xF0
 
 
+@lru_cache(maxsize=65536)
+def _encode_str(value: str) -> bytes:
+    body = value.encode("utf-8")
+    if b"\x00" in body:
+        body = body.replace(b"\x00", b"\x00\xff")
+    return b"\x01" + body + b"\x00\x01"
+
+
+def _encode_element(element: Element) -> bytes:
+    if type(element) is str:
+        return _encode_str(element)
+    if type(element) is int:
+        if not 0 <= element <= MAX_U64:
+            raise ValueError(f"key integer out of range: {element}")
+        return b"\x02" + element.to_bytes(8, "big")
+    if isinstance(element, bool):
+        raise TypeError("bool is not a key element")
+    if isinstance(element, str):
+        return _encode_str(str(element))
+    if isinstance(element, int):
+        return _encode_element(int(element))
+    raise TypeError(f"unsupported key element type: {type(element).__name__}")
+
+
 def encode_tuple(elements: tuple[Element, ...]) -> bytes:
     """Encode a tuple of ``str`` and unsigned ``int`` preserving order."""
-    out = bytearray()
-    for element in elements:
-        if isinstance(element, bool):
-            raise TypeError("bool is not a key element")
-        if isinstance(element, str):
-            out.append(_STR)
-            out += element.encode("utf-8").replace(b"\x00", b"\x00\xff")
-            out += b"\x00\x01"
-        elif isinstance(element, int):
-            if not 0 <= element <= MAX_U64:
-                raise ValueError(f"key integer out of range: {element}")
-            out.append(_INT)
-            out += element.to_bytes(8, "big")
-        else:
-            raise TypeError(f"unsupported key element type: {type(element).__name__}")
-    return bytes(out)
+    return b"".join([_encode_element(e) for e in elements])
 
 
 def decode_tuple(data: bytes) -> tuple[Element, ...]:
@@ -103,9 +113,12 @@ def decode_tuple(data: bytes) -> tuple[Element, ...]:
     return tuple(out)
 
 
+_PREFIX_BYTES = {p: bytes((p,)) for p in Prefix}
+
+
 def key(prefix: Prefix, *elements: Element) -> bytes:
     """The key ``prefix`` + encoded ``elements``."""
-    return bytes((prefix,)) + encode_tuple(elements)
+    return _PREFIX_BYTES[prefix] + b"".join([_encode_element(e) for e in elements])
 
 
 def parse(data: bytes) -> tuple[Prefix, tuple[Element, ...]]:
@@ -131,7 +144,7 @@ def successor(data: bytes) -> bytes | None:
 
 
 def prefix_range(prefix: Prefix, *elements: Element) -> tuple[bytes, bytes | None]:
-    """``(start, end)`` covering exactly the keys of ``prefix`` whose tuple starts with ``elements``."""
+    """``(start, end)``: exactly the keys of ``prefix`` whose tuple starts with ``elements``."""
     start = key(prefix, *elements)
     return start, successor(start)
 

@@ -367,3 +367,35 @@ def decode_int(key: bytes, data: bytes) -> int:
     if not isinstance(value, int):
         raise CorruptRecord(key, "expected an integer")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A request to enqueue one job. ``job_id=None`` lets the shard choose one;
+    ``start_at_ms=0`` means now."""
+
+    task_group: str
+    payload: bytes = b""
+    tenant: str = DEFAULT_TENANT
+    job_id: str | None = None
+    priority: int = DEFAULT_PRIORITY
+    start_at_ms: int = 0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    metadata: dict[str, str] = field(default_factory=dict)
+    limits: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeReport:
+    """A worker's report of how the attempt behind ``task_id`` ended.
+
+    ``tenant``, ``job_id`` and ``attempt`` identify the attempt once its lease is gone, so that
+    a repeated report can be recognised and answered idempotently.
+    """
+
+    worker_id: str
+    task_id: str
+    outcome: Outcome
+    tenant: str | None = None
+    job_id: str | None = None
+    attempt: int | None = None

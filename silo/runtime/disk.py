@@ -63,6 +63,10 @@ class KVStore(Protocol):
 
     async def get(self, key: bytes) -> bytes | None: ...
 
+    async def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """Values of several keys (None where absent), read in one go."""
+        ...
+
     async def scan(
         self, start: bytes, end: bytes | None, *, reverse: bool = False, limit: int | None = None
     ) -> list[tuple[bytes, bytes]]: ...

@@ -24,9 +24,17 @@ def _scan_sync(
     out: list[tuple[bytes, bytes]] = []
     if limit is not None and limit <= 0:
         return out
-    it = reader.iterator(start=start, stop=end, reverse=reverse)
+    if reverse:
+        # plyvel (<= 1.5.1) drops the first item of a reverse iterator when that key equals
+        # ``start`` (its bound check is ``start >= key`` instead of ``start > key``), so reverse
+        # scans leave the lower bound to us: stop at the first key below ``start``.
+        it = reader.iterator(stop=end, reverse=True)
+    else:
+        it = reader.iterator(start=start, stop=end)
     try:
         for kv in it:
+            if reverse and kv[0] < start:
+                break
             out.append(kv)
             if limit is not None and len(out) >= limit:
                 break
@@ -64,6 +72,12 @@ class LevelDBStore:
     async def get(self, key: bytes) -> bytes | None:
         return await trio.to_thread.run_sync(self._db.get, key, limiter=_LIMITER)
 
+    async def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        get = self._db.get
+        return await trio.to_thread.run_sync(
+            lambda: [get(k) for k in keys], limiter=_LIMITER
+        )
+
     async def scan(
         self, start: bytes, end: bytes | None, *, reverse: bool = False, limit: int | None = None
     ) -> list[tuple[bytes, bytes]]:
@@ -91,8 +105,10 @@ class LevelDBStore:
         return LevelDBSnapshot(self._db.snapshot())
 
     async def close(self) -> None:
+        """Close the database; shielded, so a cancelled caller still releases the LOCK."""
         if not self._db.closed:
-            await trio.to_thread.run_sync(self._db.close, limiter=_LIMITER)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._db.close, limiter=_LIMITER)
 
 
 class LevelDBDisk:
@@ -149,5 +165,11 @@ class LevelDBDisk:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            # The rename is durable only once the directory entry is on disk.
+            dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
         await trio.to_thread.run_sync(_write, limiter=_LIMITER)

@@ -1,0 +1,139 @@
+"""Named input limits and the validation that enforces them.
+
+Every check raises :class:`~silo.errors.InvalidArgument` with a message that names the limit
+(e.g. ``payload_max_bytes``) so an operator can find the setting to change. Validation happens
+before anything is written, so rejected input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from silo.errors import InvalidArgument
+from silo.model import RetryPolicy
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True)
+class ShardLimits:
+    """Input limits of DESIGN §3 (all configurable)."""
+
+    payload_max_bytes: int = 1 * MIB
+    result_max_bytes: int = 1 * MIB
+    error_data_max_bytes: int = 64 * KIB
+    error_code_max_chars: int = 128
+    tenant_max_chars: int = 64
+    task_group_max_chars: int = 64
+    job_id_max_chars: int = 128
+    worker_id_max_chars: int = 128
+    metadata_max_entries: int = 16
+    metadata_key_max_chars: int = 64
+    metadata_value_max_bytes: int = 1 * KIB
+    priority_min: int = 0
+    priority_max: int = 99
+    max_tasks_per_lease: int = 1000
+    max_jobs_per_batch: int = 1000
+    retry_count_max: int = 1000
+    backoff_max_ms: int = 7 * 24 * 3600 * 1000
+
+
+def _check_name(value: str, what: str, limit_name: str, limit: int, *, empty_ok: bool) -> None:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be a string")
+    if not value and not empty_ok:
+        raise InvalidArgument(f"{what} must not be empty")
+    if len(value) > limit:
+        raise InvalidArgument(f"{what} is {len(value)} characters; {limit_name} is {limit}")
+
+
+def check_tenant(limits: ShardLimits, tenant: str) -> None:
+    _check_name(tenant, "tenant", "tenant_max_chars", limits.tenant_max_chars, empty_ok=False)
+
+
+def check_task_group(limits: ShardLimits, task_group: str) -> None:
+    _check_name(
+        task_group, "task group", "task_group_max_chars", limits.task_group_max_chars,
+        empty_ok=False,
+    )
+
+
+def check_job_id(limits: ShardLimits, job_id: str) -> None:
+    _check_name(job_id, "job id", "job_id_max_chars", limits.job_id_max_chars, empty_ok=False)
+
+
+def check_worker_id(limits: ShardLimits, worker_id: str) -> None:
+    _check_name(
+        worker_id, "worker id", "worker_id_max_chars", limits.worker_id_max_chars, empty_ok=False
+    )
+
+
+def check_bytes(value: bytes, what: str, limit_name: str, limit: int) -> None:
+    if not isinstance(value, bytes | bytearray):
+        raise InvalidArgument(f"{what} must be bytes")
+    if len(value) > limit:
+        raise InvalidArgument(f"{what} is {len(value)} bytes; {limit_name} is {limit}")
+
+
+def check_priority(limits: ShardLimits, priority: int) -> None:
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise InvalidArgument("priority must be an integer")
+    if not limits.priority_min <= priority <= limits.priority_max:
+        raise InvalidArgument(
+            f"priority {priority} is outside priority_min..priority_max "
+            f"({limits.priority_min}..{limits.priority_max})"
+        )
+
+
+def check_metadata(limits: ShardLimits, metadata: Mapping[str, str]) -> None:
+    if len(metadata) > limits.metadata_max_entries:
+        raise InvalidArgument(
+            f"metadata has {len(metadata)} entries; metadata_max_entries is "
+            f"{limits.metadata_max_entries}"
+        )
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise InvalidArgument("metadata keys and values must be strings")
+        if not k:
+            raise InvalidArgument("metadata keys must not be empty")
+        if len(k) > limits.metadata_key_max_chars:
+            raise InvalidArgument(
+                f"metadata key {k[:20]!r}... is {len(k)} characters; metadata_key_max_chars is "
+                f"{limits.metadata_key_max_chars}"
+            )
+        size = len(v.encode("utf-8"))
+        if size > limits.metadata_value_max_bytes:
+            raise InvalidArgument(
+                f"metadata value of {k!r} is {size} bytes; metadata_value_max_bytes is "
+                f"{limits.metadata_value_max_bytes}"
+            )
+
+
+def check_retry(limits: ShardLimits, retry: RetryPolicy) -> None:
+    if not 0 <= retry.retry_count <= limits.retry_count_max:
+        raise InvalidArgument(
+            f"retry_count {retry.retry_count} is outside 0..retry_count_max "
+            f"({limits.retry_count_max})"
+        )
+    if retry.initial_backoff_ms < 0 or retry.max_backoff_ms < 0:
+        raise InvalidArgument("backoff times must not be negative")
+    if max(retry.max_backoff_ms, retry.initial_backoff_ms) > limits.backoff_max_ms:
+        raise InvalidArgument(f"backoff exceeds backoff_max_ms ({limits.backoff_max_ms})")
+    if not (1.0 <= retry.backoff_factor <= 100.0):
+        raise InvalidArgument(f"backoff_factor {retry.backoff_factor} is outside 1.0..100.0")
+
+
+def check_max_tasks(limits: ShardLimits, max_tasks: int) -> None:
+    if not 1 <= max_tasks <= limits.max_tasks_per_lease:
+        raise InvalidArgument(
+            f"max_tasks {max_tasks} is outside 1..max_tasks_per_lease "
+            f"({limits.max_tasks_per_lease})"
+        )
+
+
+def check_error_code(limits: ShardLimits, code: str) -> None:
+    _check_name(
+        code, "error code", "error_code_max_chars", limits.error_code_max_chars, empty_ok=False
+    )

@@ -1,0 +1,121 @@
+"""In-memory mirrors of the shard's queue, timer, lease and counter tables.
+
+A mirror is a cache of what is on disk: it is loaded by scanning the tables when the shard opens
+and after a failed write, and is otherwise changed only by applying the exact operations of each
+submitted batch. Because the mirrors follow the batch's key writes rather than the shard's
+intentions, they cannot drift from the stored tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sortedcontainers import SortedDict
+
+from silo import keys
+from silo.keys import Prefix
+from silo.model import Lease, Task, decode_int
+from silo.runtime.disk import KVStore
+
+_READY = bytes((Prefix.READY,))
+_TIMER = bytes((Prefix.TIMER,))
+_LEASE = bytes((Prefix.LEASE,))
+_EXPIRY = bytes((Prefix.LEASE_EXPIRY,))
+_META = bytes((Prefix.META,))
+COUNTER_PREFIX = keys.key(Prefix.META, "counter")
+
+
+class ShardMirror:
+    """Ready queue, timers, leases, lease expiries and counters, kept in memory."""
+
+    def __init__(self) -> None:
+        self.ready: SortedDict = SortedDict()  # ready key -> Task
+        self.ready_per_group: dict[str, int] = {}
+        self.timers: SortedDict = SortedDict()  # timer key -> Task
+        self.leases: dict[str, Lease] = {}
+        self.expiries: SortedDict = SortedDict()  # expiry key -> task id
+        self.counters: dict[bytes, int] = {}
+        self.on_timer_added: Callable[[], None] = lambda: None
+        self.on_expiry_added: Callable[[], None] = lambda: None
+
+    def clear(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    async def load(self, kv: KVStore) -> None:
+        """Rebuild every mirror from the stored tables."""
+        on_timer, on_expiry = self.on_timer_added, self.on_expiry_added
+        self.clear()
+        self.on_timer_added, self.on_expiry_added = on_timer, on_expiry
+        for prefix in (_READY, _TIMER, _LEASE, _EXPIRY):
+            end = keys.successor(prefix)
+            start = prefix
+            while True:
+                rows = await kv.scan(start, end, limit=10_000)
+                self.apply(rows)
+                if len(rows) < 10_000:
+                    break
+                start = rows[-1][0] + b"\x00"
+        self.apply(await kv.scan(COUNTER_PREFIX, keys.successor(COUNTER_PREFIX)))
+
+    def apply(self, ops: list[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes]]) -> None:
+        """Apply the puts and deletes of one batch (or rows of a scan) to the mirrors."""
+        for k, v in ops:
+            p = k[:1]
+            if p == _READY:
+                self._apply_ready(k, v)
+            elif p == _TIMER:
+                if v is None:
+                    self.timers.pop(k, None)
+                else:
+                    first = not self.timers or k < self.timers.peekitem(0)[0]
+                    self.timers[k] = Task.decode(k, v)
+                    if first:
+                        self.on_timer_added()
+            elif p == _LEASE:
+                _, (task_id,) = keys.parse(k)
+                if v is None:
+                    self.leases.pop(str(task_id), None)
+                else:
+                    self.leases[str(task_id)] = Lease.decode(k, v)
+            elif p == _EXPIRY:
+                if v is None:
+                    self.expiries.pop(k, None)
+                else:
+                    first = not self.expiries or k < self.expiries.peekitem(0)[0]
+                    _, (_, task_id) = keys.parse(k)
+                    self.expiries[k] = task_id
+                    if first:
+                        self.on_expiry_added()
+            elif p == _META and k.startswith(COUNTER_PREFIX):
+                if v is None:
+                    self.counters.pop(k, None)
+                else:
+                    self.counters[k] = decode_int(k, v)
+
+    def _apply_ready(self, k: bytes, v: bytes | None) -> None:
+        if v is None:
+            task = self.ready.pop(k, None)
+            if task is not None:
+                n = self.ready_per_group[task.task_group] - 1
+                if n:
+                    self.ready_per_group[task.task_group] = n
+                else:
+                    del self.ready_per_group[task.task_group]
+        else:
+            task = Task.decode(k, v)
+            if k not in self.ready:
+                self.ready_per_group[task.task_group] = (
+                    self.ready_per_group.get(task.task_group, 0) + 1
+                )
+            self.ready[k] = task
+
+    def next_timer_due_ms(self) -> int | None:
+        if not self.timers:
+            return None
+        return self.timers.peekitem(0)[1].due_ms
+
+    def next_expiry_ms(self) -> int | None:
+        if not self.expiries:
+            return None
+        _, (expiry, _) = keys.parse(self.expiries.peekitem(0)[0])
+        return int(expiry)

@@ -1,0 +1,1004 @@
+"""JobShard: one shard's jobs, attempts, queues and leases, stored in one ordered KV store.
+
+Contract (DESIGN §3-§4):
+
+- Every operation is one atomic batch. Mutations are serialized by the shard lock; each computes
+  its batch on the current state (durable state plus batches still being written), then waits for
+  the group-commit writer, and replies only once its batch is durable.
+- In-memory state (ready queue, timers, leases, counters) mirrors the stored tables and is
+  rebuilt from disk on open and after any failed write.
+- Leasing moves a task from the ready queue to a lease in one batch under the lock, so no task
+  is ever handed out twice; every hand-out has a new attempt number and task id.
+- Outcome reports are idempotent per task id and fenced by task id and worker id.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import trio
+
+from silo import keys
+from silo.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SiloError,
+    Unavailable,
+)
+from silo.keys import Prefix, inverted, key
+from silo.model import (
+    DEFAULT_TENANT,
+    TERMINAL_STATUSES,
+    WORKER_CRASHED,
+    Attempt,
+    AttemptState,
+    Cancelled,
+    Failure,
+    JobInfo,
+    JobResult,
+    JobState,
+    JobStatus,
+    JobView,
+    Lease,
+    LeasedTask,
+    NewJob,
+    Outcome,
+    OutcomeReport,
+    Success,
+    Task,
+    decode_int,
+    encode_int,
+)
+from silo.runtime import Runtime
+from silo.shard import limits as lim
+from silo.shard.limits import ShardLimits
+from silo.shard.mirror import COUNTER_PREFIX, ShardMirror
+from silo.shard.store import Event, ShardStore, Ticket, merge_scan
+from silo.shard.transitions import Operation, require, retry_delay_ms
+
+MAX_LOOP_SLEEP_S = 1.0
+"""Background loops re-check at least this often, so a wall-clock jump is noticed."""
+
+REAP_BATCH = 500
+PROMOTE_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    limits: ShardLimits = field(default_factory=ShardLimits)
+    lease_ms: int = 30_000
+    """How long a lease lasts without a heartbeat."""
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    cancelled: bool
+    lease_expiry_ms: int
+
+
+@dataclass(frozen=True)
+class ShardStatistics:
+    """An immutable snapshot of one shard's counters (see :meth:`JobShard.statistics`)."""
+
+    shard_id: int
+    synced_writes: int
+    groups_committed: int
+    batches_committed: int
+    jobs_total: int
+    jobs_by_status: dict[str, int]
+    leases_held: int
+    due_tasks_per_task_group: dict[str, int]
+    scheduled_future_tasks: int
+    enqueued: int
+    leased: int
+    completed: dict[str, int]
+    retried: int
+    reaped: int
+
+
+@lru_cache(maxsize=4096)
+def counter_key(*parts: str | int) -> bytes:
+    return key(Prefix.META, "counter", *parts)
+
+
+JOBS_TOTAL = counter_key("jobs")
+JOBS_TERMINAL = counter_key("terminal")
+
+
+@lru_cache(maxsize=4096)
+def status_counter(tenant: str, status: JobStatus) -> bytes:
+    return counter_key("status", tenant, int(status))
+
+
+def status_index_key(tenant: str, state: JobState, job_id: str) -> bytes:
+    return key(
+        Prefix.STATUS_INDEX, tenant, int(state.status), inverted(state.changed_at_ms), job_id
+    )
+
+
+def ready_key(task: Task) -> bytes:
+    return key(
+        Prefix.READY, task.task_group, task.priority, task.due_ms, task.tenant, task.job_id,
+        task.attempt,
+    )
+
+
+def timer_key(task: Task) -> bytes:
+    return key(Prefix.TIMER, task.due_ms, task.tenant, task.job_id, task.attempt)
+
+
+class _Txn:
+    """The writes of one operation, readable by the operation itself before it commits."""
+
+    def __init__(self, store: ShardStore, now_ms: int) -> None:
+        self.store = store
+        self.now = now_ms
+        self.ops: dict[bytes, bytes | None] = {}
+        self.events: list[Event] = []
+        self.counter_deltas: dict[bytes, int] = {}
+        self._cache: dict[bytes, bytes | None] = {}
+
+    async def get(self, k: bytes) -> bytes | None:
+        if k in self.ops:
+            return self.ops[k]
+        if k in self._cache:
+            return self._cache[k]
+        return await self.store.get(k)
+
+    async def prefetch(self, ks: list[bytes]) -> None:
+        """Read ``ks`` in one go so that later :meth:`get` calls need no I/O.
+
+        Only valid while the shard lock is held: nothing else writes in between.
+        """
+        todo = [k for k in ks if k not in self.ops and k not in self._cache]
+        if todo:
+            for k, v in zip(todo, await self.store.get_many(todo), strict=True):
+                self._cache[k] = v
+
+    async def scan(
+        self, start: bytes, end: bytes | None, *, limit: int | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        extra = sum(1 for k in self.ops if k >= start and (end is None or k < end))
+        base = await self.store.scan(start, end, limit=None if limit is None else limit + extra)
+        return merge_scan(base, self.ops, start, end, False, limit)
+
+    def put(self, k: bytes, v: bytes) -> None:
+        self.ops[k] = v
+
+    def delete(self, k: bytes) -> None:
+        self.ops[k] = None
+
+    def bump(self, counter: bytes, delta: int) -> None:
+        self.counter_deltas[counter] = self.counter_deltas.get(counter, 0) + delta
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        self.events.append((kind, fields))
+
+
+class JobShard:
+    """One shard. Create with :func:`open_shard`."""
+
+    def __init__(self, runtime: Runtime, store: ShardStore, shard_id: int, config: ShardConfig):
+        self._rt = runtime
+        self._store = store
+        self.shard_id = shard_id
+        self.config = config
+        self._limits = config.limits
+        self._lock = trio.Lock()
+        self._mirror = ShardMirror()
+        self._rng = runtime.random.stream(f"shard/{shard_id}")
+        self._timer_wakeup = trio.Event()
+        self._reaper_wakeup = trio.Event()
+        self._mirror.on_timer_added = self._wake_timer
+        self._mirror.on_expiry_added = self._wake_reaper
+        self._closing = False
+        self._stats = {"enqueued": 0, "leased": 0, "retried": 0, "reaped": 0}
+        self._completed: dict[str, int] = {"succeeded": 0, "failed": 0, "cancelled": 0}
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _wake_timer(self) -> None:
+        self._timer_wakeup.set()
+
+    def _wake_reaper(self) -> None:
+        self._reaper_wakeup.set()
+
+    async def _load(self) -> None:
+        await self._mirror.load(self._store.kv)
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise Unavailable(f"shard {self.shard_id} is closing")
+
+    async def _begin(self) -> _Txn:
+        """Called with the lock held: repair after a failed write, then start a transaction."""
+        self._check_open()
+        if self._store.broken:
+            await self._load()
+            self._store.repaired()
+        return _Txn(self._store, self._rt.clock.now_ms())
+
+    def _commit(self, txn: _Txn) -> Ticket | None:
+        """Hand the transaction's batch to the writer and update the mirrors (lock held)."""
+        for counter, delta in txn.counter_deltas.items():
+            if delta:
+                txn.ops[counter] = encode_int(self._mirror.counters.get(counter, 0) + delta)
+        if not txn.ops:
+            return None
+        ops = list(txn.ops.items())
+        ticket = self._store.submit(
+            ops, txn.events, ack_before_durable=self._rt.faults.mutation("ack-before-durable")
+        )
+        self._mirror.apply(ops)
+        return ticket
+
+    async def _read_barrier(self) -> None:
+        """Wait until everything a read may have seen is durable."""
+        await self._store.wait_durable(self._store.last_submitted_seq)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}{self._rng.getrandbits(96):024x}"
+
+    async def _info(self, txn: _Txn, tenant: str, job_id: str) -> JobInfo | None:
+        k = key(Prefix.JOB, tenant, job_id)
+        raw = await txn.get(k)
+        return None if raw is None else JobInfo.decode(k, raw)
+
+    async def _state(self, txn: _Txn, tenant: str, job_id: str) -> JobState | None:
+        k = key(Prefix.STATUS, tenant, job_id)
+        raw = await txn.get(k)
+        return None if raw is None else JobState.decode(k, raw)
+
+    async def _job(self, txn: _Txn, tenant: str, job_id: str) -> tuple[JobInfo, JobState]:
+        lim.check_tenant(self._limits, tenant)
+        lim.check_job_id(self._limits, job_id)
+        info = await self._info(txn, tenant, job_id)
+        state = await self._state(txn, tenant, job_id)
+        if info is None or state is None:
+            raise NotFound(f"job not found: {job_id!r} (tenant {tenant!r})")
+        return info, state
+
+    async def _cancelled_at(self, txn: _Txn, tenant: str, job_id: str) -> int | None:
+        k = key(Prefix.CANCEL, tenant, job_id)
+        raw = await txn.get(k)
+        return None if raw is None else decode_int(k, raw)
+
+    def _put_state(
+        self, txn: _Txn, info: JobInfo, old: JobState | None, new: JobState
+    ) -> None:
+        """Write ``new`` and keep the status index, counters and events in step."""
+        t, j = info.tenant, info.job_id
+        if old is None or old.status != new.status or old.changed_at_ms != new.changed_at_ms:
+            if old is not None:
+                txn.delete(status_index_key(t, old, j))
+            txn.put(status_index_key(t, new, j), b"")
+        if old is None or old.status != new.status:
+            if old is not None:
+                txn.bump(status_counter(t, old.status), -1)
+                if old.status.terminal:
+                    txn.bump(JOBS_TERMINAL, -1)
+            txn.bump(status_counter(t, new.status), 1)
+            if new.status.terminal:
+                txn.bump(JOBS_TERMINAL, 1)
+            txn.emit(
+                "status_changed",
+                shard=self.shard_id,
+                tenant=t,
+                job_id=j,
+                old=None if old is None else old.status.name,
+                new=new.status.name,
+                attempt=new.attempt,
+                at_ms=new.changed_at_ms,
+            )
+        txn.put(key(Prefix.STATUS, t, j), new.encode())
+
+    def _queue_task(self, txn: _Txn, info: JobInfo, state: JobState, due_ms: int) -> None:
+        """Allocate the next attempt number and queue its task (ready if due, else a timer)."""
+        attempt = state.attempt + 1
+        task = Task(
+            self._new_id("t"), info.tenant, info.job_id, attempt, info.task_group, info.priority,
+            due_ms,
+        )
+        ready = due_ms <= txn.now
+        if ready:
+            txn.put(ready_key(task), task.encode())
+        else:
+            txn.put(timer_key(task), task.encode())
+        state.attempt = attempt
+        state.task = (attempt, due_ms, ready)
+        state.next_attempt_at_ms = due_ms
+
+    def _unqueue_task(self, txn: _Txn, info: JobInfo, state: JobState) -> Task | None:
+        """Remove the job's queued task, returning it (as remembered by the mirrors)."""
+        if state.task is None:
+            return None
+        attempt, due_ms, ready = state.task
+        probe = Task("", info.tenant, info.job_id, attempt, info.task_group, info.priority, due_ms)
+        k = ready_key(probe) if ready else timer_key(probe)
+        task = (self._mirror.ready if ready else self._mirror.timers).get(k)
+        txn.delete(k)
+        state.task = None
+        state.next_attempt_at_ms = None
+        return task
+
+    # -- enqueue ----------------------------------------------------------------------------
+
+    def _validate(self, job: NewJob) -> None:
+        L = self._limits
+        lim.check_tenant(L, job.tenant)
+        if job.job_id is not None:
+            lim.check_job_id(L, job.job_id)
+        lim.check_task_group(L, job.task_group)
+        lim.check_bytes(job.payload, "payload", "payload_max_bytes", L.payload_max_bytes)
+        lim.check_priority(L, job.priority)
+        lim.check_metadata(L, job.metadata)
+        lim.check_retry(L, job.retry)
+        if job.start_at_ms < 0:
+            raise InvalidArgument("start_at_ms must not be negative")
+
+    async def enqueue(self, job: NewJob) -> str:
+        """Store a new job and queue its first attempt; returns the job id."""
+        return (await self.enqueue_batch([job]))[0]
+
+    async def enqueue_batch(self, jobs: Sequence[NewJob]) -> list[str]:
+        """Store several jobs atomically: all of them are enqueued, or (on any error) none.
+
+        Raises ALREADY_EXISTS when a supplied id is taken (or repeated within the batch).
+        """
+        if not jobs:
+            return []
+        if len(jobs) > self._limits.max_jobs_per_batch:
+            raise InvalidArgument(
+                f"batch has {len(jobs)} jobs; max_jobs_per_batch is "
+                f"{self._limits.max_jobs_per_batch}"
+            )
+        for job in jobs:
+            self._validate(job)
+        async with self._lock:
+            txn = await self._begin()
+            ids: list[str] = []
+            seen: set[tuple[str, str]] = set()
+            await txn.prefetch(
+                [key(Prefix.JOB, j.tenant, j.job_id) for j in jobs if j.job_id is not None]
+            )
+            for job in jobs:
+                job_id = job.job_id if job.job_id is not None else self._new_id("j")
+                ref = (job.tenant, job_id)
+                if ref in seen or await txn.get(key(Prefix.JOB, *ref)) is not None:
+                    raise AlreadyExists(f"job already exists: {job_id!r} (tenant {job.tenant!r})")
+                seen.add(ref)
+                ids.append(job_id)
+            for job, job_id in zip(jobs, ids, strict=True):
+                self._write_new_job(txn, job, job_id)
+            ticket = self._commit(txn)
+        assert ticket is not None
+        await ticket.wait()
+        self._stats["enqueued"] += len(jobs)
+        return ids
+
+    def _write_new_job(self, txn: _Txn, job: NewJob, job_id: str) -> None:
+        now = txn.now
+        info = JobInfo(
+            job.tenant, job_id, job.task_group, bytes(job.payload), job.priority, job.retry,
+            dict(job.metadata), now, job.start_at_ms, tuple(job.limits),
+        )
+        txn.put(key(Prefix.JOB, job.tenant, job_id), info.encode())
+        for mk, mv in sorted(job.metadata.items()):
+            txn.put(key(Prefix.METADATA_INDEX, job.tenant, mk, mv, job_id), b"")
+        state = JobState(JobStatus.SCHEDULED, now)
+        self._queue_task(txn, info, state, max(job.start_at_ms, now) if job.start_at_ms else now)
+        txn.bump(JOBS_TOTAL, 1)
+        txn.emit(
+            "job_enqueued", shard=self.shard_id, tenant=job.tenant, job_id=job_id,
+            task_group=job.task_group, priority=job.priority, due_ms=state.next_attempt_at_ms,
+        )
+        self._put_state(txn, info, None, state)
+
+    # -- leasing ----------------------------------------------------------------------------
+
+    async def _fix_promoted_states(self, txn: _Txn, promoted: list[Task]) -> None:
+        for task in promoted:
+            info = await self._info(txn, task.tenant, task.job_id)
+            state = await self._state(txn, task.tenant, task.job_id)
+            if info is None or state is None or state.task is None:
+                continue
+            new = state.copy()
+            new.task = (state.task[0], state.task[1], True)
+            self._put_state(txn, info, state, new)
+
+    async def promote_due(self) -> int:
+        """Promote every due timer into the ready queue; returns how many moved."""
+        async with self._lock:
+            txn = await self._begin()
+            n = await self._promote_in(txn, PROMOTE_BATCH)
+            ticket = self._commit(txn)
+        if ticket is not None:
+            await ticket.wait()
+        return n
+
+    async def _promote_in(self, txn: _Txn, limit: int) -> int:
+        promoted = []
+        for task in self._mirror.timers.values():
+            if task.due_ms > txn.now or len(promoted) >= limit:
+                break
+            promoted.append(task)
+        for task in promoted:
+            txn.delete(timer_key(task))
+            txn.put(ready_key(task), task.encode())
+        await self._fix_promoted_states(txn, promoted)
+        return len(promoted)
+
+    async def lease_tasks(
+        self, worker_id: str, task_group: str, max_tasks: int
+    ) -> list[LeasedTask]:
+        """Lease up to ``max_tasks`` due tasks of ``task_group``: highest priority (lowest
+        number) first, then earliest due."""
+        lim.check_worker_id(self._limits, worker_id)
+        lim.check_task_group(self._limits, task_group)
+        lim.check_max_tasks(self._limits, max_tasks)
+        async with self._lock:
+            # Due timers first, in their own batch, so that the lease sees them in the queue.
+            txn = await self._begin()
+            await self._promote_in(txn, PROMOTE_BATCH)
+            self._commit(txn)
+            txn = await self._begin()
+            start, end = keys.prefix_range(Prefix.READY, task_group)
+            picked: list[tuple[bytes, Task]] = []
+            for rk in self._mirror.ready.irange(start, end, inclusive=(True, False)):
+                picked.append((rk, self._mirror.ready[rk]))
+                if len(picked) >= max_tasks:
+                    break
+            await txn.prefetch(
+                [k for _, t in picked for k in _job_keys(t.tenant, t.job_id)]
+            )
+            out: list[LeasedTask] = []
+            expiry = txn.now + self.config.lease_ms
+            for rk, task in picked:
+                leased = await self._lease_one(txn, rk, task, worker_id, expiry)
+                if leased is not None:
+                    out.append(leased)
+            ticket = self._commit(txn)
+        if ticket is not None:
+            await ticket.wait()
+        self._stats["leased"] += len(out)
+        return out
+
+    async def _lease_one(
+        self, txn: _Txn, rk: bytes, task: Task, worker_id: str, expiry: int
+    ) -> LeasedTask | None:
+        info = await self._info(txn, task.tenant, task.job_id)
+        state = await self._state(txn, task.tenant, task.job_id)
+        if (
+            info is None
+            or state is None
+            or state.status != JobStatus.SCHEDULED
+            or state.task is None
+            or state.task[0] != task.attempt
+        ):
+            # A stray queue entry (cannot happen while the tables are consistent): drop it.
+            txn.delete(rk)
+            return None
+        if not self._rt.faults.mutation("double-lease"):
+            txn.delete(rk)
+        new = state.copy()
+        new.status = JobStatus.RUNNING
+        new.changed_at_ms = txn.now
+        new.task = None
+        new.next_attempt_at_ms = None
+        new.run_attempts = state.run_attempts + 1
+        new.lease_task_id = task.task_id
+        lease = Lease(
+            task.task_id, task.tenant, task.job_id, task.attempt, task.task_group, worker_id,
+            txn.now, expiry,
+        )
+        txn.put(key(Prefix.LEASE, task.task_id), lease.encode())
+        txn.put(key(Prefix.LEASE_EXPIRY, expiry, task.task_id), b"")
+        attempt = Attempt(task.attempt, task.task_id, AttemptState.RUNNING, worker_id, txn.now)
+        txn.put(key(Prefix.ATTEMPT, task.tenant, task.job_id, task.attempt), attempt.encode())
+        txn.emit(
+            "task_leased", shard=self.shard_id, task_id=task.task_id, tenant=task.tenant,
+            job_id=task.job_id, attempt=task.attempt, worker_id=worker_id,
+            task_group=task.task_group, priority=task.priority, due_ms=task.due_ms,
+            expiry_ms=expiry, at_ms=txn.now,
+        )
+        self._put_state(txn, info, state, new)
+        return LeasedTask(
+            task.task_id, task.tenant, task.job_id, task.attempt, task.task_group, info.payload,
+            info.priority, dict(info.metadata), expiry,
+        )
+
+    # -- running tasks ----------------------------------------------------------------------
+
+    def _owned_lease(self, worker_id: str, task_id: str) -> Lease:
+        lease = self._mirror.leases.get(task_id)
+        if lease is None:
+            raise NotFound(f"lease not found for task {task_id!r}")
+        if lease.worker_id != worker_id:
+            raise FailedPrecondition(
+                f"lease owner mismatch: task {task_id!r} is leased to another worker"
+            )
+        return lease
+
+    async def heartbeat(self, worker_id: str, task_id: str) -> HeartbeatResult:
+        """Extend a lease; reports whether the job has been cancelled."""
+        lim.check_worker_id(self._limits, worker_id)
+        async with self._lock:
+            txn = await self._begin()
+            lease = self._owned_lease(worker_id, task_id)
+            expiry = max(txn.now + self.config.lease_ms, lease.expiry_ms)
+            if expiry != lease.expiry_ms:
+                new = Lease(
+                    lease.task_id, lease.tenant, lease.job_id, lease.attempt, lease.task_group,
+                    lease.worker_id, lease.leased_at_ms, expiry,
+                )
+                txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, task_id))
+                txn.put(key(Prefix.LEASE_EXPIRY, expiry, task_id), b"")
+                txn.put(key(Prefix.LEASE, task_id), new.encode())
+            cancelled = await self._cancelled_at(txn, lease.tenant, lease.job_id) is not None
+            if self._rt.faults.mutation("lost-cancel"):
+                cancelled = False
+            ticket = self._commit(txn)
+        if ticket is not None:
+            await ticket.wait()
+        else:
+            await self._read_barrier()
+        return HeartbeatResult(cancelled, expiry)
+
+    async def report_outcome(self, report: OutcomeReport) -> None:
+        """Record how an attempt ended (idempotent for a repeated identical report)."""
+        error = (await self.report_outcomes([report]))[0]
+        if error is not None:
+            raise error
+
+    async def report_outcomes(self, reports: Sequence[OutcomeReport]) -> list[SiloError | None]:
+        """Record several outcomes in one batch; returns one error (or None) per report."""
+        if len(reports) > self._limits.max_tasks_per_lease:
+            raise InvalidArgument(
+                f"{len(reports)} reports in one call; max_tasks_per_lease is "
+                f"{self._limits.max_tasks_per_lease}"
+            )
+        results: list[SiloError | None] = []
+        async with self._lock:
+            txn = await self._begin()
+            await txn.prefetch(self._report_keys(reports))
+            for report in reports:
+                try:
+                    self._validate_report(report)
+                    await self._report_one(txn, report)
+                    results.append(None)
+                except SiloError as exc:
+                    results.append(exc)
+            ticket = self._commit(txn)
+        if ticket is not None:
+            await ticket.wait()
+        else:
+            await self._read_barrier()
+        return results
+
+    def _report_keys(self, reports: Sequence[OutcomeReport]) -> list[bytes]:
+        out: list[bytes] = []
+        for report in reports:
+            lease = self._mirror.leases.get(report.task_id)
+            if lease is not None:
+                out += _job_keys(lease.tenant, lease.job_id)
+                out.append(key(Prefix.ATTEMPT, lease.tenant, lease.job_id, lease.attempt))
+        return out
+
+    def _validate_report(self, report: OutcomeReport) -> None:
+        L = self._limits
+        lim.check_worker_id(L, report.worker_id)
+        outcome = report.outcome
+        if isinstance(outcome, Success):
+            lim.check_bytes(outcome.result, "result", "result_max_bytes", L.result_max_bytes)
+        elif isinstance(outcome, Failure):
+            lim.check_error_code(L, outcome.code)
+            lim.check_bytes(
+                outcome.data, "error data", "error_data_max_bytes", L.error_data_max_bytes
+            )
+        elif not isinstance(outcome, Cancelled):
+            raise InvalidArgument("outcome must be success, failure or cancelled")
+
+    async def _report_one(self, txn: _Txn, report: OutcomeReport) -> None:
+        lease = self._mirror.leases.get(report.task_id)
+        if lease is not None and key(Prefix.LEASE, report.task_id) in txn.ops:
+            lease = None  # already ended earlier in this same batch
+        if lease is None:
+            await self._check_repeated_report(txn, report)
+            return
+        if lease.worker_id != report.worker_id:
+            raise FailedPrecondition(
+                f"lease owner mismatch: task {report.task_id!r} is leased to another worker"
+            )
+        await self._end_attempt(txn, lease, report.outcome, reaped=False)
+
+    async def _check_repeated_report(self, txn: _Txn, report: OutcomeReport) -> None:
+        """A report without a live lease: succeed if it repeats the recorded outcome."""
+        if report.tenant is None or report.job_id is None or report.attempt is None:
+            raise NotFound(f"lease not found for task {report.task_id!r}")
+        k = key(Prefix.ATTEMPT, report.tenant, report.job_id, report.attempt)
+        raw = await txn.get(k)
+        if raw is None:
+            raise NotFound(f"lease not found for task {report.task_id!r}")
+        attempt = Attempt.decode(k, raw)
+        if attempt.task_id != report.task_id:
+            raise NotFound(f"lease not found for task {report.task_id!r}")
+        if attempt.worker_id != report.worker_id:
+            raise FailedPrecondition(
+                f"lease owner mismatch: task {report.task_id!r} was leased to another worker"
+            )
+        crashed = attempt.error_code == WORKER_CRASHED
+        if attempt.state == _attempt_state_for(report.outcome) and not crashed:
+            return
+        raise NotFound(
+            f"lease not found for task {report.task_id!r}: the attempt already ended "
+            f"{attempt.state.name}"
+            + (" (lease expired)" if attempt.error_code == WORKER_CRASHED else "")
+        )
+
+    async def _end_attempt(
+        self, txn: _Txn, lease: Lease, outcome: Outcome, *, reaped: bool
+    ) -> None:
+        """The single path by which a running attempt ends (report or reap)."""
+        info = await self._info(txn, lease.tenant, lease.job_id)
+        state = await self._state(txn, lease.tenant, lease.job_id)
+        if info is None or state is None:
+            raise NotFound(f"job not found: {lease.job_id!r} (tenant {lease.tenant!r})")
+        cancelled_at = await self._cancelled_at(txn, lease.tenant, lease.job_id)
+        ak = key(Prefix.ATTEMPT, lease.tenant, lease.job_id, lease.attempt)
+        raw = await txn.get(ak)
+        started = Attempt.decode(ak, raw).started_at_ms if raw is not None else lease.leased_at_ms
+        now = txn.now
+        if isinstance(outcome, Success):
+            attempt = Attempt(lease.attempt, lease.task_id, AttemptState.SUCCEEDED,
+                              lease.worker_id, started, now, result=outcome.result)
+        elif isinstance(outcome, Cancelled) or (reaped and cancelled_at is not None):
+            attempt = Attempt(lease.attempt, lease.task_id, AttemptState.CANCELLED,
+                              lease.worker_id, started, now)
+        else:
+            assert isinstance(outcome, Failure)
+            attempt = Attempt(lease.attempt, lease.task_id, AttemptState.FAILED, lease.worker_id,
+                              started, now, error_code=outcome.code, error_data=outcome.data)
+        txn.put(ak, attempt.encode())
+        txn.delete(key(Prefix.LEASE, lease.task_id))
+        txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, lease.task_id))
+
+        new = state.copy()
+        new.changed_at_ms = now
+        new.lease_task_id = None
+        if isinstance(outcome, Success):
+            new.status = JobStatus.SUCCEEDED
+        elif isinstance(outcome, Cancelled) or cancelled_at is not None:
+            new.status = JobStatus.CANCELLED
+            if cancelled_at is None:
+                txn.put(key(Prefix.CANCEL, lease.tenant, lease.job_id), encode_int(now))
+        else:
+            jitter = 1.0 + self._rng.random()
+            delay = retry_delay_ms(info.retry, state.run_attempts, jitter)
+            if delay is None:
+                new.status = JobStatus.FAILED
+            else:
+                new.status = JobStatus.SCHEDULED
+                self._queue_task(txn, info, new, now + delay)
+                self._stats["retried"] += 1
+        kind = "reaped" if reaped else attempt.state.name.lower()
+        txn.emit(
+            "lease_ended", shard=self.shard_id, task_id=lease.task_id, tenant=lease.tenant,
+            job_id=lease.job_id, attempt=lease.attempt, outcome=kind, at_ms=now,
+        )
+        if reaped:
+            self._stats["reaped"] += 1
+        if new.status.terminal:
+            self._completed[new.status.name.lower()] += 1
+        self._put_state(txn, info, state, new)
+
+    async def reap_expired(self) -> int:
+        """End every lease whose expiry has passed as a ``WORKER_CRASHED`` failure (or a cancel
+        when the job was cancelled); returns how many were reaped."""
+        if self._rt.faults.mutation("no-reaper"):
+            return 0
+        async with self._lock:
+            txn = await self._begin()
+            expired: list[str] = []
+            for ek, task_id in self._mirror.expiries.items():
+                _, (expiry, _) = keys.parse(ek)
+                if int(expiry) > txn.now or len(expired) >= REAP_BATCH:
+                    break
+                expired.append(task_id)
+            await txn.prefetch(self._report_keys(
+                [OutcomeReport("", tid, Cancelled()) for tid in expired]
+            ))
+            for task_id in expired:
+                lease = self._mirror.leases.get(task_id)
+                if lease is not None:
+                    await self._end_attempt(txn, lease, Failure(WORKER_CRASHED), reaped=True)
+            ticket = self._commit(txn)
+        if ticket is not None:
+            await ticket.wait()
+        return len(expired)
+
+    # -- operator actions -------------------------------------------------------------------
+
+    async def cancel(self, tenant: str, job_id: str) -> None:
+        """Cancel a scheduled job now, or flag a running one (its worker learns on heartbeat)."""
+        async with self._lock:
+            txn = await self._begin()
+            info, state = await self._job(txn, tenant, job_id)
+            require(Operation.CANCEL, state.status)
+            if await self._cancelled_at(txn, tenant, job_id) is None:
+                txn.put(key(Prefix.CANCEL, tenant, job_id), encode_int(txn.now))
+            if state.status == JobStatus.SCHEDULED:
+                new = state.copy()
+                self._unqueue_task(txn, info, new)
+                new.status = JobStatus.CANCELLED
+                new.changed_at_ms = txn.now
+                self._completed["cancelled"] += 1
+                self._put_state(txn, info, state, new)
+            ticket = self._commit(txn)
+        if ticket is not None:
+            await ticket.wait()
+        else:
+            await self._read_barrier()
+
+    async def restart(self, tenant: str, job_id: str) -> None:
+        """Give a FAILED or CANCELLED job a new run with a fresh retry budget."""
+        async with self._lock:
+            txn = await self._begin()
+            info, state = await self._job(txn, tenant, job_id)
+            require(Operation.RESTART, state.status)
+            txn.delete(key(Prefix.CANCEL, tenant, job_id))
+            new = state.copy()
+            new.status = JobStatus.SCHEDULED
+            new.changed_at_ms = txn.now
+            new.run_attempts = 0
+            self._queue_task(txn, info, new, txn.now)
+            self._put_state(txn, info, state, new)
+            ticket = self._commit(txn)
+        assert ticket is not None
+        await ticket.wait()
+
+    async def expedite(self, tenant: str, job_id: str) -> None:
+        """Make a scheduled job's future task due now (same attempt). A job whose task is
+        already due is left as it is."""
+        async with self._lock:
+            txn = await self._begin()
+            info, state = await self._job(txn, tenant, job_id)
+            require(Operation.EXPEDITE, state.status)
+            if state.task is not None and not state.task[2]:
+                new = state.copy()
+                task = self._unqueue_task(txn, info, new)
+                assert task is not None
+                due = Task(task.task_id, task.tenant, task.job_id, task.attempt, task.task_group,
+                           task.priority, txn.now)
+                txn.put(ready_key(due), due.encode())
+                new.task = (due.attempt, due.due_ms, True)
+                new.next_attempt_at_ms = due.due_ms
+                self._put_state(txn, info, state, new)
+            ticket = self._commit(txn)
+        if ticket is not None:
+            await ticket.wait()
+        else:
+            await self._read_barrier()
+
+    async def delete(self, tenant: str, job_id: str) -> None:
+        """Remove every row of a terminal job, its attempts included."""
+        async with self._lock:
+            txn = await self._begin()
+            info, state = await self._job(txn, tenant, job_id)
+            require(Operation.DELETE, state.status)
+            txn.delete(key(Prefix.JOB, tenant, job_id))
+            txn.delete(key(Prefix.STATUS, tenant, job_id))
+            txn.delete(status_index_key(tenant, state, job_id))
+            for mk, mv in info.metadata.items():
+                txn.delete(key(Prefix.METADATA_INDEX, tenant, mk, mv, job_id))
+            start, end = keys.prefix_range(Prefix.ATTEMPT, tenant, job_id)
+            for ak, _ in await txn.scan(start, end):
+                txn.delete(ak)
+            txn.delete(key(Prefix.CANCEL, tenant, job_id))
+            txn.bump(JOBS_TOTAL, -1)
+            txn.bump(JOBS_TERMINAL, -1)
+            txn.bump(status_counter(tenant, state.status), -1)
+            txn.emit("job_deleted", shard=self.shard_id, tenant=tenant, job_id=job_id,
+                     status=state.status.name)
+            ticket = self._commit(txn)
+        assert ticket is not None
+        await ticket.wait()
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get_job(
+        self, tenant: str, job_id: str, *, include_attempts: bool = False
+    ) -> JobView:
+        async with self._lock:
+            self._check_open()
+            txn = _Txn(self._store, self._rt.clock.now_ms())
+            info, state = await self._job(txn, tenant, job_id)
+            cancelled_at = await self._cancelled_at(txn, tenant, job_id)
+            attempts = None
+            if include_attempts:
+                start, end = keys.prefix_range(Prefix.ATTEMPT, tenant, job_id)
+                attempts = tuple(Attempt.decode(k, v) for k, v in await txn.scan(start, end))
+        await self._read_barrier()
+        return JobView(info, state, cancelled_at, attempts)
+
+    async def get_result(self, tenant: str, job_id: str) -> JobResult:
+        """The outcome of a terminal job; FAILED_PRECONDITION while it is not terminal."""
+        view = await self.get_job(tenant, job_id)
+        status = view.state.status
+        require(Operation.RESULT, status)
+        if status == JobStatus.CANCELLED:
+            return JobResult(status, cancelled_at_ms=view.cancelled_at_ms)
+        async with self._lock:
+            txn = _Txn(self._store, 0)
+            k = key(Prefix.ATTEMPT, tenant, job_id, view.state.attempt)
+            raw = await txn.get(k)
+        if raw is None:
+            raise NotFound(f"attempt {view.state.attempt} of job {job_id!r} not found")
+        attempt = Attempt.decode(k, raw)
+        if status == JobStatus.SUCCEEDED:
+            return JobResult(status, result=attempt.result)
+        return JobResult(status, error_code=attempt.error_code, error_data=attempt.error_data)
+
+    def statistics(self) -> ShardStatistics:
+        by_status = {s.name: 0 for s in JobStatus}
+        prefix = counter_key("status")
+        for ck, n in self._mirror.counters.items():
+            if ck.startswith(prefix):
+                _, parts = keys.parse(ck)
+                by_status[JobStatus(int(parts[3])).name] += n
+        return ShardStatistics(
+            shard_id=self.shard_id,
+            synced_writes=self._store.synced_writes,
+            groups_committed=self._store.groups_committed,
+            batches_committed=self._store.batches_committed,
+            jobs_total=self._mirror.counters.get(JOBS_TOTAL, 0),
+            jobs_by_status=by_status,
+            leases_held=len(self._mirror.leases),
+            due_tasks_per_task_group=dict(sorted(self._mirror.ready_per_group.items())),
+            scheduled_future_tasks=len(self._mirror.timers),
+            enqueued=self._stats["enqueued"],
+            leased=self._stats["leased"],
+            completed=dict(self._completed),
+            retried=self._stats["retried"],
+            reaped=self._stats["reaped"],
+        )
+
+    def counters(self) -> dict[bytes, int]:
+        """The stored counters (as mirrored in memory), non-zero ones only."""
+        return {k: v for k, v in sorted(self._mirror.counters.items()) if v}
+
+    async def recount(self) -> dict[bytes, int]:
+        """Counters recomputed from the job status table; must equal :meth:`counters`."""
+        out: dict[bytes, int] = {}
+        async with self._lock:
+            start, end = keys.prefix_range(Prefix.STATUS)
+            cursor: bytes = start
+            while True:
+                rows = await self._store.scan(cursor, end, limit=5000)
+                for k, v in rows:
+                    _, (tenant, _job) = keys.parse(k)
+                    state = JobState.decode(k, v)
+                    out[JOBS_TOTAL] = out.get(JOBS_TOTAL, 0) + 1
+                    if state.status.terminal:
+                        out[JOBS_TERMINAL] = out.get(JOBS_TERMINAL, 0) + 1
+                    sk = status_counter(str(tenant), state.status)
+                    out[sk] = out.get(sk, 0) + 1
+                if len(rows) < 5000:
+                    break
+                cursor = rows[-1][0] + b"\x00"
+        return dict(sorted(out.items()))
+
+    # -- background loops -------------------------------------------------------------------
+
+    async def _sleep_until(self, due_ms: int | None, wakeup: trio.Event) -> None:
+        if due_ms is None:
+            delay = math.inf
+        else:
+            delay = max(0.0, (due_ms - self._rt.clock.now_ms()) / 1000)
+        with trio.move_on_after(min(delay, MAX_LOOP_SLEEP_S)):
+            await wakeup.wait()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            self._timer_wakeup = trio.Event()
+            due = self._mirror.next_timer_due_ms()
+            if due is not None and due <= self._rt.clock.now_ms():
+                try:
+                    await self.promote_due()
+                except Unavailable:
+                    await trio.sleep(0.1)
+                continue
+            await self._sleep_until(due, self._timer_wakeup)
+
+    async def _reaper_loop(self) -> None:
+        while True:
+            self._reaper_wakeup = trio.Event()
+            due = self._mirror.next_expiry_ms()
+            if (
+                due is not None
+                and due <= self._rt.clock.now_ms()
+                and not self._rt.faults.mutation("no-reaper")
+            ):
+                try:
+                    await self.reap_expired()
+                except Unavailable:
+                    await trio.sleep(0.1)
+                continue
+            await self._sleep_until(due, self._reaper_wakeup)
+
+    async def _shutdown(self) -> None:
+        """Stop taking operations and make everything written so far durable."""
+        self._closing = True
+        async with self._lock:
+            self._store.closed = True
+            await self._store.flush()
+
+
+def _job_keys(tenant: str, job_id: str) -> tuple[bytes, bytes, bytes]:
+    """The job, status and cancel-flag keys of a job."""
+    return (
+        key(Prefix.JOB, tenant, job_id),
+        key(Prefix.STATUS, tenant, job_id),
+        key(Prefix.CANCEL, tenant, job_id),
+    )
+
+
+def _attempt_state_for(outcome: Outcome) -> AttemptState:
+    if isinstance(outcome, Success):
+        return AttemptState.SUCCEEDED
+    if isinstance(outcome, Failure):
+        return AttemptState.FAILED
+    return AttemptState.CANCELLED
+
+
+@asynccontextmanager
+async def open_shard(
+    runtime: Runtime, path: str, *, shard_id: int = 0, config: ShardConfig | None = None
+) -> AsyncIterator[JobShard]:
+    """Open the shard stored at ``path`` and run its writer, timer and reaper until exit.
+
+    On a clean exit every acknowledged and every queued write is made durable and the store is
+    closed.
+    """
+    kv = await runtime.disk.open(path)
+    try:
+        store = ShardStore(kv, runtime.faults, runtime.events)
+        shard = JobShard(runtime, store, shard_id, config or ShardConfig())
+        await shard._load()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.run_writer)
+            nursery.start_soon(shard._timer_loop)
+            nursery.start_soon(shard._reaper_loop)
+            runtime.events("shard_opened", {"shard": shard_id, "node": runtime.node_id})
+            try:
+                yield shard
+            finally:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await shard._shutdown()
+                    finally:
+                        nursery.cancel_scope.cancel()
+                runtime.events("shard_closed", {"shard": shard_id, "node": runtime.node_id})
+    finally:
+        with trio.CancelScope(shield=True):
+            await kv.close()
+
+
+__all__ = [
+    "DEFAULT_TENANT",
+    "TERMINAL_STATUSES",
+    "COUNTER_PREFIX",
+    "HeartbeatResult",
+    "JobShard",
+    "ShardConfig",
+    "ShardStatistics",
+    "open_shard",
+]

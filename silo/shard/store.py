@@ -1,0 +1,249 @@
+"""The shard's view of its store: pending-write overlay and the group-commit writer.
+
+A mutation computes its batch under the shard lock and hands it to :meth:`ShardStore.submit`,
+which makes the batch visible to later reads at once (through the overlay) and queues it for the
+writer. The writer takes every queued batch, writes them as one synced write, and only then
+completes their tickets, so a caller that awaits its ticket replies only after its batch is
+durable. Groups are written in submission order, so a completed ticket implies every earlier
+batch is durable too.
+
+If a write fails, that group and every batch queued behind it fail (they were computed on top of
+it), the overlay is dropped, and the store is marked broken; the shard rebuilds its in-memory
+state from disk before the next mutation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from silo.errors import Unavailable
+from silo.runtime.disk import DiskError, KVStore, WriteBatch
+from silo.runtime.faults import Faults
+
+Event = tuple[str, dict[str, Any]]
+
+
+class Ticket:
+    """Completion of one submitted batch: ``await ticket.wait()`` returns once it is durable."""
+
+    __slots__ = ("seq", "_done", "_error")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self._done = trio.Event()
+        self._error: Exception | None = None
+
+    def _complete(self, error: Exception | None = None) -> None:
+        self._error = error
+        self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def wait(self) -> None:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+
+@dataclass
+class _Pending:
+    ticket: Ticket
+    ops: list[tuple[bytes, bytes | None]]
+    events: list[Event]
+    on_durable: list[Callable[[], None]] = field(default_factory=list)
+
+
+def merge_scan(
+    base: list[tuple[bytes, bytes]],
+    overlay: dict[bytes, bytes | None],
+    start: bytes,
+    end: bytes | None,
+    reverse: bool,
+    limit: int | None,
+) -> list[tuple[bytes, bytes]]:
+    """Merge scan results from a base layer with newer overlay writes (``None`` = deleted).
+
+    ``base`` must be the base layer's scan of the same range, fetched with a limit of at least
+    ``limit + len(overlay entries in range)`` so that deletions cannot starve the result.
+    """
+    in_range = {
+        k: v for k, v in overlay.items() if k >= start and (end is None or k < end)
+    }
+    if not in_range:
+        return base if limit is None else base[:limit]
+    merged: dict[bytes, bytes] = {k: v for k, v in base if k not in in_range}
+    for k, v in in_range.items():
+        if v is not None:
+            merged[k] = v
+    keys = sorted(merged, reverse=reverse)
+    if base and limit is not None and len(base) >= limit:
+        # The base was cut off: keys past its last one are unknown, so stop there.
+        last = base[-1][0]
+        keys = [k for k in keys if (k >= last if reverse else k <= last)]
+    if limit is not None:
+        keys = keys[:limit]
+    return [(k, merged[k]) for k in keys]
+
+
+class ShardStore:
+    """An open :class:`KVStore` plus the overlay of batches not yet durable."""
+
+    def __init__(self, kv: KVStore, faults: Faults, emit: Callable[[str, dict[str, Any]], None]):
+        self._kv = kv
+        self._faults = faults
+        self._emit = emit
+        self._overlay: dict[bytes, tuple[int, bytes | None]] = {}
+        self._queue: list[_Pending] = []
+        self._wakeup = trio.Event()
+        self._seq = 0
+        self._durable_seq = 0
+        self._durable_changed = trio.Event()
+        self.broken = False
+        self.closed = False
+        self.synced_writes = 0
+        self.groups_committed = 0
+        self.batches_committed = 0
+
+    @property
+    def kv(self) -> KVStore:
+        return self._kv
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get(self, key: bytes) -> bytes | None:
+        hit = self._overlay.get(key)
+        if hit is not None:
+            return hit[1]
+        return await self._kv.get(key)
+
+    async def get_many(self, ks: list[bytes]) -> list[bytes | None]:
+        out: list[bytes | None] = [None] * len(ks)
+        missing: list[int] = []
+        for i, k in enumerate(ks):
+            hit = self._overlay.get(k)
+            if hit is not None:
+                out[i] = hit[1]
+            else:
+                missing.append(i)
+        if missing:
+            values = await self._kv.get_many([ks[i] for i in missing])
+            for i, v in zip(missing, values, strict=True):
+                # A batch submitted while the read ran is newer than what the disk returned.
+                hit = self._overlay.get(ks[i])
+                out[i] = hit[1] if hit is not None else v
+        return out
+
+    async def scan(
+        self, start: bytes, end: bytes | None, *, reverse: bool = False, limit: int | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        overlay = {k: v for k, (_, v) in self._overlay.items()}
+        extra = sum(1 for k in overlay if k >= start and (end is None or k < end))
+        base = await self._kv.scan(
+            start, end, reverse=reverse, limit=None if limit is None else limit + extra
+        )
+        # The overlay may have changed while the base scan ran; newer entries win.
+        overlay.update({k: v for k, (_, v) in self._overlay.items()})
+        return merge_scan(base, overlay, start, end, reverse, limit)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        ops: list[tuple[bytes, bytes | None]],
+        events: list[Event],
+        *,
+        ack_before_durable: bool = False,
+    ) -> Ticket:
+        """Queue a batch; it is visible to reads at once and durable when its ticket completes."""
+        if self.broken or self.closed:
+            raise Unavailable("shard store is not accepting writes")
+        self._seq += 1
+        ticket = Ticket(self._seq)
+        for k, v in ops:
+            self._overlay[k] = (self._seq, v)
+        self._queue.append(_Pending(ticket, ops, events))
+        self._wakeup.set()
+        if ack_before_durable:
+            # Planted bug for the simulator: the caller is answered before the write.
+            ticket._complete()
+        return ticket
+
+    @property
+    def last_submitted_seq(self) -> int:
+        return self._seq
+
+    async def wait_durable(self, seq: int) -> None:
+        """Return once every batch up to ``seq`` is durable (or raise if the store broke)."""
+        while self._durable_seq < seq:
+            if self.broken:
+                raise Unavailable("shard store write failed")
+            if self.closed and not self._queue:
+                raise Unavailable("shard closed")
+            await self._durable_changed.wait()
+
+    def _signal_durable(self) -> None:
+        self._durable_changed.set()
+        self._durable_changed = trio.Event()
+
+    async def run_writer(self) -> None:
+        """Write queued batches in groups until cancelled."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            if not self._queue:
+                continue
+            await self._write_group()
+
+    async def _write_group(self) -> None:
+        group, self._queue = self._queue, []
+        batch = WriteBatch()
+        for pending in group:
+            batch.ops.extend(pending.ops)
+        try:
+            if self._faults.fire("shard.write.error"):
+                raise DiskError("injected shard write error")
+            await self._kv.write(batch, sync=True)
+        except DiskError as exc:
+            self._fail_all(group, exc)
+            return
+        self.synced_writes += 1
+        self.groups_committed += 1
+        self.batches_committed += len(group)
+        top = group[-1].ticket.seq
+        for k in {k for p in group for k, _ in p.ops}:
+            hit = self._overlay.get(k)
+            if hit is not None and hit[0] <= top:
+                del self._overlay[k]
+        self._durable_seq = top
+        for pending in group:
+            for kind, fields in pending.events:
+                self._emit(kind, fields)
+            if not pending.ticket.done:
+                pending.ticket._complete()
+        self._signal_durable()
+
+    def _fail_all(self, group: list[_Pending], exc: Exception) -> None:
+        self.broken = True
+        error = Unavailable(f"storage write failed, nothing was changed: {exc}")
+        queued, self._queue = self._queue, []
+        self._overlay.clear()
+        for pending in group + queued:
+            if not pending.ticket.done:
+                pending.ticket._complete(error)
+        self._signal_durable()
+
+    def repaired(self) -> None:
+        """Called by the shard once it has rebuilt its state from disk after a failed write."""
+        self.broken = False
+        self._durable_seq = self._seq
+
+    async def flush(self) -> None:
+        """Write everything queued now (used on close)."""
+        while self._queue and not self.broken:
+            await self._write_group()

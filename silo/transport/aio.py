@@ -1,0 +1,50 @@
+"""The asyncio event loop that grpclib needs, hosted on trio by trio-asyncio.
+
+grpclib is asyncio-only. silo runs it inside trio through one trio-asyncio loop per process (or
+per test): open it once, high up, with :func:`open_asyncio_loop`, and run servers and clients
+inside it::
+
+    async with open_asyncio_loop():
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server.serve, "0.0.0.0", 7450)
+            ...
+
+:class:`silo.transport.grpc.GrpcServer` and ``GrpcConnector.open()`` open a loop themselves when
+none is active, so small programs and tests need not. The loop is found through trio-asyncio's
+context variable, which trio tasks inherit from the task that spawned them: tasks started from
+inside the ``async with`` block see it; tasks of a nursery opened outside it do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio_asyncio
+
+__all__ = ["current_asyncio_loop", "open_asyncio_loop"]
+
+
+def current_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The trio-asyncio loop active in this trio task's context, or ``None``."""
+    loop = trio_asyncio.current_loop.get()
+    if loop is None or loop.is_closed():
+        return None
+    return loop
+
+
+@asynccontextmanager
+async def open_asyncio_loop() -> AsyncIterator[asyncio.AbstractEventLoop]:
+    """Yield the active trio-asyncio loop, opening one for the duration if there is none.
+
+    Re-entrant: nested uses share the outermost loop. Closing a loop this opened cancels the
+    asyncio tasks still running on it, so leave the block only after the servers and channels
+    that use the loop are shut down.
+    """
+    loop = current_asyncio_loop()
+    if loop is not None:
+        yield loop
+        return
+    async with trio_asyncio.open_loop() as new_loop:
+        yield new_loop

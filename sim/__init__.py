@@ -1,0 +1,1 @@
+"""Deterministic simulation of silo: simulated seams (disk, network, clock) and scenario runners."""
