@@ -6,7 +6,9 @@ Usage (from anywhere)::
     .venv/bin/python scripts/gen_proto.py --check  # exit 1 (and show a diff summary) if stale
 
 The compiler runs as a protoc plugin (``protoc-gen-python_betterproto2``) under grpcio-tools'
-bundled protoc, with ``client_generation=async,server_generation=async`` (grpclib stubs). It
+bundled protoc, twice: messages only into ``silo/pb/`` (importable without grpclib or asyncio,
+as the simulator requires) and with ``client_generation=async,server_generation=async`` grpclib
+stubs into ``silo/pb/grpc/``. It
 writes into a temporary directory first; the result is then synced into ``silo/pb/``
 (changed files rewritten, stale files removed, ``__pycache__`` left alone), so a failed
 generation never leaves a half-written package behind.
@@ -34,7 +36,11 @@ PROTO_DIR = ROOT / "proto"
 OUT_DIR = ROOT / "silo" / "pb"
 PROTO_FILES = ["silo.proto"]
 PLUGIN = "protoc-gen-python_betterproto2"
-PLUGIN_OPTIONS = "client_generation=async,server_generation=async"
+MESSAGE_OPTIONS = "client_generation=none,server_generation=none"
+STUB_OPTIONS = "client_generation=async,server_generation=async"
+STUB_SUBDIR = "grpc"
+"""Messages only (no grpclib, no asyncio) go to ``silo/pb/``; the same messages with grpclib
+client and server stubs go to ``silo/pb/grpc/`` for programs that want generated stubs."""
 IGNORED_DIRS = {"__pycache__"}
 DIFF_LINES_PER_FILE = 40
 
@@ -44,7 +50,7 @@ def _tool_path() -> str:
     return os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
 
 
-def generate(dest: Path) -> None:
+def generate(dest: Path, options: str) -> None:
     """Run protoc + the betterproto2 plugin, writing the package into ``dest``."""
     try:
         import grpc_tools
@@ -70,7 +76,7 @@ def generate(dest: Path) -> None:
             f"--proto_path={well_known}",
             f"--plugin={PLUGIN}={plugin}",
             f"--python_betterproto2_out={dest}",
-            f"--python_betterproto2_opt={PLUGIN_OPTIONS}",
+            f"--python_betterproto2_opt={options}",
             *[str(PROTO_DIR / name) for name in PROTO_FILES],
         ]
         proc = subprocess.run(
@@ -157,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="silo-pb-") as tmp:
         out = Path(tmp) / "pb"
-        generate(out)
+        generate(out, MESSAGE_OPTIONS)
+        generate(out / STUB_SUBDIR, STUB_OPTIONS)
         fresh = _files(out)
     current = _files(OUT_DIR)
 

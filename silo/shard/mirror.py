@@ -37,15 +37,16 @@ class ShardMirror:
         self.counters: dict[bytes, int] = {}
         self.on_timer_added: Callable[[], None] = lambda: None
         self.on_expiry_added: Callable[[], None] = lambda: None
+        self.on_ready_added: Callable[[str], None] = lambda task_group: None
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
 
     async def load(self, kv: KVStore) -> None:
         """Rebuild every mirror from the stored tables."""
-        on_timer, on_expiry = self.on_timer_added, self.on_expiry_added
+        callbacks = (self.on_timer_added, self.on_expiry_added, self.on_ready_added)
         self.clear()
-        self.on_timer_added, self.on_expiry_added = on_timer, on_expiry
+        self.on_timer_added, self.on_expiry_added, self.on_ready_added = callbacks
         for prefix in (_READY, _TIMER, _LEASE, _EXPIRY):
             end = keys.successor(prefix)
             start = prefix
@@ -108,6 +109,7 @@ class ShardMirror:
                     self.ready_per_group.get(task.task_group, 0) + 1
                 )
             self.ready[k] = task
+            self.on_ready_added(task.task_group)
 
     def next_timer_due_ms(self) -> int | None:
         if not self.timers:

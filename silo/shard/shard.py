@@ -15,7 +15,7 @@ Contract (DESIGN §3-§4):
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -198,6 +198,9 @@ class JobShard:
         self._reaper_wakeup = trio.Event()
         self._mirror.on_timer_added = self._wake_timer
         self._mirror.on_expiry_added = self._wake_reaper
+        self._mirror.on_ready_added = self._ready_added
+        self.on_ready: Callable[[int, str], None] = lambda shard_id, task_group: None
+        """Called whenever a task of a task group becomes ready (for long-polling leases)."""
         self._closing = False
         self._stats = {"enqueued": 0, "leased": 0, "retried": 0, "reaped": 0}
         self._completed: dict[str, int] = {"succeeded": 0, "failed": 0, "cancelled": 0}
@@ -209,6 +212,16 @@ class JobShard:
 
     def _wake_reaper(self) -> None:
         self._reaper_wakeup.set()
+
+    def _ready_added(self, task_group: str) -> None:
+        self.on_ready(self.shard_id, task_group)
+
+    def has_ready_tasks(self, task_group: str) -> bool:
+        """True when a lease for ``task_group`` could return something now (due timers count)."""
+        if self._mirror.ready_per_group.get(task_group):
+            return True
+        due = self._mirror.next_timer_due_ms()
+        return due is not None and due <= self._rt.clock.now_ms()
 
     async def _load(self) -> None:
         await self._mirror.load(self._store.kv)

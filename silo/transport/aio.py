@@ -11,8 +11,9 @@ inside it::
 
 :class:`silo.transport.grpc.GrpcServer` and ``GrpcConnector.open()`` open a loop themselves when
 none is active, so small programs and tests need not. The loop is found through trio-asyncio's
-context variable, which trio tasks inherit from the task that spawned them: tasks started from
-inside the ``async with`` block see it; tasks of a nursery opened outside it do not.
+context variable, which a trio task copies from the task that calls ``start_soon``/``start``:
+tasks spawned from inside the ``async with`` block see it (whichever nursery they run in); tasks
+spawned by code outside the block, or already running when it was entered, do not.
 """
 
 from __future__ import annotations

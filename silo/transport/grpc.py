@@ -415,7 +415,9 @@ class GrpcServer:
         if self._token is None:
             return True
         expected = self._token.encode()
-        for value in (stream.metadata or {}).getall("authorization", []):
+        metadata = stream.metadata
+        values = metadata.getall("authorization", []) if metadata is not None else []
+        for value in values:
             if not isinstance(value, str):
                 continue
             scheme, _, credential = value.partition(" ")
@@ -498,9 +500,7 @@ class GrpcServer:
             log.exception("handler for %s failed", ctx.method)
             return RpcError(Code.INTERNAL, "internal server error")
         if not isinstance(response, bytes | bytearray | memoryview):
-            log.error(
-                "handler for %s returned %s, not bytes", ctx.method, type(response).__name__
-            )
+            log.error("handler for %s returned %s, not bytes", ctx.method, type(response).__name__)
             return RpcError(Code.INTERNAL, "internal server error")
         return bytes(response)
 

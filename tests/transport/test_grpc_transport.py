@@ -14,6 +14,7 @@ import trio_asyncio
 from grpclib.exceptions import GRPCError
 
 from silo.errors import Code, InvalidArgument, NotFound
+from silo.pb.grpc.silo import v1 as pb_grpc
 from silo.pb.silo import v1 as pb
 from silo.rpc import CallContext, Channel, Connector, RpcError, method_path
 from silo.transport.aio import current_asyncio_loop, open_asyncio_loop
@@ -270,18 +271,22 @@ async def test_many_concurrent_calls_over_one_channel() -> None:
 
 
 async def test_channel_works_from_tasks_outside_the_loop_context() -> None:
-    """A channel keeps the loop it was made in, so tasks spawned outside the block can use it."""
+    """A channel keeps the loop it was made in, so a task that does not see the loop in its
+    context (it was spawned before the loop was opened) can still use it."""
+    send, receive = trio.open_memory_channel[GrpcChannel](1)
+    replies: list[bytes] = []
+    done = trio.Event()
+
+    async def user() -> None:
+        assert current_asyncio_loop() is None
+        channel = await receive.receive()
+        replies.append(await channel.call(ECHO, b"from outside", timeout=5))
+        done.set()
+
     async with trio.open_nursery() as outer:
+        outer.start_soon(user)
         async with serving() as (_, address), channel_to(address) as channel:
-            done = trio.Event()
-            replies: list[bytes] = []
-
-            async def user() -> None:
-                assert current_asyncio_loop() is None
-                replies.append(await channel.call(ECHO, b"from outside", timeout=5))
-                done.set()
-
-            outer.start_soon(user)
+            await send.send(channel)
             await done.wait()
     assert replies == [b"from outside"]
 
@@ -345,21 +350,43 @@ async def test_shutdown_cancels_calls_that_outlive_the_grace_period() -> None:
 
 
 async def test_cancelling_serve_drains_and_stops() -> None:
-    async with open_asyncio_loop():
-        server = GrpcServer(HANDLERS, shutdown_grace=5.0)
-        replies: list[bytes] = []
+    server = GrpcServer(HANDLERS, shutdown_grace=5.0)
+    replies: list[bytes] = []
+    async with GrpcConnector.open() as connector, trio.open_nursery() as calls:
         async with trio.open_nursery() as server_nursery:
             port = await server_nursery.start(server.serve, "127.0.0.1", 0)
-            async with channel_to(f"127.0.0.1:{port}") as channel, trio.open_nursery() as calls:
+            channel = await connector.connect(f"127.0.0.1:{port}")
 
-                async def slow_call() -> None:
-                    replies.append(await channel.call(SLOW, b"0.3", timeout=10))
+            async def slow_call() -> None:
+                replies.append(await channel.call(SLOW, b"0.3", timeout=10))
 
-                calls.start_soon(slow_call)
-                while server.inflight == 0:
-                    await trio.sleep(0.01)
-                server_nursery.cancel_scope.cancel()
+            calls.start_soon(slow_call)
+            while server.inflight == 0:
+                await trio.sleep(0.01)
+            server_nursery.cancel_scope.cancel()
+        # serve() returned only after the in-flight call was answered
         assert replies == [b"done"]
+        with pytest.raises(RpcError) as info:
+            await channel.call(ECHO, b"x", timeout=5)
+        assert info.value.code == Code.UNAVAILABLE
+
+
+async def test_channel_reconnects_after_server_restart() -> None:
+    async with GrpcConnector.open() as connector:
+        first = GrpcServer(HANDLERS)
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(first.serve, "127.0.0.1", 0)
+            channel = await connector.connect(f"127.0.0.1:{port}")
+            assert await channel.call(ECHO, b"1", timeout=5) == b"1"
+            await first.shutdown(grace=1.0)
+        with pytest.raises(RpcError) as info:
+            await channel.call(ECHO, b"down", timeout=5)
+        assert info.value.code == Code.UNAVAILABLE
+        second = GrpcServer(HANDLERS)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(second.serve, "127.0.0.1", port)
+            assert await channel.call(ECHO, b"2", timeout=5) == b"2"
+            await second.shutdown(grace=1.0)
 
 
 async def test_serve_opens_its_own_loop_when_none_is_active() -> None:
@@ -384,17 +411,19 @@ async def test_generated_betterproto2_stub_calls_grpc_server() -> None:
     async with serving({method_path("Enqueue"): enqueue}, token="tok") as (_, address):
         host, port = parse_address(address)
 
-        async def use_stub(tenant: str) -> pb.EnqueueResponse:
+        async def use_stub(tenant: str) -> pb_grpc.EnqueueResponse:
             channel = grpclib.client.Channel(host, port)
             try:
-                stub = pb.SiloStub(channel, metadata={"authorization": "Bearer tok"})
-                request = pb.EnqueueRequest(shard=3, job=pb.JobSpec(tenant=tenant, id="j1"))
+                stub = pb_grpc.SiloStub(channel, metadata={"authorization": "Bearer tok"})
+                request = pb_grpc.EnqueueRequest(
+                    shard=3, job=pb_grpc.JobSpec(tenant=tenant, id="j1")
+                )
                 return await stub.enqueue(request, timeout=5)
             finally:
                 channel.close()
 
         reply = await trio_asyncio.aio_as_trio(use_stub)("acme")
-        assert reply == pb.EnqueueResponse(id="3/acme/j1")
+        assert reply == pb_grpc.EnqueueResponse(id="3/acme/j1")
         with pytest.raises(GRPCError) as info:
             await trio_asyncio.aio_as_trio(use_stub)("missing")
         assert info.value.status.value == Code.NOT_FOUND

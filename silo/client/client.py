@@ -1,0 +1,290 @@
+"""SiloClient: routes job calls to the owning node, retries transient failures.
+
+Routing: the client fetches the shard map from any node, hashes the tenant with xxh64 to find
+its shard, and calls the shard's owner. A "shard not found" answer carries the owner's address
+when the node knows it; otherwise the client refreshes the map. UNAVAILABLE and
+DEADLINE_EXCEEDED are retried with bounded exponential backoff. Because the client always sends
+a job id, a retried enqueue whose first try did land gets ALREADY_EXISTS, which counts as success.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import trio
+
+from silo.cluster.shard_map import HASH_SPACE, ShardMap, ShardRange
+from silo.errors import Code, InvalidArgument, SiloError, Unavailable
+from silo.model import DEFAULT_PRIORITY, DEFAULT_TENANT, NewJob, RetryPolicy
+from silo.node import SHARD_OWNER_METADATA
+from silo.rpc import Channel, Connector, RpcError, method_path
+from silo.runtime.rand import RandomSource
+from silo.wire import new_job_to_pb, pb
+
+M = TypeVar("M")
+
+RETRYABLE = (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """How the client retries transient failures."""
+
+    attempts: int = 8
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 2.0
+    call_timeout_s: float = 10.0
+
+
+class SiloClient:
+    """A connection to a silo cluster. Use :meth:`connect` (real network) or construct it with
+    any :class:`~silo.rpc.Connector` (the simulator's)."""
+
+    def __init__(
+        self,
+        connector: Connector,
+        seeds: Sequence[str],
+        *,
+        token: str | None = None,
+        rng: random.Random | None = None,
+        retry: RetrySettings | None = None,
+    ) -> None:
+        if not seeds:
+            raise ValueError("at least one server address is required")
+        self._connector = connector
+        self._seeds = list(seeds)
+        self._token = token
+        self._rng = rng or RandomSource().stream("client")
+        self.retry = retry or RetrySettings()
+        self._channels: dict[str, Channel] = {}
+        self._shard_map: ShardMap | None = None
+        self._owners: dict[int, str] = {}
+        self._map_lock = trio.Lock()
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls, *addresses: str, token: str | None = None, retry: RetrySettings | None = None
+    ) -> AsyncIterator[SiloClient]:
+        """Connect over gRPC to a cluster reachable at any of ``addresses`` ("host:port")."""
+        from silo.transport.grpc import GrpcConnector
+
+        async with GrpcConnector.open(token=token) as connector:
+            client = cls(connector, addresses or ("127.0.0.1:7450",), token=token, retry=retry)
+            try:
+                await client.refresh_shard_map()
+                yield client
+            finally:
+                await client.aclose()
+
+    async def aclose(self) -> None:
+        channels, self._channels = self._channels, {}
+        for ch in channels.values():
+            with trio.CancelScope(shield=True):
+                await ch.aclose()
+
+    # -- ids --------------------------------------------------------------------------------
+
+    def new_id(self) -> str:
+        """A fresh job id (128 random bits, hex)."""
+        return f"{self._rng.getrandbits(128):032x}"
+
+    # -- low-level calls --------------------------------------------------------------------
+
+    async def _channel(self, address: str) -> Channel:
+        ch = self._channels.get(address)
+        if ch is None:
+            ch = await self._connector.connect(address)
+            self._channels[address] = ch
+        return ch
+
+    async def call_address(
+        self, address: str, method: str, request: Any, response_type: type[M],
+        *, timeout: float | None = None,
+    ) -> M:
+        """One attempt of ``method`` against ``address`` (raises RpcError)."""
+        ch = await self._channel(address)
+        meta = {"authorization": f"Bearer {self._token}"} if self._token else None
+        data = await ch.call(
+            method_path(method), bytes(request), timeout=timeout or self.retry.call_timeout_s,
+            metadata=meta,
+        )
+        return response_type.parse(data)  # type: ignore[attr-defined,no-any-return]
+
+    async def _backoff(self, attempt: int) -> None:
+        base = min(self.retry.initial_backoff_s * (2**attempt), self.retry.max_backoff_s)
+        await trio.sleep(base * (0.5 + self._rng.random() / 2))
+
+    async def call(
+        self,
+        method: str,
+        request: Any,
+        response_type: type[M],
+        *,
+        shard_id: int | None = None,
+        retried_ok: Callable[[SiloError], bool] | None = None,
+        timeout: float | None = None,
+    ) -> M:
+        """Call ``method`` on the owner of ``shard_id`` (any node when None), retrying transient
+        failures and following owner hints. ``retried_ok(err)`` says whether an error seen on a
+        retry (after an ambiguous failure) means the first try already took effect."""
+        ambiguous = False
+        last: SiloError | None = None
+        for attempt in range(self.retry.attempts):
+            address = await self._address_for(shard_id, attempt)
+            try:
+                return await self.call_address(address, method, request, response_type,
+                                               timeout=timeout)
+            except RpcError as exc:
+                err = exc.to_silo_error()
+                if exc.code in RETRYABLE:
+                    ambiguous = True
+                    last = err
+                    if shard_id is not None and attempt >= 1:
+                        self._owners.pop(shard_id, None)
+                elif exc.code == Code.NOT_FOUND and exc.message.startswith("shard not found"):
+                    last = err
+                    hint = exc.metadata.get(SHARD_OWNER_METADATA)
+                    if shard_id is not None and hint and hint != address:
+                        self._owners[shard_id] = hint
+                        continue
+                    await self.refresh_shard_map(force=True)
+                else:
+                    if ambiguous and retried_ok is not None and retried_ok(err):
+                        return response_type()
+                    raise err from None
+            await self._backoff(attempt)
+        assert last is not None
+        raise last
+
+    async def _address_for(self, shard_id: int | None, attempt: int) -> str:
+        if shard_id is not None:
+            if self._shard_map is None:
+                await self.refresh_shard_map()
+            owner = self._owners.get(shard_id)
+            if owner:
+                return owner
+        return self._seeds[attempt % len(self._seeds)]
+
+    # -- shard map --------------------------------------------------------------------------
+
+    async def refresh_shard_map(self, *, force: bool = False) -> ShardMap:
+        """Fetch the shard map and owners from any reachable node."""
+        async with self._map_lock:
+            if self._shard_map is not None and not force:
+                return self._shard_map
+            last: SiloError | None = None
+            for attempt in range(self.retry.attempts):
+                address = self._seeds[attempt % len(self._seeds)]
+                try:
+                    info = await self.call_address(
+                        address, "GetClusterInfo", pb.GetClusterInfoRequest(),
+                        pb.GetClusterInfoResponse,
+                    )
+                except RpcError as exc:
+                    last = exc.to_silo_error()
+                    if exc.code not in RETRYABLE:
+                        raise last from None
+                    await self._backoff(attempt)
+                    continue
+                ranges = tuple(
+                    ShardRange(s.id, s.range_start, HASH_SPACE if s.range_end_max else s.range_end)
+                    for s in info.shards
+                )
+                self._shard_map = ShardMap(info.map_version, ranges)
+                self._owners = {s.id: s.owner_address for s in info.shards if s.owner_address}
+                return self._shard_map
+            raise last or Unavailable("no server reachable")
+
+    @property
+    def shard_map(self) -> ShardMap | None:
+        return self._shard_map
+
+    def owner_addresses(self) -> list[str]:
+        """Distinct addresses of the nodes that own shards (the seeds when none are known)."""
+        found = sorted(set(self._owners.values()))
+        return found or list(self._seeds)
+
+    async def shard_for(self, tenant: str) -> int:
+        shard_map = self._shard_map or await self.refresh_shard_map()
+        return shard_map.shard_for_tenant(tenant).shard_id
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        task_group: str,
+        payload: Any = None,
+        *,
+        tenant: str | None = None,
+        id: str | None = None,
+        priority: int = DEFAULT_PRIORITY,
+        start_at_ms: int | None = None,
+        retry: RetryPolicy | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> JobHandle:
+        """Enqueue one job; returns its handle. ``payload`` is any msgpack-serialisable value."""
+        from silo.client.types import pack
+
+        job = NewJob(
+            task_group=task_group,
+            payload=pack(payload),
+            tenant=tenant or DEFAULT_TENANT,
+            job_id=id or self.new_id(),
+            priority=priority,
+            start_at_ms=start_at_ms or 0,
+            retry=retry or RetryPolicy(),
+            metadata=dict(metadata or {}),
+        )
+        return (await self.enqueue_jobs([job]))[0]
+
+    async def enqueue_jobs(self, jobs: Sequence[NewJob]) -> list[JobHandle]:
+        """Enqueue prepared jobs (payloads already msgpack bytes) in as few RPCs as possible:
+        one EnqueueBatch per shard. Jobs without an id get one."""
+        jobs = [j if j.job_id else _with_id(j, self.new_id()) for j in jobs]
+        by_shard: dict[int, list[NewJob]] = {}
+        for job in jobs:
+            by_shard.setdefault(await self.shard_for(job.tenant), []).append(job)
+        for shard_id in sorted(by_shard):
+            group = by_shard[shard_id]
+            if len(group) == 1:
+                await self.call(
+                    "Enqueue", pb.EnqueueRequest(shard=shard_id, job=new_job_to_pb(group[0])),
+                    pb.EnqueueResponse, shard_id=shard_id, retried_ok=_already_exists,
+                )
+            else:
+                for i in range(0, len(group), 1000):
+                    chunk = group[i : i + 1000]
+                    await self.call(
+                        "EnqueueBatch",
+                        pb.EnqueueBatchRequest(
+                            shard=shard_id, jobs=[new_job_to_pb(j) for j in chunk]
+                        ),
+                        pb.EnqueueBatchResponse, shard_id=shard_id, retried_ok=_already_exists,
+                    )
+        return [JobHandle(self, j.job_id or "", j.tenant) for j in jobs]
+
+    def job(self, id: str, tenant: str | None = None) -> JobHandle:
+        """A handle for an existing job."""
+        if not id:
+            raise InvalidArgument("job id is required")
+        return JobHandle(self, id, tenant or DEFAULT_TENANT)
+
+
+def _with_id(job: NewJob, job_id: str) -> NewJob:
+    from dataclasses import replace
+
+    return replace(job, job_id=job_id)
+
+
+def _already_exists(err: SiloError) -> bool:
+    return err.code == Code.ALREADY_EXISTS
+
+
+from silo.client.handle import JobHandle  # noqa: E402  (cycle: the handle calls the client)

@@ -1,0 +1,1 @@
+"""Cluster: the shard map, tenant routing and (later) membership and ownership."""

@@ -1,0 +1,233 @@
+"""RPC handlers: protobuf request -> node/shard operation -> protobuf response.
+
+Transport-independent: each handler takes the encoded request and returns the encoded response,
+so the grpclib server and the simulator's network serve the very same functions. Errors are
+:class:`~silo.errors.SiloError` subclasses whose code becomes the RPC status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from silo.errors import InvalidArgument, SiloError
+from silo.model import JobStatus
+from silo.node import SiloNode
+from silo.rpc import CallContext, Handler, method_path
+from silo.shard import JobShard
+from silo.shard.limits import check_tenant
+from silo.wire import (
+    job_to_pb,
+    new_job_from_pb,
+    outcome_from_pb,
+    pb,
+    tenant_or_default,
+)
+
+HASH_END = 1 << 64
+
+
+class SiloService:
+    """The ``silo.v1.Silo`` service over one node."""
+
+    def __init__(self, node: SiloNode) -> None:
+        self.node = node
+
+    def handlers(self) -> dict[str, Handler]:
+        """Handlers keyed by full gRPC method path."""
+        table: dict[str, tuple[type[Any], Callable[[Any], Awaitable[Any]]]] = {
+            "Enqueue": (pb.EnqueueRequest, self.enqueue),
+            "EnqueueBatch": (pb.EnqueueBatchRequest, self.enqueue_batch),
+            "GetJob": (pb.GetJobRequest, self.get_job),
+            "GetJobResult": (pb.GetJobResultRequest, self.get_job_result),
+            "CancelJob": (pb.JobActionRequest, self.cancel_job),
+            "RestartJob": (pb.JobActionRequest, self.restart_job),
+            "ExpediteJob": (pb.JobActionRequest, self.expedite_job),
+            "DeleteJob": (pb.JobActionRequest, self.delete_job),
+            "LeaseTasks": (pb.LeaseTasksRequest, self.lease_tasks),
+            "Heartbeat": (pb.HeartbeatRequest, self.heartbeat),
+            "ReportOutcome": (pb.ReportOutcomeRequest, self.report_outcome),
+            "ReportOutcomes": (pb.ReportOutcomesRequest, self.report_outcomes),
+            "GetClusterInfo": (pb.GetClusterInfoRequest, self.get_cluster_info),
+        }
+        return {method_path(name): _handler(name, t, fn) for name, (t, fn) in table.items()}
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def _tenant_shard(self, shard_id: int, tenant: str) -> JobShard:
+        """The shard for a job request, checking that the tenant routes to it."""
+        check_tenant(self.node.config.shard.limits, tenant)
+        shard = self.node.shard(shard_id)
+        rng = self.node.shard_map.shard_for_tenant(tenant)
+        if rng.shard_id != shard_id:
+            raise InvalidArgument(
+                f"tenant {tenant!r} belongs to shard {rng.shard_id}, not shard {shard_id}"
+            )
+        return shard
+
+    def _job_ref(self, ref: pb.JobRef | None) -> tuple[JobShard, str, str]:
+        if ref is None:
+            raise InvalidArgument("job reference is required")
+        if not ref.id:
+            raise InvalidArgument("job id is required")
+        tenant = tenant_or_default(ref.tenant)
+        return self._tenant_shard(ref.shard, tenant), tenant, ref.id
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def enqueue(self, req: pb.EnqueueRequest) -> pb.EnqueueResponse:
+        job = new_job_from_pb(req.job)
+        shard = self._tenant_shard(req.shard, job.tenant)
+        return pb.EnqueueResponse(id=await shard.enqueue(job))
+
+    async def enqueue_batch(self, req: pb.EnqueueBatchRequest) -> pb.EnqueueBatchResponse:
+        jobs = [new_job_from_pb(spec) for spec in req.jobs]
+        if not jobs:
+            return pb.EnqueueBatchResponse()
+        shard = self.node.shard(req.shard)
+        for job in jobs:
+            self._tenant_shard(req.shard, job.tenant)
+        return pb.EnqueueBatchResponse(ids=await shard.enqueue_batch(jobs))
+
+    async def get_job(self, req: pb.GetJobRequest) -> pb.GetJobResponse:
+        shard, tenant, job_id = self._job_ref(req.job)
+        view = await shard.get_job(tenant, job_id, include_attempts=req.include_attempts)
+        return pb.GetJobResponse(job=job_to_pb(view))
+
+    async def get_job_result(self, req: pb.GetJobResultRequest) -> pb.GetJobResultResponse:
+        shard, tenant, job_id = self._job_ref(req.job)
+        r = await shard.get_result(tenant, job_id)
+        return pb.GetJobResultResponse(
+            status=pb.JobStatus(int(r.status)),
+            result=r.result or b"",
+            error_code=r.error_code or "",
+            error_data=r.error_data or b"",
+            cancelled_at_ms=r.cancelled_at_ms or 0,
+        )
+
+    async def cancel_job(self, req: pb.JobActionRequest) -> pb.JobActionResponse:
+        shard, tenant, job_id = self._job_ref(req.job)
+        await shard.cancel(tenant, job_id)
+        return pb.JobActionResponse()
+
+    async def restart_job(self, req: pb.JobActionRequest) -> pb.JobActionResponse:
+        shard, tenant, job_id = self._job_ref(req.job)
+        await shard.restart(tenant, job_id)
+        return pb.JobActionResponse()
+
+    async def expedite_job(self, req: pb.JobActionRequest) -> pb.JobActionResponse:
+        shard, tenant, job_id = self._job_ref(req.job)
+        await shard.expedite(tenant, job_id)
+        return pb.JobActionResponse()
+
+    async def delete_job(self, req: pb.JobActionRequest) -> pb.JobActionResponse:
+        shard, tenant, job_id = self._job_ref(req.job)
+        await shard.delete(tenant, job_id)
+        return pb.JobActionResponse()
+
+    # -- workers ----------------------------------------------------------------------------
+
+    async def lease_tasks(self, req: pb.LeaseTasksRequest) -> pb.LeaseTasksResponse:
+        if req.all_shards:
+            leased = await self.node.lease_any(
+                req.worker_id, req.task_group, req.max_tasks, req.wait_ms
+            )
+            pairs = [(x.shard_id, x.task) for x in leased]
+        else:
+            shard = self.node.shard(req.shard)
+            tasks = await shard.lease_tasks(req.worker_id, req.task_group, req.max_tasks)
+            pairs = [(req.shard, t) for t in tasks]
+        return pb.LeaseTasksResponse(
+            tasks=[
+                pb.Task(
+                    shard=shard_id,
+                    task_id=t.task_id,
+                    tenant=t.tenant,
+                    job_id=t.job_id,
+                    attempt=t.attempt,
+                    task_group=t.task_group,
+                    payload=t.payload,
+                    priority=t.priority,
+                    metadata=dict(t.metadata),
+                    lease_expiry_ms=t.lease_expiry_ms,
+                )
+                for shard_id, t in pairs
+            ],
+            lease_ms=self.node.lease_ms,
+        )
+
+    async def heartbeat(self, req: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        result = await self.node.shard(req.shard).heartbeat(req.worker_id, req.task_id)
+        return pb.HeartbeatResponse(
+            cancelled=result.cancelled, lease_expiry_ms=result.lease_expiry_ms
+        )
+
+    async def report_outcome(self, req: pb.ReportOutcomeRequest) -> pb.ReportOutcomeResponse:
+        if req.outcome is None:
+            raise InvalidArgument("outcome is required")
+        report = outcome_from_pb(req.outcome)
+        await self.node.shard(req.outcome.shard).report_outcome(report)
+        return pb.ReportOutcomeResponse()
+
+    async def report_outcomes(self, req: pb.ReportOutcomesRequest) -> pb.ReportOutcomesResponse:
+        """Each outcome succeeds or fails on its own; the response lists one status per outcome."""
+        statuses: list[pb.OutcomeStatus | None] = [None] * len(req.outcomes)
+        by_shard: dict[int, list[tuple[int, Any]]] = {}
+        for i, o in enumerate(req.outcomes):
+            try:
+                report = outcome_from_pb(o)
+                self.node.shard(o.shard)
+            except SiloError as exc:
+                statuses[i] = pb.OutcomeStatus(code=int(exc.code), message=exc.message)
+                continue
+            by_shard.setdefault(o.shard, []).append((i, report))
+        for shard_id in sorted(by_shard):
+            items = by_shard[shard_id]
+            errors = await self.node.shard(shard_id).report_outcomes([r for _, r in items])
+            for (i, _), err in zip(items, errors, strict=True):
+                statuses[i] = (
+                    pb.OutcomeStatus()
+                    if err is None
+                    else pb.OutcomeStatus(code=int(err.code), message=err.message)
+                )
+        return pb.ReportOutcomesResponse(statuses=[s or pb.OutcomeStatus() for s in statuses])
+
+    # -- cluster ----------------------------------------------------------------------------
+
+    async def get_cluster_info(self, req: pb.GetClusterInfoRequest) -> pb.GetClusterInfoResponse:
+        node = self.node
+        shards = []
+        for rng in node.shard_map.shards:
+            local = rng.shard_id in node.shards
+            shards.append(
+                pb.ShardInfo(
+                    id=rng.shard_id,
+                    range_start=rng.start,
+                    range_end=rng.end % HASH_END,
+                    range_end_max=rng.end == HASH_END,
+                    owner_node=node.config.node_id if local else "",
+                    owner_address=node.config.advertise_address if local else "",
+                )
+            )
+        return pb.GetClusterInfoResponse(
+            map_version=node.shard_map.version, shards=shards, node_id=node.config.node_id
+        )
+
+
+def _handler(
+    name: str, request_type: type[Any], fn: Callable[[Any], Awaitable[Any]]
+) -> Handler:
+    async def handle(data: bytes, ctx: CallContext) -> bytes:
+        try:
+            request = request_type.parse(data)
+        except Exception as exc:
+            raise InvalidArgument(f"malformed {name} request: {exc}") from exc
+        response = await fn(request)
+        return bytes(response)
+
+    handle.__name__ = f"handle_{name}"
+    return handle
+
+
+def status_name(status: int) -> str:
+    return JobStatus(status).name

@@ -1,0 +1,199 @@
+"""Conversions between protobuf messages and silo's model (used by the service and the client).
+
+This is the only module besides the generated code that knows both sides; nothing below the
+service layer sees protobuf.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+from silo.errors import InvalidArgument
+from silo.model import (
+    DEFAULT_PRIORITY,
+    DEFAULT_TENANT,
+    Attempt,
+    AttemptState,
+    Cancelled,
+    Failure,
+    JobStatus,
+    JobView,
+    NewJob,
+    Outcome,
+    OutcomeReport,
+    RetryPolicy,
+    Success,
+)
+from silo.pb.silo import v1 as pb
+
+__all__ = ["pb"]
+
+
+def check_msgpack(data: bytes, what: str) -> None:
+    """INVALID_ARGUMENT unless ``data`` is empty or exactly one well-formed msgpack value."""
+    if not data:
+        return
+    try:
+        msgpack.unpackb(data, raw=True, strict_map_key=False)
+    except Exception as exc:
+        raise InvalidArgument(f"{what} is not valid msgpack: {exc}") from exc
+
+
+def tenant_or_default(tenant: str) -> str:
+    return tenant or DEFAULT_TENANT
+
+
+def retry_from_pb(retry: pb.RetryPolicy | None) -> RetryPolicy:
+    if retry is None:
+        return RetryPolicy()
+    return RetryPolicy(
+        retry_count=retry.retry_count,
+        initial_backoff_ms=retry.initial_backoff_ms,
+        max_backoff_ms=retry.max_backoff_ms,
+        backoff_factor=retry.backoff_factor or 2.0,
+        randomize=retry.randomize,
+    )
+
+
+def retry_to_pb(retry: RetryPolicy) -> pb.RetryPolicy:
+    return pb.RetryPolicy(
+        retry_count=retry.retry_count,
+        initial_backoff_ms=retry.initial_backoff_ms,
+        max_backoff_ms=retry.max_backoff_ms,
+        backoff_factor=retry.backoff_factor,
+        randomize=retry.randomize,
+    )
+
+
+def new_job_from_pb(spec: pb.JobSpec | None) -> NewJob:
+    if spec is None:
+        raise InvalidArgument("job is required")
+    if spec.limits:
+        raise InvalidArgument("job limits are not supported by this server version")
+    check_msgpack(spec.payload, "payload")
+    return NewJob(
+        task_group=spec.task_group,
+        payload=spec.payload,
+        tenant=tenant_or_default(spec.tenant),
+        job_id=spec.id or None,
+        priority=spec.priority if spec.has_priority else DEFAULT_PRIORITY,
+        start_at_ms=spec.start_at_ms,
+        retry=retry_from_pb(spec.retry) if spec.has_retry else RetryPolicy(),
+        metadata=dict(spec.metadata),
+    )
+
+
+def new_job_to_pb(job: NewJob) -> pb.JobSpec:
+    return pb.JobSpec(
+        tenant=job.tenant,
+        id=job.job_id or "",
+        task_group=job.task_group,
+        payload=job.payload,
+        priority=job.priority,
+        has_priority=True,
+        start_at_ms=job.start_at_ms,
+        retry=retry_to_pb(job.retry),
+        has_retry=True,
+        metadata=dict(job.metadata),
+    )
+
+
+def attempt_to_pb(a: Attempt) -> pb.Attempt:
+    return pb.Attempt(
+        attempt=a.attempt,
+        task_id=a.task_id,
+        state=pb.AttemptState(int(a.state)),
+        worker_id=a.worker_id,
+        started_at_ms=a.started_at_ms,
+        ended_at_ms=a.ended_at_ms or 0,
+        result=a.result or b"",
+        error_code=a.error_code or "",
+        error_data=a.error_data or b"",
+    )
+
+
+def attempt_from_pb(a: pb.Attempt) -> Attempt:
+    return Attempt(
+        attempt=a.attempt,
+        task_id=a.task_id,
+        state=AttemptState(int(a.state)),
+        worker_id=a.worker_id,
+        started_at_ms=a.started_at_ms,
+        ended_at_ms=a.ended_at_ms or None,
+        result=a.result if a.state == pb.AttemptState.SUCCEEDED else None,
+        error_code=a.error_code or None,
+        error_data=a.error_data if a.error_code else None,
+    )
+
+
+def job_to_pb(view: JobView) -> pb.Job:
+    info, state = view.info, view.state
+    return pb.Job(
+        tenant=info.tenant,
+        id=info.job_id,
+        task_group=info.task_group,
+        payload=info.payload,
+        priority=info.priority,
+        retry=retry_to_pb(info.retry),
+        metadata=dict(info.metadata),
+        enqueued_at_ms=info.enqueued_at_ms,
+        start_at_ms=info.start_at_ms,
+        status=pb.JobStatus(int(state.status)),
+        status_changed_at_ms=state.changed_at_ms,
+        next_attempt_at_ms=state.next_attempt_at_ms or 0,
+        attempt_count=state.attempt if state.status != JobStatus.SCHEDULED else state.attempt - 1,
+        cancel_requested=view.cancelled_at_ms is not None,
+        cancelled_at_ms=view.cancelled_at_ms or 0,
+        attempts=[attempt_to_pb(a) for a in view.attempts or ()],
+    )
+
+
+def outcome_from_pb(o: pb.Outcome) -> OutcomeReport:
+    which, value = _oneof(o)
+    outcome: Outcome
+    if which == "success":
+        check_msgpack(value, "result")
+        outcome = Success(value)
+    elif which == "failure":
+        check_msgpack(value.data, "error data")
+        outcome = Failure(value.code, value.data)
+    elif which == "cancelled":
+        outcome = Cancelled()
+    else:
+        raise InvalidArgument("outcome must be one of success, failure or cancelled")
+    return OutcomeReport(
+        worker_id=o.worker_id,
+        task_id=o.task_id,
+        outcome=outcome,
+        tenant=o.tenant or None,
+        job_id=o.job_id or None,
+        attempt=o.attempt or None,
+    )
+
+
+def outcome_to_pb(shard: int, report: OutcomeReport) -> pb.Outcome:
+    o = pb.Outcome(
+        shard=shard,
+        worker_id=report.worker_id,
+        task_id=report.task_id,
+        tenant=report.tenant or "",
+        job_id=report.job_id or "",
+        attempt=report.attempt or 0,
+    )
+    outcome = report.outcome
+    if isinstance(outcome, Success):
+        o.success = outcome.result
+    elif isinstance(outcome, Failure):
+        o.failure = pb.Failure(code=outcome.code, data=outcome.data)
+    else:
+        o.cancelled = pb.Cancelled()
+    return o
+
+
+def _oneof(o: pb.Outcome) -> tuple[str | None, object]:
+    import betterproto2
+
+    try:
+        return betterproto2.which_one_of(o, "result")
+    except Exception:  # pragma: no cover - defensive against a malformed message
+        return None, None
