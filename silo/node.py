@@ -51,6 +51,7 @@ class SiloNode:
         self.config = config
         self.shard_map = shard_map
         self.shards: dict[int, JobShard] = {}
+        self.advertise_address = config.advertise_address
         self._ready_events: dict[str, trio.Event] = {}
         self._lease_rotation = 0
 
@@ -64,8 +65,8 @@ class SiloNode:
         shard = self.shards.get(shard_id)
         if shard is None:
             meta = {}
-            if self.shard_map.get(shard_id) is not None and self.config.advertise_address:
-                meta[SHARD_OWNER_METADATA] = self.config.advertise_address
+            if self.shard_map.get(shard_id) is not None and self.advertise_address:
+                meta[SHARD_OWNER_METADATA] = self.advertise_address
             raise NotFound(f"shard not found: {shard_id}", metadata=meta)
         return shard
 

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from silo.errors import InvalidArgument, SiloError
-from silo.model import JobStatus
 from silo.node import SiloNode
 from silo.rpc import CallContext, Handler, method_path
 from silo.shard import JobShard
@@ -206,7 +205,7 @@ class SiloService:
                     range_end=rng.end % HASH_END,
                     range_end_max=rng.end == HASH_END,
                     owner_node=node.config.node_id if local else "",
-                    owner_address=node.config.advertise_address if local else "",
+                    owner_address=node.advertise_address if local else "",
                 )
             )
         return pb.GetClusterInfoResponse(
@@ -228,6 +227,3 @@ def _handler(
     handle.__name__ = f"handle_{name}"
     return handle
 
-
-def status_name(status: int) -> str:
-    return JobStatus(status).name

@@ -89,7 +89,9 @@ class ShardMap:
         return None
 
     def encode(self) -> bytes:
-        return msgpack.packb([1, self.version, [[s.shard_id, s.start, s.end] for s in self.shards]])
+        return msgpack.packb(
+            [1, self.version, [[s.shard_id, s.start, s.end - 1] for s in self.shards]]
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> ShardMap:
@@ -98,7 +100,7 @@ class ShardMap:
             if fmt != 1:
                 raise InvalidShardMap(f"unknown shard map format {fmt}")
             return cls(
-                int(version), tuple(ShardRange(int(a), int(b), int(c)) for a, b, c in shards)
+                int(version), tuple(ShardRange(int(a), int(b), int(c) + 1) for a, b, c in shards)
             )
         except (ValueError, TypeError) as exc:
             raise InvalidShardMap(f"unreadable shard map: {exc}") from exc

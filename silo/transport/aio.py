@@ -49,3 +49,9 @@ async def open_asyncio_loop() -> AsyncIterator[asyncio.AbstractEventLoop]:
         return
     async with trio_asyncio.open_loop() as new_loop:
         yield new_loop
+
+
+async def run_asyncio_handler(fn, *args):  # type: ignore[no-untyped-def]
+    """Await the asyncio coroutine function ``fn(*args)`` from trio (through trio-asyncio)."""
+    async with open_asyncio_loop():
+        return await trio_asyncio.aio_as_trio(fn)(*args)

@@ -119,15 +119,16 @@ class _RawCodec(CodecBase):
         return bytes(data)
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    """``"host:port"`` or ``"[v6addr]:port"`` -> ``(host, port)``."""
+def parse_address(address: str, *, allow_zero: bool = False) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6addr]:port"`` -> ``(host, port)``; port 0 ("any free port")
+    only with ``allow_zero`` (for listening addresses)."""
     host, sep, port_text = address.rpartition(":")
     if not sep or not host or not port_text.isdigit():
         raise ValueError(f"address must be host:port, got {address!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     port = int(port_text)
-    if not 0 < port < 65536:
+    if not (0 if allow_zero else 1) <= port < 65536:
         raise ValueError(f"port out of range in {address!r}")
     return host, port
 

@@ -1,0 +1,136 @@
+"""Server configuration: defaults, a TOML file with ``${VAR}`` substitution, and flags.
+
+Precedence: command-line flags > the TOML file > built-in defaults. In the file, ``${VAR}`` is
+replaced by the environment variable VAR (an error if unset) and ``${VAR:-default}`` by VAR or,
+when VAR is unset or empty, by ``default``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from silo.runtime.files import read_text
+from silo.shard.limits import ShardLimits
+
+
+class ConfigError(ValueError):
+    """The configuration file or a flag is invalid; the message says which setting."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: str = "./silo-data"
+    grpc_addr: str = "127.0.0.1:7450"
+    http_addr: str = "127.0.0.1:7451"
+    advertise_addr: str = ""
+    """Address clients should use for this node; defaults to grpc_addr."""
+    shards: int = 8
+    node_id: str = "node-1"
+    token: str | None = None
+    max_message_bytes: int = 16 * 1024 * 1024
+    lease_ms: int = 30_000
+    shutdown_grace_s: float = 10.0
+    log_level: str = "info"
+    limits: ShardLimits = field(default_factory=ShardLimits)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def substitute(text: str, env: Mapping[str, str]) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in ``text``."""
+
+    def repl(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        value = env.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        if value is not None:
+            return value
+        raise ConfigError(f"environment variable {name} is not set (used as ${{{name}}})")
+
+    return _VAR.sub(repl, text)
+
+
+def _coerce(name: str, value: Any, target: Any) -> Any:
+    if isinstance(target, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false")
+        return value
+    if isinstance(target, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                return int(value)
+            raise ConfigError(f"{name} must be an integer")
+        return value
+    if isinstance(target, float):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name} must be a number")
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string")
+    return value
+
+
+def from_mapping(data: Mapping[str, Any], base: ServerConfig | None = None) -> ServerConfig:
+    """Build a config from a parsed TOML document (unknown keys are errors)."""
+    base = base or ServerConfig()
+    known = {f.name: f for f in dataclasses.fields(ServerConfig)}
+    changes: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in known:
+            raise ConfigError(f"unknown setting {name!r}")
+        if name == "limits":
+            if not isinstance(value, Mapping):
+                raise ConfigError("[limits] must be a table")
+            limit_fields = {f.name for f in dataclasses.fields(ShardLimits)}
+            lim_changes = {}
+            for lname, lvalue in value.items():
+                if lname not in limit_fields:
+                    raise ConfigError(f"unknown limit {lname!r}")
+                lim_changes[lname] = _coerce(
+                    f"limits.{lname}", lvalue, getattr(base.limits, lname)
+                )
+            changes["limits"] = dataclasses.replace(base.limits, **lim_changes)
+        elif name == "token":
+            changes["token"] = _coerce("token", value, "") or None
+        else:
+            changes[name] = _coerce(name, value, getattr(base, name))
+    return validate(dataclasses.replace(base, **changes))
+
+
+def load(path: str, env: Mapping[str, str] | None = None) -> ServerConfig:
+    """Read a TOML config file."""
+    try:
+        text = read_text(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    text = substitute(text, os.environ if env is None else env)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return from_mapping(data)
+
+
+def validate(config: ServerConfig) -> ServerConfig:
+    if not 1 <= config.shards <= 4096:
+        raise ConfigError(f"shards must be within 1..4096 (got {config.shards})")
+    if config.lease_ms < 100:
+        raise ConfigError("lease_ms must be at least 100")
+    for name in ("grpc_addr", "http_addr"):
+        value = getattr(config, name)
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"{name} must look like HOST:PORT (got {value!r})")
+    if config.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log_level must be one of debug, info, warning, error")
+    return config

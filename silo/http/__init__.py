@@ -1,0 +1,1 @@
+"""The HTTP side of a node: /healthz, Prometheus /metrics and (later) the web UI."""
