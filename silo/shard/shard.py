@@ -409,7 +409,8 @@ class JobShard:
             txn.put(key(Prefix.METADATA_INDEX, job.tenant, mk, mv, job_id), b"")
         state = JobState(JobStatus.SCHEDULED, now)
         self._queue_task(txn, info, state, max(job.start_at_ms, now) if job.start_at_ms else now)
-        txn.bump(JOBS_TOTAL, 1)
+        # Planted bug for the simulator: the job counter drifts from the data.
+        txn.bump(JOBS_TOTAL, 2 if self._rt.faults.mutation("counter-drift") else 1)
         txn.emit(
             "job_enqueued", shard=self.shard_id, tenant=job.tenant, job_id=job_id,
             task_group=job.task_group, priority=job.priority, due_ms=state.next_attempt_at_ms,
@@ -466,7 +467,11 @@ class JobShard:
             txn = await self._begin()
             start, end = keys.prefix_range(Prefix.READY, task_group)
             picked: list[tuple[bytes, Task]] = []
-            for rk in self._mirror.ready.irange(start, end, inclusive=(True, False)):
+            # Planted bug for the simulator: hand out the lowest priority first.
+            backwards = self._rt.faults.mutation("ignore-priority")
+            for rk in self._mirror.ready.irange(
+                start, end, inclusive=(True, False), reverse=backwards
+            ):
                 picked.append((rk, self._mirror.ready[rk]))
                 if len(picked) >= max_tasks:
                     break
@@ -750,7 +755,10 @@ class JobShard:
                 txn.put(key(Prefix.CANCEL, tenant, job_id), encode_int(txn.now))
             if state.status == JobStatus.SCHEDULED:
                 new = state.copy()
-                self._unqueue_task(txn, info, new)
+                if self._rt.faults.mutation("skip-release-on-cancel"):
+                    new.task = None  # planted bug: the queued task stays behind
+                else:
+                    self._unqueue_task(txn, info, new)
                 new.status = JobStatus.CANCELLED
                 new.changed_at_ms = txn.now
                 self._completed["cancelled"] += 1

@@ -1,0 +1,25 @@
+"""The Python client: SiloClient (enqueue and manage jobs), JobHandle, and Worker."""
+
+from silo.client.client import RetrySettings, SiloClient
+from silo.client.handle import JobHandle
+from silo.client.types import Cancel, Fail, Job, JobCancelled, JobFailed, pack, unpack
+from silo.client.worker import TaskContext, Worker, asyncio_handler
+from silo.model import JobStatus, RetryPolicy
+
+__all__ = [
+    "Cancel",
+    "Fail",
+    "Job",
+    "JobCancelled",
+    "JobFailed",
+    "JobHandle",
+    "JobStatus",
+    "RetryPolicy",
+    "RetrySettings",
+    "SiloClient",
+    "TaskContext",
+    "Worker",
+    "asyncio_handler",
+    "pack",
+    "unpack",
+]
