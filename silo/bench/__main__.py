@@ -1,4 +1,5 @@
-"""``python -m silo.bench engine [--jobs N] [--workers W]``"""
+"""Benchmarks: ``python -m silo.bench engine [--jobs N] [--workers W]`` (one LevelDB shard)
+and ``python -m silo.bench e2e [--jobs N] [--workers W]`` (server + gRPC + worker processes)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,26 @@ def main(argv: list[str] | None = None) -> int:
     eng = sub.add_parser("engine", help="enqueue -> lease -> complete on one LevelDB shard")
     eng.add_argument("--jobs", type=int, default=20_000)
     eng.add_argument("--workers", type=int, default=8)
+    e2e = sub.add_parser("e2e", help="server process + gRPC enqueues + worker processes")
+    e2e.add_argument("--jobs", type=int, default=5000)
+    e2e.add_argument("--workers", type=int, default=2)
+    ew = sub.add_parser("e2e-worker", help=argparse.SUPPRESS)
+    ew.add_argument("--address", required=True)
+    ew.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    if args.bench == "e2e":
+        from silo.bench.e2e import print_e2e, run_e2e
+
+        if args.jobs < 1 or args.workers < 1:
+            parser.error("--jobs and --workers must be positive")
+        result = run_e2e(args.jobs, args.workers)
+        print_e2e(result)
+        return 0 if result.exactly_once else 1
+    if args.bench == "e2e-worker":
+        from silo.bench.e2e import worker_main
+
+        worker_main(args.address, args.out)
+        return 0
     if args.bench == "engine":
         from silo.bench.engine import print_engine, run_engine
 

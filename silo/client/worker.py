@@ -106,6 +106,7 @@ class Worker:
         heartbeat_fraction: float = 1 / 3,
         lease_wait_ms: int = LEASE_WAIT_MS,
         kind: str | None = None,
+        observer: Callable[[str, int], None] | None = None,
     ) -> None:
         if max_concurrent_tasks < 1:
             raise ValueError("max_concurrent_tasks must be at least 1")
@@ -116,6 +117,9 @@ class Worker:
         if self.kind not in ("trio", "asyncio", "sync"):
             raise ValueError(f"unknown handler kind {self.kind!r}")
         self.max_concurrent_tasks = max_concurrent_tasks
+        self.observer = observer
+        """Called with ("leased", n) after each lease response and ("reported", n) after each
+        acknowledged batch of reports (benchmarks and tests use it)."""
         self.worker_id = worker_id or f"worker-{client.new_id()[:12]}"
         self.heartbeat_fraction = heartbeat_fraction
         self.lease_wait_ms = lease_wait_ms
@@ -200,6 +204,8 @@ class Worker:
                 self._lease_ms = resp.lease_ms
             for _ in range(free - len(resp.tasks)):
                 self._slots.release()
+            if resp.tasks and self.observer is not None:
+                self.observer("leased", len(resp.tasks))
             for task in resp.tasks:
                 tasks.start_soon(self._run_task, task, address)
 
@@ -329,6 +335,8 @@ class Worker:
                         break
                     await trio.sleep(min(0.05 * 2**attempt, 2.0))
                     continue
+                if self.observer is not None:
+                    self.observer("reported", len(items))
                 for (_, report), status in zip(items, resp.statuses, strict=False):
                     if status.code:
                         log.info("report for task %s refused: %s", report.task_id,

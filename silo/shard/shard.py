@@ -445,6 +445,7 @@ class JobShard:
             if task.due_ms > txn.now or len(promoted) >= limit:
                 break
             promoted.append(task)
+        await txn.prefetch([k for t in promoted for k in _job_keys(t.tenant, t.job_id)[:2]])
         for task in promoted:
             txn.delete(timer_key(task))
             txn.put(ready_key(task), task.encode())

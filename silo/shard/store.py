@@ -104,6 +104,7 @@ class ShardStore:
         self._seq = 0
         self._durable_seq = 0
         self._durable_changed = trio.Event()
+        self._writing = False
         self.broken = False
         self.closed = False
         self.synced_writes = 0
@@ -192,13 +193,18 @@ class ShardStore:
         self._durable_changed = trio.Event()
 
     async def run_writer(self) -> None:
-        """Write queued batches in groups until cancelled."""
+        """Write queued batches in groups, in submission order, until cancelled. This is the
+        only task that writes to the store."""
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
-            if not self._queue:
-                continue
-            await self._write_group()
+            while self._queue:
+                self._writing = True
+                try:
+                    await self._write_group()
+                finally:
+                    self._writing = False
+                    self._signal_durable()
 
     async def _write_group(self) -> None:
         group, self._queue = self._queue, []
@@ -244,6 +250,7 @@ class ShardStore:
         self._durable_seq = self._seq
 
     async def flush(self) -> None:
-        """Write everything queued now (used on close)."""
-        while self._queue and not self.broken:
-            await self._write_group()
+        """Wait until the writer has written everything queued so far (used on close)."""
+        while (self._queue or self._writing) and not self.broken:
+            self._wakeup.set()
+            await self._durable_changed.wait()
