@@ -49,6 +49,11 @@ class AttemptState(IntEnum):
     CANCELLED = 4
 
 
+TIMER = 0
+READY = 1
+PARKED = 2
+"""Where a queued task sits (``JobState.task[2]``)."""
+
 WORKER_CRASHED = "WORKER_CRASHED"
 """The failure code recorded when a lease expires without a report."""
 
@@ -99,6 +104,69 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ConcurrencyLimit:
+    """At most ``max_concurrency`` tasks of the tenant's queue ``key`` hold a slot at once."""
+
+    key: str
+    max_concurrency: int
+
+
+@dataclass(frozen=True, slots=True)
+class FloatingConcurrencyLimit:
+    """A concurrency limit whose max is refreshed by a worker every ``refresh_interval_ms``
+    while the queue has work (starting from ``default_max_concurrency``)."""
+
+    key: str
+    default_max_concurrency: int
+    refresh_interval_ms: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``limit`` acquisitions per ``per_ms`` for the tenant's bucket (name, key)."""
+
+    name: str
+    key: str
+    limit: int
+    per_ms: int
+
+
+Limit = ConcurrencyLimit | FloatingConcurrencyLimit | RateLimit
+
+
+def limit_to_list(limit: Limit) -> list[Any]:
+    if isinstance(limit, ConcurrencyLimit):
+        return ["c", limit.key, limit.max_concurrency]
+    if isinstance(limit, FloatingConcurrencyLimit):
+        return [
+            "f", limit.key, limit.default_max_concurrency, limit.refresh_interval_ms,
+            sorted(limit.metadata.items()),
+        ]
+    return ["r", limit.name, limit.key, limit.limit, limit.per_ms]
+
+
+def limit_from_list(data: list[Any]) -> Limit:
+    kind = data[0]
+    if kind == "c":
+        return ConcurrencyLimit(str(data[1]), int(data[2]))
+    if kind == "f":
+        return FloatingConcurrencyLimit(
+            str(data[1]), int(data[2]), int(data[3]), {str(k): str(v) for k, v in data[4]}
+        )
+    if kind == "r":
+        return RateLimit(str(data[1]), str(data[2]), int(data[3]), int(data[4]))
+    raise ValueError(f"unknown limit kind {kind!r}")
+
+
+def concurrency_key(limit: Limit) -> str | None:
+    """The queue a limit holds a slot in (None for a rate limit)."""
+    if isinstance(limit, ConcurrencyLimit | FloatingConcurrencyLimit):
+        return limit.key
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class JobInfo:
     """The immutable part of a job, written once at enqueue."""
 
@@ -111,7 +179,7 @@ class JobInfo:
     metadata: dict[str, str] = field(default_factory=dict)
     enqueued_at_ms: int = 0
     start_at_ms: int = 0
-    limits: tuple[Any, ...] = ()
+    limits: tuple[Limit, ...] = ()
 
     def encode(self) -> bytes:
         return _pack(
@@ -126,7 +194,7 @@ class JobInfo:
                 sorted(self.metadata.items()),
                 self.enqueued_at_ms,
                 self.start_at_ms,
-                list(self.limits),
+                [limit_to_list(limit) for limit in self.limits],
             ]
         )
 
@@ -136,7 +204,7 @@ class JobInfo:
         try:
             return cls(
                 f[0], f[1], f[2], f[3], f[4], RetryPolicy.from_list(f[5]),
-                {k: v for k, v in f[6]}, f[7], f[8], tuple(f[9]),
+                {k: v for k, v in f[6]}, f[7], f[8], tuple(limit_from_list(x) for x in f[9]),
             )
         except (TypeError, ValueError, IndexError) as exc:
             raise CorruptRecord(key, f"bad job record ({exc})") from exc
@@ -148,8 +216,11 @@ class JobState:
 
     ``attempt`` is the highest attempt number ever allocated (0: none); ``run_attempts`` counts
     the attempts handed out since the last (re)start. ``task`` is the job's queued task, if any:
-    ``(attempt, due_ms, ready)`` where ``ready`` says whether it sits in the ready queue (True)
-    or in the timer index (False). ``lease_task_id`` is the task id of the running attempt.
+    ``(attempt, due_ms, where, task_id)`` where ``where`` is :data:`TIMER` (waiting for its
+    time, or for a rate-limit token it has reserved), :data:`READY` (in the ready queue) or
+    :data:`PARKED` (a request waiting for a concurrency slot). ``held`` counts the job's limits
+    (a prefix of ``JobInfo.limits``) acquired by the queued or running attempt: a parked task
+    waits on ``limits[held]``. ``lease_task_id`` is the task id of the running attempt.
     """
 
     status: JobStatus
@@ -157,8 +228,9 @@ class JobState:
     next_attempt_at_ms: int | None = None
     attempt: int = 0
     run_attempts: int = 0
-    task: tuple[int, int, bool] | None = None
+    task: tuple[int, int, int, str] | None = None
     lease_task_id: str | None = None
+    held: int = 0
 
     def encode(self) -> bytes:
         return _pack(
@@ -171,15 +243,17 @@ class JobState:
                 self.run_attempts,
                 list(self.task) if self.task is not None else None,
                 self.lease_task_id,
+                self.held,
             ]
         )
 
     @classmethod
     def decode(cls, key: bytes, data: bytes) -> JobState:
-        f = _unpack(key, data, 1, 7)
+        f = _unpack(key, data, 1, 8)
         try:
-            task = (int(f[5][0]), int(f[5][1]), bool(f[5][2])) if f[5] is not None else None
-            return cls(JobStatus(f[0]), f[1], f[2], f[3], f[4], task, f[6])
+            t = f[5]
+            task = (int(t[0]), int(t[1]), int(t[2]), str(t[3])) if t is not None else None
+            return cls(JobStatus(f[0]), f[1], f[2], f[3], f[4], task, f[6], int(f[7]))
         except (TypeError, ValueError, IndexError) as exc:
             raise CorruptRecord(key, f"bad status record ({exc})") from exc
 
@@ -192,6 +266,7 @@ class JobState:
             self.run_attempts,
             self.task,
             self.lease_task_id,
+            self.held,
         )
 
 
@@ -236,7 +311,12 @@ class Attempt:
 
 @dataclass(frozen=True, slots=True)
 class Task:
-    """A queued hand-out of a job: sits in the timer index until due, then in the ready queue."""
+    """A queued hand-out of a job: sits in the timer index until due, then in the ready queue
+    (or parked on a concurrency queue).
+
+    A task with ``attempt == 0`` is a floating-limit refresh task: ``job_id`` then names the
+    concurrency queue whose max a worker is asked to refresh.
+    """
 
     task_id: str
     tenant: str
@@ -265,10 +345,14 @@ class Task:
         f = _unpack(key, data, 1, 7)
         return cls(*f)
 
+    @property
+    def is_refresh(self) -> bool:
+        return self.attempt == 0
+
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """A worker's claim on a task until ``expiry_ms``."""
+    """A worker's claim on a task until ``expiry_ms`` (``attempt == 0``: a refresh task)."""
 
     task_id: str
     tenant: str
@@ -299,6 +383,10 @@ class Lease:
         f = _unpack(key, data, 1, 8)
         return cls(*f)
 
+    @property
+    def is_refresh(self) -> bool:
+        return self.attempt == 0
+
 
 @dataclass(frozen=True, slots=True)
 class LeasedTask:
@@ -313,6 +401,72 @@ class LeasedTask:
     priority: int
     metadata: dict[str, str]
     lease_expiry_ms: int
+    refresh: RefreshRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshRequest:
+    """What a worker needs to compute a floating limit's new max."""
+
+    queue: str
+    current_max: int
+    metadata: dict[str, str]
+
+
+@dataclass(slots=True)
+class QueueState:
+    """A concurrency queue's current max and, for floating limits, its refresh schedule."""
+
+    max_concurrency: int
+    floating: bool = False
+    default_max: int = 0
+    refresh_interval_ms: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+    task_group: str = ""
+    next_refresh_ms: int = 0
+    backoff_ms: int = 0
+    refresh_task_id: str | None = None
+
+    def encode(self) -> bytes:
+        return _pack(
+            [
+                1, self.max_concurrency, self.floating, self.default_max,
+                self.refresh_interval_ms, sorted(self.metadata.items()), self.task_group,
+                self.next_refresh_ms, self.backoff_ms, self.refresh_task_id,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, key: bytes, data: bytes) -> QueueState:
+        f = _unpack(key, data, 1, 9)
+        try:
+            return cls(int(f[0]), bool(f[1]), int(f[2]), int(f[3]), {k: v for k, v in f[4]},
+                       str(f[5]), int(f[6]), int(f[7]), f[8])
+        except (TypeError, ValueError) as exc:
+            raise CorruptRecord(key, f"bad queue record ({exc})") from exc
+
+    def copy(self) -> QueueState:
+        return QueueState(
+            self.max_concurrency, self.floating, self.default_max, self.refresh_interval_ms,
+            dict(self.metadata), self.task_group, self.next_refresh_ms, self.backoff_ms,
+            self.refresh_task_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RateBucket:
+    """A token bucket: ``tokens`` (may be negative: reserved ahead) as of ``updated_ms``."""
+
+    tokens: float
+    updated_ms: int
+
+    def encode(self) -> bytes:
+        return _pack([1, self.tokens, self.updated_ms])
+
+    @classmethod
+    def decode(cls, key: bytes, data: bytes) -> RateBucket:
+        f = _unpack(key, data, 1, 2)
+        return cls(float(f[0]), int(f[1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +496,8 @@ class JobView:
     state: JobState
     cancelled_at_ms: int | None
     attempts: tuple[Attempt, ...] | None = None
+    waiting_for: str = ""
+    """What a scheduled job waits for (its start time, a concurrency slot, a rate token...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +538,7 @@ class NewJob:
     start_at_ms: int = 0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     metadata: dict[str, str] = field(default_factory=dict)
-    limits: tuple[Any, ...] = ()
+    limits: tuple[Limit, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,8 @@ class SiloService:
             "Heartbeat": (pb.HeartbeatRequest, self.heartbeat),
             "ReportOutcome": (pb.ReportOutcomeRequest, self.report_outcome),
             "ReportOutcomes": (pb.ReportOutcomesRequest, self.report_outcomes),
+            "ReportRefresh": (pb.ReportRefreshRequest, self.report_refresh),
+            "GetQueue": (pb.GetQueueRequest, self.get_queue),
             "GetClusterInfo": (pb.GetClusterInfoRequest, self.get_cluster_info),
         }
         return {method_path(name): _handler(name, t, fn) for name, (t, fn) in table.items()}
@@ -149,6 +151,13 @@ class SiloService:
                     priority=t.priority,
                     metadata=dict(t.metadata),
                     lease_expiry_ms=t.lease_expiry_ms,
+                    refresh=None
+                    if t.refresh is None
+                    else pb.RefreshInfo(
+                        queue=t.refresh.queue,
+                        current_max=t.refresh.current_max,
+                        metadata=dict(t.refresh.metadata),
+                    ),
                 )
                 for shard_id, t in pairs
             ],
@@ -190,6 +199,46 @@ class SiloService:
                     else pb.OutcomeStatus(code=int(err.code), message=err.message)
                 )
         return pb.ReportOutcomesResponse(statuses=[s or pb.OutcomeStatus() for s in statuses])
+
+    async def report_refresh(self, req: pb.ReportRefreshRequest) -> pb.ReportRefreshResponse:
+        import betterproto2
+
+        which, value = betterproto2.which_one_of(req, "result")
+        shard = self.node.shard(req.shard)
+        if which == "new_max":
+            await shard.report_refresh(req.worker_id, req.task_id, value)
+        elif which == "failure":
+            await shard.report_refresh(req.worker_id, req.task_id, None, value.code)
+        else:
+            raise InvalidArgument("a refresh report needs new_max or failure")
+        return pb.ReportRefreshResponse()
+
+    # -- limits -----------------------------------------------------------------------------
+
+    async def get_queue(self, req: pb.GetQueueRequest) -> pb.GetQueueResponse:
+        tenant = tenant_or_default(req.tenant)
+        shard = self._tenant_shard(req.shard, tenant)
+        if not req.key:
+            raise InvalidArgument("queue key is required")
+        q = shard.queue_info(tenant, req.key, max_listed=min(req.max_listed or 100, 1000))
+        return pb.GetQueueResponse(
+            tenant=q["tenant"],
+            key=q["queue"],
+            max_concurrency=q["max_concurrency"],
+            floating=q["floating"],
+            holders=q["holders"],
+            holder_task_ids=q["holder_task_ids"],
+            waiting=q["waiting"],
+            first_waiting=[
+                pb.WaitingRequest(
+                    job_id=w["job_id"], attempt=w["attempt"], priority=w["priority"],
+                    due_ms=w["due_ms"],
+                )
+                for w in q["first_waiting"]
+            ],
+            next_refresh_ms=q["next_refresh_ms"] or 0,
+            refresh_backoff_ms=q["refresh_backoff_ms"] or 0,
+        )
 
     # -- cluster ----------------------------------------------------------------------------
 

@@ -15,12 +15,16 @@ from silo.model import (
     Attempt,
     AttemptState,
     Cancelled,
+    ConcurrencyLimit,
     Failure,
+    FloatingConcurrencyLimit,
     JobStatus,
     JobView,
+    Limit,
     NewJob,
     Outcome,
     OutcomeReport,
+    RateLimit,
     RetryPolicy,
     Success,
 )
@@ -68,8 +72,6 @@ def retry_to_pb(retry: RetryPolicy) -> pb.RetryPolicy:
 def new_job_from_pb(spec: pb.JobSpec | None) -> NewJob:
     if spec is None:
         raise InvalidArgument("job is required")
-    if spec.limits:
-        raise InvalidArgument("job limits are not supported by this server version")
     check_msgpack(spec.payload, "payload")
     return NewJob(
         task_group=spec.task_group,
@@ -80,6 +82,42 @@ def new_job_from_pb(spec: pb.JobSpec | None) -> NewJob:
         start_at_ms=spec.start_at_ms,
         retry=retry_from_pb(spec.retry) if spec.has_retry else RetryPolicy(),
         metadata=dict(spec.metadata),
+        limits=tuple(limit_from_pb(x) for x in spec.limits),
+    )
+
+
+def limit_from_pb(limit: pb.Limit) -> Limit:
+    import betterproto2
+
+    which, value = betterproto2.which_one_of(limit, "kind")
+    if which == "concurrency":
+        return ConcurrencyLimit(value.key, value.max_concurrency)
+    if which == "floating":
+        return FloatingConcurrencyLimit(
+            value.key, value.default_max_concurrency, value.refresh_interval_ms,
+            dict(value.metadata),
+        )
+    if which == "rate":
+        return RateLimit(value.name, value.key, value.limit, value.per_ms)
+    raise InvalidArgument("a limit must set one of concurrency, floating or rate")
+
+
+def limit_to_pb(limit: Limit) -> pb.Limit:
+    if isinstance(limit, ConcurrencyLimit):
+        return pb.Limit(
+            concurrency=pb.ConcurrencyLimit(key=limit.key, max_concurrency=limit.max_concurrency)
+        )
+    if isinstance(limit, FloatingConcurrencyLimit):
+        return pb.Limit(
+            floating=pb.FloatingConcurrencyLimit(
+                key=limit.key,
+                default_max_concurrency=limit.default_max_concurrency,
+                refresh_interval_ms=limit.refresh_interval_ms,
+                metadata=dict(limit.metadata),
+            )
+        )
+    return pb.Limit(
+        rate=pb.RateLimit(name=limit.name, key=limit.key, limit=limit.limit, per_ms=limit.per_ms)
     )
 
 
@@ -95,6 +133,7 @@ def new_job_to_pb(job: NewJob) -> pb.JobSpec:
         retry=retry_to_pb(job.retry),
         has_retry=True,
         metadata=dict(job.metadata),
+        limits=[limit_to_pb(x) for x in job.limits],
     )
 
 
@@ -145,6 +184,8 @@ def job_to_pb(view: JobView) -> pb.Job:
         cancel_requested=view.cancelled_at_ms is not None,
         cancelled_at_ms=view.cancelled_at_ms or 0,
         attempts=[attempt_to_pb(a) for a in view.attempts or ()],
+        limits=[limit_to_pb(x) for x in info.limits],
+        waiting_for=view.waiting_for,
     )
 
 

@@ -19,7 +19,7 @@ import trio
 
 from silo.cluster.shard_map import HASH_SPACE, ShardMap, ShardRange
 from silo.errors import Code, InvalidArgument, SiloError, Unavailable
-from silo.model import DEFAULT_PRIORITY, DEFAULT_TENANT, NewJob, RetryPolicy
+from silo.model import DEFAULT_PRIORITY, DEFAULT_TENANT, Limit, NewJob, RetryPolicy
 from silo.node import SHARD_OWNER_METADATA
 from silo.rpc import Channel, Connector, RpcError, method_path
 from silo.runtime.rand import RandomSource
@@ -228,8 +228,11 @@ class SiloClient:
         start_at_ms: int | None = None,
         retry: RetryPolicy | None = None,
         metadata: dict[str, str] | None = None,
+        limits: Sequence[Limit] = (),
     ) -> JobHandle:
-        """Enqueue one job; returns its handle. ``payload`` is any msgpack-serialisable value."""
+        """Enqueue one job; returns its handle. ``payload`` is any msgpack-serialisable value.
+        ``limits`` (ConcurrencyLimit, FloatingConcurrencyLimit, RateLimit) are acquired in
+        order, scoped to the job's tenant."""
         from silo.client.types import pack
 
         job = NewJob(
@@ -241,6 +244,7 @@ class SiloClient:
             start_at_ms=start_at_ms or 0,
             retry=retry or RetryPolicy(),
             metadata=dict(metadata or {}),
+            limits=tuple(limits),
         )
         return (await self.enqueue_jobs([job]))[0]
 
@@ -269,6 +273,15 @@ class SiloClient:
                         pb.EnqueueBatchResponse, shard_id=shard_id, retried_ok=_already_exists,
                     )
         return [JobHandle(self, j.job_id or "", j.tenant) for j in jobs]
+
+    async def queue(self, key: str, tenant: str | None = None) -> pb.GetQueueResponse:
+        """A concurrency queue's max, holders and waiting jobs."""
+        tenant = tenant or DEFAULT_TENANT
+        shard_id = await self.shard_for(tenant)
+        return await self.call(
+            "GetQueue", pb.GetQueueRequest(shard=shard_id, tenant=tenant, key=key),
+            pb.GetQueueResponse, shard_id=shard_id,
+        )
 
     def job(self, id: str, tenant: str | None = None) -> JobHandle:
         """A handle for an existing job."""

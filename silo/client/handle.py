@@ -10,7 +10,7 @@ import trio
 from silo.client.types import Job, JobCancelled, JobFailed, unpack
 from silo.errors import Code, SiloError
 from silo.model import JobStatus
-from silo.wire import attempt_from_pb, pb, retry_from_pb
+from silo.wire import attempt_from_pb, limit_from_pb, pb, retry_from_pb
 
 if TYPE_CHECKING:
     from silo.client.client import SiloClient
@@ -66,6 +66,8 @@ class JobHandle:
             cancel_requested=j.cancel_requested,
             cancelled_at_ms=j.cancelled_at_ms or None,
             attempts=tuple(attempt_from_pb(a) for a in j.attempts) if attempts else None,
+            limits=tuple(limit_from_pb(x) for x in j.limits),
+            waiting_for=j.waiting_for,
         )
 
     async def status(self) -> JobStatus:

@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 
 from silo.errors import SiloError
-from silo.model import Attempt, JobStatus, RetryPolicy
+from silo.model import Attempt, JobStatus, Limit, RetryPolicy
 
 
 def pack(value: Any) -> bytes:
@@ -43,6 +43,9 @@ class Job:
     cancel_requested: bool
     cancelled_at_ms: int | None
     attempts: tuple[Attempt, ...] | None
+    limits: tuple[Limit, ...] = ()
+    waiting_for: str = ""
+    """For a scheduled job: what it waits for (start time, a concurrency slot, a rate token)."""
 
     @property
     def terminal(self) -> bool:

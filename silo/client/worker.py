@@ -61,7 +61,18 @@ class TaskContext:
         return self.cancelled.is_set()
 
 
+@dataclass
+class RefreshContext:
+    """What a refresh handler receives: compute and return the queue's new max."""
+
+    queue: str
+    tenant: str
+    current_max: int
+    metadata: dict[str, str]
+
+
 HandlerFn = Callable[[TaskContext], Any]
+RefreshFn = Callable[[RefreshContext], Any]
 
 
 @dataclass
@@ -107,6 +118,7 @@ class Worker:
         lease_wait_ms: int = LEASE_WAIT_MS,
         kind: str | None = None,
         observer: Callable[[str, int], None] | None = None,
+        refresh_handler: RefreshFn | None = None,
     ) -> None:
         if max_concurrent_tasks < 1:
             raise ValueError("max_concurrent_tasks must be at least 1")
@@ -117,6 +129,8 @@ class Worker:
         if self.kind not in ("trio", "asyncio", "sync"):
             raise ValueError(f"unknown handler kind {self.kind!r}")
         self.max_concurrent_tasks = max_concurrent_tasks
+        self.refresh_handler = refresh_handler
+        """Answers floating-limit refresh tasks with the queue's new max (an int)."""
         self.observer = observer
         """Called with ("leased", n) after each lease response and ("reported", n) after each
         acknowledged batch of reports (benchmarks and tests use it)."""
@@ -212,6 +226,12 @@ class Worker:
     # -- running ----------------------------------------------------------------------------
 
     async def _run_task(self, task: pb.Task, address: str) -> None:
+        if task.refresh is not None and task.attempt == 0:
+            try:
+                await self._run_refresh(task, address)
+            finally:
+                self._slots.release()
+            return
         try:
             ctx = TaskContext(
                 payload=unpack(task.payload), job_id=task.job_id, tenant=task.tenant,
@@ -260,6 +280,51 @@ class Worker:
             data = {"type": type(exc).__name__, "message": str(exc),
                     "traceback": traceback.format_exc(limit=20)}
             return Failure(HANDLER_ERROR, pack(data))
+
+    async def _run_refresh(self, task: pb.Task, address: str) -> None:
+        """Compute a floating limit's new max and report it (a failure backs it off)."""
+        assert task.refresh is not None
+        ctx = RefreshContext(task.refresh.queue, task.tenant, task.refresh.current_max,
+                             dict(task.refresh.metadata))
+        request = pb.ReportRefreshRequest(
+            shard=task.shard, worker_id=self.worker_id, task_id=task.task_id
+        )
+        fn = self.refresh_handler
+        try:
+            if fn is None:
+                raise Fail("NO_REFRESH_HANDLER", "this worker has no refresh_handler")
+            kind = handler_kind(fn)
+            if kind == "trio":
+                value = await fn(ctx)
+            elif kind == "asyncio":
+                from silo.transport.aio import run_asyncio_handler
+
+                value = await run_asyncio_handler(fn, ctx)
+            else:
+                from silo.runtime.threads import run_in_thread
+
+                value = await run_in_thread(fn, ctx)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise Fail("BAD_REFRESH_VALUE", f"refresh handler returned {value!r}")
+            request.new_max = value
+        except trio.Cancelled:
+            raise
+        except Fail as exc:
+            request.failure = pb.Failure(code=exc.code, data=pack(exc.data))
+        except Exception as exc:
+            log.info("refresh handler failed for queue %s: %r", ctx.queue, exc)
+            request.failure = pb.Failure(code=HANDLER_ERROR, data=pack(str(exc)))
+        for attempt in range(10):
+            try:
+                await self.client.call_address(
+                    address, "ReportRefresh", request, pb.ReportRefreshResponse
+                )
+                return
+            except RpcError as exc:
+                if exc.code not in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
+                    log.info("refresh report for %s refused: %s", ctx.queue, exc)
+                    return
+                await trio.sleep(min(0.05 * 2**attempt, 2.0))
 
     # -- heartbeats -------------------------------------------------------------------------
 

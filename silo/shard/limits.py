@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from silo.errors import InvalidArgument
-from silo.model import RetryPolicy
+from silo.model import ConcurrencyLimit, FloatingConcurrencyLimit, Limit, RateLimit, RetryPolicy
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -38,6 +38,12 @@ class ShardLimits:
     max_jobs_per_batch: int = 1000
     retry_count_max: int = 1000
     backoff_max_ms: int = 7 * 24 * 3600 * 1000
+    limits_per_job_max: int = 8
+    limit_key_max_chars: int = 64
+    max_concurrency_max: int = 1_000_000
+    rate_limit_max: int = 1_000_000
+    rate_period_max_ms: int = 7 * 24 * 3600 * 1000
+    refresh_interval_min_ms: int = 100
 
 
 def _check_name(value: str, what: str, limit_name: str, limit: int, *, empty_ok: bool) -> None:
@@ -137,3 +143,53 @@ def check_error_code(limits: ShardLimits, code: str) -> None:
     _check_name(
         code, "error code", "error_code_max_chars", limits.error_code_max_chars, empty_ok=False
     )
+
+
+def check_job_limits(limits: ShardLimits, job_limits: tuple[Limit, ...]) -> None:
+    """Every limit of a job: well-formed, within bounds, no queue named twice."""
+    if len(job_limits) > limits.limits_per_job_max:
+        raise InvalidArgument(
+            f"job has {len(job_limits)} limits; limits_per_job_max is {limits.limits_per_job_max}"
+        )
+    queues: list[str] = []
+    for limit in job_limits:
+        if isinstance(limit, ConcurrencyLimit | FloatingConcurrencyLimit):
+            _check_name(limit.key, "concurrency limit key", "limit_key_max_chars",
+                        limits.limit_key_max_chars, empty_ok=False)
+            if limit.key in queues:
+                raise InvalidArgument(f"concurrency limit key {limit.key!r} appears twice")
+            queues.append(limit.key)
+            top = (
+                limit.max_concurrency
+                if isinstance(limit, ConcurrencyLimit)
+                else limit.default_max_concurrency
+            )
+            if not 0 <= top <= limits.max_concurrency_max:
+                raise InvalidArgument(
+                    f"max concurrency {top} of {limit.key!r} is outside "
+                    f"0..max_concurrency_max ({limits.max_concurrency_max})"
+                )
+            if isinstance(limit, FloatingConcurrencyLimit):
+                if limit.refresh_interval_ms < limits.refresh_interval_min_ms:
+                    raise InvalidArgument(
+                        f"refresh_interval_ms {limit.refresh_interval_ms} of {limit.key!r} is "
+                        f"below refresh_interval_min_ms ({limits.refresh_interval_min_ms})"
+                    )
+                check_metadata(limits, limit.metadata)
+        elif isinstance(limit, RateLimit):
+            _check_name(limit.name, "rate limit name", "limit_key_max_chars",
+                        limits.limit_key_max_chars, empty_ok=False)
+            _check_name(limit.key, "rate limit key", "limit_key_max_chars",
+                        limits.limit_key_max_chars, empty_ok=True)
+            if not 1 <= limit.limit <= limits.rate_limit_max:
+                raise InvalidArgument(
+                    f"rate limit {limit.limit} of {limit.name!r} is outside "
+                    f"1..rate_limit_max ({limits.rate_limit_max})"
+                )
+            if not 1 <= limit.per_ms <= limits.rate_period_max_ms:
+                raise InvalidArgument(
+                    f"rate period {limit.per_ms} ms of {limit.name!r} is outside "
+                    f"1..rate_period_max_ms ({limits.rate_period_max_ms})"
+                )
+        else:
+            raise InvalidArgument("a limit must be a concurrency, floating or rate limit")

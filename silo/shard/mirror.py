@@ -14,7 +14,7 @@ from sortedcontainers import SortedDict
 
 from silo import keys
 from silo.keys import Prefix
-from silo.model import Lease, Task, decode_int
+from silo.model import Lease, QueueState, Task, decode_int
 from silo.runtime.disk import KVStore
 
 _READY = bytes((Prefix.READY,))
@@ -22,6 +22,10 @@ _TIMER = bytes((Prefix.TIMER,))
 _LEASE = bytes((Prefix.LEASE,))
 _EXPIRY = bytes((Prefix.LEASE_EXPIRY,))
 _META = bytes((Prefix.META,))
+_REQUEST = bytes((Prefix.CONCURRENCY_REQUEST,))
+_HOLDER = bytes((Prefix.CONCURRENCY_HOLDER,))
+_QUEUE = bytes((Prefix.FLOATING_LIMIT,))
+_BUCKET = bytes((Prefix.RATE_BUCKET,))
 COUNTER_PREFIX = keys.key(Prefix.META, "counter")
 
 
@@ -35,6 +39,12 @@ class ShardMirror:
         self.leases: dict[str, Lease] = {}
         self.expiries: SortedDict = SortedDict()  # expiry key -> task id
         self.counters: dict[bytes, int] = {}
+        self.requests: SortedDict = SortedDict()  # request key -> Task
+        self.requests_per_queue: dict[tuple[str, str], int] = {}
+        self.holder_keys: dict[bytes, tuple[str, str]] = {}  # holder key -> (tenant, queue)
+        self.holders: dict[tuple[str, str], int] = {}
+        self.queues: dict[tuple[str, str], QueueState] = {}
+        self.buckets: dict[bytes, bytes] = {}  # rate bucket key -> encoded RateBucket
         self.on_timer_added: Callable[[], None] = lambda: None
         self.on_expiry_added: Callable[[], None] = lambda: None
         self.on_ready_added: Callable[[str], None] = lambda task_group: None
@@ -47,7 +57,7 @@ class ShardMirror:
         callbacks = (self.on_timer_added, self.on_expiry_added, self.on_ready_added)
         self.clear()
         self.on_timer_added, self.on_expiry_added, self.on_ready_added = callbacks
-        for prefix in (_READY, _TIMER, _LEASE, _EXPIRY):
+        for prefix in (_READY, _TIMER, _LEASE, _EXPIRY, _REQUEST, _HOLDER, _QUEUE, _BUCKET):
             end = keys.successor(prefix)
             start = prefix
             while True:
@@ -87,11 +97,56 @@ class ShardMirror:
                     self.expiries[k] = task_id
                     if first:
                         self.on_expiry_added()
+            elif p == _REQUEST:
+                self._apply_request(k, v)
+            elif p == _HOLDER:
+                self._apply_holder(k, v)
+            elif p == _QUEUE:
+                _, (tenant, queue) = keys.parse(k)
+                if v is None:
+                    self.queues.pop((str(tenant), str(queue)), None)
+                else:
+                    self.queues[(str(tenant), str(queue))] = QueueState.decode(k, v)
+            elif p == _BUCKET:
+                if v is None:
+                    self.buckets.pop(k, None)
+                else:
+                    self.buckets[k] = v
             elif p == _META and k.startswith(COUNTER_PREFIX):
                 if v is None:
                     self.counters.pop(k, None)
                 else:
                     self.counters[k] = decode_int(k, v)
+
+    def _apply_request(self, k: bytes, v: bytes | None) -> None:
+        _, parts = keys.parse(k)
+        q = (str(parts[0]), str(parts[1]))
+        if v is None:
+            if self.requests.pop(k, None) is not None:
+                n = self.requests_per_queue[q] - 1
+                if n:
+                    self.requests_per_queue[q] = n
+                else:
+                    del self.requests_per_queue[q]
+        else:
+            if k not in self.requests:
+                self.requests_per_queue[q] = self.requests_per_queue.get(q, 0) + 1
+            self.requests[k] = Task.decode(k, v)
+
+    def _apply_holder(self, k: bytes, v: bytes | None) -> None:
+        if v is None:
+            q = self.holder_keys.pop(k, None)
+            if q is not None:
+                n = self.holders[q] - 1
+                if n:
+                    self.holders[q] = n
+                else:
+                    del self.holders[q]
+        elif k not in self.holder_keys:
+            _, parts = keys.parse(k)
+            q = (str(parts[0]), str(parts[1]))
+            self.holder_keys[k] = q
+            self.holders[q] = self.holders.get(q, 0) + 1
 
     def _apply_ready(self, k: bytes, v: bytes | None) -> None:
         if v is None:

@@ -17,9 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -32,10 +30,13 @@ from silo.errors import (
     SiloError,
     Unavailable,
 )
-from silo.keys import Prefix, inverted, key
+from silo.keys import Prefix, key
 from silo.model import (
     DEFAULT_TENANT,
+    PARKED,
+    READY,
     TERMINAL_STATUSES,
+    TIMER,
     WORKER_CRASHED,
     Attempt,
     AttemptState,
@@ -51,17 +52,31 @@ from silo.model import (
     NewJob,
     Outcome,
     OutcomeReport,
+    RefreshRequest,
     Success,
     Task,
+    concurrency_key,
     decode_int,
     encode_int,
 )
 from silo.runtime import Runtime
 from silo.shard import limits as lim
+from silo.shard.limiter import LimitsMixin, check_refresh_value, require_refresh_lease
 from silo.shard.limits import ShardLimits
 from silo.shard.mirror import COUNTER_PREFIX, ShardMirror
-from silo.shard.store import Event, ShardStore, Ticket, merge_scan
+from silo.shard.store import ShardStore, Ticket
+from silo.shard.tables import (
+    JOBS_TERMINAL,
+    JOBS_TOTAL,
+    counter_key,
+    job_keys,
+    request_key,
+    status_counter,
+    status_index_key,
+    timer_key,
+)
 from silo.shard.transitions import Operation, require, retry_delay_ms
+from silo.shard.txn import Txn
 
 MAX_LOOP_SLEEP_S = 1.0
 """Background loops re-check at least this often, so a wall-clock jump is noticed."""
@@ -96,6 +111,8 @@ class ShardStatistics:
     leases_held: int
     due_tasks_per_task_group: dict[str, int]
     scheduled_future_tasks: int
+    parked_requests: int
+    slots_held: int
     enqueued: int
     leased: int
     completed: dict[str, int]
@@ -103,86 +120,7 @@ class ShardStatistics:
     reaped: int
 
 
-@lru_cache(maxsize=4096)
-def counter_key(*parts: str | int) -> bytes:
-    return key(Prefix.META, "counter", *parts)
-
-
-JOBS_TOTAL = counter_key("jobs")
-JOBS_TERMINAL = counter_key("terminal")
-
-
-@lru_cache(maxsize=4096)
-def status_counter(tenant: str, status: JobStatus) -> bytes:
-    return counter_key("status", tenant, int(status))
-
-
-def status_index_key(tenant: str, state: JobState, job_id: str) -> bytes:
-    return key(
-        Prefix.STATUS_INDEX, tenant, int(state.status), inverted(state.changed_at_ms), job_id
-    )
-
-
-def ready_key(task: Task) -> bytes:
-    return key(
-        Prefix.READY, task.task_group, task.priority, task.due_ms, task.tenant, task.job_id,
-        task.attempt,
-    )
-
-
-def timer_key(task: Task) -> bytes:
-    return key(Prefix.TIMER, task.due_ms, task.tenant, task.job_id, task.attempt)
-
-
-class _Txn:
-    """The writes of one operation, readable by the operation itself before it commits."""
-
-    def __init__(self, store: ShardStore, now_ms: int) -> None:
-        self.store = store
-        self.now = now_ms
-        self.ops: dict[bytes, bytes | None] = {}
-        self.events: list[Event] = []
-        self.counter_deltas: dict[bytes, int] = {}
-        self._cache: dict[bytes, bytes | None] = {}
-
-    async def get(self, k: bytes) -> bytes | None:
-        if k in self.ops:
-            return self.ops[k]
-        if k in self._cache:
-            return self._cache[k]
-        return await self.store.get(k)
-
-    async def prefetch(self, ks: list[bytes]) -> None:
-        """Read ``ks`` in one go so that later :meth:`get` calls need no I/O.
-
-        Only valid while the shard lock is held: nothing else writes in between.
-        """
-        todo = [k for k in ks if k not in self.ops and k not in self._cache]
-        if todo:
-            for k, v in zip(todo, await self.store.get_many(todo), strict=True):
-                self._cache[k] = v
-
-    async def scan(
-        self, start: bytes, end: bytes | None, *, limit: int | None = None
-    ) -> list[tuple[bytes, bytes]]:
-        extra = sum(1 for k in self.ops if k >= start and (end is None or k < end))
-        base = await self.store.scan(start, end, limit=None if limit is None else limit + extra)
-        return merge_scan(base, self.ops, start, end, False, limit)
-
-    def put(self, k: bytes, v: bytes) -> None:
-        self.ops[k] = v
-
-    def delete(self, k: bytes) -> None:
-        self.ops[k] = None
-
-    def bump(self, counter: bytes, delta: int) -> None:
-        self.counter_deltas[counter] = self.counter_deltas.get(counter, 0) + delta
-
-    def emit(self, kind: str, **fields: Any) -> None:
-        self.events.append((kind, fields))
-
-
-class JobShard:
+class JobShard(LimitsMixin):
     """One shard. Create with :func:`open_shard`."""
 
     def __init__(self, runtime: Runtime, store: ShardStore, shard_id: int, config: ShardConfig):
@@ -230,16 +168,18 @@ class JobShard:
         if self._closing:
             raise Unavailable(f"shard {self.shard_id} is closing")
 
-    async def _begin(self) -> _Txn:
+    async def _begin(self) -> Txn:
         """Called with the lock held: repair after a failed write, then start a transaction."""
         self._check_open()
         if self._store.broken:
             await self._load()
             self._store.repaired()
-        return _Txn(self._store, self._rt.clock.now_ms())
+        return Txn(self._store, self._rt.clock.now_ms())
 
-    def _commit(self, txn: _Txn) -> Ticket | None:
-        """Hand the transaction's batch to the writer and update the mirrors (lock held)."""
+    async def _finish(self, txn: Txn) -> Ticket | None:
+        """Grant freed slots, then hand the transaction's batch to the writer and update the
+        mirrors (lock held)."""
+        await self._regrant(txn)
         for counter, delta in txn.counter_deltas.items():
             if delta:
                 txn.ops[counter] = encode_int(self._mirror.counters.get(counter, 0) + delta)
@@ -261,17 +201,17 @@ class JobShard:
     def _new_id(self, prefix: str) -> str:
         return f"{prefix}{self._rng.getrandbits(96):024x}"
 
-    async def _info(self, txn: _Txn, tenant: str, job_id: str) -> JobInfo | None:
+    async def _info(self, txn: Txn, tenant: str, job_id: str) -> JobInfo | None:
         k = key(Prefix.JOB, tenant, job_id)
         raw = await txn.get(k)
         return None if raw is None else JobInfo.decode(k, raw)
 
-    async def _state(self, txn: _Txn, tenant: str, job_id: str) -> JobState | None:
+    async def _state(self, txn: Txn, tenant: str, job_id: str) -> JobState | None:
         k = key(Prefix.STATUS, tenant, job_id)
         raw = await txn.get(k)
         return None if raw is None else JobState.decode(k, raw)
 
-    async def _job(self, txn: _Txn, tenant: str, job_id: str) -> tuple[JobInfo, JobState]:
+    async def _job(self, txn: Txn, tenant: str, job_id: str) -> tuple[JobInfo, JobState]:
         lim.check_tenant(self._limits, tenant)
         lim.check_job_id(self._limits, job_id)
         info = await self._info(txn, tenant, job_id)
@@ -280,13 +220,13 @@ class JobShard:
             raise NotFound(f"job not found: {job_id!r} (tenant {tenant!r})")
         return info, state
 
-    async def _cancelled_at(self, txn: _Txn, tenant: str, job_id: str) -> int | None:
+    async def _cancelled_at(self, txn: Txn, tenant: str, job_id: str) -> int | None:
         k = key(Prefix.CANCEL, tenant, job_id)
         raw = await txn.get(k)
         return None if raw is None else decode_int(k, raw)
 
     def _put_state(
-        self, txn: _Txn, info: JobInfo, old: JobState | None, new: JobState
+        self, txn: Txn, info: JobInfo, old: JobState | None, new: JobState
     ) -> None:
         """Write ``new`` and keep the status index, counters and events in step."""
         t, j = info.tenant, info.job_id
@@ -314,34 +254,24 @@ class JobShard:
             )
         txn.put(key(Prefix.STATUS, t, j), new.encode())
 
-    def _queue_task(self, txn: _Txn, info: JobInfo, state: JobState, due_ms: int) -> None:
-        """Allocate the next attempt number and queue its task (ready if due, else a timer)."""
+    async def _queue_task(
+        self, txn: Txn, info: JobInfo, state: JobState, due_ms: int
+    ) -> None:
+        """Allocate the next attempt number and queue its task: through its limits when due
+        (see :meth:`_place`), else in the timer index."""
         attempt = state.attempt + 1
         task = Task(
             self._new_id("t"), info.tenant, info.job_id, attempt, info.task_group, info.priority,
             due_ms,
         )
-        ready = due_ms <= txn.now
-        if ready:
-            txn.put(ready_key(task), task.encode())
+        state.attempt = attempt
+        state.held = 0
+        if due_ms <= txn.now:
+            await self._place(txn, info, state, task, 0)
         else:
             txn.put(timer_key(task), task.encode())
-        state.attempt = attempt
-        state.task = (attempt, due_ms, ready)
-        state.next_attempt_at_ms = due_ms
-
-    def _unqueue_task(self, txn: _Txn, info: JobInfo, state: JobState) -> Task | None:
-        """Remove the job's queued task, returning it (as remembered by the mirrors)."""
-        if state.task is None:
-            return None
-        attempt, due_ms, ready = state.task
-        probe = Task("", info.tenant, info.job_id, attempt, info.task_group, info.priority, due_ms)
-        k = ready_key(probe) if ready else timer_key(probe)
-        task = (self._mirror.ready if ready else self._mirror.timers).get(k)
-        txn.delete(k)
-        state.task = None
-        state.next_attempt_at_ms = None
-        return task
+            state.task = (attempt, due_ms, TIMER, task.task_id)
+            state.next_attempt_at_ms = due_ms
 
     # -- enqueue ----------------------------------------------------------------------------
 
@@ -355,6 +285,7 @@ class JobShard:
         lim.check_priority(L, job.priority)
         lim.check_metadata(L, job.metadata)
         lim.check_retry(L, job.retry)
+        lim.check_job_limits(L, job.limits)
         if job.start_at_ms < 0:
             raise InvalidArgument("start_at_ms must not be negative")
 
@@ -391,14 +322,14 @@ class JobShard:
                 seen.add(ref)
                 ids.append(job_id)
             for job, job_id in zip(jobs, ids, strict=True):
-                self._write_new_job(txn, job, job_id)
-            ticket = self._commit(txn)
+                await self._write_new_job(txn, job, job_id)
+            ticket = await self._finish(txn)
         assert ticket is not None
         await ticket.wait()
         self._stats["enqueued"] += len(jobs)
         return ids
 
-    def _write_new_job(self, txn: _Txn, job: NewJob, job_id: str) -> None:
+    async def _write_new_job(self, txn: Txn, job: NewJob, job_id: str) -> None:
         now = txn.now
         info = JobInfo(
             job.tenant, job_id, job.task_group, bytes(job.payload), job.priority, job.retry,
@@ -408,7 +339,10 @@ class JobShard:
         for mk, mv in sorted(job.metadata.items()):
             txn.put(key(Prefix.METADATA_INDEX, job.tenant, mk, mv, job_id), b"")
         state = JobState(JobStatus.SCHEDULED, now)
-        self._queue_task(txn, info, state, max(job.start_at_ms, now) if job.start_at_ms else now)
+        self._note_limits(txn, info)
+        await self._queue_task(
+            txn, info, state, max(job.start_at_ms, now) if job.start_at_ms else now
+        )
         # Planted bug for the simulator: the job counter drifts from the data.
         txn.bump(JOBS_TOTAL, 2 if self._rt.faults.mutation("counter-drift") else 1)
         txn.emit(
@@ -419,37 +353,43 @@ class JobShard:
 
     # -- leasing ----------------------------------------------------------------------------
 
-    async def _fix_promoted_states(self, txn: _Txn, promoted: list[Task]) -> None:
-        for task in promoted:
-            info = await self._info(txn, task.tenant, task.job_id)
-            state = await self._state(txn, task.tenant, task.job_id)
-            if info is None or state is None or state.task is None:
-                continue
-            new = state.copy()
-            new.task = (state.task[0], state.task[1], True)
-            self._put_state(txn, info, state, new)
-
     async def promote_due(self) -> int:
         """Promote every due timer into the ready queue; returns how many moved."""
         async with self._lock:
             txn = await self._begin()
             n = await self._promote_in(txn, PROMOTE_BATCH)
-            ticket = self._commit(txn)
+            ticket = await self._finish(txn)
         if ticket is not None:
             await ticket.wait()
         return n
 
-    async def _promote_in(self, txn: _Txn, limit: int) -> int:
+    async def _promote_in(self, txn: Txn, limit: int) -> int:
         promoted = []
         for task in self._mirror.timers.values():
             if task.due_ms > txn.now or len(promoted) >= limit:
                 break
             promoted.append(task)
-        await txn.prefetch([k for t in promoted for k in _job_keys(t.tenant, t.job_id)[:2]])
+        await txn.prefetch(
+            [k for t in promoted if not t.is_refresh for k in job_keys(t.tenant, t.job_id)[:2]]
+        )
         for task in promoted:
+            if task.is_refresh:
+                self._promote_refresh(txn, task)
+                continue
             txn.delete(timer_key(task))
-            txn.put(ready_key(task), task.encode())
-        await self._fix_promoted_states(txn, promoted)
+            info = await self._info(txn, task.tenant, task.job_id)
+            state = await self._state(txn, task.tenant, task.job_id)
+            if (
+                info is None
+                or state is None
+                or state.task is None
+                or state.task[2] != TIMER
+                or state.task[3] != task.task_id
+            ):
+                continue  # a stray timer (cannot happen while the tables agree): drop it
+            new = state.copy()
+            await self._place(txn, info, new, task, state.held)
+            self._put_state(txn, info, state, new)
         return len(promoted)
 
     async def lease_tasks(
@@ -464,7 +404,7 @@ class JobShard:
             # Due timers first, in their own batch, so that the lease sees them in the queue.
             txn = await self._begin()
             await self._promote_in(txn, PROMOTE_BATCH)
-            self._commit(txn)
+            await self._finish(txn)
             txn = await self._begin()
             start, end = keys.prefix_range(Prefix.READY, task_group)
             picked: list[tuple[bytes, Task]] = []
@@ -477,7 +417,7 @@ class JobShard:
                 if len(picked) >= max_tasks:
                     break
             await txn.prefetch(
-                [k for _, t in picked for k in _job_keys(t.tenant, t.job_id)]
+                [k for _, t in picked for k in job_keys(t.tenant, t.job_id)]
             )
             out: list[LeasedTask] = []
             expiry = txn.now + self.config.lease_ms
@@ -485,15 +425,17 @@ class JobShard:
                 leased = await self._lease_one(txn, rk, task, worker_id, expiry)
                 if leased is not None:
                     out.append(leased)
-            ticket = self._commit(txn)
+            ticket = await self._finish(txn)
         if ticket is not None:
             await ticket.wait()
         self._stats["leased"] += len(out)
         return out
 
     async def _lease_one(
-        self, txn: _Txn, rk: bytes, task: Task, worker_id: str, expiry: int
+        self, txn: Txn, rk: bytes, task: Task, worker_id: str, expiry: int
     ) -> LeasedTask | None:
+        if task.is_refresh:
+            return self._lease_refresh(txn, rk, task, worker_id, expiry)
         info = await self._info(txn, task.tenant, task.job_id)
         state = await self._state(txn, task.tenant, task.job_id)
         if (
@@ -501,7 +443,8 @@ class JobShard:
             or state is None
             or state.status != JobStatus.SCHEDULED
             or state.task is None
-            or state.task[0] != task.attempt
+            or state.task[2] != READY
+            or state.task[3] != task.task_id
         ):
             # A stray queue entry (cannot happen while the tables are consistent): drop it.
             txn.delete(rk)
@@ -535,6 +478,43 @@ class JobShard:
             info.priority, dict(info.metadata), expiry,
         )
 
+    def _lease_refresh(
+        self, txn: Txn, rk: bytes, task: Task, worker_id: str, expiry: int
+    ) -> LeasedTask | None:
+        txn.delete(rk)
+        qs = self._queue_state(txn, task.tenant, task.job_id)
+        if qs is None or qs.refresh_task_id != task.task_id:
+            return None
+        lease = Lease(
+            task.task_id, task.tenant, task.job_id, 0, task.task_group, worker_id, txn.now, expiry
+        )
+        txn.put(key(Prefix.LEASE, task.task_id), lease.encode())
+        txn.put(key(Prefix.LEASE_EXPIRY, expiry, task.task_id), b"")
+        txn.emit(
+            "refresh_leased", shard=self.shard_id, task_id=task.task_id, tenant=task.tenant,
+            queue=task.job_id, worker_id=worker_id, expiry_ms=expiry, at_ms=txn.now,
+        )
+        return LeasedTask(
+            task.task_id, task.tenant, task.job_id, 0, task.task_group, b"", task.priority, {},
+            expiry, RefreshRequest(task.job_id, qs.max_concurrency, dict(qs.metadata)),
+        )
+
+    async def report_refresh(
+        self, worker_id: str, task_id: str, new_max: int | None, error: str | None = None
+    ) -> None:
+        """A worker's answer to a refresh task: the queue's new max, or (``new_max=None``) a
+        failure, which backs the next refresh off."""
+        lim.check_worker_id(self._limits, worker_id)
+        if new_max is not None:
+            check_refresh_value(new_max)
+        async with self._lock:
+            txn = await self._begin()
+            lease = require_refresh_lease(self._mirror.leases.get(task_id), worker_id, task_id)
+            self._end_refresh(txn, lease, new_max)
+            ticket = await self._finish(txn)
+        if ticket is not None:
+            await ticket.wait()
+
     # -- running tasks ----------------------------------------------------------------------
 
     def _owned_lease(self, worker_id: str, task_id: str) -> Lease:
@@ -565,7 +545,7 @@ class JobShard:
             cancelled = await self._cancelled_at(txn, lease.tenant, lease.job_id) is not None
             if self._rt.faults.mutation("lost-cancel"):
                 cancelled = False
-            ticket = self._commit(txn)
+            ticket = await self._finish(txn)
         if ticket is not None:
             await ticket.wait()
         else:
@@ -596,7 +576,7 @@ class JobShard:
                     results.append(None)
                 except SiloError as exc:
                     results.append(exc)
-            ticket = self._commit(txn)
+            ticket = await self._finish(txn)
         if ticket is not None:
             await ticket.wait()
         else:
@@ -608,7 +588,7 @@ class JobShard:
         for report in reports:
             lease = self._mirror.leases.get(report.task_id)
             if lease is not None:
-                out += _job_keys(lease.tenant, lease.job_id)
+                out += job_keys(lease.tenant, lease.job_id)
                 out.append(key(Prefix.ATTEMPT, lease.tenant, lease.job_id, lease.attempt))
         return out
 
@@ -626,7 +606,7 @@ class JobShard:
         elif not isinstance(outcome, Cancelled):
             raise InvalidArgument("outcome must be success, failure or cancelled")
 
-    async def _report_one(self, txn: _Txn, report: OutcomeReport) -> None:
+    async def _report_one(self, txn: Txn, report: OutcomeReport) -> None:
         lease = self._mirror.leases.get(report.task_id)
         if lease is not None and key(Prefix.LEASE, report.task_id) in txn.ops:
             lease = None  # already ended earlier in this same batch
@@ -637,9 +617,13 @@ class JobShard:
             raise FailedPrecondition(
                 f"lease owner mismatch: task {report.task_id!r} is leased to another worker"
             )
+        if lease.is_refresh:
+            raise InvalidArgument(
+                f"task {report.task_id!r} is a refresh task; report it with ReportRefresh"
+            )
         await self._end_attempt(txn, lease, report.outcome, reaped=False)
 
-    async def _check_repeated_report(self, txn: _Txn, report: OutcomeReport) -> None:
+    async def _check_repeated_report(self, txn: Txn, report: OutcomeReport) -> None:
         """A report without a live lease: succeed if it repeats the recorded outcome."""
         if report.tenant is None or report.job_id is None or report.attempt is None:
             raise NotFound(f"lease not found for task {report.task_id!r}")
@@ -664,7 +648,7 @@ class JobShard:
         )
 
     async def _end_attempt(
-        self, txn: _Txn, lease: Lease, outcome: Outcome, *, reaped: bool
+        self, txn: Txn, lease: Lease, outcome: Outcome, *, reaped: bool
     ) -> None:
         """The single path by which a running attempt ends (report or reap)."""
         info = await self._info(txn, lease.tenant, lease.job_id)
@@ -689,10 +673,12 @@ class JobShard:
         txn.put(ak, attempt.encode())
         txn.delete(key(Prefix.LEASE, lease.task_id))
         txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, lease.task_id))
+        self._release(txn, info, state.held, lease.task_id)
 
         new = state.copy()
         new.changed_at_ms = now
         new.lease_task_id = None
+        new.held = 0
         if isinstance(outcome, Success):
             new.status = JobStatus.SUCCEEDED
         elif isinstance(outcome, Cancelled) or cancelled_at is not None:
@@ -706,7 +692,7 @@ class JobShard:
                 new.status = JobStatus.FAILED
             else:
                 new.status = JobStatus.SCHEDULED
-                self._queue_task(txn, info, new, now + delay)
+                await self._queue_task(txn, info, new, now + delay)
                 self._stats["retried"] += 1
         kind = "reaped" if reaped else attempt.state.name.lower()
         txn.emit(
@@ -737,9 +723,11 @@ class JobShard:
             ))
             for task_id in expired:
                 lease = self._mirror.leases.get(task_id)
-                if lease is not None:
+                if lease is not None and lease.is_refresh:
+                    self._end_refresh(txn, lease, None, reaped=True)
+                elif lease is not None:
                     await self._end_attempt(txn, lease, Failure(WORKER_CRASHED), reaped=True)
-            ticket = self._commit(txn)
+            ticket = await self._finish(txn)
         if ticket is not None:
             await ticket.wait()
         return len(expired)
@@ -757,14 +745,15 @@ class JobShard:
             if state.status == JobStatus.SCHEDULED:
                 new = state.copy()
                 if self._rt.faults.mutation("skip-release-on-cancel"):
-                    new.task = None  # planted bug: the queued task stays behind
+                    new.task = None  # planted bug: the queued task and its slots stay behind
+                    new.held = 0
                 else:
                     self._unqueue_task(txn, info, new)
                 new.status = JobStatus.CANCELLED
                 new.changed_at_ms = txn.now
                 self._completed["cancelled"] += 1
                 self._put_state(txn, info, state, new)
-            ticket = self._commit(txn)
+            ticket = await self._finish(txn)
         if ticket is not None:
             await ticket.wait()
         else:
@@ -781,30 +770,45 @@ class JobShard:
             new.status = JobStatus.SCHEDULED
             new.changed_at_ms = txn.now
             new.run_attempts = 0
-            self._queue_task(txn, info, new, txn.now)
+            new.held = 0
+            await self._queue_task(txn, info, new, txn.now)
             self._put_state(txn, info, state, new)
-            ticket = self._commit(txn)
+            ticket = await self._finish(txn)
         assert ticket is not None
         await ticket.wait()
 
     async def expedite(self, tenant: str, job_id: str) -> None:
-        """Make a scheduled job's future task due now (same attempt). A job whose task is
-        already due is left as it is."""
+        """Make a scheduled job's future task due now (same attempt and task id).
+
+        A job waiting for its start time (or a retry's backoff) acquires its limits now; a job
+        parked on a concurrency queue moves ahead of later-due requests of its priority. A job
+        already due, or waiting for a rate-limit token it has reserved, is left as it is.
+        """
         async with self._lock:
             txn = await self._begin()
             info, state = await self._job(txn, tenant, job_id)
             require(Operation.EXPEDITE, state.status)
-            if state.task is not None and not state.task[2]:
+            if state.task is not None and state.task[1] > txn.now:
+                attempt, due_ms, where, task_id = state.task
+                old = Task(task_id, tenant, job_id, attempt, info.task_group, info.priority,
+                           due_ms)
+                now_task = replace(old, due_ms=txn.now)
                 new = state.copy()
-                task = self._unqueue_task(txn, info, new)
-                assert task is not None
-                due = Task(task.task_id, task.tenant, task.job_id, task.attempt, task.task_group,
-                           task.priority, txn.now)
-                txn.put(ready_key(due), due.encode())
-                new.task = (due.attempt, due.due_ms, True)
-                new.next_attempt_at_ms = due.due_ms
+                if where == TIMER and state.held == 0:
+                    txn.delete(timer_key(old))
+                    await self._place(txn, info, new, now_task, 0)
+                elif where == PARKED:
+                    queue = concurrency_key(info.limits[state.held])
+                    assert queue is not None
+                    txn.delete(request_key(tenant, queue, old))
+                    rk = request_key(tenant, queue, now_task)
+                    txn.put(rk, now_task.encode())
+                    txn.new_requests[rk] = now_task
+                    txn.regrant.append((tenant, queue))
+                    new.task = (attempt, txn.now, PARKED, task_id)
+                    new.next_attempt_at_ms = txn.now
                 self._put_state(txn, info, state, new)
-            ticket = self._commit(txn)
+            ticket = await self._finish(txn)
         if ticket is not None:
             await ticket.wait()
         else:
@@ -830,7 +834,7 @@ class JobShard:
             txn.bump(status_counter(tenant, state.status), -1)
             txn.emit("job_deleted", shard=self.shard_id, tenant=tenant, job_id=job_id,
                      status=state.status.name)
-            ticket = self._commit(txn)
+            ticket = await self._finish(txn)
         assert ticket is not None
         await ticket.wait()
 
@@ -841,15 +845,16 @@ class JobShard:
     ) -> JobView:
         async with self._lock:
             self._check_open()
-            txn = _Txn(self._store, self._rt.clock.now_ms())
+            txn = Txn(self._store, self._rt.clock.now_ms())
             info, state = await self._job(txn, tenant, job_id)
             cancelled_at = await self._cancelled_at(txn, tenant, job_id)
             attempts = None
             if include_attempts:
                 start, end = keys.prefix_range(Prefix.ATTEMPT, tenant, job_id)
                 attempts = tuple(Attempt.decode(k, v) for k, v in await txn.scan(start, end))
+            waiting_for = self._waiting_for(info, state)
         await self._read_barrier()
-        return JobView(info, state, cancelled_at, attempts)
+        return JobView(info, state, cancelled_at, attempts, waiting_for)
 
     async def get_result(self, tenant: str, job_id: str) -> JobResult:
         """The outcome of a terminal job; FAILED_PRECONDITION while it is not terminal."""
@@ -859,7 +864,7 @@ class JobShard:
         if status == JobStatus.CANCELLED:
             return JobResult(status, cancelled_at_ms=view.cancelled_at_ms)
         async with self._lock:
-            txn = _Txn(self._store, 0)
+            txn = Txn(self._store, 0)
             k = key(Prefix.ATTEMPT, tenant, job_id, view.state.attempt)
             raw = await txn.get(k)
         if raw is None:
@@ -886,6 +891,8 @@ class JobShard:
             leases_held=len(self._mirror.leases),
             due_tasks_per_task_group=dict(sorted(self._mirror.ready_per_group.items())),
             scheduled_future_tasks=len(self._mirror.timers),
+            parked_requests=len(self._mirror.requests),
+            slots_held=len(self._mirror.holder_keys),
             enqueued=self._stats["enqueued"],
             leased=self._stats["leased"],
             completed=dict(self._completed),
@@ -962,15 +969,6 @@ class JobShard:
         async with self._lock:
             self._store.closed = True
             await self._store.flush()
-
-
-def _job_keys(tenant: str, job_id: str) -> tuple[bytes, bytes, bytes]:
-    """The job, status and cancel-flag keys of a job."""
-    return (
-        key(Prefix.JOB, tenant, job_id),
-        key(Prefix.STATUS, tenant, job_id),
-        key(Prefix.CANCEL, tenant, job_id),
-    )
 
 
 def _attempt_state_for(outcome: Outcome) -> AttemptState:

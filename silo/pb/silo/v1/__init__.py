@@ -20,6 +20,8 @@ __all__ = (
     "GetJobResponse",
     "GetJobResultRequest",
     "GetJobResultResponse",
+    "GetQueueRequest",
+    "GetQueueResponse",
     "HeartbeatRequest",
     "HeartbeatResponse",
     "Job",
@@ -34,13 +36,17 @@ __all__ = (
     "Outcome",
     "OutcomeStatus",
     "RateLimit",
+    "RefreshInfo",
     "ReportOutcomeRequest",
     "ReportOutcomeResponse",
     "ReportOutcomesRequest",
     "ReportOutcomesResponse",
+    "ReportRefreshRequest",
+    "ReportRefreshResponse",
     "RetryPolicy",
     "ShardInfo",
     "Task",
+    "WaitingRequest",
 )
 
 from dataclasses import dataclass
@@ -317,6 +323,53 @@ class GetJobResultResponse(betterproto2.Message):
 default_message_pool.register_message(
     "silo.v1", "GetJobResultResponse", GetJobResultResponse
 )
+
+
+@dataclass(eq=False, repr=False)
+class GetQueueRequest(betterproto2.Message):
+    shard: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+
+    tenant: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    key: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    max_listed: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    default 100
+    """
+
+
+default_message_pool.register_message("silo.v1", "GetQueueRequest", GetQueueRequest)
+
+
+@dataclass(eq=False, repr=False)
+class GetQueueResponse(betterproto2.Message):
+    tenant: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    key: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    max_concurrency: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+
+    floating: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+
+    holders: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+
+    holder_task_ids: "list[str]" = betterproto2.field(
+        6, betterproto2.TYPE_STRING, repeated=True
+    )
+
+    waiting: "int" = betterproto2.field(7, betterproto2.TYPE_UINT32)
+
+    first_waiting: "list[WaitingRequest]" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    next_refresh_ms: "int" = betterproto2.field(9, betterproto2.TYPE_UINT64)
+
+    refresh_backoff_ms: "int" = betterproto2.field(10, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("silo.v1", "GetQueueResponse", GetQueueResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -614,6 +667,30 @@ default_message_pool.register_message("silo.v1", "RateLimit", RateLimit)
 
 
 @dataclass(eq=False, repr=False)
+class RefreshInfo(betterproto2.Message):
+    queue: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    the floating concurrency queue to refresh
+    """
+
+    current_max: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+
+    metadata: "dict[str, str]" = betterproto2.field(
+        3,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
+    )
+    """
+    the limit's metadata, for the refresh handler
+    """
+
+
+default_message_pool.register_message("silo.v1", "RefreshInfo", RefreshInfo)
+
+
+@dataclass(eq=False, repr=False)
 class ReportOutcomeRequest(betterproto2.Message):
     outcome: "Outcome | None" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, optional=True
@@ -659,6 +736,45 @@ class ReportOutcomesResponse(betterproto2.Message):
 
 default_message_pool.register_message(
     "silo.v1", "ReportOutcomesResponse", ReportOutcomesResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class ReportRefreshRequest(betterproto2.Message):
+    """
+
+
+    Oneofs:
+        - result:
+    """
+
+    shard: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+
+    worker_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    task_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    new_max: "int | None" = betterproto2.field(
+        4, betterproto2.TYPE_UINT32, optional=True, group="result"
+    )
+
+    failure: "Failure | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True, group="result"
+    )
+
+
+default_message_pool.register_message(
+    "silo.v1", "ReportRefreshRequest", ReportRefreshRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ReportRefreshResponse(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message(
+    "silo.v1", "ReportRefreshResponse", ReportRefreshResponse
 )
 
 
@@ -730,5 +846,26 @@ class Task(betterproto2.Message):
 
     lease_expiry_ms: "int" = betterproto2.field(10, betterproto2.TYPE_UINT64)
 
+    refresh: "RefreshInfo | None" = betterproto2.field(
+        11, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    set on a floating-limit refresh task (attempt 0)
+    """
+
 
 default_message_pool.register_message("silo.v1", "Task", Task)
+
+
+@dataclass(eq=False, repr=False)
+class WaitingRequest(betterproto2.Message):
+    job_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    attempt: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+
+    priority: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+
+    due_ms: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("silo.v1", "WaitingRequest", WaitingRequest)

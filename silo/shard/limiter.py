@@ -1,0 +1,457 @@
+"""Concurrency, floating concurrency and rate limits of one shard (DESIGN §5).
+
+Contract:
+- A job acquires its limits in order before its attempt becomes a ready task. A concurrency
+  limit is a slot in the tenant's queue ``key`` (a holder row keyed by the task id); a full queue
+  parks the task as a request ordered by priority, then due time. A rate limit reserves a token
+  from the tenant's bucket; when none is free the task waits in the timer index until the
+  reserved token's time, and resumes with the next limit (no polling).
+- Whatever ends or abandons an attempt releases its slots in the same batch, and the freed slots
+  are granted to the next eligible requests in that same batch (:meth:`LimitsMixin._regrant`).
+- A queue's max is stored with the queue; a later job carrying another max, or a floating
+  refresh, changes it at once, in both directions (a lower max grants nothing until the holders
+  drop below it).
+- A floating queue is refreshed by handing a refresh task to a worker of the task group while
+  the queue has work; a failed or expired refresh backs off from 1 s, doubling, to 60 s.
+
+Invariant: a queue never has more holders than its max at the time of each grant; a slot is
+granted to a task at most once (its holder row is keyed by the task id).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from silo import keys
+from silo.errors import FailedPrecondition, InvalidArgument, NotFound
+from silo.keys import Prefix
+from silo.model import (
+    PARKED,
+    READY,
+    TIMER,
+    ConcurrencyLimit,
+    FloatingConcurrencyLimit,
+    JobInfo,
+    JobState,
+    JobStatus,
+    Lease,
+    QueueState,
+    RateBucket,
+    RateLimit,
+    Task,
+    concurrency_key,
+)
+from silo.shard.tables import (
+    bucket_key,
+    holder_key,
+    queue_key,
+    ready_key,
+    request_key,
+    timer_key,
+)
+from silo.shard.txn import Txn
+
+if TYPE_CHECKING:
+    from silo.runtime import Runtime
+    from silo.shard.mirror import ShardMirror
+
+REFRESH_BACKOFF_MIN_MS = 1_000
+REFRESH_BACKOFF_MAX_MS = 60_000
+MAX_GRANTS_PER_QUEUE_PER_OP = 10_000
+
+
+class LimitsMixin:
+    """Limit acquisition, release and grant for :class:`~silo.shard.shard.JobShard`."""
+
+    _mirror: ShardMirror
+    _rt: Runtime
+    shard_id: int
+
+    # Provided by JobShard.
+    async def _info(self, txn: Txn, tenant: str, job_id: str) -> JobInfo | None: ...
+    async def _state(self, txn: Txn, tenant: str, job_id: str) -> JobState | None: ...
+    def _put_state(self, txn: Txn, info: JobInfo, old: JobState | None, new: JobState) -> None:
+        ...
+    def _new_id(self, prefix: str) -> str: ...
+
+    # -- queue state ------------------------------------------------------------------------
+
+    def _queue_state(self, txn: Txn, tenant: str, queue: str) -> QueueState | None:
+        """The queue's record as this transaction sees it (do not mutate; copy first)."""
+        k = queue_key(tenant, queue)
+        if k in txn.ops:
+            v = txn.ops[k]
+            return None if v is None else QueueState.decode(k, v)
+        return self._mirror.queues.get((tenant, queue))
+
+    def _put_queue_state(self, txn: Txn, tenant: str, queue: str, qs: QueueState) -> None:
+        txn.put(queue_key(tenant, queue), qs.encode())
+
+    def _holders(self, txn: Txn, tenant: str, queue: str) -> int:
+        q = (tenant, queue)
+        return self._mirror.holders.get(q, 0) + txn.holder_deltas.get(q, 0)
+
+    def _queue_max(self, txn: Txn, tenant: str, queue: str) -> int:
+        qs = self._queue_state(txn, tenant, queue)
+        return 0 if qs is None else qs.max_concurrency
+
+    def _holder_exists(self, txn: Txn, hk: bytes) -> bool:
+        if hk in txn.ops:
+            return txn.ops[hk] is not None
+        return hk in self._mirror.holder_keys
+
+    def _first_request(self, txn: Txn, tenant: str, queue: str) -> tuple[bytes, Task] | None:
+        start, end = keys.prefix_range(Prefix.CONCURRENCY_REQUEST, tenant, queue)
+        best: bytes | None = None
+        for k in self._mirror.requests.irange(start, end, inclusive=(True, False)):
+            if k in txn.ops and txn.ops[k] is None:
+                continue
+            best = k
+            break
+        for k in txn.new_requests:
+            if start <= k and (end is None or k < end) and txn.ops.get(k) is not None:
+                if best is None or k < best:
+                    best = k
+        if best is None:
+            return None
+        raw = txn.ops.get(best)
+        task = Task.decode(best, raw) if raw is not None else self._mirror.requests[best]
+        return best, task
+
+    def _has_waiting(self, txn: Txn, tenant: str, queue: str) -> bool:
+        return self._first_request(txn, tenant, queue) is not None
+
+    def _queue_has_work(self, txn: Txn, tenant: str, queue: str) -> bool:
+        return self._holders(txn, tenant, queue) > 0 or self._has_waiting(txn, tenant, queue)
+
+    def _note_limits(self, txn: Txn, info: JobInfo) -> None:
+        """Record the queues a new job names; a plain limit's max replaces the stored one."""
+        for limit in info.limits:
+            if isinstance(limit, ConcurrencyLimit):
+                qs = self._queue_state(txn, info.tenant, limit.key)
+                if qs is None:
+                    self._put_queue_state(
+                        txn, info.tenant, limit.key, QueueState(limit.max_concurrency)
+                    )
+                elif qs.max_concurrency != limit.max_concurrency and not qs.floating:
+                    new = qs.copy()
+                    new.max_concurrency = limit.max_concurrency
+                    self._put_queue_state(txn, info.tenant, limit.key, new)
+                    txn.regrant.append((info.tenant, limit.key))
+            elif isinstance(limit, FloatingConcurrencyLimit):
+                qs = self._queue_state(txn, info.tenant, limit.key)
+                if qs is None or not qs.floating:
+                    new = QueueState(
+                        limit.default_max_concurrency if qs is None else qs.max_concurrency,
+                        floating=True,
+                        default_max=limit.default_max_concurrency,
+                        refresh_interval_ms=limit.refresh_interval_ms,
+                        metadata=dict(limit.metadata),
+                        task_group=info.task_group,
+                    )
+                    self._put_queue_state(txn, info.tenant, limit.key, new)
+
+    # -- acquisition ------------------------------------------------------------------------
+
+    async def _place(
+        self, txn: Txn, info: JobInfo, state: JobState, task: Task, start: int
+    ) -> None:
+        """Acquire ``info.limits[start:]`` for ``task`` and queue it: ready when every limit
+        is held, parked on the first full queue, or in the timer index until a reserved rate
+        token's time. Updates ``state.task``, ``state.held`` and ``state.next_attempt_at_ms``."""
+        limits = info.limits
+        i = start
+        while i < len(limits):
+            limit = limits[i]
+            if isinstance(limit, RateLimit):
+                wait = self._reserve_token(txn, info.tenant, limit)
+                if wait > 0:
+                    due = txn.now + wait
+                    waiting = replace(task, due_ms=due)
+                    txn.put(timer_key(waiting), waiting.encode())
+                    state.task = (task.attempt, due, TIMER, task.task_id)
+                    state.held = i + 1
+                    state.next_attempt_at_ms = due
+                    return
+            else:
+                queue = limit.key
+                self._ensure_refresh(txn, info.tenant, queue)
+                free = self._holders(txn, info.tenant, queue) < self._queue_max(
+                    txn, info.tenant, queue
+                )
+                if free and not self._has_waiting(txn, info.tenant, queue):
+                    self._grant(txn, info.tenant, queue, task)
+                else:
+                    rk = request_key(info.tenant, queue, task)
+                    txn.put(rk, task.encode())
+                    txn.new_requests[rk] = task
+                    state.task = (task.attempt, task.due_ms, PARKED, task.task_id)
+                    state.held = i
+                    state.next_attempt_at_ms = task.due_ms
+                    txn.regrant.append((info.tenant, queue))
+                    return
+            i += 1
+        txn.put(ready_key(task), task.encode())
+        state.task = (task.attempt, task.due_ms, READY, task.task_id)
+        state.held = len(limits)
+        state.next_attempt_at_ms = task.due_ms
+
+    def _grant(self, txn: Txn, tenant: str, queue: str, task: Task) -> None:
+        hk = holder_key(tenant, queue, task.task_id)
+        txn.put(hk, msgpack.packb([txn.now, task.job_id, task.attempt]))
+        q = (tenant, queue)
+        txn.holder_deltas[q] = txn.holder_deltas.get(q, 0) + 1
+        txn.emit(
+            "slot_granted", shard=self.shard_id, tenant=tenant, queue=queue,
+            task_id=task.task_id, job_id=task.job_id, attempt=task.attempt,
+            holders=self._holders(txn, tenant, queue),
+            max=self._queue_max(txn, tenant, queue), at_ms=txn.now,
+        )
+
+    def _release(self, txn: Txn, info: JobInfo, held: int, task_id: str) -> None:
+        """Release the concurrency slots among ``info.limits[:held]`` held by ``task_id``."""
+        for limit in info.limits[:held]:
+            queue = concurrency_key(limit)
+            if queue is None:
+                continue
+            hk = holder_key(info.tenant, queue, task_id)
+            if not self._holder_exists(txn, hk):
+                continue
+            if not self._rt.faults.mutation("leak-holder"):
+                txn.delete(hk)
+                q = (info.tenant, queue)
+                txn.holder_deltas[q] = txn.holder_deltas.get(q, 0) - 1
+            txn.emit(
+                "slot_released", shard=self.shard_id, tenant=info.tenant, queue=queue,
+                task_id=task_id, job_id=info.job_id, at_ms=txn.now,
+            )
+            txn.regrant.append((info.tenant, queue))
+
+    async def _regrant(self, txn: Txn) -> None:
+        """Grant freed slots to waiting requests, for every queue touched by this operation."""
+        done: set[tuple[str, str]] = set()
+        while txn.regrant:
+            q = txn.regrant.pop(0)
+            if q in done:
+                continue
+            done.add(q)
+            granted = await self._grant_waiting(txn, *q)
+            if granted:
+                # Granted tasks may have parked on other queues; those get another look.
+                done.discard(q)
+
+    async def _grant_waiting(self, txn: Txn, tenant: str, queue: str) -> int:
+        granted = 0
+        over = 1 if self._rt.faults.mutation("over-grant") else 0
+        for _ in range(MAX_GRANTS_PER_QUEUE_PER_OP):
+            if self._holders(txn, tenant, queue) >= self._queue_max(txn, tenant, queue) + over:
+                break
+            first = self._first_request(txn, tenant, queue)
+            if first is None:
+                break
+            rk, task = first
+            txn.delete(rk)
+            info = await self._info(txn, task.tenant, task.job_id)
+            state = await self._state(txn, task.tenant, task.job_id)
+            if (
+                info is None
+                or state is None
+                or state.status != JobStatus.SCHEDULED
+                or state.task is None
+                or state.task[2] != PARKED
+                or state.task[3] != task.task_id
+            ):
+                continue  # a stray request (cannot happen while the tables agree): drop it
+            self._grant(txn, tenant, queue, task)
+            granted += 1
+            new = state.copy()
+            await self._place(txn, info, new, task, state.held + 1)
+            self._put_state(txn, info, state, new)
+        return granted
+
+    def _reserve_token(self, txn: Txn, tenant: str, limit: RateLimit) -> int:
+        """Take a token from the bucket (possibly one not yet refilled); returns how many ms
+        until that token exists (0: now)."""
+        bk = bucket_key(tenant, limit.name, limit.key)
+        raw = txn.ops.get(bk) if bk in txn.ops else self._mirror.buckets.get(bk)
+        bucket = RateBucket.decode(bk, raw) if raw is not None else None
+        tokens = float(limit.limit) if bucket is None else bucket.tokens
+        if bucket is not None:
+            elapsed = max(0, txn.now - bucket.updated_ms)
+            tokens = min(float(limit.limit), tokens + elapsed * limit.limit / limit.per_ms)
+        tokens -= 1.0
+        txn.put(bk, RateBucket(tokens, txn.now).encode())
+        if tokens >= 0:
+            return 0
+        return max(1, math.ceil(-tokens * limit.per_ms / limit.limit))
+
+    # -- floating limits --------------------------------------------------------------------
+
+    def _ensure_refresh(self, txn: Txn, tenant: str, queue: str) -> None:
+        """Schedule a refresh task for a floating queue that has none pending."""
+        qs = self._queue_state(txn, tenant, queue)
+        if qs is None or not qs.floating or qs.refresh_task_id is not None:
+            return
+        due = max(txn.now, qs.next_refresh_ms)
+        task = Task(self._new_id("r"), tenant, queue, 0, qs.task_group, 0, due)
+        if due <= txn.now:
+            txn.put(ready_key(task), task.encode())
+        else:
+            txn.put(timer_key(task), task.encode())
+        new = qs.copy()
+        new.refresh_task_id = task.task_id
+        self._put_queue_state(txn, tenant, queue, new)
+
+    def _promote_refresh(self, txn: Txn, task: Task) -> None:
+        """A due refresh timer: hand it to workers if the queue still has work, else drop it."""
+        txn.delete(timer_key(task))
+        qs = self._queue_state(txn, task.tenant, task.job_id)
+        if qs is None or qs.refresh_task_id != task.task_id:
+            return
+        if self._queue_has_work(txn, task.tenant, task.job_id):
+            txn.put(ready_key(task), task.encode())
+        else:
+            new = qs.copy()
+            new.refresh_task_id = None
+            self._put_queue_state(txn, task.tenant, task.job_id, new)
+
+    def _end_refresh(
+        self, txn: Txn, lease: Lease, new_max: int | None, *, reaped: bool = False
+    ) -> None:
+        """Apply a refresh result (``new_max``) or a failure (``None``)."""
+        from silo.keys import key
+
+        txn.delete(key(Prefix.LEASE, lease.task_id))
+        txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, lease.task_id))
+        queue = lease.job_id
+        qs = self._queue_state(txn, lease.tenant, queue)
+        txn.emit(
+            "refresh_ended", shard=self.shard_id, tenant=lease.tenant, queue=queue,
+            task_id=lease.task_id, new_max=new_max, reaped=reaped, at_ms=txn.now,
+        )
+        if qs is None:
+            return
+        new = qs.copy()
+        new.refresh_task_id = None
+        if new_max is None:
+            new.backoff_ms = min(
+                max(REFRESH_BACKOFF_MIN_MS, qs.backoff_ms * 2), REFRESH_BACKOFF_MAX_MS
+            )
+            new.next_refresh_ms = txn.now + new.backoff_ms
+        else:
+            new.backoff_ms = 0
+            new.max_concurrency = new_max
+            new.next_refresh_ms = txn.now + qs.refresh_interval_ms
+            if new_max > qs.max_concurrency:
+                txn.regrant.append((lease.tenant, queue))
+        self._put_queue_state(txn, lease.tenant, queue, new)
+        if self._queue_has_work(txn, lease.tenant, queue):
+            self._ensure_refresh(txn, lease.tenant, queue)
+
+    # -- unqueue ----------------------------------------------------------------------------
+
+    def _unqueue_task(self, txn: Txn, info: JobInfo, state: JobState) -> Task | None:
+        """Remove the job's queued task (ready, timer or parked request) and release the slots
+        it holds; returns the task."""
+        if state.task is None:
+            return None
+        attempt, due_ms, where, task_id = state.task
+        probe = Task(task_id, info.tenant, info.job_id, attempt, info.task_group, info.priority,
+                     due_ms)
+        if where == READY:
+            k = ready_key(probe)
+            task = self._mirror.ready.get(k)
+        elif where == TIMER:
+            k = timer_key(probe)
+            task = self._mirror.timers.get(k)
+        else:
+            queue = concurrency_key(info.limits[state.held])
+            assert queue is not None
+            k = request_key(info.tenant, queue, probe)
+            task = self._mirror.requests.get(k)
+        if k in txn.ops:
+            raw = txn.ops[k]
+            task = Task.decode(k, raw) if raw is not None else None
+        txn.delete(k)
+        self._release(txn, info, state.held, task_id)
+        state.task = None
+        state.held = 0
+        state.next_attempt_at_ms = None
+        return task or probe
+
+    # -- visibility -------------------------------------------------------------------------
+
+    def _waiting_for(self, info: JobInfo, state: JobState) -> str:
+        """What a scheduled job is waiting for, in words."""
+        if state.status != JobStatus.SCHEDULED or state.task is None:
+            return ""
+        _, due_ms, where, _ = state.task
+        if where == READY:
+            return "a worker"
+        if where == PARKED:
+            limit = info.limits[state.held]
+            queue = concurrency_key(limit)
+            assert queue is not None
+            q = (info.tenant, queue)
+            qs = self._mirror.queues.get(q)
+            return (
+                f"a slot in concurrency queue {queue!r} "
+                f"({self._mirror.holders.get(q, 0)}/{qs.max_concurrency if qs else 0} held, "
+                f"{self._mirror.requests_per_queue.get(q, 0)} waiting)"
+            )
+        if state.held > 0 and isinstance(info.limits[state.held - 1], RateLimit):
+            limit = info.limits[state.held - 1]
+            assert isinstance(limit, RateLimit)
+            return f"rate limit {limit.name}/{limit.key} (token reserved for {due_ms})"
+        return f"its start time ({due_ms})"
+
+    def queue_info(self, tenant: str, queue: str, *, max_listed: int = 100) -> dict[str, Any]:
+        """A queue's max, holders and waiting requests (at most ``max_listed`` of each)."""
+        q = (tenant, queue)
+        qs = self._mirror.queues.get(q)
+        if qs is None:
+            raise NotFound(f"concurrency queue not found: {queue!r} (tenant {tenant!r})")
+        holders = []
+        start, end = keys.prefix_range(Prefix.CONCURRENCY_HOLDER, tenant, queue)
+        for hk, hq in self._mirror.holder_keys.items():
+            if hq == q and start <= hk and (end is None or hk < end):
+                holders.append(str(keys.parse(hk)[1][2]))
+        waiting = []
+        rstart, rend = keys.prefix_range(Prefix.CONCURRENCY_REQUEST, tenant, queue)
+        for rk in self._mirror.requests.irange(rstart, rend, inclusive=(True, False)):
+            t = self._mirror.requests[rk]
+            waiting.append({"job_id": t.job_id, "attempt": t.attempt, "priority": t.priority,
+                            "due_ms": t.due_ms})
+            if len(waiting) >= max_listed:
+                break
+        return {
+            "tenant": tenant,
+            "queue": queue,
+            "max_concurrency": qs.max_concurrency,
+            "floating": qs.floating,
+            "holders": len(holders),
+            "holder_task_ids": sorted(holders)[:max_listed],
+            "waiting": self._mirror.requests_per_queue.get(q, 0),
+            "first_waiting": waiting,
+            "next_refresh_ms": qs.next_refresh_ms if qs.floating else None,
+            "refresh_backoff_ms": qs.backoff_ms if qs.floating else None,
+        }
+
+
+def check_refresh_value(new_max: int) -> None:
+    if not 0 <= new_max <= 1_000_000:
+        raise InvalidArgument(f"refreshed max {new_max} is outside 0..1000000")
+
+
+def require_refresh_lease(lease: Lease | None, worker_id: str, task_id: str) -> Lease:
+    if lease is None or not lease.is_refresh:
+        raise NotFound(f"lease not found for refresh task {task_id!r}")
+    if lease.worker_id != worker_id:
+        raise FailedPrecondition(
+            f"lease owner mismatch: refresh task {task_id!r} is leased to another worker"
+        )
+    return lease

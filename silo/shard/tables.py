@@ -1,0 +1,70 @@
+"""Key builders for the shard's tables (DESIGN §3 key layout) and its counters."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from silo.keys import Prefix, inverted, key
+from silo.model import JobState, JobStatus, Task
+
+
+@lru_cache(maxsize=4096)
+def counter_key(*parts: str | int) -> bytes:
+    return key(Prefix.META, "counter", *parts)
+
+
+JOBS_TOTAL = counter_key("jobs")
+JOBS_TERMINAL = counter_key("terminal")
+
+
+@lru_cache(maxsize=4096)
+def status_counter(tenant: str, status: JobStatus) -> bytes:
+    return counter_key("status", tenant, int(status))
+
+
+def status_index_key(tenant: str, state: JobState, job_id: str) -> bytes:
+    return key(
+        Prefix.STATUS_INDEX, tenant, int(state.status), inverted(state.changed_at_ms), job_id
+    )
+
+
+def ready_key(task: Task) -> bytes:
+    return key(
+        Prefix.READY, task.task_group, task.priority, task.due_ms, task.tenant, task.job_id,
+        task.attempt,
+    )
+
+
+def timer_key(task: Task) -> bytes:
+    return key(Prefix.TIMER, task.due_ms, task.tenant, task.job_id, task.attempt)
+
+
+def request_key(tenant: str, queue: str, task: Task) -> bytes:
+    """A parked request for a slot of ``queue``: ordered by priority, then due time."""
+    return key(
+        Prefix.CONCURRENCY_REQUEST, tenant, queue, task.priority, task.due_ms, task.job_id,
+        task.attempt,
+    )
+
+
+def holder_key(tenant: str, queue: str, task_id: str) -> bytes:
+    return key(Prefix.CONCURRENCY_HOLDER, tenant, queue, task_id)
+
+
+def queue_key(tenant: str, queue: str) -> bytes:
+    return key(Prefix.FLOATING_LIMIT, tenant, queue)
+
+
+def bucket_key(tenant: str, name: str, bucket: str) -> bytes:
+    return key(Prefix.RATE_BUCKET, tenant, name, bucket)
+
+
+def job_keys(tenant: str, job_id: str) -> tuple[bytes, bytes, bytes]:
+    """The job, status and cancel-flag keys of a job."""
+    return (
+        key(Prefix.JOB, tenant, job_id),
+        key(Prefix.STATUS, tenant, job_id),
+        key(Prefix.CANCEL, tenant, job_id),
+    )
+
+
