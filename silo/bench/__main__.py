@@ -13,6 +13,11 @@ def main(argv: list[str] | None = None) -> int:
     eng = sub.add_parser("engine", help="enqueue -> lease -> complete on one LevelDB shard")
     eng.add_argument("--jobs", type=int, default=20_000)
     eng.add_argument("--workers", type=int, default=8)
+    eng.add_argument(
+        "--limits",
+        action="store_true",
+        help="also run with one concurrency limit (max 10 over 1000 keys) and compare",
+    )
     e2e = sub.add_parser("e2e", help="server process + gRPC enqueues + worker processes")
     e2e.add_argument("--jobs", type=int, default=5000)
     e2e.add_argument("--workers", type=int, default=2)
@@ -38,7 +43,13 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.jobs < 1 or args.workers < 1:
             parser.error("--jobs and --workers must be positive")
-        print_engine(run_engine(args.jobs, args.workers))
+        if args.limits:
+            from silo.bench.engine import print_limits_comparison
+
+            plain = run_engine(args.jobs, args.workers)
+            print_limits_comparison(plain, run_engine(args.jobs, args.workers, True))
+        else:
+            print_engine(run_engine(args.jobs, args.workers))
     return 0
 
 

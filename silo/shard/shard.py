@@ -569,6 +569,7 @@ class JobShard(LimitsMixin):
         async with self._lock:
             txn = await self._begin()
             await txn.prefetch(self._report_keys(reports))
+            await self._prefetch_grants(txn, [self._mirror.leases.get(r.task_id) for r in reports])
             for report in reports:
                 try:
                     self._validate_report(report)
@@ -582,6 +583,22 @@ class JobShard(LimitsMixin):
         else:
             await self._read_barrier()
         return results
+
+    async def _prefetch_grants(self, txn: Txn, leases: Sequence[Lease | None]) -> None:
+        """Read ahead the jobs that ending these leases will grant a slot to."""
+        wanted: list[bytes] = []
+        for lease in leases:
+            if lease is None or lease.is_refresh:
+                continue
+            info = await self._info(txn, lease.tenant, lease.job_id)
+            if info is None:
+                continue
+            for limit in info.limits:
+                queue = concurrency_key(limit)
+                first = None if queue is None else self._first_request(txn, info.tenant, queue)
+                if first is not None:
+                    wanted += job_keys(first[1].tenant, first[1].job_id)[:2]
+        await txn.prefetch(wanted)
 
     def _report_keys(self, reports: Sequence[OutcomeReport]) -> list[bytes]:
         out: list[bytes] = []
