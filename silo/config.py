@@ -37,6 +37,8 @@ class ServerConfig:
     lease_ms: int = 30_000
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
+    log_format: str = "text"
+    """"text" (key=value lines) or "json" (one JSON object per line)."""
     limits: ShardLimits = field(default_factory=ShardLimits)
 
 
@@ -133,4 +135,6 @@ def validate(config: ServerConfig) -> ServerConfig:
             raise ConfigError(f"{name} must look like HOST:PORT (got {value!r})")
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level must be one of debug, info, warning, error")
+    if config.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be text or json (got {config.log_format!r})")
     return config

@@ -92,9 +92,7 @@ def _shard_families(stats: list[Any]) -> Iterator[Metric]:
     yield completed
 
     yield counter("silo_jobs_retried_total", "Failed attempts scheduled for retry.", "retried")
-    yield counter(
-        "silo_leases_reaped_total", "Leases that expired without a heartbeat.", "reaped"
-    )
+    yield counter("silo_leases_reaped_total", "Leases that expired without a heartbeat.", "reaped")
     yield counter("silo_synced_writes_total", "Synced (fsynced) store writes.", "synced_writes")
     yield counter("silo_write_groups_total", "Write groups committed.", "groups_committed")
 
@@ -104,7 +102,9 @@ def _shard_families(stats: list[Any]) -> Iterator[Metric]:
     yield leases
 
     due = GaugeMetricFamily(
-        "silo_due_tasks", "Tasks ready to lease now, per task group.", labels=["shard", "task_group"]
+        "silo_due_tasks",
+        "Tasks ready to lease now, per task group.",
+        labels=["shard", "task_group"],
     )
     for s in stats:
         for group, n in sorted(s.due_tasks_per_task_group.items()):

@@ -1,0 +1,1 @@
+"""Example handlers for ``silo worker`` (see the README quickstart)."""

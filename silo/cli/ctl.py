@@ -1,0 +1,467 @@
+"""``siloctl``: manage jobs and inspect a silo cluster over gRPC.
+
+Exit status: 0 success; 1 the server refused (NOT_FOUND, ...) or could not be reached;
+2 usage error (bad flags, bad --payload JSON, ...); 3 ``job result``: the job has not finished
+(within --wait); 4 ``job result``: the job ended FAILED or CANCELLED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TextIO
+
+import trio
+
+from silo.cli.common import (
+    DEFAULT_ADDRESS,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_JOB_UNSUCCESSFUL,
+    EXIT_NOT_FINISHED,
+    EXIT_OK,
+    CliError,
+    address_list,
+    describe_silo_error,
+    dumps,
+    format_ms,
+    jsonable,
+    leaf_exception,
+)
+from silo.errors import SiloError
+from silo.model import DEFAULT_PRIORITY, DEFAULT_TENANT, Attempt, RetryPolicy
+
+if TYPE_CHECKING:
+    from silo.client.client import SiloClient
+    from silo.client.types import Job
+
+Command = Callable[["SiloClient", argparse.Namespace, "Output"], Awaitable[int]]
+
+
+# -- argument types --------------------------------------------------------------------------
+
+
+def json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+
+
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def _connection_flags(parser: argparse.ArgumentParser, *, root: bool) -> None:
+    """-a/--token/--json, accepted before the command (root) and after it (leaves)."""
+
+    def default(value: Any) -> Any:
+        return value if root else argparse.SUPPRESS
+
+    parser.add_argument(
+        "-a", "--address", type=address_list, metavar="HOST:PORT[,...]",
+        default=default(os.environ.get("SILO_ADDRESS", DEFAULT_ADDRESS)),
+        help=f"silo server(s) to contact (default $SILO_ADDRESS or {DEFAULT_ADDRESS})",
+    )
+    parser.add_argument("--token", default=default(os.environ.get("SILO_TOKEN") or None),
+                        help="bearer token (default $SILO_TOKEN)")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print machine-readable JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="siloctl",
+        description="Manage jobs and inspect a silo cluster.",
+        epilog=(
+            "exit status: 0 ok; 1 server error or unreachable; 2 usage error; "
+            "3 job not finished (job result); 4 job FAILED or CANCELLED (job result)"
+        ),
+    )
+    _connection_flags(parser, root=True)
+    top = parser.add_subparsers(dest="area", metavar="{job,cluster}", required=True)
+
+    job = top.add_parser("job", help="enqueue and manage jobs",
+                         description="Enqueue and manage jobs.")
+    jobs = job.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def job_command(name: str, help: str, fn: Command) -> argparse.ArgumentParser:
+        p = jobs.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+        p.add_argument("--tenant", "-t", default=DEFAULT_TENANT,
+                       help=f"tenant (default {DEFAULT_TENANT!r})")
+        _connection_flags(p, root=False)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = job_command("enqueue", "enqueue a job and print its id", cmd_enqueue)
+    p.add_argument("--task-group", "-g", required=True, metavar="G")
+    p.add_argument("--id", metavar="ID", help="job id (default: a random one)")
+    p.add_argument("--payload", "-p", type=json_value, default=None, metavar="JSON",
+                   help="payload as JSON (stored as msgpack; default null)")
+    p.add_argument("--priority", type=int, default=DEFAULT_PRIORITY, metavar="P",
+                   help=f"0 (first) .. 99 (last); default {DEFAULT_PRIORITY}")
+    p.add_argument("--start-in", type=non_negative, default=None, metavar="SECONDS",
+                   help="do not start before this many seconds from now")
+    p.add_argument("--retries", type=non_negative_int, default=0, metavar="N",
+                   help="retries after a failed attempt (default 0)")
+    p.add_argument("--metadata", "-m", type=key_value, action="extend", nargs="+",
+                   default=[], metavar="K=V", help="metadata entries (repeatable)")
+
+    p = job_command("get", "show a job", cmd_get)
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--attempts", action="store_true", help="also show every attempt")
+
+    p = job_command("result", "show a job's result, optionally waiting for it", cmd_result)
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--wait", "-w", type=non_negative, default=None, metavar="SECONDS",
+                   help="wait up to SECONDS for the job to finish (default: do not wait)")
+
+    for name, help in (("cancel", "cancel a job"),
+                       ("restart", "run a failed or cancelled job again"),
+                       ("expedite", "start a scheduled job now instead of at its start time"),
+                       ("delete", "delete a finished job")):
+        p = job_command(name, help, _action_command(name))
+        p.add_argument("id", metavar="ID")
+
+    cluster = top.add_parser("cluster", help="inspect the cluster",
+                             description="Inspect the cluster.")
+    clusters = cluster.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = clusters.add_parser("info", help="show nodes and shards",
+                            description="Show the shard map and shard owners.")
+    _connection_flags(p, root=False)
+    p.set_defaults(fn=cmd_cluster_info)
+    return parser
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+class Output:
+    """Where commands print: JSON or rich text on stdout."""
+
+    def __init__(self, json_mode: bool, stream: TextIO | None = None) -> None:
+        from rich.console import Console
+
+        self.json = json_mode
+        self.stream = stream or sys.stdout
+        self.console = Console(file=self.stream, highlight=False, soft_wrap=False)
+
+    def emit_json(self, value: Any) -> None:
+        print(dumps(value), file=self.stream)
+
+    def line(self, text: str) -> None:
+        print(text, file=self.stream)
+
+
+def _value_text(value: Any) -> str:
+    return json.dumps(jsonable(value), ensure_ascii=False)
+
+
+def _retry_dict(r: RetryPolicy) -> dict[str, Any]:
+    return {
+        "retry_count": r.retry_count,
+        "initial_backoff_ms": r.initial_backoff_ms,
+        "max_backoff_ms": r.max_backoff_ms,
+        "backoff_factor": r.backoff_factor,
+        "randomize": r.randomize,
+    }
+
+
+def _decode(data: bytes | None) -> Any:
+    from silo.client.types import unpack
+
+    if data is None:
+        return None
+    try:
+        return unpack(data)
+    except Exception:
+        return data  # shown as {"base64": ...}
+
+
+def attempt_dict(a: Attempt) -> dict[str, Any]:
+    return {
+        "attempt": a.attempt,
+        "task_id": a.task_id,
+        "state": a.state.name,
+        "worker_id": a.worker_id,
+        "started_at_ms": a.started_at_ms,
+        "ended_at_ms": a.ended_at_ms,
+        "result": _decode(a.result),
+        "error_code": a.error_code,
+        "error_data": _decode(a.error_data),
+    }
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": job.id,
+        "tenant": job.tenant,
+        "task_group": job.task_group,
+        "status": job.status.name,
+        "payload": job.payload,
+        "priority": job.priority,
+        "retry": _retry_dict(job.retry),
+        "metadata": dict(job.metadata),
+        "enqueued_at_ms": job.enqueued_at_ms,
+        "start_at_ms": job.start_at_ms,
+        "status_changed_at_ms": job.status_changed_at_ms,
+        "next_attempt_at_ms": job.next_attempt_at_ms,
+        "attempt_count": job.attempt_count,
+        "cancel_requested": job.cancel_requested,
+        "cancelled_at_ms": job.cancelled_at_ms,
+    }
+    if job.attempts is not None:
+        out["attempts"] = [attempt_dict(a) for a in job.attempts]
+    return out
+
+
+def _print_job(out: Output, job: Job) -> None:
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    r = job.retry
+    rows = [
+        ("id", job.id),
+        ("tenant", job.tenant),
+        ("task group", job.task_group),
+        ("status", job.status.name + (" (cancel requested)" if job.cancel_requested
+                                      and not job.status.terminal else "")),
+        ("priority", str(job.priority)),
+        ("attempt count", str(job.attempt_count)),
+        ("enqueued at", format_ms(job.enqueued_at_ms)),
+        ("start at", format_ms(job.start_at_ms)),
+        ("status changed", format_ms(job.status_changed_at_ms)),
+    ]
+    if job.next_attempt_at_ms:
+        rows.append(("next attempt", format_ms(job.next_attempt_at_ms)))
+    if job.cancelled_at_ms:
+        rows.append(("cancelled at", format_ms(job.cancelled_at_ms)))
+    rows.append(("retry", f"{r.retry_count} retries, backoff {r.initial_backoff_ms} ms "
+                          f"x{r.backoff_factor:g} up to {r.max_backoff_ms} ms"
+                          + (", randomized" if r.randomize else "")))
+    if job.metadata:
+        rows.append(("metadata", ", ".join(f"{k}={v}" for k, v in sorted(job.metadata.items()))))
+    rows.append(("payload", _value_text(job.payload)))
+    for key, value in rows:
+        table.add_row(key, value)
+    out.console.print(table)
+    if job.attempts:
+        at = Table(title="attempts", title_justify="left")
+        for col in ("#", "state", "worker", "started", "took", "outcome"):
+            at.add_column(col, overflow="fold")
+        for a in job.attempts:
+            if a.error_code:
+                outcome = f"{a.error_code} {_value_text(_decode(a.error_data))}"
+            elif a.result is not None:
+                outcome = _value_text(_decode(a.result))
+            else:
+                outcome = ""
+            took = f"{a.ended_at_ms - a.started_at_ms} ms" if a.ended_at_ms else "-"
+            at.add_row(str(a.attempt), a.state.name, a.worker_id, format_ms(a.started_at_ms),
+                       took, outcome)
+        out.console.print(at)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+async def cmd_enqueue(client: SiloClient, args: argparse.Namespace, out: Output) -> int:
+    start_at_ms = None
+    if args.start_in:
+        from silo.runtime.clock import SystemClock
+
+        start_at_ms = SystemClock().now_ms() + round(args.start_in * 1000)
+    handle = await client.enqueue(
+        args.task_group,
+        args.payload,
+        tenant=args.tenant,
+        id=args.id,
+        priority=args.priority,
+        start_at_ms=start_at_ms,
+        retry=RetryPolicy(retry_count=args.retries),
+        metadata=dict(args.metadata),
+    )
+    if out.json:
+        out.emit_json({"id": handle.id, "tenant": handle.tenant})
+    else:
+        out.line(handle.id)
+    return EXIT_OK
+
+
+async def cmd_get(client: SiloClient, args: argparse.Namespace, out: Output) -> int:
+    job = await client.job(args.id, args.tenant).get(attempts=args.attempts)
+    if out.json:
+        out.emit_json(job_dict(job))
+    else:
+        _print_job(out, job)
+    return EXIT_OK
+
+
+async def cmd_result(client: SiloClient, args: argparse.Namespace, out: Output) -> int:
+    from silo.client.types import JobCancelled, JobFailed
+
+    handle = client.job(args.id, args.tenant)
+    base = {"id": handle.id, "tenant": handle.tenant}
+    try:
+        if args.wait:
+            value = await handle.result(timeout=args.wait)
+        else:
+            job = await handle.get()
+            if not job.status.terminal:
+                raise trio.TooSlowError
+            value = await handle.result()
+    except trio.TooSlowError:
+        status = (await handle.get()).status
+        if out.json:
+            out.emit_json({**base, "status": status.name, "finished": False})
+        else:
+            waited = f" after waiting {args.wait:g}s" if args.wait else ""
+            print(f"job {handle.id} is not finished{waited} (status {status.name})",
+                  file=sys.stderr)
+        return EXIT_NOT_FINISHED
+    except JobFailed as exc:
+        if out.json:
+            out.emit_json({**base, "status": "FAILED", "finished": True,
+                           "error_code": exc.error_code, "error_data": exc.error_data})
+        else:
+            print(f"job {handle.id} FAILED with {exc.error_code}", file=sys.stderr)
+            if exc.error_data is not None:
+                data = exc.error_data
+                if isinstance(data, dict) and isinstance(data.get("traceback"), str):
+                    out.line(data["traceback"].rstrip())
+                else:
+                    out.line(dumps(data))
+        return EXIT_JOB_UNSUCCESSFUL
+    except JobCancelled as exc:
+        if out.json:
+            out.emit_json({**base, "status": "CANCELLED", "finished": True,
+                           "cancelled_at_ms": exc.cancelled_at_ms})
+        else:
+            print(f"job {handle.id} was CANCELLED at {format_ms(exc.cancelled_at_ms)}",
+                  file=sys.stderr)
+        return EXIT_JOB_UNSUCCESSFUL
+    if out.json:
+        out.emit_json({**base, "status": "SUCCEEDED", "finished": True, "result": value})
+    else:
+        out.line(dumps(value))
+    return EXIT_OK
+
+
+_PAST = {"cancel": "cancelled", "restart": "restarted", "expedite": "expedited",
+         "delete": "deleted"}
+
+
+def _action_command(name: str) -> Command:
+    async def command(client: SiloClient, args: argparse.Namespace, out: Output) -> int:
+        handle = client.job(args.id, args.tenant)
+        await getattr(handle, name)()
+        if out.json:
+            out.emit_json({"id": handle.id, "tenant": handle.tenant, "action": name, "ok": True})
+        else:
+            out.line(f"{_PAST[name]} job {handle.id} (tenant {handle.tenant!r})")
+        return EXIT_OK
+
+    command.__name__ = f"cmd_{name}"
+    return command
+
+
+async def cmd_cluster_info(client: SiloClient, args: argparse.Namespace, out: Output) -> int:
+    from silo.wire import pb
+
+    info = await client.call("GetClusterInfo", pb.GetClusterInfoRequest(),
+                             pb.GetClusterInfoResponse)
+    shards = [
+        {
+            "id": s.id,
+            "range_start": s.range_start,
+            "range_end": None if s.range_end_max else s.range_end,
+            "owner_node": s.owner_node or None,
+            "owner_address": s.owner_address or None,
+        }
+        for s in info.shards
+    ]
+    if out.json:
+        out.emit_json({"node_id": info.node_id, "map_version": info.map_version,
+                       "shards": shards})
+        return EXIT_OK
+    from rich.table import Table
+
+    nodes = sorted({(s["owner_node"] or "-", s["owner_address"] or "-") for s in shards})
+    out.line(f"answered by node {info.node_id}; shard map version {info.map_version}; "
+             f"{len(shards)} shards on {len(nodes)} node(s)")
+    table = Table()
+    table.add_column("shard", justify="right")
+    table.add_column("hash range")
+    table.add_column("owner")
+    table.add_column("address")
+    for s in shards:
+        end = "2^64" if s["range_end"] is None else f"{s['range_end']:#018x}"
+        table.add_row(str(s["id"]), f"{s['range_start']:#018x} .. {end}",
+                      s["owner_node"] or "-", s["owner_address"] or "-")
+    out.console.print(table)
+    return EXIT_OK
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+async def _run(args: argparse.Namespace, out: Output) -> int:
+    from silo.client.client import RetrySettings, SiloClient
+
+    retry = RetrySettings(attempts=4, max_backoff_s=1.0)
+    async with SiloClient.connect(*args.address, token=args.token, retry=retry) as client:
+        return int(await args.fn(client, args, out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Output(args.json)
+    try:
+        return trio.run(_run, args, out)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BaseException as exc:  # noqa: BLE001 - user-facing errors become one message
+        leaf = leaf_exception(exc)
+        if isinstance(leaf, SiloError):
+            lines = describe_silo_error(leaf, args.address)
+            code = EXIT_ERROR
+        elif isinstance(leaf, CliError):
+            lines, code = [leaf.message], leaf.exit_code
+        elif isinstance(leaf, OSError):
+            lines, code = [str(leaf)], EXIT_ERROR
+        else:
+            raise
+        print("error: " + "\n".join(lines), file=sys.stderr)
+        return code

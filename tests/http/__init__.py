@@ -1,0 +1,1 @@
+"""Tests of the HTTP side of a node (health, metrics)."""
