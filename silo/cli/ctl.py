@@ -32,7 +32,16 @@ from silo.cli.common import (
     leaf_exception,
 )
 from silo.errors import SiloError
-from silo.model import DEFAULT_PRIORITY, DEFAULT_TENANT, Attempt, RetryPolicy
+from silo.model import (
+    DEFAULT_PRIORITY,
+    DEFAULT_TENANT,
+    Attempt,
+    ConcurrencyLimit,
+    FloatingConcurrencyLimit,
+    Limit,
+    RateLimit,
+    RetryPolicy,
+)
 
 if TYPE_CHECKING:
     from silo.client.client import SiloClient
@@ -56,6 +65,22 @@ def key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
+
+
+def concurrency_limit(text: str) -> ConcurrencyLimit:
+    key, sep, value = text.rpartition("=")
+    if not sep or not key or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected KEY=MAX, got {text!r}")
+    return ConcurrencyLimit(key, int(value))
+
+
+def rate_limit(text: str) -> RateLimit:
+    head, sep, spec = text.rpartition("=")
+    name, colon, key = head.partition(":")
+    limit, slash, per = spec.partition("/")
+    if not sep or not name or not slash or not limit.isdigit() or not per.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NAME:KEY=LIMIT/MS, got {text!r}")
+    return RateLimit(name, key if colon else "", int(limit), int(per))
 
 
 def non_negative(text: str) -> float:
@@ -108,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _connection_flags(parser, root=True)
-    top = parser.add_subparsers(dest="area", metavar="{job,cluster}", required=True)
+    top = parser.add_subparsers(dest="area", metavar="{job,queue,cluster}", required=True)
 
     job = top.add_parser("job", help="enqueue and manage jobs",
                          description="Enqueue and manage jobs.")
@@ -135,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retries after a failed attempt (default 0)")
     p.add_argument("--metadata", "-m", type=key_value, action="extend", nargs="+",
                    default=[], metavar="K=V", help="metadata entries (repeatable)")
+    p.add_argument("--concurrency", action="append", type=concurrency_limit, default=[],
+                   metavar="KEY=MAX", help="concurrency limit (repeatable, acquired in order)")
+    p.add_argument("--rate", action="append", type=rate_limit, default=[],
+                   metavar="NAME:KEY=LIMIT/MS",
+                   help="rate limit: at most LIMIT per MS milliseconds (repeatable)")
 
     p = job_command("get", "show a job", cmd_get)
     p.add_argument("id", metavar="ID")
@@ -151,6 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
                        ("delete", "delete a finished job")):
         p = job_command(name, help, _action_command(name))
         p.add_argument("id", metavar="ID")
+
+    queue = top.add_parser("queue", help="inspect concurrency queues",
+                           description="Inspect concurrency queues.")
+    queues = queue.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = queues.add_parser("show", help="show a queue's max, holders and waiting jobs",
+                          description="Show a concurrency queue's max, holders and waiting jobs.")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("--tenant", "-t", default=DEFAULT_TENANT,
+                   help=f"tenant (default {DEFAULT_TENANT!r})")
+    _connection_flags(p, root=False)
+    p.set_defaults(fn=cmd_queue_show)
 
     cluster = top.add_parser("cluster", help="inspect the cluster",
                              description="Inspect the cluster.")
@@ -239,9 +280,24 @@ def job_dict(job: Job) -> dict[str, Any]:
         "cancel_requested": job.cancel_requested,
         "cancelled_at_ms": job.cancelled_at_ms,
     }
+    if job.limits:
+        out["limits"] = [_limit_dict(x) for x in job.limits]
+    if job.waiting_for:
+        out["waiting_for"] = job.waiting_for
     if job.attempts is not None:
         out["attempts"] = [attempt_dict(a) for a in job.attempts]
     return out
+
+
+def _limit_dict(limit: Limit) -> dict[str, Any]:
+    if isinstance(limit, ConcurrencyLimit):
+        return {"concurrency": {"key": limit.key, "max": limit.max_concurrency}}
+    if isinstance(limit, FloatingConcurrencyLimit):
+        return {"floating": {"key": limit.key, "default_max": limit.default_max_concurrency,
+                             "refresh_interval_ms": limit.refresh_interval_ms,
+                             "metadata": dict(limit.metadata)}}
+    return {"rate": {"name": limit.name, "key": limit.key, "limit": limit.limit,
+                     "per_ms": limit.per_ms}}
 
 
 def _print_job(out: Output, job: Job) -> None:
@@ -265,6 +321,10 @@ def _print_job(out: Output, job: Job) -> None:
     ]
     if job.next_attempt_at_ms:
         rows.append(("next attempt", format_ms(job.next_attempt_at_ms)))
+    if job.waiting_for:
+        rows.append(("waiting for", job.waiting_for))
+    for limit in job.limits:
+        rows.append(("limit", json.dumps(_limit_dict(limit))))
     if job.cancelled_at_ms:
         rows.append(("cancelled at", format_ms(job.cancelled_at_ms)))
     rows.append(("retry", f"{r.retry_count} retries, backoff {r.initial_backoff_ms} ms "
@@ -311,6 +371,7 @@ async def cmd_enqueue(client: SiloClient, args: argparse.Namespace, out: Output)
         start_at_ms=start_at_ms,
         retry=RetryPolicy(retry_count=args.retries),
         metadata=dict(args.metadata),
+        limits=[*args.concurrency, *args.rate],
     )
     if out.json:
         out.emit_json({"id": handle.id, "tenant": handle.tenant})
@@ -394,6 +455,46 @@ def _action_command(name: str) -> Command:
 
     command.__name__ = f"cmd_{name}"
     return command
+
+
+async def cmd_queue_show(client: SiloClient, args: argparse.Namespace, out: Output) -> int:
+    q = await client.queue(args.key, tenant=args.tenant)
+    data = {
+        "tenant": q.tenant,
+        "key": q.key,
+        "max_concurrency": q.max_concurrency,
+        "floating": q.floating,
+        "holders": q.holders,
+        "holder_task_ids": list(q.holder_task_ids),
+        "waiting": q.waiting,
+        "first_waiting": [
+            {"job_id": w.job_id, "attempt": w.attempt, "priority": w.priority,
+             "due_ms": w.due_ms}
+            for w in q.first_waiting
+        ],
+    }
+    if q.floating:
+        data["next_refresh_ms"] = q.next_refresh_ms
+        data["refresh_backoff_ms"] = q.refresh_backoff_ms
+    if out.json:
+        out.emit_json(data)
+        return EXIT_OK
+    from rich.table import Table
+
+    kind = "floating " if q.floating else ""
+    out.line(f"{kind}concurrency queue {q.key!r} (tenant {q.tenant!r}): max {q.max_concurrency}, "
+             f"{q.holders} holding, {q.waiting} waiting")
+    if q.floating:
+        out.line(f"next refresh {format_ms(q.next_refresh_ms)}"
+                 + (f", backing off {q.refresh_backoff_ms} ms" if q.refresh_backoff_ms else ""))
+    if q.first_waiting:
+        table = Table(title=f"first {len(q.first_waiting)} waiting", title_justify="left")
+        for col in ("job", "attempt", "priority", "due"):
+            table.add_column(col)
+        for w in q.first_waiting:
+            table.add_row(w.job_id, str(w.attempt), str(w.priority), format_ms(w.due_ms))
+        out.console.print(table)
+    return EXIT_OK
 
 
 async def cmd_cluster_info(client: SiloClient, args: argparse.Namespace, out: Output) -> int:
