@@ -138,7 +138,7 @@ class JobInfo:
                 f[0], f[1], f[2], f[3], f[4], RetryPolicy.from_list(f[5]),
                 {k: v for k, v in f[6]}, f[7], f[8], tuple(f[9]),
             )
-        except (TypeError, ValueError, IndexError) as exc:
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
             raise CorruptRecord(key, f"bad job record ({exc})") from exc
 
 
@@ -180,7 +180,7 @@ class JobState:
         try:
             task = (int(f[5][0]), int(f[5][1]), bool(f[5][2])) if f[5] is not None else None
             return cls(JobStatus(f[0]), f[1], f[2], f[3], f[4], task, f[6])
-        except (TypeError, ValueError, IndexError) as exc:
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
             raise CorruptRecord(key, f"bad status record ({exc})") from exc
 
     def copy(self) -> JobState:

@@ -52,7 +52,7 @@ job_infos = st.builds(
     metadata=st.dictionaries(text, text, max_size=4),
     enqueued_at_ms=ms,
     start_at_ms=ms,
-    limits=st.lists(st.integers() | text, max_size=3).map(tuple),
+    limits=st.lists(st.integers(-(2**63), 2**64 - 1) | text, max_size=3).map(tuple),
 )
 job_states = st.builds(
     JobState,

@@ -57,6 +57,7 @@ from silo.model import (
     encode_int,
 )
 from silo.runtime import Runtime
+from silo.runtime.disk import DiskError
 from silo.shard import limits as lim
 from silo.shard.limits import ShardLimits
 from silo.shard.mirror import COUNTER_PREFIX, ShardMirror
@@ -182,6 +183,31 @@ class _Txn:
         self.events.append((kind, fields))
 
 
+class _Commit:
+    """A submitted batch as its operation sees it: :meth:`wait` returns once the batch is
+    durable; if the write failed, the shard's in-memory state is rebuilt from disk before
+    UNAVAILABLE reaches the caller."""
+
+    __slots__ = ("_ticket", "_shard", "_error")
+
+    def __init__(
+        self, ticket: Ticket | None, shard: JobShard, error: Unavailable | None = None
+    ) -> None:
+        self._ticket = ticket
+        self._shard = shard
+        self._error = error
+
+    async def wait(self) -> None:
+        try:
+            if self._error is not None:
+                raise self._error
+            assert self._ticket is not None
+            await self._ticket.wait()
+        except Unavailable:
+            await self._shard._repair()
+            raise
+
+
 class JobShard:
     """One shard. Create with :func:`open_shard`."""
 
@@ -238,7 +264,7 @@ class JobShard:
             self._store.repaired()
         return _Txn(self._store, self._rt.clock.now_ms())
 
-    def _commit(self, txn: _Txn) -> Ticket | None:
+    def _commit(self, txn: _Txn) -> _Commit | None:
         """Hand the transaction's batch to the writer and update the mirrors (lock held)."""
         for counter, delta in txn.counter_deltas.items():
             if delta:
@@ -246,15 +272,51 @@ class JobShard:
         if not txn.ops:
             return None
         ops = list(txn.ops.items())
-        ticket = self._store.submit(
-            ops, txn.events, ack_before_durable=self._rt.faults.mutation("ack-before-durable")
-        )
+        try:
+            ticket = self._store.submit(
+                ops, txn.events, ack_before_durable=self._rt.faults.mutation("ack-before-durable")
+            )
+        except Unavailable as exc:
+            # An earlier write failed while this operation was reading: it fails too, and
+            # (like any failed write) only once the in-memory state has been rebuilt.
+            return _Commit(None, self, exc)
         self._mirror.apply(ops)
-        return ticket
+        return _Commit(ticket, self)
+
+    async def _repair(self) -> None:
+        """After a failed write: rebuild the in-memory state from disk, unless already done.
+
+        Called by the operation that sees the failure before it raises UNAVAILABLE, so that a
+        caller never observes caches (counters, statistics, queues) holding a write that failed.
+        """
+        async with self._lock:
+            if self._store.broken and not self._closing:
+                try:
+                    await self._load()
+                except DiskError:
+                    return  # the store itself is gone (e.g. a crash); _begin retries
+                self._store.repaired()
+
+    @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """Hold the shard lock for one operation. A refusal (ALREADY_EXISTS, NOT_FOUND,
+        FAILED_PRECONDITION) decided on what the operation read is answered only once that is
+        durable: the state may come from a batch still being written, and a caller must never
+        be told "exists" (or "already cancelled") about a write that a crash can still undo."""
+        try:
+            async with self._lock:
+                yield
+        except (AlreadyExists, NotFound, FailedPrecondition):
+            await self._read_barrier()
+            raise
 
     async def _read_barrier(self) -> None:
         """Wait until everything a read may have seen is durable."""
-        await self._store.wait_durable(self._store.last_submitted_seq)
+        try:
+            await self._store.wait_durable(self._store.last_submitted_seq)
+        except Unavailable:
+            await self._repair()
+            raise
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -311,6 +373,9 @@ class JobShard:
                 new=new.status.name,
                 attempt=new.attempt,
                 at_ms=new.changed_at_ms,
+                task_group=info.task_group,
+                priority=info.priority,
+                due_ms=None if new.task is None else new.task[1],
             )
         txn.put(key(Prefix.STATUS, t, j), new.encode())
 
@@ -376,7 +441,7 @@ class JobShard:
             )
         for job in jobs:
             self._validate(job)
-        async with self._lock:
+        async with self._locked():
             txn = await self._begin()
             ids: list[str] = []
             seen: set[tuple[str, str]] = set()
@@ -550,7 +615,7 @@ class JobShard:
     async def heartbeat(self, worker_id: str, task_id: str) -> HeartbeatResult:
         """Extend a lease; reports whether the job has been cancelled."""
         lim.check_worker_id(self._limits, worker_id)
-        async with self._lock:
+        async with self._locked():
             txn = await self._begin()
             lease = self._owned_lease(worker_id, task_id)
             expiry = max(txn.now + self.config.lease_ms, lease.expiry_ms)
@@ -562,6 +627,10 @@ class JobShard:
                 txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, task_id))
                 txn.put(key(Prefix.LEASE_EXPIRY, expiry, task_id), b"")
                 txn.put(key(Prefix.LEASE, task_id), new.encode())
+                txn.emit(
+                    "lease_extended", shard=self.shard_id, task_id=task_id, tenant=lease.tenant,
+                    job_id=lease.job_id, attempt=lease.attempt, expiry_ms=expiry, at_ms=txn.now,
+                )
             cancelled = await self._cancelled_at(txn, lease.tenant, lease.job_id) is not None
             if self._rt.faults.mutation("lost-cancel"):
                 cancelled = False
@@ -680,8 +749,11 @@ class JobShard:
             attempt = Attempt(lease.attempt, lease.task_id, AttemptState.SUCCEEDED,
                               lease.worker_id, started, now, result=outcome.result)
         elif isinstance(outcome, Cancelled) or (reaped and cancelled_at is not None):
+            # A reaped attempt keeps the WORKER_CRASHED mark even when it ends CANCELLED, so a
+            # late report for it is answered "lease not found", not taken as a repeat.
             attempt = Attempt(lease.attempt, lease.task_id, AttemptState.CANCELLED,
-                              lease.worker_id, started, now)
+                              lease.worker_id, started, now,
+                              error_code=WORKER_CRASHED if reaped else None)
         else:
             assert isinstance(outcome, Failure)
             attempt = Attempt(lease.attempt, lease.task_id, AttemptState.FAILED, lease.worker_id,
@@ -712,6 +784,7 @@ class JobShard:
         txn.emit(
             "lease_ended", shard=self.shard_id, task_id=lease.task_id, tenant=lease.tenant,
             job_id=lease.job_id, attempt=lease.attempt, outcome=kind, at_ms=now,
+            state=attempt.state.name,
         )
         if reaped:
             self._stats["reaped"] += 1
@@ -748,12 +821,14 @@ class JobShard:
 
     async def cancel(self, tenant: str, job_id: str) -> None:
         """Cancel a scheduled job now, or flag a running one (its worker learns on heartbeat)."""
-        async with self._lock:
+        async with self._locked():
             txn = await self._begin()
             info, state = await self._job(txn, tenant, job_id)
             require(Operation.CANCEL, state.status)
             if await self._cancelled_at(txn, tenant, job_id) is None:
                 txn.put(key(Prefix.CANCEL, tenant, job_id), encode_int(txn.now))
+                txn.emit("cancel_requested", shard=self.shard_id, tenant=tenant, job_id=job_id,
+                         status=state.status.name, at_ms=txn.now)
             if state.status == JobStatus.SCHEDULED:
                 new = state.copy()
                 if self._rt.faults.mutation("skip-release-on-cancel"):
@@ -772,7 +847,7 @@ class JobShard:
 
     async def restart(self, tenant: str, job_id: str) -> None:
         """Give a FAILED or CANCELLED job a new run with a fresh retry budget."""
-        async with self._lock:
+        async with self._locked():
             txn = await self._begin()
             info, state = await self._job(txn, tenant, job_id)
             require(Operation.RESTART, state.status)
@@ -790,7 +865,7 @@ class JobShard:
     async def expedite(self, tenant: str, job_id: str) -> None:
         """Make a scheduled job's future task due now (same attempt). A job whose task is
         already due is left as it is."""
-        async with self._lock:
+        async with self._locked():
             txn = await self._begin()
             info, state = await self._job(txn, tenant, job_id)
             require(Operation.EXPEDITE, state.status)
@@ -803,6 +878,9 @@ class JobShard:
                 txn.put(ready_key(due), due.encode())
                 new.task = (due.attempt, due.due_ms, True)
                 new.next_attempt_at_ms = due.due_ms
+                txn.emit("task_expedited", shard=self.shard_id, tenant=tenant, job_id=job_id,
+                         attempt=due.attempt, old_due_ms=task.due_ms, due_ms=due.due_ms,
+                         at_ms=txn.now)
                 self._put_state(txn, info, state, new)
             ticket = self._commit(txn)
         if ticket is not None:
@@ -812,7 +890,7 @@ class JobShard:
 
     async def delete(self, tenant: str, job_id: str) -> None:
         """Remove every row of a terminal job, its attempts included."""
-        async with self._lock:
+        async with self._locked():
             txn = await self._begin()
             info, state = await self._job(txn, tenant, job_id)
             require(Operation.DELETE, state.status)
@@ -839,7 +917,7 @@ class JobShard:
     async def get_job(
         self, tenant: str, job_id: str, *, include_attempts: bool = False
     ) -> JobView:
-        async with self._lock:
+        async with self._locked():
             self._check_open()
             txn = _Txn(self._store, self._rt.clock.now_ms())
             info, state = await self._job(txn, tenant, job_id)
@@ -944,11 +1022,9 @@ class JobShard:
         while True:
             self._reaper_wakeup = trio.Event()
             due = self._mirror.next_expiry_ms()
-            if (
-                due is not None
-                and due <= self._rt.clock.now_ms()
-                and not self._rt.faults.mutation("no-reaper")
-            ):
+            if self._rt.faults.mutation("no-reaper"):
+                due = None  # planted bug: expired leases never wake the reaper
+            if due is not None and due <= self._rt.clock.now_ms():
                 try:
                     await self.reap_expired()
                 except Unavailable:
