@@ -206,7 +206,7 @@ class JobInfo:
                 f[0], f[1], f[2], f[3], f[4], RetryPolicy.from_list(f[5]),
                 {k: v for k, v in f[6]}, f[7], f[8], tuple(limit_from_list(x) for x in f[9]),
             )
-        except (TypeError, ValueError, IndexError) as exc:
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
             raise CorruptRecord(key, f"bad job record ({exc})") from exc
 
 
@@ -254,7 +254,7 @@ class JobState:
             t = f[5]
             task = (int(t[0]), int(t[1]), int(t[2]), str(t[3])) if t is not None else None
             return cls(JobStatus(f[0]), f[1], f[2], f[3], f[4], task, f[6], int(f[7]))
-        except (TypeError, ValueError, IndexError) as exc:
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
             raise CorruptRecord(key, f"bad status record ({exc})") from exc
 
     def copy(self) -> JobState:

@@ -19,7 +19,7 @@ from silo.errors import InvalidArgument, NotFound
 from silo.model import LeasedTask
 from silo.runtime import Runtime
 from silo.shard import JobShard, ShardConfig, open_shard
-from silo.shard.limits import check_max_tasks
+from silo.shard.limits import check_max_tasks, check_task_group, check_worker_id
 
 SHARD_OWNER_METADATA = "silo-shard-owner"
 """Trailing metadata key carrying the address of the node that owns a requested shard."""
@@ -54,6 +54,7 @@ class SiloNode:
         self.advertise_address = config.advertise_address
         self._ready_events: dict[str, trio.Event] = {}
         self._lease_rotation = 0
+        self._draining = False
 
     @property
     def lease_ms(self) -> int:
@@ -83,16 +84,22 @@ class SiloNode:
     ) -> list[LeasedFromShard]:
         """Lease up to ``max_tasks`` from this node's shards, waiting up to ``wait_ms`` for work.
 
-        Shards are visited in a rotating order so no shard starves another.
+        Shards are visited in a rotating order so no shard starves another. Once
+        :meth:`stop_long_polls` has been called, waiting calls return at once.
         """
-        check_max_tasks(self.config.shard.limits, max_tasks)
+        limits = self.config.shard.limits
+        check_worker_id(limits, worker_id)
+        check_task_group(limits, task_group)
+        check_max_tasks(limits, max_tasks)
         if not 0 <= wait_ms <= MAX_LEASE_WAIT_MS:
             raise InvalidArgument(f"wait_ms {wait_ms} is outside 0..{MAX_LEASE_WAIT_MS}")
         deadline = trio.current_time() + wait_ms / 1000
         while True:
+            if self._draining:
+                return []
             out = await self._lease_round(worker_id, task_group, max_tasks)
             remaining = deadline - trio.current_time()
-            if out or remaining <= 0:
+            if out or remaining <= 0 or self._draining:
                 return out
             event = self._ready_events.setdefault(task_group, trio.Event())
             if any(s.has_ready_tasks(task_group) for s in self._ordered_shards()):
@@ -100,6 +107,15 @@ class SiloNode:
             next_timer = self._next_timer_s()
             with trio.move_on_after(min(remaining, next_timer)):
                 await event.wait()
+
+    def stop_long_polls(self) -> None:
+        """Shutdown is starting: answer every waiting :meth:`lease_any` now (with no tasks) and
+        make later calls return without waiting, so in-flight long polls do not hold up the
+        server's drain for their whole ``wait_ms``."""
+        self._draining = True
+        events, self._ready_events = self._ready_events, {}
+        for event in events.values():
+            event.set()
 
     def _next_timer_s(self) -> float:
         now = self.runtime.clock.now_ms()

@@ -65,13 +65,17 @@ async def serve(
                 config.node_id, grpc_host, bound_grpc, http_host, bound_http, config.data_dir,
             )
             task_status.started((bound_grpc, bound_http))
-            if handle_signals:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        log.info("received %s; shutting down", signal.Signals(signum).name)
-                        break
-            else:
-                await trio.sleep_forever()
+            try:
+                if handle_signals:
+                    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        async for signum in signals:
+                            log.info("received %s; shutting down", signal.Signals(signum).name)
+                            break
+                else:
+                    await trio.sleep_forever()
+            finally:
+                # Waiting LeaseTasks long polls answer now instead of holding up the drain.
+                node.stop_long_polls()
             await server.shutdown(config.shutdown_grace_s)
             nursery.cancel_scope.cancel()
         # Leaving open_node flushes and closes every shard.

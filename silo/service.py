@@ -16,6 +16,7 @@ from silo.rpc import CallContext, Handler, method_path
 from silo.shard import JobShard
 from silo.shard.limits import check_tenant
 from silo.wire import (
+    check_wire_format,
     job_to_pb,
     new_job_from_pb,
     outcome_from_pb,
@@ -267,6 +268,7 @@ def _handler(
 ) -> Handler:
     async def handle(data: bytes, ctx: CallContext) -> bytes:
         try:
+            check_wire_format(data, request_type)
             request = request_type.parse(data)
         except Exception as exc:
             raise InvalidArgument(f"malformed {name} request: {exc}") from exc

@@ -6,6 +6,9 @@ service layer sees protobuf.
 
 from __future__ import annotations
 
+from functools import cache
+from typing import Any
+
 import msgpack
 
 from silo.errors import InvalidArgument
@@ -41,6 +44,118 @@ def check_msgpack(data: bytes, what: str) -> None:
         msgpack.unpackb(data, raw=True, strict_map_key=False)
     except Exception as exc:
         raise InvalidArgument(f"{what} is not valid msgpack: {exc}") from exc
+
+
+_VARINT_TYPES = frozenset(
+    {"enum", "bool", "int32", "int64", "uint32", "uint64", "sint32", "sint64"}
+)
+_FIXED64_TYPES = frozenset({"double", "fixed64", "sfixed64"})
+_FIXED32_TYPES = frozenset({"float", "fixed32", "sfixed32"})
+_MAX_NESTING = 32
+
+# field number -> (allowed wire types, nested schema or None)
+_Schema = dict[int, tuple[frozenset[int], Any]]
+
+
+def check_wire_format(data: bytes, message_type: type[Any]) -> None:
+    """Raise ``ValueError`` unless ``data`` is well-formed protobuf for ``message_type``.
+
+    betterproto2's parser is lenient: it stops quietly at a truncated tag, accepts a length that
+    runs past the end, and stores ``None`` for a field sent with an impossible wire type. This
+    checks every tag, varint and length (recursing into nested messages and map entries) and
+    that each known field uses its declared wire type; unknown fields only need to be
+    well-formed.
+    """
+    _check_message(data, _schema(message_type), 0)
+
+
+def _wire_types(meta: Any) -> frozenset[int]:
+    t = meta.proto_type
+    if t in _VARINT_TYPES:
+        base = 0
+    elif t in _FIXED64_TYPES:
+        base = 1
+    elif t in _FIXED32_TYPES:
+        base = 5
+    else:
+        return frozenset({2})
+    return frozenset({base, 2}) if meta.repeated else frozenset({base})
+
+
+@cache
+def _schema(message_type: type[Any]) -> _Schema:
+    meta = message_type._betterproto  # type: ignore[attr-defined]
+    out: _Schema = {}
+    for name, field_meta in meta.meta_by_field_name.items():
+        nested: Any = None
+        if field_meta.proto_type == "message":
+            nested = meta.cls_by_field[name]
+        elif field_meta.proto_type == "map":
+            key_meta, value_meta = field_meta.map_meta
+            value_nested = (
+                meta.cls_by_field[f"{name}.value"] if value_meta.proto_type == "message" else None
+            )
+            nested = {1: (_wire_types(key_meta), None), 2: (_wire_types(value_meta), value_nested)}
+        out[field_meta.number] = (_wire_types(field_meta), nested)
+    return out
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    end = min(len(data), pos + 10)
+    while pos < end:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+    raise ValueError("truncated or overlong varint")
+
+
+def _check_message(data: bytes, schema: _Schema, depth: int) -> None:
+    if depth > _MAX_NESTING:
+        raise ValueError("messages nested too deeply")
+    pos, size = 0, len(data)
+    while pos < size:
+        tag = data[pos]  # one-byte varints (the common case) inline, longer ones via _varint
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = _varint(data, pos)
+        number, wire_type = tag >> 3, tag & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        expected = schema.get(number)
+        if expected is not None and wire_type not in expected[0]:
+            raise ValueError(f"field {number} has wire type {wire_type}, expected "
+                             f"{'/'.join(str(w) for w in sorted(expected[0]))}")
+        if wire_type == 2:
+            if pos < size and data[pos] < 0x80:
+                length = data[pos]
+                pos += 1
+            else:
+                length, pos = _varint(data, pos)
+            start, pos = pos, pos + length
+            if pos > size:
+                raise ValueError(f"field {number} is truncated")
+            if expected is not None and expected[1] is not None:
+                nested = expected[1]
+                _check_message(
+                    data[start:pos], nested if isinstance(nested, dict) else _schema(nested),
+                    depth + 1,
+                )
+        elif wire_type == 0:
+            if pos < size and data[pos] < 0x80:
+                pos += 1
+            else:
+                _, pos = _varint(data, pos)
+        elif wire_type == 1 or wire_type == 5:
+            pos += 8 if wire_type == 1 else 4
+            if pos > size:
+                raise ValueError(f"field {number} is truncated")
+        else:
+            raise ValueError(f"field {number} has invalid wire type {wire_type}")
 
 
 def tenant_or_default(tenant: str) -> str:

@@ -12,13 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from silo.model import (
+    PARKED,
+    READY,
+    TIMER,
     Attempt,
     AttemptState,
+    ConcurrencyLimit,
     CorruptRecord,
+    FloatingConcurrencyLimit,
     JobInfo,
     JobState,
     JobStatus,
     Lease,
+    RateLimit,
     RetryPolicy,
     Task,
     decode_int,
@@ -52,7 +58,13 @@ job_infos = st.builds(
     metadata=st.dictionaries(text, text, max_size=4),
     enqueued_at_ms=ms,
     start_at_ms=ms,
-    limits=st.lists(st.integers() | text, max_size=3).map(tuple),
+    limits=st.lists(
+        st.builds(ConcurrencyLimit, text, st.integers(0, 10**6))
+        | st.builds(FloatingConcurrencyLimit, text, st.integers(0, 10**6), ms,
+                    st.dictionaries(text, text, max_size=2))
+        | st.builds(RateLimit, text, text, st.integers(1, 10**6), st.integers(1, 10**9)),
+        max_size=3,
+    ).map(tuple),
 )
 job_states = st.builds(
     JobState,
@@ -61,8 +73,9 @@ job_states = st.builds(
     next_attempt_at_ms=st.none() | ms,
     attempt=small,
     run_attempts=small,
-    task=st.none() | st.tuples(small, ms, st.booleans()),
+    task=st.none() | st.tuples(small, ms, st.sampled_from([TIMER, READY, PARKED]), text),
     lease_task_id=st.none() | text,
+    held=small,
 )
 attempts = st.builds(
     Attempt,
@@ -119,7 +132,7 @@ def test_default_records_round_trip() -> None:
 
 
 def test_state_copy_is_independent() -> None:
-    state = JobState(JobStatus.RUNNING, 5, None, 3, 1, (3, 7, True), "t1")
+    state = JobState(JobStatus.RUNNING, 5, None, 3, 1, (3, 7, READY, "t3"), "t1", 2)
     copy = state.copy()
     assert copy == state
     copy.status = JobStatus.FAILED
@@ -138,7 +151,7 @@ def _fields(cls: type) -> list:
     """A valid encoded record of ``cls``, unpacked into its list (version first)."""
     samples = {
         JobInfo: JobInfo("t", "j", "g", b"p", metadata={"k": "v"}),
-        JobState: JobState(JobStatus.RUNNING, 1, 2, 3, 1, (3, 4, True), "task"),
+        JobState: JobState(JobStatus.RUNNING, 1, 2, 3, 1, (3, 4, READY, "t"), "task", 1),
         Attempt: Attempt(1, "task", AttemptState.FAILED, "w", 1, 2, None, "E", b"d"),
         Task: Task("task", "t", "j", 1, "g", 50, 10),
         Lease: Lease("task", "t", "j", 1, "g", "w", 1, 2),

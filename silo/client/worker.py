@@ -142,6 +142,7 @@ class Worker:
         self._stopping = trio.Event()
         self._stop_deadline = math.inf
         self._lease_ms = 30_000
+        self._lease_ms_known = trio.Event()
         self._reports: list[tuple[str, int, OutcomeReport]] = []
         self._reports_ready = trio.Event()
         self._in_flight_reports = 0
@@ -216,6 +217,8 @@ class Worker:
                 continue
             if resp.lease_ms:
                 self._lease_ms = resp.lease_ms
+            if resp.lease_ms or resp.tasks:
+                self._lease_ms_known.set()
             for _ in range(free - len(resp.tasks)):
                 self._slots.release()
             if resp.tasks and self.observer is not None:
@@ -329,6 +332,9 @@ class Worker:
     # -- heartbeats -------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        # The heartbeat interval depends on the server's lease length, which the first lease
+        # response tells; sleeping on the 30 s default first would let shorter leases expire.
+        await self._lease_ms_known.wait()
         while True:
             await trio.sleep(max(0.01, self._lease_ms / 1000 * self.heartbeat_fraction))
             async with trio.open_nursery() as nursery:

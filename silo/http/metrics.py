@@ -21,6 +21,8 @@ Metric names and labels::
     silo_synced_writes_total{shard}                 counter
     silo_write_groups_total{shard}                  counter
     silo_active_leases{shard}                       gauge
+    silo_parked_requests{shard}                     gauge    tasks waiting for a concurrency slot
+    silo_concurrency_slots_held{shard}              gauge
     silo_due_tasks{shard, task_group}               gauge
     silo_jobs{shard, status}                        gauge    status: JobStatus names
     silo_rpc_duration_seconds{method, code}         histogram  code: gRPC status name (OK, ...)
@@ -100,6 +102,15 @@ def _shard_families(stats: list[Any]) -> Iterator[Metric]:
     for s in stats:
         leases.add_metric([str(s.shard_id)], s.leases_held)
     yield leases
+
+    for name, doc, attr in (
+        ("silo_parked_requests", "Tasks waiting for a concurrency slot.", "parked_requests"),
+        ("silo_concurrency_slots_held", "Concurrency slots held now.", "slots_held"),
+    ):
+        gauge = GaugeMetricFamily(name, doc, labels=["shard"])
+        for s in stats:
+            gauge.add_metric([str(s.shard_id)], getattr(s, attr))
+        yield gauge
 
     due = GaugeMetricFamily(
         "silo_due_tasks",

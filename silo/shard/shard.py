@@ -60,6 +60,7 @@ from silo.model import (
     encode_int,
 )
 from silo.runtime import Runtime
+from silo.runtime.disk import DiskError
 from silo.shard import limits as lim
 from silo.shard.limiter import LimitsMixin, check_refresh_value, require_refresh_lease
 from silo.shard.limits import ShardLimits
@@ -111,13 +112,40 @@ class ShardStatistics:
     leases_held: int
     due_tasks_per_task_group: dict[str, int]
     scheduled_future_tasks: int
-    parked_requests: int
-    slots_held: int
     enqueued: int
     leased: int
     completed: dict[str, int]
     retried: int
     reaped: int
+    parked_requests: int = 0
+    """Tasks waiting for a concurrency slot."""
+    slots_held: int = 0
+    """Concurrency slots currently held (over every queue)."""
+
+
+class _Commit:
+    """A submitted batch as its operation sees it: :meth:`wait` returns once the batch is
+    durable; if the write failed, the shard's in-memory state is rebuilt from disk before
+    UNAVAILABLE reaches the caller."""
+
+    __slots__ = ("_ticket", "_shard", "_error")
+
+    def __init__(
+        self, ticket: Ticket | None, shard: JobShard, error: Unavailable | None = None
+    ) -> None:
+        self._ticket = ticket
+        self._shard = shard
+        self._error = error
+
+    async def wait(self) -> None:
+        try:
+            if self._error is not None:
+                raise self._error
+            assert self._ticket is not None
+            await self._ticket.wait()
+        except Unavailable:
+            await self._shard._repair()
+            raise
 
 
 class JobShard(LimitsMixin):
@@ -176,7 +204,7 @@ class JobShard(LimitsMixin):
             self._store.repaired()
         return Txn(self._store, self._rt.clock.now_ms())
 
-    async def _finish(self, txn: Txn) -> Ticket | None:
+    async def _finish(self, txn: Txn) -> _Commit | None:
         """Grant freed slots, then hand the transaction's batch to the writer and update the
         mirrors (lock held)."""
         await self._regrant(txn)
@@ -186,15 +214,51 @@ class JobShard(LimitsMixin):
         if not txn.ops:
             return None
         ops = list(txn.ops.items())
-        ticket = self._store.submit(
-            ops, txn.events, ack_before_durable=self._rt.faults.mutation("ack-before-durable")
-        )
+        try:
+            ticket = self._store.submit(
+                ops, txn.events, ack_before_durable=self._rt.faults.mutation("ack-before-durable")
+            )
+        except Unavailable as exc:
+            # An earlier write failed while this operation was reading: it fails too, and
+            # (like any failed write) only once the in-memory state has been rebuilt.
+            return _Commit(None, self, exc)
         self._mirror.apply(ops)
-        return ticket
+        return _Commit(ticket, self)
+
+    async def _repair(self) -> None:
+        """After a failed write: rebuild the in-memory state from disk, unless already done.
+
+        Called by the operation that sees the failure before it raises UNAVAILABLE, so that a
+        caller never observes caches (counters, statistics, queues) holding a write that failed.
+        """
+        async with self._lock:
+            if self._store.broken and not self._closing:
+                try:
+                    await self._load()
+                except DiskError:
+                    return  # the store itself is gone (e.g. a crash); _begin retries
+                self._store.repaired()
+
+    @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """Hold the shard lock for one operation. A refusal (ALREADY_EXISTS, NOT_FOUND,
+        FAILED_PRECONDITION) decided on what the operation read is answered only once that is
+        durable: the state may come from a batch still being written, and a caller must never
+        be told "exists" (or "already cancelled") about a write that a crash can still undo."""
+        try:
+            async with self._lock:
+                yield
+        except (AlreadyExists, NotFound, FailedPrecondition):
+            await self._read_barrier()
+            raise
 
     async def _read_barrier(self) -> None:
         """Wait until everything a read may have seen is durable."""
-        await self._store.wait_durable(self._store.last_submitted_seq)
+        try:
+            await self._store.wait_durable(self._store.last_submitted_seq)
+        except Unavailable:
+            await self._repair()
+            raise
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -251,6 +315,9 @@ class JobShard(LimitsMixin):
                 new=new.status.name,
                 attempt=new.attempt,
                 at_ms=new.changed_at_ms,
+                task_group=info.task_group,
+                priority=info.priority,
+                due_ms=None if new.task is None else new.task[1],
             )
         txn.put(key(Prefix.STATUS, t, j), new.encode())
 
@@ -307,7 +374,7 @@ class JobShard(LimitsMixin):
             )
         for job in jobs:
             self._validate(job)
-        async with self._lock:
+        async with self._locked():
             txn = await self._begin()
             ids: list[str] = []
             seen: set[tuple[str, str]] = set()
@@ -507,7 +574,7 @@ class JobShard(LimitsMixin):
         lim.check_worker_id(self._limits, worker_id)
         if new_max is not None:
             check_refresh_value(new_max)
-        async with self._lock:
+        async with self._locked():
             txn = await self._begin()
             lease = require_refresh_lease(self._mirror.leases.get(task_id), worker_id, task_id)
             self._end_refresh(txn, lease, new_max)
@@ -530,7 +597,7 @@ class JobShard(LimitsMixin):
     async def heartbeat(self, worker_id: str, task_id: str) -> HeartbeatResult:
         """Extend a lease; reports whether the job has been cancelled."""
         lim.check_worker_id(self._limits, worker_id)
-        async with self._lock:
+        async with self._locked():
             txn = await self._begin()
             lease = self._owned_lease(worker_id, task_id)
             expiry = max(txn.now + self.config.lease_ms, lease.expiry_ms)
@@ -542,6 +609,10 @@ class JobShard(LimitsMixin):
                 txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, task_id))
                 txn.put(key(Prefix.LEASE_EXPIRY, expiry, task_id), b"")
                 txn.put(key(Prefix.LEASE, task_id), new.encode())
+                txn.emit(
+                    "lease_extended", shard=self.shard_id, task_id=task_id, tenant=lease.tenant,
+                    job_id=lease.job_id, attempt=lease.attempt, expiry_ms=expiry, at_ms=txn.now,
+                )
             cancelled = await self._cancelled_at(txn, lease.tenant, lease.job_id) is not None
             if self._rt.faults.mutation("lost-cancel"):
                 cancelled = False
@@ -681,8 +752,11 @@ class JobShard(LimitsMixin):
             attempt = Attempt(lease.attempt, lease.task_id, AttemptState.SUCCEEDED,
                               lease.worker_id, started, now, result=outcome.result)
         elif isinstance(outcome, Cancelled) or (reaped and cancelled_at is not None):
+            # A reaped attempt keeps the WORKER_CRASHED mark even when it ends CANCELLED, so a
+            # late report for it is answered "lease not found", not taken as a repeat.
             attempt = Attempt(lease.attempt, lease.task_id, AttemptState.CANCELLED,
-                              lease.worker_id, started, now)
+                              lease.worker_id, started, now,
+                              error_code=WORKER_CRASHED if reaped else None)
         else:
             assert isinstance(outcome, Failure)
             attempt = Attempt(lease.attempt, lease.task_id, AttemptState.FAILED, lease.worker_id,
@@ -715,6 +789,7 @@ class JobShard(LimitsMixin):
         txn.emit(
             "lease_ended", shard=self.shard_id, task_id=lease.task_id, tenant=lease.tenant,
             job_id=lease.job_id, attempt=lease.attempt, outcome=kind, at_ms=now,
+            state=attempt.state.name,
         )
         if reaped:
             self._stats["reaped"] += 1
@@ -753,12 +828,14 @@ class JobShard(LimitsMixin):
 
     async def cancel(self, tenant: str, job_id: str) -> None:
         """Cancel a scheduled job now, or flag a running one (its worker learns on heartbeat)."""
-        async with self._lock:
+        async with self._locked():
             txn = await self._begin()
             info, state = await self._job(txn, tenant, job_id)
             require(Operation.CANCEL, state.status)
             if await self._cancelled_at(txn, tenant, job_id) is None:
                 txn.put(key(Prefix.CANCEL, tenant, job_id), encode_int(txn.now))
+                txn.emit("cancel_requested", shard=self.shard_id, tenant=tenant, job_id=job_id,
+                         status=state.status.name, at_ms=txn.now)
             if state.status == JobStatus.SCHEDULED:
                 new = state.copy()
                 if self._rt.faults.mutation("skip-release-on-cancel"):
@@ -778,7 +855,7 @@ class JobShard(LimitsMixin):
 
     async def restart(self, tenant: str, job_id: str) -> None:
         """Give a FAILED or CANCELLED job a new run with a fresh retry budget."""
-        async with self._lock:
+        async with self._locked():
             txn = await self._begin()
             info, state = await self._job(txn, tenant, job_id)
             require(Operation.RESTART, state.status)
@@ -801,7 +878,7 @@ class JobShard(LimitsMixin):
         parked on a concurrency queue moves ahead of later-due requests of its priority. A job
         already due, or waiting for a rate-limit token it has reserved, is left as it is.
         """
-        async with self._lock:
+        async with self._locked():
             txn = await self._begin()
             info, state = await self._job(txn, tenant, job_id)
             require(Operation.EXPEDITE, state.status)
@@ -824,6 +901,8 @@ class JobShard(LimitsMixin):
                     txn.regrant.append((tenant, queue))
                     new.task = (attempt, txn.now, PARKED, task_id)
                     new.next_attempt_at_ms = txn.now
+                txn.emit("task_expedited", shard=self.shard_id, tenant=tenant, job_id=job_id,
+                         attempt=attempt, old_due_ms=due_ms, due_ms=txn.now, at_ms=txn.now)
                 self._put_state(txn, info, state, new)
             ticket = await self._finish(txn)
         if ticket is not None:
@@ -833,7 +912,7 @@ class JobShard(LimitsMixin):
 
     async def delete(self, tenant: str, job_id: str) -> None:
         """Remove every row of a terminal job, its attempts included."""
-        async with self._lock:
+        async with self._locked():
             txn = await self._begin()
             info, state = await self._job(txn, tenant, job_id)
             require(Operation.DELETE, state.status)
@@ -860,7 +939,7 @@ class JobShard(LimitsMixin):
     async def get_job(
         self, tenant: str, job_id: str, *, include_attempts: bool = False
     ) -> JobView:
-        async with self._lock:
+        async with self._locked():
             self._check_open()
             txn = Txn(self._store, self._rt.clock.now_ms())
             info, state = await self._job(txn, tenant, job_id)
@@ -968,11 +1047,9 @@ class JobShard(LimitsMixin):
         while True:
             self._reaper_wakeup = trio.Event()
             due = self._mirror.next_expiry_ms()
-            if (
-                due is not None
-                and due <= self._rt.clock.now_ms()
-                and not self._rt.faults.mutation("no-reaper")
-            ):
+            if self._rt.faults.mutation("no-reaper"):
+                due = None  # planted bug: expired leases never wake the reaper
+            if due is not None and due <= self._rt.clock.now_ms():
                 try:
                     await self.reap_expired()
                 except Unavailable:

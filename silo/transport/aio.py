@@ -47,8 +47,30 @@ async def open_asyncio_loop() -> AsyncIterator[asyncio.AbstractEventLoop]:
     if loop is not None:
         yield loop
         return
-    async with trio_asyncio.open_loop() as new_loop:
-        yield new_loop
+    raised: list[BaseException] = []
+    try:
+        async with trio_asyncio.open_loop() as new_loop:
+            try:
+                yield new_loop
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+    except BaseExceptionGroup as group:
+        # The loop's internal nurseries wrap whatever the block raised in exception groups;
+        # when the group holds nothing else, give the caller back its own exception (so that
+        # ``except Unauthenticated:`` around ``SiloClient.connect(...)`` works).
+        if not raised or not _wraps_only(group, raised[0]):
+            raise
+    else:
+        return
+    raise raised[0]  # outside the handler, so its context and traceback stay as they were
+
+
+def _wraps_only(group: BaseException, exc: BaseException) -> bool:
+    """Whether ``group`` is ``exc`` inside nothing but single-exception groups."""
+    while group is not exc and isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        group = group.exceptions[0]
+    return group is exc
 
 
 async def run_asyncio_handler(fn, *args):  # type: ignore[no-untyped-def]
