@@ -556,7 +556,7 @@ class LeaseTasksRequest(betterproto2.Message):
 
     wait_ms: "int" = betterproto2.field(6, betterproto2.TYPE_UINT32)
     """
-    long-poll: wait up to this long for a task (max 30000)
+    with all_shards: wait up to this long for a task (max 30000)
     """
 
 
