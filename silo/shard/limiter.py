@@ -107,7 +107,11 @@ class LimitsMixin:
     def _first_request(self, txn: Txn, tenant: str, queue: str) -> tuple[bytes, Task] | None:
         start, end = keys.prefix_range(Prefix.CONCURRENCY_REQUEST, tenant, queue)
         best: bytes | None = None
-        for k in self._mirror.requests.irange(start, end, inclusive=(True, False)):
+        # Requests are granted smallest first, so this operation's earlier grants on the queue
+        # are all below its floor: start past them instead of skipping them one by one.
+        floor = txn.request_floor.get((tenant, queue))
+        lower, inclusive = (start, True) if floor is None else (floor, False)
+        for k in self._mirror.requests.irange(lower, end, inclusive=(inclusive, False)):
             if k in txn.ops and txn.ops[k] is None:
                 continue
             best = k
@@ -255,6 +259,8 @@ class LimitsMixin:
                 break
             rk, task = first
             txn.delete(rk)
+            if rk not in txn.new_requests:
+                txn.request_floor[(tenant, queue)] = rk
             info = await self._info(txn, task.tenant, task.job_id)
             state = await self._state(txn, task.tenant, task.job_id)
             if (

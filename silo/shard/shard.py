@@ -874,9 +874,10 @@ class JobShard(LimitsMixin):
     async def expedite(self, tenant: str, job_id: str) -> None:
         """Make a scheduled job's future task due now (same attempt and task id).
 
-        A job waiting for its start time (or a retry's backoff) acquires its limits now; a job
-        parked on a concurrency queue moves ahead of later-due requests of its priority. A job
-        already due, or waiting for a rate-limit token it has reserved, is left as it is.
+        A job waiting for its start time (or a retry's backoff) acquires its limits now. A job
+        already due is left as it is: one ready or parked on a concurrency queue (a parked
+        request is ordered by priority and due time, and its due time has passed), or one
+        waiting for a rate-limit token it has reserved.
         """
         async with self._locked():
             txn = await self._begin()

@@ -19,6 +19,8 @@ class Txn:
         self.holder_deltas: dict[tuple[str, str], int] = {}
         self.regrant: list[tuple[str, str]] = []
         self.new_requests: dict[bytes, Any] = {}
+        self.request_floor: dict[tuple[str, str], bytes] = {}
+        """Per queue: the largest stored request this transaction has granted."""
         """Concurrency requests parked by this transaction (not yet in the mirror)."""
         """Queues whose waiting requests may now be granted (checked before commit)."""
         self._cache: dict[bytes, bytes | None] = {}

@@ -6,15 +6,21 @@ import math
 import random
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
+import msgpack
 import trio
 
 from silo import keys
 from silo.keys import Prefix
 from silo.model import (
     DEFAULT_TENANT,
+    PARKED,
+    READY,
+    TIMER,
     JobStatus,
     LeasedTask,
+    Limit,
     NewJob,
     Outcome,
     OutcomeReport,
@@ -180,3 +186,40 @@ def durable_stats(shard: JobShard) -> dict:
 async def check_counters(shard: JobShard) -> None:
     recount = await shard.recount()  # under the shard lock, then at once:
     assert shard.counters() == recount
+
+
+# -- limits ---------------------------------------------------------------------------------------
+
+
+def limited_job(job_id: str | None, *limits: Limit, **kw: object) -> NewJob:
+    """:func:`new_job` with ``limits`` (acquired in the order given)."""
+    return replace(new_job(job_id, **kw), limits=tuple(limits))  # type: ignore[arg-type]
+
+
+async def holder_rows(shard: JobShard) -> dict[tuple[str, str], list[str]]:
+    """The durable holder rows: ``(tenant, queue) -> sorted job ids holding a slot``."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for k, v in await store_items(shard):
+        prefix, parts = keys.parse(k)
+        if prefix == Prefix.CONCURRENCY_HOLDER:
+            _granted_at, job_id, _attempt = msgpack.unpackb(v)
+            out.setdefault((str(parts[0]), str(parts[1])), []).append(job_id)
+    return {q: sorted(ids) for q, ids in out.items()}
+
+
+async def request_rows(shard: JobShard) -> dict[tuple[str, str], list[str]]:
+    """The durable concurrency requests: ``(tenant, queue) -> job ids in grant order``."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for k, _ in await store_items(shard):
+        prefix, parts = keys.parse(k)
+        if prefix == Prefix.CONCURRENCY_REQUEST:
+            out.setdefault((str(parts[0]), str(parts[1])), []).append(str(parts[4]))
+    return out
+
+
+async def where_is(shard: JobShard, job_id: str, tenant: str = DEFAULT_TENANT) -> str:
+    """Where a job is: TIMER / READY / PARKED (its queued task), else its status name."""
+    state = (await shard.get_job(tenant, job_id)).state
+    if state.task is None:
+        return state.status.name
+    return {TIMER: "TIMER", READY: "READY", PARKED: "PARKED"}[state.task[2]]

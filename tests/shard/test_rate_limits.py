@@ -1,0 +1,114 @@
+"""Rate limits through a shard (DESIGN §5): a token bucket per (tenant, name, key); a job that
+finds no token reserves one and waits in the timer index for its time (no polling), then goes on
+to its next limit."""
+
+from __future__ import annotations
+
+from silo.model import DEFAULT_TENANT as T
+from silo.model import ConcurrencyLimit, JobStatus, RateLimit, Success
+from tests.shard.support import (
+    World,
+    check_counters,
+    holder_rows,
+    lease,
+    lease_one,
+    limited_job,
+    report,
+    request_rows,
+    where_is,
+)
+
+S = JobStatus
+RATE = RateLimit("api", "k", 2, 1000)  # two per second
+
+
+async def test_a_job_without_a_token_waits_for_its_reserved_token(world: World) -> None:
+    async with world.open() as shard:
+        t0 = world.now_ms()
+        await shard.enqueue_batch([limited_job(f"j{i}", RATE) for i in range(5)])
+        assert [await where_is(shard, f"j{i}") for i in range(5)] == [
+            "READY", "READY", "TIMER", "TIMER", "TIMER",
+        ]
+        # Each waiting job has reserved the next token: at 500 ms intervals.
+        for i, due in [(2, t0 + 500), (3, t0 + 1000), (4, t0 + 1500)]:
+            view = await shard.get_job(T, f"j{i}")
+            assert view.state.next_attempt_at_ms == due
+            assert view.waiting_for == f"rate limit api/k (token reserved for {due})"
+        assert {t.job_id for t in await lease(shard)} == {"j0", "j1"}
+        # Nothing polls while they wait: promoting and leasing before the time write nothing.
+        writes = shard.statistics().synced_writes
+        world.advance(499)
+        assert await shard.promote_due() == 0
+        assert await lease(shard) == []
+        assert shard.statistics().synced_writes == writes
+        world.advance(1)
+        assert [t.job_id for t in await lease(shard)] == ["j2"]
+        world.advance(500)
+        assert [t.job_id for t in await lease(shard)] == ["j3"]
+        world.advance(500)
+        assert [t.job_id for t in await lease(shard)] == ["j4"]
+        await check_counters(shard)
+
+
+async def test_the_bucket_refills_at_its_rate(memory_world: World) -> None:
+    world = memory_world
+    async with world.open() as shard:
+        await shard.enqueue_batch([limited_job(f"a{i}", RATE) for i in range(2)])
+        world.advance(1000)  # two tokens back, and no more than two (the bucket is full)
+        world.advance(5000)
+        await shard.enqueue_batch([limited_job(f"b{i}", RATE) for i in range(3)])
+        assert [await where_is(shard, f"b{i}") for i in range(3)] == ["READY", "READY", "TIMER"]
+        assert (await shard.get_job(T, "b2")).state.next_attempt_at_ms == world.now_ms() + 500
+
+
+async def test_tenants_and_names_and_keys_are_separate_buckets(world: World) -> None:
+    one = RateLimit("api", "k", 1, 60_000)
+    async with world.open() as shard:
+        await shard.enqueue(limited_job("first", one))
+        await shard.enqueue(limited_job("same", one))
+        await shard.enqueue(limited_job("tenant", one, tenant="other"))
+        await shard.enqueue(limited_job("name", RateLimit("db", "k", 1, 60_000)))
+        await shard.enqueue(limited_job("key", RateLimit("api", "k2", 1, 60_000)))
+        assert await where_is(shard, "same") == "TIMER"
+        for job_id, tenant in [("first", T), ("tenant", "other"), ("name", T), ("key", T)]:
+            assert await where_is(shard, job_id, tenant) == "READY"
+
+
+async def test_after_its_token_a_job_goes_on_to_the_next_limit(world: World) -> None:
+    a = ConcurrencyLimit("A", 1)
+    async with world.open() as shard:
+        await shard.enqueue(limited_job("holder", a))
+        await shard.enqueue(limited_job("spend", RATE))
+        await shard.enqueue(limited_job("spend2", RATE))
+        await shard.enqueue(limited_job("j", RATE, a))
+        view = await shard.get_job(T, "j")
+        assert view.state.held == 1  # the token is reserved
+        assert "rate limit" in view.waiting_for
+        assert await request_rows(shard) == {}
+        world.advance(500)
+        await shard.promote_due()
+        # The token is taken; now it waits for A (without another token).
+        assert await where_is(shard, "j") == "PARKED"
+        assert "'A'" in (await shard.get_job(T, "j")).waiting_for
+        holder = next(t for t in await lease(shard) if t.job_id == "holder")
+        await shard.report_outcome(report(holder, Success()))
+        assert await where_is(shard, "j") == "READY"
+        assert await holder_rows(shard) == {(T, "A"): ["j"]}
+        task = await lease_one(shard)
+        assert task.job_id == "j"
+
+
+async def test_granted_slot_then_rate_wait_holds_the_slot(world: World) -> None:
+    """[A, rate]: a job granted A by a release goes on to the rate limit in the same batch."""
+    a = ConcurrencyLimit("A", 1)
+    async with world.open() as shard:
+        await shard.enqueue(limited_job("holder", a))
+        await shard.enqueue_batch([limited_job(f"spend{i}", RATE) for i in range(2)])
+        await shard.enqueue(limited_job("j", a, RATE))
+        task = await lease_one(shard)
+        assert task.job_id == "holder"
+        await shard.report_outcome(report(task, Success()))
+        view = await shard.get_job(T, "j")
+        assert (await where_is(shard, "j"), view.state.held) == ("TIMER", 2)
+        assert view.state.next_attempt_at_ms == world.now_ms() + 500
+        assert await holder_rows(shard) == {(T, "A"): ["j"]}
