@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import posixpath
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 
 import trio
@@ -220,7 +220,13 @@ class MemoryStore:
         Raises :class:`DiskError` (changing nothing) on an injected write error, on a closed or
         crashed store, and when the disk crashes while this write is in flight (the crash then
         decided whether the batch survives).
+
+        ``MemoryDisk.before_write``, when set, is called (synchronously) first: the simulator
+        uses it to crash or stop the host at the very moment a write begins.
         """
+        hook = self._disk.before_write
+        if hook is not None:
+            hook(self.path)
         await trio.lowlevel.checkpoint()
         self._check_usable()
         ops = _validated_ops(batch)
@@ -315,6 +321,8 @@ class MemoryDisk:
         self._dirs: SortedSet = SortedSet()
         self._open: dict[str, MemoryStore] = {}  # insertion order: deterministic crash order
         self.crashes = 0
+        self.before_write: Callable[[str], None] | None = None
+        """Called with the store path at the start of every store write (simulation hook)."""
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -464,6 +472,30 @@ class MemoryDisk:
         if image is None:
             raise DiskError(f"no such store: {path}")
         return list(image.items())
+
+    def durable_get(self, path: str, key: bytes) -> bytes | None:
+        """The durable value of ``key`` in the store at ``path`` (None when absent or no store).
+
+        Used by the simulator's checkers to probe what a crash now would leave, without I/O.
+        """
+        image = self._images.get(_norm(path))
+        if image is None:
+            return None
+        value: bytes | None = image.get(key)
+        return value
+
+    def durable_scan(
+        self, path: str, start: bytes, end: bytes | None
+    ) -> list[tuple[bytes, bytes]]:
+        """Durable pairs with ``start <= key < end`` of the store at ``path`` ([] if none)."""
+        image = self._images.get(_norm(path))
+        if image is None:
+            return []
+        return _scan(image, start, end, False, None)
+
+    def store_paths(self) -> list[str]:
+        """Paths of every store the disk holds (open or not), sorted."""
+        return list(self._images)
 
     def open_paths(self) -> list[str]:
         """Paths of the stores currently open, in the order they were opened."""

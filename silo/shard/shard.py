@@ -415,6 +415,7 @@ class JobShard(LimitsMixin):
         txn.emit(
             "job_enqueued", shard=self.shard_id, tenant=job.tenant, job_id=job_id,
             task_group=job.task_group, priority=job.priority, due_ms=state.next_attempt_at_ms,
+            retry_count=job.retry.retry_count,
         )
         self._put_state(txn, info, None, state)
 

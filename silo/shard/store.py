@@ -218,6 +218,11 @@ class ShardStore:
         except DiskError as exc:
             self._fail_all(group, exc)
             return
+        except BaseException:
+            # Cancelled before the write began (a started write always runs to completion):
+            # the group goes back to the head of the queue, so whoever flushes still writes it.
+            self._queue[:0] = group
+            raise
         self.synced_writes += 1
         self.groups_committed += 1
         self.batches_committed += len(group)
@@ -250,7 +255,18 @@ class ShardStore:
         self._durable_seq = self._seq
 
     async def flush(self) -> None:
-        """Wait until the writer has written everything queued so far (used on close)."""
-        while (self._queue or self._writing) and not self.broken:
-            self._wakeup.set()
+        """Write everything queued so far (used on close, once nothing more is submitted).
+
+        Waits for a write the writer task has in progress, then writes the rest itself: the
+        writer may already be cancelled (a node shut down from outside), and must not be
+        relied on to drain the queue.
+        """
+        while self._writing and not self.broken:
             await self._durable_changed.wait()
+        while self._queue and not self.broken:
+            self._writing = True
+            try:
+                await self._write_group()
+            finally:
+                self._writing = False
+                self._signal_durable()

@@ -1,0 +1,161 @@
+"""Reading a shard's durable image straight off the simulated disk, and auditing it.
+
+The audit checks what must hold in *every* durable state of a shard, whatever the history:
+each job has its info and status rows; a SCHEDULED job has exactly its one queued task; a RUNNING
+job has exactly one lease and one RUNNING attempt; a terminal job holds no lease, no queued task
+and no RUNNING attempt; leases and their expiry index agree; the stored counters equal a recount
+of the status rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from silo import keys
+from silo.keys import Prefix
+from silo.model import Attempt, AttemptState, JobInfo, JobState, JobStatus, Lease, Task, decode_int
+from silo.shard.mirror import COUNTER_PREFIX
+from silo.shard.shard import JOBS_TERMINAL, JOBS_TOTAL, status_counter
+
+JobKey = tuple[str, str]
+
+
+@dataclass
+class ShardImage:
+    infos: dict[JobKey, JobInfo] = field(default_factory=dict)
+    states: dict[JobKey, JobState] = field(default_factory=dict)
+    queued: list[tuple[str, Task]] = field(default_factory=list)  # ("ready"|"timer", task)
+    leases: dict[str, Lease] = field(default_factory=dict)
+    expiries: list[tuple[int, str]] = field(default_factory=list)
+    attempts: dict[JobKey, dict[int, Attempt]] = field(default_factory=dict)
+    cancels: dict[JobKey, int] = field(default_factory=dict)
+    counters: dict[bytes, int] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, items: list[tuple[bytes, bytes]]) -> ShardImage:
+        img = cls()
+        for k, v in items:
+            p = k[0]
+            if p == Prefix.JOB:
+                _, (t, j) = keys.parse(k)
+                img.infos[(str(t), str(j))] = JobInfo.decode(k, v)
+            elif p == Prefix.STATUS:
+                _, (t, j) = keys.parse(k)
+                img.states[(str(t), str(j))] = JobState.decode(k, v)
+            elif p == Prefix.READY:
+                img.queued.append(("ready", Task.decode(k, v)))
+            elif p == Prefix.TIMER:
+                img.queued.append(("timer", Task.decode(k, v)))
+            elif p == Prefix.LEASE:
+                lease = Lease.decode(k, v)
+                img.leases[lease.task_id] = lease
+            elif p == Prefix.LEASE_EXPIRY:
+                _, (expiry, task_id) = keys.parse(k)
+                img.expiries.append((int(expiry), str(task_id)))
+            elif p == Prefix.ATTEMPT:
+                _, (t, j, _a) = keys.parse(k)
+                a = Attempt.decode(k, v)
+                img.attempts.setdefault((str(t), str(j)), {})[a.attempt] = a
+            elif p == Prefix.CANCEL:
+                _, (t, j) = keys.parse(k)
+                img.cancels[(str(t), str(j))] = decode_int(k, v)
+            elif p == Prefix.META and k.startswith(COUNTER_PREFIX):
+                img.counters[k] = decode_int(k, v)
+        return img
+
+    def recount(self) -> dict[bytes, int]:
+        out: dict[bytes, int] = {}
+        for (tenant, _), st in self.states.items():
+            out[JOBS_TOTAL] = out.get(JOBS_TOTAL, 0) + 1
+            if st.status.terminal:
+                out[JOBS_TERMINAL] = out.get(JOBS_TERMINAL, 0) + 1
+            sk = status_counter(tenant, st.status)
+            out[sk] = out.get(sk, 0) + 1
+        return dict(sorted(out.items()))
+
+    def stored_counters(self) -> dict[bytes, int]:
+        return {k: v for k, v in sorted(self.counters.items()) if v}
+
+
+def counter_name(k: bytes) -> str:
+    _, parts = keys.parse(k)
+    names = [str(p) for p in parts[1:]]
+    if len(names) == 3 and names[0] == "status":
+        names[2] = JobStatus(int(names[2])).name
+    return "/".join(names)
+
+
+def diff_counters(stored: dict[bytes, int], recount: dict[bytes, int]) -> list[str]:
+    out = []
+    for k in sorted(set(stored) | set(recount)):
+        if stored.get(k, 0) != recount.get(k, 0):
+            out.append(f"{counter_name(k)}: stored {stored.get(k, 0)}, recount {recount.get(k, 0)}")
+    return out
+
+
+def audit_image(img: ShardImage, where: str) -> list[tuple[int, str]]:
+    """Problems found in one durable shard image, as ``(invariant, message)``."""
+    problems: list[tuple[int, str]] = []
+    for key in sorted(set(img.infos) ^ set(img.states)):
+        problems.append((3, f"{where}: job {key} has only one of its info/status rows"))
+    queued: dict[JobKey, list[tuple[str, Task]]] = {}
+    for kind, task in img.queued:
+        queued.setdefault((task.tenant, task.job_id), []).append((kind, task))
+    leases: dict[JobKey, list[Lease]] = {}
+    for lease in img.leases.values():
+        leases.setdefault((lease.tenant, lease.job_id), []).append(lease)
+    for key, st in sorted(img.states.items()):
+        q = queued.get(key, [])
+        ls = leases.get(key, [])
+        atts = img.attempts.get(key, {})
+        running = sorted(a.attempt for a in atts.values() if a.state == AttemptState.RUNNING)
+        qs = [f"{kind}:attempt{t.attempt}@{t.due_ms}" for kind, t in q]
+        name = st.status.name
+        if st.status.terminal:
+            if q:
+                problems.append((5, f"{where}: {name} job {key} holds queued task(s) {qs}"))
+            if ls:
+                problems.append((5, f"{where}: {name} job {key} holds lease(s) "
+                                    f"{[x.task_id for x in ls]}"))
+            if running:
+                problems.append((3, f"{where}: {name} job {key} has RUNNING attempt(s) {running}"))
+        elif st.status == JobStatus.SCHEDULED:
+            if ls:
+                problems.append((1, f"{where}: SCHEDULED job {key} holds lease(s) "
+                                    f"{[x.task_id for x in ls]}"))
+            if running:
+                problems.append((3, f"{where}: SCHEDULED job {key} has RUNNING attempt(s) "
+                                    f"{running}"))
+            want = None
+            if st.task is not None:
+                want = ("ready" if st.task[2] else "timer", st.task[0], st.task[1])
+            have = [(kind, t.attempt, t.due_ms) for kind, t in q]
+            if want is None or have != [want]:
+                problems.append((3, f"{where}: SCHEDULED job {key} should have exactly its task "
+                                    f"{want} queued, has {have}"))
+        else:  # RUNNING
+            if len(ls) != 1 or ls[0].task_id != st.lease_task_id:
+                inv = 1 if len(ls) > 1 else 3
+                problems.append((inv, f"{where}: RUNNING job {key} (lease {st.lease_task_id}) "
+                                      f"holds leases {[x.task_id for x in ls]}"))
+            if len(running) != 1:
+                problems.append((3, f"{where}: RUNNING job {key} has RUNNING attempts {running}"))
+            if q:
+                problems.append((1, f"{where}: RUNNING job {key} still has queued task(s) {qs}: "
+                                    f"it can be leased again"))
+        if atts and max(atts) > st.attempt:
+            problems.append((4, f"{where}: job {key} has attempt {max(atts)} above its attempt "
+                                f"counter {st.attempt}"))
+    for key in sorted(set(queued) - set(img.states)):
+        problems.append((5, f"{where}: queued task(s) of missing job {key}"))
+    for key in sorted(set(leases) - set(img.states)):
+        problems.append((5, f"{where}: lease(s) of missing job {key}"))
+    index = sorted(img.expiries)
+    want_index = sorted((x.expiry_ms, x.task_id) for x in img.leases.values())
+    if index != want_index:
+        problems.append((8, f"{where}: lease expiry index {index} does not match the leases "
+                            f"{want_index} (a lease without an index entry is never reaped)"))
+    diff = diff_counters(img.stored_counters(), img.recount())
+    if diff:
+        problems.append((12, f"{where}: stored counters differ from a recount: {diff}"))
+    return problems

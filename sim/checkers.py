@@ -1,0 +1,678 @@
+"""Invariant checkers, fed by the durable event stream while the run goes on.
+
+The model here is built only from what the shard reports as durable (events), from what clients
+were actually told (acknowledgements), from what the server answered on heartbeats, and, after a
+crash, from the disk's durable image (a write in flight at the crash may survive without its
+events ever being emitted). Numbers are DESIGN §7's invariants:
+
+1. no task is leased twice at once; a job never has two live leases (a leased task must not stay
+   in the queue);
+3. only legal status transitions; RUNNING iff exactly one running attempt;
+4. attempts never leave a terminal state; attempt numbers strictly increase per job;
+5. terminal jobs hold no lease and no queued task;
+6. no acknowledged enqueue is ever lost (and none is acknowledged before it is durable);
+7. liveness: checked by the simulator (every job terminal within the bound after healing);
+8. an expired lease is reaped (within a slack); a heartbeat of a job flagged cancelled answers
+   ``cancelled=True``;
+9. a lease never hands out a task while a due task of the same shard and task group with a
+   higher priority (lower number) waits;
+12. counters equal a recount (final audit and after every crash).
+
+Checkers never raise into the code under test: they hand a :class:`Violation` to ``report``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from silo.errors import Code
+from silo.model import DEFAULT_TENANT, Task
+from silo.pb.silo import v1 as pb
+from silo.shard.shard import ready_key, timer_key
+from silo.shard.transitions import LEGAL_TRANSITIONS
+from sim.audit import JobKey, ShardImage, audit_image
+
+INVARIANTS: dict[int, str] = {
+    1: "no task leased twice at once; a job never has two live leases",
+    3: "only legal status transitions; RUNNING iff exactly one running attempt",
+    4: "attempts never leave a terminal state; attempt numbers strictly increase",
+    5: "terminal jobs hold no lease and no queued task",
+    6: "no acknowledged enqueue is ever lost",
+    7: "every job reaches a terminal state once faults stop (liveness)",
+    8: "an expired lease is reaped and retried; a cancel is seen by the worker",
+    9: "a lease never skips a due, higher-priority task of its task group",
+    12: "counters equal a recount of the data",
+}
+
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+LEGAL: frozenset[tuple[str | None, str]] = frozenset(
+    (None if a is None else a.name, b.name) for a, b in LEGAL_TRANSITIONS
+)
+REAP_SLACK_S = 5.0
+"""How long (simulated seconds) a lease may stay past its expiry, on a serving node, unreaped."""
+
+
+def _host_name(host: Any) -> str:
+    return str(getattr(host, "name", host))
+
+
+def reachable(src: str | None, dst: str) -> bool:
+    """True when ``dst`` can follow ``src`` through one or more legal transitions."""
+    frontier = [src]
+    seen: list[str | None] = []
+    while frontier:
+        cur = frontier.pop()
+        for a, b in sorted(LEGAL, key=str):
+            if a == cur and b not in seen:
+                if b == dst:
+                    return True
+                seen.append(b)
+                frontier.append(b)
+    return False
+
+
+@dataclass
+class Violation:
+    invariant: int
+    message: str
+    evidence: list[str] = field(default_factory=list)
+    at: float = 0.0
+
+    @property
+    def title(self) -> str:
+        return f"invariant {self.invariant} ({INVARIANTS.get(self.invariant, '?')})"
+
+
+@dataclass
+class Queued:
+    attempt: int
+    due_ms: int
+    ready: bool
+
+
+@dataclass
+class LeaseModel:
+    task_id: str
+    attempt: int
+    worker_id: str
+    expiry_ms: int
+    host: Any
+    overdue_since: float | None = None
+
+
+@dataclass
+class JobModel:
+    tenant: str
+    job_id: str
+    host: Any
+    shard: int
+    task_group: str
+    priority: int
+    status: str | None = None
+    attempt: int = 0
+    max_leased: int = 0
+    task: Queued | None = None
+    lease: LeaseModel | None = None
+    attempts: dict[int, str] = field(default_factory=dict)
+    cancel_flag: bool = False
+    deleted: bool = False
+    last_task_id: str | None = None
+    retry_count: int | None = None
+    run_attempts: int = 0
+    ended: str | None = None  # state of the attempt that just ended, until the status follows
+    history: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> JobKey:
+        return (self.tenant, self.job_id)
+
+    def note(self, text: str) -> None:
+        if len(self.history) < 40:
+            self.history.append(text)
+
+    def describe(self) -> str:
+        return (f"job {self.key} status={self.status} attempt={self.attempt} task={self.task} "
+                f"lease={None if self.lease is None else self.lease.task_id} "
+                f"attempts={self.attempts} cancel_flag={self.cancel_flag}")
+
+
+Probe = Callable[[Any, int, bytes], bytes | None]
+"""``probe(host, shard, key)``: the durable value of ``key`` on that shard (None: absent)."""
+
+
+class Checker:
+    def __init__(
+        self,
+        report: Callable[[Violation], None],
+        *,
+        probe: Probe | None = None,
+        now: Callable[[], float] = lambda: 0.0,
+    ) -> None:
+        self._report = report
+        self._probe = probe
+        self._now = now
+        self.jobs: dict[JobKey, JobModel] = {}
+        self.live_leases: dict[str, JobKey] = {}
+        self.acked: dict[JobKey, float] = {}
+        self.queues: dict[tuple[str, int, str], dict[JobKey, JobModel]] = {}
+        self.failed: Violation | None = None
+        self.strict_acks = True
+        """Flag an acknowledgement that arrives before the enqueue's durable event (off: only
+        losses across crashes and at the end are caught)."""
+        self.events = 0
+        self.cancels_seen_by_heartbeat = 0
+        self.reaped = 0
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def fail(self, invariant: int, message: str, *evidence: str) -> None:
+        if self.failed is not None:
+            return
+        self.failed = Violation(invariant, message, [e for e in evidence if e], self._now())
+        self._report(self.failed)
+
+    def _job(self, fields: dict[str, Any], kind: str) -> JobModel | None:
+        j = self.jobs.get((fields["tenant"], fields["job_id"]))
+        if j is None or j.deleted:
+            self.fail(3, f"{kind} for unknown job {(fields['tenant'], fields['job_id'])}",
+                      f"event: {kind} {fields}")
+            return None
+        return j
+
+    # -- the queue model (invariant 9) ------------------------------------------------------
+
+    def _set_task(self, j: JobModel, task: Queued | None) -> None:
+        q = self.queues.setdefault((_host_name(j.host), j.shard, j.task_group), {})
+        j.task = task
+        if task is None:
+            q.pop(j.key, None)
+        else:
+            q[j.key] = j
+
+    def _queued_key_present(self, j: JobModel, attempt: int, due_ms: int) -> str | None:
+        if self._probe is None:
+            return None
+        t = Task("", j.tenant, j.job_id, attempt, j.task_group, j.priority, due_ms)
+        for kind, k in (("ready", ready_key(t)), ("timer", timer_key(t))):
+            if self._probe(j.host, j.shard, k) is not None:
+                return kind
+        return None
+
+    def _lease_key_present(self, j: JobModel, task_id: str) -> bool:
+        if self._probe is None:
+            return False
+        from silo.keys import Prefix, key
+
+        return self._probe(j.host, j.shard, key(Prefix.LEASE, task_id)) is not None
+
+    # -- events -----------------------------------------------------------------------------
+
+    def on_event(self, host: Any, kind: str, fields: dict[str, Any]) -> None:
+        if self.failed is not None:
+            return
+        self.events += 1
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is not None:
+            handler(host, fields)
+
+    def _on_job_enqueued(self, host: Any, f: dict[str, Any]) -> None:
+        key = (f["tenant"], f["job_id"])
+        old = self.jobs.get(key)
+        if old is not None and not old.deleted:
+            self.fail(3, f"job {key} enqueued again while it exists", old.describe(),
+                      f"event: job_enqueued {f}")
+            return
+        j = JobModel(f["tenant"], f["job_id"], host, f["shard"], f["task_group"], f["priority"])
+        j.retry_count = f.get("retry_count")
+        j.note(f"enqueued due={f['due_ms']}")
+        self.jobs[key] = j
+
+    def _on_status_changed(self, host: Any, f: dict[str, Any]) -> None:
+        j = self._job(f, "status_changed")
+        if j is None:
+            return
+        old, new, attempt = f["old"], f["new"], f["attempt"]
+        j.note(f"{old}->{new} attempt={attempt} at={f['at_ms']}")
+        ev = f"event: status_changed {f}"
+        if j.status != old:
+            self.fail(3, f"job {j.key} changed {old}->{new} but was {j.status}", j.describe(), ev)
+            return
+        if (old, new) not in LEGAL:
+            self.fail(3, f"illegal transition {old}->{new} of job {j.key}", j.describe(), ev)
+            return
+        running = sorted(a for a, s in j.attempts.items() if s == "RUNNING")
+        if new == "RUNNING":
+            if len(running) != 1 or j.lease is None:
+                self.fail(3, f"job {j.key} RUNNING with running attempts {running}",
+                          j.describe(), ev)
+                return
+            if attempt != j.lease.attempt:
+                self.fail(4, f"job {j.key} RUNNING attempt {attempt} but leased attempt "
+                             f"{j.lease.attempt}", j.describe(), ev)
+                return
+        else:
+            if running:
+                inv = 5 if new in TERMINAL else 3
+                self.fail(inv, f"job {j.key} became {new} with attempt(s) {running} still "
+                               f"RUNNING", j.describe(), ev)
+                return
+            if j.lease is not None:
+                inv = 5 if new in TERMINAL else 3
+                self.fail(inv, f"job {j.key} became {new} while holding live lease "
+                               f"{j.lease.task_id}", j.describe(), ev)
+                return
+        if old == "RUNNING" and not self._check_outcome(j, new, ev):
+            return
+        j.ended = None
+        if new == "SCHEDULED":
+            if attempt <= j.attempt:
+                self.fail(4, f"job {j.key} queued attempt {attempt}, not above {j.attempt}",
+                          j.describe(), ev)
+                return
+            if old in TERMINAL:
+                j.cancel_flag = False  # restart clears the flag
+                j.run_attempts = 0  # and gives a fresh retry budget
+            self._set_task(j, Queued(attempt, f["due_ms"], f["due_ms"] <= f["at_ms"]))
+        elif new in TERMINAL:
+            if j.task is not None:
+                where = self._queued_key_present(j, j.task.attempt, j.task.due_ms)
+                if where is not None:
+                    self.fail(5, f"job {j.key} became {new} but its task (attempt "
+                                 f"{j.task.attempt}) is still in the {where} queue on disk",
+                              j.describe(), ev)
+                    return
+                self._set_task(j, None)
+            if j.last_task_id is not None and self._lease_key_present(j, j.last_task_id):
+                self.fail(5, f"job {j.key} became {new} but lease {j.last_task_id} is still "
+                             f"on disk", j.describe(), ev)
+                return
+            if new == "CANCELLED":
+                j.cancel_flag = True
+        j.status = new
+        j.attempt = max(j.attempt, attempt)
+
+    def _check_outcome(self, j: JobModel, new: str, ev: str) -> bool:
+        """How a running job ends must follow from how its attempt ended (DESIGN §3): success
+        ends it SUCCEEDED; a cancel (or any failure of a job flagged cancelled) CANCELLED; a
+        failure is retried while the budget lasts (retry_count + 1 attempts per run)."""
+        ended = j.ended
+        if ended is None:
+            self.fail(3, f"job {j.key} left RUNNING ({new}) without its attempt ending",
+                      j.describe(), ev)
+            return False
+        if ended == "SUCCEEDED":
+            want = {"SUCCEEDED"}
+        elif ended == "CANCELLED" or j.cancel_flag:
+            want = {"CANCELLED"}
+        elif j.retry_count is None:
+            want = {"SCHEDULED", "FAILED"}
+        elif j.run_attempts <= j.retry_count:
+            want = {"SCHEDULED"}
+        else:
+            want = {"FAILED"}
+        if new not in want:
+            inv = 8 if want == {"SCHEDULED"} else 3
+            self.fail(inv, f"job {j.key}: attempt ended {ended} (run attempt {j.run_attempts} of "
+                           f"{None if j.retry_count is None else j.retry_count + 1} allowed, "
+                           f"cancel flag {j.cancel_flag}) but the job became {new}, not "
+                           f"{' or '.join(sorted(want))}", j.describe(), ev)
+            return False
+        return True
+
+    def _on_task_leased(self, host: Any, f: dict[str, Any]) -> None:
+        j = self._job(f, "task_leased")
+        if j is None:
+            return
+        tid, attempt = f["task_id"], f["attempt"]
+        ev = f"event: task_leased {f}"
+        j.note(f"leased {tid} attempt={attempt} by {f['worker_id']} at={f['at_ms']}")
+        if tid in self.live_leases:
+            other = self.jobs[self.live_leases[tid]]
+            self.fail(1, f"task {tid} leased while already leased", other.describe(), ev)
+            return
+        if j.lease is not None:
+            self.fail(1, f"job {j.key} leased again while lease {j.lease.task_id} is live",
+                      j.describe(), ev)
+            return
+        if j.status != "SCHEDULED":
+            self.fail(3, f"job {j.key} leased while {j.status}", j.describe(), ev)
+            return
+        if j.task is None or j.task.attempt != attempt:
+            self.fail(4, f"job {j.key} leased attempt {attempt} but its queued task is "
+                         f"{j.task}", j.describe(), ev)
+            return
+        if attempt <= j.max_leased or attempt in j.attempts:
+            self.fail(4, f"job {j.key} handed out attempt {attempt} after attempt "
+                         f"{j.max_leased}", j.describe(), ev)
+            return
+        self._check_priority(j, f)
+        if self.failed is not None:
+            return
+        where = self._queued_key_present(j, attempt, f["due_ms"])
+        if where is not None:
+            self.fail(1, f"task {tid} of job {j.key} was leased but is still in the {where} "
+                         f"queue on disk: it can be handed out again", j.describe(), ev)
+            return
+        lease = LeaseModel(tid, attempt, f["worker_id"], f["expiry_ms"], host)
+        j.lease = lease
+        j.last_task_id = tid
+        j.attempts[attempt] = "RUNNING"
+        j.max_leased = attempt
+        j.run_attempts += 1
+        self.live_leases[tid] = j.key
+        self._set_task(j, None)
+
+    def _check_priority(self, j: JobModel, f: dict[str, Any]) -> None:
+        at = f["at_ms"]
+        q = self.queues.get((_host_name(j.host), j.shard, j.task_group), {})
+        for other in q.values():
+            if other is j or other.task is None:
+                continue
+            due = other.task.ready or other.task.due_ms <= at
+            if due and other.priority < j.priority:
+                self.fail(
+                    9,
+                    f"shard {j.shard} task group {j.task_group!r}: leased job {j.key} "
+                    f"(priority {j.priority}) while job {other.key} (priority "
+                    f"{other.priority}, due {other.task.due_ms} <= {at}) waited",
+                    j.describe(), other.describe(), f"event: task_leased {f}",
+                )
+                return
+
+    def _on_lease_extended(self, host: Any, f: dict[str, Any]) -> None:
+        key = self.live_leases.get(f["task_id"])
+        if key is None:
+            self.fail(4, f"lease {f['task_id']} extended after it ended",
+                      f"event: lease_extended {f}")
+            return
+        lease = self.jobs[key].lease
+        assert lease is not None
+        lease.expiry_ms = f["expiry_ms"]
+        lease.overdue_since = None
+
+    def _on_lease_ended(self, host: Any, f: dict[str, Any]) -> None:
+        tid = f["task_id"]
+        key = self.live_leases.pop(tid, None)
+        ev = f"event: lease_ended {f}"
+        if key is None:
+            j = self.jobs.get((f["tenant"], f["job_id"]))
+            self.fail(4, f"lease {tid} (attempt {f['attempt']}) ended but was not live",
+                      j.describe() if j else "", ev)
+            return
+        j = self.jobs[key]
+        j.note(f"lease {tid} ended {f['outcome']} state={f.get('state')} at={f['at_ms']}")
+        a = f["attempt"]
+        if j.attempts.get(a) != "RUNNING" or j.lease is None or j.lease.task_id != tid:
+            self.fail(4, f"attempt {a} of job {j.key} ended but was {j.attempts.get(a)}",
+                      j.describe(), ev)
+            return
+        j.attempts[a] = f.get("state") or f["outcome"].upper()
+        j.ended = j.attempts[a]
+        if f["outcome"] == "reaped":
+            self.reaped += 1
+        j.lease = None
+
+    def _on_cancel_requested(self, host: Any, f: dict[str, Any]) -> None:
+        j = self._job(f, "cancel_requested")
+        if j is None:
+            return
+        j.note(f"cancel requested at={f['at_ms']}")
+        if j.status in TERMINAL:
+            self.fail(3, f"cancel flag set on {j.status} job {j.key}", j.describe(),
+                      f"event: cancel_requested {f}")
+            return
+        j.cancel_flag = True
+
+    def _on_task_expedited(self, host: Any, f: dict[str, Any]) -> None:
+        j = self._job(f, "task_expedited")
+        if j is None:
+            return
+        j.note(f"expedited attempt={f['attempt']} due={f['due_ms']}")
+        if j.status != "SCHEDULED" or j.task is None or j.task.attempt != f["attempt"]:
+            self.fail(4, f"expedited attempt {f['attempt']} of job {j.key} which is not queued",
+                      j.describe(), f"event: task_expedited {f}")
+            return
+        self._set_task(j, Queued(f["attempt"], f["due_ms"], True))
+
+    def _on_job_deleted(self, host: Any, f: dict[str, Any]) -> None:
+        j = self._job(f, "job_deleted")
+        if j is None:
+            return
+        if j.status not in TERMINAL or j.lease is not None:
+            self.fail(5, f"deleted job {j.key} that was {j.status}", j.describe(),
+                      f"event: job_deleted {f}")
+            return
+        j.deleted = True
+        self._set_task(j, None)
+
+    # -- what clients were told -------------------------------------------------------------
+
+    def on_ack_enqueue(self, tenant: str, job_id: str) -> None:
+        """A client received OK for the enqueue of ``(tenant, job_id)``."""
+        if self.failed is not None:
+            return
+        key = (tenant, job_id)
+        self.acked[key] = self._now()
+        if self.strict_acks and key not in self.jobs:
+            self.fail(6, f"enqueue of job {key} acknowledged before it was durable (no durable "
+                         f"job_enqueued event yet)")
+
+    def on_enqueue_start(self, method: str, request: bytes) -> Any:
+        if method == "Enqueue":
+            specs = [pb.EnqueueRequest.parse(request).job]
+        else:
+            specs = list(pb.EnqueueBatchRequest.parse(request).jobs)
+        return [((s.tenant or DEFAULT_TENANT), s.id) for s in specs if s is not None and s.id]
+
+    def on_enqueue_end(self, method: str, keys: Any, error: Any) -> None:
+        """The server answered an enqueue: OK means every job of it is durable; ALREADY_EXISTS
+        (which a client treats as success on a retry) means one of them is."""
+        if self.failed is not None or not keys or not self.strict_acks:
+            return
+        if error is None:
+            missing = [k for k in keys if k not in self.jobs]
+            if missing:
+                self.fail(6, f"{method} answered OK before job(s) {missing[:3]} were durable "
+                             f"(no durable job_enqueued event yet)")
+        elif error.code == Code.ALREADY_EXISTS and not any(k in self.jobs for k in keys):
+            self.fail(6, f"{method} answered ALREADY_EXISTS for job(s) {keys[:3]} that are not "
+                         f"durable: a client retrying the enqueue takes that as success, and a "
+                         f"crash now loses the job", f"error: {error}")
+
+    def on_heartbeat_start(self, request: bytes) -> Any:
+        req = pb.HeartbeatRequest.parse(request)
+        key = self.live_leases.get(req.task_id)
+        if key is None:
+            return None
+        j = self.jobs[key]
+        return (req.task_id, key, j.cancel_flag)
+
+    def on_heartbeat_end(self, token: Any, response: bytes | None) -> None:
+        if token is None or response is None or self.failed is not None:
+            return
+        task_id, key, flagged = token
+        resp = pb.HeartbeatResponse.parse(response)
+        if resp.cancelled:
+            self.cancels_seen_by_heartbeat += 1
+        if flagged and not resp.cancelled:
+            j = self.jobs[key]
+            self.fail(8, f"heartbeat for task {task_id} of job {key}, flagged cancelled before "
+                         f"the heartbeat began, answered cancelled=False: the worker never "
+                         f"learns of the cancel", j.describe(), *j.history[-6:])
+
+    # -- periodic checks --------------------------------------------------------------------
+
+    def tick(self, now_s: float) -> None:
+        """Invariant 8: a lease past its expiry on a serving node must be reaped soon."""
+        if self.failed is not None:
+            return
+        for tid, key in self.live_leases.items():
+            j = self.jobs[key]
+            lease = j.lease
+            assert lease is not None
+            host = lease.host
+            if not getattr(host, "serving", True):
+                lease.overdue_since = None
+                continue
+            wall = host.clock.now_ms()
+            if wall <= lease.expiry_ms:
+                lease.overdue_since = None
+                continue
+            if lease.overdue_since is None:
+                lease.overdue_since = now_s
+            elif now_s - lease.overdue_since > REAP_SLACK_S:
+                self.fail(8, f"lease {tid} of job {key} expired at {lease.expiry_ms} (node wall "
+                             f"time now {wall}) and was not reaped within {REAP_SLACK_S}s",
+                          j.describe(), *j.history[-6:])
+                return
+
+    # -- liveness helpers -------------------------------------------------------------------
+
+    def open_jobs(self) -> list[JobModel]:
+        return [j for j in self.jobs.values() if not j.deleted and j.status not in TERMINAL]
+
+    def missing_acked(self) -> list[JobKey]:
+        return [k for k in self.acked if k not in self.jobs]
+
+    def settled(self) -> bool:
+        return not self.open_jobs() and not self.missing_acked() and not self.live_leases
+
+    # -- crash: resynchronise with the durable image ---------------------------------------
+
+    def resync_shard(self, host: Any, shard: int, img: ShardImage, where: str) -> None:
+        """After a crash: check the durable image against the model, then adopt it."""
+        if self.failed is not None:
+            return
+        problems = audit_image(img, where)
+        if problems:
+            inv, msg = problems[0]
+            self.fail(inv, msg, *[m for _, m in problems[1:4]])
+            return
+        mine = {k: j for k, j in self.jobs.items() if j.host is host and j.shard == shard}
+        for key, j in sorted(mine.items()):
+            st = img.states.get(key)
+            if st is None:
+                if not j.deleted:
+                    self.fail(6, f"job {key}, durable before the crash of {where}, is gone after "
+                                 f"it", j.describe(), *j.history[-6:])
+                    return
+                continue
+            if j.deleted:
+                self.fail(3, f"deleted job {key} is back after the crash of {where}",
+                          j.describe())
+                return
+            disk_status = st.status.name
+            if disk_status != j.status and not reachable(j.status, disk_status):
+                self.fail(3, f"job {key} was {j.status} before the crash of {where}, "
+                             f"{disk_status} after", j.describe())
+                return
+            atts = img.attempts.get(key, {})
+            for a, s in sorted(j.attempts.items()):
+                if s == "RUNNING":
+                    continue
+                disk = atts.get(a)
+                if disk is None or disk.state.name != s:
+                    self.fail(4, f"attempt {a} of job {key} ended {s} before the crash of "
+                                 f"{where}, is {None if disk is None else disk.state.name} "
+                                 f"after", j.describe())
+                    return
+        for key in sorted(img.states):
+            if key not in mine:
+                info = img.infos[key]
+                self.jobs[key] = JobModel(info.tenant, info.job_id, host, shard,
+                                          info.task_group, info.priority)
+        for tid, key in list(self.live_leases.items()):
+            if key in img.states or key in mine:
+                del self.live_leases[tid]
+        for key, st in sorted(img.states.items()):
+            j = self.jobs[key]
+            j.note(f"resync after crash: {st.status.name}")
+            j.retry_count = img.infos[key].retry.retry_count
+            j.run_attempts = st.run_attempts
+            j.ended = None
+            j.status = st.status.name
+            j.attempt = st.attempt
+            atts = img.attempts.get(key, {})
+            j.attempts = {a: x.state.name for a, x in sorted(atts.items())}
+            j.max_leased = max([j.max_leased, *atts])
+            j.cancel_flag = key in img.cancels
+            self._set_task(j, None if st.task is None else Queued(*st.task))
+            j.lease = None
+            if st.lease_task_id is not None:
+                lease = img.leases[st.lease_task_id]
+                j.lease = LeaseModel(lease.task_id, lease.attempt, lease.worker_id,
+                                     lease.expiry_ms, host)
+                j.last_task_id = lease.task_id
+                self.live_leases[lease.task_id] = key
+
+    def check_acked_present(self, host: Any, present: set[JobKey], where: str) -> None:
+        """After a crash of the only node: every enqueue acknowledged so far must be on disk."""
+        if self.failed is not None:
+            return
+        for key, at in sorted(self.acked.items()):
+            j = self.jobs.get(key)
+            if key not in present and not (j is not None and j.deleted):
+                self.fail(6, f"enqueue of job {key}, acknowledged at t={at:.3f}s, was lost in "
+                             f"the crash of {where}", j.describe() if j else "never seen durable")
+                return
+
+    # -- final audit ------------------------------------------------------------------------
+
+    def final_shard(self, host: Any, shard: int, img: ShardImage, where: str) -> None:
+        """After a clean stop: the durable image must pass the audit and equal the model."""
+        if self.failed is not None:
+            return
+        problems = audit_image(img, where)
+        if problems:
+            inv, msg = problems[0]
+            self.fail(inv, msg, *[m for _, m in problems[1:4]])
+            return
+        for key, j in sorted(self.jobs.items()):
+            if j.host is not host or j.shard != shard:
+                continue
+            st = img.states.get(key)
+            if j.deleted:
+                if st is not None:
+                    self.fail(3, f"deleted job {key} is still on disk ({where})", j.describe())
+                    return
+                continue
+            if st is None:
+                inv = 6 if key in self.acked else 3
+                self.fail(inv, f"job {key} is missing on disk ({where})", j.describe())
+                return
+            if st.status.name != j.status:
+                self.fail(3, f"job {key} is {st.status.name} on disk but {j.status} by the "
+                             f"events ({where})", j.describe())
+                return
+            atts = {a: x.state.name for a, x in img.attempts.get(key, {}).items()}
+            if atts != j.attempts:
+                self.fail(4, f"attempts of job {key} on disk {atts} differ from the events "
+                             f"{j.attempts} ({where})", j.describe())
+                return
+        for key in sorted(img.states):
+            j = self.jobs.get(key)
+            if j is None or j.host is not host or j.shard != shard:
+                self.fail(3, f"job {key} is on disk ({where}) but no durable event announced it")
+                return
+
+    def final_acked(self) -> None:
+        for key in sorted(self.acked):
+            j = self.jobs.get(key)
+            if j is None:
+                self.fail(6, f"acknowledged enqueue of job {key} was lost")
+                return
+
+    def status_of(self, key: JobKey) -> str | None:
+        j = self.jobs.get(key)
+        return None if j is None else j.status
+
+
+__all__ = [
+    "INVARIANTS",
+    "Checker",
+    "JobModel",
+    "Violation",
+    "reachable",
+]

@@ -1,0 +1,80 @@
+"""The fault switchboard of a run: named fault points, their rates, and how often each fired.
+
+Every component that can fail asks a :class:`SimFaults` (a :class:`silo.runtime.Faults` with its
+own seeded stream) whether the fault at a point happens now; all of them share one
+:class:`FaultBoard`, which holds the rates, the counts and the on/off switch that healing turns
+off. Faults the simulator itself injects (crashes, partitions, clock jumps) are counted on the same
+board.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+
+from silo.runtime.faults import Faults
+from sim.trace import Trace
+
+FAULT_POINTS: tuple[str, ...] = (
+    "net.drop.request",
+    "net.drop.response",
+    "net.duplicate",
+    "net.reorder",
+    "net.partition",
+    "node.crash",
+    "node.restart",
+    "disk.write.error",
+    "shard.write.error",
+    "clock.jump",
+    "worker.crash",
+)
+"""Every named fault point (``node.restart`` is a clean stop and start of a node)."""
+
+
+class FaultBoard:
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+        self.rates: dict[str, float] = {}
+        self.fired: dict[str, int] = {}
+        self.enabled = True
+
+    def set_rates(self, rates: dict[str, float]) -> None:
+        for point in rates:
+            if point not in FAULT_POINTS:
+                raise ValueError(f"unknown fault point {point!r}")
+        self.rates = {k: v for k, v in sorted(rates.items()) if v > 0}
+
+    def count(self, point: str, detail: str = "") -> None:
+        if point not in FAULT_POINTS:
+            raise ValueError(f"unknown fault point {point!r}")
+        self.fired[point] = self.fired.get(point, 0) + 1
+        self.trace.record(f"fault {point} {detail}".rstrip())
+
+    def faults_for(self, rng: random.Random, mutations: Iterable[str], where: str) -> SimFaults:
+        return SimFaults(self, rng, mutations, where)
+
+    def roll(self, rng: random.Random, point: str, detail: str = "") -> bool:
+        """Draw whether ``point`` fires now (for the simulator's own fault points)."""
+        if not self.enabled:
+            return False
+        rate = self.rates.get(point, 0.0)
+        if rate <= 0.0 or rng.random() >= rate:
+            return False
+        self.count(point, detail)
+        return True
+
+
+class SimFaults(Faults):
+    """A component's view of the board: its own stream, shared rates and counts."""
+
+    def __init__(
+        self, board: FaultBoard, rng: random.Random, mutations: Iterable[str], where: str
+    ) -> None:
+        super().__init__(rng, {}, mutations)
+        self.board = board
+        self.where = where
+        self.fired = board.fired
+
+    def fire(self, point: str) -> bool:
+        assert self._rng is not None
+        return self.board.roll(self._rng, point, self.where)

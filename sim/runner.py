@@ -1,0 +1,186 @@
+"""Running one seed of one scenario: a fresh ``trio.run`` under a MockClock with autojump and
+deterministic scheduling seeded from the scenario seed.
+
+Exit status: 0 pass, 1 invariant violated, 2 liveness bound missed, 3 crash of the simulator or of
+the code under test (including a livelock: trio time stuck while tasks keep running).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+import trio.testing
+from trio.abc import Instrument
+
+from sim.simulator import Simulator
+
+EXIT_PASS, EXIT_VIOLATION, EXIT_LIVENESS, EXIT_CRASH = 0, 1, 2, 3
+
+MUTATIONS: dict[str, str] = {
+    "double-lease": "leasing leaves the task in the ready queue",
+    "ack-before-durable": "a write is acknowledged before it is durable",
+    "no-reaper": "expired leases are never reaped",
+    "lost-cancel": "heartbeats never report a cancel",
+    "ignore-priority": "leases hand out the lowest priority first",
+    "skip-release-on-cancel": "cancelling a scheduled job leaves its task queued",
+    "counter-drift": "enqueue counts every job twice in the total",
+}
+
+STALL_STEPS = 100_000
+"""Scheduler iterations at one instant of trio time after which the run counts as livelocked."""
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    seed: int
+    mutation: str | None
+    exit_code: int
+    digest: str
+    sim_seconds: float
+    wall_seconds: float
+    fired: dict[str, int] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)
+    invariant: int | None = None
+    message: str = ""
+    evidence: list[str] = field(default_factory=list)
+    events: int = 0
+
+    @property
+    def replay(self) -> str:
+        cmd = f"silo-sim run {self.scenario} --seed {self.seed}"
+        if self.mutation:
+            cmd += f" --mutation {self.mutation}"
+        return cmd
+
+    @property
+    def verdict(self) -> str:
+        return {0: "PASS", 1: "VIOLATION", 2: "LIVENESS", 3: "CRASH"}[self.exit_code]
+
+
+class _StallGuard(Instrument):
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.last = -1.0
+        self.steps = 0
+
+    def before_io_wait(self, timeout: float) -> None:
+        now = trio.current_time()
+        if now != self.last:
+            self.last = now
+            self.steps = 0
+            return
+        self.steps += 1
+        if self.steps == STALL_STEPS and self.sim.ok:
+            self.sim.crash_report = (f"livelock: {STALL_STEPS} scheduler steps at trio time "
+                                     f"{now:.6f} without time advancing")
+            self.sim.stop()
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first non-group exception inside ``exc``."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def scenario_for_seed(seed: int) -> str:
+    from scenarios import SCENARIOS
+
+    names = list(SCENARIOS)
+    return names[seed % len(names)]
+
+
+def run_one(
+    scenario: str,
+    seed: int,
+    mutation: str | None = None,
+    *,
+    echo: Callable[[str], None] | None = None,
+    trace_echo: Callable[[str], None] | None = None,
+    strict_acks: bool = True,
+) -> RunResult:
+    """Run one seed in a fresh ``trio.run``; never raises for failures of the code under test."""
+    from scenarios import SCENARIOS
+
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    if mutation is not None and mutation not in MUTATIONS:
+        raise ValueError(f"unknown mutation {mutation!r}; known: {', '.join(MUTATIONS)}")
+    out = echo or (lambda line: None)
+    out(f"silo-sim run {scenario} --seed {seed}" + (f" --mutation {mutation}" if mutation else ""))
+    out(f"seed {seed} scenario {scenario} mutation {mutation or 'none'}")
+    sim = Simulator(seed, mutations=(mutation,) if mutation else (), echo=echo,
+                    trace_echo=trace_echo)
+    sim.checker.strict_acks = strict_acks
+    rng = random.Random(seed)
+    core = trio._core._run  # type: ignore[attr-defined]
+    saved = (core._ALLOW_DETERMINISTIC_SCHEDULING, core._r)
+    core._ALLOW_DETERMINISTIC_SCHEDULING = True
+    core._r = random.Random(f"trio-scheduler/{seed}")
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    sim_end = [0.0]
+
+    async def main() -> None:
+        try:
+            await sim.main(SCENARIOS[scenario], rng)
+        finally:
+            sim_end[0] = trio.current_time()
+
+    t0 = time.perf_counter()
+    try:
+        trio.run(main, clock=clock, instruments=[_StallGuard(sim)])
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a crash of the code under test or of the simulator
+        if sim.ok:
+            sim.crash_report = f"crash: {_leaf(exc)!r}\n" + "".join(
+                traceback.format_exception(exc)
+            )
+    finally:
+        core._ALLOW_DETERMINISTIC_SCHEDULING, core._r = saved
+    wall = time.perf_counter() - t0
+    result = RunResult(
+        scenario=scenario, seed=seed, mutation=mutation, exit_code=EXIT_PASS,
+        digest=sim.trace.digest(), sim_seconds=sim_end[0], wall_seconds=wall,
+        fired=dict(sorted(sim.board.fired.items())), params=dict(sim.params),
+        stats=dict(sorted(sim.stats.items())), events=sim.checker.events,
+    )
+    if sim.violation is not None:
+        v = sim.violation
+        result.exit_code = EXIT_VIOLATION
+        result.invariant = v.invariant
+        result.message = f"{v.title}: {v.message}"
+        result.evidence = list(v.evidence)
+    elif sim.crash_report is not None:
+        result.exit_code = EXIT_CRASH
+        result.message = sim.crash_report
+    elif sim.liveness_report is not None:
+        result.exit_code = EXIT_LIVENESS
+        result.invariant = 7
+        result.message = "invariant 7 (every job reaches a terminal state once faults stop): " \
+            + sim.liveness_report
+    return result
+
+
+def report_lines(r: RunResult) -> list[str]:
+    """What ``silo-sim run`` prints after the run (the digest line last)."""
+    lines = [
+        f"result {r.verdict} exit={r.exit_code} sim={r.sim_seconds:.1f}s "
+        f"wall={r.wall_seconds:.2f}s events={r.events}",
+        "faults fired: " + (", ".join(f"{k}={v}" for k, v in r.fired.items()) or "none"),
+        "stats: " + (", ".join(f"{k}={v}" for k, v in r.stats.items()) or "none"),
+    ]
+    if r.exit_code:
+        lines.append(("FAILED " + r.message).rstrip())
+        lines.extend(f"  evidence: {e}" for e in r.evidence)
+        lines.append(f"replay: {r.replay}")
+    lines.append(f"digest {r.digest}")
+    return lines

@@ -1,0 +1,455 @@
+"""The simulated world of one run: hosts, network, faults, checkers, phases and the final audit.
+
+One :class:`Simulator` lives inside one ``trio.run`` under a ``MockClock`` with deterministic
+scheduling (see :mod:`sim.runner`). A scenario builds the world through it, drives a fault phase,
+calls :meth:`Simulator.heal`, then :meth:`Simulator.settle` (the liveness phase); the runner then
+calls :meth:`Simulator.final_audit`. The first violated invariant, crash of the code under test, or
+missed liveness bound stops the run.
+"""
+
+from __future__ import annotations
+
+import random
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from silo.client.client import RetrySettings
+from silo.errors import Code, SiloError
+from silo.runtime import RandomSource
+from sim.audit import ShardImage, diff_counters
+from sim.checkers import Checker, Violation
+from sim.faults import FaultBoard
+from sim.hosts import ClientHost, NodeHost, SimWorker
+from sim.network import NetConfig, SimNetwork
+from sim.trace import Trace, format_fields
+
+TICK_S = 0.25
+MAX_RUN_S = 1800.0
+"""Simulated seconds after which a run that has not finished counts as a missed liveness bound
+(e.g. a node that never manages to restart)."""
+
+
+@dataclass
+class FaultPlan:
+    """What the fault phase injects. Rates are per message / per write; intervals are mean
+    simulated seconds between injections (None: never)."""
+
+    rates: dict[str, float] = field(default_factory=dict)
+    crash_every_s: float | None = None
+    clean_restart_every_s: float | None = None
+    restart_delay_s: tuple[float, float] = (0.2, 3.0)
+    partition_every_s: float | None = None
+    partition_s: tuple[float, float] = (0.5, 5.0)
+    clock_jump_every_s: float | None = None
+    clock_jump_ms: tuple[int, int] = (-3000, 8000)
+    worker_crash_every_s: float | None = None
+    worker_restart_s: tuple[float, float] = (0.5, 5.0)
+
+
+class Simulator:
+    def __init__(
+        self,
+        seed: int,
+        *,
+        mutations: tuple[str, ...] = (),
+        echo: Callable[[str], None] | None = None,
+        trace_echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.seed = seed
+        self.mutations = tuple(mutations)
+        self.echo = echo or (lambda line: None)
+        self.trace = Trace(trace_echo)
+        self.random = RandomSource(seed)
+        self.board = FaultBoard(self.trace)
+        self.net = SimNetwork(self, self.random.stream("net"), self.board, self.trace)
+        self.checker = Checker(self._on_violation, probe=self._probe, now=self._now)
+        self.nodes: dict[str, NodeHost] = {}
+        self.hosts: dict[str, ClientHost] = {}
+        self.workers: dict[str, SimWorker] = {}
+        self.params: dict[str, Any] = {}
+        self.retry = RetrySettings(
+            attempts=8, initial_backoff_s=0.05, max_backoff_s=1.0, call_timeout_s=2.0
+        )
+        self.nursery: trio.Nursery | None = None
+        self._fault_nursery: trio.Nursery | None = None
+        self.violation: Violation | None = None
+        self.crash_report: str | None = None
+        self.liveness_report: str | None = None
+        self.stopped = False
+        self.phase = "setup"
+        self.healed_at: float | None = None
+        self.stats: dict[str, int] = {}
+        self.plan = FaultPlan()
+
+    # -- parameters and bookkeeping ---------------------------------------------------------
+
+    def param(self, name: str, value: Any) -> Any:
+        """Record (and print) a parameter the scenario drew."""
+        self.params[name] = value
+        self.echo(f"param {name}={value!r}")
+        return value
+
+    def count(self, stat: str, n: int = 1) -> None:
+        self.stats[stat] = self.stats.get(stat, 0) + n
+
+    @staticmethod
+    def _now() -> float:
+        try:
+            return trio.current_time()
+        except RuntimeError:
+            return 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.violation is None and self.crash_report is None and (
+            self.liveness_report is None
+        )
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+
+    def _on_violation(self, v: Violation) -> None:
+        if not self.ok:
+            return
+        self.violation = v
+        self.trace.record(f"VIOLATION {v.title}: {v.message}")
+        self.stop()
+
+    def code_crash(self, what: str, exc: BaseException) -> None:
+        if not self.ok:
+            return
+        tb = "".join(traceback.format_exception(exc))
+        self.crash_report = f"crash: {what}: {exc!r}\n{tb}"
+        self.trace.record(f"CRASH {what}: {exc!r}")
+        self.stop()
+
+    # -- hooks from hosts and network -------------------------------------------------------
+
+    def on_event(self, host: NodeHost, kind: str, fields: dict[str, Any]) -> None:
+        self.trace.record(f"ev {host.name} {kind} {format_fields(fields)}")
+        self.checker.on_event(host, kind, fields)
+
+    def on_serve_start(self, server: Any, method: str, request: bytes) -> Any:
+        name = method.rsplit("/", 1)[-1]
+        if name == "Heartbeat":
+            return (name, self.checker.on_heartbeat_start(request))
+        if name in ("Enqueue", "EnqueueBatch"):
+            return (name, self.checker.on_enqueue_start(name, request))
+        return (name, None)
+
+    def on_serve_end(self, token: Any, response: bytes | None, error: Any) -> None:
+        name, data = token
+        if error is not None:
+            self.count(f"rpc.{name}.{error.code.name}")
+        if data is None:
+            return
+        if name == "Heartbeat":
+            self.checker.on_heartbeat_end(data, response)
+        else:
+            self.checker.on_enqueue_end(name, data, error)
+
+    def _probe(self, host: NodeHost, shard: int, key: bytes) -> bytes | None:
+        return host.disk.durable_get(f"{host.config.data_dir}/shards/{shard}", key)
+
+    # -- building the world -----------------------------------------------------------------
+
+    def seed_addresses(self) -> list[str]:
+        return [n.address for n in self.nodes.values()]
+
+    async def add_node(
+        self, name: str, *, shards: int, lease_ms: int, write_latency_s: float = 0.001
+    ) -> NodeHost:
+        if self.nodes:
+            # Coordination "none": each node owns every shard. Several nodes need the cluster
+            # layer (later issue); until then a run has exactly one node.
+            raise ValueError("a simulated cluster has exactly one node for now")
+        host = NodeHost(self, name, shards=shards, lease_ms=lease_ms,
+                        write_latency_s=write_latency_s)
+        self.nodes[name] = host
+        await host.start()
+        return host
+
+    def add_host(self, name: str) -> ClientHost:
+        host = ClientHost(self, name)
+        self.hosts[name] = host
+        return host
+
+    async def add_worker(
+        self, name: str, task_group: str, handler: Callable[..., Any], *, concurrency: int,
+        lease_wait_ms: int = 2000,
+    ) -> SimWorker:
+        w = SimWorker(self, name, task_group, handler, concurrency=concurrency,
+                      lease_wait_ms=lease_wait_ms)
+        self.workers[name] = w
+        await w.start()
+        return w
+
+    def set_network(self, config: NetConfig) -> None:
+        self.net.config = config
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn`` for the rest of the run."""
+        assert self.nursery is not None
+        self.nursery.start_soon(fn, *args)
+
+    def spawn_fault_phase(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn`` until :meth:`heal` (fault drivers, operators)."""
+        assert self._fault_nursery is not None
+        self._fault_nursery.start_soon(fn, *args)
+
+    # -- the run ----------------------------------------------------------------------------
+
+    async def main(self, scenario: Callable[[Simulator, random.Random], Awaitable[None]],
+                   rng: random.Random) -> None:
+        async with trio.open_nursery() as root:
+            self.nursery = root
+            self.net.nursery = root
+            root.start_soon(self._ticker)
+            await root.start(self._fault_host)
+            self.trace.record(f"run seed={self.seed} mutations={list(self.mutations)}")
+            try:
+                with trio.move_on_after(MAX_RUN_S) as watchdog:
+                    self.phase = "faults"
+                    await scenario(self, rng)
+                    if self.ok:
+                        if self.healed_at is None:
+                            await self.heal()
+                            await self.settle(120.0)
+                    if self.ok:
+                        self.phase = "audit"
+                        await self.final_audit()
+                if watchdog.cancelled_caught and self.ok:
+                    self.liveness_report = (
+                        f"the run did not finish within {MAX_RUN_S:.0f} simulated seconds "
+                        f"(stuck in phase {self.phase!r}; nodes serving: "
+                        f"{[n.name for n in self.nodes.values() if n.serving]})"
+                    )
+                    self.trace.record("LIVENESS run bound missed")
+            finally:
+                self.phase = "done"
+                root.cancel_scope.cancel()
+
+    async def _fault_host(self, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as n:
+            self._fault_nursery = n
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(TICK_S)
+            self.checker.tick(trio.current_time())
+
+    # -- fault phase ------------------------------------------------------------------------
+
+    def start_faults(self, plan: FaultPlan) -> None:
+        """Switch on ``plan``: message/disk fault rates now, injection drivers in background."""
+        self.plan = plan
+        self.board.set_rates(plan.rates)
+        self.board.enabled = True
+        drivers: list[tuple[float | None, str, Callable[[random.Random], Awaitable[None]]]] = [
+            (plan.crash_every_s, "node.crash", self._inject_crash),
+            (plan.clean_restart_every_s, "node.restart", self._inject_clean_restart),
+            (plan.partition_every_s, "net.partition", self._inject_partition),
+            (plan.clock_jump_every_s, "clock.jump", self._inject_clock_jump),
+            (plan.worker_crash_every_s, "worker.crash", self._inject_worker_crash),
+        ]
+        for every, point, fn in drivers:
+            if every:
+                self.spawn_fault_phase(self._driver, every, point, fn)
+
+    async def _driver(
+        self, every: float, point: str, fn: Callable[[random.Random], Awaitable[None]]
+    ) -> None:
+        rng = self.random.stream(f"faults/{point}")
+        while True:
+            await trio.sleep(rng.expovariate(1.0 / every))
+            if self.board.enabled:
+                await fn(rng)
+
+    async def _inject_crash(self, rng: random.Random) -> None:
+        up = [n for n in self.nodes.values() if n.serving]
+        if not up:
+            return
+        host = rng.choice(up)
+        delay = rng.uniform(*self.plan.restart_delay_s)
+        if rng.random() < 0.5:
+            self._crash(host, delay, "")
+        else:  # at the start of the node's next write, with its neighbours mid-flight
+            host.at_next_write(lambda: self._crash(host, delay, "at-write"))
+
+    def _crash(self, host: NodeHost, delay: float, how: str) -> None:
+        if not self.board.enabled or not host.serving:
+            return
+        self.board.count("node.crash", f"{host.name} {how}".rstrip())
+        host.crash()
+        self.spawn(self._restart_later, host, delay)
+
+    async def _inject_clean_restart(self, rng: random.Random) -> None:
+        up = [n for n in self.nodes.values() if n.serving]
+        if not up:
+            return
+        host = rng.choice(up)
+        delay = rng.uniform(*self.plan.restart_delay_s)
+        if rng.random() < 0.5:
+            self._clean_stop(host, delay, "")
+        else:
+            host.at_next_write(lambda: self._clean_stop(host, delay, "at-write"))
+
+    def _clean_stop(self, host: NodeHost, delay: float, how: str) -> None:
+        if not self.board.enabled or not host.serving:
+            return
+        self.board.count("node.restart", f"{host.name} {how}".rstrip())
+        host.begin_stop()
+        self.spawn(self._clean_restart, host, delay)
+
+    async def _clean_restart(self, host: NodeHost, delay: float) -> None:
+        await host.stop()
+        await trio.sleep(delay)
+        await host.start()
+
+    async def _restart_later(self, host: NodeHost, delay: float) -> None:
+        await trio.sleep(delay)
+        await host.start()
+
+    async def _inject_partition(self, rng: random.Random) -> None:
+        others = sorted([*self.hosts, *self.workers])
+        if not others or not self.nodes:
+            return
+        a = rng.choice(sorted(self.nodes))
+        b = rng.choice(others)
+        duration = rng.uniform(*self.plan.partition_s)
+        self.board.count("net.partition", f"{a}|{b} {duration:.3f}s")
+        self.net.partition(a, b)
+        self.spawn(self._heal_later, a, b, duration)
+
+    async def _heal_later(self, a: str, b: str, delay: float) -> None:
+        await trio.sleep(delay)
+        self.net.heal(a, b)
+
+    async def _inject_clock_jump(self, rng: random.Random) -> None:
+        host = self.nodes[rng.choice(sorted(self.nodes))]
+        delta = rng.randint(*self.plan.clock_jump_ms)
+        self.board.count("clock.jump", f"{host.name} {delta:+d}ms")
+        host.clock.jump(delta)
+
+    async def _inject_worker_crash(self, rng: random.Random) -> None:
+        live = [w for name, w in sorted(self.workers.items()) if w.running]
+        if not live:
+            return
+        w = rng.choice(live)
+        self.board.count("worker.crash", w.worker_id)
+        w.crash()
+        self.spawn(self._restart_worker_later, w, rng.uniform(*self.plan.worker_restart_s))
+
+    async def _restart_worker_later(self, w: SimWorker, delay: float) -> None:
+        await trio.sleep(delay)
+        await w.start()
+
+    async def heal(self) -> None:
+        """End the fault phase: faults stop, partitions heal, crashed hosts restart."""
+        self.phase = "liveness"
+        self.board.enabled = False
+        if self._fault_nursery is not None:
+            self._fault_nursery.cancel_scope.cancel()
+        self.net.heal_all()
+        self.healed_at = trio.current_time()
+        self.trace.record("heal")
+        for _, node in sorted(self.nodes.items()):
+            node.disk.before_write = None
+        for _, node in sorted(self.nodes.items()):
+            await node.start()
+        for _, w in sorted(self.workers.items()):
+            await w.start()
+
+    async def settle(self, bound_s: float, done: Callable[[], bool] = lambda: True) -> bool:
+        """The liveness phase: wait until ``done()`` and every known job is terminal (and every
+        acknowledged job known), at most ``bound_s`` simulated seconds."""
+        deadline = trio.current_time() + bound_s
+        while True:
+            if done() and self.checker.settled():
+                self.trace.record("settled")
+                return True
+            if trio.current_time() >= deadline:
+                break
+            await trio.sleep(TICK_S)
+        open_jobs = self.checker.open_jobs()
+        lines = [f"{len(open_jobs)} job(s) not terminal {bound_s:.0f}s after healing"]
+        for j in open_jobs[:5]:
+            lines.append("  " + j.describe())
+            lines.extend("    " + h for h in j.history[-5:])
+        missing = self.checker.missing_acked()
+        if missing:
+            lines.append(f"acknowledged but never seen durable: {missing[:5]}")
+        if not done():
+            lines.append("the scenario's own work (producers) did not finish")
+        if self.checker.live_leases:
+            lines.append(f"live leases: {sorted(self.checker.live_leases)[:5]}")
+        if self.ok:
+            self.liveness_report = "\n".join(lines)
+            self.trace.record("LIVENESS bound missed")
+            self.stop()
+        return False
+
+    # -- final audit ------------------------------------------------------------------------
+
+    async def final_audit(self) -> None:
+        """Through the API, on the live shards, then directly on each node's disk."""
+        auditor = self.add_host("auditor").client()
+        for key, j in sorted(self.checker.jobs.items()):
+            try:
+                job = await auditor.job(j.job_id, j.tenant).get()
+                status: str | None = job.status.name
+            except SiloError as exc:
+                if exc.code != Code.NOT_FOUND:
+                    raise
+                status = None
+            want = None if j.deleted else j.status
+            if status != want:
+                inv = 6 if status is None and key in self.checker.acked else 3
+                self.checker.fail(inv, f"API shows job {key} as {status}, events say {want}",
+                                  j.describe(), *j.history[-5:])
+                return
+        self.checker.final_acked()
+        if not self.ok:
+            return
+        for _, w in sorted(self.workers.items()):
+            await w.stop(2.0)
+        for _, node in sorted(self.nodes.items()):
+            assert node.node is not None
+            for sid, shard in sorted(node.node.shards.items()):
+                counters, recount = shard.counters(), await shard.recount()
+                diff = diff_counters(counters, recount)
+                if diff:
+                    self.checker.fail(12, f"{node.name} shard {sid}: JobShard.counters() differ "
+                                          f"from JobShard.recount(): {diff}")
+                    return
+        for _, node in sorted(self.nodes.items()):
+            await node.stop()
+            for path in node.shard_paths():
+                img = ShardImage.parse(node.disk.durable_items(path))
+                self.checker.final_shard(node, node.shard_of_path(path), img,
+                                         f"{node.name}:{path}")
+                if not self.ok:
+                    return
+        self.trace.record("audit passed")
+
+
+def resync_after_crash(sim: Simulator, host: NodeHost) -> None:
+    """Right after ``host`` crashed: audit each shard's durable image, check it against the
+    model, adopt it, and check that every acknowledged enqueue survived."""
+    present: set[tuple[str, str]] = set()
+    for path in host.shard_paths():
+        img = ShardImage.parse(host.disk.durable_items(path))
+        present.update(img.states)
+        sim.checker.resync_shard(host, host.shard_of_path(path), img, f"{host.name}:{path}")
+    sim.checker.check_acked_present(host, present, host.name)
+
+
+__all__ = ["FaultPlan", "Simulator", "resync_after_crash"]

@@ -1,0 +1,417 @@
+"""The checkers must be able to fail: synthetic event sequences, one per invariant.
+
+Each test feeds a legal prefix, then the bad event, and expects the checker to name the
+invariant; the legal sequences must pass untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from silo.keys import Prefix, key
+from silo.model import (
+    Attempt,
+    AttemptState,
+    JobInfo,
+    JobState,
+    JobStatus,
+    Lease,
+    Task,
+    encode_int,
+)
+from silo.pb.silo import v1 as pb
+from silo.shard.shard import JOBS_TERMINAL, JOBS_TOTAL, ready_key, status_counter
+from sim.audit import ShardImage, audit_image
+from sim.checkers import REAP_SLACK_S, Checker, Violation, reachable
+
+T0 = 1_000_000
+
+
+@dataclass
+class FakeClock:
+    now: int = T0
+
+    def now_ms(self) -> int:
+        return self.now
+
+
+@dataclass
+class FakeHost:
+    name: str = "n1"
+    serving: bool = True
+    clock: FakeClock = field(default_factory=FakeClock)
+
+
+class Harness:
+    def __init__(self, durable: dict[bytes, bytes] | None = None) -> None:
+        self.violations: list[Violation] = []
+        self.host = FakeHost()
+        self.durable = durable if durable is not None else {}
+        self.checker = Checker(self.violations.append, probe=self._probe)
+
+    def _probe(self, host: Any, shard: int, k: bytes) -> bytes | None:
+        return self.durable.get(k)
+
+    def ev(self, kind: str, **fields: Any) -> None:
+        fields.setdefault("shard", 0)
+        fields.setdefault("tenant", "t")
+        self.checker.on_event(self.host, kind, fields)
+
+    @property
+    def invariant(self) -> int | None:
+        return self.violations[0].invariant if self.violations else None
+
+    # -- legal building blocks --------------------------------------------------------------
+
+    def enqueue(self, job: str, *, priority: int = 50, due: int = T0, at: int = T0,
+                attempt: int = 1) -> None:
+        self.ev("job_enqueued", job_id=job, task_group="g", priority=priority, due_ms=due)
+        self.ev("status_changed", job_id=job, old=None, new="SCHEDULED", attempt=attempt,
+                at_ms=at, task_group="g", priority=priority, due_ms=due)
+
+    def lease(self, job: str, task: str, *, attempt: int = 1, priority: int = 50,
+              due: int = T0, at: int = T0, expiry: int = T0 + 1000) -> None:
+        self.ev("task_leased", job_id=job, task_id=task, attempt=attempt, worker_id="w",
+                task_group="g", priority=priority, due_ms=due, expiry_ms=expiry, at_ms=at)
+        self.ev("status_changed", job_id=job, old="SCHEDULED", new="RUNNING", attempt=attempt,
+                at_ms=at, task_group="g", priority=priority, due_ms=None)
+
+    def end(self, job: str, task: str, *, attempt: int = 1, state: str = "SUCCEEDED",
+            new: str = "SUCCEEDED", at: int = T0 + 10, due: int | None = None,
+            outcome: str | None = None) -> None:
+        self.ev("lease_ended", job_id=job, task_id=task, attempt=attempt,
+                outcome=outcome or state.lower(), at_ms=at, state=state)
+        self.ev("status_changed", job_id=job, old="RUNNING", new=new,
+                attempt=attempt + (1 if new == "SCHEDULED" else 0), at_ms=at, task_group="g",
+                priority=50, due_ms=due)
+
+
+def test_legal_lifecycles_pass() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    h.end("a", "t1", state="FAILED", new="SCHEDULED", due=T0 + 500)
+    h.lease("a", "t2", attempt=2, due=T0 + 500, at=T0 + 600)
+    h.ev("cancel_requested", job_id="a", status="RUNNING", at_ms=T0 + 700)
+    h.end("a", "t2", attempt=2, state="CANCELLED", new="CANCELLED", at=T0 + 800)
+    h.ev("status_changed", job_id="a", old="CANCELLED", new="SCHEDULED", attempt=3,
+         at_ms=T0 + 900, task_group="g", priority=50, due_ms=T0 + 900)
+    h.lease("a", "t3", attempt=3, due=T0 + 900, at=T0 + 900)
+    h.end("a", "t3", attempt=3)
+    h.ev("job_deleted", job_id="a", status="SUCCEEDED")
+    h.checker.on_ack_enqueue("t", "a")
+    assert h.violations == []
+    assert h.checker.settled()
+
+
+def test_inv1_task_leased_twice() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.enqueue("b")
+    h.lease("a", "t1")
+    h.ev("task_leased", job_id="b", task_id="t1", attempt=1, worker_id="w", task_group="g",
+         priority=50, due_ms=T0, expiry_ms=T0 + 1000, at_ms=T0)
+    assert h.invariant == 1
+
+
+def test_inv1_job_with_two_live_leases() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    h.ev("task_leased", job_id="a", task_id="t2", attempt=2, worker_id="w", task_group="g",
+         priority=50, due_ms=T0, expiry_ms=T0 + 1000, at_ms=T0)
+    assert h.invariant == 1
+
+
+def test_inv1_leased_task_still_queued_on_disk() -> None:
+    durable: dict[bytes, bytes] = {}
+    h = Harness(durable)
+    h.enqueue("a")
+    task = Task("t1", "t", "a", 1, "g", 50, T0)
+    durable[ready_key(task)] = task.encode()
+    h.lease("a", "t1")
+    assert h.invariant == 1
+    assert "still in the ready queue" in h.violations[0].message
+
+
+def test_inv3_illegal_transition() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.ev("status_changed", job_id="a", old="SCHEDULED", new="SUCCEEDED", attempt=1,
+         at_ms=T0, task_group="g", priority=50, due_ms=None)
+    assert h.invariant == 3
+
+
+def test_inv3_running_without_running_attempt() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.ev("status_changed", job_id="a", old="SCHEDULED", new="RUNNING", attempt=1,
+         at_ms=T0, task_group="g", priority=50, due_ms=None)
+    assert h.invariant == 3
+
+
+def test_inv3_old_status_mismatch() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.ev("status_changed", job_id="a", old="FAILED", new="SCHEDULED", attempt=2,
+         at_ms=T0, task_group="g", priority=50, due_ms=T0)
+    assert h.invariant == 3
+
+
+def test_inv4_lease_ended_twice() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    h.end("a", "t1")
+    h.ev("lease_ended", job_id="a", task_id="t1", attempt=1, outcome="failed", at_ms=T0 + 20,
+         state="FAILED")
+    assert h.invariant == 4
+
+
+def test_inv4_attempt_numbers_must_increase() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    h.end("a", "t1", state="FAILED", new="SCHEDULED", due=T0)
+    # The retry queued attempt 2; a lease of attempt 1 again is a repeat.
+    h.ev("task_leased", job_id="a", task_id="t9", attempt=1, worker_id="w", task_group="g",
+         priority=50, due_ms=T0, expiry_ms=T0 + 1000, at_ms=T0)
+    assert h.invariant == 4
+
+
+def test_inv4_requeue_must_allocate_a_new_attempt() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    h.ev("lease_ended", job_id="a", task_id="t1", attempt=1, outcome="failed", at_ms=T0,
+         state="FAILED")
+    h.ev("status_changed", job_id="a", old="RUNNING", new="SCHEDULED", attempt=1, at_ms=T0,
+         task_group="g", priority=50, due_ms=T0)
+    assert h.invariant == 4
+
+
+def test_inv5_terminal_with_live_lease() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    h.ev("status_changed", job_id="a", old="RUNNING", new="FAILED", attempt=1, at_ms=T0,
+         task_group="g", priority=50, due_ms=None)
+    assert h.invariant == 5
+
+
+def test_inv5_cancelled_task_left_in_queue() -> None:
+    durable: dict[bytes, bytes] = {}
+    h = Harness(durable)
+    h.enqueue("a", due=T0 + 5000)
+    task = Task("t1", "t", "a", 1, "g", 50, T0 + 5000)
+    from silo.shard.shard import timer_key
+
+    durable[timer_key(task)] = task.encode()
+    h.ev("cancel_requested", job_id="a", status="SCHEDULED", at_ms=T0)
+    h.ev("status_changed", job_id="a", old="SCHEDULED", new="CANCELLED", attempt=1, at_ms=T0,
+         task_group="g", priority=50, due_ms=None)
+    assert h.invariant == 5
+    assert "timer queue" in h.violations[0].message
+
+
+def test_inv5_delete_of_running_job() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    h.ev("job_deleted", job_id="a", status="RUNNING")
+    assert h.invariant == 5
+
+
+def test_inv6_ack_before_durable() -> None:
+    h = Harness()
+    h.checker.on_ack_enqueue("t", "a")
+    assert h.invariant == 6
+
+
+def test_inv6_acked_job_lost_in_crash() -> None:
+    h = Harness()
+    h.checker.strict_acks = False
+    h.checker.on_ack_enqueue("t", "a")
+    assert h.violations == []
+    h.checker.check_acked_present(h.host, set(), "n1")
+    assert h.invariant == 6
+
+
+def test_inv6_durable_job_missing_after_crash() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.checker.resync_shard(h.host, 0, ShardImage(), "n1:data/shards/0")
+    assert h.invariant == 6
+
+
+def test_inv8_expired_lease_not_reaped() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1", expiry=T0 + 1000)
+    h.checker.tick(0.0)
+    h.host.clock.now = T0 + 2000
+    h.checker.tick(1.0)
+    h.checker.tick(1.0 + REAP_SLACK_S / 2)
+    assert h.violations == []
+    h.checker.tick(1.0 + REAP_SLACK_S + 0.5)
+    assert h.invariant == 8
+
+
+def test_inv8_lease_on_a_down_node_is_not_overdue() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1", expiry=T0 + 1000)
+    h.host.clock.now = T0 + 60_000
+    h.host.serving = False
+    for i in range(100):
+        h.checker.tick(float(i))
+    assert h.violations == []
+
+
+def test_inv8_heartbeat_hides_cancel() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    h.ev("cancel_requested", job_id="a", status="RUNNING", at_ms=T0)
+    token = h.checker.on_heartbeat_start(bytes(pb.HeartbeatRequest(task_id="t1")))
+    h.checker.on_heartbeat_end(token, bytes(pb.HeartbeatResponse(cancelled=True)))
+    assert h.violations == []
+    token = h.checker.on_heartbeat_start(bytes(pb.HeartbeatRequest(task_id="t1")))
+    h.checker.on_heartbeat_end(token, bytes(pb.HeartbeatResponse(cancelled=False)))
+    assert h.invariant == 8
+
+
+def test_inv9_lease_skips_higher_priority() -> None:
+    h = Harness()
+    h.enqueue("low", priority=60)
+    h.enqueue("high", priority=10)
+    h.lease("low", "t1", priority=60)
+    assert h.invariant == 9
+
+
+def test_inv9_future_task_does_not_count_until_due() -> None:
+    h = Harness()
+    h.enqueue("low", priority=60)
+    h.enqueue("high", priority=10, due=T0 + 5000)
+    h.lease("low", "t1", priority=60, at=T0 + 100)
+    assert h.violations == []
+    h.enqueue("low2", priority=60)
+    h.lease("low2", "t2", priority=60, at=T0 + 5000)  # "high" is due now: it must go first
+    assert h.invariant == 9
+
+
+def test_inv9_expedited_task_is_due() -> None:
+    h = Harness()
+    h.enqueue("low", priority=60)
+    h.enqueue("high", priority=10, due=T0 + 5000)
+    h.ev("task_expedited", job_id="high", attempt=1, old_due_ms=T0 + 5000, due_ms=T0 + 50,
+         at_ms=T0 + 50)
+    h.lease("low", "t1", priority=60, at=T0 + 60)
+    assert h.invariant == 9
+
+
+def _image(statuses: dict[str, JobStatus], counters: dict[bytes, int]) -> ShardImage:
+    items: dict[bytes, bytes] = {}
+    for job, st in statuses.items():
+        items[key(Prefix.JOB, "t", job)] = JobInfo("t", job, "g", b"").encode()
+        items[key(Prefix.STATUS, "t", job)] = JobState(st, T0, attempt=1).encode()
+        items[key(Prefix.ATTEMPT, "t", job, 1)] = Attempt(
+            1, "t1", AttemptState.SUCCEEDED, "w", T0, T0).encode()
+    for k, v in counters.items():
+        items[k] = encode_int(v)
+    return ShardImage.parse(sorted(items.items()))
+
+
+def test_inv12_counters_differ_from_recount() -> None:
+    good = _image({"a": JobStatus.SUCCEEDED}, {
+        JOBS_TOTAL: 1, JOBS_TERMINAL: 1, status_counter("t", JobStatus.SUCCEEDED): 1,
+    })
+    assert audit_image(good, "x") == []
+    bad = _image({"a": JobStatus.SUCCEEDED}, {
+        JOBS_TOTAL: 2, JOBS_TERMINAL: 1, status_counter("t", JobStatus.SUCCEEDED): 1,
+    })
+    problems = audit_image(bad, "x")
+    assert [inv for inv, _ in problems] == [12]
+    h = Harness()
+    h.checker.final_shard(h.host, 0, bad, "x")
+    assert h.invariant == 12
+
+
+def test_audit_terminal_job_with_lease_and_task() -> None:
+    img = _image({"a": JobStatus.FAILED}, {
+        JOBS_TOTAL: 1, JOBS_TERMINAL: 1, status_counter("t", JobStatus.FAILED): 1,
+    })
+    img.leases["t1"] = Lease("t1", "t", "a", 1, "g", "w", T0, T0 + 5)
+    img.expiries.append((T0 + 5, "t1"))
+    img.queued.append(("ready", Task("t2", "t", "a", 2, "g", 50, T0)))
+    invs = sorted({inv for inv, _ in audit_image(img, "x")})
+    assert invs == [5]
+
+
+def test_audit_running_job_without_lease() -> None:
+    img = _image({"a": JobStatus.RUNNING}, {
+        JOBS_TOTAL: 1, status_counter("t", JobStatus.RUNNING): 1,
+    })
+    invs = sorted({inv for inv, _ in audit_image(img, "x")})
+    assert 3 in invs
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "ok"),
+    [(None, "SUCCEEDED", True), ("SUCCEEDED", "SCHEDULED", False), ("FAILED", "RUNNING", True),
+     ("SCHEDULED", "SCHEDULED", True), ("SUCCEEDED", "FAILED", False)],
+)
+def test_reachable(src: str | None, dst: str, ok: bool) -> None:
+    assert reachable(src, dst) is ok
+
+
+def _enqueue_with_retries(h: Harness, job: str, retries: int) -> None:
+    h.ev("job_enqueued", job_id=job, task_group="g", priority=50, due_ms=T0,
+         retry_count=retries)
+    h.ev("status_changed", job_id=job, old=None, new="SCHEDULED", attempt=1, at_ms=T0,
+         task_group="g", priority=50, due_ms=T0)
+
+
+def test_inv8_failure_with_retries_left_must_be_retried() -> None:
+    h = Harness()
+    _enqueue_with_retries(h, "a", 1)
+    h.lease("a", "t1")
+    h.end("a", "t1", state="FAILED", new="FAILED", outcome="reaped")
+    assert h.invariant == 8
+
+
+def test_retries_stop_when_the_budget_is_spent() -> None:
+    h = Harness()
+    _enqueue_with_retries(h, "a", 1)
+    h.lease("a", "t1")
+    h.end("a", "t1", state="FAILED", new="SCHEDULED", due=T0)
+    h.lease("a", "t2", attempt=2)
+    h.end("a", "t2", attempt=2, state="FAILED", new="SCHEDULED", due=T0)
+    assert h.invariant == 3
+    assert "not FAILED" in h.violations[0].message
+
+
+def test_inv3_success_must_end_succeeded() -> None:
+    h = Harness()
+    _enqueue_with_retries(h, "a", 3)
+    h.lease("a", "t1")
+    h.end("a", "t1", state="SUCCEEDED", new="FAILED")
+    assert h.invariant == 3
+
+
+def test_cancel_flag_beats_retry() -> None:
+    h = Harness()
+    _enqueue_with_retries(h, "a", 3)
+    h.lease("a", "t1")
+    h.ev("cancel_requested", job_id="a", status="RUNNING", at_ms=T0)
+    h.end("a", "t1", state="FAILED", new="SCHEDULED", due=T0)
+    assert h.invariant == 3
+    h2 = Harness()
+    _enqueue_with_retries(h2, "a", 3)
+    h2.lease("a", "t1")
+    h2.ev("cancel_requested", job_id="a", status="RUNNING", at_ms=T0)
+    h2.end("a", "t1", state="FAILED", new="CANCELLED")
+    assert h2.violations == []

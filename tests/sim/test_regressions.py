@@ -1,0 +1,61 @@
+"""Seeds that once failed, kept so that the bugs they found stay fixed.
+
+Each entry names the scenario, the seed, and the bug. Scenario parameters may be retuned later
+(a seed then draws a different run), so each bug also has a targeted test below that does not
+depend on the scenarios.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+
+from silo.errors import AlreadyExists
+from silo.model import NewJob
+from silo.runtime import RandomSource, Runtime
+from silo.shard import open_shard
+from sim.clock import SimClock
+from sim.disk import MemoryDisk
+from sim.runner import run_one
+
+REGRESSIONS = [
+    # An enqueue retried while the first try's batch was still being written was answered
+    # ALREADY_EXISTS (which the client counts as success) before that batch was durable.
+    ("high_latency", 54, "already-exists-before-durable"),
+]
+
+
+@pytest.mark.parametrize(("scenario", "seed", "bug"), REGRESSIONS)
+def test_regression_seed(scenario: str, seed: int, bug: str) -> None:
+    r = run_one(scenario, seed)
+    assert r.exit_code == 0, f"{bug}: {r.replay}\n{r.message}\n" + "\n".join(r.evidence)
+
+
+async def test_already_exists_is_answered_only_once_durable(autojump_clock: object) -> None:
+    """A second enqueue of an id whose first enqueue is still being written must not be told
+    ALREADY_EXISTS until that write is durable: a crash in between would lose the job."""
+    disk = MemoryDisk(random.Random(1), write_latency=0.05)
+    rt = Runtime(clock=SimClock(), random=RandomSource(1), disk=disk)
+    seen: list[tuple[str, float, bool]] = []
+    async with open_shard(rt, "s/0") as shard:
+
+        async def first() -> None:
+            await shard.enqueue(NewJob("g", job_id="x"))
+            seen.append(("first ok", trio.current_time(), True))
+
+        async def second() -> None:
+            await trio.sleep(0.01)  # the first write is in flight now
+            with pytest.raises(AlreadyExists):
+                await shard.enqueue(NewJob("g", job_id="x"))
+            durable = any(b"x" in k for k, _ in disk.durable_items("s/0"))
+            seen.append(("second exists", trio.current_time(), durable))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(first)
+            n.start_soon(second)
+    assert [s[0] for s in seen] == ["first ok", "second exists"] or seen[0][0] == "second exists"
+    answered = next(s for s in seen if s[0] == "second exists")
+    assert answered[2], "ALREADY_EXISTS was answered before the job was durable"
+    assert answered[1] >= 0.05
