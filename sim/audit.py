@@ -13,18 +13,34 @@ from dataclasses import dataclass, field
 
 from silo import keys
 from silo.keys import Prefix
-from silo.model import Attempt, AttemptState, JobInfo, JobState, JobStatus, Lease, Task, decode_int
+from silo.model import (
+    PARKED,
+    READY,
+    TIMER,
+    Attempt,
+    AttemptState,
+    JobInfo,
+    JobState,
+    JobStatus,
+    Lease,
+    Task,
+    decode_int,
+)
 from silo.shard.mirror import COUNTER_PREFIX
-from silo.shard.shard import JOBS_TERMINAL, JOBS_TOTAL, status_counter
+from silo.shard.tables import JOBS_TERMINAL, JOBS_TOTAL, status_counter
 
 JobKey = tuple[str, str]
+
+
+QUEUE_KINDS = {Prefix.READY: "ready", Prefix.TIMER: "timer", Prefix.CONCURRENCY_REQUEST: "request"}
+WHERE_KINDS = {READY: "ready", TIMER: "timer", PARKED: "request"}
 
 
 @dataclass
 class ShardImage:
     infos: dict[JobKey, JobInfo] = field(default_factory=dict)
     states: dict[JobKey, JobState] = field(default_factory=dict)
-    queued: list[tuple[str, Task]] = field(default_factory=list)  # ("ready"|"timer", task)
+    queued: list[tuple[str, Task]] = field(default_factory=list)  # (kind, task); kinds below
     leases: dict[str, Lease] = field(default_factory=dict)
     expiries: list[tuple[int, str]] = field(default_factory=list)
     attempts: dict[JobKey, dict[int, Attempt]] = field(default_factory=dict)
@@ -42,10 +58,10 @@ class ShardImage:
             elif p == Prefix.STATUS:
                 _, (t, j) = keys.parse(k)
                 img.states[(str(t), str(j))] = JobState.decode(k, v)
-            elif p == Prefix.READY:
-                img.queued.append(("ready", Task.decode(k, v)))
-            elif p == Prefix.TIMER:
-                img.queued.append(("timer", Task.decode(k, v)))
+            elif p in (Prefix.READY, Prefix.TIMER, Prefix.CONCURRENCY_REQUEST):
+                task = Task.decode(k, v)
+                if not task.is_refresh:  # floating-limit refresh tasks belong to no job
+                    img.queued.append((QUEUE_KINDS[p], task))
             elif p == Prefix.LEASE:
                 lease = Lease.decode(k, v)
                 img.leases[lease.task_id] = lease
@@ -128,7 +144,7 @@ def audit_image(img: ShardImage, where: str) -> list[tuple[int, str]]:
                                     f"{running}"))
             want = None
             if st.task is not None:
-                want = ("ready" if st.task[2] else "timer", st.task[0], st.task[1])
+                want = (WHERE_KINDS[st.task[2]], st.task[0], st.task[1])
             have = [(kind, t.attempt, t.due_ms) for kind, t in q]
             if want is None or have != [want]:
                 problems.append((3, f"{where}: SCHEDULED job {key} should have exactly its task "

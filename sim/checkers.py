@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from silo.errors import Code
-from silo.model import DEFAULT_TENANT, Task
+from silo.model import DEFAULT_TENANT, READY, Task
 from silo.pb.silo import v1 as pb
-from silo.shard.shard import ready_key, timer_key
+from silo.shard.tables import ready_key, timer_key
 from silo.shard.transitions import LEGAL_TRANSITIONS
 from sim.audit import JobKey, ShardImage, audit_image
 
@@ -598,7 +598,9 @@ class Checker:
             j.attempts = {a: x.state.name for a, x in sorted(atts.items())}
             j.max_leased = max([j.max_leased, *atts])
             j.cancel_flag = key in img.cancels
-            self._set_task(j, None if st.task is None else Queued(*st.task))
+            self._set_task(
+                j, None if st.task is None else Queued(st.task[0], st.task[1], st.task[2] == READY)
+            )
             j.lease = None
             if st.lease_task_id is not None:
                 lease = img.leases[st.lease_task_id]

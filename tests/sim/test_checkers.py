@@ -23,7 +23,7 @@ from silo.model import (
     encode_int,
 )
 from silo.pb.silo import v1 as pb
-from silo.shard.shard import JOBS_TERMINAL, JOBS_TOTAL, ready_key, status_counter
+from silo.shard.tables import JOBS_TERMINAL, JOBS_TOTAL, ready_key, status_counter
 from sim.audit import ShardImage, audit_image
 from sim.checkers import REAP_SLACK_S, Checker, Violation, reachable
 
@@ -207,7 +207,7 @@ def test_inv5_cancelled_task_left_in_queue() -> None:
     h = Harness(durable)
     h.enqueue("a", due=T0 + 5000)
     task = Task("t1", "t", "a", 1, "g", 50, T0 + 5000)
-    from silo.shard.shard import timer_key
+    from silo.shard.tables import timer_key
 
     durable[timer_key(task)] = task.encode()
     h.ev("cancel_requested", job_id="a", status="SCHEDULED", at_ms=T0)
