@@ -252,6 +252,14 @@ class JobShard(LimitsMixin):
             await self._read_barrier()
             raise
 
+    async def _settle(self, commit: _Commit | None) -> None:
+        """Answer only once the operation's batch (or, with no batch, what it read) is
+        durable."""
+        if commit is not None:
+            await commit.wait()
+        else:
+            await self._read_barrier()
+
     async def _read_barrier(self) -> None:
         """Wait until everything a read may have seen is durable."""
         try:
@@ -318,6 +326,16 @@ class JobShard(LimitsMixin):
                 task_group=info.task_group,
                 priority=info.priority,
                 due_ms=None if new.task is None else new.task[1],
+                where=None if new.task is None else new.task[2],
+                limits_left=len(info.limits) - new.held,
+            )
+        elif new.task is not None and (old.task != new.task or old.held != new.held):
+            # The queued task moved (timer -> parked -> ready, or re-queued by an expedite)
+            # without a status change: the simulator's queue model follows it.
+            txn.emit(
+                "task_moved", shard=self.shard_id, tenant=t, job_id=j, attempt=new.task[0],
+                due_ms=new.task[1], where=new.task[2], limits_left=len(info.limits) - new.held,
+                at_ms=txn.now,
             )
         txn.put(key(Prefix.STATUS, t, j), new.encode())
 
@@ -618,10 +636,7 @@ class JobShard(LimitsMixin):
             if self._rt.faults.mutation("lost-cancel"):
                 cancelled = False
             ticket = await self._finish(txn)
-        if ticket is not None:
-            await ticket.wait()
-        else:
-            await self._read_barrier()
+        await self._settle(ticket)
         return HeartbeatResult(cancelled, expiry)
 
     async def report_outcome(self, report: OutcomeReport) -> None:
@@ -650,10 +665,7 @@ class JobShard(LimitsMixin):
                 except SiloError as exc:
                     results.append(exc)
             ticket = await self._finish(txn)
-        if ticket is not None:
-            await ticket.wait()
-        else:
-            await self._read_barrier()
+        await self._settle(ticket)
         return results
 
     async def _prefetch_grants(self, txn: Txn, leases: Sequence[Lease | None]) -> None:
@@ -849,10 +861,7 @@ class JobShard(LimitsMixin):
                 self._completed["cancelled"] += 1
                 self._put_state(txn, info, state, new)
             ticket = await self._finish(txn)
-        if ticket is not None:
-            await ticket.wait()
-        else:
-            await self._read_barrier()
+        await self._settle(ticket)
 
     async def restart(self, tenant: str, job_id: str) -> None:
         """Give a FAILED or CANCELLED job a new run with a fresh retry budget."""
@@ -907,10 +916,7 @@ class JobShard(LimitsMixin):
                          attempt=attempt, old_due_ms=due_ms, due_ms=txn.now, at_ms=txn.now)
                 self._put_state(txn, info, state, new)
             ticket = await self._finish(txn)
-        if ticket is not None:
-            await ticket.wait()
-        else:
-            await self._read_barrier()
+        await self._settle(ticket)
 
     async def delete(self, tenant: str, job_id: str) -> None:
         """Remove every row of a terminal job, its attempts included."""
