@@ -154,19 +154,25 @@ def _logfmt_value(value: Any) -> str:
     return f'"{escaped}"'
 
 
+def _record_fields(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str, Any]:
+    """ts, level, logger, msg, any ``extra`` fields and the exception, in that order."""
+    fields: dict[str, Any] = {
+        "ts": _timestamp(record),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    fields.update(_extras(record))
+    if record.exc_info:
+        fields["exc"] = formatter.formatException(record.exc_info)
+    return fields
+
+
 class TextFormatter(logging.Formatter):
     """``ts=... level=info logger=silo.server msg="..." key=value ...`` (logfmt)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = {
-            "ts": _timestamp(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields.update(_extras(record))
-        if record.exc_info:
-            fields["exc"] = self.formatException(record.exc_info)
+        fields = _record_fields(self, record)
         return " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
 
 
@@ -174,16 +180,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, any ``extra`` fields, exc."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = {
-            "ts": _timestamp(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields.update(_extras(record))
-        if record.exc_info:
-            fields["exc"] = self.formatException(record.exc_info)
-        return json.dumps(jsonable(fields), ensure_ascii=False)
+        return json.dumps(jsonable(_record_fields(self, record)), ensure_ascii=False)
 
 
 def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
