@@ -254,6 +254,10 @@ class Worker:
         finally:
             del self._running[task.task_id]
             self._slots.release()
+        if outcome is None and not running.abandoned and ctx.is_cancelled:
+            # The job was cancelled and its handler overran the grace period: it was stopped,
+            # and the attempt ends as cancelled rather than waiting for its lease to expire.
+            outcome = Cancelled()
         if running.abandoned or outcome is None:
             self.abandoned += 1
             return

@@ -86,7 +86,8 @@ async def test_handler_ignoring_cancel_forever_is_stopped(
     start_node: StartNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A trio handler that neither raises Cancel nor returns gets CANCEL_GRACE_S after the
-    worker learns of the cancel; then the worker cancels it and the job ends CANCELLED."""
+    worker learns of the cancel; then the worker cancels it and reports the attempt cancelled
+    (it does not wait for the lease to expire)."""
     monkeypatch.setattr(worker_module, "CANCEL_GRACE_S", 0.3)
     node = await start_node(lease_ms=LEASE_MS)
     interrupted: list[str] = []
@@ -111,8 +112,9 @@ async def test_handler_ignoring_cancel_forever_is_stopped(
             worker.stop(5)
 
         assert interrupted == [job.id]
-        assert worker.abandoned == 1 and worker.completed == 0
+        assert worker.abandoned == 0 and worker.completed == 0
         info = await job.get(attempts=True)
         assert info.status == JobStatus.CANCELLED
         assert info.attempts is not None
         assert [a.state for a in info.attempts] == [AttemptState.CANCELLED]
+        assert info.attempts[0].error_code is None  # reported by the worker, not reaped
