@@ -11,14 +11,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from scenarios import (
+    cancel_releases,
     chaos,
+    concurrency,
     crash_restart,
     disk_errors,
+    floating,
+    grant_race,
     happy,
+    head_of_line,
     high_latency,
     lease_expiry,
     message_loss,
     priority,
+    rate_limits,
+    retry_releases,
     retry_storm,
 )
 
@@ -34,6 +41,13 @@ SCENARIOS: dict[str, Scenario] = {
     "disk_errors": disk_errors.run,
     "priority": priority.run,
     "retry_storm": retry_storm.run,
+    "concurrency": concurrency.run,
+    "grant_race": grant_race.run,
+    "retry_releases": retry_releases.run,
+    "cancel_releases": cancel_releases.run,
+    "floating": floating.run,
+    "rate_limits": rate_limits.run,
+    "head_of_line": head_of_line.run,
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -42,5 +56,12 @@ DESCRIPTIONS: dict[str, str] = {
         "happy": happy, "lease_expiry": lease_expiry, "message_loss": message_loss,
         "high_latency": high_latency, "chaos": chaos, "crash_restart": crash_restart,
         "disk_errors": disk_errors, "priority": priority, "retry_storm": retry_storm,
+        "concurrency": concurrency,
+        "grant_race": grant_race,
+        "retry_releases": retry_releases,
+        "cancel_releases": cancel_releases,
+        "floating": floating,
+        "rate_limits": rate_limits,
+        "head_of_line": head_of_line,
     }.items()
 }

@@ -4,12 +4,16 @@ The audit checks what must hold in *every* durable state of a shard, whatever th
 each job has its info and status rows; a SCHEDULED job has exactly its one queued task; a RUNNING
 job has exactly one lease and one RUNNING attempt; a terminal job holds no lease, no queued task
 and no RUNNING attempt; leases and their expiry index agree; the stored counters equal a recount
-of the status rows.
+of the status rows; every concurrency holder row belongs to the queued or running attempt of a
+non-terminal job (a row left behind would hold its slot forever: invariant 2), and a queue whose
+max never changed holds at most its max.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import msgpack
 
 from silo import keys
 from silo.keys import Prefix
@@ -23,6 +27,7 @@ from silo.model import (
     JobState,
     JobStatus,
     Lease,
+    QueueState,
     Task,
     decode_int,
 )
@@ -46,6 +51,9 @@ class ShardImage:
     attempts: dict[JobKey, dict[int, Attempt]] = field(default_factory=dict)
     cancels: dict[JobKey, int] = field(default_factory=dict)
     counters: dict[bytes, int] = field(default_factory=dict)
+    holders: dict[tuple[str, str], dict[str, tuple[str, int]]] = field(default_factory=dict)
+    """(tenant, queue) -> holder task id -> (job id, attempt)."""
+    queues: dict[tuple[str, str], QueueState] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, items: list[tuple[bytes, bytes]]) -> ShardImage:
@@ -75,6 +83,14 @@ class ShardImage:
             elif p == Prefix.CANCEL:
                 _, (t, j) = keys.parse(k)
                 img.cancels[(str(t), str(j))] = decode_int(k, v)
+            elif p == Prefix.CONCURRENCY_HOLDER:
+                _, (t, q, tid) = keys.parse(k)
+                _at, job_id, attempt = msgpack.unpackb(v)
+                img.holders.setdefault((str(t), str(q)), {})[str(tid)] = (str(job_id),
+                                                                         int(attempt))
+            elif p == Prefix.FLOATING_LIMIT:
+                _, (t, q) = keys.parse(k)
+                img.queues[(str(t), str(q))] = QueueState.decode(k, v)
             elif p == Prefix.META and k.startswith(COUNTER_PREFIX):
                 img.counters[k] = decode_int(k, v)
         return img
@@ -109,9 +125,41 @@ def diff_counters(stored: dict[bytes, int], recount: dict[bytes, int]) -> list[s
     return out
 
 
-def audit_image(img: ShardImage, where: str) -> list[tuple[int, str]]:
-    """Problems found in one durable shard image, as ``(invariant, message)``."""
+def audit_holders(
+    img: ShardImage, where: str, max_changed: frozenset[tuple[str, str]] = frozenset()
+) -> list[tuple[int, str]]:
+    """Invariant 2 on disk: a holder row must be the slot of the queued or running attempt of
+    a non-terminal job; a queue holds at most its max unless that max was lowered (floating
+    queues, and queues in ``max_changed``, are exempt from the count)."""
     problems: list[tuple[int, str]] = []
+    for (tenant, queue), rows in sorted(img.holders.items()):
+        for tid, (job_id, attempt) in sorted(rows.items()):
+            st = img.states.get((tenant, job_id))
+            current = None
+            if st is not None and st.status == JobStatus.RUNNING:
+                current = st.lease_task_id
+            elif st is not None and st.status == JobStatus.SCHEDULED and st.task is not None:
+                current = st.task[3]
+            if current != tid:
+                what = "missing" if st is None else st.status.name
+                problems.append((2, f"{where}: holder row left behind in queue {queue!r} of "
+                                    f"tenant {tenant!r}: task {tid} (attempt {attempt}) of "
+                                    f"{what} job {job_id!r}, whose current task is {current}"))
+        qs = img.queues.get((tenant, queue))
+        if qs is None:
+            problems.append((2, f"{where}: holders {sorted(rows)} in unknown queue {queue!r}"))
+        elif (not qs.floating and (tenant, queue) not in max_changed
+              and len(rows) > qs.max_concurrency):
+            problems.append((2, f"{where}: queue {queue!r} of tenant {tenant!r} has "
+                                f"{len(rows)} holders, max {qs.max_concurrency}"))
+    return problems
+
+
+def audit_image(
+    img: ShardImage, where: str, max_changed: frozenset[tuple[str, str]] = frozenset()
+) -> list[tuple[int, str]]:
+    """Problems found in one durable shard image, as ``(invariant, message)``."""
+    problems: list[tuple[int, str]] = audit_holders(img, where, max_changed)
     for key in sorted(set(img.infos) ^ set(img.states)):
         problems.append((3, f"{where}: job {key} has only one of its info/status rows"))
     queued: dict[JobKey, list[tuple[str, Task]]] = {}
@@ -119,6 +167,8 @@ def audit_image(img: ShardImage, where: str) -> list[tuple[int, str]]:
         queued.setdefault((task.tenant, task.job_id), []).append((kind, task))
     leases: dict[JobKey, list[Lease]] = {}
     for lease in img.leases.values():
+        if lease.is_refresh:  # a floating-limit refresh lease belongs to no job
+            continue
         leases.setdefault((lease.tenant, lease.job_id), []).append(lease)
     for key, st in sorted(img.states.items()):
         q = queued.get(key, [])

@@ -7,6 +7,10 @@ events ever being emitted). Numbers are DESIGN §7's invariants:
 
 1. no task is leased twice at once; a job never has two live leases (a leased task must not stay
    in the queue);
+2. a concurrency queue never has more holders than its max at the time of a grant; a slot is
+   granted to a task at most once until released, and only a granted slot is released (fed by
+   ``slot_granted`` / ``slot_released``, re-synced from the holder rows after a crash); the
+   audit finds no holder row of a job that is terminal or of another attempt;
 3. only legal status transitions; RUNNING iff exactly one running attempt;
 4. attempts never leave a terminal state; attempt numbers strictly increase per job;
 5. terminal jobs hold no lease and no queued task;
@@ -15,7 +19,8 @@ events ever being emitted). Numbers are DESIGN §7's invariants:
 8. an expired lease is reaped (within a slack); a heartbeat of a job flagged cancelled answers
    ``cancelled=True``;
 9. a lease never hands out a task while a due task of the same shard and task group with a
-   higher priority (lower number) waits;
+   higher priority (lower number) waits (a task parked on a concurrency queue, or in the timer
+   index with limits left to acquire, e.g. waiting for a reserved rate token, is not due);
 12. counters equal a recount (final audit and after every crash).
 
 Checkers never raise into the code under test: they hand a :class:`Violation` to ``report``.
@@ -28,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from silo.errors import Code
-from silo.model import DEFAULT_TENANT, READY, Task
+from silo.model import DEFAULT_TENANT, READY, TIMER, Task
 from silo.pb.silo import v1 as pb
 from silo.shard.tables import ready_key, timer_key
 from silo.shard.transitions import LEGAL_TRANSITIONS
@@ -36,6 +41,7 @@ from sim.audit import JobKey, ShardImage, audit_image
 
 INVARIANTS: dict[int, str] = {
     1: "no task leased twice at once; a job never has two live leases",
+    2: "a concurrency queue never holds more slots than its max; a slot is granted once",
     3: "only legal status transitions; RUNNING iff exactly one running attempt",
     4: "attempts never leave a terminal state; attempt numbers strictly increase",
     5: "terminal jobs hold no lease and no queued task",
@@ -89,7 +95,25 @@ class Violation:
 class Queued:
     attempt: int
     due_ms: int
-    ready: bool
+    where: int
+    """TIMER, READY or PARKED (silo.model)."""
+    limits_left: int = 0
+    """Limits the task must still acquire before it is ready."""
+
+    def leasable(self, at_ms: int) -> bool:
+        """Could a lease at ``at_ms`` hand this task out? Ready tasks can; a due timer can only
+        when it has no limit left to acquire (the lease promotes due timers first); a parked
+        request, or a timer that must still acquire a limit, cannot."""
+        if self.where == READY:
+            return True
+        return self.where == TIMER and self.limits_left == 0 and self.due_ms <= at_ms
+
+
+def _queued(f: dict[str, Any], attempt: int) -> Queued:
+    where = f.get("where")
+    if where is None:  # an event from before ``where`` existed
+        where = READY if f["due_ms"] <= f["at_ms"] else TIMER
+    return Queued(attempt, f["due_ms"], where, f.get("limits_left") or 0)
 
 
 @dataclass
@@ -123,6 +147,8 @@ class JobModel:
     run_attempts: int = 0
     ended: str | None = None  # state of the attempt that just ended, until the status follows
     history: list[str] = field(default_factory=list)
+    enqueued_at: float = 0.0  # simulated seconds
+    terminal_at: float | None = None
 
     @property
     def key(self) -> JobKey:
@@ -162,6 +188,17 @@ class Checker:
         """Flag an acknowledgement that arrives before the enqueue's durable event (off: only
         losses across crashes and at the end are caught)."""
         self.events = 0
+        self.holders: dict[tuple[str, int, str, str], dict[str, str]] = {}
+        """(node, shard, tenant, queue) -> the task ids holding a slot (-> job id)."""
+        self.max_seen: dict[tuple[str, int, str, str], set[int]] = {}
+        self.peak_holders: dict[tuple[str, int, str, str], int] = {}
+        self.grants = 0
+        self.grants_during_backoff = 0
+        self.moves: dict[tuple[JobKey, int], int] = {}
+        """How often each queued attempt moved (timer/parked/ready) without a status change."""
+        self.refreshes = {"ok": 0, "failed": 0, "reaped": 0}
+        """Grants while another job of the tenant waited out a retry backoff without a slot."""
+        self.releases = 0
         self.cancels_seen_by_heartbeat = 0
         self.reaped = 0
 
@@ -226,6 +263,7 @@ class Checker:
             return
         j = JobModel(f["tenant"], f["job_id"], host, f["shard"], f["task_group"], f["priority"])
         j.retry_count = f.get("retry_count")
+        j.enqueued_at = self._now()
         j.note(f"enqueued due={f['due_ms']}")
         self.jobs[key] = j
 
@@ -274,7 +312,7 @@ class Checker:
             if old in TERMINAL:
                 j.cancel_flag = False  # restart clears the flag
                 j.run_attempts = 0  # and gives a fresh retry budget
-            self._set_task(j, Queued(attempt, f["due_ms"], f["due_ms"] <= f["at_ms"]))
+            self._set_task(j, _queued(f, attempt))
         elif new in TERMINAL:
             if j.task is not None:
                 where = self._queued_key_present(j, j.task.attempt, j.task.due_ms)
@@ -291,6 +329,7 @@ class Checker:
             if new == "CANCELLED":
                 j.cancel_flag = True
         j.status = new
+        j.terminal_at = self._now() if new in TERMINAL else None
         j.attempt = max(j.attempt, attempt)
 
     def _check_outcome(self, j: JobModel, new: str, ev: str) -> bool:
@@ -370,8 +409,7 @@ class Checker:
         for other in q.values():
             if other is j or other.task is None:
                 continue
-            due = other.task.ready or other.task.due_ms <= at
-            if due and other.priority < j.priority:
+            if other.task.leasable(at) and other.priority < j.priority:
                 self.fail(
                     9,
                     f"shard {j.shard} task group {j.task_group!r}: leased job {j.key} "
@@ -434,7 +472,82 @@ class Checker:
             self.fail(4, f"expedited attempt {f['attempt']} of job {j.key} which is not queued",
                       j.describe(), f"event: task_expedited {f}")
             return
-        self._set_task(j, Queued(f["attempt"], f["due_ms"], True))
+        if j.task.where == READY or j.task.limits_left == 0:
+            # Due now; a task that must still acquire limits is placed, and the task_moved
+            # that follows says where it went.
+            self._set_task(j, Queued(f["attempt"], f["due_ms"], j.task.where, j.task.limits_left))
+
+    def _on_task_moved(self, host: Any, f: dict[str, Any]) -> None:
+        j = self._job(f, "task_moved")
+        if j is None:
+            return
+        j.note(f"task attempt={f['attempt']} moved where={f['where']} due={f['due_ms']} "
+               f"limits_left={f['limits_left']}")
+        if j.status != "SCHEDULED" or j.task is None or j.task.attempt != f["attempt"]:
+            self.fail(4, f"queued task of attempt {f['attempt']} of job {j.key} moved, but the "
+                         f"job is not queued with that attempt", j.describe(),
+                      f"event: task_moved {f}")
+            return
+        self._set_task(j, _queued(f, f["attempt"]))
+        mk = (j.key, f["attempt"])
+        self.moves[mk] = self.moves.get(mk, 0) + 1
+
+    # -- concurrency slots (invariant 2) ----------------------------------------------------
+
+    def _on_slot_granted(self, host: Any, f: dict[str, Any]) -> None:
+        q = (_host_name(host), f["shard"], f["tenant"], f["queue"])
+        held = self.holders.setdefault(q, {})
+        ev = f"event: slot_granted {f}"
+        tid = f["task_id"]
+        self.grants += 1
+        self.max_seen.setdefault(q, set()).add(f["max"])
+        if tid in held:
+            self.fail(2, f"slot of queue {q[2:]} (shard {q[1]}) granted twice to task {tid} "
+                         f"without a release in between", ev)
+            return
+        held[tid] = f["job_id"]
+        if f["holders"] > f["max"]:
+            self.fail(2, f"queue {q[2:]} (shard {q[1]}) has {f['holders']} holders after a grant "
+                         f"but its max is {f['max']}", f"holders: {sorted(held)}", ev)
+            return
+        if f["holders"] != len(held):
+            self.fail(2, f"queue {q[2:]} (shard {q[1]}) reports {f['holders']} holders after a "
+                         f"grant, but granted minus released slots are {len(held)}: a holder "
+                         f"count drifted from the grants", f"holders: {sorted(held)}", ev)
+            return
+        self.peak_holders[q] = max(self.peak_holders.get(q, 0), len(held))
+        for other in self.jobs.values():
+            t = other.task
+            if (other.tenant == q[2] and other.shard == q[1] and _host_name(other.host) == q[0]
+                    and t is not None and t.where == TIMER and t.attempt > 1
+                    and t.limits_left > 0 and t.due_ms > f["at_ms"]):
+                self.grants_during_backoff += 1
+                break
+
+    def _on_slot_released(self, host: Any, f: dict[str, Any]) -> None:
+        q = (_host_name(host), f["shard"], f["tenant"], f["queue"])
+        held = self.holders.setdefault(q, {})
+        if held.pop(f["task_id"], None) is None:
+            self.fail(2, f"slot of queue {q[2:]} (shard {q[1]}) released by task {f['task_id']} "
+                         f"that held none", f"holders: {sorted(held)}",
+                      f"event: slot_released {f}")
+            return
+        self.releases += 1
+        if self._probe is not None:
+            from silo.shard.tables import holder_key
+
+            if self._probe(host, f["shard"], holder_key(f["tenant"], f["queue"],
+                                                        f["task_id"])) is not None:
+                self.fail(2, f"slot of queue {q[2:]} (shard {q[1]}) released by task "
+                             f"{f['task_id']}, but its holder row is still on disk: the slot "
+                             f"is held forever", f"event: slot_released {f}")
+
+    def _on_refresh_ended(self, host: Any, f: dict[str, Any]) -> None:
+        self.refreshes[("reaped" if f.get("reaped") else "failed" if f.get("new_max") is None
+                        else "ok")] += 1
+        if f.get("new_max") is not None:
+            q = (_host_name(host), f["shard"], f["tenant"], f["queue"])
+            self.max_seen.setdefault(q, set()).add(f["new_max"])
 
     def _on_job_deleted(self, host: Any, f: dict[str, Any]) -> None:
         j = self._job(f, "job_deleted")
@@ -539,13 +652,19 @@ class Checker:
     def settled(self) -> bool:
         return not self.open_jobs() and not self.missing_acked() and not self.live_leases
 
+    def _max_changed(self, host: Any, shard: int) -> frozenset[tuple[str, str]]:
+        """Queues of this shard whose max took more than one value in this run."""
+        name = _host_name(host)
+        return frozenset((q[2], q[3]) for q, seen in self.max_seen.items()
+                         if q[0] == name and q[1] == shard and len(seen) > 1)
+
     # -- crash: resynchronise with the durable image ---------------------------------------
 
     def resync_shard(self, host: Any, shard: int, img: ShardImage, where: str) -> None:
         """After a crash: check the durable image against the model, then adopt it."""
         if self.failed is not None:
             return
-        problems = audit_image(img, where)
+        problems = audit_image(img, where, self._max_changed(host, shard))
         if problems:
             inv, msg = problems[0]
             self.fail(inv, msg, *[m for _, m in problems[1:4]])
@@ -586,6 +705,12 @@ class Checker:
         for tid, key in list(self.live_leases.items()):
             if key in img.states or key in mine:
                 del self.live_leases[tid]
+        name = _host_name(host)
+        for q in [q for q in self.holders if q[0] == name and q[1] == shard]:
+            del self.holders[q]
+        for (tenant, queue), rows in sorted(img.holders.items()):
+            self.holders[(name, shard, tenant, queue)] = {tid: job for tid, (job, _) in
+                                                          sorted(rows.items())}
         for key, st in sorted(img.states.items()):
             j = self.jobs[key]
             j.note(f"resync after crash: {st.status.name}")
@@ -598,8 +723,9 @@ class Checker:
             j.attempts = {a: x.state.name for a, x in sorted(atts.items())}
             j.max_leased = max([j.max_leased, *atts])
             j.cancel_flag = key in img.cancels
+            left = len(img.infos[key].limits) - st.held
             self._set_task(
-                j, None if st.task is None else Queued(st.task[0], st.task[1], st.task[2] == READY)
+                j, None if st.task is None else Queued(st.task[0], st.task[1], st.task[2], left)
             )
             j.lease = None
             if st.lease_task_id is not None:
@@ -626,7 +752,7 @@ class Checker:
         """After a clean stop: the durable image must pass the audit and equal the model."""
         if self.failed is not None:
             return
-        problems = audit_image(img, where)
+        problems = audit_image(img, where, self._max_changed(host, shard))
         if problems:
             inv, msg = problems[0]
             self.fail(inv, msg, *[m for _, m in problems[1:4]])

@@ -198,7 +198,9 @@ class SimWorker:
     def __init__(
         self, sim: Simulator, name: str, task_group: str,
         handler: Callable[[TaskContext], Any], *, concurrency: int, lease_wait_ms: int,
+        refresh_handler: Callable[..., Any] | None = None,
     ) -> None:
+        self.refresh_handler = refresh_handler
         self.sim = sim
         self.name = name
         self.host = ClientHost(sim, name)
@@ -246,7 +248,7 @@ class SimWorker:
                 self.worker = Worker(
                     client, self.task_group, self.handler,
                     max_concurrent_tasks=self.concurrency, worker_id=self.worker_id,
-                    lease_wait_ms=self.lease_wait_ms,
+                    lease_wait_ms=self.lease_wait_ms, refresh_handler=self.refresh_handler,
                 )
                 await self.worker.run()
         finally:

@@ -30,6 +30,8 @@ MUTATIONS: dict[str, str] = {
     "ignore-priority": "leases hand out the lowest priority first",
     "skip-release-on-cancel": "cancelling a scheduled job leaves its task queued",
     "counter-drift": "enqueue counts every job twice in the total",
+    "over-grant": "a concurrency queue grants one slot beyond its max",
+    "leak-holder": "releasing a concurrency slot leaves its holder row behind",
 }
 
 STALL_STEPS = 100_000

@@ -182,10 +182,10 @@ class Simulator:
 
     async def add_worker(
         self, name: str, task_group: str, handler: Callable[..., Any], *, concurrency: int,
-        lease_wait_ms: int = 2000,
+        lease_wait_ms: int = 2000, refresh_handler: Callable[..., Any] | None = None,
     ) -> SimWorker:
         w = SimWorker(self, name, task_group, handler, concurrency=concurrency,
-                      lease_wait_ms=lease_wait_ms)
+                      lease_wait_ms=lease_wait_ms, refresh_handler=refresh_handler)
         self.workers[name] = w
         await w.start()
         return w
@@ -439,6 +439,14 @@ class Simulator:
                 if not self.ok:
                     return
         self.trace.record("audit passed")
+        self.stats["slots.granted"] = self.checker.grants
+        self.stats["slots.released"] = self.checker.releases
+        self.stats["slots.granted_during_backoff"] = self.checker.grants_during_backoff
+        self.stats["task.max_moves_per_attempt"] = max(self.checker.moves.values(), default=0)
+        for outcome, n in self.checker.refreshes.items():
+            if n:
+                self.stats[f"refresh.{outcome}"] = n
+        self.stats["slots.peak_holders"] = max(self.checker.peak_holders.values(), default=0)
 
 
 def resync_after_crash(sim: Simulator, host: NodeHost) -> None:

@@ -17,7 +17,7 @@ import trio
 from silo.client.types import Cancel, Fail, pack
 from silo.client.worker import TaskContext
 from silo.errors import SiloError
-from silo.model import NewJob, RetryPolicy
+from silo.model import ConcurrencyLimit, Limit, NewJob, RetryPolicy
 from sim.hosts import ClientHost
 from sim.network import NetConfig
 from sim.simulator import FaultPlan, Simulator
@@ -56,6 +56,11 @@ class Workload:
     )
     fault_s: float = 15.0
     bound_s: float = 120.0
+    limits: Any = None
+    """``limits(rng, tenant) -> tuple[Limit, ...]``: the limits a new job carries (None: none).
+    Called once per job, after the job's other draws."""
+    refresh_handler: Any = None
+    """The workers' refresh handler for floating limits (None: none)."""
 
 
 @dataclass
@@ -67,16 +72,18 @@ class JobPlan:
     delay_ms: int
     retry: RetryPolicy
     payload: dict[str, Any]
+    limits: tuple[Limit, ...] = ()
 
     def new_job(self, start_at_ms: int) -> NewJob:
         return NewJob(
             task_group=self.task_group, payload=pack(self.payload), tenant=self.tenant,
             job_id=self.job_id, priority=self.priority, start_at_ms=start_at_ms,
-            retry=self.retry,
+            retry=self.retry, limits=self.limits,
         )
 
 
-def draw_job(rng: random.Random, w: Workload, n: int) -> JobPlan:
+def draw_job(rng: random.Random, w: Workload, n: int,
+             durations: dict[str, tuple[int, int]] | None = None) -> JobPlan:
     retries = rng.randint(*w.retry_count)
     fails = 0
     crash = False
@@ -95,14 +102,18 @@ def draw_job(rng: random.Random, w: Workload, n: int) -> JobPlan:
     if rng.random() < w.ignore_cancel_prob:
         payload["ic"] = 1
     delay = rng.randint(*w.future_ms) if rng.random() < w.future_prob else 0
+    tenant = f"tenant-{rng.randrange(w.tenants)}"
+    if durations and tenant in durations:
+        payload["d"] = rng.randint(*durations[tenant])
     return JobPlan(
-        tenant=f"tenant-{rng.randrange(w.tenants)}",
+        tenant=tenant,
         job_id=f"job-{n:04d}-{rng.getrandbits(32):08x}",
         task_group=f"tg{rng.randrange(w.task_groups)}",
         priority=rng.randint(*w.priority),
         delay_ms=delay,
         retry=retry,
         payload=payload,
+        limits=tuple(w.limits(rng, tenant)) if w.limits is not None else (),
     )
 
 
@@ -146,6 +157,7 @@ async def produce(
                         p.task_group, p.payload, tenant=p.tenant, id=p.job_id,
                         priority=p.priority,
                         start_at_ms=now + p.delay_ms if p.delay_ms else None, retry=p.retry,
+                        limits=p.limits,
                     )
                 else:
                     await client.enqueue_jobs(
@@ -186,11 +198,13 @@ async def operate(sim: Simulator, host: ClientHost, rng: random.Random, every_s:
             sim.count(f"operator.{action}.ok")
 
 
-def plan_jobs(rng: random.Random, w: Workload) -> list[tuple[list[list[JobPlan]], list[float]]]:
+def plan_jobs(
+    rng: random.Random, w: Workload, durations: dict[str, tuple[int, int]] | None = None
+) -> list[tuple[list[list[JobPlan]], list[float]]]:
     """Per producer: its enqueue groups and the gap before each."""
     per: list[list[JobPlan]] = [[] for _ in range(w.producers)]
     for n in range(w.jobs):
-        per[n % w.producers].append(draw_job(rng, w, n))
+        per[n % w.producers].append(draw_job(rng, w, n, durations))
     out = []
     for jobs in per:
         groups: list[list[JobPlan]] = []
@@ -206,11 +220,13 @@ def plan_jobs(rng: random.Random, w: Workload) -> list[tuple[list[list[JobPlan]]
 
 
 async def run_workload(
-    sim: Simulator, rng: random.Random, w: Workload, faults: FaultPlan
+    sim: Simulator, rng: random.Random, w: Workload, faults: FaultPlan,
+    durations: dict[str, tuple[int, int]] | None = None,
 ) -> None:
     """The standard run: one node, workers, producers (and an operator), a fault phase of
-    ``w.fault_s`` seconds, healing, and a liveness phase bounded by ``w.bound_s``."""
-    plans = plan_jobs(rng, w)
+    ``w.fault_s`` seconds, healing, and a liveness phase bounded by ``w.bound_s``.
+    ``durations`` overrides the handler duration range per tenant."""
+    plans = plan_jobs(rng, w, durations)
     jobs = [p for groups, _ in plans for g in groups for p in g]
     sim.param("job_plan", (
         f"{len(jobs)} jobs in {sum(len(groups) for groups, _ in plans)} enqueue calls: "
@@ -225,11 +241,12 @@ async def run_workload(
     handler = make_handler(sim)
     for i in range(w.workers):
         await sim.add_worker(f"w{i}", f"tg{i % w.task_groups}", handler,
-                             concurrency=w.concurrency, lease_wait_ms=w.lease_wait_ms)
+                             concurrency=w.concurrency, lease_wait_ms=w.lease_wait_ms,
+                             refresh_handler=w.refresh_handler)
     if w.task_groups > w.workers:
         for g in range(w.workers, w.task_groups):
             await sim.add_worker(f"w{g}", f"tg{g}", handler, concurrency=w.concurrency,
-                                 lease_wait_ms=w.lease_wait_ms)
+                                 lease_wait_ms=w.lease_wait_ms, refresh_handler=w.refresh_handler)
     done = [0]
     for i, (groups, gaps) in enumerate(plans):
         sim.spawn(produce, sim, sim.add_host(f"p{i}"), groups, gaps, done)
@@ -240,3 +257,19 @@ async def run_workload(
     await trio.sleep(w.fault_s)
     await sim.heal()
     await sim.settle(w.bound_s, lambda: done[0] == len(plans))
+
+
+def concurrency_mix(maxes: list[int], limited_prob: float, *, max_per_job: int = 1,
+                    prefix: str = "q") -> Any:
+    """A ``Workload.limits`` drawing 1..``max_per_job`` of the queues ``{prefix}{i}`` (each with
+    its fixed max ``maxes[i]``) for ``limited_prob`` of the jobs, in queue order (so no two jobs
+    can each hold a slot the other waits for)."""
+
+    def draw(rng: random.Random, tenant: str) -> tuple[Limit, ...]:
+        if rng.random() >= limited_prob:
+            return ()
+        k = rng.randint(1, min(max_per_job, len(maxes)))
+        picked = sorted(rng.sample(range(len(maxes)), k))
+        return tuple(ConcurrencyLimit(f"{prefix}{i}", maxes[i]) for i in picked)
+
+    return draw

@@ -13,18 +13,22 @@ import pytest
 
 from silo.keys import Prefix, key
 from silo.model import (
+    PARKED,
+    READY,
+    TIMER,
     Attempt,
     AttemptState,
     JobInfo,
     JobState,
     JobStatus,
     Lease,
+    QueueState,
     Task,
     encode_int,
 )
 from silo.pb.silo import v1 as pb
 from silo.shard.tables import JOBS_TERMINAL, JOBS_TOTAL, ready_key, status_counter
-from sim.audit import ShardImage, audit_image
+from sim.audit import ShardImage, audit_holders, audit_image
 from sim.checkers import REAP_SLACK_S, Checker, Violation, reachable
 
 T0 = 1_000_000
@@ -415,3 +419,141 @@ def test_cancel_flag_beats_retry() -> None:
     h2.ev("cancel_requested", job_id="a", status="RUNNING", at_ms=T0)
     h2.end("a", "t1", state="FAILED", new="CANCELLED")
     assert h2.violations == []
+
+
+# -- invariant 2: concurrency slots -----------------------------------------------------------
+
+
+def _grant(h: Harness, task: str, holders: int, max_: int = 2, queue: str = "q") -> None:
+    h.ev("slot_granted", queue=queue, task_id=task, job_id=f"j-{task}", attempt=1,
+         holders=holders, max=max_, at_ms=T0)
+
+
+def _release(h: Harness, task: str, queue: str = "q") -> None:
+    h.ev("slot_released", queue=queue, task_id=task, job_id=f"j-{task}", at_ms=T0)
+
+
+def test_inv2_legal_grants_and_releases_pass() -> None:
+    h = Harness()
+    _grant(h, "t1", 1)
+    _grant(h, "t2", 2)
+    _release(h, "t1")
+    _grant(h, "t3", 2)
+    _release(h, "t2")
+    _release(h, "t3")
+    _grant(h, "t1b", 1, queue="other")
+    assert h.violations == []
+
+
+def test_inv2_grant_past_the_max() -> None:
+    h = Harness()
+    _grant(h, "t1", 1, max_=1)
+    _grant(h, "t2", 2, max_=1)
+    assert h.invariant == 2
+    assert "max is 1" in h.violations[0].message
+
+
+def test_inv2_slot_granted_twice_to_a_task() -> None:
+    h = Harness()
+    _grant(h, "t1", 1)
+    _grant(h, "t1", 2)
+    assert h.invariant == 2
+    assert "granted twice" in h.violations[0].message
+
+
+def test_inv2_release_without_grant() -> None:
+    h = Harness()
+    _release(h, "t1")
+    assert h.invariant == 2
+
+
+def test_inv2_holder_count_drift() -> None:
+    h = Harness()
+    _grant(h, "t1", 1)
+    _release(h, "t1")
+    _grant(h, "t2", 2)  # the shard still counts t1
+    assert h.invariant == 2
+    assert "drifted" in h.violations[0].message
+
+
+def test_inv2_resync_adopts_holder_rows() -> None:
+    h = Harness()
+    _grant(h, "t1", 1)
+    h.checker.resync_shard(h.host, 0, ShardImage(), "n1:data/shards/0")
+    assert h.violations == []
+    assert (h.host.name, 0, "t", "q") not in h.checker.holders  # the grant did not survive
+    _grant(h, "t2", 1)
+    assert h.violations == []
+
+
+def test_inv2_resync_finds_orphan_holder_row() -> None:
+    h = Harness()
+    img = ShardImage()
+    img.holders[("t", "q")] = {"t9": ("j9", 1)}
+    img.queues[("t", "q")] = QueueState(1)
+    h.checker.resync_shard(h.host, 0, img, "n1:data/shards/0")
+    assert h.invariant == 2
+    assert "holder row left behind" in h.violations[0].message
+
+
+def test_inv9_parked_and_token_waiting_tasks_are_not_due() -> None:
+    h = Harness()
+    h.enqueue("low", priority=60)
+    h.enqueue("parked", priority=10)
+    h.ev("task_moved", job_id="parked", attempt=1, due_ms=T0, where=PARKED, limits_left=1,
+         at_ms=T0)
+    h.enqueue("token", priority=10)
+    h.ev("task_moved", job_id="token", attempt=1, due_ms=T0, where=TIMER, limits_left=1,
+         at_ms=T0)
+    h.lease("low", "t1", priority=60, at=T0 + 10)
+    assert h.violations == []
+    h.enqueue("low2", priority=60)
+    h.ev("task_moved", job_id="parked", attempt=1, due_ms=T0, where=READY, limits_left=0,
+         at_ms=T0 + 20)
+    h.lease("low2", "t2", priority=60, at=T0 + 30)
+    assert h.invariant == 9
+
+
+def _holder_image(status: JobStatus, holder_task: str, max_: int = 1,
+                  extra_holders: int = 0) -> ShardImage:
+    img = _image({"a": status}, {})
+    st = img.states[("t", "a")]
+    st.lease_task_id = "t1" if status == JobStatus.RUNNING else None
+    img.holders[("t", "q")] = {holder_task: ("a", 1)}
+    for i in range(extra_holders):
+        img.holders[("t", "q")][f"x{i}"] = ("a", 1)
+    img.queues[("t", "q")] = QueueState(max_)
+    return img
+
+
+def test_audit_holder_row_of_terminal_job() -> None:
+    problems = audit_holders(_holder_image(JobStatus.SUCCEEDED, "t1"), "x")
+    assert problems and problems[0][0] == 2
+    assert "holder row left behind" in problems[0][1]
+
+
+def test_audit_holder_row_of_running_attempt_passes() -> None:
+    assert audit_holders(_holder_image(JobStatus.RUNNING, "t1"), "x") == []
+    problems = audit_holders(_holder_image(JobStatus.RUNNING, "t0"), "x")
+    assert problems and "left behind" in problems[0][1]
+
+
+def test_audit_holders_over_max_unless_max_changed() -> None:
+    img = _holder_image(JobStatus.RUNNING, "t1", max_=1, extra_holders=0)
+    img.holders[("t", "q")]["t1"] = ("a", 1)
+    img.queues[("t", "q")] = QueueState(0)
+    problems = audit_holders(img, "x")
+    assert any("holders, max 0" in m for _, m in problems)
+    assert audit_holders(img, "x", frozenset({("t", "q")})) == []
+
+
+def test_inv2_released_slot_whose_holder_row_stays_on_disk() -> None:
+    from silo.shard.tables import holder_key
+
+    durable: dict[bytes, bytes] = {}
+    h = Harness(durable)
+    _grant(h, "t1", 1)
+    durable[holder_key("t", "q", "t1")] = b"x"
+    _release(h, "t1")
+    assert h.invariant == 2
+    assert "still on disk" in h.violations[0].message

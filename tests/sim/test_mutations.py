@@ -1,5 +1,6 @@
 """Every planted bug makes a checker fire within 50 seeds of a suitable scenario.
 
+``over-grant`` and ``leak-holder`` are caught as invariant 2 (see CASES).
 ``ack-before-durable`` runs with the early acknowledgement check off, so that what catches it is
 the loss of an acknowledged enqueue across a crash and restart.
 """
@@ -19,6 +20,12 @@ CASES = {
     "ignore-priority": ("priority", 9, "waited"),
     "skip-release-on-cancel": ("chaos", 5, "still in the"),
     "counter-drift": ("happy", 12, "recount"),
+    # Invariant 2 (concurrency limits): an extra grant is seen on the slot_granted event itself;
+    # a leaked holder row makes the shard's holder count drift from the granted-minus-released
+    # model (caught at the next grant on that queue; the final audit's "holder row left behind"
+    # is the backstop, see test_checkers.py::test_audit_holder_row_of_terminal_job).
+    "over-grant": ("grant_race", 2, "holders after a grant but its max is"),
+    "leak-holder": ("concurrency", 2, "holder"),
 }
 MAX_SEEDS = 50
 

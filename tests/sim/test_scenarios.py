@@ -15,7 +15,12 @@ EXPECTED_FAULTS = {
     "crash_restart": ("node.crash",),
     "disk_errors": ("disk.write.error", "shard.write.error"),
     "retry_storm": ("worker.crash",),
+    "concurrency": ("net.drop.request", "net.drop.response", "net.duplicate", "node.crash"),
+    "floating": ("worker.crash",),
 }
+
+LIMITS_SCENARIOS = ("concurrency", "grant_race", "retry_releases", "cancel_releases", "floating",
+                    "rate_limits", "head_of_line")
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
@@ -34,3 +39,24 @@ def test_scenarios_run_jobs_to_completion() -> None:
     r = run_one("happy", 2)
     assert r.exit_code == 0
     assert r.stats.get("enqueue.acked", 0) == r.params["jobs"]
+
+
+@pytest.mark.parametrize("scenario", LIMITS_SCENARIOS)
+def test_limits_scenarios_exercise_their_limits(scenario: str) -> None:
+    r = run_one(scenario, 2)
+    assert r.exit_code == 0, f"{r.replay}\n{r.message}\n" + "\n".join(r.evidence)
+    if scenario != "rate_limits" or r.stats.get("slots.granted"):
+        assert r.stats["slots.granted"] == r.stats["slots.released"] > 0
+    if scenario == "retry_releases":
+        assert r.stats["slots.granted_during_backoff"] > 0  # the slot is free during backoff
+    if scenario == "floating":
+        assert r.stats.get("refresh.ok", 0) + r.stats.get("refresh.failed", 0) > 0
+    if scenario == "rate_limits":
+        assert 0 < r.stats["task.max_moves_per_attempt"] <= 4
+    if scenario == "head_of_line":
+        assert r.stats["hol.flood_jobs"] > 0 and r.stats["hol.other_jobs"] > 0
+        assert r.stats["hol.other_max_ms"] <= 6000
+
+
+def test_floating_refresh_leases_expire_in_some_seed() -> None:
+    assert any(run_one("floating", seed).stats.get("refresh.reaped") for seed in range(1, 4))
