@@ -121,7 +121,7 @@ class SiloNode:
         now = self.runtime.clock.now_ms()
         best = math.inf
         for shard in self._ordered_shards():
-            due = shard._mirror.next_timer_due_ms()
+            due = shard.next_timer_due_ms()
             if due is not None:
                 best = min(best, max(0.0, (due - now) / 1000))
         return min(best, 1.0)

@@ -33,8 +33,7 @@ GRACEFUL_TIMEOUT_S = 2.0
 
 
 def _shard_is_open(shard: Any) -> bool:
-    # JobShard sets ``_closing`` when its shutdown starts; from then on it refuses operations.
-    return not getattr(shard, "_closing", False)
+    return not shard.closing
 
 
 def build_app(node: Any, metrics: Metrics) -> Starlette:

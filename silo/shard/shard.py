@@ -182,6 +182,15 @@ class JobShard(LimitsMixin):
     def _ready_added(self, task_group: str) -> None:
         self.on_ready(self.shard_id, task_group)
 
+    @property
+    def closing(self) -> bool:
+        """True once shutdown has started: the shard refuses operations from then on."""
+        return self._closing
+
+    def next_timer_due_ms(self) -> int | None:
+        """Due time of the earliest task waiting in the timer index (None: none waits)."""
+        return self._mirror.next_timer_due_ms()
+
     def has_ready_tasks(self, task_group: str) -> bool:
         """True when a lease for ``task_group`` could return something now (due timers count)."""
         if self._mirror.ready_per_group.get(task_group):

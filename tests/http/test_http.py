@@ -98,7 +98,7 @@ def stats(shard_id: int, **overrides: Any) -> ShardStatistics:
 class FakeShard:
     def __init__(self, shard_id: int) -> None:
         self.shard_id = shard_id
-        self._closing = False
+        self.closing = False
 
     def statistics(self) -> ShardStatistics:
         return stats(self.shard_id)
@@ -289,7 +289,7 @@ async def test_serve_http_health_and_metrics_on_port_zero() -> None:
         assert health.headers["content-type"] == "application/json"
         assert health.json() == {"status": "ok", "node_id": "node-7", "shards": 2}
 
-        node.shards[1]._closing = True
+        node.shards[1].closing = True
         health = await http_get(port, "/healthz")
         assert health.status == 503
         assert health.json()["status"] == "unavailable"
