@@ -96,6 +96,19 @@ def handler_kind(handler: HandlerFn) -> str:
     return "sync"
 
 
+async def call_handler(fn: Callable[..., Any], kind: str, ctx: Any) -> Any:
+    """Run a handler of ``kind`` ("trio", "asyncio" or "sync") on ``ctx``; return its value."""
+    if kind == "trio":
+        return await fn(ctx)
+    if kind == "asyncio":
+        from silo.transport.aio import run_asyncio_handler
+
+        return await run_asyncio_handler(fn, ctx)
+    from silo.runtime.threads import run_in_thread
+
+    return await run_in_thread(fn, ctx)
+
+
 def asyncio_handler(fn: Callable[[TaskContext], Awaitable[Any]]) -> Callable[..., Any]:
     """Mark an ``async def`` handler as asyncio code (run through trio-asyncio)."""
     fn.__silo_asyncio__ = True  # type: ignore[attr-defined]
@@ -265,16 +278,7 @@ class Worker:
 
     async def _invoke(self, ctx: TaskContext) -> Outcome:
         try:
-            if self.kind == "trio":
-                value = await self.handler(ctx)
-            elif self.kind == "asyncio":
-                from silo.transport.aio import run_asyncio_handler
-
-                value = await run_asyncio_handler(self.handler, ctx)
-            else:
-                from silo.runtime.threads import run_in_thread
-
-                value = await run_in_thread(self.handler, ctx)
+            value = await call_handler(self.handler, self.kind, ctx)
             return Success(pack(value))
         except Fail as exc:
             return Failure(exc.code, pack(exc.data))
@@ -300,17 +304,7 @@ class Worker:
         try:
             if fn is None:
                 raise Fail("NO_REFRESH_HANDLER", "this worker has no refresh_handler")
-            kind = handler_kind(fn)
-            if kind == "trio":
-                value = await fn(ctx)
-            elif kind == "asyncio":
-                from silo.transport.aio import run_asyncio_handler
-
-                value = await run_asyncio_handler(fn, ctx)
-            else:
-                from silo.runtime.threads import run_in_thread
-
-                value = await run_in_thread(fn, ctx)
+            value = await call_handler(fn, handler_kind(fn), ctx)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise Fail("BAD_REFRESH_VALUE", f"refresh handler returned {value!r}")
             request.new_max = value

@@ -664,7 +664,9 @@ class JobShard(LimitsMixin):
         results: list[SiloError | None] = []
         async with self._lock:
             txn = await self._begin()
-            await txn.prefetch(self._report_keys(reports))
+            await txn.prefetch(
+                self._lease_keys([self._mirror.leases.get(r.task_id) for r in reports])
+            )
             await self._prefetch_grants(txn, [self._mirror.leases.get(r.task_id) for r in reports])
             for report in reports:
                 try:
@@ -693,10 +695,11 @@ class JobShard(LimitsMixin):
                     wanted += job_keys(first[1].tenant, first[1].job_id)[:2]
         await txn.prefetch(wanted)
 
-    def _report_keys(self, reports: Sequence[OutcomeReport]) -> list[bytes]:
+    def _lease_keys(self, leases: Sequence[Lease | None]) -> list[bytes]:
+        """The rows ending these leases reads: each job's info, status, cancel flag and
+        attempt."""
         out: list[bytes] = []
-        for report in reports:
-            lease = self._mirror.leases.get(report.task_id)
+        for lease in leases:
             if lease is not None:
                 out += job_keys(lease.tenant, lease.job_id)
                 out.append(key(Prefix.ATTEMPT, lease.tenant, lease.job_id, lease.attempt))
@@ -832,9 +835,7 @@ class JobShard(LimitsMixin):
                 if int(expiry) > txn.now or len(expired) >= REAP_BATCH:
                     break
                 expired.append(task_id)
-            await txn.prefetch(self._report_keys(
-                [OutcomeReport("", tid, Cancelled()) for tid in expired]
-            ))
+            await txn.prefetch(self._lease_keys([self._mirror.leases.get(t) for t in expired]))
             for task_id in expired:
                 lease = self._mirror.leases.get(task_id)
                 if lease is not None and lease.is_refresh:
