@@ -12,6 +12,7 @@ __all__ = (
     "EnqueueBatchResponse",
     "EnqueueRequest",
     "EnqueueResponse",
+    "EnqueueResult",
     "Failure",
     "FloatingConcurrencyLimit",
     "GetClusterInfoRequest",
@@ -46,6 +47,7 @@ __all__ = (
     "RetryPolicy",
     "ShardInfo",
     "Task",
+    "TaskAck",
     "WaitingRequest",
 )
 
@@ -70,6 +72,11 @@ class AttemptState(betterproto2.Enum):
 
     CANCELLED = 4
 
+    UNDELIVERED = 5
+    """
+    the lease expired before the worker acknowledged it
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -78,6 +85,7 @@ class AttemptState(betterproto2.Enum):
             2: "ATTEMPT_STATE_SUCCEEDED",
             3: "ATTEMPT_STATE_FAILED",
             4: "ATTEMPT_STATE_CANCELLED",
+            5: "ATTEMPT_STATE_UNDELIVERED",
         }
 
     @classmethod
@@ -88,6 +96,7 @@ class AttemptState(betterproto2.Enum):
             "ATTEMPT_STATE_SUCCEEDED": 2,
             "ATTEMPT_STATE_FAILED": 3,
             "ATTEMPT_STATE_CANCELLED": 4,
+            "ATTEMPT_STATE_UNDELIVERED": 5,
         }
 
 
@@ -188,6 +197,16 @@ default_message_pool.register_message(
 @dataclass(eq=False, repr=False)
 class EnqueueBatchResponse(betterproto2.Message):
     ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    """
+    one per job, in request order ("" where refused)
+    """
+
+    results: "list[EnqueueResult]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    one per job, in request order
+    """
 
 
 default_message_pool.register_message(
@@ -213,6 +232,34 @@ class EnqueueResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("silo.v1", "EnqueueResponse", EnqueueResponse)
+
+
+@dataclass(eq=False, repr=False)
+class EnqueueResult(betterproto2.Message):
+    """
+    How one job of an EnqueueBatch fared. The batch is atomic: when any job is refused, none
+    is written; `code` says which jobs caused the refusal and which were only held back.
+    """
+
+    id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    code: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    gRPC status code for this job; 0 = OK (written, or already stored
+    """
+
+    message: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    with the same request fingerprint)
+    """
+
+    existed: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    OK because an identical job (same fingerprint) was already stored
+    """
+
+
+default_message_pool.register_message("silo.v1", "EnqueueResult", EnqueueResult)
 
 
 @dataclass(eq=False, repr=False)
@@ -280,6 +327,16 @@ class GetJobRequest(betterproto2.Message):
     )
 
     include_attempts: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+
+    max_attempts: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+    """
+    newest first; 0 = the server's default (100)
+    """
+
+    attempts_before: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    page: only attempts numbered below this (0 = from newest)
+    """
 
 
 default_message_pool.register_message("silo.v1", "GetJobRequest", GetJobRequest)
@@ -458,6 +515,21 @@ class Job(betterproto2.Message):
     what a scheduled job waits for, if anything
     """
 
+    attempts_total: "int" = betterproto2.field(19, betterproto2.TYPE_UINT32)
+    """
+    attempts stored (attempts may hold only a page of them)
+    """
+
+    undelivered_count: "int" = betterproto2.field(20, betterproto2.TYPE_UINT32)
+    """
+    leases that expired unacknowledged since the last (re)start
+    """
+
+    timeout_ms: "int" = betterproto2.field(21, betterproto2.TYPE_UINT64)
+    """
+    per-attempt timeout (0: the worker's default)
+    """
+
 
 default_message_pool.register_message("silo.v1", "Job", Job)
 
@@ -532,6 +604,11 @@ class JobSpec(betterproto2.Message):
     false: no retries
     """
 
+    timeout_ms: "int" = betterproto2.field(12, betterproto2.TYPE_UINT64)
+    """
+    0: the worker's default; bounded by max_timeout_ms
+    """
+
 
 default_message_pool.register_message("silo.v1", "JobSpec", JobSpec)
 
@@ -557,6 +634,13 @@ class LeaseTasksRequest(betterproto2.Message):
     wait_ms: "int" = betterproto2.field(6, betterproto2.TYPE_UINT32)
     """
     with all_shards: wait up to this long for a task (max 30000)
+    """
+
+    acks: "list[TaskAck]" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    tasks this worker received in earlier replies (delivery acks)
     """
 
 
@@ -853,8 +937,28 @@ class Task(betterproto2.Message):
     set on a floating-limit refresh task (attempt 0)
     """
 
+    timeout_ms: "int" = betterproto2.field(12, betterproto2.TYPE_UINT64)
+    """
+    per-attempt timeout chosen at enqueue (0: worker default)
+    """
+
 
 default_message_pool.register_message("silo.v1", "Task", Task)
+
+
+@dataclass(eq=False, repr=False)
+class TaskAck(betterproto2.Message):
+    """
+    A worker's acknowledgement that it received a leased task. Until a lease is acknowledged
+    (by an ack, a heartbeat or a report) its expiry is an undelivered attempt, not a failure.
+    """
+
+    shard: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+
+    task_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("silo.v1", "TaskAck", TaskAck)
 
 
 @dataclass(eq=False, repr=False)
