@@ -19,7 +19,7 @@ from tests.integration.support import Raw, ServerProcess, wait_until
 
 JOBS = 40
 PAYLOAD_BYTES = 900 * 1000
-LEASE_MS = 3000
+LEASE_MS = 10_000
 NO_RETRY = RetryPolicy(retry_count=0)
 
 

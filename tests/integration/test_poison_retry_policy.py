@@ -21,7 +21,7 @@ from tests.integration.support import Raw, ServerProcess
 POISON = RetryPolicy(retry_count=1000, initial_backoff_ms=0, max_backoff_ms=0,
                      backoff_factor=100.0)
 ATTEMPTS = POISON.retry_count + 1
-LEASE_MS = 2000
+LEASE_MS = 5000
 DEADLINE_S = 120
 
 
