@@ -164,7 +164,9 @@ def _bound_names(node: ast.Import | ast.ImportFrom) -> list[str]:
 
 
 def _absolute(node: ast.ImportFrom, package: str) -> ast.ImportFrom:
-    """``node`` (relative to the messages package ``package``) as an absolute import."""
+    """``node`` (relative to the messages package ``package``) as an absolute import.
+
+    The generated modules are packages' ``__init__.py``: level 1 is ``package`` itself."""
     if node.level == 0:
         return node
     parts = package.split(".")
@@ -191,13 +193,12 @@ def extract_stubs(source: str, package: str) -> str | None:
         for node in tree.body
         if isinstance(node, ast.ClassDef) and not _is_service_class(node)
     }
+    # The module's own imports that the service classes use (not the message pool's, say).
     imports: list[str] = []
     for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            node = _absolute(node, package)
         if isinstance(node, ast.Import | ast.ImportFrom):
-            if isinstance(node, ast.ImportFrom):
-                if node.module == "message_pool" or node.module == "__future__":
-                    continue
-                node = _absolute(node, package)
             if any(name in used for name in _bound_names(node)):
                 imports.append(ast.unparse(node))
     messages = sorted(used & defined)
