@@ -7,6 +7,10 @@ Workers ride through the restarts by retrying. Each handler appends "job_id atte
 file (flushed per line) before it returns, so the log says which jobs a handler saw. A lease
 committed just before a kill whose reply never reached the worker must come back as undelivered
 (DESIGN §4 "Delivery") rather than fail the job unrun.
+
+Each kill comes once a given number of jobs has run (spread over the load), at the moment an
+enqueue is answered: the server is then waking the workers' long-polls and leasing that job, so
+the kill often lands between a lease's commit and its reply.
 """
 
 from __future__ import annotations
