@@ -16,10 +16,10 @@ from collections.abc import Callable
 import trio
 
 from silo.client import RetryPolicy, SiloClient, TaskContext, Worker, pack, unpack
-from silo.shard.limits import MIB
 from silo.wire import pb
 from tests.integration.support import Raw, ServerProcess, wait_until
 
+MIB = 1024 * 1024
 SLOTS = 32
 JOBS = 2 * SLOTS
 LEASE_MS = 8000
