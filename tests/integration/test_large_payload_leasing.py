@@ -15,7 +15,7 @@ import trio
 
 from silo.client import RetryPolicy, SiloClient, TaskContext, Worker
 from silo.wire import pb
-from tests.integration.support import Raw, ServerProcess, wait_until
+from tests.integration.support import Raw, ServerProcess
 
 JOBS = 40
 PAYLOAD_BYTES = 900 * 1000
@@ -62,8 +62,9 @@ async def test_forty_900kb_jobs_leased_by_forty_slots_each_run_once(
                     return True
 
                 # Long enough for leases dropped with an unsent reply to expire and be reaped.
-                await wait_until(all_terminal, timeout=60, interval=0.25,
-                                 what="every job to end")
+                with trio.move_on_after(60):
+                    while not await all_terminal():
+                        await trio.sleep(0.25)
                 worker.stop(5)
 
             summary: dict[str, tuple[str, list[tuple[int, str, str]]]] = {}
