@@ -61,9 +61,8 @@ from silo.model import (
 )
 from silo.runtime import Runtime
 from silo.runtime.disk import DiskError
-from silo.shard import limits as lim
+from silo.shard import validation as lim
 from silo.shard.limiter import LimitsMixin, check_refresh_value, require_refresh_lease
-from silo.shard.limits import ShardLimits
 from silo.shard.mirror import COUNTER_PREFIX, ShardMirror
 from silo.shard.store import ShardStore, Ticket
 from silo.shard.tables import (
@@ -78,6 +77,7 @@ from silo.shard.tables import (
 )
 from silo.shard.transitions import Operation, require, retry_delay_ms
 from silo.shard.txn import Txn
+from silo.shard.validation import ShardLimits
 
 MAX_LOOP_SLEEP_S = 1.0
 """Background loops re-check at least this often, so a wall-clock jump is noticed."""
