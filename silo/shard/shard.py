@@ -14,7 +14,6 @@ Contract (DESIGN §3-§4):
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -28,7 +27,6 @@ from silo.errors import (
     InvalidArgument,
     NotFound,
     SiloError,
-    Unavailable,
 )
 from silo.keys import Prefix, key
 from silo.model import (
@@ -60,11 +58,12 @@ from silo.model import (
     encode_int,
 )
 from silo.runtime import Runtime
-from silo.runtime.disk import DiskError
 from silo.shard import validation as lim
+from silo.shard.commit import CommitProtocol, EmptyBatch
 from silo.shard.limiter import LimitsMixin, check_refresh_value, require_refresh_lease
+from silo.shard.loops import ShardLoops
 from silo.shard.mirror import COUNTER_PREFIX, ShardMirror
-from silo.shard.store import ShardStore, Ticket
+from silo.shard.store import ShardStore
 from silo.shard.tables import (
     JOBS_TERMINAL,
     JOBS_TOTAL,
@@ -78,9 +77,6 @@ from silo.shard.tables import (
 from silo.shard.transitions import Operation, require, retry_delay_ms
 from silo.shard.txn import Txn
 from silo.shard.validation import ShardLimits
-
-MAX_LOOP_SLEEP_S = 1.0
-"""Background loops re-check at least this often, so a wall-clock jump is noticed."""
 
 REAP_BATCH = 500
 PROMOTE_BATCH = 1000
@@ -123,31 +119,6 @@ class ShardStatistics:
     """Concurrency slots currently held (over every queue)."""
 
 
-class _Commit:
-    """A submitted batch as its operation sees it: :meth:`wait` returns once the batch is
-    durable; if the write failed, the shard's in-memory state is rebuilt from disk before
-    UNAVAILABLE reaches the caller."""
-
-    __slots__ = ("_ticket", "_shard", "_error")
-
-    def __init__(
-        self, ticket: Ticket | None, shard: JobShard, error: Unavailable | None = None
-    ) -> None:
-        self._ticket = ticket
-        self._shard = shard
-        self._error = error
-
-    async def wait(self) -> None:
-        try:
-            if self._error is not None:
-                raise self._error
-            assert self._ticket is not None
-            await self._ticket.wait()
-        except Unavailable:
-            await self._shard._repair()
-            raise
-
-
 class JobShard(LimitsMixin):
     """One shard. Create with :func:`open_shard`."""
 
@@ -157,27 +128,20 @@ class JobShard(LimitsMixin):
         self.shard_id = shard_id
         self.config = config
         self._limits = config.limits
-        self._lock = trio.Lock()
         self._mirror = ShardMirror()
         self._rng = runtime.random.stream(f"shard/{shard_id}")
-        self._timer_wakeup = trio.Event()
-        self._reaper_wakeup = trio.Event()
-        self._mirror.on_timer_added = self._wake_timer
-        self._mirror.on_expiry_added = self._wake_reaper
+        self._commit = CommitProtocol(runtime, store, self._mirror, shard_id, self._regrant)
+        self._lock = self._commit.lock
+        self._loops = ShardLoops(runtime, self._mirror, self.promote_due, self.reap_expired)
+        self._mirror.on_timer_added = self._loops.wake_timer
+        self._mirror.on_expiry_added = self._loops.wake_reaper
         self._mirror.on_ready_added = self._ready_added
         self.on_ready: Callable[[int, str], None] = lambda shard_id, task_group: None
         """Called whenever a task of a task group becomes ready (for long-polling leases)."""
-        self._closing = False
         self._stats = {"enqueued": 0, "leased": 0, "retried": 0, "reaped": 0}
         self._completed: dict[str, int] = {"succeeded": 0, "failed": 0, "cancelled": 0}
 
     # -- lifecycle --------------------------------------------------------------------------
-
-    def _wake_timer(self) -> None:
-        self._timer_wakeup.set()
-
-    def _wake_reaper(self) -> None:
-        self._reaper_wakeup.set()
 
     def _ready_added(self, task_group: str) -> None:
         self.on_ready(self.shard_id, task_group)
@@ -185,7 +149,7 @@ class JobShard(LimitsMixin):
     @property
     def closing(self) -> bool:
         """True once shutdown has started: the shard refuses operations from then on."""
-        return self._closing
+        return self._commit.closing
 
     def next_timer_due_ms(self) -> int | None:
         """Due time of the earliest task waiting in the timer index (None: none waits)."""
@@ -199,83 +163,14 @@ class JobShard(LimitsMixin):
         return due is not None and due <= self._rt.clock.now_ms()
 
     async def _load(self) -> None:
-        await self._mirror.load(self._store.kv)
-
-    def _check_open(self) -> None:
-        if self._closing:
-            raise Unavailable(f"shard {self.shard_id} is closing")
-
-    async def _begin(self) -> Txn:
-        """Called with the lock held: repair after a failed write, then start a transaction."""
-        self._check_open()
-        if self._store.broken:
-            await self._load()
-            self._store.repaired()
-        return Txn(self._store, self._rt.clock.now_ms())
-
-    async def _finish(self, txn: Txn) -> _Commit | None:
-        """Grant freed slots, then hand the transaction's batch to the writer and update the
-        mirrors (lock held)."""
-        await self._regrant(txn)
-        for counter, delta in txn.counter_deltas.items():
-            if delta:
-                txn.ops[counter] = encode_int(self._mirror.counters.get(counter, 0) + delta)
-        if not txn.ops:
-            return None
-        ops = list(txn.ops.items())
-        try:
-            ticket = self._store.submit(
-                ops, txn.events, ack_before_durable=self._rt.faults.mutation("ack-before-durable")
-            )
-        except Unavailable as exc:
-            # An earlier write failed while this operation was reading: it fails too, and
-            # (like any failed write) only once the in-memory state has been rebuilt.
-            return _Commit(None, self, exc)
-        self._mirror.apply(ops)
-        return _Commit(ticket, self)
+        await self._commit.load()
 
     async def _repair(self) -> None:
-        """After a failed write: rebuild the in-memory state from disk, unless already done.
+        await self._commit.repair()
 
-        Called by the operation that sees the failure before it raises UNAVAILABLE, so that a
-        caller never observes caches (counters, statistics, queues) holding a write that failed.
-        """
-        async with self._lock:
-            if self._store.broken and not self._closing:
-                try:
-                    await self._load()
-                except DiskError:
-                    return  # the store itself is gone (e.g. a crash); _begin retries
-                self._store.repaired()
-
-    @asynccontextmanager
-    async def _locked(self) -> AsyncIterator[None]:
-        """Hold the shard lock for one operation. A refusal (ALREADY_EXISTS, NOT_FOUND,
-        FAILED_PRECONDITION) decided on what the operation read is answered only once that is
-        durable: the state may come from a batch still being written, and a caller must never
-        be told "exists" (or "already cancelled") about a write that a crash can still undo."""
-        try:
-            async with self._lock:
-                yield
-        except (AlreadyExists, NotFound, FailedPrecondition):
-            await self._read_barrier()
-            raise
-
-    async def _settle(self, commit: _Commit | None) -> None:
-        """Answer only once the operation's batch (or, with no batch, what it read) is
-        durable."""
-        if commit is not None:
-            await commit.wait()
-        else:
-            await self._read_barrier()
-
-    async def _read_barrier(self) -> None:
-        """Wait until everything a read may have seen is durable."""
-        try:
-            await self._store.wait_durable(self._store.last_submitted_seq)
-        except Unavailable:
-            await self._repair()
-            raise
+    async def _shutdown(self) -> None:
+        """Stop taking operations and make everything written so far durable."""
+        await self._commit.shutdown()
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -401,8 +296,7 @@ class JobShard(LimitsMixin):
             )
         for job in jobs:
             self._validate(job)
-        async with self._locked():
-            txn = await self._begin()
+        async with self._commit.operation(empty=EmptyBatch.IMPOSSIBLE) as txn:
             ids: list[str] = []
             seen: set[tuple[str, str]] = set()
             await txn.prefetch(
@@ -417,9 +311,6 @@ class JobShard(LimitsMixin):
                 ids.append(job_id)
             for job, job_id in zip(jobs, ids, strict=True):
                 await self._write_new_job(txn, job, job_id)
-            ticket = await self._finish(txn)
-        assert ticket is not None
-        await ticket.wait()
         self._stats["enqueued"] += len(jobs)
         return ids
 
@@ -450,13 +341,12 @@ class JobShard(LimitsMixin):
 
     async def promote_due(self) -> int:
         """Promote every due timer into the ready queue; returns how many moved."""
-        async with self._lock:
-            txn = await self._begin()
+        async with self._commit.operation(empty=EmptyBatch.NOTHING, refusal_barrier=False) as txn:
             n = await self._promote_in(txn, PROMOTE_BATCH)
-            ticket = await self._finish(txn)
-        if ticket is not None:
-            await ticket.wait()
         return n
+
+    async def _promote_all_due(self, txn: Txn) -> int:
+        return await self._promote_in(txn, PROMOTE_BATCH)
 
     async def _promote_in(self, txn: Txn, limit: int) -> int:
         promoted = []
@@ -495,12 +385,10 @@ class JobShard(LimitsMixin):
         lim.check_worker_id(self._limits, worker_id)
         lim.check_task_group(self._limits, task_group)
         lim.check_max_tasks(self._limits, max_tasks)
-        async with self._lock:
-            # Due timers first, in their own batch, so that the lease sees them in the queue.
-            txn = await self._begin()
-            await self._promote_in(txn, PROMOTE_BATCH)
-            await self._finish(txn)
-            txn = await self._begin()
+        # Due timers first, in their own batch, so that the lease sees them in the queue.
+        async with self._commit.operation(
+            empty=EmptyBatch.NOTHING, refusal_barrier=False, prelude=self._promote_all_due
+        ) as txn:
             start, end = keys.prefix_range(Prefix.READY, task_group)
             picked: list[tuple[bytes, Task]] = []
             # Planted bug for the simulator: hand out the lowest priority first.
@@ -520,9 +408,6 @@ class JobShard(LimitsMixin):
                 leased = await self._lease_one(txn, rk, task, worker_id, expiry)
                 if leased is not None:
                     out.append(leased)
-            ticket = await self._finish(txn)
-        if ticket is not None:
-            await ticket.wait()
         self._stats["leased"] += len(out)
         return out
 
@@ -602,13 +487,9 @@ class JobShard(LimitsMixin):
         lim.check_worker_id(self._limits, worker_id)
         if new_max is not None:
             check_refresh_value(new_max)
-        async with self._locked():
-            txn = await self._begin()
+        async with self._commit.operation(empty=EmptyBatch.NOTHING) as txn:
             lease = require_refresh_lease(self._mirror.leases.get(task_id), worker_id, task_id)
             self._end_refresh(txn, lease, new_max)
-            ticket = await self._finish(txn)
-        if ticket is not None:
-            await ticket.wait()
 
     # -- running tasks ----------------------------------------------------------------------
 
@@ -625,8 +506,7 @@ class JobShard(LimitsMixin):
     async def heartbeat(self, worker_id: str, task_id: str) -> HeartbeatResult:
         """Extend a lease; reports whether the job has been cancelled."""
         lim.check_worker_id(self._limits, worker_id)
-        async with self._locked():
-            txn = await self._begin()
+        async with self._commit.operation() as txn:
             lease = self._owned_lease(worker_id, task_id)
             expiry = max(txn.now + self.config.lease_ms, lease.expiry_ms)
             if expiry != lease.expiry_ms:
@@ -644,8 +524,6 @@ class JobShard(LimitsMixin):
             cancelled = await self._cancelled_at(txn, lease.tenant, lease.job_id) is not None
             if self._rt.faults.mutation("lost-cancel"):
                 cancelled = False
-            ticket = await self._finish(txn)
-        await self._settle(ticket)
         return HeartbeatResult(cancelled, expiry)
 
     async def report_outcome(self, report: OutcomeReport) -> None:
@@ -662,8 +540,7 @@ class JobShard(LimitsMixin):
                 f"{self._limits.max_tasks_per_lease}"
             )
         results: list[SiloError | None] = []
-        async with self._lock:
-            txn = await self._begin()
+        async with self._commit.operation(refusal_barrier=False) as txn:
             await txn.prefetch(
                 self._lease_keys([self._mirror.leases.get(r.task_id) for r in reports])
             )
@@ -675,8 +552,6 @@ class JobShard(LimitsMixin):
                     results.append(None)
                 except SiloError as exc:
                     results.append(exc)
-            ticket = await self._finish(txn)
-        await self._settle(ticket)
         return results
 
     async def _prefetch_grants(self, txn: Txn, leases: Sequence[Lease | None]) -> None:
@@ -827,8 +702,7 @@ class JobShard(LimitsMixin):
         when the job was cancelled); returns how many were reaped."""
         if self._rt.faults.mutation("no-reaper"):
             return 0
-        async with self._lock:
-            txn = await self._begin()
+        async with self._commit.operation(empty=EmptyBatch.NOTHING, refusal_barrier=False) as txn:
             expired: list[str] = []
             for ek, task_id in self._mirror.expiries.items():
                 _, (expiry, _) = keys.parse(ek)
@@ -842,17 +716,13 @@ class JobShard(LimitsMixin):
                     self._end_refresh(txn, lease, None, reaped=True)
                 elif lease is not None:
                     await self._end_attempt(txn, lease, Failure(WORKER_CRASHED), reaped=True)
-            ticket = await self._finish(txn)
-        if ticket is not None:
-            await ticket.wait()
         return len(expired)
 
     # -- operator actions -------------------------------------------------------------------
 
     async def cancel(self, tenant: str, job_id: str) -> None:
         """Cancel a scheduled job now, or flag a running one (its worker learns on heartbeat)."""
-        async with self._locked():
-            txn = await self._begin()
+        async with self._commit.operation() as txn:
             info, state = await self._job(txn, tenant, job_id)
             require(Operation.CANCEL, state.status)
             if await self._cancelled_at(txn, tenant, job_id) is None:
@@ -870,13 +740,10 @@ class JobShard(LimitsMixin):
                 new.changed_at_ms = txn.now
                 self._completed["cancelled"] += 1
                 self._put_state(txn, info, state, new)
-            ticket = await self._finish(txn)
-        await self._settle(ticket)
 
     async def restart(self, tenant: str, job_id: str) -> None:
         """Give a FAILED or CANCELLED job a new run with a fresh retry budget."""
-        async with self._locked():
-            txn = await self._begin()
+        async with self._commit.operation(empty=EmptyBatch.IMPOSSIBLE) as txn:
             info, state = await self._job(txn, tenant, job_id)
             require(Operation.RESTART, state.status)
             txn.delete(key(Prefix.CANCEL, tenant, job_id))
@@ -887,9 +754,6 @@ class JobShard(LimitsMixin):
             new.held = 0
             await self._queue_task(txn, info, new, txn.now)
             self._put_state(txn, info, state, new)
-            ticket = await self._finish(txn)
-        assert ticket is not None
-        await ticket.wait()
 
     async def expedite(self, tenant: str, job_id: str) -> None:
         """Make a scheduled job's future task due now (same attempt and task id).
@@ -899,8 +763,7 @@ class JobShard(LimitsMixin):
         request is ordered by priority and due time, and its due time has passed), or one
         waiting for a rate-limit token it has reserved.
         """
-        async with self._locked():
-            txn = await self._begin()
+        async with self._commit.operation() as txn:
             info, state = await self._job(txn, tenant, job_id)
             require(Operation.EXPEDITE, state.status)
             if state.task is not None and state.task[1] > txn.now:
@@ -925,13 +788,10 @@ class JobShard(LimitsMixin):
                 txn.emit("task_expedited", shard=self.shard_id, tenant=tenant, job_id=job_id,
                          attempt=attempt, old_due_ms=due_ms, due_ms=txn.now, at_ms=txn.now)
                 self._put_state(txn, info, state, new)
-            ticket = await self._finish(txn)
-        await self._settle(ticket)
 
     async def delete(self, tenant: str, job_id: str) -> None:
         """Remove every row of a terminal job, its attempts included."""
-        async with self._locked():
-            txn = await self._begin()
+        async with self._commit.operation(empty=EmptyBatch.IMPOSSIBLE) as txn:
             info, state = await self._job(txn, tenant, job_id)
             require(Operation.DELETE, state.status)
             txn.delete(key(Prefix.JOB, tenant, job_id))
@@ -948,18 +808,13 @@ class JobShard(LimitsMixin):
             txn.bump(status_counter(tenant, state.status), -1)
             txn.emit("job_deleted", shard=self.shard_id, tenant=tenant, job_id=job_id,
                      status=state.status.name)
-            ticket = await self._finish(txn)
-        assert ticket is not None
-        await ticket.wait()
 
     # -- reads ------------------------------------------------------------------------------
 
     async def get_job(
         self, tenant: str, job_id: str, *, include_attempts: bool = False
     ) -> JobView:
-        async with self._locked():
-            self._check_open()
-            txn = Txn(self._store, self._rt.clock.now_ms())
+        async with self._commit.read() as txn:
             info, state = await self._job(txn, tenant, job_id)
             cancelled_at = await self._cancelled_at(txn, tenant, job_id)
             attempts = None
@@ -967,7 +822,6 @@ class JobShard(LimitsMixin):
                 start, end = keys.prefix_range(Prefix.ATTEMPT, tenant, job_id)
                 attempts = tuple(Attempt.decode(k, v) for k, v in await txn.scan(start, end))
             waiting_for = self._waiting_for(info, state)
-        await self._read_barrier()
         return JobView(info, state, cancelled_at, attempts, waiting_for)
 
     async def get_result(self, tenant: str, job_id: str) -> JobResult:
@@ -977,8 +831,7 @@ class JobShard(LimitsMixin):
         require(Operation.RESULT, status)
         if status == JobStatus.CANCELLED:
             return JobResult(status, cancelled_at_ms=view.cancelled_at_ms)
-        async with self._lock:
-            txn = Txn(self._store, 0)
+        async with self._commit.read(barrier=False) as txn:
             k = key(Prefix.ATTEMPT, tenant, job_id, view.state.attempt)
             raw = await txn.get(k)
         if raw is None:
@@ -1039,50 +892,6 @@ class JobShard(LimitsMixin):
                 cursor = rows[-1][0] + b"\x00"
         return dict(sorted(out.items()))
 
-    # -- background loops -------------------------------------------------------------------
-
-    async def _sleep_until(self, due_ms: int | None, wakeup: trio.Event) -> None:
-        if due_ms is None:
-            delay = math.inf
-        else:
-            delay = max(0.0, (due_ms - self._rt.clock.now_ms()) / 1000)
-        with trio.move_on_after(min(delay, MAX_LOOP_SLEEP_S)):
-            await wakeup.wait()
-
-    async def _timer_loop(self) -> None:
-        while True:
-            self._timer_wakeup = trio.Event()
-            due = self._mirror.next_timer_due_ms()
-            if due is not None and due <= self._rt.clock.now_ms():
-                try:
-                    await self.promote_due()
-                except Unavailable:
-                    await trio.sleep(0.1)
-                continue
-            await self._sleep_until(due, self._timer_wakeup)
-
-    async def _reaper_loop(self) -> None:
-        while True:
-            self._reaper_wakeup = trio.Event()
-            due = self._mirror.next_expiry_ms()
-            if self._rt.faults.mutation("no-reaper"):
-                due = None  # planted bug: expired leases never wake the reaper
-            if due is not None and due <= self._rt.clock.now_ms():
-                try:
-                    await self.reap_expired()
-                except Unavailable:
-                    await trio.sleep(0.1)
-                continue
-            await self._sleep_until(due, self._reaper_wakeup)
-
-    async def _shutdown(self) -> None:
-        """Stop taking operations and make everything written so far durable."""
-        self._closing = True
-        async with self._lock:
-            self._store.closed = True
-            await self._store.flush()
-
-
 def _attempt_state_for(outcome: Outcome) -> AttemptState:
     if isinstance(outcome, Success):
         return AttemptState.SUCCEEDED
@@ -1107,8 +916,8 @@ async def open_shard(
         await shard._load()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store.run_writer)
-            nursery.start_soon(shard._timer_loop)
-            nursery.start_soon(shard._reaper_loop)
+            nursery.start_soon(shard._loops.timer_loop)
+            nursery.start_soon(shard._loops.reaper_loop)
             runtime.events("shard_opened", {"shard": shard_id, "node": runtime.node_id})
             try:
                 yield shard
