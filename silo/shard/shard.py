@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import trio
 
@@ -54,15 +55,15 @@ from silo.model import (
     Success,
     Task,
     concurrency_key,
-    decode_int,
     encode_int,
 )
 from silo.runtime import Runtime
 from silo.shard import validation as lim
 from silo.shard.commit import CommitProtocol, EmptyBatch
-from silo.shard.limiter import LimitsMixin, check_refresh_value, require_refresh_lease
+from silo.shard.limiter import Limiter, check_refresh_value, require_refresh_lease
 from silo.shard.loops import ShardLoops
 from silo.shard.mirror import COUNTER_PREFIX, ShardMirror
+from silo.shard.rows import JobRows
 from silo.shard.store import ShardStore
 from silo.shard.tables import (
     JOBS_TERMINAL,
@@ -119,7 +120,7 @@ class ShardStatistics:
     """Concurrency slots currently held (over every queue)."""
 
 
-class JobShard(LimitsMixin):
+class JobShard:
     """One shard. Create with :func:`open_shard`."""
 
     def __init__(self, runtime: Runtime, store: ShardStore, shard_id: int, config: ShardConfig):
@@ -130,7 +131,9 @@ class JobShard(LimitsMixin):
         self._limits = config.limits
         self._mirror = ShardMirror()
         self._rng = runtime.random.stream(f"shard/{shard_id}")
-        self._commit = CommitProtocol(runtime, store, self._mirror, shard_id, self._regrant)
+        self._rows = JobRows(shard_id, config.limits, self._rng)
+        self._limiter = Limiter(self._rows, self._mirror, runtime.faults, shard_id)
+        self._commit = CommitProtocol(runtime, store, self._mirror, shard_id, self._limiter.regrant)
         self._lock = self._commit.lock
         self._loops = ShardLoops(runtime, self._mirror, self.promote_due, self.reap_expired)
         self._mirror.on_timer_added = self._loops.wake_timer
@@ -174,75 +177,6 @@ class JobShard(LimitsMixin):
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _new_id(self, prefix: str) -> str:
-        return f"{prefix}{self._rng.getrandbits(96):024x}"
-
-    async def _info(self, txn: Txn, tenant: str, job_id: str) -> JobInfo | None:
-        k = key(Prefix.JOB, tenant, job_id)
-        raw = await txn.get(k)
-        return None if raw is None else JobInfo.decode(k, raw)
-
-    async def _state(self, txn: Txn, tenant: str, job_id: str) -> JobState | None:
-        k = key(Prefix.STATUS, tenant, job_id)
-        raw = await txn.get(k)
-        return None if raw is None else JobState.decode(k, raw)
-
-    async def _job(self, txn: Txn, tenant: str, job_id: str) -> tuple[JobInfo, JobState]:
-        lim.check_tenant(self._limits, tenant)
-        lim.check_job_id(self._limits, job_id)
-        info = await self._info(txn, tenant, job_id)
-        state = await self._state(txn, tenant, job_id)
-        if info is None or state is None:
-            raise NotFound(f"job not found: {job_id!r} (tenant {tenant!r})")
-        return info, state
-
-    async def _cancelled_at(self, txn: Txn, tenant: str, job_id: str) -> int | None:
-        k = key(Prefix.CANCEL, tenant, job_id)
-        raw = await txn.get(k)
-        return None if raw is None else decode_int(k, raw)
-
-    def _put_state(
-        self, txn: Txn, info: JobInfo, old: JobState | None, new: JobState
-    ) -> None:
-        """Write ``new`` and keep the status index, counters and events in step."""
-        t, j = info.tenant, info.job_id
-        if old is None or old.status != new.status or old.changed_at_ms != new.changed_at_ms:
-            if old is not None:
-                txn.delete(status_index_key(t, old, j))
-            txn.put(status_index_key(t, new, j), b"")
-        if old is None or old.status != new.status:
-            if old is not None:
-                txn.bump(status_counter(t, old.status), -1)
-                if old.status.terminal:
-                    txn.bump(JOBS_TERMINAL, -1)
-            txn.bump(status_counter(t, new.status), 1)
-            if new.status.terminal:
-                txn.bump(JOBS_TERMINAL, 1)
-            txn.emit(
-                "status_changed",
-                shard=self.shard_id,
-                tenant=t,
-                job_id=j,
-                old=None if old is None else old.status.name,
-                new=new.status.name,
-                attempt=new.attempt,
-                at_ms=new.changed_at_ms,
-                task_group=info.task_group,
-                priority=info.priority,
-                due_ms=None if new.task is None else new.task[1],
-                where=None if new.task is None else new.task[2],
-                limits_left=len(info.limits) - new.held,
-            )
-        elif new.task is not None and (old.task != new.task or old.held != new.held):
-            # The queued task moved (timer -> parked -> ready, or re-queued by an expedite)
-            # without a status change: the simulator's queue model follows it.
-            txn.emit(
-                "task_moved", shard=self.shard_id, tenant=t, job_id=j, attempt=new.task[0],
-                due_ms=new.task[1], where=new.task[2], limits_left=len(info.limits) - new.held,
-                at_ms=txn.now,
-            )
-        txn.put(key(Prefix.STATUS, t, j), new.encode())
-
     async def _queue_task(
         self, txn: Txn, info: JobInfo, state: JobState, due_ms: int
     ) -> None:
@@ -250,13 +184,13 @@ class JobShard(LimitsMixin):
         (see :meth:`_place`), else in the timer index."""
         attempt = state.attempt + 1
         task = Task(
-            self._new_id("t"), info.tenant, info.job_id, attempt, info.task_group, info.priority,
-            due_ms,
+            self._rows.new_id("t"), info.tenant, info.job_id, attempt, info.task_group,
+            info.priority, due_ms,
         )
         state.attempt = attempt
         state.held = 0
         if due_ms <= txn.now:
-            await self._place(txn, info, state, task, 0)
+            await self._limiter.place(txn, info, state, task, 0)
         else:
             txn.put(timer_key(task), task.encode())
             state.task = (attempt, due_ms, TIMER, task.task_id)
@@ -303,7 +237,7 @@ class JobShard(LimitsMixin):
                 [key(Prefix.JOB, j.tenant, j.job_id) for j in jobs if j.job_id is not None]
             )
             for job in jobs:
-                job_id = job.job_id if job.job_id is not None else self._new_id("j")
+                job_id = job.job_id if job.job_id is not None else self._rows.new_id("j")
                 ref = (job.tenant, job_id)
                 if ref in seen or await txn.get(key(Prefix.JOB, *ref)) is not None:
                     raise AlreadyExists(f"job already exists: {job_id!r} (tenant {job.tenant!r})")
@@ -324,7 +258,7 @@ class JobShard(LimitsMixin):
         for mk, mv in sorted(job.metadata.items()):
             txn.put(key(Prefix.METADATA_INDEX, job.tenant, mk, mv, job_id), b"")
         state = JobState(JobStatus.SCHEDULED, now)
-        self._note_limits(txn, info)
+        self._limiter.note_limits(txn, info)
         await self._queue_task(
             txn, info, state, max(job.start_at_ms, now) if job.start_at_ms else now
         )
@@ -335,7 +269,7 @@ class JobShard(LimitsMixin):
             task_group=job.task_group, priority=job.priority, due_ms=state.next_attempt_at_ms,
             retry_count=job.retry.retry_count,
         )
-        self._put_state(txn, info, None, state)
+        self._rows.put_state(txn, info, None, state)
 
     # -- leasing ----------------------------------------------------------------------------
 
@@ -359,11 +293,11 @@ class JobShard(LimitsMixin):
         )
         for task in promoted:
             if task.is_refresh:
-                self._promote_refresh(txn, task)
+                self._limiter.promote_refresh(txn, task)
                 continue
             txn.delete(timer_key(task))
-            info = await self._info(txn, task.tenant, task.job_id)
-            state = await self._state(txn, task.tenant, task.job_id)
+            info = await self._rows.info(txn, task.tenant, task.job_id)
+            state = await self._rows.state(txn, task.tenant, task.job_id)
             if (
                 info is None
                 or state is None
@@ -373,8 +307,8 @@ class JobShard(LimitsMixin):
             ):
                 continue  # a stray timer (cannot happen while the tables agree): drop it
             new = state.copy()
-            await self._place(txn, info, new, task, state.held)
-            self._put_state(txn, info, state, new)
+            await self._limiter.place(txn, info, new, task, state.held)
+            self._rows.put_state(txn, info, state, new)
         return len(promoted)
 
     async def lease_tasks(
@@ -416,8 +350,8 @@ class JobShard(LimitsMixin):
     ) -> LeasedTask | None:
         if task.is_refresh:
             return self._lease_refresh(txn, rk, task, worker_id, expiry)
-        info = await self._info(txn, task.tenant, task.job_id)
-        state = await self._state(txn, task.tenant, task.job_id)
+        info = await self._rows.info(txn, task.tenant, task.job_id)
+        state = await self._rows.state(txn, task.tenant, task.job_id)
         if (
             info is None
             or state is None
@@ -452,7 +386,7 @@ class JobShard(LimitsMixin):
             task_group=task.task_group, priority=task.priority, due_ms=task.due_ms,
             expiry_ms=expiry, at_ms=txn.now,
         )
-        self._put_state(txn, info, state, new)
+        self._rows.put_state(txn, info, state, new)
         return LeasedTask(
             task.task_id, task.tenant, task.job_id, task.attempt, task.task_group, info.payload,
             info.priority, dict(info.metadata), expiry,
@@ -462,7 +396,7 @@ class JobShard(LimitsMixin):
         self, txn: Txn, rk: bytes, task: Task, worker_id: str, expiry: int
     ) -> LeasedTask | None:
         txn.delete(rk)
-        qs = self._queue_state(txn, task.tenant, task.job_id)
+        qs = self._limiter.queue_state(txn, task.tenant, task.job_id)
         if qs is None or qs.refresh_task_id != task.task_id:
             return None
         lease = Lease(
@@ -489,7 +423,7 @@ class JobShard(LimitsMixin):
             check_refresh_value(new_max)
         async with self._commit.operation(empty=EmptyBatch.NOTHING) as txn:
             lease = require_refresh_lease(self._mirror.leases.get(task_id), worker_id, task_id)
-            self._end_refresh(txn, lease, new_max)
+            self._limiter.end_refresh(txn, lease, new_max)
 
     # -- running tasks ----------------------------------------------------------------------
 
@@ -521,7 +455,7 @@ class JobShard(LimitsMixin):
                     "lease_extended", shard=self.shard_id, task_id=task_id, tenant=lease.tenant,
                     job_id=lease.job_id, attempt=lease.attempt, expiry_ms=expiry, at_ms=txn.now,
                 )
-            cancelled = await self._cancelled_at(txn, lease.tenant, lease.job_id) is not None
+            cancelled = await self._rows.cancelled_at(txn, lease.tenant, lease.job_id) is not None
             if self._rt.faults.mutation("lost-cancel"):
                 cancelled = False
         return HeartbeatResult(cancelled, expiry)
@@ -560,12 +494,14 @@ class JobShard(LimitsMixin):
         for lease in leases:
             if lease is None or lease.is_refresh:
                 continue
-            info = await self._info(txn, lease.tenant, lease.job_id)
+            info = await self._rows.info(txn, lease.tenant, lease.job_id)
             if info is None:
                 continue
             for limit in info.limits:
                 queue = concurrency_key(limit)
-                first = None if queue is None else self._first_request(txn, info.tenant, queue)
+                if queue is None:
+                    continue
+                first = self._limiter.first_request(txn, info.tenant, queue)
                 if first is not None:
                     wanted += job_keys(first[1].tenant, first[1].job_id)[:2]
         await txn.prefetch(wanted)
@@ -639,11 +575,11 @@ class JobShard(LimitsMixin):
         self, txn: Txn, lease: Lease, outcome: Outcome, *, reaped: bool
     ) -> None:
         """The single path by which a running attempt ends (report or reap)."""
-        info = await self._info(txn, lease.tenant, lease.job_id)
-        state = await self._state(txn, lease.tenant, lease.job_id)
+        info = await self._rows.info(txn, lease.tenant, lease.job_id)
+        state = await self._rows.state(txn, lease.tenant, lease.job_id)
         if info is None or state is None:
             raise NotFound(f"job not found: {lease.job_id!r} (tenant {lease.tenant!r})")
-        cancelled_at = await self._cancelled_at(txn, lease.tenant, lease.job_id)
+        cancelled_at = await self._rows.cancelled_at(txn, lease.tenant, lease.job_id)
         ak = key(Prefix.ATTEMPT, lease.tenant, lease.job_id, lease.attempt)
         raw = await txn.get(ak)
         started = Attempt.decode(ak, raw).started_at_ms if raw is not None else lease.leased_at_ms
@@ -664,7 +600,7 @@ class JobShard(LimitsMixin):
         txn.put(ak, attempt.encode())
         txn.delete(key(Prefix.LEASE, lease.task_id))
         txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, lease.task_id))
-        self._release(txn, info, state.held, lease.task_id)
+        self._limiter.release(txn, info, state.held, lease.task_id)
 
         new = state.copy()
         new.changed_at_ms = now
@@ -695,7 +631,7 @@ class JobShard(LimitsMixin):
             self._stats["reaped"] += 1
         if new.status.terminal:
             self._completed[new.status.name.lower()] += 1
-        self._put_state(txn, info, state, new)
+        self._rows.put_state(txn, info, state, new)
 
     async def reap_expired(self) -> int:
         """End every lease whose expiry has passed as a ``WORKER_CRASHED`` failure (or a cancel
@@ -713,7 +649,7 @@ class JobShard(LimitsMixin):
             for task_id in expired:
                 lease = self._mirror.leases.get(task_id)
                 if lease is not None and lease.is_refresh:
-                    self._end_refresh(txn, lease, None, reaped=True)
+                    self._limiter.end_refresh(txn, lease, None, reaped=True)
                 elif lease is not None:
                     await self._end_attempt(txn, lease, Failure(WORKER_CRASHED), reaped=True)
         return len(expired)
@@ -723,9 +659,9 @@ class JobShard(LimitsMixin):
     async def cancel(self, tenant: str, job_id: str) -> None:
         """Cancel a scheduled job now, or flag a running one (its worker learns on heartbeat)."""
         async with self._commit.operation() as txn:
-            info, state = await self._job(txn, tenant, job_id)
+            info, state = await self._rows.job(txn, tenant, job_id)
             require(Operation.CANCEL, state.status)
-            if await self._cancelled_at(txn, tenant, job_id) is None:
+            if await self._rows.cancelled_at(txn, tenant, job_id) is None:
                 txn.put(key(Prefix.CANCEL, tenant, job_id), encode_int(txn.now))
                 txn.emit("cancel_requested", shard=self.shard_id, tenant=tenant, job_id=job_id,
                          status=state.status.name, at_ms=txn.now)
@@ -735,16 +671,16 @@ class JobShard(LimitsMixin):
                     new.task = None  # planted bug: the queued task and its slots stay behind
                     new.held = 0
                 else:
-                    self._unqueue_task(txn, info, new)
+                    self._limiter.unqueue_task(txn, info, new)
                 new.status = JobStatus.CANCELLED
                 new.changed_at_ms = txn.now
                 self._completed["cancelled"] += 1
-                self._put_state(txn, info, state, new)
+                self._rows.put_state(txn, info, state, new)
 
     async def restart(self, tenant: str, job_id: str) -> None:
         """Give a FAILED or CANCELLED job a new run with a fresh retry budget."""
         async with self._commit.operation(empty=EmptyBatch.IMPOSSIBLE) as txn:
-            info, state = await self._job(txn, tenant, job_id)
+            info, state = await self._rows.job(txn, tenant, job_id)
             require(Operation.RESTART, state.status)
             txn.delete(key(Prefix.CANCEL, tenant, job_id))
             new = state.copy()
@@ -753,7 +689,7 @@ class JobShard(LimitsMixin):
             new.run_attempts = 0
             new.held = 0
             await self._queue_task(txn, info, new, txn.now)
-            self._put_state(txn, info, state, new)
+            self._rows.put_state(txn, info, state, new)
 
     async def expedite(self, tenant: str, job_id: str) -> None:
         """Make a scheduled job's future task due now (same attempt and task id).
@@ -764,7 +700,7 @@ class JobShard(LimitsMixin):
         waiting for a rate-limit token it has reserved.
         """
         async with self._commit.operation() as txn:
-            info, state = await self._job(txn, tenant, job_id)
+            info, state = await self._rows.job(txn, tenant, job_id)
             require(Operation.EXPEDITE, state.status)
             if state.task is not None and state.task[1] > txn.now:
                 attempt, due_ms, where, task_id = state.task
@@ -774,7 +710,7 @@ class JobShard(LimitsMixin):
                 new = state.copy()
                 if where == TIMER and state.held == 0:
                     txn.delete(timer_key(old))
-                    await self._place(txn, info, new, now_task, 0)
+                    await self._limiter.place(txn, info, new, now_task, 0)
                 elif where == PARKED:
                     queue = concurrency_key(info.limits[state.held])
                     assert queue is not None
@@ -787,12 +723,12 @@ class JobShard(LimitsMixin):
                     new.next_attempt_at_ms = txn.now
                 txn.emit("task_expedited", shard=self.shard_id, tenant=tenant, job_id=job_id,
                          attempt=attempt, old_due_ms=due_ms, due_ms=txn.now, at_ms=txn.now)
-                self._put_state(txn, info, state, new)
+                self._rows.put_state(txn, info, state, new)
 
     async def delete(self, tenant: str, job_id: str) -> None:
         """Remove every row of a terminal job, its attempts included."""
         async with self._commit.operation(empty=EmptyBatch.IMPOSSIBLE) as txn:
-            info, state = await self._job(txn, tenant, job_id)
+            info, state = await self._rows.job(txn, tenant, job_id)
             require(Operation.DELETE, state.status)
             txn.delete(key(Prefix.JOB, tenant, job_id))
             txn.delete(key(Prefix.STATUS, tenant, job_id))
@@ -815,13 +751,13 @@ class JobShard(LimitsMixin):
         self, tenant: str, job_id: str, *, include_attempts: bool = False
     ) -> JobView:
         async with self._commit.read() as txn:
-            info, state = await self._job(txn, tenant, job_id)
-            cancelled_at = await self._cancelled_at(txn, tenant, job_id)
+            info, state = await self._rows.job(txn, tenant, job_id)
+            cancelled_at = await self._rows.cancelled_at(txn, tenant, job_id)
             attempts = None
             if include_attempts:
                 start, end = keys.prefix_range(Prefix.ATTEMPT, tenant, job_id)
                 attempts = tuple(Attempt.decode(k, v) for k, v in await txn.scan(start, end))
-            waiting_for = self._waiting_for(info, state)
+            waiting_for = self._limiter.waiting_for(info, state)
         return JobView(info, state, cancelled_at, attempts, waiting_for)
 
     async def get_result(self, tenant: str, job_id: str) -> JobResult:
@@ -840,6 +776,10 @@ class JobShard(LimitsMixin):
         if status == JobStatus.SUCCEEDED:
             return JobResult(status, result=attempt.result)
         return JobResult(status, error_code=attempt.error_code, error_data=attempt.error_data)
+
+    def queue_info(self, tenant: str, queue: str, *, max_listed: int = 100) -> dict[str, Any]:
+        """A queue's max, holders and waiting requests (at most ``max_listed`` of each)."""
+        return self._limiter.queue_info(tenant, queue, max_listed=max_listed)
 
     def statistics(self) -> ShardStatistics:
         by_status = {s.name: 0 for s in JobStatus}
