@@ -58,6 +58,7 @@ from silo.model import (
     encode_int,
 )
 from silo.runtime import Runtime
+from silo.shard import transitions
 from silo.shard import validation as lim
 from silo.shard.commit import CommitProtocol, EmptyBatch
 from silo.shard.limiter import Limiter, check_refresh_value, require_refresh_lease
@@ -75,7 +76,7 @@ from silo.shard.tables import (
     status_index_key,
     timer_key,
 )
-from silo.shard.transitions import Operation, require, retry_delay_ms
+from silo.shard.transitions import Event, Operation, require, retry_delay_ms
 from silo.shard.txn import Txn
 from silo.shard.validation import ShardLimits
 
@@ -257,7 +258,7 @@ class JobShard:
         txn.put(key(Prefix.JOB, job.tenant, job_id), info.encode())
         for mk, mv in sorted(job.metadata.items()):
             txn.put(key(Prefix.METADATA_INDEX, job.tenant, mk, mv, job_id), b"")
-        state = JobState(JobStatus.SCHEDULED, now)
+        state = transitions.enqueued(now)
         self._limiter.note_limits(txn, info)
         await self._queue_task(
             txn, info, state, max(job.start_at_ms, now) if job.start_at_ms else now
@@ -365,13 +366,7 @@ class JobShard:
             return None
         if not self._rt.faults.mutation("double-lease"):
             txn.delete(rk)
-        new = state.copy()
-        new.status = JobStatus.RUNNING
-        new.changed_at_ms = txn.now
-        new.task = None
-        new.next_attempt_at_ms = None
-        new.run_attempts = state.run_attempts + 1
-        new.lease_task_id = task.task_id
+        new = transitions.leased(state, txn.now, task.task_id)
         lease = Lease(
             task.task_id, task.tenant, task.job_id, task.attempt, task.task_group, worker_id,
             txn.now, expiry,
@@ -602,23 +597,19 @@ class JobShard:
         txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, lease.task_id))
         self._limiter.release(txn, info, state.held, lease.task_id)
 
-        new = state.copy()
-        new.changed_at_ms = now
-        new.lease_task_id = None
-        new.held = 0
         if isinstance(outcome, Success):
-            new.status = JobStatus.SUCCEEDED
+            new = transitions.attempt_ended(state, now, Event.SUCCEED)
         elif isinstance(outcome, Cancelled) or cancelled_at is not None:
-            new.status = JobStatus.CANCELLED
+            new = transitions.attempt_ended(state, now, Event.CANCEL)
             if cancelled_at is None:
                 txn.put(key(Prefix.CANCEL, lease.tenant, lease.job_id), encode_int(now))
         else:
             jitter = 1.0 + self._rng.random()
             delay = retry_delay_ms(info.retry, state.run_attempts, jitter)
             if delay is None:
-                new.status = JobStatus.FAILED
+                new = transitions.attempt_ended(state, now, Event.FAIL)
             else:
-                new.status = JobStatus.SCHEDULED
+                new = transitions.attempt_ended(state, now, Event.RETRY)
                 await self._queue_task(txn, info, new, now + delay)
                 self._stats["retried"] += 1
         kind = "reaped" if reaped else attempt.state.name.lower()
@@ -666,14 +657,12 @@ class JobShard:
                 txn.emit("cancel_requested", shard=self.shard_id, tenant=tenant, job_id=job_id,
                          status=state.status.name, at_ms=txn.now)
             if state.status == JobStatus.SCHEDULED:
-                new = state.copy()
+                new = transitions.cancelled(state, txn.now)
                 if self._rt.faults.mutation("skip-release-on-cancel"):
                     new.task = None  # planted bug: the queued task and its slots stay behind
                     new.held = 0
                 else:
                     self._limiter.unqueue_task(txn, info, new)
-                new.status = JobStatus.CANCELLED
-                new.changed_at_ms = txn.now
                 self._completed["cancelled"] += 1
                 self._rows.put_state(txn, info, state, new)
 
@@ -683,11 +672,7 @@ class JobShard:
             info, state = await self._rows.job(txn, tenant, job_id)
             require(Operation.RESTART, state.status)
             txn.delete(key(Prefix.CANCEL, tenant, job_id))
-            new = state.copy()
-            new.status = JobStatus.SCHEDULED
-            new.changed_at_ms = txn.now
-            new.run_attempts = 0
-            new.held = 0
+            new = transitions.restarted(state, txn.now)
             await self._queue_task(txn, info, new, txn.now)
             self._rows.put_state(txn, info, state, new)
 
@@ -707,7 +692,7 @@ class JobShard:
                 old = Task(task_id, tenant, job_id, attempt, info.task_group, info.priority,
                            due_ms)
                 now_task = replace(old, due_ms=txn.now)
-                new = state.copy()
+                new = transitions.expedited(state)
                 if where == TIMER and state.held == 0:
                     txn.delete(timer_key(old))
                     await self._limiter.place(txn, info, new, now_task, 0)
