@@ -159,6 +159,25 @@ class Limiter:
                     )
                     self._put_queue_state(txn, info.tenant, limit.key, new)
 
+    async def queue_attempt(
+        self, txn: Txn, info: JobInfo, state: JobState, due_ms: int
+    ) -> None:
+        """Allocate the next attempt number and queue its task: through its limits when due
+        (see :meth:`place`), else in the timer index."""
+        attempt = state.attempt + 1
+        task = Task(
+            self._rows.new_id("t"), info.tenant, info.job_id, attempt, info.task_group,
+            info.priority, due_ms,
+        )
+        state.attempt = attempt
+        state.held = 0
+        if due_ms <= txn.now:
+            await self.place(txn, info, state, task, 0)
+        else:
+            txn.put(timer_key(task), task.encode())
+            state.task = (attempt, due_ms, TIMER, task.task_id)
+            state.next_attempt_at_ms = due_ms
+
     # -- acquisition ------------------------------------------------------------------------
 
     async def place(
