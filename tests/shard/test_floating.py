@@ -29,7 +29,8 @@ QF = (T, "F")
 
 
 def refresh_task_id(shard, queue: str = "F") -> str | None:  # noqa: ANN001
-    return shard._mirror.queues[(T, queue)].refresh_task_id
+    qs = shard._mirror.queues.get((T, queue))  # an idle queue keeps no state
+    return None if qs is None else qs.refresh_task_id
 
 
 def refresh_timers(shard) -> list[tuple[str, int]]:  # noqa: ANN001

@@ -98,19 +98,25 @@ async def test_after_its_token_a_job_goes_on_to_the_next_limit(world: World) -> 
         assert task.job_id == "j"
 
 
-async def test_granted_slot_then_rate_wait_holds_the_slot(world: World) -> None:
-    """[A, rate]: a job granted A by a release goes on to the rate limit in the same batch."""
+async def test_a_job_takes_its_rate_token_before_its_slots(world: World) -> None:
+    """[A, rate]: the token comes first (DESIGN §5: no slot is held while waiting for a
+    token); once it is due the job acquires A, here granted by a release."""
     a = ConcurrencyLimit("A", 1)
     async with world.open() as shard:
         await shard.enqueue(limited_job("holder", a))
         await shard.enqueue_batch([limited_job(f"spend{i}", RATE) for i in range(2)])
         await shard.enqueue(limited_job("j", a, RATE))
-        task = await lease_one(shard)
-        assert task.job_id == "holder"
-        await shard.report_outcome(report(task, Success()))
         view = await shard.get_job(T, "j")
-        assert (await where_is(shard, "j"), view.state.held) == ("TIMER", 2)
+        assert (await where_is(shard, "j"), view.state.held) == ("TIMER", 1)
         assert view.state.next_attempt_at_ms == world.now_ms() + 500
+        assert view.info.limits == (RATE, a)  # stored in the order they are acquired
+        assert await holder_rows(shard) == {(T, "A"): ["holder"]}
+        world.advance(500)
+        await shard.promote_due()
+        assert await where_is(shard, "j") == "PARKED"
+        task = next(t for t in await lease(shard) if t.job_id == "holder")
+        await shard.report_outcome(report(task, Success()))
+        assert await where_is(shard, "j") == "READY"
         assert await holder_rows(shard) == {(T, "A"): ["j"]}
 
 
