@@ -9,7 +9,10 @@ Contract:
   the timer index until the reserved token's time (no polling), and then goes on with its
   next limit. Rate limits come first, so a job waiting for a token holds no concurrency slot.
   A job cancelled while it waits gives its token back (the bucket gains one, up to full), so
-  the next reservation gets it; once the token's time has come it is spent.
+  the next reservation gets it; once the token's time has come it is spent. The bucket keeps
+  a count, not the reserved times: a token given back from the middle of the reservations
+  goes to the next reservation, which may fall at the time of a later one still waiting (over
+  the bucket's horizon the rate holds; within it, one extra start per token given back).
 - A concurrency limit is a slot in the tenant's queue ``key`` (a holder row keyed by the task
   id); a full queue, or one with requests waiting, parks the task as a request ordered by
   priority, then due time. A parked job keeps the slots it holds, which all sort before the
