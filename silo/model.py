@@ -76,7 +76,7 @@ def _unpack(key: bytes, data: bytes, version: int, arity: int) -> list[Any]:
 class RetryPolicy:
     """At most ``retry_count`` retries per (re)start; retry k waits
     ``min(initial_backoff_ms * backoff_factor**(k-1), max_backoff_ms)``, times a jitter in
-    [1, 2) when ``randomize`` is set."""
+    [1, 2) when ``randomize`` is set (computed by :func:`silo.shard.transitions.backoff_ms`)."""
 
     retry_count: int = 0
     initial_backoff_ms: int = 1000
@@ -96,11 +96,6 @@ class RetryPolicy:
     @classmethod
     def from_list(cls, data: list[Any]) -> RetryPolicy:
         return cls(int(data[0]), int(data[1]), int(data[2]), float(data[3]), bool(data[4]))
-
-    def backoff_ms(self, retry_number: int, jitter: float = 1.0) -> int:
-        """Delay before retry ``retry_number`` (1 for the first retry)."""
-        base = self.initial_backoff_ms * (self.backoff_factor ** (retry_number - 1))
-        return int(min(base, self.max_backoff_ms) * jitter)
 
 
 @dataclass(frozen=True, slots=True)
