@@ -46,8 +46,9 @@ class Txn:
         self, start: bytes, end: bytes | None, *, limit: int | None = None
     ) -> list[tuple[bytes, bytes]]:
         extra = sum(1 for k in self.ops if k >= start and (end is None or k < end))
-        base = await self.store.scan(start, end, limit=None if limit is None else limit + extra)
-        return merge_scan(base, self.ops, start, end, False, limit)
+        base_limit = None if limit is None else limit + extra
+        base = await self.store.scan(start, end, limit=base_limit)
+        return merge_scan(base, self.ops, start, end, False, limit, base_limit)
 
     def put(self, k: bytes, v: bytes) -> None:
         self.ops[k] = v
