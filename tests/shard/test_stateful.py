@@ -55,6 +55,9 @@ class WallClock:
     def now_ms(self) -> int:
         return self.ms
 
+    def monotonic_ms(self) -> int:
+        return self.ms - EPOCH_MS
+
 
 @dataclass(frozen=True)
 class MLease:

@@ -41,6 +41,9 @@ class FakeClock:
     def now_ms(self) -> int:
         return self.now
 
+    def monotonic_ms(self) -> int:
+        return self.now - T0
+
 
 @dataclass
 class FakeHost:
