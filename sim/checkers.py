@@ -262,6 +262,8 @@ class Checker:
                       f"event: job_enqueued {f}")
             return
         j = JobModel(f["tenant"], f["job_id"], host, f["shard"], f["task_group"], f["priority"])
+        if old is not None:
+            j.attempt = old.attempt  # attempt numbers keep increasing across id reuse
         j.retry_count = f.get("retry_count")
         j.enqueued_at = self._now()
         j.note(f"enqueued due={f['due_ms']}")
