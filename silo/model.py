@@ -56,6 +56,9 @@ PARKED = 2
 
 WORKER_CRASHED = "WORKER_CRASHED"
 """The failure code recorded when a lease expires without a report."""
+INTERNAL_ERROR = "INTERNAL_ERROR"
+"""The failure code of an attempt (or job) ended because the shard hit an unexpected error on
+it (a poison item: DESIGN §4 "No poison")."""
 
 
 def _pack(obj: Any) -> bytes:
