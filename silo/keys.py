@@ -48,6 +48,9 @@ class Prefix(IntEnum):
     ATTEMPT_HIGH_WATER = 0x0F
     """Per deleted (tenant, job id): the highest attempt number it used (see
     :func:`silo.shard.tables.attempt_high_water_key`)."""
+    QUARANTINE = 0xE0
+    """Rows set aside because the shard could not process them (see
+    :func:`silo.shard.tables.quarantine_key`)."""
     META = 0xF0
 
 

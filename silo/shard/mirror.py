@@ -14,7 +14,7 @@ from sortedcontainers import SortedDict
 
 from silo import keys
 from silo.keys import Prefix
-from silo.model import Lease, QueueState, Task, decode_int
+from silo.model import CorruptRecord, Lease, QueueState, Task, decode_int
 from silo.runtime.disk import KVStore
 
 _READY = bytes((Prefix.READY,))
@@ -48,6 +48,9 @@ class ShardMirror:
         self.on_timer_added: Callable[[], None] = lambda: None
         self.on_expiry_added: Callable[[], None] = lambda: None
         self.on_ready_added: Callable[[str], None] = lambda task_group: None
+        self.corrupt: list[tuple[bytes, bytes]] = []
+        """Rows the last :meth:`load` could not decode (left out of the mirrors; the shard
+        quarantines them)."""
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -62,11 +65,20 @@ class ShardMirror:
             start = prefix
             while True:
                 rows = await kv.scan(start, end, limit=10_000)
-                self.apply(rows)
+                self._load_rows(rows)
                 if len(rows) < 10_000:
                     break
                 start = rows[-1][0] + b"\x00"
-        self.apply(await kv.scan(COUNTER_PREFIX, keys.successor(COUNTER_PREFIX)))
+        self._load_rows(await kv.scan(COUNTER_PREFIX, keys.successor(COUNTER_PREFIX)))
+
+    def _load_rows(self, rows: list[tuple[bytes, bytes]]) -> None:
+        """Apply loaded rows one by one: a row that cannot be decoded is set aside in
+        :attr:`corrupt` (a damaged record must not keep the shard from opening)."""
+        for row in rows:
+            try:
+                self.apply([row])
+            except (CorruptRecord, ValueError):  # ValueError: a malformed key
+                self.corrupt.append(row)
 
     def apply(self, ops: list[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes]]) -> None:
         """Apply the puts and deletes of one batch (or rows of a scan) to the mirrors."""

@@ -13,6 +13,12 @@ water                                              number a deleted job of that 
                                                    increase per (tenant, job id) for the life of
                                                    the shard (handlers fence on them). At most
                                                    one row per deleted id; not counted.
+``0xE0`` quarantine    ``(original key as hex)``   the original row's value, byte for byte. A
+                                                   row a background loop could not process (a
+                                                   record that does not decode, a poison item)
+                                                   is moved here, out of the live tables, so it
+                                                   is neither lost nor retried forever. Read
+                                                   by operators only; not counted.
 =====================  ==========================  ============================================
 """
 
@@ -77,6 +83,10 @@ def bucket_key(tenant: str, name: str, bucket: str) -> bytes:
 
 def attempt_high_water_key(tenant: str, job_id: str) -> bytes:
     return key(Prefix.ATTEMPT_HIGH_WATER, tenant, job_id)
+
+
+def quarantine_key(original: bytes) -> bytes:
+    return key(Prefix.QUARANTINE, original.hex())
 
 
 def job_keys(tenant: str, job_id: str) -> tuple[bytes, bytes, bytes]:
