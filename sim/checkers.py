@@ -57,7 +57,8 @@ LEGAL: frozenset[tuple[str | None, str]] = frozenset(
     (None if a is None else a.name, b.name) for a, b in LEGAL_TRANSITIONS
 )
 REAP_SLACK_S = 5.0
-"""How long (simulated seconds) a lease may stay past its expiry, on a serving node, unreaped."""
+"""How long (simulated seconds) a lease may stay past its monotonic expiry, on a serving node,
+unreaped."""
 
 
 def _host_name(host: Any) -> str:
@@ -123,6 +124,10 @@ class LeaseModel:
     worker_id: str
     expiry_ms: int
     host: Any
+    deadline_s: float
+    """When the lease expires on the node's monotonic clock (simulated seconds, DESIGN §4
+    "Deadlines"): the stored wall expiry taken relative to the wall time it was written at (or,
+    after a restart, the node's wall time when it re-based its leases)."""
     overdue_since: float | None = None
 
 
@@ -396,7 +401,8 @@ class Checker:
             self.fail(1, f"task {tid} of job {j.key} was leased but is still in the {where} "
                          f"queue on disk: it can be handed out again", j.describe(), ev)
             return
-        lease = LeaseModel(tid, attempt, f["worker_id"], f["expiry_ms"], host)
+        lease = LeaseModel(tid, attempt, f["worker_id"], f["expiry_ms"], host,
+                           self._now() + (f["expiry_ms"] - f["at_ms"]) / 1000)
         j.lease = lease
         j.last_task_id = tid
         j.attempts[attempt] = "RUNNING"
@@ -430,6 +436,7 @@ class Checker:
         lease = self.jobs[key].lease
         assert lease is not None
         lease.expiry_ms = f["expiry_ms"]
+        lease.deadline_s = self._now() + (f["expiry_ms"] - f["at_ms"]) / 1000
         lease.overdue_since = None
 
     def _on_lease_ended(self, host: Any, f: dict[str, Any]) -> None:
@@ -631,15 +638,15 @@ class Checker:
             if not getattr(host, "serving", True):
                 lease.overdue_since = None
                 continue
-            wall = host.clock.now_ms()
-            if wall <= lease.expiry_ms:
+            if now_s <= lease.deadline_s:
                 lease.overdue_since = None
                 continue
             if lease.overdue_since is None:
                 lease.overdue_since = now_s
             elif now_s - lease.overdue_since > REAP_SLACK_S:
-                self.fail(8, f"lease {tid} of job {key} expired at {lease.expiry_ms} (node wall "
-                             f"time now {wall}) and was not reaped within {REAP_SLACK_S}s",
+                self.fail(8, f"lease {tid} of job {key} expired at {lease.deadline_s:.3f}s on the "
+                             f"monotonic clock (stored wall expiry {lease.expiry_ms}; now "
+                             f"{now_s:.3f}s) and was not reaped within {REAP_SLACK_S}s",
                           j.describe(), *j.history[-6:])
                 return
 
@@ -733,7 +740,8 @@ class Checker:
             if st.lease_task_id is not None:
                 lease = img.leases[st.lease_task_id]
                 j.lease = LeaseModel(lease.task_id, lease.attempt, lease.worker_id,
-                                     lease.expiry_ms, host)
+                                     lease.expiry_ms, host,
+                                     self._now() + (lease.expiry_ms - host.clock.now_ms()) / 1000)
                 j.last_task_id = lease.task_id
                 self.live_leases[lease.task_id] = key
 
