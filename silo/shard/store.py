@@ -23,6 +23,7 @@ import trio
 from silo.errors import Unavailable
 from silo.runtime.disk import DiskError, KVStore, WriteBatch
 from silo.runtime.faults import Faults
+from silo.shard.poison import log_poison
 
 Event = tuple[str, dict[str, Any]]
 
@@ -119,6 +120,11 @@ class ShardStore:
         self.synced_writes = 0
         self.groups_committed = 0
         self.batches_committed = 0
+        self.poison_items = 0
+        """Unexpected errors the writer survived (a group that could not be written, an event
+        sink that raised)."""
+        self.shard_id = 0
+        """For log lines only."""
 
     @property
     def kv(self) -> KVStore:
@@ -235,6 +241,13 @@ class ShardStore:
         except DiskError as exc:
             self._fail_all(group, exc)
             return
+        except Exception as exc:
+            # Not a disk error: a poison batch. It fails like a failed write (nothing of the
+            # group is durable, the shard rebuilds from disk) and the writer carries on.
+            self.poison_items += 1
+            log_poison(self.shard_id, "write group", exc)
+            self._fail_all(group, exc)
+            return
         except BaseException:
             # Cancelled before the write began (a started write always runs to completion):
             # the group goes back to the head of the queue, so whoever flushes still writes it.
@@ -251,7 +264,11 @@ class ShardStore:
         self._durable_seq = top
         for pending in group:
             for kind, fields in pending.events:
-                self._emit(kind, fields)
+                try:
+                    self._emit(kind, fields)
+                except Exception as exc:
+                    self.poison_items += 1
+                    log_poison(self.shard_id, f"event sink on {kind}", exc)
             if not pending.ticket.done:
                 pending.ticket._complete()
         self._signal_durable()

@@ -174,3 +174,43 @@ async def test_one_poison_report_does_not_fail_the_others_in_its_batch(
         assert shard.statistics().leases_held == 0
         await _runs_to_success(shard, "after")
         await check_counters(shard)
+
+
+class PoisonWriteStore:
+    """A store whose next synced write raises an unexpected (non-disk) error once."""
+
+    def __init__(self, inner) -> None:  # noqa: ANN001
+        self._inner = inner
+        self.poison_next = False
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._inner, name)
+
+    async def write(self, batch: WriteBatch, *, sync: bool = True) -> None:
+        if self.poison_next:
+            self.poison_next = False
+            raise TypeError("poison batch")
+        await self._inner.write(batch, sync=sync)
+
+
+async def test_an_unexpected_write_error_fails_that_batch_and_the_writer_goes_on(
+    memory_world: World,
+) -> None:
+    world = memory_world
+    stores: list[PoisonWriteStore] = []
+    inner_open = world.disk.open
+
+    async def poison_open(path: str) -> PoisonWriteStore:
+        stores.append(PoisonWriteStore(await inner_open(path)))
+        return stores[-1]
+
+    world.disk.open = poison_open  # type: ignore[method-assign]
+    async with world.open() as shard:
+        stores[0].poison_next = True
+        with pytest.raises(SiloError) as info:
+            await shard.enqueue(new_job("lost"))
+        assert info.value.code == Code.UNAVAILABLE
+        assert shard.statistics().poison_items == 1
+        await _runs_to_success(shard, "after")
+        assert shard.statistics().jobs_total == 1
+        await check_counters(shard)
