@@ -24,9 +24,13 @@ class Savepoint:
 class Txn:
     """The writes of one operation, readable by the operation itself before it commits."""
 
-    def __init__(self, store: ShardStore, now_ms: int) -> None:
+    def __init__(self, store: ShardStore, now_ms: int, mono_ms: int | None = None) -> None:
         self.store = store
         self.now = now_ms
+        """Wall time of the operation (stored times are wall-clock ms)."""
+        self.mono = mono_ms
+        """Monotonic time read with :attr:`now`: in-memory deadlines are kept on it (None: a
+        read-only transaction)."""
         self.ops: dict[bytes, bytes | None] = {}
         self.events: list[Event] = []
         self.counter_deltas: dict[bytes, int] = {}
