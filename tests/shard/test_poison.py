@@ -19,7 +19,7 @@ from silo import keys
 from silo.errors import Code, InvalidArgument, SiloError
 from silo.keys import Prefix
 from silo.model import DEFAULT_TENANT as T
-from silo.model import Failure, JobStatus, RetryPolicy, Success, Task
+from silo.model import ConcurrencyLimit, Failure, JobStatus, RetryPolicy, Success, Task
 from silo.runtime.disk import WriteBatch
 from silo.shard.tables import ready_key, timer_key
 from tests.shard.support import (
@@ -29,9 +29,11 @@ from tests.shard.support import (
     check_counters,
     lease,
     lease_one,
+    limited_job,
     new_job,
     report,
     status_of,
+    where_is,
 )
 
 S = JobStatus
@@ -214,3 +216,51 @@ async def test_an_unexpected_write_error_fails_that_batch_and_the_writer_goes_on
         await _runs_to_success(shard, "after")
         assert shard.statistics().jobs_total == 1
         await check_counters(shard)
+
+
+async def test_a_corrupt_parked_request_does_not_block_the_grants_behind_it(
+    memory_world: World,
+) -> None:
+    world = memory_world
+    one = ConcurrencyLimit("q", 1)
+    async with world.open() as shard:
+        await shard.enqueue(limited_job("holder", one, priority=1))
+        holder = await lease_one(shard)
+        await shard.enqueue(limited_job("victim", one, priority=2))
+        await shard.enqueue(limited_job("bystander", one, priority=3))
+        assert await where_is(shard, "victim") == "PARKED"
+    async with world.raw_store() as kv:
+        start, end = keys.prefix_range(Prefix.CONCURRENCY_REQUEST, T, "q")
+        victim_rows = [k for k, _ in await kv.scan(start, end) if b"victim" in k]
+    assert len(victim_rows) == 1
+    await _overwrite(world, victim_rows[0], POISON)
+    async with world.open() as shard:
+        await shard.report_outcome(report(holder, Success(b"ok")))
+        assert (await lease_one(shard)).job_id == "bystander"
+        assert shard.statistics().poison_items == 1
+        result = await shard.get_result(T, "victim")
+        assert (result.status, result.error_code) == (S.FAILED, "INTERNAL_ERROR")
+        await check_counters(shard)
+
+
+async def test_a_parked_job_with_a_corrupt_status_row_does_not_block_grants(
+    memory_world: World,
+) -> None:
+    """The grant itself hits the damaged row: its request is quarantined, the next one is
+    granted, and every later operation on the queue works."""
+    world = memory_world
+    one = ConcurrencyLimit("q", 1)
+    async with world.open() as shard:
+        await shard.enqueue(limited_job("holder", one, priority=1))
+        holder = await lease_one(shard)
+        await shard.enqueue(limited_job("victim", one, priority=2))
+        await shard.enqueue(limited_job("bystander", one, priority=3))
+    await _overwrite(world, keys.key(Prefix.STATUS, T, "victim"), POISON)
+    async with world.open() as shard:
+        await shard.report_outcome(report(holder, Success(b"ok")))
+        task = await lease_one(shard)
+        assert task.job_id == "bystander"
+        assert shard.statistics().poison_items == 1
+        await shard.report_outcome(report(task, Success(b"ok")))
+        await shard.enqueue(limited_job("after", one, priority=0))
+        assert (await lease_one(shard)).job_id == "after"
