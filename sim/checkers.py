@@ -100,21 +100,37 @@ class Queued:
     """TIMER, READY or PARKED (silo.model)."""
     limits_left: int = 0
     """Limits the task must still acquire before it is ready."""
+    due_mono_ms: int | None = None
+    """When it is due on the node's monotonic clock (DESIGN §4 "Deadlines"): the stored due
+    time relative to the wall time of the operation that queued it, from that operation's
+    monotonic reading (``mono_ms`` of the event). None: only wall times are known."""
 
-    def leasable(self, at_ms: int) -> bool:
-        """Could a lease at ``at_ms`` hand this task out? Ready tasks can; a due timer can only
-        when it has no limit left to acquire (the lease promotes due timers first); a parked
-        request, or a timer that must still acquire a limit, cannot."""
+    def leasable(self, at_ms: int, mono_ms: int | None = None) -> bool:
+        """Could a lease at ``at_ms`` (monotonic ``mono_ms``) hand this task out? Ready tasks
+        can; a due timer can only when it has no limit left to acquire (the lease promotes due
+        timers first); a parked request, or a timer that must still acquire a limit, cannot.
+        Timers fall due by the monotonic clock when both readings are known."""
         if self.where == READY:
             return True
-        return self.where == TIMER and self.limits_left == 0 and self.due_ms <= at_ms
+        if self.where != TIMER or self.limits_left != 0:
+            return False
+        if mono_ms is not None and self.due_mono_ms is not None:
+            return self.due_mono_ms <= mono_ms
+        return self.due_ms <= at_ms
 
 
 def _queued(f: dict[str, Any], attempt: int) -> Queued:
     where = f.get("where")
     if where is None:  # an event from before ``where`` existed
         where = READY if f["due_ms"] <= f["at_ms"] else TIMER
-    return Queued(attempt, f["due_ms"], where, f.get("limits_left") or 0)
+    return Queued(attempt, f["due_ms"], where, f.get("limits_left") or 0, _due_mono(f))
+
+
+def _due_mono(f: dict[str, Any]) -> int | None:
+    """The monotonic due time of the task an event queued (see :attr:`Queued.due_mono_ms`)."""
+    if f.get("mono_ms") is None or f.get("due_ms") is None:
+        return None
+    return f["mono_ms"] + f["due_ms"] - f["at_ms"]
 
 
 @dataclass
@@ -417,7 +433,7 @@ class Checker:
         for other in q.values():
             if other is j or other.task is None:
                 continue
-            if other.task.leasable(at) and other.priority < j.priority:
+            if other.task.leasable(at, f.get("mono_ms")) and other.priority < j.priority:
                 self.fail(
                     9,
                     f"shard {j.shard} task group {j.task_group!r}: leased job {j.key} "
@@ -484,7 +500,8 @@ class Checker:
         if j.task.where == READY or j.task.limits_left == 0:
             # Due now; a task that must still acquire limits is placed, and the task_moved
             # that follows says where it went.
-            self._set_task(j, Queued(f["attempt"], f["due_ms"], j.task.where, j.task.limits_left))
+            self._set_task(j, Queued(f["attempt"], f["due_ms"], j.task.where, j.task.limits_left,
+                                     f.get("mono_ms")))
 
     def _on_task_moved(self, host: Any, f: dict[str, Any]) -> None:
         j = self._job(f, "task_moved")
@@ -733,8 +750,12 @@ class Checker:
             j.max_leased = max([j.max_leased, *atts])
             j.cancel_flag = key in img.cancels
             left = len(img.infos[key].limits) - st.held
+            # Re-based as the node re-bases its timers when the shard opens.
             self._set_task(
-                j, None if st.task is None else Queued(st.task[0], st.task[1], st.task[2], left)
+                j, None if st.task is None else Queued(
+                    st.task[0], st.task[1], st.task[2], left,
+                    st.task[1] - host.clock.now_ms() + host.clock.monotonic_ms(),
+                )
             )
             j.lease = None
             if st.lease_task_id is not None:
