@@ -47,6 +47,10 @@ class Event(Enum):
     RESTART = "restart"
     EXPEDITE = "expedite"
     """A scheduled job's queued task is made due now (the status stays SCHEDULED)."""
+    POISON = "poison"
+    """The shard could not process the job's queued task (DESIGN §4 "No poison"): the job
+    ends FAILED ``INTERNAL_ERROR`` without running. (A running attempt that cannot be processed
+    ends with ``FAIL``.)"""
 
 
 TRANSITIONS: dict[tuple[JobStatus | None, Event], JobStatus] = {
@@ -54,6 +58,7 @@ TRANSITIONS: dict[tuple[JobStatus | None, Event], JobStatus] = {
     (S.SCHEDULED, Event.LEASE): S.RUNNING,
     (S.SCHEDULED, Event.CANCEL): S.CANCELLED,  # cancel before it ran
     (S.SCHEDULED, Event.EXPEDITE): S.SCHEDULED,
+    (S.SCHEDULED, Event.POISON): S.FAILED,
     (S.RUNNING, Event.SUCCEED): S.SUCCEEDED,
     (S.RUNNING, Event.FAIL): S.FAILED,
     (S.RUNNING, Event.CANCEL): S.CANCELLED,
@@ -139,6 +144,15 @@ def restarted(state: JobState, now_ms: int) -> JobState:
     new.changed_at_ms = now_ms
     new.run_attempts = 0
     new.held = 0
+    return new
+
+
+def poisoned(state: JobState, now_ms: int) -> JobState:
+    """A scheduled job whose queued task could not be processed ends FAILED (the caller
+    removes the task and records its attempt as failed)."""
+    new = state.copy()
+    new.status = next_status(state.status, Event.POISON)
+    new.changed_at_ms = now_ms
     return new
 
 
