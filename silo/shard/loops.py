@@ -21,7 +21,7 @@ from silo.runtime import Runtime
 from silo.shard.mirror import ShardMirror
 
 MAX_LOOP_SLEEP_S = 1.0
-"""Background loops re-check at least this often, so a wall-clock jump is noticed."""
+"""No background loop sleeps longer than this before it re-checks its deadlines."""
 
 RETRY_AFTER_UNAVAILABLE_S = 0.1
 ERROR_BACKOFF_MAX_S = 5.0
