@@ -457,15 +457,23 @@ class Leasing(ShardRoom):
             return 0
         async with self._commit.operation(empty=EmptyBatch.NOTHING, refusal_barrier=False) as txn:
             assert txn.mono is not None
-            expired = self._mirror.expired_task_ids(txn.mono, REAP_BATCH)
-            await txn.prefetch(self._lease_keys([self._mirror.leases.get(t) for t in expired]))
-            for task_id in expired:
+            expired = self._mirror.expired(txn.mono, REAP_BATCH)
+            await txn.prefetch(
+                self._lease_keys([self._mirror.leases.get(t) for _, t in expired])
+            )
+            for ek, task_id in expired:
                 lease = self._mirror.leases.get(task_id)
+                if lease is None:
+                    # An expiry entry without its lease (cannot happen while the tables
+                    # agree): drop it, or the reaper would meet it on every round.
+                    self.poison.count(f"reap {task_id}", NotFound(f"no lease for {ek.hex()}"))
+                    txn.delete(ek)
+                    continue
                 sp = txn.savepoint()
                 try:
-                    if lease is not None and lease.is_refresh:
+                    if lease.is_refresh:
                         self._limiter.end_refresh(txn, lease, None, reaped=True)
-                    elif lease is not None:
+                    else:
                         await self.end_attempt(txn, lease, Failure(WORKER_CRASHED), reaped=True)
                 except Exception as exc:
                     await self.poison.lease(txn, sp, lease, exc, what=f"reap {task_id}")

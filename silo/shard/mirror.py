@@ -254,10 +254,10 @@ class ShardMirror:
         """Timers due by the monotonic clock, earliest first, at most ``limit``."""
         return [self.timers[k] for k in self.timer_deadlines.due(mono_now_ms, limit)]
 
-    def expired_task_ids(self, mono_now_ms: int, limit: int) -> list[str]:
-        """Task ids of leases expired by the monotonic clock, earliest first, at most
-        ``limit``."""
-        return [str(self.expiries[k]) for k in self.expiry_deadlines.due(mono_now_ms, limit)]
+    def expired(self, mono_now_ms: int, limit: int) -> list[tuple[bytes, str]]:
+        """``(expiry key, task id)`` of leases expired by the monotonic clock, earliest
+        first, at most ``limit``."""
+        return [(k, str(self.expiries[k])) for k in self.expiry_deadlines.due(mono_now_ms, limit)]
 
     def next_timer_due_ms(self) -> int | None:
         if not self.timers:

@@ -264,3 +264,24 @@ async def test_a_parked_job_with_a_corrupt_status_row_does_not_block_grants(
         await shard.report_outcome(report(task, Success(b"ok")))
         await shard.enqueue(limited_job("after", one, priority=0))
         assert (await lease_one(shard)).job_id == "after"
+
+
+async def test_an_expiry_entry_without_its_lease_is_dropped_by_the_reaper(
+    memory_world: World,
+) -> None:
+    """(Before, the reaper met the stray entry on every round and never slept again.)"""
+    world = memory_world
+    async with world.open() as shard:
+        await shard.enqueue(new_job("j"))
+        task = await lease_one(shard)
+    async with world.raw_store() as kv:
+        batch = WriteBatch()
+        batch.delete(keys.key(Prefix.LEASE, task.task_id))
+        await kv.write(batch)
+    async with world.open() as shard:
+        world.advance(LEASE_MS + 1)
+        await _settle()
+        assert shard.statistics().poison_items == 1
+        await _runs_to_success(shard, "after")
+    expiries = [k for k, _ in await world.raw_items() if k[0] == Prefix.LEASE_EXPIRY]
+    assert expiries == []
