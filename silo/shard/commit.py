@@ -197,7 +197,9 @@ class CommitProtocol:
         await self._regrant(txn)
         for counter, delta in txn.counter_deltas.items():
             if delta:
-                txn.ops[counter] = encode_int(self._mirror.counters.get(counter, 0) + delta)
+                value = self._mirror.counters.get(counter, 0) + delta
+                # A counter at zero keeps no row (it reads as zero either way).
+                txn.ops[counter] = encode_int(value) if value else None
         if not txn.ops:
             return None
         ops = list(txn.ops.items())

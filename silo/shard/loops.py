@@ -1,4 +1,5 @@
-"""The shard's background loops: promote due timers and reap expired leases.
+"""The shard's background loops: promote due timers (and forget refilled rate buckets) and reap
+expired leases.
 
 Each loop sleeps until its next due time on the monotonic clock (DESIGN §4 "Deadlines": a
 wall-clock step moves no deadline), or a wake-up when an earlier entry is added, and re-checks
@@ -78,11 +79,23 @@ class ShardLoops:
         await trio.sleep(delay)
         return delay
 
+    def _next_round_ms(self) -> int | None:
+        """Monotonic time of the timer loop's next round: the earliest timer, or the moment
+        the first rate bucket is full again (a wall time, taken relative to now)."""
+        due = self._mirror.next_timer_deadline_ms()
+        full_ms = self._mirror.next_bucket_full_ms()
+        if full_ms is not None:
+            at = self._rt.clock.monotonic_ms() + max(0, full_ms - self._rt.clock.now_ms())
+            due = at if due is None else min(due, at)
+        return due
+
     async def timer_loop(self) -> None:
         backoff = 0.0
         while True:
             self._timer_wakeup = trio.Event()
-            due = self._mirror.next_timer_deadline_ms()
+            # Due timers (monotonic), and rate buckets that have refilled (wall time, as
+            # tokens are counted; their rows are deleted).
+            due = self._next_round_ms()
             if due is not None and due <= self._rt.clock.monotonic_ms():
                 backoff = await self._round("timer round", self._promote_due, backoff)
                 continue
