@@ -3,11 +3,11 @@
 The audit checks what must hold in *every* durable state of a shard, whatever the history:
 each job has its info and status rows; a SCHEDULED job has exactly its one queued task; a RUNNING
 job has exactly one lease and one RUNNING attempt; a job counts at most ``MAX_UNDELIVERED``
-undelivered attempts since its (re)start, each stored as UNDELIVERED; a terminal job holds no lease, no queued task
-and no RUNNING attempt; leases and their expiry index agree; the stored counters equal a recount
-of the status rows; every concurrency holder row belongs to the queued or running attempt of a
-non-terminal job (a row left behind would hold its slot forever: invariant 2), and a queue whose
-max never changed holds at most its max.
+undelivered attempts since its (re)start, each stored as UNDELIVERED; a terminal job holds no
+lease, no queued task and no RUNNING attempt; leases and their expiry index agree; the stored
+counters equal a recount of the status rows; every concurrency holder row belongs to the queued
+or running attempt of a non-terminal job (a row left behind would hold its slot forever:
+invariant 2), and a queue whose max never changed holds at most its max.
 """
 
 from __future__ import annotations
