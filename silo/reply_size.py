@@ -25,8 +25,9 @@ TASK_FIXED_BYTES = FIELD_BYTES + 6 * VARINT_FIELD_BYTES + FIELD_BYTES
 """The task's own framing in the reply's repeated field, its varint fields (shard, attempt,
 priority, lease expiry, timeout and one spare) and the refresh submessage's framing."""
 
-REPLY_HEADROOM_BYTES = 64 * 1024
-"""Room kept below ``max_message_bytes`` for the reply's other fields and any estimate slack."""
+REPLY_HEADROOM_DIVISOR = 16
+"""A sixteenth of ``max_message_bytes`` (1 MiB of the default 16 MiB) is kept free for the
+reply's other fields and as a margin on the estimate."""
 
 
 def _str_bytes(value: str) -> int:
@@ -51,5 +52,4 @@ def task_reply_bytes(task: LeasedTask) -> int:
 
 def max_reply_bytes(max_message_bytes: int) -> int:
     """The byte budget for the tasks of one LeaseTasks reply under ``max_message_bytes``."""
-    headroom = min(REPLY_HEADROOM_BYTES, max_message_bytes // 8)
-    return max(1, max_message_bytes - headroom)
+    return max(1, max_message_bytes - max_message_bytes // REPLY_HEADROOM_DIVISOR)
