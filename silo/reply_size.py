@@ -11,6 +11,7 @@ this against the real encoding).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import Enum
 
 from silo.model import LeasedTask
 
@@ -53,3 +54,30 @@ def task_reply_bytes(task: LeasedTask) -> int:
 def max_reply_bytes(max_message_bytes: int) -> int:
     """The byte budget for the tasks of one LeaseTasks reply under ``max_message_bytes``."""
     return max(1, max_message_bytes - max_message_bytes // REPLY_HEADROOM_DIVISOR)
+
+
+class Fit(Enum):
+    FITS = "fits"
+    FULL = "full"
+    """Not behind what the reply already holds: stop picking (it goes in a later reply)."""
+    TOO_LARGE = "too large"
+    """Larger than a whole reply: it can never be sent."""
+
+
+class ReplyBudget:
+    """The bytes left for tasks in one LeaseTasks reply (possibly shared by several shards:
+    ``used_bytes`` is what earlier shards already put in it). ``max_bytes=None``: unbounded."""
+
+    def __init__(self, max_bytes: int | None, used_bytes: int = 0) -> None:
+        self.max_bytes = max_bytes
+        self.used_bytes = used_bytes
+
+    def fit(self, size_bytes: int) -> Fit:
+        if self.max_bytes is None or self.used_bytes + size_bytes <= self.max_bytes:
+            return Fit.FITS
+        if size_bytes > self.max_bytes:
+            return Fit.TOO_LARGE
+        return Fit.FULL
+
+    def take(self, size_bytes: int) -> None:
+        self.used_bytes += size_bytes

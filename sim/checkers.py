@@ -474,6 +474,21 @@ class Checker:
                 j.run_attempts -= 1  # the retry budget is charged only for delivered leases
         j.lease = None
 
+    def _on_task_too_large(self, host: Any, f: dict[str, Any]) -> None:
+        """A queued task that can never fit in a LeaseTasks reply: its attempt is recorded
+        FAILED without a lease (the status change to FAILED follows)."""
+        j = self._job(f, "task_too_large")
+        if j is None:
+            return
+        a = f["attempt"]
+        j.note(f"task of attempt {a} too large ({f['size_bytes']} > {f['max_bytes']} bytes)")
+        if j.status != "SCHEDULED" or j.task is None or j.task.attempt != a or a in j.attempts:
+            self.fail(4, f"attempt {a} of job {j.key} failed as too large but was not its "
+                         f"queued task", j.describe(), f"event: task_too_large {f}")
+            return
+        j.attempts[a] = "FAILED"
+        j.max_leased = max(j.max_leased, a)
+
     def _on_cancel_requested(self, host: Any, f: dict[str, Any]) -> None:
         j = self._job(f, "cancel_requested")
         if j is None:

@@ -40,15 +40,11 @@ async def test_a_failing_shard_does_not_drop_what_other_shards_leased(
             raise Unavailable(f"shard {broken.shard_id} is closing")
 
         monkeypatch.setattr(broken, "lease_tasks", unavailable)
-        # Whatever the rotation, the broken shard is visited in one of three rounds after
-        # another shard has leased.
-        for _ in range(3):
-            leased = await node.lease_any(WORKER, "g", 10)
-            assert leased, "the tasks leased from the healthy shards must be returned"
-            assert {x.shard_id for x in leased} <= set(node.shards) - {broken.shard_id}
-            for x in leased:
-                await node.shards[x.shard_id].heartbeat(WORKER, x.task.task_id)
-        # Every healthy task was handed out (and so will not expire unsent).
+        # One round visits every shard: the failing one is skipped, not fatal, and the tasks
+        # leased from the shards before and after it come back.
+        leased = await node.lease_any(WORKER, "g", 10)
+        assert len(leased) == 4
+        assert {x.shard_id for x in leased} == set(node.shards) - {broken.shard_id}
         for shard_id, shard in node.shards.items():
             if shard is not broken:
                 assert shard.statistics().leases_held == 2, shard_id
