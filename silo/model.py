@@ -230,7 +230,8 @@ class JobInfo:
                 f[0], f[1], f[2], f[3], f[4], RetryPolicy.from_list(f[5]),
                 {k: v for k, v in f[6]}, f[7], f[8], tuple(limit_from_list(x) for x in f[9]),
             )
-        except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError,
+                OverflowError) as exc:
             raise CorruptRecord(key, f"bad job record ({exc})") from exc
 
 
@@ -285,7 +286,7 @@ class JobState:
             undelivered = int(f[8]) if len(f) > 8 else 0
             return cls(JobStatus(f[0]), f[1], f[2], f[3], f[4], task, f[6], int(f[7]),
                        undelivered)
-        except (TypeError, ValueError, IndexError, KeyError) as exc:
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError) as exc:
             raise CorruptRecord(key, f"bad status record ({exc})") from exc
 
     def copy(self) -> JobState:
@@ -425,7 +426,7 @@ class Lease:
             acked = bool(f[8]) if len(f) > 8 else True
             return cls(str(f[0]), str(f[1]), str(f[2]), int(f[3]), str(f[4]), str(f[5]),
                        int(f[6]), int(f[7]), acked)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise CorruptRecord(key, f"bad lease record ({exc})") from exc
 
     @property
