@@ -212,6 +212,8 @@ class SiloNode:
                 log.warning("shard %d: lease for task group %r failed: %s", shard.shard_id,
                             task_group, exc)
                 first_error = first_error or exc
+                if shard_acks:
+                    acks[shard.shard_id] = shard_acks  # retried on their own below
                 continue
             out.extend(LeasedFromShard(shard.shard_id, t) for t in tasks)
             used_bytes += sum(task_reply_bytes(t) for t in tasks)
