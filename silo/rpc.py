@@ -184,7 +184,8 @@ class StreamingChannel(Channel, Protocol):
     async def open_stream(
         self, method: str, *, metadata: dict[str, str] | None = None
     ) -> ClientStream:
-        """A new stream calling ``method`` (a full path). Does no I/O."""
+        """A new stream calling ``method`` (a full path). May connect lazily: a server that
+        cannot be reached shows up on the first ``send`` or ``recv``."""
         ...
 
 
