@@ -496,13 +496,27 @@ class SimServerStream:
         self._stream = stream
 
     async def recv(self) -> bytes | None:
-        item = await self._net._take(self._stream, self._stream.up)
+        try:
+            item = await self._net._take(self._stream, self._stream.up)
+        except RpcError:
+            await self._gone()
+            raise
         if isinstance(item, _End):
             return None
         return item
 
     async def send(self, message: bytes) -> None:
-        await self._net._put(self._stream, self._stream.down, bytes(message))
+        try:
+            await self._net._put(self._stream, self._stream.down, bytes(message))
+        except RpcError:
+            await self._gone()
+            raise
+
+    async def _gone(self) -> None:
+        """The stream broke: the handler's scope is cancelled, so this raises Cancelled, as a
+        real server cancels the handler of a call whose client went away."""
+        if self._stream.broken is not None:
+            await trio.sleep_forever()
 
 
 class SimChannel:

@@ -787,8 +787,10 @@ class GrpcStream:
         if stream is None:
             return
         try:
-            if not self._finished:
+            if not self._finished and stream._stream.closable:
                 await stream.cancel()
+        except Exception as exc:  # the server closed the stream meanwhile: nothing to cancel
+            log.debug("cancelling stream %s: %r", self._method, exc)
         finally:
             # An exception value makes grpclib skip waiting for the status and reset the stream.
             await stream.__aexit__(

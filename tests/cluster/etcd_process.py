@@ -22,9 +22,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def etcd_process(startup_timeout_s: float = 20.0) -> Iterator[str]:
-    """Start etcd, wait until it answers ``/health``, yield its client address ``host:port``,
-    and kill it (and remove its data) on exit."""
+def etcd_process(startup_timeout_s: float = 20.0) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start etcd, wait until it answers ``/health``, yield its client address ``host:port``
+    and the process, and kill it (and remove its data) on exit."""
     if ETCD_BINARY is None:
         raise RuntimeError("etcd is not installed (Debian: apt-get install etcd-server)")
     client_port, peer_port = _free_port(), _free_port()
@@ -57,7 +57,7 @@ def etcd_process(startup_timeout_s: float = 20.0) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError("etcd did not become healthy in time")
             time.sleep(0.05)
-        yield f"127.0.0.1:{client_port}"
+        yield f"127.0.0.1:{client_port}", proc
     finally:
         proc.kill()
         proc.wait()
