@@ -32,8 +32,8 @@ long-lived stream state to resynchronise, which is what the fail-closed accounti
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
@@ -451,12 +451,13 @@ class EtcdClient:
         just before the grant (or last renewal) was sent; default now. Leaving the block stops
         renewing (it does not revoke)."""
         keeper = LeaseKeeper(self, lease_id, ttl_s, granted_at=granted_at)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(keeper.run)
-            try:
-                yield keeper
-            finally:
-                nursery.cancel_scope.cancel()
+        with _unwrapped():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keeper.run)
+                try:
+                    yield keeper
+                finally:
+                    nursery.cancel_scope.cancel()
 
     # -- watch ------------------------------------------------------------------------------
 
@@ -470,12 +471,34 @@ class EtcdClient:
         revision order, each revision once, across reconnects."""
         _check_key(key)
         w = Watch(self, key, prefix_end(key) if prefix else b"", start_revision, max_reconnects)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(w._run)
-            try:
-                yield w
-            finally:
-                nursery.cancel_scope.cancel()
+        with _unwrapped():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(w._run)
+                try:
+                    yield w
+                finally:
+                    nursery.cancel_scope.cancel()
+
+
+@contextmanager
+def _unwrapped() -> Iterator[None]:
+    """Let the one exception of a background-task nursery (the caller's own, raised in the
+    ``async with`` body) propagate as itself rather than inside an exception group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+        if len(leaves) == 1 and len(list(_leaves(group))) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for e in exc.exceptions:
+            yield from _leaves(e)
+    else:
+        yield exc
 
 
 def _silo_error(exc: RpcError) -> SiloError:
