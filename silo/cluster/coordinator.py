@@ -114,8 +114,9 @@ class Coordinator(Protocol):
 
     async def acquire(self, shard_id: int) -> Ownership: ...
 
-    async def release(self, shard_id: int) -> bool:
-        """Give up ``shard_id``: True when it is no longer this node's."""
+    async def release(self, shard_id: int) -> str | None:
+        """Give up ``shard_id``: afterwards its ownership key does not name this node. Returns
+        the owner then (None: nobody)."""
         ...
 
     async def force_release(self, shard_id: int, owner: str | None = None) -> bool:
@@ -219,7 +220,7 @@ class EtcdCoordinator:
         )
         return acquire_outcome(shard_id, self.node_id, result)
 
-    async def release(self, shard_id: int) -> bool:
+    async def release(self, shard_id: int) -> str | None:
         key = self.keys.owner(shard_id)
         result = await self.client.txn(
             [Compare.value_equals(key, self.node_id.encode())], [Delete(key)], [Get(key)]

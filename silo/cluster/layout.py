@@ -186,19 +186,28 @@ def acquire_outcome(shard_id: int, node_id: str, result: TxnResult) -> Ownership
     return Ownership(shard_id, owner, owner == node_id)
 
 
-def release_outcome(node_id: str, result: TxnResult) -> bool:
-    """Delete-if-owner with a read on failure: True when the key is no longer ours (deleted
-    now, or already absent); False when another node owns the shard."""
+def release_outcome(node_id: str, result: TxnResult) -> str | None:
+    """Delete-if-owner with a read on failure: the owner afterwards, never ``node_id`` (None:
+    nobody). A failed compare means the key did not name us: released by an earlier attempt
+    of a retried call (perhaps already taken by another node since), or never ours."""
     if result.succeeded:
-        return True
+        return None
     kv = _first_kv(result)
-    return kv is None or kv.value.decode(errors="replace") == node_id
+    if kv is None:
+        return None
+    owner = kv.value.decode(errors="replace")
+    assert owner != node_id, "a value compare on our own id cannot fail"
+    return owner
 
 
 def cas_outcome(proposed: bytes, result: TxnResult) -> tuple[bool, VersionedShardMap]:
     """CAS of the shard map with a read on failure: ``(installed, map now)``. A failed compare
     that finds exactly the proposed bytes installed counts as success (a retried CAS whose
-    first attempt applied): map versions only grow, so nobody else wrote those bytes."""
+    first attempt applied): map versions only grow, so nobody else wrote those bytes (or they
+    wrote the very same map). ``installed`` False means "not the map in force now": a retried CAS
+    whose first attempt applied and was then replaced by someone else's CAS also reads False, so
+    a caller that must know whether its change happened (a split's commit point) checks the
+    content of the map now (do the children exist?), not this flag alone."""
     if result.succeeded:
         return True, VersionedShardMap(ShardMap.decode(proposed), result.revision)
     kv = _first_kv(result)

@@ -191,6 +191,16 @@ async def test_keeper_fails_closed_when_etcd_is_unreachable(env: EtcdEnv, clock)
             env.resume()
 
 
+async def test_keeper_reports_a_lease_etcd_no_longer_has(env: EtcdEnv, clock) -> None:
+    c = await env.client()
+    lease, ttl = await c.grant_lease(3)
+    async with c.keep_alive(lease, ttl) as keeper:
+        await c.revoke_lease(lease)
+        with trio.fail_after(3.0):
+            await keeper.lost.wait()
+        assert "no longer exists" in keeper.loss_reason
+
+
 # -- watch ---------------------------------------------------------------------------------------
 
 
@@ -275,12 +285,12 @@ async def test_ownership_acquire_release_reclaim_and_force_release(env: EtcdEnv,
     assert got.acquired and got.owner == "node-a"
     lost = await b.acquire(3)
     assert not lost.acquired and lost.owner == "node-a"
-    assert not await b.release(3)  # not b's to release
+    assert await b.release(3) == "node-a"  # not b's: unchanged
     assert await a.owners() == {3: "node-a"}
     restarted = await env.coordinator("node-a")  # same node id after a restart
     assert (await restarted.acquire(3)).acquired
-    assert await a.release(3)
-    assert await a.release(3)  # already released: still not ours, nothing to do
+    assert await a.release(3) is None
+    assert await a.release(3) is None  # already released: nothing to do
     assert (await b.acquire(3)).acquired
     assert not await a.force_release(3, owner="node-a")
     assert await a.force_release(3, owner="node-b")

@@ -11,7 +11,9 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
+from silo.cluster.coordinator import EtcdCoordinator
 from silo.cluster.etcd import EtcdClient, EtcdRetry, WatchCompacted
+from silo.cluster.layout import ClusterKeys
 from silo.errors import Unavailable
 from sim.etcd import EtcdHost
 from sim.simulator import Simulator
@@ -112,6 +114,41 @@ async def test_watch_below_the_retained_history_is_compacted(autojump_clock) -> 
             with trio.fail_after(10):
                 revision, events = await w.__anext__()
         assert revision == first + 6 and events[0].key == b"/h/6"
+
+
+async def test_ownership_stays_exclusive_when_responses_are_lost(autojump_clock) -> None:
+    """Acquire and release are retried over a network that loses a third of the responses and
+    requests; each node's belief matches the owner key whenever it acts on it."""
+    async with etcd_world(seed=9) as (sim, host):
+        sim.board.set_rates({"net.drop.response": 0.3, "net.drop.request": 0.1})
+        retry = EtcdRetry(attempts=20, initial_backoff_s=0.01, max_backoff_s=0.1,
+                          call_timeout_s=0.2)
+        key = ClusterKeys("/c").owner(0)
+        acquired = 0
+
+        async def node(name: str) -> None:
+            nonlocal acquired
+            channel = await sim.net.connector(name).connect(host.address)
+            coord = EtcdCoordinator(
+                EtcdClient(channel, rng=random.Random(name), retry=retry), ClusterKeys("/c"), name
+            )
+            for _ in range(15):
+                if (await coord.acquire(0)).acquired:
+                    acquired += 1
+                    held = host.model.kv.get(key)
+                    assert held is not None and held.value == name.encode()
+                    await trio.sleep(0.05)
+                    assert host.model.kv[key].value == name.encode()  # nobody took it meanwhile
+                    assert await coord.release(0) != name
+                    held = host.model.kv.get(key)
+                    assert held is None or held.value != name.encode()
+                await trio.sleep(0.01)
+
+        async with trio.open_nursery() as n:
+            for i in range(3):
+                n.start_soon(node, f"n{i}")
+        assert acquired >= 5
+        assert sim.board.fired.get("net.drop.response", 0) > 5
 
 
 async def _traced_run(seed: int) -> list[str]:
