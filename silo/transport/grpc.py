@@ -67,6 +67,7 @@ from typing import Any
 
 import grpclib.client
 import grpclib.server
+import h2.exceptions
 import trio
 import trio_asyncio
 from grpclib.const import Cardinality, Status
@@ -744,6 +745,11 @@ class GrpcStream:
             trailing = self._stream.trailing_metadata if self._stream is not None else None
             raise RpcError(exc.status.value, exc.message or "", _str_metadata(trailing)) from None
         except StreamTerminatedError as exc:
+            # A server may send its status and then reset the stream (grpclib does, for a call
+            # it ends before the client half-closed): report that status if it arrived.
+            status = self._status_before_reset()
+            if status is not None:
+                raise status from None
             raise RpcError(Code.UNAVAILABLE, f"{address}: {exc}") from None
         except TimeoutError as exc:
             raise RpcError(Code.UNAVAILABLE, f"{address}: {exc}") from None
@@ -751,6 +757,20 @@ class GrpcStream:
             raise RpcError(Code.UNAVAILABLE, f"{address}: {exc}") from None
         except ProtocolError as exc:
             raise RpcError(Code.UNAVAILABLE, f"{address}: protocol error: {exc}") from None
+        except h2.exceptions.StreamClosedError:
+            raise RpcError(Code.UNAVAILABLE, f"{address}: the server closed the stream") from None
+
+    def _status_before_reset(self) -> RpcError | None:
+        if self._stream is None:
+            return None
+        try:
+            self._stream._maybe_raise()
+        except GRPCError as exc:
+            self._finished = True
+            return RpcError(exc.status.value, exc.message or "")
+        except Exception:  # no usable status in what arrived
+            return None
+        return None
 
     async def _open(self) -> grpclib.client.Stream[bytes, bytes]:
         if self._stream is None:
@@ -771,16 +791,21 @@ class GrpcStream:
         reply = await stream.recv_message()
         if reply is not None:
             return bytes(reply)
-        if not stream._end_done:
-            await stream.end()
+        await self._end()
         await stream.recv_trailing_metadata()  # raises GRPCError for a non-OK status
         self._finished = True
         return None
 
     async def _end(self) -> None:
         stream = await self._open()
-        if not stream._end_done:
+        if stream._end_done:
+            return
+        try:
             await stream.end()
+        except h2.exceptions.StreamClosedError:
+            # The server already ended the call (its status is waiting for recv): there is
+            # nothing left to half-close, so grpclib may read the status now.
+            stream._end_done = True
 
     async def _close(self) -> None:
         stream, self._stream = self._stream, None

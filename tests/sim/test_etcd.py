@@ -186,3 +186,19 @@ def test_runs_are_deterministic() -> None:
     first = run(11)
     assert int(first[1]) > 20
     assert run(11) == first
+
+
+def test_the_simulated_etcd_and_the_cluster_layer_import_no_grpclib_or_asyncio() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sim.etcd, silo.cluster.coordinator, silo.cluster.placement\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('grpclib', 'asyncio', 'trio_asyncio', 'h2'))\n"
+        "print(','.join(bad))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""
