@@ -139,6 +139,18 @@ class EtcdModel:
     # -- KV ---------------------------------------------------------------------------------
 
     def range(self, req: pb.RangeRequest) -> pb.RangeResponse:
+        self._check_range(req)
+        keys = self.keys_in(req.key, req.range_end)
+        count = len(keys)
+        shown = keys[: req.limit] if req.limit > 0 else keys
+        kvs = [] if req.count_only else [
+            self.kv[k].to_pb(k, keys_only=req.keys_only) for k in shown
+        ]
+        return pb.RangeResponse(
+            header=self.header(), kvs=kvs, more=len(shown) < count, count=count
+        )
+
+    def _check_range(self, req: pb.RangeRequest) -> None:
         if not req.key:
             raise RpcError(Code.INVALID_ARGUMENT, "etcdserver: key is not provided")
         if req.revision > 0 and req.revision != self.revision:
@@ -150,15 +162,6 @@ class EtcdModel:
         if (req.min_mod_revision or req.max_mod_revision or req.min_create_revision
                 or req.max_create_revision):
             raise RpcError(Code.UNIMPLEMENTED, "sim etcd: revision filters are not modelled")
-        keys = self.keys_in(req.key, req.range_end)
-        count = len(keys)
-        shown = keys[: req.limit] if req.limit > 0 else keys
-        kvs = [] if req.count_only else [
-            self.kv[k].to_pb(k, keys_only=req.keys_only) for k in shown
-        ]
-        return pb.RangeResponse(
-            header=self.header(), kvs=kvs, more=len(shown) < count, count=count
-        )
 
     def _check_put(self, req: pb.PutRequest) -> None:
         if not req.key:
@@ -277,7 +280,11 @@ class EtcdModel:
             kind, body = betterproto2.which_one_of(op, "request")
             if kind == "request_txn":
                 raise RpcError(Code.UNIMPLEMENTED, "sim etcd: nested txns are not modelled")
-            if kind == "request_put":
+            # Everything is checked before anything is applied: a txn applies whole or not.
+            if kind == "request_range":
+                assert isinstance(body, pb.RangeRequest)
+                self._check_range(body)
+            elif kind == "request_put":
                 assert isinstance(body, pb.PutRequest)
                 self._check_put(body)
                 if body.key in written:
@@ -287,6 +294,8 @@ class EtcdModel:
                 written.add(body.key)
             elif kind == "request_delete_range":
                 assert isinstance(body, pb.DeleteRangeRequest)
+                if not body.key:
+                    raise RpcError(Code.INVALID_ARGUMENT, "etcdserver: key is not provided")
                 hit = {k for k in written if _in_range(k, body.key, body.range_end)}
                 if hit:
                     raise RpcError(

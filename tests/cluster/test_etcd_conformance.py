@@ -92,6 +92,15 @@ async def test_txn_compares_and_ops(env: EtcdEnv, clock) -> None:
         await c.txn([], [Put(k, b"a"), Put(k, b"b")])
 
 
+async def test_a_txn_with_a_bad_op_applies_nothing(env: EtcdEnv, clock) -> None:
+    c = await env.client()
+    before = (await c.range(env.key("atomic"))).revision
+    with pytest.raises(LeaseNotFound):
+        await c.txn([], [Put(env.key("atomic"), b"1"), Put(env.key("b"), b"2", lease=0x7123)])
+    after = await c.range(env.key("atomic"))
+    assert after.kvs == () and after.revision == before
+
+
 async def test_put_if_absent_race_has_one_winner(env: EtcdEnv, clock) -> None:
     k = env.key("race")
     clients = [await env.client(f"n{i}") for i in range(2)]
