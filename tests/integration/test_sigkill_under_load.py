@@ -24,6 +24,7 @@ import trio
 
 from silo.client import RetryPolicy, RetrySettings, SiloClient, TaskContext, Worker
 from silo.errors import Code, SiloError
+from silo.wire import pb
 from tests.integration.support import ServerProcess, wait_until
 
 JOBS = 2000
@@ -38,6 +39,7 @@ NO_RETRY = RetryPolicy(retry_count=0)
 CLIENT_RETRY = RetrySettings(attempts=40, initial_backoff_s=0.05, max_backoff_s=1.0,
                              call_timeout_s=5.0)
 STATUS_CALLS_AT_ONCE = 50
+FINAL = ("NOT_FOUND", "SUCCEEDED", "FAILED", "CANCELLED")
 
 
 async def test_three_sigkills_under_load_lose_nothing_and_fail_nothing_unrun(
@@ -114,24 +116,27 @@ async def test_three_sigkills_under_load_lose_nothing_and_fail_nothing_unrun(
                     with trio.move_on_at(last_restart + LEASE_S + 15):
                         while not acked <= seen:
                             await trio.sleep(0.1)
-                    statuses = await final_statuses(client, acked | unknown,
+                    jobs = await final_statuses(client, acked | unknown,
                                                     until=last_restart + LEASE_S + 60)
                     for worker in workers:
                         worker.stop(5)
 
     ran = Counter(line.split()[0] for line in run_log.read_text().splitlines() if line.strip())
+    statuses = {job_id: status_name(job) for job_id, job in jobs.items()}
     counts = Counter(statuses.values())
+    leased_again = sum(1 for job in jobs.values() if job is not None and job.attempt_count > 1)
+    undelivered = sum(1 for job in jobs.values() if job is not None and job.undelivered_count)
     elapsed_s = round(trio.current_time() - started, 1)
     summary = (f"kills at {kill_times_s}s after {kills} jobs had run; all checked at "
                f"{elapsed_s}s; {len(acked)} acknowledged, {len(unknown)} "
                f"unknown; statuses {dict(counts)}; {len(ran)} jobs ran, "
-               f"{sum(ran.values())} handler runs")
+               f"{sum(ran.values())} handler runs; {leased_again} jobs leased more than once, "
+               f"{undelivered} with an undelivered lease")
     print(summary)
 
     lost = sorted(j for j in acked if statuses.get(j) == "NOT_FOUND")
     assert not lost, f"{len(lost)} acknowledged jobs lost ({lost[:5]}); {summary}"
-    unfinished = sorted(j for j, s in statuses.items() if s not in ("NOT_FOUND", "SUCCEEDED",
-                                                                    "FAILED", "CANCELLED"))
+    unfinished = sorted(j for j, s in statuses.items() if s not in FINAL)
     assert not unfinished, f"{len(unfinished)} jobs not terminal ({unfinished[:5]}); {summary}"
     failed_unrun = sorted(j for j, s in statuses.items() if s == "FAILED" and j not in ran)
     assert not failed_unrun, (
@@ -144,31 +149,38 @@ async def test_three_sigkills_under_load_lose_nothing_and_fail_nothing_unrun(
     assert len(kills) == len(KILL_AFTER_RUNS)
 
 
-async def final_statuses(client: SiloClient, job_ids: set[str], *, until: float) -> dict[str, str]:
-    """Poll ``job_ids`` until each is terminal (or missing) or ``until`` passes; the last status
-    seen for each ("NOT_FOUND" when the job does not exist)."""
-    statuses: dict[str, str] = {}
+async def final_statuses(
+    client: SiloClient, job_ids: set[str], *, until: float
+) -> dict[str, pb.Job | None]:
+    """Poll ``job_ids`` until each is terminal (or missing) or ``until`` passes; the last state
+    seen for each (None when the job does not exist)."""
+    jobs: dict[str, pb.Job | None] = {}
     pending = sorted(job_ids)
     limiter = trio.CapacityLimiter(STATUS_CALLS_AT_ONCE)
+    shard = await client.shard_for("default")
 
     async def check(job_id: str) -> None:
         async with limiter:
+            request = pb.GetJobRequest(job=pb.JobRef(shard=shard, tenant="default", id=job_id))
             try:
-                status = await client.job(job_id).status()
+                resp = await client.call("GetJob", request, pb.GetJobResponse, shard_id=shard)
             except SiloError as exc:
                 if exc.code != Code.NOT_FOUND:
                     raise
-                statuses[job_id] = "NOT_FOUND"
+                jobs[job_id] = None
                 return
-            statuses[job_id] = status.name
+            jobs[job_id] = resp.job
 
     while pending:
         async with trio.open_nursery() as nursery:
             for job_id in pending:
                 nursery.start_soon(check, job_id)
-        pending = [j for j in pending if statuses[j] not in ("NOT_FOUND", "SUCCEEDED", "FAILED",
-                                                             "CANCELLED")]
+        pending = [j for j in pending if status_name(jobs[j]) not in FINAL]
         if not pending or trio.current_time() >= until:
             break
         await trio.sleep(1.0)
-    return statuses
+    return jobs
+
+
+def status_name(job: pb.Job | None) -> str:
+    return "NOT_FOUND" if job is None else job.status.name
