@@ -10,11 +10,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from silo.errors import InvalidArgument, SiloError
+from silo.errors import InvalidArgument, SiloError, quote
 from silo.node import SiloNode
 from silo.rpc import CallContext, Handler, method_path
 from silo.shard import JobShard
-from silo.shard.limits import check_tenant
+from silo.shard.limits import (
+    ShardLimits,
+    check_job_id,
+    check_queue_key,
+    check_report_ids,
+    check_task_id,
+    check_tenant,
+    check_worker_id,
+)
 from silo.wire import (
     check_wire_format,
     job_to_pb,
@@ -63,7 +71,7 @@ class SiloService:
         rng = self.node.shard_map.shard_for_tenant(tenant)
         if rng.shard_id != shard_id:
             raise InvalidArgument(
-                f"tenant {tenant!r} belongs to shard {rng.shard_id}, not shard {shard_id}"
+                f"tenant {quote(tenant)} belongs to shard {rng.shard_id}, not shard {shard_id}"
             )
         return shard
 
@@ -73,7 +81,17 @@ class SiloService:
         if not ref.id:
             raise InvalidArgument("job id is required")
         tenant = tenant_or_default(ref.tenant)
+        check_tenant(self._limits, tenant)
+        check_job_id(self._limits, ref.id)
         return self._tenant_shard(ref.shard, tenant), tenant, ref.id
+
+    @property
+    def _limits(self) -> ShardLimits:
+        return self.node.config.shard.limits
+
+    def _check_task_ref(self, worker_id: str, task_id: str) -> None:
+        check_worker_id(self._limits, worker_id)
+        check_task_id(self._limits, task_id)
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -166,6 +184,7 @@ class SiloService:
         )
 
     async def heartbeat(self, req: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        self._check_task_ref(req.worker_id, req.task_id)
         result = await self.node.shard(req.shard).heartbeat(req.worker_id, req.task_id)
         return pb.HeartbeatResponse(
             cancelled=result.cancelled, lease_expiry_ms=result.lease_expiry_ms
@@ -175,6 +194,7 @@ class SiloService:
         if req.outcome is None:
             raise InvalidArgument("outcome is required")
         report = outcome_from_pb(req.outcome)
+        check_report_ids(self._limits, report)
         await self.node.shard(req.outcome.shard).report_outcome(report)
         return pb.ReportOutcomeResponse()
 
@@ -185,6 +205,7 @@ class SiloService:
         for i, o in enumerate(req.outcomes):
             try:
                 report = outcome_from_pb(o)
+                check_report_ids(self._limits, report)
                 self.node.shard(o.shard)
             except SiloError as exc:
                 statuses[i] = pb.OutcomeStatus(code=int(exc.code), message=exc.message)
@@ -204,6 +225,7 @@ class SiloService:
     async def report_refresh(self, req: pb.ReportRefreshRequest) -> pb.ReportRefreshResponse:
         import betterproto2
 
+        self._check_task_ref(req.worker_id, req.task_id)
         which, value = betterproto2.which_one_of(req, "result")
         shard = self.node.shard(req.shard)
         if which == "new_max":
@@ -221,6 +243,7 @@ class SiloService:
         shard = self._tenant_shard(req.shard, tenant)
         if not req.key:
             raise InvalidArgument("queue key is required")
+        check_queue_key(self._limits, req.key)
         q = shard.queue_info(tenant, req.key, max_listed=min(req.max_listed or 100, 1000))
         return pb.GetQueueResponse(
             tenant=q["tenant"],
@@ -271,7 +294,7 @@ def _handler(
             check_wire_format(data, request_type)
             request = request_type.parse(data)
         except Exception as exc:
-            raise InvalidArgument(f"malformed {name} request: {exc}") from exc
+            raise InvalidArgument(f"malformed {name} request: {quote(str(exc))}") from exc
         response = await fn(request)
         return bytes(response)
 
