@@ -103,6 +103,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def positive(text: str) -> int:
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 # -- parser ----------------------------------------------------------------------------------
 
 
@@ -168,7 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = job_command("get", "show a job", cmd_get)
     p.add_argument("id", metavar="ID")
-    p.add_argument("--attempts", action="store_true", help="also show every attempt")
+    p.add_argument("--attempts", nargs="?", type=positive, const=True, default=False,
+                   metavar="N",
+                   help="also show the newest attempts (N of them; default 100, at most 1000)")
+    p.add_argument("--attempts-before", type=positive, default=0, metavar="K",
+                   help="with --attempts: only attempts numbered below K (the next page)")
 
     p = job_command("result", "show a job's result, optionally waiting for it", cmd_result)
     p.add_argument("id", metavar="ID")
@@ -286,6 +297,7 @@ def job_dict(job: Job) -> dict[str, Any]:
         out["waiting_for"] = job.waiting_for
     if job.attempts is not None:
         out["attempts"] = [attempt_dict(a) for a in job.attempts]
+        out["attempts_total"] = job.attempts_total
     return out
 
 
@@ -336,8 +348,9 @@ def _print_job(out: Output, job: Job) -> None:
     for key, value in rows:
         table.add_row(key, value)
     out.console.print(table)
-    if job.attempts:
-        at = Table(title="attempts", title_justify="left")
+    if job.attempts is not None:
+        at = Table(title=f"{len(job.attempts)} of {job.attempts_total} attempts (newest first)",
+                   title_justify="left")
         for col in ("#", "state", "worker", "started", "took", "outcome"):
             at.add_column(col, overflow="fold")
         for a in job.attempts:
@@ -381,7 +394,9 @@ async def cmd_enqueue(client: SiloClient, args: argparse.Namespace, out: Output)
 
 
 async def cmd_get(client: SiloClient, args: argparse.Namespace, out: Output) -> int:
-    job = await client.job(args.id, args.tenant).get(attempts=args.attempts)
+    job = await client.job(args.id, args.tenant).get(
+        attempts=args.attempts, attempts_before=args.attempts_before if args.attempts else 0
+    )
     if out.json:
         out.emit_json(job_dict(job))
     else:
