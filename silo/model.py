@@ -498,6 +498,8 @@ class JobView:
     attempts: tuple[Attempt, ...] | None = None
     waiting_for: str = ""
     """What a scheduled job waits for (its start time, a concurrency slot, a rate token...)."""
+    attempts_total: int = 0
+    """How many attempt rows the job has (``attempts`` may hold only a page of them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,6 +541,23 @@ class NewJob:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     metadata: dict[str, str] = field(default_factory=dict)
     limits: tuple[Limit, ...] = ()
+
+
+ENQUEUE_HELD_BACK = "not written: another job in the batch was refused"
+"""The message of an ABORTED :class:`EnqueueResult`: the job was fine, the batch was not."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """How one job of an enqueue fared: ``error`` None is OK (written now, or ``existed``: an
+    identical job, same request fingerprint, was already stored under the id). The enqueue is
+    atomic: when any job is refused none is written, and the jobs that were only held back
+    carry an ABORTED error saying so."""
+
+    job_id: str
+    error: Exception | None = None
+    """A :class:`silo.errors.SiloError` (typed loosely: the model does not import errors)."""
+    existed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from silo.errors import InvalidArgument, SiloError, quote
+from silo.errors import Code, InvalidArgument, SiloError, quote
+from silo.model import ENQUEUE_HELD_BACK, NewJob
 from silo.node import SiloNode
 from silo.rpc import CallContext, Handler, method_path
 from silo.shard import JobShard
@@ -33,6 +34,7 @@ from silo.wire import (
 )
 
 HASH_END = 1 << 64
+
 
 
 class SiloService:
@@ -101,13 +103,45 @@ class SiloService:
         return pb.EnqueueResponse(id=await shard.enqueue(job))
 
     async def enqueue_batch(self, req: pb.EnqueueBatchRequest) -> pb.EnqueueBatchResponse:
-        jobs = [new_job_from_pb(spec) for spec in req.jobs]
-        if not jobs:
+        """Per-job results, atomically: a job refused here (malformed, wrong shard) or by the
+        shard holds back the whole batch (the others answer ABORTED, "not written")."""
+        if not req.jobs:
             return pb.EnqueueBatchResponse()
+        limit = self._limits.max_jobs_per_batch
+        if len(req.jobs) > limit:
+            raise InvalidArgument(
+                f"batch has {len(req.jobs)} jobs; max_jobs_per_batch is {limit}"
+            )
         shard = self.node.shard(req.shard)
-        for job in jobs:
-            self._tenant_shard(req.shard, job.tenant)
-        return pb.EnqueueBatchResponse(ids=await shard.enqueue_batch(jobs))
+        jobs: list[NewJob] = []
+        refused: list[pb.EnqueueResult | None] = []
+        for spec in req.jobs:
+            try:
+                job = new_job_from_pb(spec)
+                self._tenant_shard(req.shard, job.tenant)
+            except SiloError as exc:
+                refused.append(pb.EnqueueResult(id=spec.id, code=int(exc.code),
+                                                message=exc.message))
+                continue
+            jobs.append(job)
+            refused.append(None)
+        if any(r is not None for r in refused):
+            results = [r or pb.EnqueueResult(id=spec.id, code=int(Code.ABORTED),
+                                             message=ENQUEUE_HELD_BACK)
+                       for r, spec in zip(refused, req.jobs, strict=True)]
+            return pb.EnqueueBatchResponse(ids=[""] * len(results), results=results)
+        outcomes = await shard.enqueue_each(jobs)
+        results = [
+            pb.EnqueueResult(id=o.job_id, existed=o.existed)
+            if o.error is None
+            else pb.EnqueueResult(id=o.job_id, code=int(_code(o.error)),
+                                  message=_message(o.error))
+            for o in outcomes
+        ]
+        written = all(o.error is None for o in outcomes)
+        return pb.EnqueueBatchResponse(
+            ids=[o.job_id if written else "" for o in outcomes], results=results
+        )
 
     async def get_job(self, req: pb.GetJobRequest) -> pb.GetJobResponse:
         shard, tenant, job_id = self._job_ref(req.job)
@@ -284,6 +318,14 @@ class SiloService:
         return pb.GetClusterInfoResponse(
             map_version=node.shard_map.version, shards=shards, node_id=node.config.node_id
         )
+
+
+def _code(error: Exception) -> Code:
+    return error.code if isinstance(error, SiloError) else Code.INTERNAL
+
+
+def _message(error: Exception) -> str:
+    return error.message if isinstance(error, SiloError) else "internal error"
 
 
 def _handler(

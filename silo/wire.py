@@ -301,6 +301,7 @@ def job_to_pb(view: JobView) -> pb.Job:
         attempts=[attempt_to_pb(a) for a in view.attempts or ()],
         limits=[limit_to_pb(x) for x in info.limits],
         waiting_for=view.waiting_for,
+        attempts_total=view.attempts_total,
     )
 
 
