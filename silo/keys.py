@@ -45,6 +45,9 @@ class Prefix(IntEnum):
     CONCURRENCY_HOLDER = 0x0C
     FLOATING_LIMIT = 0x0D
     RATE_BUCKET = 0x0E
+    JOB_FINGERPRINT = 0x10
+    """Per stored job: the request fingerprint it was enqueued with (see
+    :func:`silo.shard.tables.fingerprint_key`)."""
     META = 0xF0
 
 

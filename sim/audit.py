@@ -54,6 +54,9 @@ class ShardImage:
     holders: dict[tuple[str, str], dict[str, tuple[str, int]]] = field(default_factory=dict)
     """(tenant, queue) -> holder task id -> (job id, attempt)."""
     queues: dict[tuple[str, str], QueueState] = field(default_factory=dict)
+    fingerprints: dict[JobKey, bytes] = field(default_factory=dict)
+    zero_counters: list[bytes] = field(default_factory=list)
+    """Counter rows stored as 0 (a counter that reaches zero must be deleted)."""
 
     @classmethod
     def parse(cls, items: list[tuple[bytes, bytes]]) -> ShardImage:
@@ -91,8 +94,13 @@ class ShardImage:
             elif p == Prefix.FLOATING_LIMIT:
                 _, (t, q) = keys.parse(k)
                 img.queues[(str(t), str(q))] = QueueState.decode(k, v)
+            elif p == Prefix.JOB_FINGERPRINT:
+                _, (t, j) = keys.parse(k)
+                img.fingerprints[(str(t), str(j))] = v
             elif p == Prefix.META and k.startswith(COUNTER_PREFIX):
                 img.counters[k] = decode_int(k, v)
+                if img.counters[k] == 0:
+                    img.zero_counters.append(k)
         return img
 
     def recount(self) -> dict[bytes, int]:
@@ -106,7 +114,7 @@ class ShardImage:
         return dict(sorted(out.items()))
 
     def stored_counters(self) -> dict[bytes, int]:
-        return {k: v for k, v in sorted(self.counters.items()) if v}
+        return dict(sorted(self.counters.items()))
 
 
 def counter_name(k: bytes) -> str:
@@ -224,4 +232,12 @@ def audit_image(
     diff = diff_counters(img.stored_counters(), img.recount())
     if diff:
         problems.append((12, f"{where}: stored counters differ from a recount: {diff}"))
+    if img.zero_counters:
+        names = [counter_name(k) for k in img.zero_counters]
+        problems.append((12, f"{where}: counters stored as 0 instead of deleted: {names[:5]}"))
+    for key in sorted(set(img.fingerprints) - set(img.infos)):
+        problems.append((3, f"{where}: request fingerprint of missing job {key}"))
+    for key in sorted(set(img.infos) - set(img.fingerprints)):
+        problems.append((3, f"{where}: job {key} has no request fingerprint: a retried "
+                            f"enqueue of it would be refused"))
     return problems

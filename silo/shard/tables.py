@@ -1,4 +1,23 @@
-"""Key builders for the shard's tables (DESIGN §3 key layout) and its counters."""
+"""Key builders for the shard's tables (DESIGN §3 key layout) and its counters.
+
+Tables added since DESIGN §3 (same conventions: prefix byte, then the encoded tuple):
+
+=====================  ==========================  ============================================
+prefix                 key                         value
+=====================  ==========================  ============================================
+``0x10`` job           ``(tenant, job_id)``        the 16-byte request fingerprint the job was
+fingerprint                                        enqueued with (:mod:`silo.shard.fingerprint`).
+                                                   Written with the job, deleted with it; read
+                                                   when an enqueue names an id that exists, to
+                                                   tell a re-sent identical job (OK, existed)
+                                                   from a different one (ALREADY_EXISTS). A job
+                                                   stored before fingerprints has none: any
+                                                   enqueue of its id is ALREADY_EXISTS.
+=====================  ==========================  ============================================
+
+Counter rows (``META "counter" ...``) hold non-zero values only: a counter that reaches zero is
+deleted.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +76,10 @@ def queue_key(tenant: str, queue: str) -> bytes:
 
 def bucket_key(tenant: str, name: str, bucket: str) -> bytes:
     return key(Prefix.RATE_BUCKET, tenant, name, bucket)
+
+
+def fingerprint_key(tenant: str, job_id: str) -> bytes:
+    return key(Prefix.JOB_FINGERPRINT, tenant, job_id)
 
 
 def job_keys(tenant: str, job_id: str) -> tuple[bytes, bytes, bytes]:
