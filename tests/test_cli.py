@@ -305,8 +305,11 @@ def test_quickstart_end_to_end(tmp_path):
         assert job["metadata"] == {"source": "test"} and job["tenant"] == "default"
         assert [a["state"] for a in job["attempts"]] == ["SUCCEEDED"]
         assert job["attempts"][0]["result"] == {"greeting": "hello ada"}
+        assert job["attempts_total"] == 1
         human = run(*siloctl, "job", "get", job_id).stdout
         assert "SUCCEEDED" in human and '{"name": "ada"}' in human
+        paged = run(*siloctl, "job", "get", job_id, "--attempts", "5").stdout
+        assert "1 of 1 attempts" in paged
 
         # A scheduled job: --start-in, cancel, result reports CANCELLED (exit 4), delete.
         later = run(*siloctl, "--json", "job", "enqueue", "-g", "nobody", "--start-in", "3600",
