@@ -15,7 +15,7 @@ from silo.model import ENQUEUE_HELD_BACK, NewJob
 from silo.node import SiloNode
 from silo.rpc import CallContext, Handler, method_path
 from silo.shard import JobShard
-from silo.shard.limits import (
+from silo.shard.validation import (
     ShardLimits,
     check_job_id,
     check_queue_key,

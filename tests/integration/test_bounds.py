@@ -8,7 +8,7 @@ import trio
 
 from silo.client import SiloClient
 from silo.errors import Code
-from silo.shard.limits import ShardLimits
+from silo.shard.validation import ShardLimits
 from silo.wire import pb
 from tests.integration.conftest import StartNode
 from tests.integration.support import Raw, expect_error

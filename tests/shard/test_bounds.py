@@ -13,7 +13,7 @@ from silo.keys import Prefix
 from silo.model import DEFAULT_TENANT as T
 from silo.model import Failure, OutcomeReport, Success
 from silo.shard import ShardConfig
-from silo.shard.limits import ShardLimits
+from silo.shard.validation import ShardLimits
 from tests.shard.support import (
     LEASE_MS,
     WORKER,
