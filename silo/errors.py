@@ -65,6 +65,10 @@ class FailedPrecondition(SiloError):
     code = Code.FAILED_PRECONDITION
 
 
+class Aborted(SiloError):
+    code = Code.ABORTED
+
+
 class ResourceExhausted(SiloError):
     code = Code.RESOURCE_EXHAUSTED
 
@@ -92,6 +96,7 @@ _BY_CODE: dict[Code, type[SiloError]] = {
         NotFound,
         AlreadyExists,
         FailedPrecondition,
+        Aborted,
         ResourceExhausted,
         Unavailable,
         DeadlineExceeded,

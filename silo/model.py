@@ -63,13 +63,27 @@ def _pack(obj: Any) -> bytes:
 
 
 def _unpack(key: bytes, data: bytes, version: int, arity: int) -> list[Any]:
+    return _unpack_versioned(key, data, {version: arity})[1]
+
+
+def _unpack_versioned(
+    key: bytes, data: bytes, arities: dict[int, int]
+) -> tuple[int, list[Any]]:
+    """Decode a record written in any of the format versions ``arities`` maps to their field
+    counts; returns ``(version, fields)``."""
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:
         raise CorruptRecord(key, f"not msgpack ({exc})") from exc
-    if not isinstance(obj, list) or len(obj) != arity + 1 or obj[0] != version:
-        raise CorruptRecord(key, f"expected a version-{version} record of {arity} fields")
-    return obj[1:]
+    if (
+        not isinstance(obj, list)
+        or not obj
+        or type(obj[0]) is not int
+        or arities.get(obj[0]) != len(obj) - 1
+    ):
+        wanted = " or ".join(f"version-{v} record of {n} fields" for v, n in arities.items())
+        raise CorruptRecord(key, f"expected a {wanted}")
+    return obj[0], obj[1:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +235,8 @@ class JobState:
     :data:`PARKED` (a request waiting for a concurrency slot). ``held`` counts the job's limits
     (a prefix of ``JobInfo.limits``) acquired by the queued or running attempt: a parked task
     waits on ``limits[held]``. ``lease_task_id`` is the task id of the running attempt.
+    ``attempt_rows`` counts the job's stored attempt rows (one per lease, over every run); it is
+    bounded by ``max_attempts_per_job``.
     """
 
     status: JobStatus
@@ -231,11 +247,12 @@ class JobState:
     task: tuple[int, int, int, str] | None = None
     lease_task_id: str | None = None
     held: int = 0
+    attempt_rows: int = 0
 
     def encode(self) -> bytes:
         return _pack(
             [
-                1,
+                3,
                 int(self.status),
                 self.changed_at_ms,
                 self.next_attempt_at_ms,
@@ -244,16 +261,20 @@ class JobState:
                 list(self.task) if self.task is not None else None,
                 self.lease_task_id,
                 self.held,
+                self.attempt_rows,
             ]
         )
 
     @classmethod
     def decode(cls, key: bytes, data: bytes) -> JobState:
-        f = _unpack(key, data, 1, 8)
+        """Reads version 3 and version 1 (written before ``attempt_rows`` existed: it is taken
+        as ``attempt``, an upper bound)."""
+        _, f = _unpack_versioned(key, data, {3: 9, 1: 8})
         try:
             t = f[5]
             task = (int(t[0]), int(t[1]), int(t[2]), str(t[3])) if t is not None else None
-            return cls(JobStatus(f[0]), f[1], f[2], f[3], f[4], task, f[6], int(f[7]))
+            rows = int(f[8]) if len(f) > 8 else int(f[3])
+            return cls(JobStatus(f[0]), f[1], f[2], f[3], f[4], task, f[6], int(f[7]), rows)
         except (TypeError, ValueError, IndexError, KeyError) as exc:
             raise CorruptRecord(key, f"bad status record ({exc})") from exc
 
@@ -267,6 +288,7 @@ class JobState:
             self.task,
             self.lease_task_id,
             self.held,
+            self.attempt_rows,
         )
 
 

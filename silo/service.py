@@ -145,7 +145,10 @@ class SiloService:
 
     async def get_job(self, req: pb.GetJobRequest) -> pb.GetJobResponse:
         shard, tenant, job_id = self._job_ref(req.job)
-        view = await shard.get_job(tenant, job_id, include_attempts=req.include_attempts)
+        view = await shard.get_job(
+            tenant, job_id, include_attempts=req.include_attempts,
+            max_attempts=req.max_attempts, attempts_before=req.attempts_before,
+        )
         return pb.GetJobResponse(job=job_to_pb(view))
 
     async def get_job_result(self, req: pb.GetJobResultRequest) -> pb.GetJobResultResponse:

@@ -18,6 +18,7 @@ from silo.shard.context import ShardRoom
 from silo.shard.tables import (
     JOBS_TERMINAL,
     JOBS_TOTAL,
+    fingerprint_key,
     request_key,
     status_counter,
     status_index_key,
@@ -55,6 +56,7 @@ class OperatorOps(ShardRoom):
         async with self._commit.operation(empty=EmptyBatch.IMPOSSIBLE) as txn:
             info, state = await self._rows.job(txn, tenant, job_id)
             require(Operation.RESTART, state.status)
+            transitions.restart_attempts_left(state, info.retry, self._limits.max_attempts_per_job)
             txn.delete(key(Prefix.CANCEL, tenant, job_id))
             new = transitions.restarted(state, txn.now)
             await self._limiter.queue_attempt(txn, info, new, txn.now)
@@ -108,6 +110,7 @@ class OperatorOps(ShardRoom):
             for ak, _ in await txn.scan(start, end):
                 txn.delete(ak)
             txn.delete(key(Prefix.CANCEL, tenant, job_id))
+            txn.delete(fingerprint_key(tenant, job_id))
             txn.bump(JOBS_TOTAL, -1)
             txn.bump(JOBS_TERMINAL, -1)
             txn.bump(status_counter(tenant, state.status), -1)

@@ -103,6 +103,7 @@ def leased(state: JobState, now_ms: int, task_id: str) -> JobState:
     new.task = None
     new.next_attempt_at_ms = None
     new.run_attempts = state.run_attempts + 1
+    new.attempt_rows = state.attempt_rows + 1
     new.lease_task_id = task_id
     return new
 
@@ -151,6 +152,17 @@ def require(op: Operation, status: JobStatus) -> None:
     """Raise FAILED_PRECONDITION unless ``op`` is allowed on a job in ``status``."""
     if status not in ALLOWED[op]:
         raise FailedPrecondition(f"cannot {op.value} a job that is {status.name}")
+
+
+def restart_attempts_left(state: JobState, retry: RetryPolicy, max_attempts: int) -> None:
+    """Raise FAILED_PRECONDITION when a new run of the job (up to ``retry_count + 1`` attempts)
+    could take its stored attempts past ``max_attempts`` (``max_attempts_per_job``)."""
+    run_max = retry.retry_count + 1
+    if state.attempt_rows + run_max > max_attempts:
+        raise FailedPrecondition(
+            f"cannot restart: the job has {state.attempt_rows} attempts and a new run may make "
+            f"{run_max} more; max_attempts_per_job is {max_attempts}"
+        )
 
 
 def retry_delay_ms(retry: RetryPolicy, run_attempts: int, jitter: float = 1.0) -> int | None:

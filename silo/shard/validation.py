@@ -172,6 +172,11 @@ def check_retry(limits: ShardLimits, retry: RetryPolicy) -> None:
             f"retry_count {retry.retry_count} is outside 0..retry_count_max "
             f"({limits.retry_count_max})"
         )
+    if retry.retry_count + 1 > limits.max_attempts_per_job:
+        raise InvalidArgument(
+            f"retry_count {retry.retry_count} allows {retry.retry_count + 1} attempts; "
+            f"max_attempts_per_job is {limits.max_attempts_per_job}"
+        )
     if retry.initial_backoff_ms < 0 or retry.max_backoff_ms < 0:
         raise InvalidArgument("backoff times must not be negative")
     if max(retry.max_backoff_ms, retry.initial_backoff_ms) > limits.backoff_max_ms:

@@ -62,7 +62,7 @@ async def test_stale_worker_is_reaped_and_its_late_report_refused(start_node: St
         info = await job.get(attempts=True)
         assert info.status == JobStatus.SUCCEEDED
         assert info.attempts is not None
-        first, second = info.attempts
+        second, first = info.attempts  # newest first
         assert (first.attempt, first.state, first.worker_id, first.error_code) == (
             1, AttemptState.FAILED, "worker-A", "WORKER_CRASHED")
         assert (second.attempt, second.state, second.worker_id) == (
@@ -118,8 +118,8 @@ async def test_stale_worker_abandons_when_its_heartbeat_finds_the_lease_gone(
         assert info.status == JobStatus.SUCCEEDED
         assert info.attempts is not None
         assert [(x.worker_id, x.state, x.error_code) for x in info.attempts] == [
-            ("worker-A", AttemptState.FAILED, "WORKER_CRASHED"),
             ("worker-B", AttemptState.SUCCEEDED, None),
+            ("worker-A", AttemptState.FAILED, "WORKER_CRASHED"),
         ]
 
 

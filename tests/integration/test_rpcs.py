@@ -83,8 +83,9 @@ async def test_get_job_with_and_without_attempts(raw: Raw) -> None:
     assert list(plain.attempts) == []
 
     full = await raw.get(job_id, attempts=True)
-    assert [(a.attempt, a.state) for a in full.attempts] == [(1, A.FAILED), (2, A.SUCCEEDED)]
-    first, second = full.attempts
+    # Newest first.
+    assert [(a.attempt, a.state) for a in full.attempts] == [(2, A.SUCCEEDED), (1, A.FAILED)]
+    second, first = full.attempts
     assert first.error_code == "FLAKY" and unpack(first.error_data) == "once"
     assert first.worker_id == "w1" and first.task_id == task.task_id
     assert unpack(second.result) == "done"

@@ -258,5 +258,8 @@ def test_every_limit_is_covered() -> None:
     """A new field in ShardLimits must get a test here."""
     covered = {_limit_name(c) for c in JOB_CASES} | set(REPORT_CASES) | {
         "max_jobs_per_batch", "max_tasks_per_lease", "worker_id_max_chars",
+        # tests/shard/test_bounds.py:
+        "task_id_max_chars", "max_attempts_per_job", "get_job_attempts_default",
+        "get_job_attempts_max",
     }
     assert {f.name for f in fields(ShardLimits)} <= covered
