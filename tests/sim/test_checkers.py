@@ -324,6 +324,7 @@ def _image(statuses: dict[str, JobStatus], counters: dict[bytes, int]) -> ShardI
         items[key(Prefix.STATUS, "t", job)] = JobState(st, T0, attempt=1).encode()
         items[key(Prefix.ATTEMPT, "t", job, 1)] = Attempt(
             1, "t1", AttemptState.SUCCEEDED, "w", T0, T0).encode()
+        items[key(Prefix.JOB_FINGERPRINT, "t", job)] = b"\x00" * 16
     for k, v in counters.items():
         items[k] = encode_int(v)
     return ShardImage.parse(sorted(items.items()))
@@ -342,6 +343,23 @@ def test_inv12_counters_differ_from_recount() -> None:
     h = Harness()
     h.checker.final_shard(h.host, 0, bad, "x")
     assert h.invariant == 12
+
+
+def test_audit_zero_counter_rows_and_fingerprint_rows() -> None:
+    img = _image({"a": JobStatus.SUCCEEDED}, {
+        JOBS_TOTAL: 1, JOBS_TERMINAL: 1, status_counter("t", JobStatus.SUCCEEDED): 1,
+        status_counter("t", JobStatus.FAILED): 0,
+    })
+    problems = audit_image(img, "x")
+    assert [inv for inv, _ in problems] == [12] and "stored as 0" in problems[0][1]
+    img = _image({"a": JobStatus.SUCCEEDED}, {
+        JOBS_TOTAL: 1, JOBS_TERMINAL: 1, status_counter("t", JobStatus.SUCCEEDED): 1,
+    })
+    del img.fingerprints[("t", "a")]
+    img.fingerprints[("t", "gone")] = b"\x00" * 16
+    messages = [m for _, m in audit_image(img, "x")]
+    assert any("fingerprint of missing job" in m for m in messages)
+    assert any("has no request fingerprint" in m for m in messages)
 
 
 def test_audit_terminal_job_with_lease_and_task() -> None:
