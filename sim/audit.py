@@ -5,8 +5,10 @@ each job has its info and status rows; a SCHEDULED job has exactly its one queue
 job has exactly one lease and one RUNNING attempt; a terminal job holds no lease, no queued task
 and no RUNNING attempt; leases and their expiry index agree; the stored counters equal a recount
 of the status rows; every concurrency holder row belongs to the queued or running attempt of a
-non-terminal job (a row left behind would hold its slot forever: invariant 2), and a queue whose
-max never changed holds at most its max.
+non-terminal job (a row left behind would hold its slot forever: invariant 2), a queue whose
+max never changed holds at most its max, and idle per-key state keeps no row (a queue with no
+holder, request or pending refresh; a counter at zero); every job has its request fingerprint
+row and every fingerprint row its job.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ class ShardImage:
     """(tenant, queue) -> holder task id -> (job id, attempt)."""
     queues: dict[tuple[str, str], QueueState] = field(default_factory=dict)
     fingerprints: dict[JobKey, bytes] = field(default_factory=dict)
-    zero_counters: list[bytes] = field(default_factory=list)
-    """Counter rows stored as 0 (a counter that reaches zero must be deleted)."""
+    requests: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(tenant, queue) -> parked requests."""
 
     @classmethod
     def parse(cls, items: list[tuple[bytes, bytes]]) -> ShardImage:
@@ -71,6 +73,9 @@ class ShardImage:
                 img.states[(str(t), str(j))] = JobState.decode(k, v)
             elif p in (Prefix.READY, Prefix.TIMER, Prefix.CONCURRENCY_REQUEST):
                 task = Task.decode(k, v)
+                if p == Prefix.CONCURRENCY_REQUEST:
+                    _, (t, q, *_rest) = keys.parse(k)
+                    img.requests[(str(t), str(q))] = img.requests.get((str(t), str(q)), 0) + 1
                 if not task.is_refresh:  # floating-limit refresh tasks belong to no job
                     img.queued.append((QUEUE_KINDS[p], task))
             elif p == Prefix.LEASE:
@@ -99,8 +104,6 @@ class ShardImage:
                 img.fingerprints[(str(t), str(j))] = v
             elif p == Prefix.META and k.startswith(COUNTER_PREFIX):
                 img.counters[k] = decode_int(k, v)
-                if img.counters[k] == 0:
-                    img.zero_counters.append(k)
         return img
 
     def recount(self) -> dict[bytes, int]:
@@ -114,7 +117,7 @@ class ShardImage:
         return dict(sorted(out.items()))
 
     def stored_counters(self) -> dict[bytes, int]:
-        return dict(sorted(self.counters.items()))
+        return {k: v for k, v in sorted(self.counters.items()) if v}
 
 
 def counter_name(k: bytes) -> str:
@@ -163,11 +166,27 @@ def audit_holders(
     return problems
 
 
+def audit_idle_rows(img: ShardImage, where: str) -> list[tuple[int, str]]:
+    """Per-key state is deleted once idle: no queue row without a holder, a parked request or a
+    pending refresh, and no counter row holding zero (either reads the same as no row)."""
+    problems: list[tuple[int, str]] = []
+    for (tenant, queue), qs in sorted(img.queues.items()):
+        q = (tenant, queue)
+        if qs.refresh_task_id is None and not img.holders.get(q) and not img.requests.get(q):
+            problems.append((12, f"{where}: idle queue {queue!r} of tenant {tenant!r} (no "
+                                 f"holder, request or refresh) keeps its state row"))
+    for k, v in sorted(img.counters.items()):
+        if v == 0:
+            problems.append((12, f"{where}: counter {counter_name(k)} is stored as zero"))
+    return problems
+
+
 def audit_image(
     img: ShardImage, where: str, max_changed: frozenset[tuple[str, str]] = frozenset()
 ) -> list[tuple[int, str]]:
     """Problems found in one durable shard image, as ``(invariant, message)``."""
     problems: list[tuple[int, str]] = audit_holders(img, where, max_changed)
+    problems += audit_idle_rows(img, where)
     for key in sorted(set(img.infos) ^ set(img.states)):
         problems.append((3, f"{where}: job {key} has only one of its info/status rows"))
     queued: dict[JobKey, list[tuple[str, Task]]] = {}
@@ -232,9 +251,6 @@ def audit_image(
     diff = diff_counters(img.stored_counters(), img.recount())
     if diff:
         problems.append((12, f"{where}: stored counters differ from a recount: {diff}"))
-    if img.zero_counters:
-        names = [counter_name(k) for k in img.zero_counters]
-        problems.append((12, f"{where}: counters stored as 0 instead of deleted: {names[:5]}"))
     for key in sorted(set(img.fingerprints) - set(img.infos)):
         problems.append((3, f"{where}: request fingerprint of missing job {key}"))
     for key in sorted(set(img.infos) - set(img.fingerprints)):

@@ -181,10 +181,8 @@ class CommitProtocol:
         for counter, delta in txn.counter_deltas.items():
             if delta:
                 value = self._mirror.counters.get(counter, 0) + delta
-                if value:
-                    txn.ops[counter] = encode_int(value)
-                else:
-                    txn.delete(counter)  # a counter at zero is no row, not a row holding 0
+                # A counter at zero keeps no row (it reads as zero either way).
+                txn.ops[counter] = encode_int(value) if value else None
         if not txn.ops:
             return None
         ops = list(txn.ops.items())

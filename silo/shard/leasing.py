@@ -62,9 +62,11 @@ class Leasing(ShardRoom):
     # -- leasing ----------------------------------------------------------------------------
 
     async def promote_due(self) -> int:
-        """Promote every due timer into the ready queue; returns how many moved."""
+        """Promote every due timer into the ready queue, and delete the rows of rate buckets
+        that have refilled; returns how many timers moved."""
         async with self._commit.operation(empty=EmptyBatch.NOTHING, refusal_barrier=False) as txn:
             n = await self._promote_in(txn, PROMOTE_BATCH)
+            self._limiter.forget_full_buckets(txn, PROMOTE_BATCH)
         return n
 
     async def _promote_all_due(self, txn: Txn) -> int:

@@ -1,4 +1,5 @@
-"""The shard's background loops: promote due timers and reap expired leases.
+"""The shard's background loops: promote due timers (and forget refilled rate buckets) and reap
+expired leases.
 
 Each loop sleeps until its next due time (or a wake-up when an earlier entry is added), and
 re-checks at least every :data:`MAX_LOOP_SLEEP_S`, so a wall-clock jump is noticed. A failed
@@ -58,7 +59,9 @@ class ShardLoops:
     async def timer_loop(self) -> None:
         while True:
             self._timer_wakeup = trio.Event()
-            due = self._mirror.next_timer_due_ms()
+            # Due timers, and rate buckets that have refilled (their rows are deleted).
+            dues = [self._mirror.next_timer_due_ms(), self._mirror.next_bucket_full_ms()]
+            due = min((d for d in dues if d is not None), default=None)
             if due is not None and due <= self._rt.clock.now_ms():
                 try:
                     await self._promote_due()

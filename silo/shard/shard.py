@@ -48,7 +48,7 @@ from silo.shard.commit import CommitProtocol
 from silo.shard.context import ShardContext
 from silo.shard.fingerprint import job_fingerprint
 from silo.shard.leasing import HeartbeatResult, Leasing
-from silo.shard.limiter import Limiter
+from silo.shard.limiter import Limiter, acquisition_order
 from silo.shard.loops import ShardLoops
 from silo.shard.mirror import COUNTER_PREFIX, ShardMirror
 from silo.shard.operations import OperatorOps
@@ -247,7 +247,7 @@ class JobShard:
         now = txn.now
         info = JobInfo(
             job.tenant, job_id, job.task_group, bytes(job.payload), job.priority, job.retry,
-            dict(job.metadata), now, job.start_at_ms, tuple(job.limits),
+            dict(job.metadata), now, job.start_at_ms, acquisition_order(job.limits),
         )
         txn.put(key(Prefix.JOB, job.tenant, job_id), info.encode())
         for mk, mv in sorted(job.metadata.items()):

@@ -53,6 +53,7 @@ class ShardLimits:
     rate_limit_max: int = 1_000_000
     rate_period_max_ms: int = 7 * 24 * 3600 * 1000
     refresh_interval_min_ms: int = 100
+    refresh_interval_max_ms: int = 24 * 3600 * 1000
     max_attempts_per_job: int = 10_000
     """Attempts one job may ever make, over all its runs (restarts included). A restart that
     could take a job past it is refused, and ``retry_count`` is capped so one run cannot."""
@@ -228,6 +229,11 @@ def check_job_limits(limits: ShardLimits, job_limits: tuple[Limit, ...]) -> None
                     raise InvalidArgument(
                         f"refresh_interval_ms {limit.refresh_interval_ms} of {quote(limit.key)} is "
                         f"below refresh_interval_min_ms ({limits.refresh_interval_min_ms})"
+                    )
+                if limit.refresh_interval_ms > limits.refresh_interval_max_ms:
+                    raise InvalidArgument(
+                        f"refresh_interval_ms {limit.refresh_interval_ms} of {quote(limit.key)} is "
+                        f"above refresh_interval_max_ms ({limits.refresh_interval_max_ms})"
                     )
                 check_metadata(limits, limit.metadata)
         elif isinstance(limit, RateLimit):
