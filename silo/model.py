@@ -56,6 +56,9 @@ PARKED = 2
 
 WORKER_CRASHED = "WORKER_CRASHED"
 """The failure code recorded when a lease expires without a report."""
+INTERNAL_ERROR = "INTERNAL_ERROR"
+"""The failure code of an attempt (or job) ended because the shard hit an unexpected error on
+it (a poison item: DESIGN §4 "No poison")."""
 
 
 def _pack(obj: Any) -> bytes:
@@ -90,7 +93,7 @@ def _unpack_versioned(
 class RetryPolicy:
     """At most ``retry_count`` retries per (re)start; retry k waits
     ``min(initial_backoff_ms * backoff_factor**(k-1), max_backoff_ms)``, times a jitter in
-    [1, 2) when ``randomize`` is set."""
+    [1, 2) when ``randomize`` is set (computed by :func:`silo.shard.transitions.backoff_ms`)."""
 
     retry_count: int = 0
     initial_backoff_ms: int = 1000
@@ -110,11 +113,6 @@ class RetryPolicy:
     @classmethod
     def from_list(cls, data: list[Any]) -> RetryPolicy:
         return cls(int(data[0]), int(data[1]), int(data[2]), float(data[3]), bool(data[4]))
-
-    def backoff_ms(self, retry_number: int, jitter: float = 1.0) -> int:
-        """Delay before retry ``retry_number`` (1 for the first retry)."""
-        base = self.initial_backoff_ms * (self.backoff_factor ** (retry_number - 1))
-        return int(min(base, self.max_backoff_ms) * jitter)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """Reading a shard's durable image straight off the simulated disk, and auditing it.
 
 The audit checks what must hold in *every* durable state of a shard, whatever the history:
-each job has its info and status rows; a SCHEDULED job has exactly its one queued task; a RUNNING
+each job has its info and status rows (and no attempt high-water row, which only a deleted id
+has); a SCHEDULED job has exactly its one queued task; a RUNNING
 job has exactly one lease and one RUNNING attempt; a terminal job holds no lease, no queued task
 and no RUNNING attempt; leases and their expiry index agree; the stored counters equal a recount
 of the status rows; every concurrency holder row belongs to the queued or running attempt of a
@@ -57,6 +58,8 @@ class ShardImage:
     """(tenant, queue) -> holder task id -> (job id, attempt)."""
     queues: dict[tuple[str, str], QueueState] = field(default_factory=dict)
     fingerprints: dict[JobKey, bytes] = field(default_factory=dict)
+    high_water: dict[JobKey, int] = field(default_factory=dict)
+    """Deleted (tenant, job id) -> the highest attempt number it used."""
     requests: dict[tuple[str, str], int] = field(default_factory=dict)
     """(tenant, queue) -> parked requests."""
 
@@ -102,6 +105,9 @@ class ShardImage:
             elif p == Prefix.JOB_FINGERPRINT:
                 _, (t, j) = keys.parse(k)
                 img.fingerprints[(str(t), str(j))] = v
+            elif p == Prefix.ATTEMPT_HIGH_WATER:
+                _, (t, j) = keys.parse(k)
+                img.high_water[(str(t), str(j))] = decode_int(k, v)
             elif p == Prefix.META and k.startswith(COUNTER_PREFIX):
                 img.counters[k] = decode_int(k, v)
         return img
@@ -236,6 +242,9 @@ def audit_image(
             if q:
                 problems.append((1, f"{where}: RUNNING job {key} still has queued task(s) {qs}: "
                                     f"it can be leased again"))
+        if key in img.high_water:
+            problems.append((4, f"{where}: job {key} exists beside the attempt high-water row "
+                                f"of a deleted job of that id ({img.high_water[key]})"))
         if atts and max(atts) > st.attempt:
             problems.append((4, f"{where}: job {key} has attempt {max(atts)} above its attempt "
                                 f"counter {st.attempt}"))

@@ -244,13 +244,6 @@ def test_random_bytes_decode_or_raise_corrupt_record(cls: type, data: bytes) -> 
         pass
 
 
-def test_retry_backoff_formula() -> None:
-    policy = RetryPolicy(retry_count=5, initial_backoff_ms=100, max_backoff_ms=1000,
-                         backoff_factor=3.0)
-    assert [policy.backoff_ms(k) for k in range(1, 6)] == [100, 300, 900, 1000, 1000]
-    assert policy.backoff_ms(2, jitter=1.5) == 450
-
-
 def test_terminal_statuses() -> None:
     assert [s for s in JobStatus if s.terminal] == [
         JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED

@@ -18,6 +18,9 @@ Metric names and labels::
     silo_jobs_completed_total{shard, outcome}       counter  outcome: succeeded|failed|cancelled
     silo_jobs_retried_total{shard}                  counter
     silo_leases_reaped_total{shard}                 counter
+    silo_poison_items_total{shard}                  counter  items a loop, report or open could
+                                                             not process (job FAILED
+                                                             INTERNAL_ERROR or row quarantined)
     silo_synced_writes_total{shard}                 counter
     silo_write_groups_total{shard}                  counter
     silo_active_leases{shard}                       gauge
@@ -95,6 +98,12 @@ def _shard_families(stats: list[Any]) -> Iterator[Metric]:
 
     yield counter("silo_jobs_retried_total", "Failed attempts scheduled for retry.", "retried")
     yield counter("silo_leases_reaped_total", "Leases that expired without a heartbeat.", "reaped")
+    yield counter(
+        "silo_poison_items_total",
+        "Items the shard could not process: their job failed INTERNAL_ERROR or the row was "
+        "quarantined.",
+        "poison_items",
+    )
     yield counter("silo_synced_writes_total", "Synced (fsynced) store writes.", "synced_writes")
     yield counter("silo_write_groups_total", "Write groups committed.", "groups_committed")
 

@@ -5,7 +5,7 @@ Contract:
 - Leasing moves a task from the ready queue to a lease in one batch under the lock, so no task
   is ever handed out twice; every hand-out has a new attempt number and task id.
 - Outcome reports are idempotent per task id and fenced by task id and worker id.
-- :meth:`Leasing._end_attempt` is the single path by which a running attempt ends (report or
+- :meth:`Leasing.end_attempt` is the single path by which a running attempt ends (report or
   reap): it records the attempt, drops the lease, releases the job's slots and applies the
   job's next state (see :mod:`silo.shard.transitions`).
 """
@@ -14,11 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from silo import keys
-from silo.errors import FailedPrecondition, InvalidArgument, NotFound, SiloError, quote
+from silo.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    SiloError,
+    quote,
+)
 from silo.keys import Prefix, key
 from silo.model import (
+    INTERNAL_ERROR,
     READY,
     TIMER,
     WORKER_CRASHED,
@@ -46,6 +55,9 @@ from silo.shard.tables import job_keys, timer_key
 from silo.shard.transitions import Event, retry_delay_ms
 from silo.shard.txn import Txn
 
+if TYPE_CHECKING:
+    from silo.shard.quarantine import PoisonItems
+
 REAP_BATCH = 500
 PROMOTE_BATCH = 1000
 
@@ -57,7 +69,15 @@ class HeartbeatResult:
 
 
 class Leasing(ShardRoom):
-    """Leases, heartbeats, outcome reports and reaping of one shard."""
+    """Leases, heartbeats, outcome reports and reaping of one shard.
+
+    Every item of a batch (a timer, a ready task, a report, an expired lease) is processed
+    under its own savepoint: one that raises unexpectedly is undone alone and handed to
+    :attr:`poison`, and the others go on (DESIGN §4 "No poison").
+    """
+
+    poison: PoisonItems
+    """Set by the shard once built (it needs :meth:`end_attempt`)."""
 
     # -- leasing ----------------------------------------------------------------------------
 
@@ -73,33 +93,39 @@ class Leasing(ShardRoom):
         return await self._promote_in(txn, PROMOTE_BATCH)
 
     async def _promote_in(self, txn: Txn, limit: int) -> int:
-        promoted = []
-        for task in self._mirror.timers.values():
-            if task.due_ms > txn.now or len(promoted) >= limit:
-                break
-            promoted.append(task)
+        """Promote up to ``limit`` timers due by the monotonic clock (DESIGN §4 "Deadlines");
+        a timer that cannot be processed is a poison item (see :mod:`silo.shard.quarantine`)."""
+        assert txn.mono is not None
+        promoted = self._mirror.due_timers(txn.mono, limit)
         await txn.prefetch(
             [k for t in promoted if not t.is_refresh for k in job_keys(t.tenant, t.job_id)[:2]]
         )
         for task in promoted:
-            if task.is_refresh:
-                self._limiter.promote_refresh(txn, task)
-                continue
-            txn.delete(timer_key(task))
-            info = await self._rows.info(txn, task.tenant, task.job_id)
-            state = await self._rows.state(txn, task.tenant, task.job_id)
-            if (
-                info is None
-                or state is None
-                or state.task is None
-                or state.task[2] != TIMER
-                or state.task[3] != task.task_id
-            ):
-                continue  # a stray timer (cannot happen while the tables agree): drop it
-            new = state.copy()
-            await self._limiter.place(txn, info, new, task, state.held)
-            self._rows.put_state(txn, info, state, new)
+            sp = txn.savepoint()
+            try:
+                await self._promote_one(txn, task)
+            except Exception as exc:
+                await self.poison.queued(txn, sp, timer_key(task), task.encode(), exc)
         return len(promoted)
+
+    async def _promote_one(self, txn: Txn, task: Task) -> None:
+        if task.is_refresh:
+            self._limiter.promote_refresh(txn, task)
+            return
+        txn.delete(timer_key(task))
+        info = await self._rows.info(txn, task.tenant, task.job_id)
+        state = await self._rows.state(txn, task.tenant, task.job_id)
+        if (
+            info is None
+            or state is None
+            or state.task is None
+            or state.task[2] != TIMER
+            or state.task[3] != task.task_id
+        ):
+            return  # a stray timer (cannot happen while the tables agree): drop it
+        new = state.copy()
+        await self._limiter.place(txn, info, new, task, state.held)
+        self._rows.put_state(txn, info, state, new)
 
     async def lease_tasks(
         self, worker_id: str, task_group: str, max_tasks: int
@@ -129,7 +155,12 @@ class Leasing(ShardRoom):
             out: list[LeasedTask] = []
             expiry = txn.now + self._lease_ms
             for rk, task in picked:
-                leased = await self._lease_one(txn, rk, task, worker_id, expiry)
+                sp = txn.savepoint()
+                try:
+                    leased = await self._lease_one(txn, rk, task, worker_id, expiry)
+                except Exception as exc:
+                    await self.poison.queued(txn, sp, rk, task.encode(), exc)
+                    continue
                 if leased is not None:
                     out.append(leased)
         self._stats["leased"] += len(out)
@@ -168,7 +199,7 @@ class Leasing(ShardRoom):
             "task_leased", shard=self.shard_id, task_id=task.task_id, tenant=task.tenant,
             job_id=task.job_id, attempt=task.attempt, worker_id=worker_id,
             task_group=task.task_group, priority=task.priority, due_ms=task.due_ms,
-            expiry_ms=expiry, at_ms=txn.now,
+            expiry_ms=expiry, at_ms=txn.now, mono_ms=txn.mono,
         )
         self._rows.put_state(txn, info, state, new)
         return LeasedTask(
@@ -228,7 +259,9 @@ class Leasing(ShardRoom):
         lim.check_task_id(self._limits, task_id)
         async with self._commit.operation() as txn:
             lease = self._owned_lease(worker_id, task_id)
-            expiry = max(txn.now + self._lease_ms, lease.expiry_ms)
+            # lease_ms from now on the monotonic clock, so never shorter than before; after a
+            # backward wall step the stored (wall-clock) expiry goes down with the clock.
+            expiry = txn.now + self._lease_ms
             if expiry != lease.expiry_ms:
                 new = Lease(
                     lease.task_id, lease.tenant, lease.job_id, lease.attempt, lease.task_group,
@@ -266,12 +299,24 @@ class Leasing(ShardRoom):
             )
             await self._prefetch_grants(txn, [self._mirror.leases.get(r.task_id) for r in reports])
             for report in reports:
+                sp = txn.savepoint()
                 try:
                     self._validate_report(report)
                     await self._report_one(txn, report)
                     results.append(None)
                 except SiloError as exc:
+                    txn.rollback(sp)
                     results.append(exc)
+                except Exception as exc:
+                    # A poison report answers alone; the others in the batch are recorded.
+                    lease = self._mirror.leases.get(report.task_id)
+                    if lease is not None and lease.worker_id != report.worker_id:
+                        lease = None
+                    await self.poison.lease(txn, sp, lease, exc, what=f"report {report.task_id}")
+                    results.append(Internal(
+                        f"the outcome of task {report.task_id!r} could not be recorded "
+                        f"({type(exc).__name__}); its job ended FAILED {INTERNAL_ERROR}"
+                    ))
         return results
 
     async def _prefetch_grants(self, txn: Txn, leases: Sequence[Lease | None]) -> None:
@@ -332,7 +377,7 @@ class Leasing(ShardRoom):
             raise InvalidArgument(
                 f"task {quote(report.task_id)} is a refresh task; report it with ReportRefresh"
             )
-        await self._end_attempt(txn, lease, report.outcome, reaped=False)
+        await self.end_attempt(txn, lease, report.outcome, reaped=False)
 
     async def _check_repeated_report(self, txn: Txn, report: OutcomeReport) -> None:
         """A report without a live lease: succeed if it repeats the recorded outcome."""
@@ -359,10 +404,11 @@ class Leasing(ShardRoom):
             + (" (lease expired)" if attempt.error_code == WORKER_CRASHED else "")
         )
 
-    async def _end_attempt(
-        self, txn: Txn, lease: Lease, outcome: Outcome, *, reaped: bool
+    async def end_attempt(
+        self, txn: Txn, lease: Lease, outcome: Outcome, *, reaped: bool, final: bool = False
     ) -> None:
-        """The single path by which a running attempt ends (report or reap)."""
+        """The single path by which a running attempt ends (report, reap or poison). With
+        ``final`` a failure is not retried."""
         info = await self._rows.info(txn, lease.tenant, lease.job_id)
         state = await self._rows.state(txn, lease.tenant, lease.job_id)
         if info is None or state is None:
@@ -400,7 +446,7 @@ class Leasing(ShardRoom):
                 txn.put(key(Prefix.CANCEL, lease.tenant, lease.job_id), encode_int(now))
         else:
             jitter = 1.0 + self._rng.random()
-            delay = retry_delay_ms(info.retry, state.run_attempts, jitter)
+            delay = None if final else retry_delay_ms(info.retry, state.run_attempts, jitter)
             if state.attempt_rows >= self._limits.max_attempts_per_job:
                 delay = None  # the job has made every attempt it may ever make
             if delay is None:
@@ -427,19 +473,27 @@ class Leasing(ShardRoom):
         if self._rt.faults.mutation("no-reaper"):
             return 0
         async with self._commit.operation(empty=EmptyBatch.NOTHING, refusal_barrier=False) as txn:
-            expired: list[str] = []
-            for ek, task_id in self._mirror.expiries.items():
-                _, (expiry, _) = keys.parse(ek)
-                if int(expiry) > txn.now or len(expired) >= REAP_BATCH:
-                    break
-                expired.append(task_id)
-            await txn.prefetch(self._lease_keys([self._mirror.leases.get(t) for t in expired]))
-            for task_id in expired:
+            assert txn.mono is not None
+            expired = self._mirror.expired(txn.mono, REAP_BATCH)
+            await txn.prefetch(
+                self._lease_keys([self._mirror.leases.get(t) for _, t in expired])
+            )
+            for ek, task_id in expired:
                 lease = self._mirror.leases.get(task_id)
-                if lease is not None and lease.is_refresh:
-                    self._limiter.end_refresh(txn, lease, None, reaped=True)
-                elif lease is not None:
-                    await self._end_attempt(txn, lease, Failure(WORKER_CRASHED), reaped=True)
+                if lease is None:
+                    # An expiry entry without its lease (cannot happen while the tables
+                    # agree): drop it, or the reaper would meet it on every round.
+                    self.poison.count(f"reap {task_id}", NotFound(f"no lease for {ek.hex()}"))
+                    txn.delete(ek)
+                    continue
+                sp = txn.savepoint()
+                try:
+                    if lease.is_refresh:
+                        self._limiter.end_refresh(txn, lease, None, reaped=True)
+                    else:
+                        await self.end_attempt(txn, lease, Failure(WORKER_CRASHED), reaped=True)
+                except Exception as exc:
+                    await self.poison.lease(txn, sp, lease, exc, what=f"reap {task_id}")
         return len(expired)
 
 

@@ -5,6 +5,14 @@ Tables added since DESIGN §3 (same conventions: prefix byte, then the encoded t
 =====================  ==========================  ============================================
 prefix                 key                         value
 =====================  ==========================  ============================================
+``0x0F`` attempt high  ``(tenant, job_id)``        ``encode_int(attempt)``: the highest attempt
+water                                              number a deleted job of that id used. Written
+                                                   by delete, read and removed by the enqueue
+                                                   that reuses the id, whose first attempt is
+                                                   numbered above it: attempt numbers strictly
+                                                   increase per (tenant, job id) for the life of
+                                                   the shard (handlers fence on them). At most
+                                                   one row per deleted id; not counted.
 ``0x10`` job           ``(tenant, job_id)``        the 16-byte request fingerprint the job was
 fingerprint                                        enqueued with (:mod:`silo.shard.fingerprint`).
                                                    Written with the job, deleted with it; read
@@ -13,6 +21,12 @@ fingerprint                                        enqueued with (:mod:`silo.sha
                                                    from a different one (ALREADY_EXISTS). A job
                                                    stored before fingerprints has none: any
                                                    enqueue of its id is ALREADY_EXISTS.
+``0xE0`` quarantine    ``(original key as hex)``   the original row's value, byte for byte. A
+                                                   row a background loop could not process (a
+                                                   record that does not decode, a poison item)
+                                                   is moved here, out of the live tables, so it
+                                                   is neither lost nor retried forever. Read
+                                                   by operators only; not counted.
 =====================  ==========================  ============================================
 
 Counter rows (``META "counter" ...``) hold non-zero values only: a counter that reaches zero is
@@ -76,6 +90,14 @@ def queue_key(tenant: str, queue: str) -> bytes:
 
 def bucket_key(tenant: str, name: str, bucket: str) -> bytes:
     return key(Prefix.RATE_BUCKET, tenant, name, bucket)
+
+
+def attempt_high_water_key(tenant: str, job_id: str) -> bytes:
+    return key(Prefix.ATTEMPT_HIGH_WATER, tenant, job_id)
+
+
+def quarantine_key(original: bytes) -> bytes:
+    return key(Prefix.QUARANTINE, original.hex())
 
 
 def fingerprint_key(tenant: str, job_id: str) -> bytes:

@@ -6,6 +6,7 @@ Nothing here performs I/O; the shard and the simulator's checkers share these ru
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 
 from silo.errors import FailedPrecondition
@@ -46,6 +47,10 @@ class Event(Enum):
     RESTART = "restart"
     EXPEDITE = "expedite"
     """A scheduled job's queued task is made due now (the status stays SCHEDULED)."""
+    POISON = "poison"
+    """The shard could not process the job's queued task (DESIGN §4 "No poison"): the job
+    ends FAILED ``INTERNAL_ERROR`` without running. (A running attempt that cannot be processed
+    ends with ``FAIL``.)"""
 
 
 TRANSITIONS: dict[tuple[JobStatus | None, Event], JobStatus] = {
@@ -53,6 +58,7 @@ TRANSITIONS: dict[tuple[JobStatus | None, Event], JobStatus] = {
     (S.SCHEDULED, Event.LEASE): S.RUNNING,
     (S.SCHEDULED, Event.CANCEL): S.CANCELLED,  # cancel before it ran
     (S.SCHEDULED, Event.EXPEDITE): S.SCHEDULED,
+    (S.SCHEDULED, Event.POISON): S.FAILED,
     (S.RUNNING, Event.SUCCEED): S.SUCCEEDED,
     (S.RUNNING, Event.FAIL): S.FAILED,
     (S.RUNNING, Event.CANCEL): S.CANCELLED,
@@ -142,6 +148,15 @@ def restarted(state: JobState, now_ms: int) -> JobState:
     return new
 
 
+def poisoned(state: JobState, now_ms: int) -> JobState:
+    """A scheduled job whose queued task could not be processed ends FAILED (the caller
+    removes the task and records its attempt as failed)."""
+    new = state.copy()
+    new.status = next_status(state.status, Event.POISON)
+    new.changed_at_ms = now_ms
+    return new
+
+
 def expedited(state: JobState) -> JobState:
     """A scheduled job whose queued task the caller makes due now."""
     next_status(state.status, Event.EXPEDITE)
@@ -152,6 +167,29 @@ def require(op: Operation, status: JobStatus) -> None:
     """Raise FAILED_PRECONDITION unless ``op`` is allowed on a job in ``status``."""
     if status not in ALLOWED[op]:
         raise FailedPrecondition(f"cannot {op.value} a job that is {status.name}")
+
+
+def backoff_ms(retry: RetryPolicy, retry_number: int, jitter: float = 1.0) -> int:
+    """Delay before retry ``retry_number`` (1 for the first retry):
+    ``min(initial_backoff_ms * backoff_factor**(retry_number - 1), max_backoff_ms) * jitter``.
+
+    Never overflows, whatever the policy: the power is computed only while it stays below
+    ``max_backoff_ms`` (decided on logarithms); past that point the delay is the maximum.
+    """
+    initial, ceiling = retry.initial_backoff_ms, retry.max_backoff_ms
+    exponent = max(0, retry_number - 1)
+    if initial <= 0 or ceiling <= 0:
+        base = 0
+    elif initial >= ceiling:
+        base = ceiling
+    elif retry.backoff_factor <= 1.0 or exponent == 0:
+        base = initial
+    elif exponent * math.log(retry.backoff_factor) >= math.log(ceiling / initial):
+        base = ceiling
+    else:
+        # Here initial * factor**exponent < ceiling (up to rounding): a small, finite float.
+        base = min(ceiling, int(initial * retry.backoff_factor**exponent))
+    return int(base * jitter)
 
 
 def restart_attempts_left(state: JobState, retry: RetryPolicy, max_attempts: int) -> None:
@@ -169,9 +207,11 @@ def retry_delay_ms(retry: RetryPolicy, run_attempts: int, jitter: float = 1.0) -
     """Delay before the next attempt after attempt ``run_attempts`` of this run failed.
 
     ``None`` when the retry budget is spent: a job with ``retry_count = n`` gets at most n+1
-    attempts per (re)start. ``jitter`` is in [1, 2) when the policy randomizes, else 1.
+    attempts per (re)start. ``jitter`` is in [1, 2) when the policy randomizes, else 1. The
+    delay is at most ``2 * max_backoff_ms`` and is computed without overflow (see
+    :func:`backoff_ms`).
     """
     retries_done = run_attempts - 1
     if retries_done >= retry.retry_count:
         return None
-    return retry.backoff_ms(retries_done + 1, jitter if retry.randomize else 1.0)
+    return backoff_ms(retry, retries_done + 1, jitter if retry.randomize else 1.0)

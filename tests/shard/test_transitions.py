@@ -52,6 +52,7 @@ def test_next_state_functions_follow_the_table(status: JobStatus, event: Event) 
         Event.RETRY: lambda: tr.attempt_ended(state, 200, Event.RETRY),
         Event.RESTART: lambda: tr.restarted(state, 200),
         Event.EXPEDITE: lambda: tr.expedited(state),
+        Event.POISON: lambda: tr.poisoned(state, 200),
     }
     if event is Event.CANCEL:
         # A running job's cancel ends with its attempt; the operator cancel applies to SCHEDULED.
@@ -113,6 +114,7 @@ def test_enqueued_is_scheduled_at_now() -> None:
 def test_legal_transitions_are_the_status_changes_of_the_table() -> None:
     assert LEGAL_TRANSITIONS == {
         (None, S.SCHEDULED), (S.SCHEDULED, S.RUNNING), (S.SCHEDULED, S.CANCELLED),
+        (S.SCHEDULED, S.FAILED),  # a poison queued task
         (S.RUNNING, S.SUCCEEDED), (S.RUNNING, S.FAILED), (S.RUNNING, S.CANCELLED),
         (S.RUNNING, S.SCHEDULED), (S.FAILED, S.SCHEDULED), (S.CANCELLED, S.SCHEDULED),
     }
