@@ -260,11 +260,13 @@ class JobShard:
         seen.add(ref)
         if await txn.get(key(Prefix.JOB, *ref)) is None:
             return None, False, fp
-        if await txn.get(fingerprint_key(*ref)) == fp:
+        stored = await txn.get(fingerprint_key(*ref))
+        if stored == fp:
             return None, True, fp
+        why = "a different job than the one sent" if stored is not None else (
+            "stored without a request fingerprint, so it cannot be matched")
         return AlreadyExists(
-            f"job already exists: {quote(job_id)} (tenant {quote(job.tenant)}), a different "
-            f"job than the one sent"
+            f"job already exists: {quote(job_id)} (tenant {quote(job.tenant)}), {why}"
         ), False, fp
 
     async def _write_new_job(self, txn: Txn, job: NewJob, job_id: str) -> None:
