@@ -47,6 +47,9 @@ class AttemptState(IntEnum):
     SUCCEEDED = 2
     FAILED = 3
     CANCELLED = 4
+    UNDELIVERED = 5
+    """The lease expired before the worker acknowledged it: the job was re-queued without
+    charging its retry budget (DESIGN §4 "Delivery")."""
 
 
 TIMER = 0
@@ -59,6 +62,14 @@ WORKER_CRASHED = "WORKER_CRASHED"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 """The failure code of an attempt (or job) ended because the shard hit an unexpected error on
 it (a poison item: DESIGN §4 "No poison")."""
+"""The failure code recorded when an acknowledged lease expires without a report."""
+
+TASK_TOO_LARGE = "TASK_TOO_LARGE"
+"""The failure code of a job whose task alone does not fit in a LeaseTasks reply."""
+
+MAX_UNDELIVERED = 3
+"""Unacknowledged lease expiries a job may have per (re)start before the next one counts as a
+``WORKER_CRASHED`` failure (DESIGN §4 "Delivery")."""
 
 
 def _pack(obj: Any) -> bytes:
@@ -218,7 +229,8 @@ class JobInfo:
                 f[0], f[1], f[2], f[3], f[4], RetryPolicy.from_list(f[5]),
                 {k: v for k, v in f[6]}, f[7], f[8], tuple(limit_from_list(x) for x in f[9]),
             )
-        except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError,
+                OverflowError) as exc:
             raise CorruptRecord(key, f"bad job record ({exc})") from exc
 
 
@@ -233,6 +245,8 @@ class JobState:
     :data:`PARKED` (a request waiting for a concurrency slot). ``held`` counts the job's limits
     (a prefix of ``JobInfo.limits``) acquired by the queued or running attempt: a parked task
     waits on ``limits[held]``. ``lease_task_id`` is the task id of the running attempt.
+    ``undelivered`` counts the leases of this run that expired unacknowledged (they do not
+    count in ``run_attempts``); a restart resets it.
     ``attempt_rows`` counts the job's stored attempt rows (one per lease, over every run); it is
     bounded by ``max_attempts_per_job``.
     """
@@ -245,6 +259,7 @@ class JobState:
     task: tuple[int, int, int, str] | None = None
     lease_task_id: str | None = None
     held: int = 0
+    undelivered: int = 0
     attempt_rows: int = 0
 
     def encode(self) -> bytes:
@@ -259,21 +274,25 @@ class JobState:
                 list(self.task) if self.task is not None else None,
                 self.lease_task_id,
                 self.held,
+                self.undelivered,
                 self.attempt_rows,
             ]
         )
 
     @classmethod
     def decode(cls, key: bytes, data: bytes) -> JobState:
-        """Reads version 3 and version 1 (written before ``attempt_rows`` existed: it is taken
-        as ``attempt``, an upper bound)."""
-        _, f = _unpack_versioned(key, data, {3: 9, 1: 8})
+        """Reads version 3, version 2 (written before ``attempt_rows`` existed) and version 1
+        (before ``undelivered`` too: 0). A record without ``attempt_rows`` takes ``attempt``,
+        an upper bound."""
+        _, f = _unpack_versioned(key, data, {3: 10, 2: 9, 1: 8})
         try:
             t = f[5]
             task = (int(t[0]), int(t[1]), int(t[2]), str(t[3])) if t is not None else None
-            rows = int(f[8]) if len(f) > 8 else int(f[3])
-            return cls(JobStatus(f[0]), f[1], f[2], f[3], f[4], task, f[6], int(f[7]), rows)
-        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            undelivered = int(f[8]) if len(f) > 8 else 0
+            rows = int(f[9]) if len(f) > 9 else int(f[3])
+            return cls(JobStatus(f[0]), f[1], f[2], f[3], f[4], task, f[6], int(f[7]),
+                       undelivered, rows)
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError) as exc:
             raise CorruptRecord(key, f"bad status record ({exc})") from exc
 
     def copy(self) -> JobState:
@@ -286,6 +305,7 @@ class JobState:
             self.task,
             self.lease_task_id,
             self.held,
+            self.undelivered,
             self.attempt_rows,
         )
 
@@ -372,7 +392,12 @@ class Task:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """A worker's claim on a task until ``expiry_ms`` (``attempt == 0``: a refresh task)."""
+    """A worker's claim on a task until ``expiry_ms`` (``attempt == 0``: a refresh task).
+
+    ``acked`` is False from the commit of the lease until the worker acknowledges it (a
+    TaskAck on a later LeaseTasks, a heartbeat or a report): an unacknowledged lease that
+    expires was never delivered (DESIGN §4 "Delivery").
+    """
 
     task_id: str
     tenant: str
@@ -382,11 +407,12 @@ class Lease:
     worker_id: str
     leased_at_ms: int
     expiry_ms: int
+    acked: bool = True
 
     def encode(self) -> bytes:
         return _pack(
             [
-                1,
+                2,
                 self.task_id,
                 self.tenant,
                 self.job_id,
@@ -395,13 +421,20 @@ class Lease:
                 self.worker_id,
                 self.leased_at_ms,
                 self.expiry_ms,
+                self.acked,
             ]
         )
 
     @classmethod
     def decode(cls, key: bytes, data: bytes) -> Lease:
-        f = _unpack(key, data, 1, 8)
-        return cls(*f)
+        """Reads version 2 and version 1 (written before acknowledgements: counts as acked)."""
+        _, f = _unpack_versioned(key, data, {2: 9, 1: 8})
+        try:
+            acked = bool(f[8]) if len(f) > 8 else True
+            return cls(str(f[0]), str(f[1]), str(f[2]), int(f[3]), str(f[4]), str(f[5]),
+                       int(f[6]), int(f[7]), acked)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise CorruptRecord(key, f"bad lease record ({exc})") from exc
 
     @property
     def is_refresh(self) -> bool:

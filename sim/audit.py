@@ -2,12 +2,13 @@
 
 The audit checks what must hold in *every* durable state of a shard, whatever the history:
 each job has its info and status rows (and no attempt high-water row, which only a deleted id
-has); a SCHEDULED job has exactly its one queued task; a RUNNING
-job has exactly one lease and one RUNNING attempt; a terminal job holds no lease, no queued task
-and no RUNNING attempt; leases and their expiry index agree; the stored counters equal a recount
-of the status rows; every concurrency holder row belongs to the queued or running attempt of a
-non-terminal job (a row left behind would hold its slot forever: invariant 2), a queue whose
-max never changed holds at most its max, and idle per-key state keeps no row (a queue with no
+has); a SCHEDULED job has exactly its one queued task; a RUNNING job has exactly one lease and one
+RUNNING attempt; a job counts at most ``MAX_UNDELIVERED`` undelivered attempts since its
+(re)start, each stored as UNDELIVERED; a terminal job holds no lease, no queued task and no
+RUNNING attempt; leases and their expiry index agree; the stored counters equal a recount of the
+status rows; every concurrency holder row belongs to the queued or running attempt of a
+non-terminal job (a row left behind would hold its slot forever: invariant 2), a queue whose max
+never changed holds at most its max, and idle per-key state keeps no row (a queue with no
 holder, request or pending refresh; a counter at zero); every job has its request fingerprint
 row and every fingerprint row its job.
 """
@@ -21,6 +22,7 @@ import msgpack
 from silo import keys
 from silo.keys import Prefix
 from silo.model import (
+    MAX_UNDELIVERED,
     PARKED,
     READY,
     TIMER,
@@ -245,6 +247,13 @@ def audit_image(
         if key in img.high_water:
             problems.append((4, f"{where}: job {key} exists beside the attempt high-water row "
                                 f"of a deleted job of that id ({img.high_water[key]})"))
+        if not 0 <= st.undelivered <= MAX_UNDELIVERED or st.run_attempts < 0:
+            problems.append((4, f"{where}: job {key} has undelivered={st.undelivered} (0.."
+                                f"{MAX_UNDELIVERED}) and run_attempts={st.run_attempts}"))
+        undelivered = sum(1 for a in atts.values() if a.state == AttemptState.UNDELIVERED)
+        if undelivered < st.undelivered:
+            problems.append((4, f"{where}: job {key} counts {st.undelivered} undelivered "
+                                f"attempts but only {undelivered} are stored"))
         if atts and max(atts) > st.attempt:
             problems.append((4, f"{where}: job {key} has attempt {max(atts)} above its attempt "
                                 f"counter {st.attempt}"))

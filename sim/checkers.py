@@ -12,7 +12,9 @@ events ever being emitted). Numbers are DESIGN §7's invariants:
    ``slot_granted`` / ``slot_released``, re-synced from the holder rows after a crash); the
    audit finds no holder row of a job that is terminal or of another attempt;
 3. only legal status transitions; RUNNING iff exactly one running attempt;
-4. attempts never leave a terminal state; attempt numbers strictly increase per job;
+4. attempts never leave a terminal state; attempt numbers strictly increase per job; an
+   undelivered attempt (a lease that expired unacknowledged) re-queues the job without charging
+   its retry budget, at most ``MAX_UNDELIVERED`` times per run;
 5. terminal jobs hold no lease and no queued task;
 6. no acknowledged enqueue is ever lost (and none is acknowledged before it is durable);
 7. liveness: checked by the simulator (every job terminal within the bound after healing);
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from silo.errors import Code
-from silo.model import DEFAULT_TENANT, READY, TIMER, Task
+from silo.model import DEFAULT_TENANT, MAX_UNDELIVERED, READY, TIMER, Task
 from silo.pb.silo import v1 as pb
 from silo.shard.tables import ready_key, timer_key
 from silo.shard.transitions import LEGAL_TRANSITIONS
@@ -166,6 +168,8 @@ class JobModel:
     last_task_id: str | None = None
     retry_count: int | None = None
     run_attempts: int = 0
+    undelivered: int = 0
+    """Undelivered attempts since the last (re)start (they do not count in run_attempts)."""
     ended: str | None = None  # state of the attempt that just ended, until the status follows
     history: list[str] = field(default_factory=list)
     enqueued_at: float = 0.0  # simulated seconds
@@ -222,6 +226,7 @@ class Checker:
         self.releases = 0
         self.cancels_seen_by_heartbeat = 0
         self.reaped = 0
+        self.undelivered = 0
 
     # -- reporting --------------------------------------------------------------------------
 
@@ -335,6 +340,7 @@ class Checker:
             if old in TERMINAL:
                 j.cancel_flag = False  # restart clears the flag
                 j.run_attempts = 0  # and gives a fresh retry budget
+                j.undelivered = 0
             self._set_task(j, _queued(f, attempt))
         elif new in TERMINAL:
             if j.task is not None:
@@ -368,6 +374,8 @@ class Checker:
             want = {"SUCCEEDED"}
         elif ended == "CANCELLED" or j.cancel_flag:
             want = {"CANCELLED"}
+        elif ended == "UNDELIVERED":
+            want = {"SCHEDULED"}  # re-queued at once, the retry budget untouched
         elif j.retry_count is None:
             want = {"SCHEDULED", "FAILED"}
         elif j.run_attempts <= j.retry_count:
@@ -475,7 +483,36 @@ class Checker:
         j.ended = j.attempts[a]
         if f["outcome"] == "reaped":
             self.reaped += 1
+        if f["outcome"] == "undelivered":
+            self.undelivered += 1
+            if j.attempts[a] not in ("UNDELIVERED", "CANCELLED"):
+                self.fail(4, f"undelivered attempt {a} of job {j.key} recorded as "
+                             f"{j.attempts[a]}", j.describe(), ev)
+                return
+            if j.undelivered >= MAX_UNDELIVERED:
+                self.fail(8, f"job {j.key}: attempt {a} counted undelivered after "
+                             f"{j.undelivered} undelivered attempts (at most {MAX_UNDELIVERED}; "
+                             f"then the expiry is a WORKER_CRASHED failure)", j.describe(), ev)
+                return
+            if j.attempts[a] == "UNDELIVERED":
+                j.undelivered += 1
+                j.run_attempts -= 1  # the retry budget is charged only for delivered leases
         j.lease = None
+
+    def _on_task_too_large(self, host: Any, f: dict[str, Any]) -> None:
+        """A queued task that can never fit in a LeaseTasks reply: its attempt is recorded
+        FAILED without a lease (the status change to FAILED follows)."""
+        j = self._job(f, "task_too_large")
+        if j is None:
+            return
+        a = f["attempt"]
+        j.note(f"task of attempt {a} too large ({f['size_bytes']} > {f['max_bytes']} bytes)")
+        if j.status != "SCHEDULED" or j.task is None or j.task.attempt != a or a in j.attempts:
+            self.fail(4, f"attempt {a} of job {j.key} failed as too large but was not its "
+                         f"queued task", j.describe(), f"event: task_too_large {f}")
+            return
+        j.attempts[a] = "FAILED"
+        j.max_leased = max(j.max_leased, a)
 
     def _on_cancel_requested(self, host: Any, f: dict[str, Any]) -> None:
         j = self._job(f, "cancel_requested")
@@ -758,6 +795,7 @@ class Checker:
             j.note(f"resync after crash: {st.status.name}")
             j.retry_count = img.infos[key].retry.retry_count
             j.run_attempts = st.run_attempts
+            j.undelivered = st.undelivered
             j.ended = None
             j.status = st.status.name
             j.attempt = st.attempt

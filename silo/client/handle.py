@@ -78,6 +78,7 @@ class JobHandle:
             limits=tuple(limit_from_pb(x) for x in j.limits),
             waiting_for=j.waiting_for,
             attempts_total=j.attempts_total,
+            undelivered_count=j.undelivered_count,
         )
 
     async def status(self) -> JobStatus:

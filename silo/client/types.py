@@ -49,6 +49,9 @@ class Job:
     """For a scheduled job: what it waits for (start time, a concurrency slot, a rate token)."""
     attempts_total: int = 0
     """How many attempts the server stores for the job (``attempts`` may hold only a page)."""
+    undelivered_count: int = 0
+    """Leases of this run that expired before the worker acknowledged them (re-queued without
+    charging the retry budget; their attempts show state UNDELIVERED)."""
 
     @property
     def terminal(self) -> bool:

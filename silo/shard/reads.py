@@ -37,6 +37,8 @@ class ShardStatistics:
     completed: dict[str, int]
     retried: int
     reaped: int
+    undelivered: int = 0
+    """Leases that expired before their worker acknowledged them (re-queued)."""
     parked_requests: int = 0
     """Tasks waiting for a concurrency slot."""
     slots_held: int = 0
@@ -152,6 +154,7 @@ class ShardReads(ShardRoom):
             retried=self._stats["retried"],
             reaped=self._stats["reaped"],
             poison_items=self._stats["poison"] + self._store.poison_items,
+            undelivered=self._stats["undelivered"],
         )
 
     def counters(self) -> dict[bytes, int]:

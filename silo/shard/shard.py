@@ -86,7 +86,9 @@ class JobShard:
         self._limiter = Limiter(self._rows, self._mirror, runtime.faults, shard_id)
         self._commit = CommitProtocol(runtime, store, self._mirror, shard_id, self._limiter.regrant)
         self._lock = self._commit.lock
-        self._stats = {"enqueued": 0, "leased": 0, "retried": 0, "reaped": 0, "poison": 0}
+        self._stats = {
+            "enqueued": 0, "leased": 0, "retried": 0, "reaped": 0, "undelivered": 0, "poison": 0,
+        }
         self._completed: dict[str, int] = {"succeeded": 0, "failed": 0, "cancelled": 0}
         ctx = ShardContext(
             runtime, store, self._mirror, shard_id, config.limits, config.lease_ms, self._rng,
@@ -304,11 +306,22 @@ class JobShard:
         return await self._leasing.promote_due()
 
     async def lease_tasks(
-        self, worker_id: str, task_group: str, max_tasks: int
+        self, worker_id: str, task_group: str, max_tasks: int, *,
+        max_reply_bytes: int | None = None, reply_bytes_used: int = 0,
+        acks: Sequence[str] = (),
     ) -> list[LeasedTask]:
         """Lease up to ``max_tasks`` due tasks of ``task_group``: highest priority (lowest
-        number) first, then earliest due."""
-        return await self._leasing.lease_tasks(worker_id, task_group, max_tasks)
+        number) first, then earliest due; no more than fit in ``max_reply_bytes`` less
+        ``reply_bytes_used`` (a task too large for any reply fails ``TASK_TOO_LARGE``).
+        ``acks`` acknowledge this worker's earlier leases in the same batch."""
+        return await self._leasing.lease_tasks(
+            worker_id, task_group, max_tasks, max_reply_bytes=max_reply_bytes,
+            reply_bytes_used=reply_bytes_used, acks=acks,
+        )
+
+    async def acknowledge(self, worker_id: str, task_ids: Sequence[str]) -> None:
+        """Acknowledge delivery of this worker's leases ``task_ids`` (DESIGN §4 "Delivery")."""
+        await self._leasing.acknowledge(worker_id, task_ids)
 
     async def report_refresh(
         self, worker_id: str, task_id: str, new_max: int | None, error: str | None = None
@@ -318,7 +331,7 @@ class JobShard:
         await self._leasing.report_refresh(worker_id, task_id, new_max, error)
 
     async def heartbeat(self, worker_id: str, task_id: str) -> HeartbeatResult:
-        """Extend a lease; reports whether the job has been cancelled."""
+        """Extend a lease (acknowledging it); reports whether the job has been cancelled."""
         return await self._leasing.heartbeat(worker_id, task_id)
 
     async def report_outcome(self, report: OutcomeReport) -> None:
@@ -330,8 +343,9 @@ class JobShard:
         return await self._leasing.report_outcomes(reports)
 
     async def reap_expired(self) -> int:
-        """End every lease whose expiry has passed as a ``WORKER_CRASHED`` failure (or a cancel
-        when the job was cancelled); returns how many were reaped."""
+        """End every expired lease: undelivered (re-queued, retry budget intact) when never
+        acknowledged, else a ``WORKER_CRASHED`` failure (or a cancel when the job was
+        cancelled); returns how many were reaped."""
         return await self._leasing.reap_expired()
 
     # -- operator actions (silo/shard/operations.py) -----------------------------------------

@@ -10,7 +10,7 @@ import math
 from enum import Enum
 
 from silo.errors import FailedPrecondition
-from silo.model import JobState, JobStatus, RetryPolicy
+from silo.model import MAX_UNDELIVERED, JobState, JobStatus, RetryPolicy
 
 S = JobStatus
 
@@ -51,6 +51,11 @@ class Event(Enum):
     """The shard could not process the job's queued task (DESIGN §4 "No poison"): the job
     ends FAILED ``INTERNAL_ERROR`` without running. (A running attempt that cannot be processed
     ends with ``FAIL``.)"""
+    UNDELIVERED = "undelivered"
+    """The running attempt's lease expired before the worker acknowledged it: the job is
+    re-queued without charging its retry budget (DESIGN §4 "Delivery")."""
+    UNSENDABLE = "unsendable"
+    """The queued task can never fit in a LeaseTasks reply: the job fails unrun."""
 
 
 TRANSITIONS: dict[tuple[JobStatus | None, Event], JobStatus] = {
@@ -63,6 +68,8 @@ TRANSITIONS: dict[tuple[JobStatus | None, Event], JobStatus] = {
     (S.RUNNING, Event.FAIL): S.FAILED,
     (S.RUNNING, Event.CANCEL): S.CANCELLED,
     (S.RUNNING, Event.RETRY): S.SCHEDULED,
+    (S.RUNNING, Event.UNDELIVERED): S.SCHEDULED,
+    (S.SCHEDULED, Event.UNSENDABLE): S.FAILED,
     (S.FAILED, Event.RESTART): S.SCHEDULED,
     (S.CANCELLED, Event.RESTART): S.SCHEDULED,
 }
@@ -127,6 +134,29 @@ def attempt_ended(state: JobState, now_ms: int, event: Event) -> JobState:
     return new
 
 
+def undelivered(state: JobState, now_ms: int) -> JobState:
+    """The running attempt's lease expired unacknowledged: the lease and slots are gone, the
+    attempt does not count against the retry budget (``run_attempts`` was charged at lease)
+    and ``undelivered`` counts it. The caller queues the next attempt's task, due now."""
+    new = state.copy()
+    new.status = next_status(state.status, Event.UNDELIVERED)
+    new.changed_at_ms = now_ms
+    new.lease_task_id = None
+    new.held = 0
+    new.run_attempts = max(0, state.run_attempts - 1)
+    new.undelivered = state.undelivered + 1
+    return new
+
+
+def unsendable(state: JobState, now_ms: int) -> JobState:
+    """A scheduled job whose task is too large for any LeaseTasks reply ends FAILED (the
+    caller removes its queued task and records the attempt)."""
+    new = state.copy()
+    new.status = next_status(state.status, Event.UNSENDABLE)
+    new.changed_at_ms = now_ms
+    return new
+
+
 def cancelled(state: JobState, now_ms: int) -> JobState:
     """A scheduled job is cancelled (the caller removes its queued task)."""
     if state.status != S.SCHEDULED:
@@ -144,6 +174,7 @@ def restarted(state: JobState, now_ms: int) -> JobState:
     new.status = next_status(state.status, Event.RESTART)
     new.changed_at_ms = now_ms
     new.run_attempts = 0
+    new.undelivered = 0
     new.held = 0
     return new
 
@@ -192,10 +223,16 @@ def backoff_ms(retry: RetryPolicy, retry_number: int, jitter: float = 1.0) -> in
     return int(base * jitter)
 
 
+def run_attempts_max(retry: RetryPolicy) -> int:
+    """The most attempts one run of a job can make: ``retry_count + 1`` counted attempts plus
+    up to ``MAX_UNDELIVERED`` undelivered ones."""
+    return retry.retry_count + 1 + MAX_UNDELIVERED
+
+
 def restart_attempts_left(state: JobState, retry: RetryPolicy, max_attempts: int) -> None:
-    """Raise FAILED_PRECONDITION when a new run of the job (up to ``retry_count + 1`` attempts)
+    """Raise FAILED_PRECONDITION when a new run of the job (see :func:`run_attempts_max`)
     could take its stored attempts past ``max_attempts`` (``max_attempts_per_job``)."""
-    run_max = retry.retry_count + 1
+    run_max = run_attempts_max(retry)
     if state.attempt_rows + run_max > max_attempts:
         raise FailedPrecondition(
             f"cannot restart: the job has {state.attempt_rows} attempts and a new run may make "

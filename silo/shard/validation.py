@@ -188,10 +188,11 @@ def check_retry(limits: ShardLimits, retry: RetryPolicy) -> None:
             f"retry_count {retry.retry_count} is outside 0..retry_count_max "
             f"({L.retry_count_max})"
         )
-    if retry.retry_count + 1 > L.max_attempts_per_job:
+    run_max = transitions.run_attempts_max(retry)
+    if run_max > L.max_attempts_per_job:
         raise InvalidArgument(
-            f"retry_count {retry.retry_count} allows {retry.retry_count + 1} attempts; "
-            f"max_attempts_per_job is {L.max_attempts_per_job}"
+            f"retry_count {retry.retry_count} allows {run_max} attempts (undelivered ones "
+            f"included); max_attempts_per_job is {L.max_attempts_per_job}"
         )
     for name, value in (
         ("initial_backoff_ms", retry.initial_backoff_ms),
