@@ -139,15 +139,21 @@ def test_records_written_before_delivery_acks_still_decode() -> None:
     v1_state = msgpack.packb([1, 2, 1, 2, 3, 1, [3, 4, READY, "t"], "task", 1],
                              use_bin_type=True)
     state = JobState.decode(KEY, v1_state)
-    assert state == JobState(JobStatus.RUNNING, 1, 2, 3, 1, (3, 4, READY, "t"), "task", 1)
+    # No attempt_rows before version 3 either: the attempt number stands in (an upper bound).
+    assert state == JobState(JobStatus.RUNNING, 1, 2, 3, 1, (3, 4, READY, "t"), "task", 1,
+                             attempt_rows=3)
     assert state.undelivered == 0
+    v2_state = msgpack.packb([2, 2, 1, 2, 3, 1, [3, 4, READY, "t"], "task", 1, 2],
+                             use_bin_type=True)
+    state = JobState.decode(KEY, v2_state)
+    assert (state.undelivered, state.attempt_rows) == (2, 3)
 
 
 def test_delivery_fields_round_trip() -> None:
     lease = Lease("task", "t", "j", 1, "g", "w", 1, 2, acked=False)
     assert Lease.decode(KEY, lease.encode()) == lease
-    state = JobState(JobStatus.SCHEDULED, 1, undelivered=3)
-    assert JobState.decode(KEY, state.encode()).undelivered == 3
+    state = JobState(JobStatus.SCHEDULED, 1, undelivered=3, attempt_rows=7)
+    assert JobState.decode(KEY, state.encode()) == state
     assert state.copy().undelivered == 3
 
 
