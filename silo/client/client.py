@@ -28,6 +28,9 @@ from silo.wire import new_job_to_pb, pb
 M = TypeVar("M")
 
 RETRYABLE = (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""The largest request or response a client sends or accepts by default (the server's default
+``max_message_bytes`` as well)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class SiloClient:
         token: str | None = None,
         rng: random.Random | None = None,
         retry: RetrySettings | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         if not seeds:
             raise ValueError("at least one server address is required")
@@ -60,6 +64,8 @@ class SiloClient:
         self._token = token
         self._rng = rng or RandomSource().stream("client")
         self.retry = retry or RetrySettings()
+        self.max_message_bytes = max_message_bytes
+        """Requests are built to stay under this (the transport refuses larger ones)."""
         self._channels: dict[str, Channel] = {}
         self._shard_map: ShardMap | None = None
         self._owners: dict[int, str] = {}
@@ -70,13 +76,16 @@ class SiloClient:
     @classmethod
     @asynccontextmanager
     async def connect(
-        cls, *addresses: str, token: str | None = None, retry: RetrySettings | None = None
+        cls, *addresses: str, token: str | None = None, retry: RetrySettings | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> AsyncIterator[SiloClient]:
         """Connect over gRPC to a cluster reachable at any of ``addresses`` ("host:port")."""
         from silo.transport.grpc import GrpcConnector
 
-        async with GrpcConnector.open(token=token) as connector:
-            client = cls(connector, addresses or ("127.0.0.1:7450",), token=token, retry=retry)
+        opened = GrpcConnector.open(token=token, max_message_bytes=max_message_bytes)
+        async with opened as connector:
+            client = cls(connector, addresses or ("127.0.0.1:7450",), token=token, retry=retry,
+                         max_message_bytes=max_message_bytes)
             try:
                 await client.refresh_shard_map()
                 yield client
@@ -201,6 +210,23 @@ class SiloClient:
                 self._owners = {s.id: s.owner_address for s in info.shards if s.owner_address}
                 return self._shard_map
             raise last or Unavailable("no server reachable")
+
+    async def owner_address(
+        self, shard_id: int, *, stale: str | None = None, hint: str | None = None
+    ) -> str:
+        """The address to call for ``shard_id``. After ``stale`` answered "shard not found",
+        pass it with the owner ``hint`` that answer carried (if any): a hint naming another node
+        is followed; otherwise the shard map is fetched again (a failure to fetch it keeps the
+        old one). Falls back to a seed address when no owner is known."""
+        if hint and hint != stale:
+            self._owners[shard_id] = hint
+            return hint
+        if stale is not None or self._shard_map is None:
+            try:
+                await self.refresh_shard_map(force=True)
+            except SiloError:
+                pass
+        return self._owners.get(shard_id) or self._seeds[shard_id % len(self._seeds)]
 
     @property
     def shard_map(self) -> ShardMap | None:
