@@ -244,7 +244,9 @@ class Worker:
                     acks.append(pb.TaskAck(shard=task.shard, task_id=task.task_id))
                     lease = HeldLease(task, address, deadline=received_at + self._lease_s,
                                       next_heartbeat_at=received_at)
-                    self._heartbeats.add(lease)
+                    if not _is_refresh(task):
+                        # Refresh tasks are short and acknowledged by their report alone.
+                        self._heartbeats.add(lease)
                     tasks.start_soon(self._run_task, lease, slot)
             finally:
                 for slot in slots:
@@ -261,7 +263,7 @@ class Worker:
 
     async def _run_task(self, lease: HeldLease, slot: Slot) -> None:
         task = lease.task
-        if task.refresh is not None and task.attempt == 0:
+        if _is_refresh(task):
             try:
                 await self._run_refresh(lease, slot)
             finally:
@@ -427,6 +429,10 @@ class Worker:
         self.stats.stuck_handlers = stuck
         if self.observer is not None:
             self.observer("stuck", stuck)
+
+
+def _is_refresh(task: pb.Task) -> bool:
+    return task.refresh is not None and task.attempt == 0
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
