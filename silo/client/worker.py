@@ -75,6 +75,7 @@ LEASE_WAIT_MS_MAX = 30_000
 MAX_CONCURRENT_TASKS_MAX = 1000
 """The server's default ``max_tasks_per_lease``: a worker asks for up to this many at once."""
 TIMEOUT_MS_MAX = 24 * 3600 * 1000
+HEARTBEAT_FRACTION_MAX = 100.0
 CANCEL_GRACE_S = 5.0
 REPORT_DRAIN_MIN_S = 1.0
 ACKS_MAX = 1000
@@ -119,8 +120,11 @@ class Worker:
         _check_int("lease_wait_ms", lease_wait_ms, 0, LEASE_WAIT_MS_MAX)
         if default_timeout_ms is not None:
             _check_int("default_timeout_ms", default_timeout_ms, 1, TIMEOUT_MS_MAX)
-        if not 0 < heartbeat_fraction < 1:
-            raise ValueError(f"heartbeat_fraction {heartbeat_fraction} is outside (0, 1)")
+        if not 0 < heartbeat_fraction <= HEARTBEAT_FRACTION_MAX:
+            # Above 1 only makes sense to test what a server does with a stale worker.
+            raise ValueError(
+                f"heartbeat_fraction {heartbeat_fraction} is outside (0, {HEARTBEAT_FRACTION_MAX}]"
+            )
         self.client = client
         self.task_group = task_group
         self.handler = handler
