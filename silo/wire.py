@@ -198,6 +198,7 @@ def new_job_from_pb(spec: pb.JobSpec | None) -> NewJob:
         retry=retry_from_pb(spec.retry) if spec.has_retry else RetryPolicy(),
         metadata=dict(spec.metadata),
         limits=tuple(limit_from_pb(x) for x in spec.limits),
+        timeout_ms=spec.timeout_ms,
     )
 
 
@@ -249,6 +250,7 @@ def new_job_to_pb(job: NewJob) -> pb.JobSpec:
         has_retry=True,
         metadata=dict(job.metadata),
         limits=[limit_to_pb(x) for x in job.limits],
+        timeout_ms=job.timeout_ms,
     )
 
 
@@ -301,6 +303,7 @@ def job_to_pb(view: JobView) -> pb.Job:
         attempts=[attempt_to_pb(a) for a in view.attempts or ()],
         limits=[limit_to_pb(x) for x in info.limits],
         waiting_for=view.waiting_for,
+        timeout_ms=info.timeout_ms,
     )
 
 

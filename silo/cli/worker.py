@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import math
 import os
 import signal
 import sys
@@ -34,10 +33,10 @@ from silo.cli.common import (
     fail,
     leaf_exception,
     setup_logging,
+    timeout_seconds,
 )
 from silo.client.worker import (
     MAX_CONCURRENT_TASKS_MAX,
-    TIMEOUT_MS_MAX,
     HandlerFn,
     TaskContext,
     Worker,
@@ -72,7 +71,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help=f"silo server(s) (default $SILO_ADDRESS or {DEFAULT_ADDRESS})")
     p.add_argument("--token", default=os.environ.get("SILO_TOKEN") or None,
                    help="bearer token (default $SILO_TOKEN)")
-    p.add_argument("--timeout", type=_timeout_seconds, default=None, metavar="SECONDS",
+    p.add_argument("--timeout", type=timeout_seconds, default=None, metavar="SECONDS",
                    help="fail an attempt with TIMEOUT after this long unless its job sets "
                         "its own timeout (default: no timeout)")
     p.add_argument("--stop-timeout", type=float, default=30.0, metavar="SECONDS",
@@ -94,20 +93,6 @@ def _positive_int(text: str) -> int:
             f"{value} is above the limit of {MAX_CONCURRENT_TASKS_MAX} concurrent tasks"
         )
     return value
-
-
-def _timeout_seconds(text: str) -> int:
-    """``--timeout`` in seconds -> milliseconds (1 ms .. 24 h)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    ms = round(value * 1000) if math.isfinite(value) else 0
-    if not 1 <= ms <= TIMEOUT_MS_MAX:
-        raise argparse.ArgumentTypeError(
-            f"timeout must be between 0.001 and {TIMEOUT_MS_MAX // 1000} seconds, got {text!r}"
-        )
-    return ms
 
 
 def load_handler(spec: str, cwd: str | None = None) -> HandlerFn:

@@ -255,11 +255,19 @@ class SiloClient:
         retry: RetryPolicy | None = None,
         metadata: dict[str, str] | None = None,
         limits: Sequence[Limit] = (),
+        timeout_ms: int | None = None,
     ) -> JobHandle:
         """Enqueue one job; returns its handle. ``payload`` is any msgpack-serialisable value.
         ``limits`` (ConcurrencyLimit, FloatingConcurrencyLimit, RateLimit) are acquired in
-        order, scoped to the job's tenant."""
+        order, scoped to the job's tenant. ``timeout_ms``: how long one attempt may run before
+        the worker fails it with ``TIMEOUT`` (None: the worker's default; the server bounds it
+        by its ``max_timeout_ms``)."""
         from silo.client.types import pack
+
+        if timeout_ms is not None and (
+            isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms < 1
+        ):
+            raise InvalidArgument(f"timeout_ms must be a positive integer, got {timeout_ms!r}")
 
         job = NewJob(
             task_group=task_group,
@@ -271,6 +279,7 @@ class SiloClient:
             retry=retry or RetryPolicy(),
             metadata=dict(metadata or {}),
             limits=tuple(limits),
+            timeout_ms=timeout_ms or 0,
         )
         return (await self.enqueue_jobs([job]))[0]
 

@@ -68,6 +68,7 @@ class JobHandle:
             attempts=tuple(attempt_from_pb(a) for a in j.attempts) if attempts else None,
             limits=tuple(limit_from_pb(x) for x in j.limits),
             waiting_for=j.waiting_for,
+            timeout_ms=j.timeout_ms or None,
         )
 
     async def status(self) -> JobStatus:

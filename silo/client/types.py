@@ -46,6 +46,8 @@ class Job:
     limits: tuple[Limit, ...] = ()
     waiting_for: str = ""
     """For a scheduled job: what it waits for (start time, a concurrency slot, a rate token)."""
+    timeout_ms: int | None = None
+    """How long one attempt may run (None: the worker's default)."""
 
     @property
     def terminal(self) -> bool:
