@@ -127,9 +127,10 @@ def load_handler(spec: str, cwd: str | None = None) -> HandlerFn:
 class LoggingWorker(Worker):
     """A :class:`Worker` that logs one line per finished task."""
 
-    def _task_finished(self, ctx: TaskContext, outcome: Outcome | None) -> None:
+    def _task_finished(self, ctx: TaskContext, outcome: Outcome | None,
+                       elapsed_s: float) -> None:
         fields: dict[str, Any] = {"job_id": ctx.job_id, "tenant": ctx.tenant,
-                                  "attempt": ctx.attempt}
+                                  "attempt": ctx.attempt, "ms": round(elapsed_s * 1000, 1)}
         if outcome is None:
             log.info("job abandoned", extra=fields)
         elif isinstance(outcome, Success):

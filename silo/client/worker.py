@@ -283,10 +283,11 @@ class Worker:
             )
         except Exception as exc:
             slot.finish()
-            self._finish(lease, None, Failure("PAYLOAD_DECODE_ERROR", pack(str(exc))))
+            self._finish(lease, Failure("PAYLOAD_DECODE_ERROR", pack(str(exc))))
             return
         lease.ctx = ctx
         lease.handler_running = True
+        started_at = trio.current_time()
         self._running[task.task_id] = lease
         outcome: Outcome | None = None
         timed_out = False
@@ -306,7 +307,7 @@ class Worker:
         if lease.abandoned:
             self.abandoned += 1
             self._heartbeats.remove(lease)
-            self._task_finished(ctx, None)
+            self._task_finished(ctx, None, trio.current_time() - started_at)
             return
         if timed_out:
             self.stats.timeouts += 1
@@ -322,7 +323,8 @@ class Worker:
             # Only a cancel's grace period ending stops a handler without a lost lease or stop:
             # the attempt ends as cancelled rather than waiting for its lease to expire.
             outcome = Cancelled()
-        self._finish(lease, ctx, outcome)
+        self._task_finished(ctx, outcome, trio.current_time() - started_at)
+        self._finish(lease, outcome)
 
     async def _invoke(self, ctx: TaskContext, slot: Slot | None = None) -> Outcome:
         try:
@@ -340,16 +342,16 @@ class Worker:
                     "traceback": traceback.format_exc(limit=20)}
             return Failure(HANDLER_ERROR, pack(data))
 
-    def _task_finished(self, ctx: TaskContext, outcome: Outcome | None) -> None:
-        """Hook: ``ctx``'s handler ended with ``outcome`` (None: abandoned, nothing reported)."""
+    def _task_finished(self, ctx: TaskContext, outcome: Outcome | None,
+                       elapsed_s: float) -> None:
+        """Hook: ``ctx``'s handler ended with ``outcome`` after ``elapsed_s`` seconds (None:
+        abandoned, nothing will be reported)."""
 
-    def _finish(self, lease: HeldLease, ctx: TaskContext | None, outcome: Outcome) -> None:
+    def _finish(self, lease: HeldLease, outcome: Outcome) -> None:
         if isinstance(outcome, Success):
             self.completed += 1
         else:
             self.failed += 1
-        if ctx is not None:
-            self._task_finished(ctx, outcome)
         task = lease.task
         report = OutcomeReport(self.worker_id, task.task_id, outcome, task.tenant, task.job_id,
                                task.attempt)
