@@ -7,8 +7,9 @@ Contract:
 - at most one heartbeat per lease is in flight; a failed heartbeat is retried sooner;
 - "shard not found" is not a lost lease: the lease is re-routed (owner hint, else a fresh shard
   map) and heartbeated again at once;
-- NOT_FOUND ("lease not found") and FAILED_PRECONDITION (owner mismatch) mean the lease is lost:
-  ``on_lost(lease, error)`` is called and the lease is no longer heartbeated;
+- only NOT_FOUND "lease not found" and FAILED_PRECONDITION (owner mismatch) mean the lease is
+  lost: ``on_lost(lease, error)`` is called and the lease is no longer heartbeated; any other
+  error is retried at a shorter interval;
 - a reply saying the job was cancelled calls ``on_cancel_requested(lease)``.
 """
 
@@ -37,6 +38,13 @@ REROUTES_MAX = 3
 
 def is_shard_not_found(code: int, message: str) -> bool:
     return code == Code.NOT_FOUND and message.startswith("shard not found")
+
+
+def is_lease_lost(code: int, message: str) -> bool:
+    """NOT_FOUND "lease not found" (reaped) or FAILED_PRECONDITION (another worker's lease)."""
+    return (code == Code.NOT_FOUND and message.startswith("lease not found")) or (
+        code == Code.FAILED_PRECONDITION
+    )
 
 
 class Heartbeater:
@@ -114,7 +122,7 @@ class Heartbeater:
                 lease.next_heartbeat_at = trio.current_time() + (
                     0 if immediate else self._retry_delay_s(lease)
                 )
-            elif exc.code in (Code.NOT_FOUND, Code.FAILED_PRECONDITION):
+            elif is_lease_lost(exc.code, exc.message):
                 if self._leases.get(lease.task_id) is lease:
                     self.remove(lease)
                     lease.lost = True

@@ -21,6 +21,7 @@ from silo.client import (
     Worker,
     asyncio_handler,
 )
+from silo.errors import Code, SiloError
 from silo.model import AttemptState
 from tests.integration.conftest import StartNode
 from tests.integration.support import wait_until
@@ -191,3 +192,39 @@ async def test_asyncio_handler_swallowing_cancellation_still_times_out(
             assert failed.value.error_code == "TIMEOUT"
             worker.stop(5)
         assert swallowed == [job.id]
+
+
+async def test_job_timeout_ms_is_stored_leased_and_enforced(start_node: StartNode) -> None:
+    """``enqueue(timeout_ms=300)``: GetJob shows it, the leased task carries it, and a trio
+    handler that sleeps forever is reported FAILED with TIMEOUT (the worker has no default)."""
+    node = await start_node(lease_ms=1000)
+    seen: list[int | None] = []
+
+    async def handler(ctx: TaskContext) -> None:
+        seen.append(ctx.timeout_ms)
+        await trio.sleep_forever()
+
+    async with SiloClient.connect(node.address) as client:
+        job = await client.enqueue("job-timeout", None, timeout_ms=300)
+        assert (await job.get()).timeout_ms == 300
+        worker = Worker(client, "job-timeout", handler, lease_wait_ms=200)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.run)
+            with pytest.raises(JobFailed) as failed:
+                await job.result(timeout=10)
+            worker.stop(5)
+        assert failed.value.error_code == "TIMEOUT"
+        assert seen == [300]
+        untimed = await client.enqueue("job-timeout", None)
+        assert (await untimed.get()).timeout_ms is None
+
+
+async def test_timeout_ms_above_the_limit_is_refused(start_node: StartNode) -> None:
+    node = await start_node()
+    async with SiloClient.connect(node.address) as client:
+        with pytest.raises(SiloError) as refused:
+            await client.enqueue("job-timeout", None, timeout_ms=24 * 3600 * 1000 + 1)
+        assert refused.value.code == Code.INVALID_ARGUMENT
+        assert "max_timeout_ms" in str(refused.value)
+        job = await client.enqueue("job-timeout", None, timeout_ms=24 * 3600 * 1000)
+        assert (await job.get()).timeout_ms == 24 * 3600 * 1000
