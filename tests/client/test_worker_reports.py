@@ -219,3 +219,26 @@ async def test_acks_ride_on_the_next_lease_call_and_first_heartbeat_is_prompt(
     received_at = leases[0].at
     first_beat = cluster.calls_of("Heartbeat")[0].at
     assert first_beat - received_at <= 0.1 * 30
+
+
+async def test_report_given_up_when_its_lease_would_have_expired(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With heartbeats and reports both failing, the report is retried only while the lease
+    could still be alive, then dropped: logged at ERROR with the reason, counted, observed."""
+    cluster = FakeCluster(lease_ms=1000, to_lease=[make_task(1)])
+    down = lambda request: RpcError(Code.UNAVAILABLE, "node down")  # noqa: E731
+    cluster.fail("ReportOutcomes", down)
+    cluster.fail("Heartbeat", down)
+    events: list[tuple[str, int]] = []
+
+    async def handler(ctx: TaskContext) -> str:
+        return "done"
+
+    worker = worker_for(cluster, handler, observer=lambda kind, n: events.append((kind, n)))
+    with caplog.at_level(logging.ERROR, "silo.worker"):
+        await run_until(worker, lambda: ("dropped", 1) in events, timeout=10)
+    assert worker.stats.reports_dropped == 1
+    assert trio.current_time() < 3
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("j1" in m and "lease would have expired" in m for m in messages)
