@@ -16,7 +16,10 @@ Contract:
 - a report is *dropped* only for a stated reason (refused, lease lost or expired, tries spent,
   worker stopped); every drop is logged at ERROR with that reason, counted in
   ``stats.reports_dropped`` and passed to the observer as ("dropped", 1);
-- ``on_settled(lease, acknowledged)`` is called exactly once per report.
+- a *result* the server refuses as INVALID_ARGUMENT (too large, say) is dropped like any other,
+  and replaced by a failure with code ``RESULT_REJECTED`` carrying the server's reason, so the
+  attempt ends now instead of when its lease expires;
+- ``on_settled(lease, acknowledged)`` is called exactly once per lease.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import trio
 from silo.client.client import SiloClient
 from silo.client.heartbeats import is_shard_not_found
 from silo.client.leases import HeldLease
+from silo.client.types import pack
 from silo.errors import Code
 from silo.node import SHARD_OWNER_METADATA
 from silo.rpc import RpcError
@@ -44,6 +48,8 @@ REQUEST_OVERHEAD_BYTES = 1024
 REPORT_TRIES_MAX = 200
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
+RESULT_REJECTED = "RESULT_REJECTED"
+REJECTION_MESSAGE_MAX_CHARS = 1000
 TRANSIENT = frozenset({Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.RESOURCE_EXHAUSTED})
 
 
@@ -224,7 +230,7 @@ class Reporter:
             elif status.code in TRANSIENT:
                 self._retry(item, f"{Code(status.code).name}: {status.message}")
             else:
-                self._drop(item, f"refused with {_code_name(status.code)}: {status.message}")
+                self._refused(item, status.code, status.message)
         if acknowledged and self._observer is not None:
             self._observer("reported", acknowledged)
 
@@ -251,7 +257,7 @@ class Reporter:
                      len(batch), address, exc)
             self._split(batch, error)
         else:
-            self._drop(batch[0], f"refused with {error}")
+            self._refused(batch[0], exc.code, exc.message)
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -281,7 +287,23 @@ class Reporter:
         self._settled.set()
         self._on_settled(item.lease, True)
 
-    def _drop(self, item: PendingReport, reason: str) -> None:
+    def _refused(self, item: PendingReport, code: int, message: str) -> None:
+        reason = f"refused with {_code_name(code)}: {message}"
+        if code != Code.INVALID_ARGUMENT or item.outcome.success is None:
+            self._drop(item, reason)
+            return
+        o = item.outcome
+        replacement = pb.Outcome(
+            shard=o.shard, worker_id=o.worker_id, task_id=o.task_id, tenant=o.tenant,
+            job_id=o.job_id, attempt=o.attempt,
+            failure=pb.Failure(code=RESULT_REJECTED, data=pack({
+                "code": _code_name(code), "message": message[:REJECTION_MESSAGE_MAX_CHARS],
+            })),
+        )
+        self._drop(item, f"{reason}; reporting {RESULT_REJECTED} instead", replacement)
+
+    def _drop(self, item: PendingReport, reason: str,
+              replacement: pb.Outcome | None = None) -> None:
         if self._outstanding.pop(item.lease.task_id, None) is not item:
             return
         task = item.lease.task
@@ -291,7 +313,10 @@ class Reporter:
         self._settled.set()
         if self._observer is not None:
             self._observer("dropped", 1)
-        self._on_settled(item.lease, False)
+        if replacement is not None:
+            self.submit(item.lease, replacement)
+        else:
+            self._on_settled(item.lease, False)
 
 
 def _code_name(code: int) -> str:

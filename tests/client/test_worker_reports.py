@@ -38,7 +38,8 @@ def worker_for(cluster: FakeCluster, handler: Any, **options: Any) -> Worker:
 async def test_refused_batch_is_split_and_only_the_bad_report_is_dropped(
     autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A whole-call INVALID_ARGUMENT caused by one report does not drop the others."""
+    """A whole-call INVALID_ARGUMENT caused by one report does not drop the others; the
+    refused result itself is replaced by a RESULT_REJECTED failure."""
     cluster = FakeCluster(to_lease=[make_task(i, payload=i) for i in range(5)])
 
     def refuse_bad(request: pb.ReportOutcomesRequest) -> RpcError | None:
@@ -64,8 +65,14 @@ async def test_refused_batch_is_split_and_only_the_bad_report_is_dropped(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(release_when_all_started)
         with caplog.at_level(logging.ERROR, "silo.worker"):
-            await run_until(worker, lambda: len(cluster.recorded) == 4)
-    assert sorted(cluster.recorded) == ["t0", "t1", "t3", "t4"]
+            await run_until(worker, lambda: len(cluster.recorded) == 5)
+    assert sorted(cluster.recorded) == ["t0", "t1", "t2", "t3", "t4"]
+    assert [unpack(cluster.recorded[t].success) for t in ("t0", "t1", "t3", "t4")] == [
+        "ok 0", "ok 1", "ok 3", "ok 4"]
+    # The refused result is replaced by a failure that says why.
+    rejected = cluster.recorded["t2"].failure
+    assert rejected is not None and rejected.code == "RESULT_REJECTED"
+    assert unpack(rejected.data)["message"] == "result is not acceptable"
     assert any("j2" in r.getMessage() and "INVALID_ARGUMENT" in r.getMessage()
                for r in caplog.records if r.levelno == logging.ERROR)
     # The first try carried all five reports in one request.

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 
-from silo.client import JobStatus, SiloClient, TaskContext, Worker
+from silo.client import JobFailed, JobStatus, SiloClient, TaskContext, Worker
 from silo.errors import Code
 from silo.model import AttemptState
 from silo.rpc import RpcError
@@ -89,3 +90,29 @@ async def test_report_unavailable_for_longer_than_a_lease_then_recorded(
         assert info.attempts is not None
         assert [a.state for a in info.attempts] == [AttemptState.SUCCEEDED]
         assert worker.stats.reports_dropped == 0
+
+
+async def test_result_over_the_servers_limit_fails_the_attempt_with_result_rejected(
+    start_node: StartNode,
+) -> None:
+    """A result the server refuses (over result_max_bytes) ends the attempt at once as
+    RESULT_REJECTED with the server's reason, instead of lapsing into WORKER_CRASHED."""
+    node = await start_node(lease_ms=2000)
+
+    async def handler(ctx: TaskContext) -> bytes:
+        return b"x" * (1024 * 1024 + 1)
+
+    async with SiloClient.connect(node.address) as client:
+        job = await client.enqueue("too-big", None)
+        worker = Worker(client, "too-big", handler, lease_wait_ms=200)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.run)
+            with pytest.raises(JobFailed) as failed:
+                await job.result(timeout=10)
+            worker.stop(5)
+        assert failed.value.error_code == "RESULT_REJECTED"
+        assert "result_max_bytes" in failed.value.error_data["message"]
+        info = await job.get(attempts=True)
+        assert info.attempts is not None
+        assert [a.worker_id for a in info.attempts] == [worker.worker_id]
+        assert worker.stats.reports_dropped == 1
