@@ -116,3 +116,44 @@ async def test_result_over_the_servers_limit_fails_the_attempt_with_result_rejec
         assert info.attempts is not None
         assert [a.worker_id for a in info.attempts] == [worker.worker_id]
         assert worker.stats.reports_dropped == 1
+
+
+async def test_one_megabyte_results_from_32_slots_survive_a_one_second_server_pause(
+    server_process: Any,
+) -> None:
+    """The server process is stopped (SIGSTOP) for 1 s while 32 handlers return ~1 MB each:
+    every result is recorded, each job in one attempt."""
+    import signal
+
+    server = server_process(lease_ms=5000)
+    await server.start()
+    started: list[str] = []
+    go = trio.Event()
+
+    async def handler(ctx: TaskContext) -> bytes:
+        started.append(ctx.job_id)
+        with trio.fail_after(30):
+            await go.wait()
+        return b"r" * RESULT_BYTES
+
+    async with SiloClient.connect(server.address) as client:
+        jobs = [await client.enqueue("paused", i) for i in range(32)]
+        worker = Worker(client, "paused", handler, max_concurrent_tasks=32, lease_wait_ms=200)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.run)
+            with trio.fail_after(20):
+                while len(started) < 32:
+                    await trio.sleep(0.02)
+            server.send(signal.SIGSTOP)
+            try:
+                go.set()
+                await trio.sleep(1)
+            finally:
+                server.send(signal.SIGCONT)
+            for job in jobs:
+                assert len(await job.result(timeout=30)) == RESULT_BYTES
+            worker.stop(5)
+        for job in jobs:
+            info = await job.get(attempts=True)
+            assert info.attempts is not None and len(info.attempts) == 1
+        assert worker.stats.reports_dropped == 0
