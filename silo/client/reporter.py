@@ -88,11 +88,13 @@ class Reporter:
         *,
         on_settled: Callable[[HeldLease, bool], None],
         observer: Callable[[str, int], None] | None = None,
+        on_dropped: Callable[[pb.Task, pb.Outcome, str], None] | None = None,
     ) -> None:
         self._client = client
         self.stats = stats
         self._on_settled = on_settled
         self._observer = observer
+        self._on_dropped = on_dropped
         self._queue: list[PendingReport] = []
         """Reports waiting to be sent (now, or after their backoff)."""
         self._outstanding: dict[str, PendingReport] = {}
@@ -313,6 +315,8 @@ class Reporter:
         self._settled.set()
         if self._observer is not None:
             self._observer("dropped", 1)
+        if self._on_dropped is not None:
+            self._on_dropped(task, item.outcome, reason)
         if replacement is not None:
             self.submit(item.lease, replacement)
         else:

@@ -115,6 +115,7 @@ class Worker:
         observer: Callable[[str, int], None] | None = None,
         refresh_handler: RefreshFn | None = None,
         default_timeout_ms: int | None = None,
+        on_report_dropped: Callable[[pb.Task, pb.Outcome, str], None] | None = None,
     ) -> None:
         _check_int("max_concurrent_tasks", max_concurrent_tasks, 1, MAX_CONCURRENT_TASKS_MAX)
         _check_int("lease_wait_ms", lease_wait_ms, 0, LEASE_WAIT_MS_MAX)
@@ -140,7 +141,9 @@ class Worker:
         """Called with ("leased", n) after each lease response, ("reported", n) after each
         acknowledged batch of reports, ("dropped", 1) for each dropped report, ("timeout", 1)
         for each timed-out attempt and ("stuck", n) when the number of stuck handlers changes
-        (benchmarks and tests use it)."""
+        (benchmarks and tests use it). ``on_report_dropped(task, outcome, reason)`` is called
+        for each report given up (the simulator checks every computed result is recorded or
+        dropped with a reason)."""
         self.worker_id = worker_id or f"worker-{client.new_id()[:12]}"
         self.heartbeat_fraction = heartbeat_fraction
         self.lease_wait_ms = lease_wait_ms
@@ -156,7 +159,7 @@ class Worker:
             on_lost=self._lease_lost, on_cancel_requested=self._cancel_requested,
         )
         self._reporter = Reporter(client, self.stats, on_settled=self._report_settled,
-                                  observer=observer)
+                                  observer=observer, on_dropped=on_report_dropped)
         self.completed = 0
         self.failed = 0
         self.abandoned = 0

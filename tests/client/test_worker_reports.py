@@ -242,10 +242,14 @@ async def test_report_given_up_when_its_lease_would_have_expired(
     async def handler(ctx: TaskContext) -> str:
         return "done"
 
-    worker = worker_for(cluster, handler, observer=lambda kind, n: events.append((kind, n)))
+    dropped: list[tuple[str, str]] = []
+    worker = worker_for(cluster, handler, observer=lambda kind, n: events.append((kind, n)),
+                        on_report_dropped=lambda task, outcome, reason: dropped.append(
+                            (task.job_id, reason)))
     with caplog.at_level(logging.ERROR, "silo.worker"):
         await run_until(worker, lambda: ("dropped", 1) in events, timeout=10)
     assert worker.stats.reports_dropped == 1
+    assert [(job, "lease would have expired" in why) for job, why in dropped] == [("j1", True)]
     assert trio.current_time() < 3
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any("j1" in m and "lease would have expired" in m for m in messages)
