@@ -2,9 +2,10 @@
 running: a cancel of a queued job releases its slots and drops its request at once, a cancel of
 a running one when its worker reports; the freed slots go to the next requests.
 
-Parameters: 1-3 queues of max 1-2, every job limited (1-2 queues), jobs 20-45, 1-2 tenants,
-durations 200-2500 ms, 0-30% scheduled ahead, 20-40% ignoring cancels, an operator action every
-0.1-0.6 s (mostly cancels), 1-3 workers with 1-4 slots, lease 1-3 s, message loss 0-2%.
+Parameters: 1-3 queues of max 1-2, every job limited (1-2 queues, named in a random order), jobs
+20-45, 1-2 tenants, durations 200-2500 ms, 0-30% scheduled ahead, 20-40% ignoring cancels, an
+operator action every 0.1-0.6 s (mostly cancels), 1-3 workers with 1-4 slots, lease 1-3 s,
+message loss 0-2%.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ async def run(sim: Simulator, rng: random.Random) -> None:
         operator_every_s=p("operator_every_s", round(rng.uniform(0.1, 0.6), 3)),
         operator_weights={"cancel": 8, "restart": 2, "expedite": 2, "delete": 1},
         fault_s=p("fault_s", round(rng.uniform(5.0, 12.0), 3)),
-        limits=concurrency_mix([rng.randint(1, 2) for _ in range(nq)], 1.0, max_per_job=2),
+        limits=concurrency_mix([rng.randint(1, 2) for _ in range(nq)], 1.0, max_per_job=2,
+                               any_order=True),
         bound_s=150.0,
     )
     faults = FaultPlan(

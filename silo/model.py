@@ -474,18 +474,29 @@ class QueueState:
 
 @dataclass(frozen=True, slots=True)
 class RateBucket:
-    """A token bucket: ``tokens`` (may be negative: reserved ahead) as of ``updated_ms``."""
+    """A token bucket: ``tokens`` (may be negative: reserved ahead) as of ``updated_ms``.
+
+    ``full_at_ms`` is when the bucket will have refilled to its limit (None in records written
+    before it was kept): from then on it is indistinguishable from no bucket at all, and its row
+    is deleted."""
 
     tokens: float
     updated_ms: int
+    full_at_ms: int | None = None
 
     def encode(self) -> bytes:
-        return _pack([1, self.tokens, self.updated_ms])
+        return _pack([2, self.tokens, self.updated_ms, self.full_at_ms])
 
     @classmethod
     def decode(cls, key: bytes, data: bytes) -> RateBucket:
-        f = _unpack(key, data, 1, 2)
-        return cls(float(f[0]), int(f[1]))
+        try:
+            f = _unpack(key, data, 2, 3)
+        except CorruptRecord:
+            f = [*_unpack(key, data, 1, 2), None]
+        try:
+            return cls(float(f[0]), int(f[1]), None if f[2] is None else int(f[2]))
+        except (TypeError, ValueError) as exc:
+            raise CorruptRecord(key, f"bad rate bucket record ({exc})") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,9 @@ each job has its info and status rows; a SCHEDULED job has exactly its one queue
 job has exactly one lease and one RUNNING attempt; a terminal job holds no lease, no queued task
 and no RUNNING attempt; leases and their expiry index agree; the stored counters equal a recount
 of the status rows; every concurrency holder row belongs to the queued or running attempt of a
-non-terminal job (a row left behind would hold its slot forever: invariant 2), and a queue whose
-max never changed holds at most its max.
+non-terminal job (a row left behind would hold its slot forever: invariant 2), a queue whose
+max never changed holds at most its max, and idle per-key state keeps no row (a queue with no
+holder, request or pending refresh; a counter at zero).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class ShardImage:
     holders: dict[tuple[str, str], dict[str, tuple[str, int]]] = field(default_factory=dict)
     """(tenant, queue) -> holder task id -> (job id, attempt)."""
     queues: dict[tuple[str, str], QueueState] = field(default_factory=dict)
+    requests: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(tenant, queue) -> parked requests."""
 
     @classmethod
     def parse(cls, items: list[tuple[bytes, bytes]]) -> ShardImage:
@@ -68,6 +71,9 @@ class ShardImage:
                 img.states[(str(t), str(j))] = JobState.decode(k, v)
             elif p in (Prefix.READY, Prefix.TIMER, Prefix.CONCURRENCY_REQUEST):
                 task = Task.decode(k, v)
+                if p == Prefix.CONCURRENCY_REQUEST:
+                    _, (t, q, *_rest) = keys.parse(k)
+                    img.requests[(str(t), str(q))] = img.requests.get((str(t), str(q)), 0) + 1
                 if not task.is_refresh:  # floating-limit refresh tasks belong to no job
                     img.queued.append((QUEUE_KINDS[p], task))
             elif p == Prefix.LEASE:
@@ -155,11 +161,27 @@ def audit_holders(
     return problems
 
 
+def audit_idle_rows(img: ShardImage, where: str) -> list[tuple[int, str]]:
+    """Per-key state is deleted once idle: no queue row without a holder, a parked request or a
+    pending refresh, and no counter row holding zero (either reads the same as no row)."""
+    problems: list[tuple[int, str]] = []
+    for (tenant, queue), qs in sorted(img.queues.items()):
+        q = (tenant, queue)
+        if qs.refresh_task_id is None and not img.holders.get(q) and not img.requests.get(q):
+            problems.append((12, f"{where}: idle queue {queue!r} of tenant {tenant!r} (no "
+                                 f"holder, request or refresh) keeps its state row"))
+    for k, v in sorted(img.counters.items()):
+        if v == 0:
+            problems.append((12, f"{where}: counter {counter_name(k)} is stored as zero"))
+    return problems
+
+
 def audit_image(
     img: ShardImage, where: str, max_changed: frozenset[tuple[str, str]] = frozenset()
 ) -> list[tuple[int, str]]:
     """Problems found in one durable shard image, as ``(invariant, message)``."""
     problems: list[tuple[int, str]] = audit_holders(img, where, max_changed)
+    problems += audit_idle_rows(img, where)
     for key in sorted(set(img.infos) ^ set(img.states)):
         problems.append((3, f"{where}: job {key} has only one of its info/status rows"))
     queued: dict[JobKey, list[tuple[str, Task]]] = {}

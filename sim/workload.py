@@ -260,16 +260,19 @@ async def run_workload(
 
 
 def concurrency_mix(maxes: list[int], limited_prob: float, *, max_per_job: int = 1,
-                    prefix: str = "q") -> Any:
+                    prefix: str = "q", any_order: bool = False) -> Any:
     """A ``Workload.limits`` drawing 1..``max_per_job`` of the queues ``{prefix}{i}`` (each with
-    its fixed max ``maxes[i]``) for ``limited_prob`` of the jobs, in queue order (so no two jobs
-    can each hold a slot the other waits for)."""
+    its fixed max ``maxes[i]``) for ``limited_prob`` of the jobs, in queue order, or with
+    ``any_order`` in a random order (the shard acquires them in one canonical order whatever
+    the order given, so no two jobs can each hold a slot the other waits for)."""
 
     def draw(rng: random.Random, tenant: str) -> tuple[Limit, ...]:
         if rng.random() >= limited_prob:
             return ()
         k = rng.randint(1, min(max_per_job, len(maxes)))
         picked = sorted(rng.sample(range(len(maxes)), k))
+        if any_order:
+            rng.shuffle(picked)
         return tuple(ConcurrencyLimit(f"{prefix}{i}", maxes[i]) for i in picked)
 
     return draw

@@ -1,4 +1,5 @@
-"""silo/pb/ is generated from proto/silo.proto and checked in; keep it in sync and working."""
+"""silo/pb/ (messages) and silo/transport/stubs/ (grpclib stubs) are generated from proto/ and
+checked in; keep them in sync and working."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import betterproto2
 import pytest
 
+from silo.pb import etcdserverpb as etcd
+from silo.pb import mvccpb
 from silo.pb.silo import v1 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +27,8 @@ def test_checked_in_code_matches_a_fresh_generation() -> None:
         timeout=300,
     )
     assert proc.returncode == 0, (
-        "silo/pb/ differs from a fresh generation; run `.venv/bin/python scripts/gen_proto.py`"
+        "silo/pb/ or silo/transport/stubs/ differs from a fresh generation; run"
+        " `.venv/bin/python scripts/gen_proto.py`"
         f" and commit the result\n{proc.stdout}{proc.stderr}"
     )
 
@@ -85,9 +89,30 @@ def test_messages_import_without_grpclib_or_asyncio() -> None:
     import sys
 
     code = (
-        "import sys; import silo.pb.silo.v1, silo.wire, silo.service; "
+        "import sys; import silo.pb.silo.v1, silo.pb.etcdserverpb, silo.pb.mvccpb, silo.wire, "
+        "silo.service; "
         "bad = [m for m in ('grpclib', 'asyncio') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_etcd_messages_keep_etcds_field_numbers() -> None:
+    """Bytes as etcd's own clients encode them (field numbers from etcd's rpc.proto / kv.proto)."""
+    assert bytes(etcd.PutRequest(key=b"k", value=b"v", lease=5)) == b"\x0a\x01k\x12\x01v\x18\x05"
+    assert bytes(etcd.LeaseGrantRequest(ttl=10, id=3)) == b"\x08\x0a\x10\x03"
+    assert bytes(etcd.LeaseKeepAliveResponse(id=3, ttl=9)) == b"\x10\x03\x18\x09"
+    assert bytes(etcd.Compare(range_end=b"z")) == b"\x82\x04\x01z"  # range_end = 64
+    assert bytes(etcd.WatchResponse(events=[mvccpb.Event()])) == b"\x5a\x00"  # events = 11
+    assert bytes(mvccpb.KeyValue(lease=1)) == b"\x30\x01"
+    assert mvccpb.EventEventType.DELETE.value == 1
+    txn = etcd.TxnRequest(
+        compare=[etcd.Compare(key=b"a", target=etcd.CompareCompareTarget.VERSION, version=0)],
+        success=[etcd.RequestOp(request_put=etcd.PutRequest(key=b"a", value=b"1"))],
+        failure=[etcd.RequestOp(request_range=etcd.RangeRequest(key=b"a"))],
+    )
+    decoded = etcd.TxnRequest.parse(bytes(txn))
+    assert decoded == txn
+    assert betterproto2.which_one_of(decoded.compare[0], "target_union") == ("version", 0)
+    assert betterproto2.which_one_of(decoded.success[0], "request")[0] == "request_put"

@@ -1,6 +1,12 @@
-"""The seam rule of DESIGN §2: outside silo/runtime/, silo/transport/, the generated silo/pb/ and
-the benchmarks in silo/bench/, no silo module touches the operating system's clock, randomness,
-network, threads or LevelDB directly. Checked on the syntax tree (``ast``), not by grepping."""
+"""The seam rules of DESIGN §2, checked on the syntax tree (``ast``), not by grepping:
+
+- outside silo/runtime/, silo/transport/, the generated silo/pb/ and the benchmarks in
+  silo/bench/, no silo module touches the operating system's clock, randomness, network, threads
+  or LevelDB directly;
+- grpclib (directly, or through ``betterproto2.grpclib``) is imported only in silo/transport/:
+  not in the generated messages of silo/pb/, nor anywhere else in silo/, sim/ or scenarios/, so
+  the simulator runs the real code on the one set of message classes without grpclib.
+"""
 
 from __future__ import annotations
 
@@ -97,6 +103,49 @@ def seam_violations(source: str, filename: str = "<string>") -> list[str]:
     return [f"{filename}:{line}: {what}" for line, what in sorted(set(found))]
 
 
+GRPCLIB_HOME = PACKAGE / "transport"
+GRPCLIB_FREE_TREES = (PACKAGE, ROOT / "sim", ROOT / "scenarios")
+GRPCLIB_MODULES = ("grpclib", "betterproto2.grpclib")
+
+
+def _imports_grpclib(module: str) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in GRPCLIB_MODULES)
+
+
+def grpclib_violations(source: str, filename: str = "<string>") -> list[str]:
+    """``file:line: what`` for every import of grpclib or betterproto2's grpclib support."""
+    tree = ast.parse(source, filename)
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if _imports_grpclib(alias.name):
+                    found.append((node.lineno, f"imports {alias.name}"))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # ``from betterproto2 import grpclib``: the imported name may be a submodule.
+            for alias in node.names:
+                if _imports_grpclib(node.module) or _imports_grpclib(f"{node.module}.{alias.name}"):
+                    found.append((node.lineno, f"imports {node.module}.{alias.name}"))
+        elif isinstance(node, ast.Call):
+            target = _dotted(node.func)
+            if target in (["__import__"], ["importlib", "import_module"]) and node.args:
+                arg = node.args[0]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    if _imports_grpclib(arg.value):
+                        found.append((node.lineno, f"imports {arg.value} dynamically"))
+    return [f"{filename}:{line}: {what}" for line, what in sorted(set(found))]
+
+
+def grpclib_free_files() -> list[Path]:
+    """Every module of silo/ outside silo/transport/, and of sim/ and scenarios/."""
+    return [
+        path
+        for tree in GRPCLIB_FREE_TREES
+        for path in sorted(tree.rglob("*.py"))
+        if not path.is_relative_to(GRPCLIB_HOME)
+    ]
+
+
 def checked_files() -> list[Path]:
     out = []
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -114,6 +163,19 @@ def test_silo_respects_the_seams() -> None:
     for path in files:
         problems += seam_violations(path.read_text(), str(path.relative_to(ROOT)))
     assert not problems, "seam violations (DESIGN §2):\n" + "\n".join(problems)
+
+
+def test_only_the_transport_imports_grpclib() -> None:
+    files = grpclib_free_files()
+    rel = {path.relative_to(ROOT).as_posix() for path in files}
+    # The walk found the generated messages and the simulator, and skipped the transport.
+    assert {"silo/pb/silo/v1/__init__.py", "silo/pb/etcdserverpb/__init__.py"} <= rel
+    assert {"sim/runner.py", "scenarios/chaos.py", "silo/service.py"} <= rel
+    assert not any(name.startswith("silo/transport/") for name in rel)
+    problems = []
+    for path in files:
+        problems += grpclib_violations(path.read_text(), str(path.relative_to(ROOT)))
+    assert not problems, "grpclib outside silo/transport/:\n" + "\n".join(problems)
 
 
 def test_exempt_directories_exist() -> None:
@@ -185,6 +247,57 @@ def test_checker_flags_a_planted_violation(source: str) -> None:
 @pytest.mark.parametrize("source", GOOD)
 def test_checker_accepts_seam_respecting_code(source: str) -> None:
     assert seam_violations(source, "ok.py") == []
+
+
+GRPCLIB_BAD = {
+    "import grpclib": "imports grpclib",
+    "import grpclib.client as c": "imports grpclib.client",
+    "from grpclib.const import Handler": "imports grpclib.const.Handler",
+    "from grpclib import GRPCError": "imports grpclib.GRPCError",
+    "from betterproto2 import grpclib as betterproto2_grpclib": "imports betterproto2.grpclib",
+    "from betterproto2.grpclib.grpclib_client import MetadataLike": (
+        "imports betterproto2.grpclib.grpclib_client.MetadataLike"
+    ),
+    "import betterproto2.grpclib": "imports betterproto2.grpclib",
+    "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import grpclib.server": (
+        "imports grpclib.server"
+    ),
+    "def f():\n    from grpclib.client import Channel": "imports grpclib.client.Channel",
+    "m = __import__('grpclib.client')": "imports grpclib.client dynamically",
+    "import importlib\nm = importlib.import_module('betterproto2.grpclib')": (
+        "imports betterproto2.grpclib dynamically"
+    ),
+}
+
+GRPCLIB_GOOD = [
+    "import betterproto2\nx = betterproto2.which_one_of",
+    "from betterproto2 import Message",
+    "from silo.pb.silo import v1 as pb",
+    "from . import grpclib",  # a sibling module that happens to be called grpclib
+    "grpclib = None",
+    "import grpclib_extras",
+]
+
+
+@pytest.mark.parametrize("source", list(GRPCLIB_BAD))
+def test_grpclib_checker_flags_a_planted_import(source: str) -> None:
+    problems = grpclib_violations(source, "planted.py")
+    assert problems, source
+    assert any(GRPCLIB_BAD[source] in p for p in problems), problems
+    assert all(p.startswith("planted.py:") for p in problems)
+
+
+@pytest.mark.parametrize("source", GRPCLIB_GOOD)
+def test_grpclib_checker_accepts_code_without_grpclib(source: str) -> None:
+    assert grpclib_violations(source, "ok.py") == []
+
+
+def test_grpclib_checker_flags_stubs_planted_in_the_generated_messages() -> None:
+    """The generated stubs, had they gone to silo/pb/ (as silo/pb/grpc/ once did), fail."""
+    source = (PACKAGE / "transport" / "stubs" / "silo_v1.py").read_text()
+    problems = grpclib_violations(source, "silo/pb/grpc/silo/v1/__init__.py")
+    assert any("imports grpclib" in p for p in problems), problems
+    assert any("imports betterproto2.grpclib" in p for p in problems), problems
 
 
 def test_checker_reports_file_and_line() -> None:

@@ -1,18 +1,42 @@
 """Concurrency, floating concurrency and rate limits of one shard (DESIGN §5).
 
 Contract:
-- A job acquires its limits in order before its attempt becomes a ready task. A concurrency
-  limit is a slot in the tenant's queue ``key`` (a holder row keyed by the task id); a full queue
-  parks the task as a request ordered by priority, then due time. A rate limit reserves a token
-  from the tenant's bucket; when none is free the task waits in the timer index until the
-  reserved token's time, and resumes with the next limit (no polling).
+- A job acquires its limits one at a time before its attempt becomes a ready task, in one
+  canonical order whatever the order it gave (:func:`acquisition_order`, applied when the job is
+  stored, so ``JobState.held`` always counts a prefix of ``JobInfo.limits``): its rate limits
+  first, in the order given, then its concurrency and floating limits sorted by queue key.
+- A rate limit reserves a token from the tenant's bucket; when none is free the task waits in
+  the timer index until the reserved token's time (no polling), and then goes on with its
+  next limit. Rate limits come first, so a job waiting for a token holds no concurrency slot.
+  A job cancelled while it waits gives its token back (the bucket gains one, up to full), so
+  the next reservation gets it; once the token's time has come it is spent. The bucket keeps
+  a count, not the reserved times: a token given back from the middle of the reservations
+  goes to the next reservation, which may fall at the time of a later one still waiting (over
+  the bucket's horizon the rate holds; within it, one extra start per token given back).
+- A concurrency limit is a slot in the tenant's queue ``key`` (a holder row keyed by the task
+  id); a full queue, or one with requests waiting, parks the task as a request ordered by
+  priority, then due time. A parked job keeps the slots it holds, which all sort before the
+  queue it waits on.
+- No wait-for cycle: a job waits only on a queue later in key order than every queue it
+  holds, so a chain of jobs waiting for each other's slots climbs strictly in key order and
+  ends at a job that is ready or running. (The alternative, holding nothing while parked, was
+  rejected: each park would release slots and each grant re-acquire them, cascading through
+  one batch, and a job needing several busy queues could be overtaken forever: granted A, it
+  finds B full, gives A back, and so on. With one order a granted slot is progress that is
+  never undone, and granting stays one step per queue in priority order. The cost: a job
+  parked on a later queue keeps its earlier slots meanwhile.)
 - Whatever ends or abandons an attempt releases its slots in the same batch, and the freed slots
-  are granted to the next eligible requests in that same batch (:meth:`LimitsMixin._regrant`).
+  are granted to the next eligible requests in that same batch (:meth:`Limiter.regrant`).
 - A queue's max is stored with the queue; a later job carrying another max, or a floating
   refresh, changes it at once, in both directions (a lower max grants nothing until the holders
   drop below it).
 - A floating queue is refreshed by handing a refresh task to a worker of the task group while
   the queue has work; a failed or expired refresh backs off from 1 s, doubling, to 60 s.
+- Idle state keeps no row: a queue left with no holder, no request and no refresh pending is
+  deleted by the operation that left it so, and set up again from the limit of the next job
+  that acquires it (a floating queue then starts from its default max, refreshed at once); a
+  bucket written back full is deleted, and one that refills later is deleted by the timer loop
+  once it is full (:meth:`Limiter.forget_full_buckets`).
 
 Invariant: a queue never has more holders than its max at the time of each grant; a slot is
 granted to a task at most once (its holder row is keyed by the task id).
@@ -21,6 +45,7 @@ granted to a task at most once (its holder row is keyed by the task id).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +64,7 @@ from silo.model import (
     JobState,
     JobStatus,
     Lease,
+    Limit,
     QueueState,
     RateBucket,
     RateLimit,
@@ -56,31 +82,31 @@ from silo.shard.tables import (
 from silo.shard.txn import Txn
 
 if TYPE_CHECKING:
-    from silo.runtime import Runtime
+    from silo.runtime.faults import Faults
     from silo.shard.mirror import ShardMirror
+    from silo.shard.rows import JobRows
 
 REFRESH_BACKOFF_MIN_MS = 1_000
 REFRESH_BACKOFF_MAX_MS = 60_000
 MAX_GRANTS_PER_QUEUE_PER_OP = 10_000
 
 
-class LimitsMixin:
-    """Limit acquisition, release and grant for :class:`~silo.shard.shard.JobShard`."""
+class Limiter:
+    """Limit acquisition, release and grant for one shard, on a transaction.
 
-    _mirror: ShardMirror
-    _rt: Runtime
-    shard_id: int
+    Reads job rows through ``rows``, the committed queue state (holders, requests, buckets)
+    through ``mirror``; asks ``faults`` for planted simulator mutations.
+    """
 
-    # Provided by JobShard.
-    async def _info(self, txn: Txn, tenant: str, job_id: str) -> JobInfo | None: ...
-    async def _state(self, txn: Txn, tenant: str, job_id: str) -> JobState | None: ...
-    def _put_state(self, txn: Txn, info: JobInfo, old: JobState | None, new: JobState) -> None:
-        ...
-    def _new_id(self, prefix: str) -> str: ...
+    def __init__(self, rows: JobRows, mirror: ShardMirror, faults: Faults, shard_id: int) -> None:
+        self._rows = rows
+        self._mirror = mirror
+        self._faults = faults
+        self.shard_id = shard_id
 
     # -- queue state ------------------------------------------------------------------------
 
-    def _queue_state(self, txn: Txn, tenant: str, queue: str) -> QueueState | None:
+    def queue_state(self, txn: Txn, tenant: str, queue: str) -> QueueState | None:
         """The queue's record as this transaction sees it (do not mutate; copy first)."""
         k = queue_key(tenant, queue)
         if k in txn.ops:
@@ -96,7 +122,7 @@ class LimitsMixin:
         return self._mirror.holders.get(q, 0) + txn.holder_deltas.get(q, 0)
 
     def _queue_max(self, txn: Txn, tenant: str, queue: str) -> int:
-        qs = self._queue_state(txn, tenant, queue)
+        qs = self.queue_state(txn, tenant, queue)
         return 0 if qs is None else qs.max_concurrency
 
     def _holder_exists(self, txn: Txn, hk: bytes) -> bool:
@@ -104,7 +130,7 @@ class LimitsMixin:
             return txn.ops[hk] is not None
         return hk in self._mirror.holder_keys
 
-    def _first_request(self, txn: Txn, tenant: str, queue: str) -> tuple[bytes, Task] | None:
+    def first_request(self, txn: Txn, tenant: str, queue: str) -> tuple[bytes, Task] | None:
         start, end = keys.prefix_range(Prefix.CONCURRENCY_REQUEST, tenant, queue)
         best: bytes | None = None
         # Requests are granted smallest first, so this operation's earlier grants on the queue
@@ -127,41 +153,78 @@ class LimitsMixin:
         return best, task
 
     def _has_waiting(self, txn: Txn, tenant: str, queue: str) -> bool:
-        return self._first_request(txn, tenant, queue) is not None
+        return self.first_request(txn, tenant, queue) is not None
 
     def _queue_has_work(self, txn: Txn, tenant: str, queue: str) -> bool:
         return self._holders(txn, tenant, queue) > 0 or self._has_waiting(txn, tenant, queue)
 
-    def _note_limits(self, txn: Txn, info: JobInfo) -> None:
-        """Record the queues a new job names; a plain limit's max replaces the stored one."""
+    def note_limits(self, txn: Txn, info: JobInfo) -> None:
+        """A new job's limits applied to the queues that have state now: a plain limit's max
+        replaces the stored one, a floating limit makes the queue floating. A queue without a
+        row is idle; the job's own limit sets it up when the job acquires it."""
         for limit in info.limits:
+            if isinstance(limit, RateLimit):
+                continue
+            qs = self.queue_state(txn, info.tenant, limit.key)
+            if qs is None:
+                continue
             if isinstance(limit, ConcurrencyLimit):
-                qs = self._queue_state(txn, info.tenant, limit.key)
-                if qs is None:
-                    self._put_queue_state(
-                        txn, info.tenant, limit.key, QueueState(limit.max_concurrency)
-                    )
-                elif qs.max_concurrency != limit.max_concurrency and not qs.floating:
+                if qs.max_concurrency != limit.max_concurrency and not qs.floating:
                     new = qs.copy()
                     new.max_concurrency = limit.max_concurrency
                     self._put_queue_state(txn, info.tenant, limit.key, new)
                     txn.regrant.append((info.tenant, limit.key))
-            elif isinstance(limit, FloatingConcurrencyLimit):
-                qs = self._queue_state(txn, info.tenant, limit.key)
-                if qs is None or not qs.floating:
-                    new = QueueState(
-                        limit.default_max_concurrency if qs is None else qs.max_concurrency,
-                        floating=True,
-                        default_max=limit.default_max_concurrency,
-                        refresh_interval_ms=limit.refresh_interval_ms,
-                        metadata=dict(limit.metadata),
-                        task_group=info.task_group,
-                    )
-                    self._put_queue_state(txn, info.tenant, limit.key, new)
+            elif not qs.floating:
+                self._put_queue_state(
+                    txn, info.tenant, limit.key,
+                    _floating_state(limit, info.task_group, qs.max_concurrency),
+                )
+
+    def _ensure_queue(self, txn: Txn, info: JobInfo, limit: Limit) -> None:
+        """Give an idle queue (no row) its state from the acquiring job's limit."""
+        assert not isinstance(limit, RateLimit)
+        if self.queue_state(txn, info.tenant, limit.key) is not None:
+            return
+        if isinstance(limit, ConcurrencyLimit):
+            qs = QueueState(limit.max_concurrency)
+        else:
+            qs = _floating_state(limit, info.task_group, limit.default_max_concurrency)
+        self._put_queue_state(txn, info.tenant, limit.key, qs)
+
+    def _forget_idle_queues(self, txn: Txn, queues: Iterable[tuple[str, str]]) -> None:
+        """Delete the row of every queue in ``queues`` that has no holder, no waiting request
+        and no refresh pending: an idle queue is indistinguishable from one never used."""
+        for tenant, queue in queues:
+            qs = self.queue_state(txn, tenant, queue)
+            if (
+                qs is not None
+                and qs.refresh_task_id is None
+                and not self._queue_has_work(txn, tenant, queue)
+            ):
+                txn.delete(queue_key(tenant, queue))
+
+    async def queue_attempt(
+        self, txn: Txn, info: JobInfo, state: JobState, due_ms: int
+    ) -> None:
+        """Allocate the next attempt number and queue its task: through its limits when due
+        (see :meth:`place`), else in the timer index."""
+        attempt = state.attempt + 1
+        task = Task(
+            self._rows.new_id("t"), info.tenant, info.job_id, attempt, info.task_group,
+            info.priority, due_ms,
+        )
+        state.attempt = attempt
+        state.held = 0
+        if due_ms <= txn.now:
+            await self.place(txn, info, state, task, 0)
+        else:
+            txn.put(timer_key(task), task.encode())
+            state.task = (attempt, due_ms, TIMER, task.task_id)
+            state.next_attempt_at_ms = due_ms
 
     # -- acquisition ------------------------------------------------------------------------
 
-    async def _place(
+    async def place(
         self, txn: Txn, info: JobInfo, state: JobState, task: Task, start: int
     ) -> None:
         """Acquire ``info.limits[start:]`` for ``task`` and queue it: ready when every limit
@@ -183,7 +246,8 @@ class LimitsMixin:
                     return
             else:
                 queue = limit.key
-                self._ensure_refresh(txn, info.tenant, queue)
+                self._ensure_queue(txn, info, limit)
+                self.ensure_refresh(txn, info.tenant, queue)
                 free = self._holders(txn, info.tenant, queue) < self._queue_max(
                     txn, info.tenant, queue
                 )
@@ -216,7 +280,7 @@ class LimitsMixin:
             max=self._queue_max(txn, tenant, queue), at_ms=txn.now,
         )
 
-    def _release(self, txn: Txn, info: JobInfo, held: int, task_id: str) -> None:
+    def release(self, txn: Txn, info: JobInfo, held: int, task_id: str) -> None:
         """Release the concurrency slots among ``info.limits[:held]`` held by ``task_id``."""
         for limit in info.limits[:held]:
             queue = concurrency_key(limit)
@@ -225,7 +289,7 @@ class LimitsMixin:
             hk = holder_key(info.tenant, queue, task_id)
             if not self._holder_exists(txn, hk):
                 continue
-            if not self._rt.faults.mutation("leak-holder"):
+            if not self._faults.mutation("leak-holder"):
                 txn.delete(hk)
                 q = (info.tenant, queue)
                 txn.holder_deltas[q] = txn.holder_deltas.get(q, 0) - 1
@@ -235,34 +299,38 @@ class LimitsMixin:
             )
             txn.regrant.append((info.tenant, queue))
 
-    async def _regrant(self, txn: Txn) -> None:
-        """Grant freed slots to waiting requests, for every queue touched by this operation."""
+    async def regrant(self, txn: Txn) -> None:
+        """Grant freed slots to waiting requests, for every queue touched by this operation;
+        then forget those of them left idle."""
         done: set[tuple[str, str]] = set()
+        touched: dict[tuple[str, str], None] = {}  # in order: no set decides what is written
         while txn.regrant:
             q = txn.regrant.pop(0)
             if q in done:
                 continue
             done.add(q)
+            touched[q] = None
             granted = await self._grant_waiting(txn, *q)
             if granted:
                 # Granted tasks may have parked on other queues; those get another look.
                 done.discard(q)
+        self._forget_idle_queues(txn, touched)
 
     async def _grant_waiting(self, txn: Txn, tenant: str, queue: str) -> int:
         granted = 0
-        over = 1 if self._rt.faults.mutation("over-grant") else 0
+        over = 1 if self._faults.mutation("over-grant") else 0
         for _ in range(MAX_GRANTS_PER_QUEUE_PER_OP):
             if self._holders(txn, tenant, queue) >= self._queue_max(txn, tenant, queue) + over:
                 break
-            first = self._first_request(txn, tenant, queue)
+            first = self.first_request(txn, tenant, queue)
             if first is None:
                 break
             rk, task = first
             txn.delete(rk)
             if rk not in txn.new_requests:
                 txn.request_floor[(tenant, queue)] = rk
-            info = await self._info(txn, task.tenant, task.job_id)
-            state = await self._state(txn, task.tenant, task.job_id)
+            info = await self._rows.info(txn, task.tenant, task.job_id)
+            state = await self._rows.state(txn, task.tenant, task.job_id)
             if (
                 info is None
                 or state is None
@@ -275,35 +343,68 @@ class LimitsMixin:
             self._grant(txn, tenant, queue, task)
             granted += 1
             new = state.copy()
-            await self._place(txn, info, new, task, state.held + 1)
-            self._put_state(txn, info, state, new)
+            await self.place(txn, info, new, task, state.held + 1)
+            self._rows.put_state(txn, info, state, new)
         return granted
+
+    def _bucket_tokens(self, txn: Txn, bk: bytes, limit: RateLimit) -> float:
+        """The bucket's tokens now (refilled since it was written; full when it has no row)."""
+        raw = txn.ops.get(bk) if bk in txn.ops else self._mirror.buckets.get(bk)
+        if raw is None:
+            return float(limit.limit)
+        bucket = RateBucket.decode(bk, raw)
+        elapsed = max(0, txn.now - bucket.updated_ms)
+        return min(float(limit.limit), bucket.tokens + elapsed * limit.limit / limit.per_ms)
+
+    def _write_bucket(self, txn: Txn, bk: bytes, limit: RateLimit, tokens: float) -> None:
+        """Store the bucket with ``tokens`` as of now; a full bucket keeps no row."""
+        if tokens >= limit.limit:
+            txn.delete(bk)
+            return
+        full_at = txn.now + math.ceil((limit.limit - tokens) * limit.per_ms / limit.limit)
+        txn.put(bk, RateBucket(tokens, txn.now, full_at).encode())
 
     def _reserve_token(self, txn: Txn, tenant: str, limit: RateLimit) -> int:
         """Take a token from the bucket (possibly one not yet refilled); returns how many ms
         until that token exists (0: now)."""
         bk = bucket_key(tenant, limit.name, limit.key)
-        raw = txn.ops.get(bk) if bk in txn.ops else self._mirror.buckets.get(bk)
-        bucket = RateBucket.decode(bk, raw) if raw is not None else None
-        tokens = float(limit.limit) if bucket is None else bucket.tokens
-        if bucket is not None:
-            elapsed = max(0, txn.now - bucket.updated_ms)
-            tokens = min(float(limit.limit), tokens + elapsed * limit.limit / limit.per_ms)
-        tokens -= 1.0
-        txn.put(bk, RateBucket(tokens, txn.now).encode())
+        tokens = self._bucket_tokens(txn, bk, limit) - 1.0
+        self._write_bucket(txn, bk, limit, tokens)
         if tokens >= 0:
             return 0
         return max(1, math.ceil(-tokens * limit.per_ms / limit.limit))
 
+    def _return_token(self, txn: Txn, tenant: str, limit: RateLimit) -> None:
+        """Give back the token reserved by a job that no longer waits for it (cancelled): the
+        next reservation gets it, never more than a full bucket."""
+        bk = bucket_key(tenant, limit.name, limit.key)
+        tokens = min(float(limit.limit), self._bucket_tokens(txn, bk, limit) + 1.0)
+        self._write_bucket(txn, bk, limit, tokens)
+        txn.emit(
+            "token_returned", shard=self.shard_id, tenant=tenant, name=limit.name,
+            key=limit.key, at_ms=txn.now,
+        )
+
+    def forget_full_buckets(self, txn: Txn, max_rows: int) -> int:
+        """Delete up to ``max_rows`` bucket rows that have refilled by now; returns how many."""
+        n = 0
+        for full_at, bk in self._mirror.bucket_full_at:
+            if full_at > txn.now or n >= max_rows:
+                break
+            if bk not in txn.ops:
+                txn.delete(bk)
+                n += 1
+        return n
+
     # -- floating limits --------------------------------------------------------------------
 
-    def _ensure_refresh(self, txn: Txn, tenant: str, queue: str) -> None:
+    def ensure_refresh(self, txn: Txn, tenant: str, queue: str) -> None:
         """Schedule a refresh task for a floating queue that has none pending."""
-        qs = self._queue_state(txn, tenant, queue)
+        qs = self.queue_state(txn, tenant, queue)
         if qs is None or not qs.floating or qs.refresh_task_id is not None:
             return
         due = max(txn.now, qs.next_refresh_ms)
-        task = Task(self._new_id("r"), tenant, queue, 0, qs.task_group, 0, due)
+        task = Task(self._rows.new_id("r"), tenant, queue, 0, qs.task_group, 0, due)
         if due <= txn.now:
             txn.put(ready_key(task), task.encode())
         else:
@@ -312,10 +413,10 @@ class LimitsMixin:
         new.refresh_task_id = task.task_id
         self._put_queue_state(txn, tenant, queue, new)
 
-    def _promote_refresh(self, txn: Txn, task: Task) -> None:
+    def promote_refresh(self, txn: Txn, task: Task) -> None:
         """A due refresh timer: hand it to workers if the queue still has work, else drop it."""
         txn.delete(timer_key(task))
-        qs = self._queue_state(txn, task.tenant, task.job_id)
+        qs = self.queue_state(txn, task.tenant, task.job_id)
         if qs is None or qs.refresh_task_id != task.task_id:
             return
         if self._queue_has_work(txn, task.tenant, task.job_id):
@@ -324,8 +425,9 @@ class LimitsMixin:
             new = qs.copy()
             new.refresh_task_id = None
             self._put_queue_state(txn, task.tenant, task.job_id, new)
+            txn.regrant.append((task.tenant, task.job_id))  # idle now: forgotten at commit
 
-    def _end_refresh(
+    def end_refresh(
         self, txn: Txn, lease: Lease, new_max: int | None, *, reaped: bool = False
     ) -> None:
         """Apply a refresh result (``new_max``) or a failure (``None``)."""
@@ -334,7 +436,7 @@ class LimitsMixin:
         txn.delete(key(Prefix.LEASE, lease.task_id))
         txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, lease.task_id))
         queue = lease.job_id
-        qs = self._queue_state(txn, lease.tenant, queue)
+        qs = self.queue_state(txn, lease.tenant, queue)
         txn.emit(
             "refresh_ended", shard=self.shard_id, tenant=lease.tenant, queue=queue,
             task_id=lease.task_id, new_max=new_max, reaped=reaped, at_ms=txn.now,
@@ -352,17 +454,17 @@ class LimitsMixin:
             new.backoff_ms = 0
             new.max_concurrency = new_max
             new.next_refresh_ms = txn.now + qs.refresh_interval_ms
-            if new_max > qs.max_concurrency:
-                txn.regrant.append((lease.tenant, queue))
         self._put_queue_state(txn, lease.tenant, queue, new)
+        # Grants what a larger max frees; forgets the queue if it has no work left.
+        txn.regrant.append((lease.tenant, queue))
         if self._queue_has_work(txn, lease.tenant, queue):
-            self._ensure_refresh(txn, lease.tenant, queue)
+            self.ensure_refresh(txn, lease.tenant, queue)
 
     # -- unqueue ----------------------------------------------------------------------------
 
-    def _unqueue_task(self, txn: Txn, info: JobInfo, state: JobState) -> Task | None:
-        """Remove the job's queued task (ready, timer or parked request) and release the slots
-        it holds; returns the task."""
+    def unqueue_task(self, txn: Txn, info: JobInfo, state: JobState) -> Task | None:
+        """Remove the job's queued task (ready, timer or parked request), release the slots it
+        holds and give back the rate token it waits for; returns the task."""
         if state.task is None:
             return None
         attempt, due_ms, where, task_id = state.task
@@ -379,11 +481,16 @@ class LimitsMixin:
             assert queue is not None
             k = request_key(info.tenant, queue, probe)
             task = self._mirror.requests.get(k)
+            txn.regrant.append((info.tenant, queue))  # forgotten at commit if left idle
+        if where == TIMER and state.held > 0:
+            reserved = info.limits[state.held - 1]
+            if isinstance(reserved, RateLimit):
+                self._return_token(txn, info.tenant, reserved)
         if k in txn.ops:
             raw = txn.ops[k]
             task = Task.decode(k, raw) if raw is not None else None
         txn.delete(k)
-        self._release(txn, info, state.held, task_id)
+        self.release(txn, info, state.held, task_id)
         state.task = None
         state.held = 0
         state.next_attempt_at_ms = None
@@ -391,7 +498,7 @@ class LimitsMixin:
 
     # -- visibility -------------------------------------------------------------------------
 
-    def _waiting_for(self, info: JobInfo, state: JobState) -> str:
+    def waiting_for(self, info: JobInfo, state: JobState) -> str:
         """What a scheduled job is waiting for, in words."""
         if state.status != JobStatus.SCHEDULED or state.task is None:
             return ""
@@ -416,11 +523,13 @@ class LimitsMixin:
         return f"its start time ({due_ms})"
 
     def queue_info(self, tenant: str, queue: str, *, max_listed: int = 100) -> dict[str, Any]:
-        """A queue's max, holders and waiting requests (at most ``max_listed`` of each)."""
+        """A queue's max, holders and waiting requests (at most ``max_listed`` of each); an
+        idle queue (no row) answers max 0, no holders, nobody waiting."""
         q = (tenant, queue)
         qs = self._mirror.queues.get(q)
         if qs is None:
-            raise NotFound(f"concurrency queue not found: {queue!r} (tenant {tenant!r})")
+            # An idle queue keeps no row: no holders, nobody waiting, no max until a job sets it.
+            qs = QueueState(0)
         holders = []
         start, end = keys.prefix_range(Prefix.CONCURRENCY_HOLDER, tenant, queue)
         for hk, hq in self._mirror.holder_keys.items():
@@ -446,6 +555,28 @@ class LimitsMixin:
             "next_refresh_ms": qs.next_refresh_ms if qs.floating else None,
             "refresh_backoff_ms": qs.backoff_ms if qs.floating else None,
         }
+
+
+def acquisition_order(limits: Iterable[Limit]) -> tuple[Limit, ...]:
+    """The order a job acquires its limits in: rate limits first (as given), then concurrency
+    and floating limits by queue key (see the module docstring for why)."""
+    listed = list(limits)
+    rates = [x for x in listed if isinstance(x, RateLimit)]
+    queues = sorted((x for x in listed if not isinstance(x, RateLimit)), key=lambda x: x.key)
+    return (*rates, *queues)
+
+
+def _floating_state(
+    limit: FloatingConcurrencyLimit, task_group: str, max_concurrency: int
+) -> QueueState:
+    return QueueState(
+        max_concurrency,
+        floating=True,
+        default_max=limit.default_max_concurrency,
+        refresh_interval_ms=limit.refresh_interval_ms,
+        metadata=dict(limit.metadata),
+        task_group=task_group,
+    )
 
 
 def check_refresh_value(new_max: int) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sortedcontainers import SortedDict
+from sortedcontainers import SortedDict, SortedList
 
 from silo import keys
 from silo.keys import Prefix
-from silo.model import Lease, QueueState, Task, decode_int
+from silo.model import Lease, QueueState, RateBucket, Task, decode_int
 from silo.runtime.disk import KVStore
 
 _READY = bytes((Prefix.READY,))
@@ -45,6 +45,8 @@ class ShardMirror:
         self.holders: dict[tuple[str, str], int] = {}
         self.queues: dict[tuple[str, str], QueueState] = {}
         self.buckets: dict[bytes, bytes] = {}  # rate bucket key -> encoded RateBucket
+        self.bucket_full_at: SortedList = SortedList()  # (full_at_ms, bucket key)
+        self._bucket_full: dict[bytes, int] = {}  # bucket key -> its full_at_ms in the list
         self.on_timer_added: Callable[[], None] = lambda: None
         self.on_expiry_added: Callable[[], None] = lambda: None
         self.on_ready_added: Callable[[str], None] = lambda task_group: None
@@ -108,15 +110,25 @@ class ShardMirror:
                 else:
                     self.queues[(str(tenant), str(queue))] = QueueState.decode(k, v)
             elif p == _BUCKET:
-                if v is None:
-                    self.buckets.pop(k, None)
-                else:
-                    self.buckets[k] = v
+                self._apply_bucket(k, v)
             elif p == _META and k.startswith(COUNTER_PREFIX):
                 if v is None:
                     self.counters.pop(k, None)
                 else:
                     self.counters[k] = decode_int(k, v)
+
+    def _apply_bucket(self, k: bytes, v: bytes | None) -> None:
+        old = self._bucket_full.pop(k, None)
+        if old is not None:
+            self.bucket_full_at.remove((old, k))
+        if v is None:
+            self.buckets.pop(k, None)
+            return
+        self.buckets[k] = v
+        full_at = RateBucket.decode(k, v).full_at_ms
+        if full_at is not None:
+            self._bucket_full[k] = full_at
+            self.bucket_full_at.add((full_at, k))
 
     def _apply_request(self, k: bytes, v: bytes | None) -> None:
         _, parts = keys.parse(k)
@@ -170,6 +182,12 @@ class ShardMirror:
         if not self.timers:
             return None
         return self.timers.peekitem(0)[1].due_ms
+
+    def next_bucket_full_ms(self) -> int | None:
+        """When the earliest rate bucket will have refilled (its row can then go)."""
+        if not self.bucket_full_at:
+            return None
+        return self.bucket_full_at[0][0]
 
     def next_expiry_ms(self) -> int | None:
         if not self.expiries:

@@ -69,6 +69,10 @@ JOB_CASES = {
     "rate_period_max_ms": replace(
         new_job("x"), limits=(RateLimit("api", "k", 1, L.rate_period_max_ms + 1),)
     ),
+    "refresh_interval_max_ms": replace(
+        new_job("x"),
+        limits=(FloatingConcurrencyLimit("q", 1, 24 * 3600 * 1000 + 1),),
+    ),
     "refresh_interval_min_ms": replace(
         new_job("x"),
         limits=(FloatingConcurrencyLimit("q", 1, L.refresh_interval_min_ms - 1),),

@@ -557,3 +557,19 @@ def test_inv2_released_slot_whose_holder_row_stays_on_disk() -> None:
     _release(h, "t1")
     assert h.invariant == 2
     assert "still on disk" in h.violations[0].message
+
+
+def test_audit_idle_queue_rows_and_zero_counters() -> None:
+    counters = {JOBS_TOTAL: 1, JOBS_TERMINAL: 1, status_counter("t", JobStatus.SUCCEEDED): 1}
+    img = _image({"a": JobStatus.SUCCEEDED}, counters)
+    img.queues[("t", "busy")] = QueueState(1)
+    img.holders[("t", "busy")] = {}
+    img.requests[("t", "busy")] = 1
+    img.queues[("t", "refreshing")] = QueueState(1, floating=True, refresh_task_id="r1")
+    assert audit_image(img, "x") == []
+    img.queues[("t", "idle")] = QueueState(1)
+    img.counters[status_counter("t", JobStatus.RUNNING)] = 0
+    problems = audit_image(img, "x")
+    assert [inv for inv, _ in problems] == [12, 12]
+    assert "idle queue 'idle'" in problems[0][1]
+    assert "stored as zero" in problems[1][1]

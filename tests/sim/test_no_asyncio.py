@@ -11,7 +11,7 @@ from sim.runner import run_one
 r = run_one("chaos", 3)
 assert r.exit_code == 0, r.message
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("grpclib", "asyncio", "trio_asyncio")
-             or m.startswith(("silo.transport.grpc", "silo.transport.aio", "silo.pb.grpc")))
+             or m.startswith(("silo.transport.grpc", "silo.transport.aio", "silo.transport.stubs")))
 print(",".join(bad))
 """
 

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
-import grpclib.client
 import pytest
 import trio
-import trio_asyncio
-from grpclib.exceptions import GRPCError
 
 from silo.errors import Code, InvalidArgument, NotFound
-from silo.pb.grpc.silo import v1 as pb_grpc
-from silo.pb.silo import v1 as pb
-from silo.rpc import CallContext, Channel, Connector, RpcError, method_path
+from silo.rpc import CallContext, Channel, Connector, Handler, RpcError, method_path
 from silo.transport.aio import current_asyncio_loop, open_asyncio_loop
 from silo.transport.grpc import (
     HEALTH_CHECK_METHOD,
@@ -25,6 +21,7 @@ from silo.transport.grpc import (
     GrpcServer,
     parse_address,
 )
+from tests.transport import support
 
 ECHO = method_path("Echo")
 FAIL = method_path("Fail")
@@ -60,16 +57,10 @@ async def context(request: bytes, ctx: CallContext) -> bytes:
 HANDLERS = {ECHO: echo, FAIL: fail, CRASH: crash, SLOW: slow, CONTEXT: context}
 
 
-@asynccontextmanager
-async def serving(handlers=HANDLERS, **server_kwargs) -> AsyncIterator[tuple[GrpcServer, str]]:
-    """A running server on 127.0.0.1:<free port>, inside one trio-asyncio loop."""
-    async with open_asyncio_loop(), trio.open_nursery() as nursery:
-        server = GrpcServer(handlers, **server_kwargs)
-        port = await nursery.start(server.serve, "127.0.0.1", 0)
-        try:
-            yield server, f"127.0.0.1:{port}"
-        finally:
-            await server.shutdown(grace=1.0)
+def serving(
+    handlers: Mapping[str, Handler] = HANDLERS, **server_kwargs: Any
+) -> AbstractAsyncContextManager[tuple[GrpcServer, str]]:
+    return support.serving(handlers, **server_kwargs)
 
 
 @asynccontextmanager
@@ -397,37 +388,6 @@ async def test_serve_opens_its_own_loop_when_none_is_active() -> None:
         async with channel_to(f"127.0.0.1:{port}") as channel:
             assert await channel.call(ECHO, b"own loop", timeout=5) == b"own loop"
         await server.shutdown(grace=1.0)
-
-
-async def test_generated_betterproto2_stub_calls_grpc_server() -> None:
-    """A stock betterproto2/grpclib stub (ProtoCodec, message classes) talks to GrpcServer."""
-
-    async def enqueue(request: bytes, ctx: CallContext) -> bytes:
-        req = pb.EnqueueRequest.parse(request)
-        if req.job.tenant == "missing":
-            raise NotFound("no such tenant", metadata={"silo-shard-owner": "127.0.0.1:9"})
-        return bytes(pb.EnqueueResponse(id=f"{req.shard}/{req.job.tenant}/{req.job.id}"))
-
-    async with serving({method_path("Enqueue"): enqueue}, token="tok") as (_, address):
-        host, port = parse_address(address)
-
-        async def use_stub(tenant: str) -> pb_grpc.EnqueueResponse:
-            channel = grpclib.client.Channel(host, port)
-            try:
-                stub = pb_grpc.SiloStub(channel, metadata={"authorization": "Bearer tok"})
-                request = pb_grpc.EnqueueRequest(
-                    shard=3, job=pb_grpc.JobSpec(tenant=tenant, id="j1")
-                )
-                return await stub.enqueue(request, timeout=5)
-            finally:
-                channel.close()
-
-        reply = await trio_asyncio.aio_as_trio(use_stub)("acme")
-        assert reply == pb_grpc.EnqueueResponse(id="3/acme/j1")
-        with pytest.raises(GRPCError) as info:
-            await trio_asyncio.aio_as_trio(use_stub)("missing")
-        assert info.value.status.value == Code.NOT_FOUND
-        assert info.value.message == "no such tenant"
 
 
 def test_parse_address() -> None:

@@ -44,6 +44,7 @@ class ShardLimits:
     rate_limit_max: int = 1_000_000
     rate_period_max_ms: int = 7 * 24 * 3600 * 1000
     refresh_interval_min_ms: int = 100
+    refresh_interval_max_ms: int = 24 * 3600 * 1000
 
 
 def _check_name(value: str, what: str, limit_name: str, limit: int, *, empty_ok: bool) -> None:
@@ -174,6 +175,11 @@ def check_job_limits(limits: ShardLimits, job_limits: tuple[Limit, ...]) -> None
                     raise InvalidArgument(
                         f"refresh_interval_ms {limit.refresh_interval_ms} of {limit.key!r} is "
                         f"below refresh_interval_min_ms ({limits.refresh_interval_min_ms})"
+                    )
+                if limit.refresh_interval_ms > limits.refresh_interval_max_ms:
+                    raise InvalidArgument(
+                        f"refresh_interval_ms {limit.refresh_interval_ms} of {limit.key!r} is "
+                        f"above refresh_interval_max_ms ({limits.refresh_interval_max_ms})"
                     )
                 check_metadata(limits, limit.metadata)
         elif isinstance(limit, RateLimit):
