@@ -271,7 +271,7 @@ class JobState:
             t = f[5]
             task = (int(t[0]), int(t[1]), int(t[2]), str(t[3])) if t is not None else None
             return cls(JobStatus(f[0]), f[1], f[2], f[3], f[4], task, f[6], int(f[7]))
-        except (TypeError, ValueError, IndexError, KeyError) as exc:
+        except (TypeError, ValueError, OverflowError, IndexError, KeyError) as exc:
             raise CorruptRecord(key, f"bad status record ({exc})") from exc
 
     def copy(self) -> JobState:

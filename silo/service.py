@@ -152,6 +152,7 @@ class SiloService:
                     priority=t.priority,
                     metadata=dict(t.metadata),
                     lease_expiry_ms=t.lease_expiry_ms,
+                    timeout_ms=t.timeout_ms,
                     refresh=None
                     if t.refresh is None
                     else pb.RefreshInfo(

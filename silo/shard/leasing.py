@@ -173,7 +173,7 @@ class Leasing(ShardRoom):
         self._rows.put_state(txn, info, state, new)
         return LeasedTask(
             task.task_id, task.tenant, task.job_id, task.attempt, task.task_group, info.payload,
-            info.priority, dict(info.metadata), expiry,
+            info.priority, dict(info.metadata), expiry, timeout_ms=info.timeout_ms,
         )
 
     def _lease_refresh(

@@ -45,6 +45,8 @@ class ShardLimits:
     rate_period_max_ms: int = 7 * 24 * 3600 * 1000
     refresh_interval_min_ms: int = 100
     refresh_interval_max_ms: int = 24 * 3600 * 1000
+    max_timeout_ms: int = 24 * 3600 * 1000
+    """The longest per-job attempt timeout (``timeout_ms``) a job may ask for."""
 
 
 def _check_name(value: str, what: str, limit_name: str, limit: int, *, empty_ok: bool) -> None:
@@ -116,6 +118,16 @@ def check_metadata(limits: ShardLimits, metadata: Mapping[str, str]) -> None:
                 f"metadata value of {k!r} is {size} bytes; metadata_value_max_bytes is "
                 f"{limits.metadata_value_max_bytes}"
             )
+
+
+def check_timeout(limits: ShardLimits, timeout_ms: int) -> None:
+    """A job's attempt timeout: 0 (the worker's default) or 1..max_timeout_ms."""
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int):
+        raise InvalidArgument("timeout_ms must be an integer")
+    if not 0 <= timeout_ms <= limits.max_timeout_ms:
+        raise InvalidArgument(
+            f"timeout_ms {timeout_ms} is outside 0..max_timeout_ms ({limits.max_timeout_ms})"
+        )
 
 
 def check_retry(limits: ShardLimits, retry: RetryPolicy) -> None:
