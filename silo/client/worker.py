@@ -8,7 +8,8 @@ Contract:
   node it came from, and heartbeated first soon after it arrives, so a busy worker that does not
   lease again still acknowledges it within a small fraction of the lease;
 - every task is heartbeated (see :mod:`silo.client.heartbeats`) from its arrival until its
-  report is acknowledged, so its lease cannot lapse while the report waits or is retried. A
+  report is acknowledged, so its lease cannot lapse while the report waits or is retried
+  (floating-limit refresh tasks excepted: they are short and their report acknowledges them). A
   heartbeat that says the job was cancelled sets ``ctx.cancelled`` and gives the handler
   ``CANCEL_GRACE_S`` more; past that it is cancelled (trio) or abandoned (thread, asyncio) and
   the attempt is reported cancelled. A heartbeat that finds the lease gone (reaped, or owned by
