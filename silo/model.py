@@ -76,8 +76,21 @@ def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def _unpack(key: bytes, data: bytes, version: int, arity: int) -> list[Any]:
-    return _unpack_versioned(key, data, {version: arity})[1]
+def _decode_list(key: bytes, data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise CorruptRecord(key, f"not msgpack ({exc})") from exc
+
+
+def _unpack(key: bytes, data: bytes, version: int, arity: int, optional: int = 0) -> list[Any]:
+    """The fields of a record; the last ``optional`` of its ``arity`` fields may be missing
+    (records written before those fields existed), and come back as ``None``."""
+    obj = _decode_list(key, data)
+    if (not isinstance(obj, list) or not arity - optional + 1 <= len(obj) <= arity + 1
+            or type(obj[0]) is not int or obj[0] != version):
+        raise CorruptRecord(key, f"expected a version-{version} record of {arity} fields")
+    return obj[1:] + [None] * (arity + 1 - len(obj))
 
 
 def _unpack_versioned(
@@ -85,10 +98,7 @@ def _unpack_versioned(
 ) -> tuple[int, list[Any]]:
     """Decode a record written in any of the format versions ``arities`` maps to their field
     counts; returns ``(version, fields)``."""
-    try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except Exception as exc:
-        raise CorruptRecord(key, f"not msgpack ({exc})") from exc
+    obj = _decode_list(key, data)
     if (
         not isinstance(obj, list)
         or not obj
@@ -203,35 +213,49 @@ class JobInfo:
     enqueued_at_ms: int = 0
     start_at_ms: int = 0
     limits: tuple[Limit, ...] = ()
+    timeout_ms: int = 0
+    """How long one attempt may run (0: the worker's default)."""
 
     def encode(self) -> bytes:
-        return _pack(
-            [
-                1,
-                self.tenant,
-                self.job_id,
-                self.task_group,
-                self.payload,
-                self.priority,
-                self.retry.to_list(),
-                sorted(self.metadata.items()),
-                self.enqueued_at_ms,
-                self.start_at_ms,
-                [limit_to_list(limit) for limit in self.limits],
-            ]
-        )
+        """Version 1; ``timeout_ms`` is appended only when set, so a job without one is stored
+        as before that field existed (and older code can read it)."""
+        fields = [
+            1,
+            self.tenant,
+            self.job_id,
+            self.task_group,
+            self.payload,
+            self.priority,
+            self.retry.to_list(),
+            sorted(self.metadata.items()),
+            self.enqueued_at_ms,
+            self.start_at_ms,
+            [limit_to_list(limit) for limit in self.limits],
+        ]
+        if self.timeout_ms:
+            fields.append(self.timeout_ms)
+        return _pack(fields)
 
     @classmethod
     def decode(cls, key: bytes, data: bytes) -> JobInfo:
-        f = _unpack(key, data, 1, 10)
+        f = _unpack(key, data, 1, 11, optional=1)
         try:
             return cls(
                 f[0], f[1], f[2], f[3], f[4], RetryPolicy.from_list(f[5]),
                 {k: v for k, v in f[6]}, f[7], f[8], tuple(limit_from_list(x) for x in f[9]),
+                _positive_or_absent(f[10]),
             )
         except (TypeError, ValueError, IndexError, KeyError, AttributeError,
                 OverflowError) as exc:
             raise CorruptRecord(key, f"bad job record ({exc})") from exc
+
+
+def _positive_or_absent(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
 
 
 @dataclass(slots=True)
@@ -455,6 +479,8 @@ class LeasedTask:
     metadata: dict[str, str]
     lease_expiry_ms: int
     refresh: RefreshRequest | None = None
+    timeout_ms: int = 0
+    """The job's attempt timeout (0: the worker's default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -605,6 +631,8 @@ class NewJob:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     metadata: dict[str, str] = field(default_factory=dict)
     limits: tuple[Limit, ...] = ()
+    timeout_ms: int = 0
+    """How long one attempt may run (0: the worker's default)."""
 
 
 ENQUEUE_HELD_BACK = "not written: another job in the batch was refused"

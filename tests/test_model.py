@@ -65,6 +65,7 @@ job_infos = st.builds(
         | st.builds(RateLimit, text, text, st.integers(1, 10**6), st.integers(1, 10**9)),
         max_size=3,
     ).map(tuple),
+    timeout_ms=st.integers(0, 24 * 3600 * 1000),
 )
 job_states = st.builds(
     JobState,
@@ -155,6 +156,12 @@ def test_delivery_fields_round_trip() -> None:
     state = JobState(JobStatus.SCHEDULED, 1, undelivered=3, attempt_rows=7)
     assert JobState.decode(KEY, state.encode()) == state
     assert state.copy().undelivered == 3
+def test_job_info_without_timeout_is_stored_as_before_and_with_one_round_trips() -> None:
+    info = JobInfo("t", "j", "g", b"")
+    assert len(msgpack.unpackb(info.encode())) == 11  # version + the 10 original fields
+    timed = JobInfo("t", "j", "g", b"", timeout_ms=300)
+    assert JobInfo.decode(KEY, timed.encode()).timeout_ms == 300
+    _assert_corrupt(JobInfo, msgpack.packb([*msgpack.unpackb(info.encode()), -1]))
 
 
 def test_state_copy_is_independent() -> None:

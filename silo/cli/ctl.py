@@ -30,6 +30,7 @@ from silo.cli.common import (
     format_ms,
     jsonable,
     leaf_exception,
+    timeout_seconds,
 )
 from silo.errors import SiloError
 from silo.model import (
@@ -166,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not start before this many seconds from now")
     p.add_argument("--retries", type=non_negative_int, default=0, metavar="N",
                    help="retries after a failed attempt (default 0)")
+    p.add_argument("--timeout", type=timeout_seconds, default=None, metavar="SECONDS",
+                   help="fail an attempt with TIMEOUT after this long (default: the worker's "
+                        "--timeout)")
     p.add_argument("--metadata", "-m", type=key_value, action="extend", nargs="+",
                    default=[], metavar="K=V", help="metadata entries (repeatable)")
     p.add_argument("--concurrency", action="append", type=concurrency_limit, default=[],
@@ -293,6 +297,8 @@ def job_dict(job: Job) -> dict[str, Any]:
         "cancel_requested": job.cancel_requested,
         "cancelled_at_ms": job.cancelled_at_ms,
     }
+    if job.timeout_ms:
+        out["timeout_ms"] = job.timeout_ms
     if job.limits:
         out["limits"] = [_limit_dict(x) for x in job.limits]
     if job.waiting_for:
@@ -338,6 +344,8 @@ def _print_job(out: Output, job: Job) -> None:
         rows.append(("next attempt", format_ms(job.next_attempt_at_ms)))
     if job.waiting_for:
         rows.append(("waiting for", job.waiting_for))
+    if job.timeout_ms:
+        rows.append(("timeout", f"{job.timeout_ms} ms"))
     for limit in job.limits:
         rows.append(("limit", json.dumps(_limit_dict(limit))))
     if job.cancelled_at_ms:
@@ -390,6 +398,7 @@ async def cmd_enqueue(client: SiloClient, args: argparse.Namespace, out: Output)
         retry=RetryPolicy(retry_count=args.retries),
         metadata=dict(args.metadata),
         limits=[*args.concurrency, *args.rate],
+        timeout_ms=args.timeout,
     )
     if out.json:
         out.emit_json({"id": handle.id, "tenant": handle.tenant})

@@ -33,6 +33,9 @@ from silo.wire import new_job_to_pb, pb
 M = TypeVar("M")
 
 RETRYABLE = (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""The largest request or response a client sends or accepts by default (the server's default
+``max_message_bytes`` as well)."""
 
 ENQUEUE_BATCH_MAX_JOBS = 1000
 """Jobs per EnqueueBatch call (the server's default ``max_jobs_per_batch``)."""
@@ -64,6 +67,7 @@ class SiloClient:
         token: str | None = None,
         rng: random.Random | None = None,
         retry: RetrySettings | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         if not seeds:
             raise ValueError("at least one server address is required")
@@ -72,6 +76,8 @@ class SiloClient:
         self._token = token
         self._rng = rng or RandomSource().stream("client")
         self.retry = retry or RetrySettings()
+        self.max_message_bytes = max_message_bytes
+        """Requests are built to stay under this (the transport refuses larger ones)."""
         self._channels: dict[str, Channel] = {}
         self._shard_map: ShardMap | None = None
         self._owners: dict[int, str] = {}
@@ -82,13 +88,16 @@ class SiloClient:
     @classmethod
     @asynccontextmanager
     async def connect(
-        cls, *addresses: str, token: str | None = None, retry: RetrySettings | None = None
+        cls, *addresses: str, token: str | None = None, retry: RetrySettings | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> AsyncIterator[SiloClient]:
         """Connect over gRPC to a cluster reachable at any of ``addresses`` ("host:port")."""
         from silo.transport.grpc import GrpcConnector
 
-        async with GrpcConnector.open(token=token) as connector:
-            client = cls(connector, addresses or ("127.0.0.1:7450",), token=token, retry=retry)
+        opened = GrpcConnector.open(token=token, max_message_bytes=max_message_bytes)
+        async with opened as connector:
+            client = cls(connector, addresses or ("127.0.0.1:7450",), token=token, retry=retry,
+                         max_message_bytes=max_message_bytes)
             try:
                 await client.refresh_shard_map()
                 yield client
@@ -214,6 +223,23 @@ class SiloClient:
                 return self._shard_map
             raise last or Unavailable("no server reachable")
 
+    async def owner_address(
+        self, shard_id: int, *, stale: str | None = None, hint: str | None = None
+    ) -> str:
+        """The address to call for ``shard_id``. After ``stale`` answered "shard not found",
+        pass it with the owner ``hint`` that answer carried (if any): a hint naming another node
+        is followed; otherwise the shard map is fetched again (a failure to fetch it keeps the
+        old one). Falls back to a seed address when no owner is known."""
+        if hint and hint != stale:
+            self._owners[shard_id] = hint
+            return hint
+        if stale is not None or self._shard_map is None:
+            try:
+                await self.refresh_shard_map(force=True)
+            except SiloError:
+                pass
+        return self._owners.get(shard_id) or self._seeds[shard_id % len(self._seeds)]
+
     @property
     def shard_map(self) -> ShardMap | None:
         return self._shard_map
@@ -241,11 +267,19 @@ class SiloClient:
         retry: RetryPolicy | None = None,
         metadata: dict[str, str] | None = None,
         limits: Sequence[Limit] = (),
+        timeout_ms: int | None = None,
     ) -> JobHandle:
         """Enqueue one job; returns its handle. ``payload`` is any msgpack-serialisable value.
         ``limits`` (ConcurrencyLimit, FloatingConcurrencyLimit, RateLimit) are acquired in
-        order, scoped to the job's tenant."""
+        order, scoped to the job's tenant. ``timeout_ms``: how long one attempt may run before
+        the worker fails it with ``TIMEOUT`` (None: the worker's default; the server bounds it
+        by its ``max_timeout_ms``)."""
         from silo.client.types import pack
+
+        if timeout_ms is not None and (
+            isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms < 1
+        ):
+            raise InvalidArgument(f"timeout_ms must be a positive integer, got {timeout_ms!r}")
 
         job = NewJob(
             task_group=task_group,
@@ -257,6 +291,7 @@ class SiloClient:
             retry=retry or RetryPolicy(),
             metadata=dict(metadata or {}),
             limits=tuple(limits),
+            timeout_ms=timeout_ms or 0,
         )
         return (await self.enqueue_jobs([job]))[0]
 

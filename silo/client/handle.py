@@ -79,6 +79,7 @@ class JobHandle:
             waiting_for=j.waiting_for,
             attempts_total=j.attempts_total,
             undelivered_count=j.undelivered_count,
+            timeout_ms=j.timeout_ms or None,
         )
 
     async def status(self) -> JobStatus:

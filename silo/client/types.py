@@ -52,6 +52,8 @@ class Job:
     undelivered_count: int = 0
     """Leases of this run that expired before the worker acknowledged them (re-queued without
     charging the retry budget; their attempts show state UNDELIVERED)."""
+    timeout_ms: int | None = None
+    """How long one attempt may run (None: the worker's default)."""
 
     @property
     def terminal(self) -> bool:

@@ -219,7 +219,7 @@ class Leasing(ShardRoom):
             return Fit.FITS, None
         leased = LeasedTask(
             task.task_id, task.tenant, task.job_id, task.attempt, task.task_group, info.payload,
-            info.priority, dict(info.metadata), expiry,
+            info.priority, dict(info.metadata), expiry, timeout_ms=info.timeout_ms,
         )
         size = task_reply_bytes(leased)
         fit = budget.fit(size)

@@ -166,6 +166,7 @@ class JobShard:
         lim.check_priority(L, job.priority)
         lim.check_metadata(L, job.metadata)
         lim.check_retry(L, job.retry)
+        lim.check_timeout(L, job.timeout_ms)
         lim.check_job_limits(L, job.limits)
         if job.start_at_ms < 0:
             raise InvalidArgument("start_at_ms must not be negative")
@@ -276,6 +277,7 @@ class JobShard:
         info = JobInfo(
             job.tenant, job_id, job.task_group, bytes(job.payload), job.priority, job.retry,
             dict(job.metadata), now, job.start_at_ms, acquisition_order(job.limits),
+            job.timeout_ms,
         )
         txn.put(key(Prefix.JOB, job.tenant, job_id), info.encode())
         for mk, mv in sorted(job.metadata.items()):

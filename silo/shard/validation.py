@@ -66,6 +66,8 @@ class ShardLimits:
     """Attempts GetJob returns when the request does not say (``max_attempts = 0``)."""
     get_job_attempts_max: int = 1000
     """The most attempts one GetJob returns (``max_attempts`` above it is refused)."""
+    max_timeout_ms: int = 24 * 3600 * 1000
+    """The longest per-job attempt timeout (``timeout_ms``) a job may ask for."""
 
 
 def _check_name(value: str, what: str, limit_name: str, limit: int, *, empty_ok: bool) -> None:
@@ -170,6 +172,16 @@ def check_metadata(limits: ShardLimits, metadata: Mapping[str, str]) -> None:
                 f"metadata value of {quote(k)} is {size} bytes; metadata_value_max_bytes is "
                 f"{limits.metadata_value_max_bytes}"
             )
+
+
+def check_timeout(limits: ShardLimits, timeout_ms: int) -> None:
+    """A job's attempt timeout: 0 (the worker's default) or 1..max_timeout_ms."""
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int):
+        raise InvalidArgument("timeout_ms must be an integer")
+    if not 0 <= timeout_ms <= limits.max_timeout_ms:
+        raise InvalidArgument(
+            f"timeout_ms {timeout_ms} is outside 0..max_timeout_ms ({limits.max_timeout_ms})"
+        )
 
 
 def check_retry(limits: ShardLimits, retry: RetryPolicy) -> None:

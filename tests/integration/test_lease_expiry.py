@@ -64,8 +64,8 @@ async def test_stale_worker_is_reaped_and_its_late_report_refused(start_node: St
 
             # Now A's handler finishes and A reports: the server must refuse it.
             release.set()
-            await wait_until(lambda: ("reported", 1) in a_events, timeout=10,
-                             what="A's report to be answered")
+            await wait_until(lambda: ("dropped", 1) in a_events, timeout=10,
+                             what="A's report to be answered (and refused)")
             a.stop(5)
             b.stop(5)
 

@@ -59,6 +59,7 @@ JOB_CASES = {
     "limit_key_max_chars-rate": replace(
         new_job("x"), limits=(RateLimit("n" * (L.limit_key_max_chars + 1), "", 1, 1000),)
     ),
+    "max_timeout_ms": replace(new_job("x"), timeout_ms=L.max_timeout_ms + 1),
     "max_concurrency_max": replace(
         new_job("x"), limits=(ConcurrencyLimit("q", L.max_concurrency_max + 1),)
     ),
