@@ -45,6 +45,7 @@ class Prefix(IntEnum):
     CONCURRENCY_HOLDER = 0x0C
     FLOATING_LIMIT = 0x0D
     RATE_BUCKET = 0x0E
+    RATE_RESERVATION = 0x0F
     META = 0xF0
 
 

@@ -481,6 +481,26 @@ class RateBucket:
 
 
 @dataclass(frozen=True, slots=True)
+class RateReservation:
+    """The value of a rate reservation row: the limit of the job that reserved it (the row
+    matters for ``per_ms`` after its slot)."""
+
+    limit: int
+    per_ms: int
+
+    def encode(self) -> bytes:
+        return _pack([1, self.limit, self.per_ms])
+
+    @classmethod
+    def decode(cls, key: bytes, data: bytes) -> RateReservation:
+        f = _unpack(key, data, 1, 2)
+        try:
+            return cls(int(f[0]), int(f[1]))
+        except (TypeError, ValueError) as exc:
+            raise CorruptRecord(key, f"bad rate reservation record ({exc})") from exc
+
+
+@dataclass(frozen=True, slots=True)
 class Success:
     result: bytes = b""
 

@@ -62,10 +62,12 @@ class Leasing(ShardRoom):
     # -- leasing ----------------------------------------------------------------------------
 
     async def promote_due(self) -> int:
-        """Promote every due timer into the ready queue, and delete the rows of rate buckets
-        that have refilled; returns how many timers moved."""
+        """Promote every due timer into the ready queue, and delete rate reservations that no
+        longer matter (and old token-bucket rows that have refilled); returns how many timers
+        moved."""
         async with self._commit.operation(empty=EmptyBatch.NOTHING, refusal_barrier=False) as txn:
             n = await self._promote_in(txn, PROMOTE_BATCH)
+            self._limiter.forget_expired_reservations(txn, PROMOTE_BATCH)
             self._limiter.forget_full_buckets(txn, PROMOTE_BATCH)
         return n
 
@@ -96,6 +98,7 @@ class Leasing(ShardRoom):
                 or state.task[3] != task.task_id
             ):
                 continue  # a stray timer (cannot happen while the tables agree): drop it
+            self._limiter.reserved_token_due(txn, info, state, task)
             new = state.copy()
             await self._limiter.place(txn, info, new, task, state.held)
             self._rows.put_state(txn, info, state, new)

@@ -59,8 +59,12 @@ class ShardLoops:
     async def timer_loop(self) -> None:
         while True:
             self._timer_wakeup = trio.Event()
-            # Due timers, and rate buckets that have refilled (their rows are deleted).
-            dues = [self._mirror.next_timer_due_ms(), self._mirror.next_bucket_full_ms()]
+            # Due timers, and rate reservations (and old buckets) whose rows can go.
+            dues = [
+                self._mirror.next_timer_due_ms(),
+                self._mirror.next_reservation_expiry_ms(),
+                self._mirror.next_bucket_full_ms(),
+            ]
             due = min((d for d in dues if d is not None), default=None)
             if due is not None and due <= self._rt.clock.now_ms():
                 try:

@@ -14,7 +14,7 @@ from sortedcontainers import SortedDict, SortedList
 
 from silo import keys
 from silo.keys import Prefix
-from silo.model import Lease, QueueState, RateBucket, Task, decode_int
+from silo.model import Lease, QueueState, RateBucket, RateReservation, Task, decode_int
 from silo.runtime.disk import KVStore
 
 _READY = bytes((Prefix.READY,))
@@ -26,6 +26,7 @@ _REQUEST = bytes((Prefix.CONCURRENCY_REQUEST,))
 _HOLDER = bytes((Prefix.CONCURRENCY_HOLDER,))
 _QUEUE = bytes((Prefix.FLOATING_LIMIT,))
 _BUCKET = bytes((Prefix.RATE_BUCKET,))
+_RESERVATION = bytes((Prefix.RATE_RESERVATION,))
 COUNTER_PREFIX = keys.key(Prefix.META, "counter")
 
 
@@ -47,6 +48,11 @@ class ShardMirror:
         self.buckets: dict[bytes, bytes] = {}  # rate bucket key -> encoded RateBucket
         self.bucket_full_at: SortedList = SortedList()  # (full_at_ms, bucket key)
         self._bucket_full: dict[bytes, int] = {}  # bucket key -> its full_at_ms in the list
+        # Rate-limit reservations: key -> slot_ms (a bucket is a contiguous key range, in slot
+        # order), and when each stops mattering (slot + per_ms), to forget it then.
+        self.reservations: SortedDict = SortedDict()
+        self.reservation_expiry: SortedList = SortedList()  # (expires_ms, reservation key)
+        self._reservation_expires: dict[bytes, int] = {}
         self.on_timer_added: Callable[[], None] = lambda: None
         self.on_expiry_added: Callable[[], None] = lambda: None
         self.on_ready_added: Callable[[str], None] = lambda task_group: None
@@ -59,7 +65,9 @@ class ShardMirror:
         callbacks = (self.on_timer_added, self.on_expiry_added, self.on_ready_added)
         self.clear()
         self.on_timer_added, self.on_expiry_added, self.on_ready_added = callbacks
-        for prefix in (_READY, _TIMER, _LEASE, _EXPIRY, _REQUEST, _HOLDER, _QUEUE, _BUCKET):
+        for prefix in (
+            _READY, _TIMER, _LEASE, _EXPIRY, _REQUEST, _HOLDER, _QUEUE, _BUCKET, _RESERVATION,
+        ):
             end = keys.successor(prefix)
             start = prefix
             while True:
@@ -111,6 +119,8 @@ class ShardMirror:
                     self.queues[(str(tenant), str(queue))] = QueueState.decode(k, v)
             elif p == _BUCKET:
                 self._apply_bucket(k, v)
+            elif p == _RESERVATION:
+                self._apply_reservation(k, v)
             elif p == _META and k.startswith(COUNTER_PREFIX):
                 if v is None:
                     self.counters.pop(k, None)
@@ -129,6 +139,19 @@ class ShardMirror:
         if full_at is not None:
             self._bucket_full[k] = full_at
             self.bucket_full_at.add((full_at, k))
+
+    def _apply_reservation(self, k: bytes, v: bytes | None) -> None:
+        old = self._reservation_expires.pop(k, None)
+        if old is not None:
+            self.reservation_expiry.remove((old, k))
+        if v is None:
+            self.reservations.pop(k, None)
+            return
+        slot_ms = reservation_slot_ms(k)
+        self.reservations[k] = slot_ms
+        expires = slot_ms + RateReservation.decode(k, v).per_ms
+        self._reservation_expires[k] = expires
+        self.reservation_expiry.add((expires, k))
 
     def _apply_request(self, k: bytes, v: bytes | None) -> None:
         _, parts = keys.parse(k)
@@ -189,8 +212,20 @@ class ShardMirror:
             return None
         return self.bucket_full_at[0][0]
 
+    def next_reservation_expiry_ms(self) -> int | None:
+        """When the earliest rate reservation stops mattering (its row can then go)."""
+        if not self.reservation_expiry:
+            return None
+        return self.reservation_expiry[0][0]
+
     def next_expiry_ms(self) -> int | None:
         if not self.expiries:
             return None
         _, (expiry, _) = keys.parse(self.expiries.peekitem(0)[0])
         return int(expiry)
+
+
+def reservation_slot_ms(k: bytes) -> int:
+    """The slot time of a reservation key."""
+    _, parts = keys.parse(k)
+    return int(parts[3])

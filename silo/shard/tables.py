@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from silo.keys import Prefix, inverted, key
+from silo.keys import Prefix, inverted, key, prefix_range
 from silo.model import JobState, JobStatus, Task
 
 
@@ -56,7 +56,21 @@ def queue_key(tenant: str, queue: str) -> bytes:
 
 
 def bucket_key(tenant: str, name: str, bucket: str) -> bytes:
+    """A token-bucket row of earlier versions (no longer written; deleted once refilled)."""
     return key(Prefix.RATE_BUCKET, tenant, name, bucket)
+
+
+def reservation_key(
+    tenant: str, name: str, bucket: str, slot_ms: int, job_id: str, attempt: int
+) -> bytes:
+    """A rate-limit token granted at ``slot_ms`` to the attempt: ordered by time in its
+    bucket, so a bucket's latest reservations are the end of its key range."""
+    return key(Prefix.RATE_RESERVATION, tenant, name, bucket, slot_ms, job_id, attempt)
+
+
+def reservation_range(tenant: str, name: str, bucket: str) -> tuple[bytes, bytes | None]:
+    """The key range of one bucket's reservations."""
+    return prefix_range(Prefix.RATE_RESERVATION, tenant, name, bucket)
 
 
 def job_keys(tenant: str, job_id: str) -> tuple[bytes, bytes, bytes]:

@@ -20,6 +20,9 @@ class Txn:
         self.regrant: list[tuple[str, str]] = []
         self.new_requests: dict[bytes, Any] = {}
         self.request_floor: dict[tuple[str, str], bytes] = {}
+        self.rate_deltas: dict[tuple[str, str, str], Any] = {}
+        """Per rate bucket: this transaction's changes to its reservations (see
+        :class:`silo.shard.reservations.RateWindows`)."""
         """Per queue: the largest stored request this transaction has granted."""
         """Concurrency requests parked by this transaction (not yet in the mirror)."""
         """Queues whose waiting requests may now be granted (checked before commit)."""
