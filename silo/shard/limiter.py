@@ -430,7 +430,7 @@ class Limiter:
         new = state.copy()
         new.task = (attempt, slot_ms, TIMER, task_id)
         new.next_attempt_at_ms = slot_ms
-        self._rows.put_state(txn, info, state, new)
+        self._rows.put_state(txn, info, state, new, cause="rate_token_given_back")
         return theirs
 
     def forget_expired_reservations(self, txn: Txn, max_rows: int) -> int:
