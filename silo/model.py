@@ -124,7 +124,8 @@ class FloatingConcurrencyLimit:
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """At most ``limit`` acquisitions per ``per_ms`` for the tenant's bucket (name, key)."""
+    """At most ``limit`` tokens granted in any window of ``per_ms`` for the tenant's key (name,
+    key): a sliding window (silo.shard.reservations)."""
 
     name: str
     key: str
@@ -455,7 +456,8 @@ class QueueState:
 
 @dataclass(frozen=True, slots=True)
 class RateBucket:
-    """A token bucket: ``tokens`` (may be negative: reserved ahead) as of ``updated_ms``.
+    """A token bucket of earlier versions (no longer written; its row is deleted once refilled):
+    ``tokens`` (may be negative: reserved ahead) as of ``updated_ms``.
 
     ``full_at_ms`` is when the bucket will have refilled to its limit (None in records written
     before it was kept): from then on it is indistinguishable from no bucket at all, and its row

@@ -5,14 +5,20 @@ Contract:
   canonical order whatever the order it gave (:func:`acquisition_order`, applied when the job is
   stored, so ``JobState.held`` always counts a prefix of ``JobInfo.limits``): its rate limits
   first, in the order given, then its concurrency and floating limits sorted by queue key.
-- A rate limit reserves a token from the tenant's bucket; when none is free the task waits in
-  the timer index until the reserved token's time (no polling), and then goes on with its
-  next limit. Rate limits come first, so a job waiting for a token holds no concurrency slot.
-  A job cancelled while it waits gives its token back (the bucket gains one, up to full), so
-  the next reservation gets it; once the token's time has come it is spent. The bucket keeps
-  a count, not the reserved times: a token given back from the middle of the reservations
-  goes to the next reservation, which may fall at the time of a later one still waiting (over
-  the bucket's horizon the rate holds; within it, one extra start per token given back).
+- A rate limit ``(name, key, limit, per_ms)`` reserves a token in the tenant's bucket, a sliding
+  window kept as one reservation row per token granted (:mod:`silo.shard.reservations`): the
+  token goes at ``max(now, latest slot, limit-th latest slot + per_ms)``, so no window of
+  ``per_ms`` ever holds more than ``limit`` tokens, and reservations are served in the order
+  they are made. When the slot is later than now the task waits in the timer index until it
+  (no polling), and then goes on with its next limit. Rate limits come first, so a job
+  waiting for a token holds no concurrency slot.
+- A job cancelled while it waits for its token gives it back: the job holding the bucket's
+  latest reservation is moved into the freed slot (its timer rewritten, O(log n) through the
+  index) and the bucket's horizon moves back by one token; if the cancelled job held the latest
+  slot, the horizon just moves back. That one move is the exception to first come, first
+  served: moving every later job up one slot instead would rewrite O(n) timers per cancel.
+  Once the token's time has come and the job moved on, it is spent. Expedite leaves a job
+  waiting for a token as it is.
 - A concurrency limit is a slot in the tenant's queue ``key`` (a holder row keyed by the task
   id); a full queue, or one with requests waiting, parks the task as a request ordered by
   priority, then due time. A parked job keeps the slots it holds, which all sort before the
@@ -35,11 +41,14 @@ Contract:
 - Idle state keeps no row: a queue left with no holder, no request and no refresh pending is
   deleted by the operation that left it so, and set up again from the limit of the next job
   that acquires it (a floating queue then starts from its default max, refreshed at once); a
-  bucket written back full is deleted, and one that refills later is deleted by the timer loop
-  once it is full (:meth:`Limiter.forget_full_buckets`).
+  rate reservation is deleted by the timer loop ``per_ms`` after its slot, when it can no
+  longer constrain a reservation (:meth:`Limiter.forget_expired_reservations`; token-bucket
+  rows of earlier versions are deleted once refilled, :meth:`Limiter.forget_full_buckets`).
 
 Invariant: a queue never has more holders than its max at the time of each grant; a slot is
-granted to a task at most once (its holder row is keyed by the task id).
+granted to a task at most once (its holder row is keyed by the task id); a job waiting for a
+rate token has its reservation row at its timer's time, and a bucket's reservations never put
+more than ``limit`` in a window of ``per_ms``.
 """
 
 from __future__ import annotations
