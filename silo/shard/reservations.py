@@ -91,11 +91,6 @@ class RateWindows:
             return int(self._mirror.reservations.peekitem(d.lo + i)[1])
         return d.appended[i - d.committed]
 
-    def count(self, txn: Txn, tenant: str, limit: RateLimit) -> int:
-        """How many reservations the bucket keeps (expired ones not yet forgotten included)."""
-        d = self._delta(txn, tenant, limit)
-        return d.committed + len(d.appended)
-
     def next_slot_ms(self, txn: Txn, tenant: str, limit: RateLimit) -> int:
         """The earliest time the bucket can grant one more token (see the module docstring)."""
         d = self._delta(txn, tenant, limit)
