@@ -45,7 +45,14 @@ class Prefix(IntEnum):
     CONCURRENCY_HOLDER = 0x0C
     FLOATING_LIMIT = 0x0D
     RATE_BUCKET = 0x0E
-    RATE_RESERVATION = 0x0F
+    ATTEMPT_HIGH_WATER = 0x0F
+    """Per deleted (tenant, job id): the highest attempt number it used (see
+    :func:`silo.shard.tables.attempt_high_water_key`)."""
+    RATE_RESERVATION = 0x10
+    """A rate-limit token granted (see :func:`silo.shard.tables.reservation_key`)."""
+    QUARANTINE = 0xE0
+    """Rows set aside because the shard could not process them (see
+    :func:`silo.shard.tables.quarantine_key`)."""
     META = 0xF0
 
 

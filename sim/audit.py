@@ -1,12 +1,14 @@
 """Reading a shard's durable image straight off the simulated disk, and auditing it.
 
 The audit checks what must hold in *every* durable state of a shard, whatever the history:
-each job has its info and status rows; a SCHEDULED job has exactly its one queued task; a RUNNING
-job has exactly one lease and one RUNNING attempt; a terminal job holds no lease, no queued task
-and no RUNNING attempt; leases and their expiry index agree; the stored counters equal a recount
-of the status rows; every concurrency holder row belongs to the queued or running attempt of a
-non-terminal job (a row left behind would hold its slot forever: invariant 2), a queue whose
-max never changed holds at most its max, and idle per-key state keeps no row (a queue with no
+each job has its info and status rows (and no attempt high-water row, which only a deleted id
+has); a SCHEDULED job has exactly its one queued task; a RUNNING job has exactly one lease and one
+RUNNING attempt; a job counts at most ``MAX_UNDELIVERED`` undelivered attempts since its
+(re)start, each stored as UNDELIVERED; a terminal job holds no lease, no queued task and no
+RUNNING attempt; leases and their expiry index agree; the stored counters equal a recount of the
+status rows; every concurrency holder row belongs to the queued or running attempt of a
+non-terminal job (a row left behind would hold its slot forever: invariant 2), a queue whose max
+never changed holds at most its max, and idle per-key state keeps no row (a queue with no
 holder, request or pending refresh; a counter at zero); every job waiting for a rate token has
 its reservation row at its due time, no reservation is held at another time by a job waiting for
 one, and no bucket's reservations put more than its limit in a window of its period
@@ -22,6 +24,7 @@ import msgpack
 from silo import keys
 from silo.keys import Prefix
 from silo.model import (
+    MAX_UNDELIVERED,
     PARKED,
     READY,
     TIMER,
@@ -60,6 +63,8 @@ class ShardImage:
     holders: dict[tuple[str, str], dict[str, tuple[str, int]]] = field(default_factory=dict)
     """(tenant, queue) -> holder task id -> (job id, attempt)."""
     queues: dict[tuple[str, str], QueueState] = field(default_factory=dict)
+    high_water: dict[JobKey, int] = field(default_factory=dict)
+    """Deleted (tenant, job id) -> the highest attempt number it used."""
     requests: dict[tuple[str, str], int] = field(default_factory=dict)
     """(tenant, queue) -> parked requests."""
     reservations: dict[tuple[str, str, str], list[tuple[int, str, int, RateReservation]]] = (
@@ -111,6 +116,9 @@ class ShardImage:
                 img.reservations.setdefault((str(t), str(n), str(b)), []).append(
                     (int(slot), str(j), int(a), RateReservation.decode(k, v))
                 )
+            elif p == Prefix.ATTEMPT_HIGH_WATER:
+                _, (t, j) = keys.parse(k)
+                img.high_water[(str(t), str(j))] = decode_int(k, v)
             elif p == Prefix.META and k.startswith(COUNTER_PREFIX):
                 img.counters[k] = decode_int(k, v)
         return img
@@ -284,6 +292,16 @@ def audit_image(
             if q:
                 problems.append((1, f"{where}: RUNNING job {key} still has queued task(s) {qs}: "
                                     f"it can be leased again"))
+        if key in img.high_water:
+            problems.append((4, f"{where}: job {key} exists beside the attempt high-water row "
+                                f"of a deleted job of that id ({img.high_water[key]})"))
+        if not 0 <= st.undelivered <= MAX_UNDELIVERED or st.run_attempts < 0:
+            problems.append((4, f"{where}: job {key} has undelivered={st.undelivered} (0.."
+                                f"{MAX_UNDELIVERED}) and run_attempts={st.run_attempts}"))
+        undelivered = sum(1 for a in atts.values() if a.state == AttemptState.UNDELIVERED)
+        if undelivered < st.undelivered:
+            problems.append((4, f"{where}: job {key} counts {st.undelivered} undelivered "
+                                f"attempts but only {undelivered} are stored"))
         if atts and max(atts) > st.attempt:
             problems.append((4, f"{where}: job {key} has attempt {max(atts)} above its attempt "
                                 f"counter {st.attempt}"))

@@ -53,7 +53,7 @@ more than ``limit`` in a window of ``per_ms``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +93,15 @@ if TYPE_CHECKING:
     from silo.shard.mirror import ShardMirror
     from silo.shard.rows import JobRows
 
+PoisonHandler = Callable[[Txn, Any, bytes, "bytes | None", Exception], Awaitable[None]]
+
+
+async def _unhandled_poison(
+    txn: Txn, sp: Any, k: bytes, raw: bytes | None, exc: Exception
+) -> None:
+    raise exc
+
+
 REFRESH_BACKOFF_MIN_MS = 1_000
 REFRESH_BACKOFF_MAX_MS = 60_000
 MAX_GRANTS_PER_QUEUE_PER_OP = 10_000
@@ -111,6 +120,9 @@ class Limiter:
         self._faults = faults
         self._windows = RateWindows(mirror)
         self.shard_id = shard_id
+        self.on_poison_request: PoisonHandler = _unhandled_poison
+        """Called with a parked request whose grant raised unexpectedly (after its savepoint):
+        the shard fails its job or quarantines it (DESIGN §4 "No poison")."""
 
     # -- queue state ------------------------------------------------------------------------
 
@@ -334,26 +346,36 @@ class Limiter:
             if first is None:
                 break
             rk, task = first
-            txn.delete(rk)
-            if rk not in txn.new_requests:
-                txn.request_floor[(tenant, queue)] = rk
-            info = await self._rows.info(txn, task.tenant, task.job_id)
-            state = await self._rows.state(txn, task.tenant, task.job_id)
-            if (
-                info is None
-                or state is None
-                or state.status != JobStatus.SCHEDULED
-                or state.task is None
-                or state.task[2] != PARKED
-                or state.task[3] != task.task_id
-            ):
-                continue  # a stray request (cannot happen while the tables agree): drop it
-            self._grant(txn, tenant, queue, task)
-            granted += 1
-            new = state.copy()
-            await self.place(txn, info, new, task, state.held + 1)
-            self._rows.put_state(txn, info, state, new)
+            sp = txn.savepoint()
+            try:
+                granted += await self._grant_one(txn, tenant, queue, rk, task)
+            except Exception as exc:
+                await self.on_poison_request(txn, sp, rk, task.encode(), exc)
+                txn.delete(rk)  # never offered again, whatever became of its job
         return granted
+
+    async def _grant_one(self, txn: Txn, tenant: str, queue: str, rk: bytes, task: Task) -> int:
+        """Grant a slot of ``queue`` to the parked request ``rk``; returns 1 when granted, 0
+        for a stray request (dropped)."""
+        txn.delete(rk)
+        if rk not in txn.new_requests:
+            txn.request_floor[(tenant, queue)] = rk
+        info = await self._rows.info(txn, task.tenant, task.job_id)
+        state = await self._rows.state(txn, task.tenant, task.job_id)
+        if (
+            info is None
+            or state is None
+            or state.status != JobStatus.SCHEDULED
+            or state.task is None
+            or state.task[2] != PARKED
+            or state.task[3] != task.task_id
+        ):
+            return 0  # a stray request (cannot happen while the tables agree): drop it
+        self._grant(txn, tenant, queue, task)
+        new = state.copy()
+        await self.place(txn, info, new, task, state.held + 1)
+        self._rows.put_state(txn, info, state, new)
+        return 1
 
     def _token_taken(
         self, txn: Txn, tenant: str, limit: RateLimit, task: Task, slot_ms: int

@@ -62,6 +62,11 @@ class _BucketDelta:
     added_keys: SortedList = field(default_factory=SortedList)
     """Reservation keys written (and not deleted) by this transaction."""
 
+    def copy(self) -> _BucketDelta:
+        """An independent copy (a savepoint keeps one to roll back to)."""
+        return _BucketDelta(self.lo, self.committed, list(self.appended),
+                            SortedList(self.added_keys))
+
 
 def _parse(k: bytes) -> Reservation:
     _, parts = keys.parse(k)

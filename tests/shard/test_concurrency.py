@@ -19,6 +19,7 @@ from silo.model import (
 from silo.runtime import Faults
 from tests.shard.support import (
     LEASE_MS,
+    WORKER,
     World,
     check_counters,
     holder_rows,
@@ -128,6 +129,8 @@ async def test_ending_an_attempt_releases_and_grants_in_the_same_batch(
         task = await lease_one(shard)
         assert task.job_id == "j1"
         assert await where_is(shard, "j2") == "PARKED"
+        if how == "reaped":
+            await shard.acknowledge(WORKER, [task.task_id])  # delivered: its expiry is a crash
         writes = shard.statistics().synced_writes
         await end_attempt(world, shard, task, how)
         # One batch ended the attempt, released j1's slot and granted it to j2.
