@@ -314,10 +314,16 @@ class ShardMirror:
         return self.bucket_full_at[0][0]
 
     def next_reservation_expiry_ms(self) -> int | None:
-        """When the earliest rate reservation stops mattering (its row can then go)."""
+        """When the earliest rate reservation stops mattering (its row can then go). None
+        while its slot is not before every timer: its job may still wait for it, and the
+        promotion of that timer comes first (see :meth:`RateWindows.forget_expired`)."""
         if not self.reservation_expiry:
             return None
-        return self.reservation_expiry[0][0]
+        expires_ms, k = self.reservation_expiry[0]
+        first_timer = self.next_timer_due_ms()
+        if first_timer is not None and self.reservations[k] >= first_timer:
+            return None
+        return int(expires_ms)
 
     def next_expiry_ms(self) -> int | None:
         if not self.expiries:

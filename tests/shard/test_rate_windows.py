@@ -202,3 +202,25 @@ async def test_the_audit_finds_a_waiting_job_without_its_reservation(world: Worl
     problems = audit_image(ShardImage.parse(lost), "shard")
     assert [inv for inv, _ in problems] == [13], problems
     assert "no reservation row" in problems[0][1]
+
+
+async def test_a_forward_wall_step_keeps_a_waiting_jobs_reservation_and_idles_the_loop(
+    world: World,
+) -> None:
+    """Timers fall due by the monotonic clock, reservations expire by wall time: after a wall
+    step past a waiting job's slot and period, its row stays (its job still waits for it) and
+    the timer loop has nothing due, rather than waking again and again for that row."""
+    rate = RateLimit("api", "k", 1, 1000)
+    async with world.open() as shard:
+        await shard.enqueue_batch([limited_job(f"j{i}", rate) for i in range(2)])
+        assert (await lease_one(shard)).job_id == "j0"
+        world.step_wall_ms(5000)
+        await shard.promote_due()
+        assert await where_is(shard, "j1") == "TIMER"
+        next_round = shard._loops._next_round_ms()
+        assert next_round is not None and next_round > world.monotonic_ms()
+        assert audit_image(ShardImage.parse(await store_items(shard)), "shard") == []
+        world.advance(1000)
+        assert (await lease_one(shard)).job_id == "j1"
+        await shard.promote_due()
+        assert shard._mirror.reservations == {}  # both a period past their slots (wall time)
