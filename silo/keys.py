@@ -48,7 +48,10 @@ class Prefix(IntEnum):
     ATTEMPT_HIGH_WATER = 0x0F
     """Per deleted (tenant, job id): the highest attempt number it used (see
     :func:`silo.shard.tables.attempt_high_water_key`)."""
-    RATE_RESERVATION = 0x10
+    JOB_FINGERPRINT = 0x10
+    """Per stored job: the request fingerprint it was enqueued with (see
+    :func:`silo.shard.tables.fingerprint_key`)."""
+    RATE_RESERVATION = 0x11
     """A rate-limit token granted (see :func:`silo.shard.tables.reservation_key`)."""
     QUARANTINE = 0xE0
     """Rows set aside because the shard could not process them (see

@@ -13,7 +13,15 @@ water                                              number a deleted job of that 
                                                    increase per (tenant, job id) for the life of
                                                    the shard (handlers fence on them). At most
                                                    one row per deleted id; not counted.
-``0x10`` rate          ``(tenant, name, key,       ``[1, limit, per_ms]`` of the job that
+``0x10`` job           ``(tenant, job_id)``        the 16-byte request fingerprint the job was
+fingerprint                                        enqueued with (:mod:`silo.shard.fingerprint`).
+                                                   Written with the job, deleted with it; read
+                                                   when an enqueue names an id that exists, to
+                                                   tell a re-sent identical job (OK, existed)
+                                                   from a different one (ALREADY_EXISTS). A job
+                                                   stored before fingerprints has none: any
+                                                   enqueue of its id is ALREADY_EXISTS.
+``0x11`` rate          ``(tenant, name, key,       ``[1, limit, per_ms]`` of the job that
 reservation            slot_ms, job_id,            reserved it: one row per rate token granted,
                        attempt)``                  at its time, in time order per bucket
                                                    (:mod:`silo.shard.reservations`). Written in
@@ -29,6 +37,9 @@ reservation            slot_ms, job_id,            reserved it: one row per rate
                                                    is neither lost nor retried forever. Read
                                                    by operators only; not counted.
 =====================  ==========================  ============================================
+
+Counter rows (``META "counter" ...``) hold non-zero values only: a counter that reaches zero is
+deleted.
 """
 
 from __future__ import annotations
@@ -110,6 +121,10 @@ def attempt_high_water_key(tenant: str, job_id: str) -> bytes:
 
 def quarantine_key(original: bytes) -> bytes:
     return key(Prefix.QUARANTINE, original.hex())
+
+
+def fingerprint_key(tenant: str, job_id: str) -> bytes:
+    return key(Prefix.JOB_FINGERPRINT, tenant, job_id)
 
 
 def job_keys(tenant: str, job_id: str) -> tuple[bytes, bytes, bytes]:
