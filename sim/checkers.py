@@ -648,7 +648,9 @@ class Checker:
         """The server answered an enqueue: OK means every job of it is durable (for an
         EnqueueBatch, every job whose result is OK); ALREADY_EXISTS means a job is durable under
         that id (a different one: the client raises it, but it must not be a write that a crash
-        can still undo)."""
+        can still undo). An OK ``existed`` ``deleted`` answer (a retry whose first try created
+        the job, deleted since) is accepted like any OK: the job was durable, and the model
+        keeps deleted jobs, so it is found in ``self.jobs``; nothing is written for it."""
         if self.failed is not None or not keys or not self.strict_acks:
             return
         if error is None:
