@@ -273,7 +273,8 @@ class JobShard:
             )), fp
         seen.add(ref)
         if await txn.get(key(Prefix.JOB, *ref)) is None:
-            if resent and await self._deleted_with(txn, ref, fp):
+            if (resent and not self._rt.faults.mutation("recreate-deleted-on-retry")
+                    and await self._deleted_with(txn, ref, fp)):
                 return EnqueueResult(job_id, existed=True, deleted=True), fp
             return EnqueueResult(job_id), fp
         stored = await txn.get(fingerprint_key(*ref))
