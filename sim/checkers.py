@@ -16,7 +16,9 @@ events ever being emitted). Numbers are DESIGN §7's invariants:
    undelivered attempt (a lease that expired unacknowledged) re-queues the job without charging
    its retry budget, at most ``MAX_UNDELIVERED`` times per run;
 5. terminal jobs hold no lease and no queued task;
-6. no acknowledged enqueue is ever lost (and none is acknowledged before it is durable);
+6. no acknowledged enqueue is ever lost (and none is acknowledged before it is durable); no
+   enqueue call creates its job twice (a retry arriving after the job its first try created was
+   deleted must not re-create it);
 7. liveness: checked by the simulator (every job terminal within the bound after healing);
 8. an expired lease is reaped (within a slack); a heartbeat of a job flagged cancelled answers
    ``cancelled=True``;
@@ -47,7 +49,7 @@ INVARIANTS: dict[int, str] = {
     3: "only legal status transitions; RUNNING iff exactly one running attempt",
     4: "attempts never leave a terminal state; attempt numbers strictly increase",
     5: "terminal jobs hold no lease and no queued task",
-    6: "no acknowledged enqueue is ever lost",
+    6: "no acknowledged enqueue is ever lost, nor created twice by one call",
     7: "every job reaches a terminal state once faults stop (liveness)",
     8: "an expired lease is reaped and retried; a cancel is seen by the worker",
     9: "a lease never skips a due, higher-priority task of its task group",
