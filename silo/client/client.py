@@ -64,7 +64,12 @@ class RetrySettings:
 
 class SiloClient:
     """A connection to a silo cluster. Use :meth:`connect` (real network) or construct it with
-    any :class:`~silo.rpc.Connector` (the simulator's)."""
+    any :class:`~silo.rpc.Connector` (the simulator's).
+
+    Enqueues are safe to retry: every try of an enqueue after an ambiguous failure is sent
+    marked ``retry``, so a job whose first try landed is neither duplicated nor, if it was
+    deleted before the retry arrived, created again (see the module docstring for the one
+    case a lost request and a lost answer cannot be told apart)."""
 
     def __init__(
         self,
