@@ -33,6 +33,9 @@ MUTATIONS: dict[str, str] = {
     "over-grant": "a concurrency queue grants one slot beyond its max",
     "leak-holder": "releasing a concurrency slot leaves its holder row behind",
     "recreate-deleted-on-retry": "a retried enqueue re-creates a job deleted since its first try",
+    "rate-token-returned-in-place": (
+        "a cancelled job's rate token is given back but the latest job keeps its later time"
+    ),
 }
 
 STALL_STEPS = 100_000
