@@ -25,6 +25,7 @@ from scenarios import (
     message_loss,
     priority,
     rate_limits,
+    retry_after_delete,
     retry_releases,
     retry_storm,
 )
@@ -48,6 +49,7 @@ SCENARIOS: dict[str, Scenario] = {
     "floating": floating.run,
     "rate_limits": rate_limits.run,
     "head_of_line": head_of_line.run,
+    "retry_after_delete": retry_after_delete.run,
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -63,5 +65,6 @@ DESCRIPTIONS: dict[str, str] = {
         "floating": floating,
         "rate_limits": rate_limits,
         "head_of_line": head_of_line,
+        "retry_after_delete": retry_after_delete,
     }.items()
 }
