@@ -100,13 +100,19 @@ class SiloNode:
             out = await self._lease_round(worker_id, task_group, max_tasks)
             remaining = deadline - trio.current_time()
             if out or remaining <= 0 or self._draining:
+                if not out and wait_ms:
+                    self.runtime.faults.sometimes("node.lease.empty_after_wait")
                 return out
             event = self._ready_events.setdefault(task_group, trio.Event())
             if any(s.has_ready_tasks(task_group) for s in self._ordered_shards()):
                 continue
-            next_timer = self._next_timer_s()
-            with trio.move_on_after(min(remaining, next_timer)):
+            wait_s = min(remaining, self._next_timer_s())
+            if self.runtime.faults.buggify("node.lease.wake_early"):
+                wait_s = min(wait_s, 0.001)
+            with trio.move_on_after(wait_s):
                 await event.wait()
+            if event.is_set():
+                self.runtime.faults.sometimes("node.lease.long_poll_woken")
 
     def stop_long_polls(self) -> None:
         """Shutdown is starting: answer every waiting :meth:`lease_any` now (with no tasks) and
@@ -143,8 +149,13 @@ class SiloNode:
                 break
             if not shard.has_ready_tasks(task_group):
                 continue
-            tasks = await shard.lease_tasks(worker_id, task_group, max_tasks - len(out))
+            want = max_tasks - len(out)
+            if want > 1 and self.runtime.faults.buggify("node.lease.fewer_tasks"):
+                want = (want + 1) // 2
+            tasks = await shard.lease_tasks(worker_id, task_group, want)
             out.extend(LeasedFromShard(shard.shard_id, t) for t in tasks)
+        if len({leased.shard_id for leased in out}) > 1:
+            self.runtime.faults.sometimes("node.lease.across_shards")
         return out
 
 

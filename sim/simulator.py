@@ -65,6 +65,7 @@ class Simulator:
         self.trace = Trace(trace_echo)
         self.random = RandomSource(seed)
         self.board = FaultBoard(self.trace)
+        self.board.choose_buggify(self.random.stream("buggify"))
         self.net = SimNetwork(self, self.random.stream("net"), self.board, self.trace)
         self.checker = Checker(self._on_violation, probe=self._probe, now=self._now)
         self.nodes: dict[str, NodeHost] = {}

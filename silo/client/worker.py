@@ -31,6 +31,7 @@ from silo.client.types import Cancel, Fail, pack, unpack
 from silo.errors import Code
 from silo.model import Cancelled, Failure, Outcome, OutcomeReport, Success
 from silo.rpc import RpcError
+from silo.runtime.faults import NO_FAULTS, Faults
 from silo.wire import outcome_to_pb, pb
 
 log = logging.getLogger("silo.worker")
@@ -132,6 +133,7 @@ class Worker:
         kind: str | None = None,
         observer: Callable[[str, int], None] | None = None,
         refresh_handler: RefreshFn | None = None,
+        faults: Faults = NO_FAULTS,
     ) -> None:
         if max_concurrent_tasks < 1:
             raise ValueError("max_concurrent_tasks must be at least 1")
@@ -142,6 +144,8 @@ class Worker:
         if self.kind not in ("trio", "asyncio", "sync"):
             raise ValueError(f"unknown handler kind {self.kind!r}")
         self.max_concurrent_tasks = max_concurrent_tasks
+        self.faults = faults
+        """Forced rare paths and probes (silo.runtime.points); the simulator's, or none."""
         self.refresh_handler = refresh_handler
         """Answers floating-limit refresh tasks with the queue's new max (an int)."""
         self.observer = observer
@@ -287,6 +291,7 @@ class Worker:
         except trio.Cancelled:
             raise
         except Exception as exc:
+            self.faults.sometimes("worker.handler.failed")
             log.info("handler failed for job %s: %r", ctx.job_id, exc)
             data = {"type": type(exc).__name__, "message": str(exc),
                     "traceback": traceback.format_exc(limit=20)}
@@ -341,6 +346,8 @@ class Worker:
 
     async def _heartbeat(self, running: _Running) -> None:
         task = running.task
+        if self.faults.buggify("worker.heartbeat.delay"):
+            await trio.sleep(self._lease_ms / 2000)
         try:
             resp = await self.client.call_address(
                 running.address, "Heartbeat",
@@ -351,11 +358,13 @@ class Worker:
         except RpcError as exc:
             if exc.code in (Code.NOT_FOUND, Code.FAILED_PRECONDITION):
                 # The lease is gone (reaped) or belongs to someone else: abandon silently.
+                self.faults.sometimes("worker.heartbeat.lease_lost")
                 log.info("lease lost for task %s: %s", task.task_id, exc)
                 running.abandoned = True
                 running.scope.cancel()
             return
         if resp.cancelled and not running.ctx.cancelled.is_set():
+            self.faults.sometimes("worker.heartbeat.cancel_seen")
             running.ctx.cancelled.set()
             if self.kind == "trio":
                 running.scope.deadline = min(
@@ -387,6 +396,8 @@ class Worker:
                     self._in_flight_reports -= len(batch)
 
     async def _send_reports(self, batch: list[tuple[str, int, OutcomeReport]]) -> None:
+        if self.faults.buggify("worker.report.delay"):
+            await trio.sleep(self._lease_ms / 2000)
         by_address: dict[str, list[tuple[int, OutcomeReport]]] = {}
         for address, shard, report in batch:
             by_address.setdefault(address, []).append((shard, report))
@@ -408,6 +419,7 @@ class Worker:
                     self.observer("reported", len(items))
                 for (_, report), status in zip(items, resp.statuses, strict=False):
                     if status.code:
+                        self.faults.sometimes("worker.report.refused")
                         log.info("report for task %s refused: %s", report.task_id,
                                  status.message)
                 break
