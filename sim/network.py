@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from silo.config import ServerConfig
 from silo.errors import Code, SiloError
 from silo.rpc import CallContext, Handler, RpcError
-from silo.config import ServerConfig
 from sim.faults import FaultBoard
 from sim.trace import Trace
 

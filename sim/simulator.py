@@ -84,6 +84,8 @@ class Simulator:
         self.phase = "setup"
         self.healed_at: float | None = None
         self.stats: dict[str, int] = {}
+        self.zombie_calls: list[Any] = []
+        """Every heartbeat and report a zombie made (sim.actors.ZombieCall)."""
         self.plan = FaultPlan()
 
     # -- parameters and bookkeeping ---------------------------------------------------------
@@ -184,9 +186,11 @@ class Simulator:
     async def add_worker(
         self, name: str, task_group: str, handler: Callable[..., Any], *, concurrency: int,
         lease_wait_ms: int = 2000, refresh_handler: Callable[..., Any] | None = None,
+        heartbeat_fraction: float = 1 / 3,
     ) -> SimWorker:
         w = SimWorker(self, name, task_group, handler, concurrency=concurrency,
                       lease_wait_ms=lease_wait_ms, refresh_handler=refresh_handler)
+        w.heartbeat_fraction = heartbeat_fraction
         self.workers[name] = w
         await w.start()
         return w
