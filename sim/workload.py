@@ -386,6 +386,8 @@ def _widen(rng: random.Random, w: Workload, n: int, plan: JobPlan) -> None:
             # Planned failures stay few unless retries are free, so a run stays bounded.
             cap = plan.retry.retry_count + 1 if worst == 0 else min(3, plan.retry.retry_count + 1)
             payload["k"] = rng.randint(1, cap)
+            if payload["k"] > 3:
+                payload["d"] = 0  # many attempts: each one instant
         plan.far = worst > FAR_AFTER_MS
         if w.retry_mode == "poison" and n == 0:
             plan.retry = RetryPolicy(LIMITS.retry_count_max, 0, 0, 100.0)
@@ -623,7 +625,22 @@ async def run_workload(
     far = sorted({(p.tenant, p.job_id) for p in jobs if p.far})
     if far:
         sim.spawn(expedite_far, sim, sim.add_host("op-far"), far)
-    await sim.settle(w.bound_s, lambda: done[0] == len(plans))
+    await sim.settle(w.bound_s + work_bound_s(w, jobs), lambda: done[0] == len(plans))
+
+
+def work_bound_s(w: Workload, jobs: list[JobPlan]) -> float:
+    """Extra liveness time for a run's own work: twice the handler time of every planned
+    attempt spread over all worker slots, plus lease expiries the actors cause."""
+    attempt_s = sum(
+        ((p.payload or {}).get("k", 0) + 1) * ((p.payload or {}).get("d", 0) / 1000 + 0.05)
+        for p in jobs
+    )
+    slots = max(1, max(w.workers, w.task_groups) * w.concurrency)
+    per_task_group = max(1, w.task_groups) if w.task_groups > w.workers else 1
+    extra = 2 * attempt_s * per_task_group / slots
+    if w.zombie or w.vanisher or w.slow_worker:
+        extra += 4 * (w.lease_ms / 1000 + 5.0)
+    return round(extra, 3)
 
 
 def concurrency_mix(maxes: list[int], limited_prob: float, *, max_per_job: int = 1,
