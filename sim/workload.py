@@ -16,10 +16,11 @@ on the seed, whichever worker runs it.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import trio
@@ -39,7 +40,8 @@ TYPICAL_PROB = 0.7
 
 GATED_EDGES: frozenset[str] = frozenset({"poison_retry", "limit_any_order", "hung_handler"})
 """Edges that wedge or crash today's code through defects being fixed now (issue 8: backoff
-overflow; limit-order deadlock; hung handlers without a timeout). They are drawn (so seeds stay
+overflow, so "wide" retry policies keep ``factor ** retry_count`` finite and "poison" is "wide";
+limit-order deadlock; hung handlers without a timeout). They are drawn (so seeds stay
 comparable) but replaced by a typical value unless ``SILO_SIM_ALL_EDGES=1`` is set; drop a name
 once its fix has landed."""
 
@@ -296,7 +298,7 @@ class JobPlan:
 def _wide_retry(rng: random.Random) -> RetryPolicy:
     cap = LIMITS.backoff_max_ms
     initial = rng.choice([0, rng.randint(1, 1000), rng.randint(1, cap), cap])
-    return RetryPolicy(
+    retry = RetryPolicy(
         retry_count=rng.choice([0, 1, rng.randint(0, LIMITS.retry_count_max),
                                 LIMITS.retry_count_max]),
         initial_backoff_ms=initial,
@@ -304,6 +306,11 @@ def _wide_retry(rng: random.Random) -> RetryPolicy:
         backoff_factor=rng.choice([1.0, round(rng.uniform(1.0, 100.0), 3), 100.0]),
         randomize=rng.random() < 0.5,
     )
+    if gated("poison_retry") and retry.backoff_factor > 1.0:
+        # Until the overflow fix lands: no more retries than factor ** n stays a finite float.
+        most = int(300 / math.log10(retry.backoff_factor))
+        retry = replace(retry, retry_count=min(retry.retry_count, most))
+    return retry
 
 
 def _fill(plan: dict[str, Any], limit: int) -> None:
