@@ -613,12 +613,14 @@ async def run_workload(
                        write_latency_s=w.write_latency_ms / 1000)
     handler = make_handler(sim)
     for i in range(max(w.workers, w.task_groups)):
-        worker = await sim.add_worker(
+        await sim.add_worker(
             f"w{i}", w.task_group(i % w.task_groups), handler, concurrency=w.concurrency,
             lease_wait_ms=w.lease_wait_ms, refresh_handler=w.refresh_handler,
-            heartbeat_fraction=1.5 if w.slow_worker and i == 0 else 1 / 3,
         )
-        del worker
+    if w.slow_worker:  # besides the honest ones, which finish what it lets lapse
+        await sim.add_worker("slow", w.task_group(0), handler, concurrency=w.concurrency,
+                             lease_wait_ms=w.lease_wait_ms, refresh_handler=w.refresh_handler,
+                             heartbeat_fraction=1.5)
     done = [0]
     for i, (groups, gaps) in enumerate(plans):
         sim.spawn(produce, sim, sim.add_host(f"p{i}"), groups, gaps, done, w.retrying_client)
