@@ -263,6 +263,9 @@ def _model_has_timeouts() -> bool:
 
 HANG_S = 3600.0
 """How long a hung handler sleeps (ignoring cancels; only its worker can stop it)."""
+MANY_FAILURES = 150
+"""Most planned failures of one job with zero backoff (the poison job aside): enough attempts to
+pass every small bound, few enough for a run to stay short under message loss."""
 FAR_AFTER_MS = 60_000
 """A job that may wait longer than this (start time or backoff) is expedited after healing."""
 
@@ -391,7 +394,8 @@ def _widen(rng: random.Random, w: Workload, n: int, plan: JobPlan) -> None:
         worst = max(plan.retry.initial_backoff_ms, plan.retry.max_backoff_ms)
         if payload["k"]:
             # Planned failures stay few unless retries are free, so a run stays bounded.
-            cap = plan.retry.retry_count + 1 if worst == 0 else min(3, plan.retry.retry_count + 1)
+            cap = min(MANY_FAILURES, plan.retry.retry_count + 1) if worst == 0 else min(
+                3, plan.retry.retry_count + 1)
             payload["k"] = rng.randint(1, cap)
             if payload["k"] > 3:
                 payload["d"] = 0  # many attempts: each one instant
@@ -638,15 +642,17 @@ async def run_workload(
 
 
 def work_bound_s(w: Workload, jobs: list[JobPlan]) -> float:
-    """Extra liveness time for a run's own work: twice the handler time of every planned
-    attempt spread over all worker slots, plus lease expiries the actors cause."""
-    attempt_s = sum(
-        ((p.payload or {}).get("k", 0) + 1) * ((p.payload or {}).get("d", 0) / 1000 + 0.05)
+    """Extra liveness time for a run's own work: twice the handler time (plus 0.5 s of RPCs,
+    which message loss stretches) of every planned attempt spread over all worker slots, or of
+    the longest job's attempts one after another if longer, plus lease expiries the actors
+    cause."""
+    chains = [
+        ((p.payload or {}).get("k", 0) + 1) * ((p.payload or {}).get("d", 0) / 1000 + 0.5)
         for p in jobs
-    )
+    ]
     slots = max(1, max(w.workers, w.task_groups) * w.concurrency)
     per_task_group = max(1, w.task_groups) if w.task_groups > w.workers else 1
-    extra = 2 * attempt_s * per_task_group / slots
+    extra = 2 * max(sum(chains) * per_task_group / slots, max(chains, default=0.0))
     if w.zombie or w.vanisher or w.slow_worker:
         extra += 4 * (w.lease_ms / 1000 + 5.0)
     return round(extra, 3)
