@@ -197,6 +197,8 @@ class Workload:
     """The workers' refresh handler for floating limits (None: none)."""
     tenant_names: list[str] = field(default_factory=list)
     task_group_names: list[str] = field(default_factory=list)
+    edges_taken: tuple[str, ...] = ()
+    """The knobs :meth:`draw` set to an edge value."""
 
     @classmethod
     def draw(cls, rng: random.Random, param: Callable[[str, Any], Any], *, edges: bool = True,
@@ -206,6 +208,7 @@ class Workload:
         ``param``. An override fixes a knob (a plain value) or its range (a :class:`Span`; no
         edges); any other :class:`Workload` field can be overridden too."""
         values: dict[str, Any] = {}
+        edged: list[str] = []
         for name, (typical, edge) in KNOBS.items():
             coin = rng.random()
             if name in overrides:
@@ -213,6 +216,7 @@ class Workload:
                 value = o.draw(rng) if isinstance(o, Span) else o
             elif edges and edge is not None and coin >= TYPICAL_PROB:
                 value = edge(rng)
+                edged.append(name)
             else:
                 value = typical(rng)
             values[name] = value
@@ -224,8 +228,13 @@ class Workload:
             values["hung_prob"] = 0.0
         if not _model_has_timeouts():
             values["timeout_mode"] = "none"
+        if values["hung_prob"] == 0.0 and "hung_prob" in edged:
+            edged.remove("hung_prob")
+        if values["timeout_mode"] == "none" and "timeout_mode" in edged:
+            edged.remove("timeout_mode")
         for name, value in values.items():
             param(name, value)
+        values["edges_taken"] = tuple(param("edges_taken", edged))
         values["duration_ms"] = (0, values.pop("max_duration_ms"))
         for name, o in sorted(overrides.items()):
             values[name] = param(name, o.draw(rng)) if isinstance(o, Span) else o
@@ -420,7 +429,7 @@ def _widen(rng: random.Random, w: Workload, n: int, plan: JobPlan) -> None:
         if mode == "empty" and x < 0.3:
             plan.payload = None
         elif mode == "max" and x < 0.15:
-            _fill(payload, LIMITS.payload_max_bytes)
+            payload["p"] = b""  # filled to the limit last, once every other field is in
     else:
         payload["p"] = b"\x00" * rng.randint(0, 64)
     if w.result_mode != "small" and plan.payload is not None:
@@ -433,8 +442,8 @@ def _widen(rng: random.Random, w: Workload, n: int, plan: JobPlan) -> None:
         if x < 0.5:
             plan.timeout_ms = rng.randint(1, 2000) if w.timeout_mode == "short" else (
                 rng.randint(10_000, 600_000))
-    if plan.payload is None and plan.delay_ms:
-        plan.far = plan.far or plan.delay_ms > FAR_AFTER_MS
+    if plan.payload is not None and payload.get("p") == b"":
+        _fill(payload, LIMITS.payload_max_bytes)
 
 
 def _padded(value: dict[str, Any], limit: int) -> dict[str, Any]:
