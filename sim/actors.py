@@ -96,18 +96,19 @@ async def zombie(sim: Simulator, host: Any, task_group: str, shards: int, lease_
                 resp = await client.call_address(
                     address, "LeaseTasks",
                     pb.LeaseTasksRequest(worker_id=worker_id, task_group=task_group,
-                                         max_tasks=1, all_shards=True, wait_ms=0),
-                    pb.LeaseTasksResponse,
+                                         max_tasks=1, all_shards=True, wait_ms=lease_ms),
+                    pb.LeaseTasksResponse, timeout=lease_ms / 1000 + 2.0,
                 )
             except RpcError:
                 continue
+            sim.count("zombie.leases", len(resp.tasks))
             for task in resp.tasks:
                 sim.trace.record(f"zombie lease {task.task_id} (falls silent)")
                 held.append((task, trio.current_time()))
             continue
         now = trio.current_time()
         if mode == "never":
-            task_id, shard = f"{rng.getrandbits(64):016x}", rng.randrange(shards)
+            task_id, shard = f"t{rng.getrandbits(96):024x}", rng.randrange(shards)
             tenant, job_id, attempt = "", "", 0
         elif mode == "stolen":
             live = sorted(sim.checker.live_leases.items())
@@ -189,8 +190,9 @@ async def vanisher(sim: Simulator, host: Any, task_group: str, lease_ms: int,
             resp = await client.call_address(
                 address, "LeaseTasks",
                 pb.LeaseTasksRequest(worker_id=worker_id, task_group=task_group,
-                                     max_tasks=rng.randint(1, 3), all_shards=True, wait_ms=0),
-                pb.LeaseTasksResponse,
+                                     max_tasks=rng.randint(1, 3), all_shards=True,
+                                     wait_ms=lease_ms),
+                pb.LeaseTasksResponse, timeout=lease_ms / 1000 + 2.0,
             )
         except RpcError:
             continue
