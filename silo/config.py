@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from silo.runtime.files import read_text
-from silo.shard.limits import ShardLimits
+from silo.shard.validation import ShardLimits
 
 
 class ConfigError(ValueError):

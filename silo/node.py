@@ -19,7 +19,7 @@ from silo.errors import InvalidArgument, NotFound
 from silo.model import LeasedTask
 from silo.runtime import Runtime
 from silo.shard import JobShard, ShardConfig, open_shard
-from silo.shard.limits import check_max_tasks, check_task_group, check_worker_id
+from silo.shard.validation import check_max_tasks, check_task_group, check_worker_id
 
 SHARD_OWNER_METADATA = "silo-shard-owner"
 """Trailing metadata key carrying the address of the node that owns a requested shard."""

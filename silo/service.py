@@ -14,7 +14,7 @@ from silo.errors import InvalidArgument, SiloError
 from silo.node import SiloNode
 from silo.rpc import CallContext, Handler, method_path
 from silo.shard import JobShard
-from silo.shard.limits import check_tenant
+from silo.shard.validation import check_tenant
 from silo.wire import (
     check_wire_format,
     job_to_pb,

@@ -1,7 +1,7 @@
 """The job shard: durable job lifecycle on one ordered KV store."""
 
-from silo.shard.limits import ShardLimits
 from silo.shard.shard import HeartbeatResult, JobShard, ShardConfig, ShardStatistics, open_shard
+from silo.shard.validation import ShardLimits
 
 __all__ = [
     "HeartbeatResult",

@@ -7,7 +7,7 @@ Contract:
   from the tenant's bucket; when none is free the task waits in the timer index until the
   reserved token's time, and resumes with the next limit (no polling).
 - Whatever ends or abandons an attempt releases its slots in the same batch, and the freed slots
-  are granted to the next eligible requests in that same batch (:meth:`LimitsMixin._regrant`).
+  are granted to the next eligible requests in that same batch (:meth:`Limiter.regrant`).
 - A queue's max is stored with the queue; a later job carrying another max, or a floating
   refresh, changes it at once, in both directions (a lower max grants nothing until the holders
   drop below it).
@@ -56,31 +56,31 @@ from silo.shard.tables import (
 from silo.shard.txn import Txn
 
 if TYPE_CHECKING:
-    from silo.runtime import Runtime
+    from silo.runtime.faults import Faults
     from silo.shard.mirror import ShardMirror
+    from silo.shard.rows import JobRows
 
 REFRESH_BACKOFF_MIN_MS = 1_000
 REFRESH_BACKOFF_MAX_MS = 60_000
 MAX_GRANTS_PER_QUEUE_PER_OP = 10_000
 
 
-class LimitsMixin:
-    """Limit acquisition, release and grant for :class:`~silo.shard.shard.JobShard`."""
+class Limiter:
+    """Limit acquisition, release and grant for one shard, on a transaction.
 
-    _mirror: ShardMirror
-    _rt: Runtime
-    shard_id: int
+    Reads job rows through ``rows``, the committed queue state (holders, requests, buckets)
+    through ``mirror``; asks ``faults`` for planted simulator mutations.
+    """
 
-    # Provided by JobShard.
-    async def _info(self, txn: Txn, tenant: str, job_id: str) -> JobInfo | None: ...
-    async def _state(self, txn: Txn, tenant: str, job_id: str) -> JobState | None: ...
-    def _put_state(self, txn: Txn, info: JobInfo, old: JobState | None, new: JobState) -> None:
-        ...
-    def _new_id(self, prefix: str) -> str: ...
+    def __init__(self, rows: JobRows, mirror: ShardMirror, faults: Faults, shard_id: int) -> None:
+        self._rows = rows
+        self._mirror = mirror
+        self._faults = faults
+        self.shard_id = shard_id
 
     # -- queue state ------------------------------------------------------------------------
 
-    def _queue_state(self, txn: Txn, tenant: str, queue: str) -> QueueState | None:
+    def queue_state(self, txn: Txn, tenant: str, queue: str) -> QueueState | None:
         """The queue's record as this transaction sees it (do not mutate; copy first)."""
         k = queue_key(tenant, queue)
         if k in txn.ops:
@@ -96,7 +96,7 @@ class LimitsMixin:
         return self._mirror.holders.get(q, 0) + txn.holder_deltas.get(q, 0)
 
     def _queue_max(self, txn: Txn, tenant: str, queue: str) -> int:
-        qs = self._queue_state(txn, tenant, queue)
+        qs = self.queue_state(txn, tenant, queue)
         return 0 if qs is None else qs.max_concurrency
 
     def _holder_exists(self, txn: Txn, hk: bytes) -> bool:
@@ -104,7 +104,7 @@ class LimitsMixin:
             return txn.ops[hk] is not None
         return hk in self._mirror.holder_keys
 
-    def _first_request(self, txn: Txn, tenant: str, queue: str) -> tuple[bytes, Task] | None:
+    def first_request(self, txn: Txn, tenant: str, queue: str) -> tuple[bytes, Task] | None:
         start, end = keys.prefix_range(Prefix.CONCURRENCY_REQUEST, tenant, queue)
         best: bytes | None = None
         # Requests are granted smallest first, so this operation's earlier grants on the queue
@@ -127,16 +127,16 @@ class LimitsMixin:
         return best, task
 
     def _has_waiting(self, txn: Txn, tenant: str, queue: str) -> bool:
-        return self._first_request(txn, tenant, queue) is not None
+        return self.first_request(txn, tenant, queue) is not None
 
     def _queue_has_work(self, txn: Txn, tenant: str, queue: str) -> bool:
         return self._holders(txn, tenant, queue) > 0 or self._has_waiting(txn, tenant, queue)
 
-    def _note_limits(self, txn: Txn, info: JobInfo) -> None:
+    def note_limits(self, txn: Txn, info: JobInfo) -> None:
         """Record the queues a new job names; a plain limit's max replaces the stored one."""
         for limit in info.limits:
             if isinstance(limit, ConcurrencyLimit):
-                qs = self._queue_state(txn, info.tenant, limit.key)
+                qs = self.queue_state(txn, info.tenant, limit.key)
                 if qs is None:
                     self._put_queue_state(
                         txn, info.tenant, limit.key, QueueState(limit.max_concurrency)
@@ -147,7 +147,7 @@ class LimitsMixin:
                     self._put_queue_state(txn, info.tenant, limit.key, new)
                     txn.regrant.append((info.tenant, limit.key))
             elif isinstance(limit, FloatingConcurrencyLimit):
-                qs = self._queue_state(txn, info.tenant, limit.key)
+                qs = self.queue_state(txn, info.tenant, limit.key)
                 if qs is None or not qs.floating:
                     new = QueueState(
                         limit.default_max_concurrency if qs is None else qs.max_concurrency,
@@ -159,9 +159,28 @@ class LimitsMixin:
                     )
                     self._put_queue_state(txn, info.tenant, limit.key, new)
 
+    async def queue_attempt(
+        self, txn: Txn, info: JobInfo, state: JobState, due_ms: int
+    ) -> None:
+        """Allocate the next attempt number and queue its task: through its limits when due
+        (see :meth:`place`), else in the timer index."""
+        attempt = state.attempt + 1
+        task = Task(
+            self._rows.new_id("t"), info.tenant, info.job_id, attempt, info.task_group,
+            info.priority, due_ms,
+        )
+        state.attempt = attempt
+        state.held = 0
+        if due_ms <= txn.now:
+            await self.place(txn, info, state, task, 0)
+        else:
+            txn.put(timer_key(task), task.encode())
+            state.task = (attempt, due_ms, TIMER, task.task_id)
+            state.next_attempt_at_ms = due_ms
+
     # -- acquisition ------------------------------------------------------------------------
 
-    async def _place(
+    async def place(
         self, txn: Txn, info: JobInfo, state: JobState, task: Task, start: int
     ) -> None:
         """Acquire ``info.limits[start:]`` for ``task`` and queue it: ready when every limit
@@ -183,7 +202,7 @@ class LimitsMixin:
                     return
             else:
                 queue = limit.key
-                self._ensure_refresh(txn, info.tenant, queue)
+                self.ensure_refresh(txn, info.tenant, queue)
                 free = self._holders(txn, info.tenant, queue) < self._queue_max(
                     txn, info.tenant, queue
                 )
@@ -216,7 +235,7 @@ class LimitsMixin:
             max=self._queue_max(txn, tenant, queue), at_ms=txn.now,
         )
 
-    def _release(self, txn: Txn, info: JobInfo, held: int, task_id: str) -> None:
+    def release(self, txn: Txn, info: JobInfo, held: int, task_id: str) -> None:
         """Release the concurrency slots among ``info.limits[:held]`` held by ``task_id``."""
         for limit in info.limits[:held]:
             queue = concurrency_key(limit)
@@ -225,7 +244,7 @@ class LimitsMixin:
             hk = holder_key(info.tenant, queue, task_id)
             if not self._holder_exists(txn, hk):
                 continue
-            if not self._rt.faults.mutation("leak-holder"):
+            if not self._faults.mutation("leak-holder"):
                 txn.delete(hk)
                 q = (info.tenant, queue)
                 txn.holder_deltas[q] = txn.holder_deltas.get(q, 0) - 1
@@ -235,7 +254,7 @@ class LimitsMixin:
             )
             txn.regrant.append((info.tenant, queue))
 
-    async def _regrant(self, txn: Txn) -> None:
+    async def regrant(self, txn: Txn) -> None:
         """Grant freed slots to waiting requests, for every queue touched by this operation."""
         done: set[tuple[str, str]] = set()
         while txn.regrant:
@@ -250,19 +269,19 @@ class LimitsMixin:
 
     async def _grant_waiting(self, txn: Txn, tenant: str, queue: str) -> int:
         granted = 0
-        over = 1 if self._rt.faults.mutation("over-grant") else 0
+        over = 1 if self._faults.mutation("over-grant") else 0
         for _ in range(MAX_GRANTS_PER_QUEUE_PER_OP):
             if self._holders(txn, tenant, queue) >= self._queue_max(txn, tenant, queue) + over:
                 break
-            first = self._first_request(txn, tenant, queue)
+            first = self.first_request(txn, tenant, queue)
             if first is None:
                 break
             rk, task = first
             txn.delete(rk)
             if rk not in txn.new_requests:
                 txn.request_floor[(tenant, queue)] = rk
-            info = await self._info(txn, task.tenant, task.job_id)
-            state = await self._state(txn, task.tenant, task.job_id)
+            info = await self._rows.info(txn, task.tenant, task.job_id)
+            state = await self._rows.state(txn, task.tenant, task.job_id)
             if (
                 info is None
                 or state is None
@@ -275,8 +294,8 @@ class LimitsMixin:
             self._grant(txn, tenant, queue, task)
             granted += 1
             new = state.copy()
-            await self._place(txn, info, new, task, state.held + 1)
-            self._put_state(txn, info, state, new)
+            await self.place(txn, info, new, task, state.held + 1)
+            self._rows.put_state(txn, info, state, new)
         return granted
 
     def _reserve_token(self, txn: Txn, tenant: str, limit: RateLimit) -> int:
@@ -297,13 +316,13 @@ class LimitsMixin:
 
     # -- floating limits --------------------------------------------------------------------
 
-    def _ensure_refresh(self, txn: Txn, tenant: str, queue: str) -> None:
+    def ensure_refresh(self, txn: Txn, tenant: str, queue: str) -> None:
         """Schedule a refresh task for a floating queue that has none pending."""
-        qs = self._queue_state(txn, tenant, queue)
+        qs = self.queue_state(txn, tenant, queue)
         if qs is None or not qs.floating or qs.refresh_task_id is not None:
             return
         due = max(txn.now, qs.next_refresh_ms)
-        task = Task(self._new_id("r"), tenant, queue, 0, qs.task_group, 0, due)
+        task = Task(self._rows.new_id("r"), tenant, queue, 0, qs.task_group, 0, due)
         if due <= txn.now:
             txn.put(ready_key(task), task.encode())
         else:
@@ -312,10 +331,10 @@ class LimitsMixin:
         new.refresh_task_id = task.task_id
         self._put_queue_state(txn, tenant, queue, new)
 
-    def _promote_refresh(self, txn: Txn, task: Task) -> None:
+    def promote_refresh(self, txn: Txn, task: Task) -> None:
         """A due refresh timer: hand it to workers if the queue still has work, else drop it."""
         txn.delete(timer_key(task))
-        qs = self._queue_state(txn, task.tenant, task.job_id)
+        qs = self.queue_state(txn, task.tenant, task.job_id)
         if qs is None or qs.refresh_task_id != task.task_id:
             return
         if self._queue_has_work(txn, task.tenant, task.job_id):
@@ -325,7 +344,7 @@ class LimitsMixin:
             new.refresh_task_id = None
             self._put_queue_state(txn, task.tenant, task.job_id, new)
 
-    def _end_refresh(
+    def end_refresh(
         self, txn: Txn, lease: Lease, new_max: int | None, *, reaped: bool = False
     ) -> None:
         """Apply a refresh result (``new_max``) or a failure (``None``)."""
@@ -334,7 +353,7 @@ class LimitsMixin:
         txn.delete(key(Prefix.LEASE, lease.task_id))
         txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, lease.task_id))
         queue = lease.job_id
-        qs = self._queue_state(txn, lease.tenant, queue)
+        qs = self.queue_state(txn, lease.tenant, queue)
         txn.emit(
             "refresh_ended", shard=self.shard_id, tenant=lease.tenant, queue=queue,
             task_id=lease.task_id, new_max=new_max, reaped=reaped, at_ms=txn.now,
@@ -356,11 +375,11 @@ class LimitsMixin:
                 txn.regrant.append((lease.tenant, queue))
         self._put_queue_state(txn, lease.tenant, queue, new)
         if self._queue_has_work(txn, lease.tenant, queue):
-            self._ensure_refresh(txn, lease.tenant, queue)
+            self.ensure_refresh(txn, lease.tenant, queue)
 
     # -- unqueue ----------------------------------------------------------------------------
 
-    def _unqueue_task(self, txn: Txn, info: JobInfo, state: JobState) -> Task | None:
+    def unqueue_task(self, txn: Txn, info: JobInfo, state: JobState) -> Task | None:
         """Remove the job's queued task (ready, timer or parked request) and release the slots
         it holds; returns the task."""
         if state.task is None:
@@ -383,7 +402,7 @@ class LimitsMixin:
             raw = txn.ops[k]
             task = Task.decode(k, raw) if raw is not None else None
         txn.delete(k)
-        self._release(txn, info, state.held, task_id)
+        self.release(txn, info, state.held, task_id)
         state.task = None
         state.held = 0
         state.next_attempt_at_ms = None
@@ -391,7 +410,7 @@ class LimitsMixin:
 
     # -- visibility -------------------------------------------------------------------------
 
-    def _waiting_for(self, info: JobInfo, state: JobState) -> str:
+    def waiting_for(self, info: JobInfo, state: JobState) -> str:
         """What a scheduled job is waiting for, in words."""
         if state.status != JobStatus.SCHEDULED or state.task is None:
             return ""

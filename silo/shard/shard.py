@@ -10,80 +10,51 @@ Contract (DESIGN §3-§4):
 - Leasing moves a task from the ready queue to a lease in one batch under the lock, so no task
   is ever handed out twice; every hand-out has a new attempt number and task id.
 - Outcome reports are idempotent per task id and fenced by task id and worker id.
+
+JobShard is the facade; the work lives in rooms sharing one :class:`ShardContext`:
+``commit.py`` (lock, batch, durability wait), ``rows.py`` (job rows), ``limiter.py``
+(concurrency and rate limits), ``transitions.py`` (job state machine), ``leasing.py`` (leases,
+reports, reaper), ``operations.py`` (cancel, restart, expedite, delete), ``reads.py`` and
+``loops.py`` (timer and reaper loops). Enqueue is here.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
-from silo import keys
-from silo.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    SiloError,
-    Unavailable,
-)
+from silo.errors import AlreadyExists, InvalidArgument, SiloError
 from silo.keys import Prefix, key
 from silo.model import (
     DEFAULT_TENANT,
-    PARKED,
-    READY,
     TERMINAL_STATUSES,
-    TIMER,
-    WORKER_CRASHED,
-    Attempt,
-    AttemptState,
-    Cancelled,
-    Failure,
     JobInfo,
     JobResult,
-    JobState,
-    JobStatus,
     JobView,
-    Lease,
     LeasedTask,
     NewJob,
-    Outcome,
     OutcomeReport,
-    RefreshRequest,
-    Success,
-    Task,
-    concurrency_key,
-    decode_int,
-    encode_int,
 )
 from silo.runtime import Runtime
-from silo.runtime.disk import DiskError
-from silo.shard import limits as lim
-from silo.shard.limiter import LimitsMixin, check_refresh_value, require_refresh_lease
-from silo.shard.limits import ShardLimits
+from silo.shard import transitions
+from silo.shard import validation as lim
+from silo.shard.commit import CommitProtocol, EmptyBatch
+from silo.shard.context import ShardContext
+from silo.shard.leasing import HeartbeatResult, Leasing
+from silo.shard.limiter import Limiter
+from silo.shard.loops import ShardLoops
 from silo.shard.mirror import COUNTER_PREFIX, ShardMirror
-from silo.shard.store import ShardStore, Ticket
-from silo.shard.tables import (
-    JOBS_TERMINAL,
-    JOBS_TOTAL,
-    counter_key,
-    job_keys,
-    request_key,
-    status_counter,
-    status_index_key,
-    timer_key,
-)
-from silo.shard.transitions import Operation, require, retry_delay_ms
+from silo.shard.operations import OperatorOps
+from silo.shard.reads import ShardReads, ShardStatistics
+from silo.shard.rows import JobRows
+from silo.shard.store import ShardStore
+from silo.shard.tables import JOBS_TOTAL
 from silo.shard.txn import Txn
-
-MAX_LOOP_SLEEP_S = 1.0
-"""Background loops re-check at least this often, so a wall-clock jump is noticed."""
-
-REAP_BATCH = 500
-PROMOTE_BATCH = 1000
+from silo.shard.validation import ShardLimits
 
 
 @dataclass(frozen=True)
@@ -93,62 +64,7 @@ class ShardConfig:
     """How long a lease lasts without a heartbeat."""
 
 
-@dataclass(frozen=True)
-class HeartbeatResult:
-    cancelled: bool
-    lease_expiry_ms: int
-
-
-@dataclass(frozen=True)
-class ShardStatistics:
-    """An immutable snapshot of one shard's counters (see :meth:`JobShard.statistics`)."""
-
-    shard_id: int
-    synced_writes: int
-    groups_committed: int
-    batches_committed: int
-    jobs_total: int
-    jobs_by_status: dict[str, int]
-    leases_held: int
-    due_tasks_per_task_group: dict[str, int]
-    scheduled_future_tasks: int
-    enqueued: int
-    leased: int
-    completed: dict[str, int]
-    retried: int
-    reaped: int
-    parked_requests: int = 0
-    """Tasks waiting for a concurrency slot."""
-    slots_held: int = 0
-    """Concurrency slots currently held (over every queue)."""
-
-
-class _Commit:
-    """A submitted batch as its operation sees it: :meth:`wait` returns once the batch is
-    durable; if the write failed, the shard's in-memory state is rebuilt from disk before
-    UNAVAILABLE reaches the caller."""
-
-    __slots__ = ("_ticket", "_shard", "_error")
-
-    def __init__(
-        self, ticket: Ticket | None, shard: JobShard, error: Unavailable | None = None
-    ) -> None:
-        self._ticket = ticket
-        self._shard = shard
-        self._error = error
-
-    async def wait(self) -> None:
-        try:
-            if self._error is not None:
-                raise self._error
-            assert self._ticket is not None
-            await self._ticket.wait()
-        except Unavailable:
-            await self._shard._repair()
-            raise
-
-
-class JobShard(LimitsMixin):
+class JobShard:
     """One shard. Create with :func:`open_shard`."""
 
     def __init__(self, runtime: Runtime, store: ShardStore, shard_id: int, config: ShardConfig):
@@ -157,27 +73,29 @@ class JobShard(LimitsMixin):
         self.shard_id = shard_id
         self.config = config
         self._limits = config.limits
-        self._lock = trio.Lock()
         self._mirror = ShardMirror()
         self._rng = runtime.random.stream(f"shard/{shard_id}")
-        self._timer_wakeup = trio.Event()
-        self._reaper_wakeup = trio.Event()
-        self._mirror.on_timer_added = self._wake_timer
-        self._mirror.on_expiry_added = self._wake_reaper
+        self._rows = JobRows(shard_id, config.limits, self._rng)
+        self._limiter = Limiter(self._rows, self._mirror, runtime.faults, shard_id)
+        self._commit = CommitProtocol(runtime, store, self._mirror, shard_id, self._limiter.regrant)
+        self._lock = self._commit.lock
+        self._stats = {"enqueued": 0, "leased": 0, "retried": 0, "reaped": 0}
+        self._completed: dict[str, int] = {"succeeded": 0, "failed": 0, "cancelled": 0}
+        ctx = ShardContext(
+            runtime, store, self._mirror, shard_id, config.limits, config.lease_ms, self._rng,
+            self._rows, self._limiter, self._commit, self._stats, self._completed,
+        )
+        self._leasing = Leasing(ctx)
+        self._ops = OperatorOps(ctx)
+        self._reads = ShardReads(ctx)
+        self._loops = ShardLoops(runtime, self._mirror, self.promote_due, self.reap_expired)
+        self._mirror.on_timer_added = self._loops.wake_timer
+        self._mirror.on_expiry_added = self._loops.wake_reaper
         self._mirror.on_ready_added = self._ready_added
         self.on_ready: Callable[[int, str], None] = lambda shard_id, task_group: None
         """Called whenever a task of a task group becomes ready (for long-polling leases)."""
-        self._closing = False
-        self._stats = {"enqueued": 0, "leased": 0, "retried": 0, "reaped": 0}
-        self._completed: dict[str, int] = {"succeeded": 0, "failed": 0, "cancelled": 0}
 
     # -- lifecycle --------------------------------------------------------------------------
-
-    def _wake_timer(self) -> None:
-        self._timer_wakeup.set()
-
-    def _wake_reaper(self) -> None:
-        self._reaper_wakeup.set()
 
     def _ready_added(self, task_group: str) -> None:
         self.on_ready(self.shard_id, task_group)
@@ -185,7 +103,7 @@ class JobShard(LimitsMixin):
     @property
     def closing(self) -> bool:
         """True once shutdown has started: the shard refuses operations from then on."""
-        return self._closing
+        return self._commit.closing
 
     def next_timer_due_ms(self) -> int | None:
         """Due time of the earliest task waiting in the timer index (None: none waits)."""
@@ -199,173 +117,14 @@ class JobShard(LimitsMixin):
         return due is not None and due <= self._rt.clock.now_ms()
 
     async def _load(self) -> None:
-        await self._mirror.load(self._store.kv)
-
-    def _check_open(self) -> None:
-        if self._closing:
-            raise Unavailable(f"shard {self.shard_id} is closing")
-
-    async def _begin(self) -> Txn:
-        """Called with the lock held: repair after a failed write, then start a transaction."""
-        self._check_open()
-        if self._store.broken:
-            await self._load()
-            self._store.repaired()
-        return Txn(self._store, self._rt.clock.now_ms())
-
-    async def _finish(self, txn: Txn) -> _Commit | None:
-        """Grant freed slots, then hand the transaction's batch to the writer and update the
-        mirrors (lock held)."""
-        await self._regrant(txn)
-        for counter, delta in txn.counter_deltas.items():
-            if delta:
-                txn.ops[counter] = encode_int(self._mirror.counters.get(counter, 0) + delta)
-        if not txn.ops:
-            return None
-        ops = list(txn.ops.items())
-        try:
-            ticket = self._store.submit(
-                ops, txn.events, ack_before_durable=self._rt.faults.mutation("ack-before-durable")
-            )
-        except Unavailable as exc:
-            # An earlier write failed while this operation was reading: it fails too, and
-            # (like any failed write) only once the in-memory state has been rebuilt.
-            return _Commit(None, self, exc)
-        self._mirror.apply(ops)
-        return _Commit(ticket, self)
+        await self._commit.load()
 
     async def _repair(self) -> None:
-        """After a failed write: rebuild the in-memory state from disk, unless already done.
+        await self._commit.repair()
 
-        Called by the operation that sees the failure before it raises UNAVAILABLE, so that a
-        caller never observes caches (counters, statistics, queues) holding a write that failed.
-        """
-        async with self._lock:
-            if self._store.broken and not self._closing:
-                try:
-                    await self._load()
-                except DiskError:
-                    return  # the store itself is gone (e.g. a crash); _begin retries
-                self._store.repaired()
-
-    @asynccontextmanager
-    async def _locked(self) -> AsyncIterator[None]:
-        """Hold the shard lock for one operation. A refusal (ALREADY_EXISTS, NOT_FOUND,
-        FAILED_PRECONDITION) decided on what the operation read is answered only once that is
-        durable: the state may come from a batch still being written, and a caller must never
-        be told "exists" (or "already cancelled") about a write that a crash can still undo."""
-        try:
-            async with self._lock:
-                yield
-        except (AlreadyExists, NotFound, FailedPrecondition):
-            await self._read_barrier()
-            raise
-
-    async def _settle(self, commit: _Commit | None) -> None:
-        """Answer only once the operation's batch (or, with no batch, what it read) is
-        durable."""
-        if commit is not None:
-            await commit.wait()
-        else:
-            await self._read_barrier()
-
-    async def _read_barrier(self) -> None:
-        """Wait until everything a read may have seen is durable."""
-        try:
-            await self._store.wait_durable(self._store.last_submitted_seq)
-        except Unavailable:
-            await self._repair()
-            raise
-
-    # -- helpers ----------------------------------------------------------------------------
-
-    def _new_id(self, prefix: str) -> str:
-        return f"{prefix}{self._rng.getrandbits(96):024x}"
-
-    async def _info(self, txn: Txn, tenant: str, job_id: str) -> JobInfo | None:
-        k = key(Prefix.JOB, tenant, job_id)
-        raw = await txn.get(k)
-        return None if raw is None else JobInfo.decode(k, raw)
-
-    async def _state(self, txn: Txn, tenant: str, job_id: str) -> JobState | None:
-        k = key(Prefix.STATUS, tenant, job_id)
-        raw = await txn.get(k)
-        return None if raw is None else JobState.decode(k, raw)
-
-    async def _job(self, txn: Txn, tenant: str, job_id: str) -> tuple[JobInfo, JobState]:
-        lim.check_tenant(self._limits, tenant)
-        lim.check_job_id(self._limits, job_id)
-        info = await self._info(txn, tenant, job_id)
-        state = await self._state(txn, tenant, job_id)
-        if info is None or state is None:
-            raise NotFound(f"job not found: {job_id!r} (tenant {tenant!r})")
-        return info, state
-
-    async def _cancelled_at(self, txn: Txn, tenant: str, job_id: str) -> int | None:
-        k = key(Prefix.CANCEL, tenant, job_id)
-        raw = await txn.get(k)
-        return None if raw is None else decode_int(k, raw)
-
-    def _put_state(
-        self, txn: Txn, info: JobInfo, old: JobState | None, new: JobState
-    ) -> None:
-        """Write ``new`` and keep the status index, counters and events in step."""
-        t, j = info.tenant, info.job_id
-        if old is None or old.status != new.status or old.changed_at_ms != new.changed_at_ms:
-            if old is not None:
-                txn.delete(status_index_key(t, old, j))
-            txn.put(status_index_key(t, new, j), b"")
-        if old is None or old.status != new.status:
-            if old is not None:
-                txn.bump(status_counter(t, old.status), -1)
-                if old.status.terminal:
-                    txn.bump(JOBS_TERMINAL, -1)
-            txn.bump(status_counter(t, new.status), 1)
-            if new.status.terminal:
-                txn.bump(JOBS_TERMINAL, 1)
-            txn.emit(
-                "status_changed",
-                shard=self.shard_id,
-                tenant=t,
-                job_id=j,
-                old=None if old is None else old.status.name,
-                new=new.status.name,
-                attempt=new.attempt,
-                at_ms=new.changed_at_ms,
-                task_group=info.task_group,
-                priority=info.priority,
-                due_ms=None if new.task is None else new.task[1],
-                where=None if new.task is None else new.task[2],
-                limits_left=len(info.limits) - new.held,
-            )
-        elif new.task is not None and (old.task != new.task or old.held != new.held):
-            # The queued task moved (timer -> parked -> ready, or re-queued by an expedite)
-            # without a status change: the simulator's queue model follows it.
-            txn.emit(
-                "task_moved", shard=self.shard_id, tenant=t, job_id=j, attempt=new.task[0],
-                due_ms=new.task[1], where=new.task[2], limits_left=len(info.limits) - new.held,
-                at_ms=txn.now,
-            )
-        txn.put(key(Prefix.STATUS, t, j), new.encode())
-
-    async def _queue_task(
-        self, txn: Txn, info: JobInfo, state: JobState, due_ms: int
-    ) -> None:
-        """Allocate the next attempt number and queue its task: through its limits when due
-        (see :meth:`_place`), else in the timer index."""
-        attempt = state.attempt + 1
-        task = Task(
-            self._new_id("t"), info.tenant, info.job_id, attempt, info.task_group, info.priority,
-            due_ms,
-        )
-        state.attempt = attempt
-        state.held = 0
-        if due_ms <= txn.now:
-            await self._place(txn, info, state, task, 0)
-        else:
-            txn.put(timer_key(task), task.encode())
-            state.task = (attempt, due_ms, TIMER, task.task_id)
-            state.next_attempt_at_ms = due_ms
+    async def _shutdown(self) -> None:
+        """Stop taking operations and make everything written so far durable."""
+        await self._commit.shutdown()
 
     # -- enqueue ----------------------------------------------------------------------------
 
@@ -401,15 +160,14 @@ class JobShard(LimitsMixin):
             )
         for job in jobs:
             self._validate(job)
-        async with self._locked():
-            txn = await self._begin()
+        async with self._commit.operation(empty=EmptyBatch.IMPOSSIBLE) as txn:
             ids: list[str] = []
             seen: set[tuple[str, str]] = set()
             await txn.prefetch(
                 [key(Prefix.JOB, j.tenant, j.job_id) for j in jobs if j.job_id is not None]
             )
             for job in jobs:
-                job_id = job.job_id if job.job_id is not None else self._new_id("j")
+                job_id = job.job_id if job.job_id is not None else self._rows.new_id("j")
                 ref = (job.tenant, job_id)
                 if ref in seen or await txn.get(key(Prefix.JOB, *ref)) is not None:
                     raise AlreadyExists(f"job already exists: {job_id!r} (tenant {job.tenant!r})")
@@ -417,9 +175,6 @@ class JobShard(LimitsMixin):
                 ids.append(job_id)
             for job, job_id in zip(jobs, ids, strict=True):
                 await self._write_new_job(txn, job, job_id)
-            ticket = await self._finish(txn)
-        assert ticket is not None
-        await ticket.wait()
         self._stats["enqueued"] += len(jobs)
         return ids
 
@@ -432,9 +187,9 @@ class JobShard(LimitsMixin):
         txn.put(key(Prefix.JOB, job.tenant, job_id), info.encode())
         for mk, mv in sorted(job.metadata.items()):
             txn.put(key(Prefix.METADATA_INDEX, job.tenant, mk, mv, job_id), b"")
-        state = JobState(JobStatus.SCHEDULED, now)
-        self._note_limits(txn, info)
-        await self._queue_task(
+        state = transitions.enqueued(now)
+        self._limiter.note_limits(txn, info)
+        await self._limiter.queue_attempt(
             txn, info, state, max(job.start_at_ms, now) if job.start_at_ms else now
         )
         # Planted bug for the simulator: the job counter drifts from the data.
@@ -444,652 +199,88 @@ class JobShard(LimitsMixin):
             task_group=job.task_group, priority=job.priority, due_ms=state.next_attempt_at_ms,
             retry_count=job.retry.retry_count,
         )
-        self._put_state(txn, info, None, state)
+        self._rows.put_state(txn, info, None, state)
 
-    # -- leasing ----------------------------------------------------------------------------
+    # -- leasing and running tasks (silo/shard/leasing.py) ---------------------------------
 
     async def promote_due(self) -> int:
         """Promote every due timer into the ready queue; returns how many moved."""
-        async with self._lock:
-            txn = await self._begin()
-            n = await self._promote_in(txn, PROMOTE_BATCH)
-            ticket = await self._finish(txn)
-        if ticket is not None:
-            await ticket.wait()
-        return n
-
-    async def _promote_in(self, txn: Txn, limit: int) -> int:
-        promoted = []
-        for task in self._mirror.timers.values():
-            if task.due_ms > txn.now or len(promoted) >= limit:
-                break
-            promoted.append(task)
-        await txn.prefetch(
-            [k for t in promoted if not t.is_refresh for k in job_keys(t.tenant, t.job_id)[:2]]
-        )
-        for task in promoted:
-            if task.is_refresh:
-                self._promote_refresh(txn, task)
-                continue
-            txn.delete(timer_key(task))
-            info = await self._info(txn, task.tenant, task.job_id)
-            state = await self._state(txn, task.tenant, task.job_id)
-            if (
-                info is None
-                or state is None
-                or state.task is None
-                or state.task[2] != TIMER
-                or state.task[3] != task.task_id
-            ):
-                continue  # a stray timer (cannot happen while the tables agree): drop it
-            new = state.copy()
-            await self._place(txn, info, new, task, state.held)
-            self._put_state(txn, info, state, new)
-        return len(promoted)
+        return await self._leasing.promote_due()
 
     async def lease_tasks(
         self, worker_id: str, task_group: str, max_tasks: int
     ) -> list[LeasedTask]:
         """Lease up to ``max_tasks`` due tasks of ``task_group``: highest priority (lowest
         number) first, then earliest due."""
-        lim.check_worker_id(self._limits, worker_id)
-        lim.check_task_group(self._limits, task_group)
-        lim.check_max_tasks(self._limits, max_tasks)
-        async with self._lock:
-            # Due timers first, in their own batch, so that the lease sees them in the queue.
-            txn = await self._begin()
-            await self._promote_in(txn, PROMOTE_BATCH)
-            await self._finish(txn)
-            txn = await self._begin()
-            start, end = keys.prefix_range(Prefix.READY, task_group)
-            picked: list[tuple[bytes, Task]] = []
-            # Planted bug for the simulator: hand out the lowest priority first.
-            backwards = self._rt.faults.mutation("ignore-priority")
-            for rk in self._mirror.ready.irange(
-                start, end, inclusive=(True, False), reverse=backwards
-            ):
-                picked.append((rk, self._mirror.ready[rk]))
-                if len(picked) >= max_tasks:
-                    break
-            await txn.prefetch(
-                [k for _, t in picked for k in job_keys(t.tenant, t.job_id)]
-            )
-            out: list[LeasedTask] = []
-            expiry = txn.now + self.config.lease_ms
-            for rk, task in picked:
-                leased = await self._lease_one(txn, rk, task, worker_id, expiry)
-                if leased is not None:
-                    out.append(leased)
-            ticket = await self._finish(txn)
-        if ticket is not None:
-            await ticket.wait()
-        self._stats["leased"] += len(out)
-        return out
-
-    async def _lease_one(
-        self, txn: Txn, rk: bytes, task: Task, worker_id: str, expiry: int
-    ) -> LeasedTask | None:
-        if task.is_refresh:
-            return self._lease_refresh(txn, rk, task, worker_id, expiry)
-        info = await self._info(txn, task.tenant, task.job_id)
-        state = await self._state(txn, task.tenant, task.job_id)
-        if (
-            info is None
-            or state is None
-            or state.status != JobStatus.SCHEDULED
-            or state.task is None
-            or state.task[2] != READY
-            or state.task[3] != task.task_id
-        ):
-            # A stray queue entry (cannot happen while the tables are consistent): drop it.
-            txn.delete(rk)
-            return None
-        if not self._rt.faults.mutation("double-lease"):
-            txn.delete(rk)
-        new = state.copy()
-        new.status = JobStatus.RUNNING
-        new.changed_at_ms = txn.now
-        new.task = None
-        new.next_attempt_at_ms = None
-        new.run_attempts = state.run_attempts + 1
-        new.lease_task_id = task.task_id
-        lease = Lease(
-            task.task_id, task.tenant, task.job_id, task.attempt, task.task_group, worker_id,
-            txn.now, expiry,
-        )
-        txn.put(key(Prefix.LEASE, task.task_id), lease.encode())
-        txn.put(key(Prefix.LEASE_EXPIRY, expiry, task.task_id), b"")
-        attempt = Attempt(task.attempt, task.task_id, AttemptState.RUNNING, worker_id, txn.now)
-        txn.put(key(Prefix.ATTEMPT, task.tenant, task.job_id, task.attempt), attempt.encode())
-        txn.emit(
-            "task_leased", shard=self.shard_id, task_id=task.task_id, tenant=task.tenant,
-            job_id=task.job_id, attempt=task.attempt, worker_id=worker_id,
-            task_group=task.task_group, priority=task.priority, due_ms=task.due_ms,
-            expiry_ms=expiry, at_ms=txn.now,
-        )
-        self._put_state(txn, info, state, new)
-        return LeasedTask(
-            task.task_id, task.tenant, task.job_id, task.attempt, task.task_group, info.payload,
-            info.priority, dict(info.metadata), expiry,
-        )
-
-    def _lease_refresh(
-        self, txn: Txn, rk: bytes, task: Task, worker_id: str, expiry: int
-    ) -> LeasedTask | None:
-        txn.delete(rk)
-        qs = self._queue_state(txn, task.tenant, task.job_id)
-        if qs is None or qs.refresh_task_id != task.task_id:
-            return None
-        lease = Lease(
-            task.task_id, task.tenant, task.job_id, 0, task.task_group, worker_id, txn.now, expiry
-        )
-        txn.put(key(Prefix.LEASE, task.task_id), lease.encode())
-        txn.put(key(Prefix.LEASE_EXPIRY, expiry, task.task_id), b"")
-        txn.emit(
-            "refresh_leased", shard=self.shard_id, task_id=task.task_id, tenant=task.tenant,
-            queue=task.job_id, worker_id=worker_id, expiry_ms=expiry, at_ms=txn.now,
-        )
-        return LeasedTask(
-            task.task_id, task.tenant, task.job_id, 0, task.task_group, b"", task.priority, {},
-            expiry, RefreshRequest(task.job_id, qs.max_concurrency, dict(qs.metadata)),
-        )
+        return await self._leasing.lease_tasks(worker_id, task_group, max_tasks)
 
     async def report_refresh(
         self, worker_id: str, task_id: str, new_max: int | None, error: str | None = None
     ) -> None:
         """A worker's answer to a refresh task: the queue's new max, or (``new_max=None``) a
         failure, which backs the next refresh off."""
-        lim.check_worker_id(self._limits, worker_id)
-        if new_max is not None:
-            check_refresh_value(new_max)
-        async with self._locked():
-            txn = await self._begin()
-            lease = require_refresh_lease(self._mirror.leases.get(task_id), worker_id, task_id)
-            self._end_refresh(txn, lease, new_max)
-            ticket = await self._finish(txn)
-        if ticket is not None:
-            await ticket.wait()
-
-    # -- running tasks ----------------------------------------------------------------------
-
-    def _owned_lease(self, worker_id: str, task_id: str) -> Lease:
-        lease = self._mirror.leases.get(task_id)
-        if lease is None:
-            raise NotFound(f"lease not found for task {task_id!r}")
-        if lease.worker_id != worker_id:
-            raise FailedPrecondition(
-                f"lease owner mismatch: task {task_id!r} is leased to another worker"
-            )
-        return lease
+        await self._leasing.report_refresh(worker_id, task_id, new_max, error)
 
     async def heartbeat(self, worker_id: str, task_id: str) -> HeartbeatResult:
         """Extend a lease; reports whether the job has been cancelled."""
-        lim.check_worker_id(self._limits, worker_id)
-        async with self._locked():
-            txn = await self._begin()
-            lease = self._owned_lease(worker_id, task_id)
-            expiry = max(txn.now + self.config.lease_ms, lease.expiry_ms)
-            if expiry != lease.expiry_ms:
-                new = Lease(
-                    lease.task_id, lease.tenant, lease.job_id, lease.attempt, lease.task_group,
-                    lease.worker_id, lease.leased_at_ms, expiry,
-                )
-                txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, task_id))
-                txn.put(key(Prefix.LEASE_EXPIRY, expiry, task_id), b"")
-                txn.put(key(Prefix.LEASE, task_id), new.encode())
-                txn.emit(
-                    "lease_extended", shard=self.shard_id, task_id=task_id, tenant=lease.tenant,
-                    job_id=lease.job_id, attempt=lease.attempt, expiry_ms=expiry, at_ms=txn.now,
-                )
-            cancelled = await self._cancelled_at(txn, lease.tenant, lease.job_id) is not None
-            if self._rt.faults.mutation("lost-cancel"):
-                cancelled = False
-            ticket = await self._finish(txn)
-        await self._settle(ticket)
-        return HeartbeatResult(cancelled, expiry)
+        return await self._leasing.heartbeat(worker_id, task_id)
 
     async def report_outcome(self, report: OutcomeReport) -> None:
         """Record how an attempt ended (idempotent for a repeated identical report)."""
-        error = (await self.report_outcomes([report]))[0]
-        if error is not None:
-            raise error
+        await self._leasing.report_outcome(report)
 
     async def report_outcomes(self, reports: Sequence[OutcomeReport]) -> list[SiloError | None]:
         """Record several outcomes in one batch; returns one error (or None) per report."""
-        if len(reports) > self._limits.max_tasks_per_lease:
-            raise InvalidArgument(
-                f"{len(reports)} reports in one call; max_tasks_per_lease is "
-                f"{self._limits.max_tasks_per_lease}"
-            )
-        results: list[SiloError | None] = []
-        async with self._lock:
-            txn = await self._begin()
-            await txn.prefetch(
-                self._lease_keys([self._mirror.leases.get(r.task_id) for r in reports])
-            )
-            await self._prefetch_grants(txn, [self._mirror.leases.get(r.task_id) for r in reports])
-            for report in reports:
-                try:
-                    self._validate_report(report)
-                    await self._report_one(txn, report)
-                    results.append(None)
-                except SiloError as exc:
-                    results.append(exc)
-            ticket = await self._finish(txn)
-        await self._settle(ticket)
-        return results
-
-    async def _prefetch_grants(self, txn: Txn, leases: Sequence[Lease | None]) -> None:
-        """Read ahead the jobs that ending these leases will grant a slot to."""
-        wanted: list[bytes] = []
-        for lease in leases:
-            if lease is None or lease.is_refresh:
-                continue
-            info = await self._info(txn, lease.tenant, lease.job_id)
-            if info is None:
-                continue
-            for limit in info.limits:
-                queue = concurrency_key(limit)
-                first = None if queue is None else self._first_request(txn, info.tenant, queue)
-                if first is not None:
-                    wanted += job_keys(first[1].tenant, first[1].job_id)[:2]
-        await txn.prefetch(wanted)
-
-    def _lease_keys(self, leases: Sequence[Lease | None]) -> list[bytes]:
-        """The rows ending these leases reads: each job's info, status, cancel flag and
-        attempt."""
-        out: list[bytes] = []
-        for lease in leases:
-            if lease is not None:
-                out += job_keys(lease.tenant, lease.job_id)
-                out.append(key(Prefix.ATTEMPT, lease.tenant, lease.job_id, lease.attempt))
-        return out
-
-    def _validate_report(self, report: OutcomeReport) -> None:
-        L = self._limits
-        lim.check_worker_id(L, report.worker_id)
-        outcome = report.outcome
-        if isinstance(outcome, Success):
-            lim.check_bytes(outcome.result, "result", "result_max_bytes", L.result_max_bytes)
-        elif isinstance(outcome, Failure):
-            lim.check_error_code(L, outcome.code)
-            lim.check_bytes(
-                outcome.data, "error data", "error_data_max_bytes", L.error_data_max_bytes
-            )
-        elif not isinstance(outcome, Cancelled):
-            raise InvalidArgument("outcome must be success, failure or cancelled")
-
-    async def _report_one(self, txn: Txn, report: OutcomeReport) -> None:
-        lease = self._mirror.leases.get(report.task_id)
-        if lease is not None and key(Prefix.LEASE, report.task_id) in txn.ops:
-            lease = None  # already ended earlier in this same batch
-        if lease is None:
-            await self._check_repeated_report(txn, report)
-            return
-        if lease.worker_id != report.worker_id:
-            raise FailedPrecondition(
-                f"lease owner mismatch: task {report.task_id!r} is leased to another worker"
-            )
-        if lease.is_refresh:
-            raise InvalidArgument(
-                f"task {report.task_id!r} is a refresh task; report it with ReportRefresh"
-            )
-        await self._end_attempt(txn, lease, report.outcome, reaped=False)
-
-    async def _check_repeated_report(self, txn: Txn, report: OutcomeReport) -> None:
-        """A report without a live lease: succeed if it repeats the recorded outcome."""
-        if report.tenant is None or report.job_id is None or report.attempt is None:
-            raise NotFound(f"lease not found for task {report.task_id!r}")
-        k = key(Prefix.ATTEMPT, report.tenant, report.job_id, report.attempt)
-        raw = await txn.get(k)
-        if raw is None:
-            raise NotFound(f"lease not found for task {report.task_id!r}")
-        attempt = Attempt.decode(k, raw)
-        if attempt.task_id != report.task_id:
-            raise NotFound(f"lease not found for task {report.task_id!r}")
-        if attempt.worker_id != report.worker_id:
-            raise FailedPrecondition(
-                f"lease owner mismatch: task {report.task_id!r} was leased to another worker"
-            )
-        crashed = attempt.error_code == WORKER_CRASHED
-        if attempt.state == _attempt_state_for(report.outcome) and not crashed:
-            return
-        raise NotFound(
-            f"lease not found for task {report.task_id!r}: the attempt already ended "
-            f"{attempt.state.name}"
-            + (" (lease expired)" if attempt.error_code == WORKER_CRASHED else "")
-        )
-
-    async def _end_attempt(
-        self, txn: Txn, lease: Lease, outcome: Outcome, *, reaped: bool
-    ) -> None:
-        """The single path by which a running attempt ends (report or reap)."""
-        info = await self._info(txn, lease.tenant, lease.job_id)
-        state = await self._state(txn, lease.tenant, lease.job_id)
-        if info is None or state is None:
-            raise NotFound(f"job not found: {lease.job_id!r} (tenant {lease.tenant!r})")
-        cancelled_at = await self._cancelled_at(txn, lease.tenant, lease.job_id)
-        ak = key(Prefix.ATTEMPT, lease.tenant, lease.job_id, lease.attempt)
-        raw = await txn.get(ak)
-        started = Attempt.decode(ak, raw).started_at_ms if raw is not None else lease.leased_at_ms
-        now = txn.now
-        if isinstance(outcome, Success):
-            attempt = Attempt(lease.attempt, lease.task_id, AttemptState.SUCCEEDED,
-                              lease.worker_id, started, now, result=outcome.result)
-        elif isinstance(outcome, Cancelled) or (reaped and cancelled_at is not None):
-            # A reaped attempt keeps the WORKER_CRASHED mark even when it ends CANCELLED, so a
-            # late report for it is answered "lease not found", not taken as a repeat.
-            attempt = Attempt(lease.attempt, lease.task_id, AttemptState.CANCELLED,
-                              lease.worker_id, started, now,
-                              error_code=WORKER_CRASHED if reaped else None)
-        else:
-            assert isinstance(outcome, Failure)
-            attempt = Attempt(lease.attempt, lease.task_id, AttemptState.FAILED, lease.worker_id,
-                              started, now, error_code=outcome.code, error_data=outcome.data)
-        txn.put(ak, attempt.encode())
-        txn.delete(key(Prefix.LEASE, lease.task_id))
-        txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, lease.task_id))
-        self._release(txn, info, state.held, lease.task_id)
-
-        new = state.copy()
-        new.changed_at_ms = now
-        new.lease_task_id = None
-        new.held = 0
-        if isinstance(outcome, Success):
-            new.status = JobStatus.SUCCEEDED
-        elif isinstance(outcome, Cancelled) or cancelled_at is not None:
-            new.status = JobStatus.CANCELLED
-            if cancelled_at is None:
-                txn.put(key(Prefix.CANCEL, lease.tenant, lease.job_id), encode_int(now))
-        else:
-            jitter = 1.0 + self._rng.random()
-            delay = retry_delay_ms(info.retry, state.run_attempts, jitter)
-            if delay is None:
-                new.status = JobStatus.FAILED
-            else:
-                new.status = JobStatus.SCHEDULED
-                await self._queue_task(txn, info, new, now + delay)
-                self._stats["retried"] += 1
-        kind = "reaped" if reaped else attempt.state.name.lower()
-        txn.emit(
-            "lease_ended", shard=self.shard_id, task_id=lease.task_id, tenant=lease.tenant,
-            job_id=lease.job_id, attempt=lease.attempt, outcome=kind, at_ms=now,
-            state=attempt.state.name,
-        )
-        if reaped:
-            self._stats["reaped"] += 1
-        if new.status.terminal:
-            self._completed[new.status.name.lower()] += 1
-        self._put_state(txn, info, state, new)
+        return await self._leasing.report_outcomes(reports)
 
     async def reap_expired(self) -> int:
         """End every lease whose expiry has passed as a ``WORKER_CRASHED`` failure (or a cancel
         when the job was cancelled); returns how many were reaped."""
-        if self._rt.faults.mutation("no-reaper"):
-            return 0
-        async with self._lock:
-            txn = await self._begin()
-            expired: list[str] = []
-            for ek, task_id in self._mirror.expiries.items():
-                _, (expiry, _) = keys.parse(ek)
-                if int(expiry) > txn.now or len(expired) >= REAP_BATCH:
-                    break
-                expired.append(task_id)
-            await txn.prefetch(self._lease_keys([self._mirror.leases.get(t) for t in expired]))
-            for task_id in expired:
-                lease = self._mirror.leases.get(task_id)
-                if lease is not None and lease.is_refresh:
-                    self._end_refresh(txn, lease, None, reaped=True)
-                elif lease is not None:
-                    await self._end_attempt(txn, lease, Failure(WORKER_CRASHED), reaped=True)
-            ticket = await self._finish(txn)
-        if ticket is not None:
-            await ticket.wait()
-        return len(expired)
+        return await self._leasing.reap_expired()
 
-    # -- operator actions -------------------------------------------------------------------
+    # -- operator actions (silo/shard/operations.py) -----------------------------------------
 
     async def cancel(self, tenant: str, job_id: str) -> None:
         """Cancel a scheduled job now, or flag a running one (its worker learns on heartbeat)."""
-        async with self._locked():
-            txn = await self._begin()
-            info, state = await self._job(txn, tenant, job_id)
-            require(Operation.CANCEL, state.status)
-            if await self._cancelled_at(txn, tenant, job_id) is None:
-                txn.put(key(Prefix.CANCEL, tenant, job_id), encode_int(txn.now))
-                txn.emit("cancel_requested", shard=self.shard_id, tenant=tenant, job_id=job_id,
-                         status=state.status.name, at_ms=txn.now)
-            if state.status == JobStatus.SCHEDULED:
-                new = state.copy()
-                if self._rt.faults.mutation("skip-release-on-cancel"):
-                    new.task = None  # planted bug: the queued task and its slots stay behind
-                    new.held = 0
-                else:
-                    self._unqueue_task(txn, info, new)
-                new.status = JobStatus.CANCELLED
-                new.changed_at_ms = txn.now
-                self._completed["cancelled"] += 1
-                self._put_state(txn, info, state, new)
-            ticket = await self._finish(txn)
-        await self._settle(ticket)
+        await self._ops.cancel(tenant, job_id)
 
     async def restart(self, tenant: str, job_id: str) -> None:
         """Give a FAILED or CANCELLED job a new run with a fresh retry budget."""
-        async with self._locked():
-            txn = await self._begin()
-            info, state = await self._job(txn, tenant, job_id)
-            require(Operation.RESTART, state.status)
-            txn.delete(key(Prefix.CANCEL, tenant, job_id))
-            new = state.copy()
-            new.status = JobStatus.SCHEDULED
-            new.changed_at_ms = txn.now
-            new.run_attempts = 0
-            new.held = 0
-            await self._queue_task(txn, info, new, txn.now)
-            self._put_state(txn, info, state, new)
-            ticket = await self._finish(txn)
-        assert ticket is not None
-        await ticket.wait()
+        await self._ops.restart(tenant, job_id)
 
     async def expedite(self, tenant: str, job_id: str) -> None:
-        """Make a scheduled job's future task due now (same attempt and task id).
-
-        A job waiting for its start time (or a retry's backoff) acquires its limits now. A job
-        already due is left as it is: one ready or parked on a concurrency queue (a parked
-        request is ordered by priority and due time, and its due time has passed), or one
-        waiting for a rate-limit token it has reserved.
-        """
-        async with self._locked():
-            txn = await self._begin()
-            info, state = await self._job(txn, tenant, job_id)
-            require(Operation.EXPEDITE, state.status)
-            if state.task is not None and state.task[1] > txn.now:
-                attempt, due_ms, where, task_id = state.task
-                old = Task(task_id, tenant, job_id, attempt, info.task_group, info.priority,
-                           due_ms)
-                now_task = replace(old, due_ms=txn.now)
-                new = state.copy()
-                if where == TIMER and state.held == 0:
-                    txn.delete(timer_key(old))
-                    await self._place(txn, info, new, now_task, 0)
-                elif where == PARKED:
-                    queue = concurrency_key(info.limits[state.held])
-                    assert queue is not None
-                    txn.delete(request_key(tenant, queue, old))
-                    rk = request_key(tenant, queue, now_task)
-                    txn.put(rk, now_task.encode())
-                    txn.new_requests[rk] = now_task
-                    txn.regrant.append((tenant, queue))
-                    new.task = (attempt, txn.now, PARKED, task_id)
-                    new.next_attempt_at_ms = txn.now
-                txn.emit("task_expedited", shard=self.shard_id, tenant=tenant, job_id=job_id,
-                         attempt=attempt, old_due_ms=due_ms, due_ms=txn.now, at_ms=txn.now)
-                self._put_state(txn, info, state, new)
-            ticket = await self._finish(txn)
-        await self._settle(ticket)
+        """Make a scheduled job's future task due now (see :meth:`OperatorOps.expedite`)."""
+        await self._ops.expedite(tenant, job_id)
 
     async def delete(self, tenant: str, job_id: str) -> None:
         """Remove every row of a terminal job, its attempts included."""
-        async with self._locked():
-            txn = await self._begin()
-            info, state = await self._job(txn, tenant, job_id)
-            require(Operation.DELETE, state.status)
-            txn.delete(key(Prefix.JOB, tenant, job_id))
-            txn.delete(key(Prefix.STATUS, tenant, job_id))
-            txn.delete(status_index_key(tenant, state, job_id))
-            for mk, mv in info.metadata.items():
-                txn.delete(key(Prefix.METADATA_INDEX, tenant, mk, mv, job_id))
-            start, end = keys.prefix_range(Prefix.ATTEMPT, tenant, job_id)
-            for ak, _ in await txn.scan(start, end):
-                txn.delete(ak)
-            txn.delete(key(Prefix.CANCEL, tenant, job_id))
-            txn.bump(JOBS_TOTAL, -1)
-            txn.bump(JOBS_TERMINAL, -1)
-            txn.bump(status_counter(tenant, state.status), -1)
-            txn.emit("job_deleted", shard=self.shard_id, tenant=tenant, job_id=job_id,
-                     status=state.status.name)
-            ticket = await self._finish(txn)
-        assert ticket is not None
-        await ticket.wait()
+        await self._ops.delete(tenant, job_id)
 
-    # -- reads ------------------------------------------------------------------------------
+    # -- reads (silo/shard/reads.py) ---------------------------------------------------------
 
     async def get_job(
         self, tenant: str, job_id: str, *, include_attempts: bool = False
     ) -> JobView:
-        async with self._locked():
-            self._check_open()
-            txn = Txn(self._store, self._rt.clock.now_ms())
-            info, state = await self._job(txn, tenant, job_id)
-            cancelled_at = await self._cancelled_at(txn, tenant, job_id)
-            attempts = None
-            if include_attempts:
-                start, end = keys.prefix_range(Prefix.ATTEMPT, tenant, job_id)
-                attempts = tuple(Attempt.decode(k, v) for k, v in await txn.scan(start, end))
-            waiting_for = self._waiting_for(info, state)
-        await self._read_barrier()
-        return JobView(info, state, cancelled_at, attempts, waiting_for)
+        return await self._reads.get_job(tenant, job_id, include_attempts=include_attempts)
 
     async def get_result(self, tenant: str, job_id: str) -> JobResult:
         """The outcome of a terminal job; FAILED_PRECONDITION while it is not terminal."""
-        view = await self.get_job(tenant, job_id)
-        status = view.state.status
-        require(Operation.RESULT, status)
-        if status == JobStatus.CANCELLED:
-            return JobResult(status, cancelled_at_ms=view.cancelled_at_ms)
-        async with self._lock:
-            txn = Txn(self._store, 0)
-            k = key(Prefix.ATTEMPT, tenant, job_id, view.state.attempt)
-            raw = await txn.get(k)
-        if raw is None:
-            raise NotFound(f"attempt {view.state.attempt} of job {job_id!r} not found")
-        attempt = Attempt.decode(k, raw)
-        if status == JobStatus.SUCCEEDED:
-            return JobResult(status, result=attempt.result)
-        return JobResult(status, error_code=attempt.error_code, error_data=attempt.error_data)
+        return await self._reads.get_result(tenant, job_id)
+
+    def queue_info(self, tenant: str, queue: str, *, max_listed: int = 100) -> dict[str, Any]:
+        """A queue's max, holders and waiting requests (at most ``max_listed`` of each)."""
+        return self._reads.queue_info(tenant, queue, max_listed=max_listed)
 
     def statistics(self) -> ShardStatistics:
-        by_status = {s.name: 0 for s in JobStatus}
-        prefix = counter_key("status")
-        for ck, n in self._mirror.counters.items():
-            if ck.startswith(prefix):
-                _, parts = keys.parse(ck)
-                by_status[JobStatus(int(parts[3])).name] += n
-        return ShardStatistics(
-            shard_id=self.shard_id,
-            synced_writes=self._store.synced_writes,
-            groups_committed=self._store.groups_committed,
-            batches_committed=self._store.batches_committed,
-            jobs_total=self._mirror.counters.get(JOBS_TOTAL, 0),
-            jobs_by_status=by_status,
-            leases_held=len(self._mirror.leases),
-            due_tasks_per_task_group=dict(sorted(self._mirror.ready_per_group.items())),
-            scheduled_future_tasks=len(self._mirror.timers),
-            parked_requests=len(self._mirror.requests),
-            slots_held=len(self._mirror.holder_keys),
-            enqueued=self._stats["enqueued"],
-            leased=self._stats["leased"],
-            completed=dict(self._completed),
-            retried=self._stats["retried"],
-            reaped=self._stats["reaped"],
-        )
+        return self._reads.statistics()
 
     def counters(self) -> dict[bytes, int]:
         """The stored counters (as mirrored in memory), non-zero ones only."""
-        return {k: v for k, v in sorted(self._mirror.counters.items()) if v}
+        return self._reads.counters()
 
     async def recount(self) -> dict[bytes, int]:
         """Counters recomputed from the job status table; must equal :meth:`counters`."""
-        out: dict[bytes, int] = {}
-        async with self._lock:
-            start, end = keys.prefix_range(Prefix.STATUS)
-            cursor: bytes = start
-            while True:
-                rows = await self._store.scan(cursor, end, limit=5000)
-                for k, v in rows:
-                    _, (tenant, _job) = keys.parse(k)
-                    state = JobState.decode(k, v)
-                    out[JOBS_TOTAL] = out.get(JOBS_TOTAL, 0) + 1
-                    if state.status.terminal:
-                        out[JOBS_TERMINAL] = out.get(JOBS_TERMINAL, 0) + 1
-                    sk = status_counter(str(tenant), state.status)
-                    out[sk] = out.get(sk, 0) + 1
-                if len(rows) < 5000:
-                    break
-                cursor = rows[-1][0] + b"\x00"
-        return dict(sorted(out.items()))
-
-    # -- background loops -------------------------------------------------------------------
-
-    async def _sleep_until(self, due_ms: int | None, wakeup: trio.Event) -> None:
-        if due_ms is None:
-            delay = math.inf
-        else:
-            delay = max(0.0, (due_ms - self._rt.clock.now_ms()) / 1000)
-        with trio.move_on_after(min(delay, MAX_LOOP_SLEEP_S)):
-            await wakeup.wait()
-
-    async def _timer_loop(self) -> None:
-        while True:
-            self._timer_wakeup = trio.Event()
-            due = self._mirror.next_timer_due_ms()
-            if due is not None and due <= self._rt.clock.now_ms():
-                try:
-                    await self.promote_due()
-                except Unavailable:
-                    await trio.sleep(0.1)
-                continue
-            await self._sleep_until(due, self._timer_wakeup)
-
-    async def _reaper_loop(self) -> None:
-        while True:
-            self._reaper_wakeup = trio.Event()
-            due = self._mirror.next_expiry_ms()
-            if self._rt.faults.mutation("no-reaper"):
-                due = None  # planted bug: expired leases never wake the reaper
-            if due is not None and due <= self._rt.clock.now_ms():
-                try:
-                    await self.reap_expired()
-                except Unavailable:
-                    await trio.sleep(0.1)
-                continue
-            await self._sleep_until(due, self._reaper_wakeup)
-
-    async def _shutdown(self) -> None:
-        """Stop taking operations and make everything written so far durable."""
-        self._closing = True
-        async with self._lock:
-            self._store.closed = True
-            await self._store.flush()
-
-
-def _attempt_state_for(outcome: Outcome) -> AttemptState:
-    if isinstance(outcome, Success):
-        return AttemptState.SUCCEEDED
-    if isinstance(outcome, Failure):
-        return AttemptState.FAILED
-    return AttemptState.CANCELLED
-
+        return await self._reads.recount()
 
 @asynccontextmanager
 async def open_shard(
@@ -1107,8 +298,8 @@ async def open_shard(
         await shard._load()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store.run_writer)
-            nursery.start_soon(shard._timer_loop)
-            nursery.start_soon(shard._reaper_loop)
+            nursery.start_soon(shard._loops.timer_loop)
+            nursery.start_soon(shard._loops.reaper_loop)
             runtime.events("shard_opened", {"shard": shard_id, "node": runtime.node_id})
             try:
                 yield shard

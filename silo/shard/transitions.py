@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 
 from silo.errors import FailedPrecondition
-from silo.model import JobStatus, RetryPolicy
+from silo.model import JobState, JobStatus, RetryPolicy
 
 S = JobStatus
 
@@ -30,19 +30,121 @@ ALLOWED: dict[Operation, frozenset[JobStatus]] = {
     Operation.RESULT: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED}),
 }
 
+class Event(Enum):
+    """Something that happens to a job and may change its status."""
+
+    ENQUEUE = "enqueue"
+    LEASE = "lease"
+    SUCCEED = "succeed"
+    """The running attempt succeeded."""
+    FAIL = "fail"
+    """The running attempt failed and the retry budget is spent."""
+    RETRY = "retry"
+    """The running attempt failed and another attempt is queued."""
+    CANCEL = "cancel"
+    """A scheduled job is cancelled, or a running attempt ends cancelled."""
+    RESTART = "restart"
+    EXPEDITE = "expedite"
+    """A scheduled job's queued task is made due now (the status stays SCHEDULED)."""
+
+
+TRANSITIONS: dict[tuple[JobStatus | None, Event], JobStatus] = {
+    (None, Event.ENQUEUE): S.SCHEDULED,
+    (S.SCHEDULED, Event.LEASE): S.RUNNING,
+    (S.SCHEDULED, Event.CANCEL): S.CANCELLED,  # cancel before it ran
+    (S.SCHEDULED, Event.EXPEDITE): S.SCHEDULED,
+    (S.RUNNING, Event.SUCCEED): S.SUCCEEDED,
+    (S.RUNNING, Event.FAIL): S.FAILED,
+    (S.RUNNING, Event.CANCEL): S.CANCELLED,
+    (S.RUNNING, Event.RETRY): S.SCHEDULED,
+    (S.FAILED, Event.RESTART): S.SCHEDULED,
+    (S.CANCELLED, Event.RESTART): S.SCHEDULED,
+}
+"""The one table of legal (status, event) pairs and the status each leads to. A cancel of a
+running job only flags it: its status changes when the attempt ends (``RUNNING, CANCEL``)."""
+
 LEGAL_TRANSITIONS: frozenset[tuple[JobStatus | None, JobStatus]] = frozenset(
-    {
-        (None, S.SCHEDULED),  # enqueue
-        (S.SCHEDULED, S.RUNNING),  # lease
-        (S.SCHEDULED, S.CANCELLED),  # cancel before it ran
-        (S.RUNNING, S.SUCCEEDED),
-        (S.RUNNING, S.FAILED),
-        (S.RUNNING, S.CANCELLED),
-        (S.RUNNING, S.SCHEDULED),  # retry
-        (S.FAILED, S.SCHEDULED),  # restart
-        (S.CANCELLED, S.SCHEDULED),  # restart
-    }
+    (old, new) for (old, _), new in TRANSITIONS.items() if old != new
 )
+"""Every status change a ``status_changed`` event may report (the simulator checks them)."""
+
+
+class IllegalTransition(AssertionError):
+    """An event applied to a job in a status the transition table does not allow: a bug."""
+
+    def __init__(self, status: JobStatus | None, event: Event) -> None:
+        name = "no job" if status is None else status.name
+        super().__init__(f"illegal transition: {event.value} on {name}")
+        self.status = status
+        self.event = event
+
+
+def next_status(status: JobStatus | None, event: Event) -> JobStatus:
+    """The status ``event`` leads to from ``status``; raises :class:`IllegalTransition`."""
+    try:
+        return TRANSITIONS[(status, event)]
+    except KeyError:
+        raise IllegalTransition(status, event) from None
+
+
+# -- next-state functions (pure: each returns a new JobState, the argument is left as it is) --
+
+
+def enqueued(now_ms: int) -> JobState:
+    """A new job's state, before its first task is queued."""
+    return JobState(next_status(None, Event.ENQUEUE), now_ms)
+
+
+def leased(state: JobState, now_ms: int, task_id: str) -> JobState:
+    """The job's queued task ``task_id`` is handed to a worker: a new running attempt."""
+    new = state.copy()
+    new.status = next_status(state.status, Event.LEASE)
+    new.changed_at_ms = now_ms
+    new.task = None
+    new.next_attempt_at_ms = None
+    new.run_attempts = state.run_attempts + 1
+    new.lease_task_id = task_id
+    return new
+
+
+def attempt_ended(state: JobState, now_ms: int, event: Event) -> JobState:
+    """The running attempt ended (``SUCCEED``, ``FAIL``, ``RETRY`` or ``CANCEL``); its lease and
+    slots are gone. After ``RETRY`` the caller queues the next attempt's task."""
+    if event not in (Event.SUCCEED, Event.FAIL, Event.RETRY, Event.CANCEL):
+        raise IllegalTransition(state.status, event)
+    new = state.copy()
+    new.status = next_status(state.status, event)
+    new.changed_at_ms = now_ms
+    new.lease_task_id = None
+    new.held = 0
+    return new
+
+
+def cancelled(state: JobState, now_ms: int) -> JobState:
+    """A scheduled job is cancelled (the caller removes its queued task)."""
+    if state.status != S.SCHEDULED:
+        raise IllegalTransition(state.status, Event.CANCEL)
+    new = state.copy()
+    new.status = next_status(state.status, Event.CANCEL)
+    new.changed_at_ms = now_ms
+    return new
+
+
+def restarted(state: JobState, now_ms: int) -> JobState:
+    """A FAILED or CANCELLED job gets a new run with a fresh retry budget (the caller queues
+    its task)."""
+    new = state.copy()
+    new.status = next_status(state.status, Event.RESTART)
+    new.changed_at_ms = now_ms
+    new.run_attempts = 0
+    new.held = 0
+    return new
+
+
+def expedited(state: JobState) -> JobState:
+    """A scheduled job whose queued task the caller makes due now."""
+    next_status(state.status, Event.EXPEDITE)
+    return state.copy()
 
 
 def require(op: Operation, status: JobStatus) -> None:

@@ -13,7 +13,7 @@ import trio
 
 from silo.client import SiloClient, pack, unpack
 from silo.errors import Code
-from silo.shard.limits import MIB, ShardLimits
+from silo.shard.validation import MIB, ShardLimits
 from silo.wire import pb
 from tests.integration.conftest import StartNode
 from tests.integration.support import Node, Raw, expect_error, outcome_for
