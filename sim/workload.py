@@ -3,8 +3,8 @@ an operator, and the standard fault-phase / heal / liveness run.
 
 :meth:`Workload.draw` draws every knob of :data:`KNOBS` from the seed, most at a typical value and
 a few at an edge (FoundationDB-style), up to the input limits of
-:class:`silo.shard.limits.ShardLimits`: retry policies over their whole valid range, payloads and
-results from empty to their limit, 1-4 shared limits per job, start times from the past to years
+:class:`silo.shard.validation.ShardLimits`: retry policies over their whole valid range, payloads
+and results from empty to their limit, 1-4 shared limits per job, start times from the past to years
 ahead, ids and tenants of maximal length in odd Unicode, many tenants and task groups, and the
 dishonest actors of :mod:`sim.actors`. A scenario is ``Workload.draw(rng, sim.param, **its
 overrides)`` plus a fault plan.
@@ -29,7 +29,7 @@ from silo.client.types import Cancel, Fail, pack
 from silo.client.worker import TaskContext
 from silo.errors import Code, SiloError
 from silo.model import ConcurrencyLimit, Limit, NewJob, RateLimit, RetryPolicy
-from silo.shard.limits import ShardLimits
+from silo.shard.validation import ShardLimits
 from sim.hosts import ClientHost
 from sim.network import NetConfig
 from sim.simulator import FaultPlan, Simulator

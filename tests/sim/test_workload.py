@@ -9,7 +9,7 @@ import pytest
 
 from silo.client.types import pack
 from silo.model import NewJob
-from silo.shard.limits import ShardLimits, check_job_limits, check_retry
+from silo.shard.validation import ShardLimits, check_job_limits, check_retry
 from sim.workload import (
     GATED_EDGES,
     KNOBS,
