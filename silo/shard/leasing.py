@@ -107,6 +107,8 @@ class Leasing(ShardRoom):
         lim.check_worker_id(self._limits, worker_id)
         lim.check_task_group(self._limits, task_group)
         lim.check_max_tasks(self._limits, max_tasks)
+        if self._rt.faults.buggify("shard.lease.batch_one"):
+            max_tasks = 1
         # Due timers first, in their own batch, so that the lease sees them in the queue.
         async with self._commit.operation(
             empty=EmptyBatch.NOTHING, refusal_barrier=False, prelude=self._promote_all_due
@@ -416,11 +418,12 @@ class Leasing(ShardRoom):
         when the job was cancelled); returns how many were reaped."""
         if self._rt.faults.mutation("no-reaper"):
             return 0
+        batch = 1 if self._rt.faults.buggify("shard.reap.batch_one") else REAP_BATCH
         async with self._commit.operation(empty=EmptyBatch.NOTHING, refusal_barrier=False) as txn:
             expired: list[str] = []
             for ek, task_id in self._mirror.expiries.items():
                 _, (expiry, _) = keys.parse(ek)
-                if int(expiry) > txn.now or len(expired) >= REAP_BATCH:
+                if int(expiry) > txn.now or len(expired) >= batch:
                     break
                 expired.append(task_id)
             await txn.prefetch(self._lease_keys([self._mirror.leases.get(t) for t in expired]))
