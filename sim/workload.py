@@ -201,6 +201,9 @@ class Workload:
     task_group_names: list[str] = field(default_factory=list)
     edges_taken: tuple[str, ...] = ()
     """The knobs :meth:`draw` set to an edge value."""
+    max_payloads_left: int = 40
+    """How many more jobs may get a payload of exactly payload_max_bytes (memory bound; 40 is
+    more than a 16 MiB lease reply holds)."""
 
     @classmethod
     def draw(cls, rng: random.Random, param: Callable[[str, Any], Any], *, edges: bool = True,
@@ -430,7 +433,9 @@ def _widen(rng: random.Random, w: Workload, n: int, plan: JobPlan) -> None:
         x = rng.random()
         if mode == "empty" and x < 0.3:
             plan.payload = None
-        elif mode == "max" and x < 0.15:
+        elif mode == "max" and x < (0.6 if w.payload_mode == "max" else 0.15) and (
+                w.max_payloads_left > 0):
+            w.max_payloads_left -= 1
             payload["p"] = b""  # filled to the limit last, once every other field is in
     else:
         payload["p"] = b"\x00" * rng.randint(0, 64)
