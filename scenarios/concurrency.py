@@ -2,7 +2,7 @@
 loss and duplication, a node crash and restart. A queue never holds more slots than its max.
 
 Parameters: 2-4 queues with a fixed max of 1-3 each, 70-100% of jobs carrying 1-2 of them
-(acquired in queue order, so no two jobs wait on each other), tenants 1-3, jobs 20-45, message
+(named in a random order: the shard acquires them in queue order), tenants 1-3, jobs 20-45, message
 drop/duplicate 0-4% each, a crash every 5-15 s (restart after 0.1-2 s), shards 1-2, lease 1-3 s,
 durations 0-600 ms, 0-20% planned failures with up to 2 retries.
 
@@ -26,7 +26,7 @@ async def run(sim: Simulator, rng: random.Random) -> None:
         concurrency=Span(2, 6), max_duration_ms=Span(100, 600), future_ms=(200, 3000),
         fault_s=Span(6.0, 15.0), bound_s=150.0, limit_mode="none",
         limits=concurrency_mix(maxes, p("limited_prob", round(rng.uniform(0.7, 1.0), 3)),
-                               max_per_job=2),
+                               max_per_job=2, any_order=True),
     )
     faults = FaultPlan(
         rates={

@@ -45,6 +45,12 @@ class Prefix(IntEnum):
     CONCURRENCY_HOLDER = 0x0C
     FLOATING_LIMIT = 0x0D
     RATE_BUCKET = 0x0E
+    ATTEMPT_HIGH_WATER = 0x0F
+    """Per deleted (tenant, job id): the highest attempt number it used (see
+    :func:`silo.shard.tables.attempt_high_water_key`)."""
+    QUARANTINE = 0xE0
+    """Rows set aside because the shard could not process them (see
+    :func:`silo.shard.tables.quarantine_key`)."""
     META = 0xF0
 
 

@@ -47,6 +47,9 @@ class AttemptState(IntEnum):
     SUCCEEDED = 2
     FAILED = 3
     CANCELLED = 4
+    UNDELIVERED = 5
+    """The lease expired before the worker acknowledged it: the job was re-queued without
+    charging its retry budget (DESIGN §4 "Delivery")."""
 
 
 TIMER = 0
@@ -56,6 +59,17 @@ PARKED = 2
 
 WORKER_CRASHED = "WORKER_CRASHED"
 """The failure code recorded when a lease expires without a report."""
+INTERNAL_ERROR = "INTERNAL_ERROR"
+"""The failure code of an attempt (or job) ended because the shard hit an unexpected error on
+it (a poison item: DESIGN §4 "No poison")."""
+"""The failure code recorded when an acknowledged lease expires without a report."""
+
+TASK_TOO_LARGE = "TASK_TOO_LARGE"
+"""The failure code of a job whose task alone does not fit in a LeaseTasks reply."""
+
+MAX_UNDELIVERED = 3
+"""Unacknowledged lease expiries a job may have per (re)start before the next one counts as a
+``WORKER_CRASHED`` failure (DESIGN §4 "Delivery")."""
 
 
 def _pack(obj: Any) -> bytes:
@@ -63,20 +77,34 @@ def _pack(obj: Any) -> bytes:
 
 
 def _unpack(key: bytes, data: bytes, version: int, arity: int) -> list[Any]:
+    return _unpack_versioned(key, data, {version: arity})[1]
+
+
+def _unpack_versioned(
+    key: bytes, data: bytes, arities: dict[int, int]
+) -> tuple[int, list[Any]]:
+    """Decode a record written in any of the format versions ``arities`` maps to their field
+    counts; returns ``(version, fields)``."""
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:
         raise CorruptRecord(key, f"not msgpack ({exc})") from exc
-    if not isinstance(obj, list) or len(obj) != arity + 1 or obj[0] != version:
-        raise CorruptRecord(key, f"expected a version-{version} record of {arity} fields")
-    return obj[1:]
+    if (
+        not isinstance(obj, list)
+        or not obj
+        or type(obj[0]) is not int
+        or arities.get(obj[0]) != len(obj) - 1
+    ):
+        wanted = " or ".join(f"version-{v} record of {n} fields" for v, n in arities.items())
+        raise CorruptRecord(key, f"expected a {wanted}")
+    return obj[0], obj[1:]
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """At most ``retry_count`` retries per (re)start; retry k waits
     ``min(initial_backoff_ms * backoff_factor**(k-1), max_backoff_ms)``, times a jitter in
-    [1, 2) when ``randomize`` is set."""
+    [1, 2) when ``randomize`` is set (computed by :func:`silo.shard.transitions.backoff_ms`)."""
 
     retry_count: int = 0
     initial_backoff_ms: int = 1000
@@ -96,11 +124,6 @@ class RetryPolicy:
     @classmethod
     def from_list(cls, data: list[Any]) -> RetryPolicy:
         return cls(int(data[0]), int(data[1]), int(data[2]), float(data[3]), bool(data[4]))
-
-    def backoff_ms(self, retry_number: int, jitter: float = 1.0) -> int:
-        """Delay before retry ``retry_number`` (1 for the first retry)."""
-        base = self.initial_backoff_ms * (self.backoff_factor ** (retry_number - 1))
-        return int(min(base, self.max_backoff_ms) * jitter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +229,8 @@ class JobInfo:
                 f[0], f[1], f[2], f[3], f[4], RetryPolicy.from_list(f[5]),
                 {k: v for k, v in f[6]}, f[7], f[8], tuple(limit_from_list(x) for x in f[9]),
             )
-        except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError,
+                OverflowError) as exc:
             raise CorruptRecord(key, f"bad job record ({exc})") from exc
 
 
@@ -221,6 +245,8 @@ class JobState:
     :data:`PARKED` (a request waiting for a concurrency slot). ``held`` counts the job's limits
     (a prefix of ``JobInfo.limits``) acquired by the queued or running attempt: a parked task
     waits on ``limits[held]``. ``lease_task_id`` is the task id of the running attempt.
+    ``undelivered`` counts the leases of this run that expired unacknowledged (they do not
+    count in ``run_attempts``); a restart resets it.
     """
 
     status: JobStatus
@@ -231,11 +257,12 @@ class JobState:
     task: tuple[int, int, int, str] | None = None
     lease_task_id: str | None = None
     held: int = 0
+    undelivered: int = 0
 
     def encode(self) -> bytes:
         return _pack(
             [
-                1,
+                2,
                 int(self.status),
                 self.changed_at_ms,
                 self.next_attempt_at_ms,
@@ -244,17 +271,21 @@ class JobState:
                 list(self.task) if self.task is not None else None,
                 self.lease_task_id,
                 self.held,
+                self.undelivered,
             ]
         )
 
     @classmethod
     def decode(cls, key: bytes, data: bytes) -> JobState:
-        f = _unpack(key, data, 1, 8)
+        """Reads version 2 and version 1 (written before ``undelivered`` existed: 0)."""
+        _, f = _unpack_versioned(key, data, {2: 9, 1: 8})
         try:
             t = f[5]
             task = (int(t[0]), int(t[1]), int(t[2]), str(t[3])) if t is not None else None
-            return cls(JobStatus(f[0]), f[1], f[2], f[3], f[4], task, f[6], int(f[7]))
-        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            undelivered = int(f[8]) if len(f) > 8 else 0
+            return cls(JobStatus(f[0]), f[1], f[2], f[3], f[4], task, f[6], int(f[7]),
+                       undelivered)
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError) as exc:
             raise CorruptRecord(key, f"bad status record ({exc})") from exc
 
     def copy(self) -> JobState:
@@ -267,6 +298,7 @@ class JobState:
             self.task,
             self.lease_task_id,
             self.held,
+            self.undelivered,
         )
 
 
@@ -352,7 +384,12 @@ class Task:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """A worker's claim on a task until ``expiry_ms`` (``attempt == 0``: a refresh task)."""
+    """A worker's claim on a task until ``expiry_ms`` (``attempt == 0``: a refresh task).
+
+    ``acked`` is False from the commit of the lease until the worker acknowledges it (a
+    TaskAck on a later LeaseTasks, a heartbeat or a report): an unacknowledged lease that
+    expires was never delivered (DESIGN §4 "Delivery").
+    """
 
     task_id: str
     tenant: str
@@ -362,11 +399,12 @@ class Lease:
     worker_id: str
     leased_at_ms: int
     expiry_ms: int
+    acked: bool = True
 
     def encode(self) -> bytes:
         return _pack(
             [
-                1,
+                2,
                 self.task_id,
                 self.tenant,
                 self.job_id,
@@ -375,13 +413,20 @@ class Lease:
                 self.worker_id,
                 self.leased_at_ms,
                 self.expiry_ms,
+                self.acked,
             ]
         )
 
     @classmethod
     def decode(cls, key: bytes, data: bytes) -> Lease:
-        f = _unpack(key, data, 1, 8)
-        return cls(*f)
+        """Reads version 2 and version 1 (written before acknowledgements: counts as acked)."""
+        _, f = _unpack_versioned(key, data, {2: 9, 1: 8})
+        try:
+            acked = bool(f[8]) if len(f) > 8 else True
+            return cls(str(f[0]), str(f[1]), str(f[2]), int(f[3]), str(f[4]), str(f[5]),
+                       int(f[6]), int(f[7]), acked)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise CorruptRecord(key, f"bad lease record ({exc})") from exc
 
     @property
     def is_refresh(self) -> bool:
@@ -455,18 +500,29 @@ class QueueState:
 
 @dataclass(frozen=True, slots=True)
 class RateBucket:
-    """A token bucket: ``tokens`` (may be negative: reserved ahead) as of ``updated_ms``."""
+    """A token bucket: ``tokens`` (may be negative: reserved ahead) as of ``updated_ms``.
+
+    ``full_at_ms`` is when the bucket will have refilled to its limit (None in records written
+    before it was kept): from then on it is indistinguishable from no bucket at all, and its row
+    is deleted."""
 
     tokens: float
     updated_ms: int
+    full_at_ms: int | None = None
 
     def encode(self) -> bytes:
-        return _pack([1, self.tokens, self.updated_ms])
+        return _pack([2, self.tokens, self.updated_ms, self.full_at_ms])
 
     @classmethod
     def decode(cls, key: bytes, data: bytes) -> RateBucket:
-        f = _unpack(key, data, 1, 2)
-        return cls(float(f[0]), int(f[1]))
+        try:
+            f = _unpack(key, data, 2, 3)
+        except CorruptRecord:
+            f = [*_unpack(key, data, 1, 2), None]
+        try:
+            return cls(float(f[0]), int(f[1]), None if f[2] is None else int(f[2]))
+        except (TypeError, ValueError) as exc:
+            raise CorruptRecord(key, f"bad rate bucket record ({exc})") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,9 @@ same shards and their data.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ import trio
 from silo.cluster.shard_map import ShardMap
 from silo.errors import InvalidArgument, NotFound
 from silo.model import LeasedTask
+from silo.reply_size import max_reply_bytes, task_reply_bytes
 from silo.runtime import Runtime
 from silo.shard import JobShard, ShardConfig, open_shard
 from silo.shard.validation import check_max_tasks, check_task_group, check_worker_id
@@ -25,6 +27,10 @@ SHARD_OWNER_METADATA = "silo-shard-owner"
 """Trailing metadata key carrying the address of the node that owns a requested shard."""
 
 MAX_LEASE_WAIT_MS = 30_000
+
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+log = logging.getLogger("silo.node")
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,9 @@ class NodeConfig:
     advertise_address: str = ""
     """The gRPC address clients use to reach this node (shown in the cluster info)."""
     shard: ShardConfig = field(default_factory=ShardConfig)
+    max_reply_bytes: int = max_reply_bytes(DEFAULT_MAX_MESSAGE_BYTES)
+    """Byte budget of the tasks in one LeaseTasks reply (the server's ``max_message_bytes``
+    minus headroom): a lease round never leases more than fits."""
 
 
 @dataclass(frozen=True)
@@ -79,13 +88,37 @@ class SiloNode:
         if event is not None:
             event.set()
 
+    def acks_by_shard(self, acks: Iterable[tuple[int, str]]) -> dict[int, list[str]]:
+        """Delivery acknowledgements ``(shard, task_id)`` grouped by the local shard they
+        belong to (in shard order, duplicates dropped); acks for shards this node does not
+        serve are ignored (the lease, if any, is acknowledged by its heartbeats instead)."""
+        out: dict[int, list[str]] = {}
+        for shard_id, task_id in acks:
+            if shard_id in self.shards:
+                ids = out.setdefault(shard_id, [])
+                if task_id not in ids:
+                    ids.append(task_id)
+        return {s: out[s] for s in sorted(out)}
+
+    def check_acks(self, acks: Sequence[tuple[int, str]]) -> None:
+        """INVALID_ARGUMENT when a LeaseTasks carries more acks than one lease can hand out."""
+        limit = self.config.shard.limits.max_tasks_per_lease
+        if len(acks) > limit:
+            raise InvalidArgument(
+                f"{len(acks)} acks in one LeaseTasks; max_tasks_per_lease is {limit}"
+            )
+
     async def lease_any(
-        self, worker_id: str, task_group: str, max_tasks: int, wait_ms: int = 0
+        self, worker_id: str, task_group: str, max_tasks: int, wait_ms: int = 0, *,
+        acks: Sequence[tuple[int, str]] = (),
     ) -> list[LeasedFromShard]:
         """Lease up to ``max_tasks`` from this node's shards, waiting up to ``wait_ms`` for work.
 
-        Shards are visited in a rotating order so no shard starves another. Once
-        :meth:`stop_long_polls` has been called, waiting calls return at once.
+        Shards are visited in a rotating order so no shard starves another; the tasks of all of
+        them share one reply byte budget (``max_reply_bytes``). ``acks`` acknowledge tasks this
+        worker received earlier; they are applied before any wait, in the lease's own batch on
+        each shard leased from. Once :meth:`stop_long_polls` has been called, waiting calls
+        return at once.
         """
         limits = self.config.shard.limits
         check_worker_id(limits, worker_id)
@@ -93,11 +126,15 @@ class SiloNode:
         check_max_tasks(limits, max_tasks)
         if not 0 <= wait_ms <= MAX_LEASE_WAIT_MS:
             raise InvalidArgument(f"wait_ms {wait_ms} is outside 0..{MAX_LEASE_WAIT_MS}")
+        self.check_acks(acks)
+        pending_acks = self.acks_by_shard(acks)
         deadline = trio.current_time() + wait_ms / 1000
         while True:
             if self._draining:
+                await self.apply_acks(worker_id, pending_acks)
                 return []
-            out = await self._lease_round(worker_id, task_group, max_tasks)
+            out = await self._lease_round(worker_id, task_group, max_tasks, pending_acks)
+            pending_acks = {}
             remaining = deadline - trio.current_time()
             if out or remaining <= 0 or self._draining:
                 if not out and wait_ms:
@@ -113,6 +150,19 @@ class SiloNode:
                 await event.wait()
             if event.is_set():
                 self.runtime.faults.sometimes("node.lease.long_poll_woken")
+
+    async def apply_acks(self, worker_id: str, acks: Mapping[int, Sequence[str]]) -> None:
+        """Acknowledge ``acks`` on their shards (a shard that fails is logged and skipped: its
+        leases are then acknowledged by their heartbeats)."""
+        for shard_id, task_ids in acks.items():
+            shard = self.shards.get(shard_id)
+            if shard is None or not task_ids:
+                continue
+            try:
+                await shard.acknowledge(worker_id, task_ids)
+            except Exception as exc:  # noqa: BLE001 - one shard must not fail the others
+                log.warning("shard %d: acknowledging %d tasks failed: %s", shard_id,
+                            len(task_ids), exc)
 
     def stop_long_polls(self) -> None:
         """Shutdown is starting: answer every waiting :meth:`lease_any` now (with no tasks) and
@@ -136,24 +186,49 @@ class SiloNode:
         return [self.shards[i] for i in sorted(self.shards)]
 
     async def _lease_round(
-        self, worker_id: str, task_group: str, max_tasks: int
+        self, worker_id: str, task_group: str, max_tasks: int,
+        acks: Mapping[int, Sequence[str]] | None = None,
     ) -> list[LeasedFromShard]:
+        """One pass over the shards. What was leased is returned even when a later shard
+        fails (the failure is logged and that shard skipped): a committed lease that is not
+        sent would be lost until it expires. Only when nothing was leased does the first
+        failure reach the caller. Acks of shards not leased from are applied on their own."""
+        acks = dict(acks or {})
         shards = self._ordered_shards()
         if not shards:
             return []
         self._lease_rotation = (self._lease_rotation + 1) % len(shards)
         shards = shards[self._lease_rotation :] + shards[: self._lease_rotation]
         out: list[LeasedFromShard] = []
+        used_bytes = 0
+        budget = self.config.max_reply_bytes
+        first_error: Exception | None = None
         for shard in shards:
-            if len(out) >= max_tasks:
+            if len(out) >= max_tasks or used_bytes >= budget:
                 break
             if not shard.has_ready_tasks(task_group):
                 continue
+            shard_acks = acks.pop(shard.shard_id, ())
             want = max_tasks - len(out)
             if want > 1 and self.runtime.faults.buggify("node.lease.fewer_tasks"):
                 want = (want + 1) // 2
-            tasks = await shard.lease_tasks(worker_id, task_group, want)
+            try:
+                tasks = await shard.lease_tasks(
+                    worker_id, task_group, want, max_reply_bytes=budget,
+                    reply_bytes_used=used_bytes, acks=shard_acks,
+                )
+            except Exception as exc:  # noqa: BLE001 - keep what earlier shards leased
+                log.warning("shard %d: lease for task group %r failed: %s", shard.shard_id,
+                            task_group, exc)
+                first_error = first_error or exc
+                if shard_acks:
+                    acks[shard.shard_id] = shard_acks  # retried on their own below
+                continue
             out.extend(LeasedFromShard(shard.shard_id, t) for t in tasks)
+            used_bytes += sum(task_reply_bytes(t) for t in tasks)
+        await self.apply_acks(worker_id, acks)
+        if not out and first_error is not None:
+            raise first_error
         if len({leased.shard_id for leased in out}) > 1:
             self.runtime.faults.sometimes("node.lease.across_shards")
         return out

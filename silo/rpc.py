@@ -12,6 +12,13 @@ own channels and servers with the same failure semantics as the real grpclib tra
 - an error raised by the handler arrives as an :class:`RpcError` carrying the handler's gRPC status
   code, message and trailing metadata.
 
+Bidirectional streams (etcd's Watch and LeaseKeepAlive) use :class:`StreamingChannel`, a
+:class:`Channel` that can also open a :class:`ClientStream`; servers that stream register
+:data:`StreamHandler` functions (only the simulator serves streams today; silo's own API is
+unary). Messages of one stream arrive in order in each direction and are never lost, duplicated or
+reordered individually: the stream as a whole breaks instead (``UNAVAILABLE``), or silently stalls
+(a partition) until a deadline of the caller's own gives up and closes it.
+
 Handlers report failures by raising :class:`silo.errors.SiloError` (or :class:`RpcError`); any
 other exception becomes ``INTERNAL`` and is logged by the transport.
 """
@@ -28,9 +35,13 @@ __all__ = [
     "SILO_SERVICE",
     "CallContext",
     "Channel",
+    "ClientStream",
     "Connector",
     "Handler",
     "RpcError",
+    "ServerStream",
+    "StreamHandler",
+    "StreamingChannel",
     "method_path",
 ]
 
@@ -134,3 +145,62 @@ class Connector(Protocol):
         """A channel to ``address`` (``"host:port"``). May connect lazily: an unreachable address
         shows up as ``UNAVAILABLE`` on the first call, not here."""
         ...
+
+
+@runtime_checkable
+class ClientStream(Protocol):
+    """The client's end of one bidirectional streaming call.
+
+    Connects lazily: an unreachable server shows up as ``UNAVAILABLE`` on the first ``send`` or
+    ``recv``. Streams have no deadline of their own; a caller bounds ``recv`` with its own timeout
+    and then closes the stream (a ``recv`` cut short leaves the stream unusable).
+    """
+
+    async def send(self, message: bytes) -> None:
+        """Send one encoded message. Raises :class:`RpcError` once the call has failed."""
+        ...
+
+    async def recv(self) -> bytes | None:
+        """The next message from the server; ``None`` once the server ended the call with OK.
+
+        Raises :class:`RpcError` with the server's status, or ``UNAVAILABLE`` when the
+        connection breaks.
+        """
+        ...
+
+    async def close_send(self) -> None:
+        """Half-close: tell the server no more messages follow (responses keep arriving)."""
+        ...
+
+    async def aclose(self) -> None:
+        """End the call; if the server has not ended it yet, it is cancelled. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class StreamingChannel(Channel, Protocol):
+    """A :class:`Channel` that can also open bidirectional streams."""
+
+    async def open_stream(
+        self, method: str, *, metadata: dict[str, str] | None = None
+    ) -> ClientStream:
+        """A new stream calling ``method`` (a full path). May connect lazily: a server that
+        cannot be reached shows up on the first ``send`` or ``recv``."""
+        ...
+
+
+class ServerStream(Protocol):
+    """The server's end of a bidirectional streaming call, as a :data:`StreamHandler` sees it."""
+
+    async def recv(self) -> bytes | None:
+        """The next message from the client; ``None`` once the client half-closed."""
+        ...
+
+    async def send(self, message: bytes) -> None:
+        """Send one encoded message to the client."""
+        ...
+
+
+StreamHandler = Callable[[ServerStream, CallContext], Awaitable[None]]
+"""A streaming handler: returns to end the call with OK; raises SiloError/RpcError for a status.
+It is cancelled when the client goes away."""

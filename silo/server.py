@@ -15,6 +15,7 @@ from silo.config import ServerConfig
 from silo.http.app import serve_http
 from silo.http.metrics import Metrics, instrument
 from silo.node import NodeConfig, open_node
+from silo.reply_size import max_reply_bytes
 from silo.runtime import real_runtime
 from silo.service import SiloService
 from silo.shard import ShardConfig
@@ -29,6 +30,7 @@ def node_config(config: ServerConfig) -> NodeConfig:
         node_id=config.node_id,
         advertise_address=config.advertise_addr or config.grpc_addr,
         shard=ShardConfig(limits=config.limits, lease_ms=config.lease_ms),
+        max_reply_bytes=max_reply_bytes(config.max_message_bytes),
     )
 
 

@@ -18,6 +18,7 @@ from silo.shard.validation import check_tenant
 from silo.wire import (
     check_wire_format,
     job_to_pb,
+    leased_task_to_pb,
     new_job_from_pb,
     outcome_from_pb,
     pb,
@@ -130,38 +131,29 @@ class SiloService:
     # -- workers ----------------------------------------------------------------------------
 
     async def lease_tasks(self, req: pb.LeaseTasksRequest) -> pb.LeaseTasksResponse:
+        """Lease tasks, sized to fit the reply (``NodeConfig.max_reply_bytes``), and apply the
+        request's delivery acks (routed to each ack's shard; others are ignored)."""
+        acks = [(a.shard, a.task_id) for a in req.acks]
+        self.node.check_acks(acks)
         if req.all_shards:
             leased = await self.node.lease_any(
-                req.worker_id, req.task_group, req.max_tasks, req.wait_ms
+                req.worker_id, req.task_group, req.max_tasks, req.wait_ms, acks=acks
             )
             pairs = [(x.shard_id, x.task) for x in leased]
         else:
             shard = self.node.shard(req.shard)
-            tasks = await shard.lease_tasks(req.worker_id, req.task_group, req.max_tasks)
+            by_shard = self.node.acks_by_shard(acks)
+            own_acks = by_shard.pop(req.shard, [])
+            try:
+                tasks = await shard.lease_tasks(
+                    req.worker_id, req.task_group, req.max_tasks,
+                    max_reply_bytes=self.node.config.max_reply_bytes, acks=own_acks,
+                )
+            finally:
+                await self.node.apply_acks(req.worker_id, by_shard)
             pairs = [(req.shard, t) for t in tasks]
         return pb.LeaseTasksResponse(
-            tasks=[
-                pb.Task(
-                    shard=shard_id,
-                    task_id=t.task_id,
-                    tenant=t.tenant,
-                    job_id=t.job_id,
-                    attempt=t.attempt,
-                    task_group=t.task_group,
-                    payload=t.payload,
-                    priority=t.priority,
-                    metadata=dict(t.metadata),
-                    lease_expiry_ms=t.lease_expiry_ms,
-                    refresh=None
-                    if t.refresh is None
-                    else pb.RefreshInfo(
-                        queue=t.refresh.queue,
-                        current_max=t.refresh.current_max,
-                        metadata=dict(t.refresh.metadata),
-                    ),
-                )
-                for shard_id, t in pairs
-            ],
+            tasks=[leased_task_to_pb(shard_id, t) for shard_id, t in pairs],
             lease_ms=self.node.lease_ms,
         )
 

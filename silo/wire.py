@@ -23,6 +23,7 @@ from silo.model import (
     FloatingConcurrencyLimit,
     JobStatus,
     JobView,
+    LeasedTask,
     Limit,
     NewJob,
     Outcome,
@@ -301,6 +302,31 @@ def job_to_pb(view: JobView) -> pb.Job:
         attempts=[attempt_to_pb(a) for a in view.attempts or ()],
         limits=[limit_to_pb(x) for x in info.limits],
         waiting_for=view.waiting_for,
+        undelivered_count=state.undelivered,
+    )
+
+
+def leased_task_to_pb(shard_id: int, t: LeasedTask) -> pb.Task:
+    """One task of a LeaseTasks reply (its size is bounded by
+    :func:`silo.reply_size.task_reply_bytes`)."""
+    return pb.Task(
+        shard=shard_id,
+        task_id=t.task_id,
+        tenant=t.tenant,
+        job_id=t.job_id,
+        attempt=t.attempt,
+        task_group=t.task_group,
+        payload=t.payload,
+        priority=t.priority,
+        metadata=dict(t.metadata),
+        lease_expiry_ms=t.lease_expiry_ms,
+        refresh=None
+        if t.refresh is None
+        else pb.RefreshInfo(
+            queue=t.refresh.queue,
+            current_max=t.refresh.current_max,
+            metadata=dict(t.refresh.metadata),
+        ),
     )
 
 

@@ -1,12 +1,15 @@
 """Reading a shard's durable image straight off the simulated disk, and auditing it.
 
 The audit checks what must hold in *every* durable state of a shard, whatever the history:
-each job has its info and status rows; a SCHEDULED job has exactly its one queued task; a RUNNING
-job has exactly one lease and one RUNNING attempt; a terminal job holds no lease, no queued task
-and no RUNNING attempt; leases and their expiry index agree; the stored counters equal a recount
-of the status rows; every concurrency holder row belongs to the queued or running attempt of a
-non-terminal job (a row left behind would hold its slot forever: invariant 2), and a queue whose
-max never changed holds at most its max.
+each job has its info and status rows (and no attempt high-water row, which only a deleted id
+has); a SCHEDULED job has exactly its one queued task; a RUNNING job has exactly one lease and one
+RUNNING attempt; a job counts at most ``MAX_UNDELIVERED`` undelivered attempts since its
+(re)start, each stored as UNDELIVERED; a terminal job holds no lease, no queued task and no
+RUNNING attempt; leases and their expiry index agree; the stored counters equal a recount of the
+status rows; every concurrency holder row belongs to the queued or running attempt of a
+non-terminal job (a row left behind would hold its slot forever: invariant 2), a queue whose max
+never changed holds at most its max, and idle per-key state keeps no row (a queue with no
+holder, request or pending refresh; a counter at zero).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import msgpack
 from silo import keys
 from silo.keys import Prefix
 from silo.model import (
+    MAX_UNDELIVERED,
     PARKED,
     READY,
     TIMER,
@@ -54,6 +58,10 @@ class ShardImage:
     holders: dict[tuple[str, str], dict[str, tuple[str, int]]] = field(default_factory=dict)
     """(tenant, queue) -> holder task id -> (job id, attempt)."""
     queues: dict[tuple[str, str], QueueState] = field(default_factory=dict)
+    high_water: dict[JobKey, int] = field(default_factory=dict)
+    """Deleted (tenant, job id) -> the highest attempt number it used."""
+    requests: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(tenant, queue) -> parked requests."""
 
     @classmethod
     def parse(cls, items: list[tuple[bytes, bytes]]) -> ShardImage:
@@ -68,6 +76,9 @@ class ShardImage:
                 img.states[(str(t), str(j))] = JobState.decode(k, v)
             elif p in (Prefix.READY, Prefix.TIMER, Prefix.CONCURRENCY_REQUEST):
                 task = Task.decode(k, v)
+                if p == Prefix.CONCURRENCY_REQUEST:
+                    _, (t, q, *_rest) = keys.parse(k)
+                    img.requests[(str(t), str(q))] = img.requests.get((str(t), str(q)), 0) + 1
                 if not task.is_refresh:  # floating-limit refresh tasks belong to no job
                     img.queued.append((QUEUE_KINDS[p], task))
             elif p == Prefix.LEASE:
@@ -91,6 +102,9 @@ class ShardImage:
             elif p == Prefix.FLOATING_LIMIT:
                 _, (t, q) = keys.parse(k)
                 img.queues[(str(t), str(q))] = QueueState.decode(k, v)
+            elif p == Prefix.ATTEMPT_HIGH_WATER:
+                _, (t, j) = keys.parse(k)
+                img.high_water[(str(t), str(j))] = decode_int(k, v)
             elif p == Prefix.META and k.startswith(COUNTER_PREFIX):
                 img.counters[k] = decode_int(k, v)
         return img
@@ -155,11 +169,27 @@ def audit_holders(
     return problems
 
 
+def audit_idle_rows(img: ShardImage, where: str) -> list[tuple[int, str]]:
+    """Per-key state is deleted once idle: no queue row without a holder, a parked request or a
+    pending refresh, and no counter row holding zero (either reads the same as no row)."""
+    problems: list[tuple[int, str]] = []
+    for (tenant, queue), qs in sorted(img.queues.items()):
+        q = (tenant, queue)
+        if qs.refresh_task_id is None and not img.holders.get(q) and not img.requests.get(q):
+            problems.append((12, f"{where}: idle queue {queue!r} of tenant {tenant!r} (no "
+                                 f"holder, request or refresh) keeps its state row"))
+    for k, v in sorted(img.counters.items()):
+        if v == 0:
+            problems.append((12, f"{where}: counter {counter_name(k)} is stored as zero"))
+    return problems
+
+
 def audit_image(
     img: ShardImage, where: str, max_changed: frozenset[tuple[str, str]] = frozenset()
 ) -> list[tuple[int, str]]:
     """Problems found in one durable shard image, as ``(invariant, message)``."""
     problems: list[tuple[int, str]] = audit_holders(img, where, max_changed)
+    problems += audit_idle_rows(img, where)
     for key in sorted(set(img.infos) ^ set(img.states)):
         problems.append((3, f"{where}: job {key} has only one of its info/status rows"))
     queued: dict[JobKey, list[tuple[str, Task]]] = {}
@@ -209,6 +239,16 @@ def audit_image(
             if q:
                 problems.append((1, f"{where}: RUNNING job {key} still has queued task(s) {qs}: "
                                     f"it can be leased again"))
+        if key in img.high_water:
+            problems.append((4, f"{where}: job {key} exists beside the attempt high-water row "
+                                f"of a deleted job of that id ({img.high_water[key]})"))
+        if not 0 <= st.undelivered <= MAX_UNDELIVERED or st.run_attempts < 0:
+            problems.append((4, f"{where}: job {key} has undelivered={st.undelivered} (0.."
+                                f"{MAX_UNDELIVERED}) and run_attempts={st.run_attempts}"))
+        undelivered = sum(1 for a in atts.values() if a.state == AttemptState.UNDELIVERED)
+        if undelivered < st.undelivered:
+            problems.append((4, f"{where}: job {key} counts {st.undelivered} undelivered "
+                                f"attempts but only {undelivered} are stored"))
         if atts and max(atts) > st.attempt:
             problems.append((4, f"{where}: job {key} has attempt {max(atts)} above its attempt "
                                 f"counter {st.attempt}"))

@@ -12,7 +12,9 @@ events ever being emitted). Numbers are DESIGN §7's invariants:
    ``slot_granted`` / ``slot_released``, re-synced from the holder rows after a crash); the
    audit finds no holder row of a job that is terminal or of another attempt;
 3. only legal status transitions; RUNNING iff exactly one running attempt;
-4. attempts never leave a terminal state; attempt numbers strictly increase per job;
+4. attempts never leave a terminal state; attempt numbers strictly increase per job; an
+   undelivered attempt (a lease that expired unacknowledged) re-queues the job without charging
+   its retry budget, at most ``MAX_UNDELIVERED`` times per run;
 5. terminal jobs hold no lease and no queued task;
 6. no acknowledged enqueue is ever lost (and none is acknowledged before it is durable);
 7. liveness: checked by the simulator (every job terminal within the bound after healing);
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from silo.errors import Code
-from silo.model import DEFAULT_TENANT, READY, TIMER, Task
+from silo.model import DEFAULT_TENANT, MAX_UNDELIVERED, READY, TIMER, Task
 from silo.pb.silo import v1 as pb
 from silo.shard.tables import ready_key, timer_key
 from silo.shard.transitions import LEGAL_TRANSITIONS
@@ -57,7 +59,8 @@ LEGAL: frozenset[tuple[str | None, str]] = frozenset(
     (None if a is None else a.name, b.name) for a, b in LEGAL_TRANSITIONS
 )
 REAP_SLACK_S = 5.0
-"""How long (simulated seconds) a lease may stay past its expiry, on a serving node, unreaped."""
+"""How long (simulated seconds) a lease may stay past its monotonic expiry, on a serving node,
+unreaped."""
 
 
 def _host_name(host: Any) -> str:
@@ -99,21 +102,37 @@ class Queued:
     """TIMER, READY or PARKED (silo.model)."""
     limits_left: int = 0
     """Limits the task must still acquire before it is ready."""
+    due_mono_ms: int | None = None
+    """When it is due on the node's monotonic clock (DESIGN §4 "Deadlines"): the stored due
+    time relative to the wall time of the operation that queued it, from that operation's
+    monotonic reading (``mono_ms`` of the event). None: only wall times are known."""
 
-    def leasable(self, at_ms: int) -> bool:
-        """Could a lease at ``at_ms`` hand this task out? Ready tasks can; a due timer can only
-        when it has no limit left to acquire (the lease promotes due timers first); a parked
-        request, or a timer that must still acquire a limit, cannot."""
+    def leasable(self, at_ms: int, mono_ms: int | None = None) -> bool:
+        """Could a lease at ``at_ms`` (monotonic ``mono_ms``) hand this task out? Ready tasks
+        can; a due timer can only when it has no limit left to acquire (the lease promotes due
+        timers first); a parked request, or a timer that must still acquire a limit, cannot.
+        Timers fall due by the monotonic clock when both readings are known."""
         if self.where == READY:
             return True
-        return self.where == TIMER and self.limits_left == 0 and self.due_ms <= at_ms
+        if self.where != TIMER or self.limits_left != 0:
+            return False
+        if mono_ms is not None and self.due_mono_ms is not None:
+            return self.due_mono_ms <= mono_ms
+        return self.due_ms <= at_ms
 
 
 def _queued(f: dict[str, Any], attempt: int) -> Queued:
     where = f.get("where")
     if where is None:  # an event from before ``where`` existed
         where = READY if f["due_ms"] <= f["at_ms"] else TIMER
-    return Queued(attempt, f["due_ms"], where, f.get("limits_left") or 0)
+    return Queued(attempt, f["due_ms"], where, f.get("limits_left") or 0, _due_mono(f))
+
+
+def _due_mono(f: dict[str, Any]) -> int | None:
+    """The monotonic due time of the task an event queued (see :attr:`Queued.due_mono_ms`)."""
+    if f.get("mono_ms") is None or f.get("due_ms") is None:
+        return None
+    return f["mono_ms"] + f["due_ms"] - f["at_ms"]
 
 
 @dataclass
@@ -123,6 +142,10 @@ class LeaseModel:
     worker_id: str
     expiry_ms: int
     host: Any
+    deadline_s: float
+    """When the lease expires on the node's monotonic clock (simulated seconds, DESIGN §4
+    "Deadlines"): the stored wall expiry taken relative to the wall time it was written at (or,
+    after a restart, the node's wall time when it re-based its leases)."""
     overdue_since: float | None = None
 
 
@@ -145,6 +168,8 @@ class JobModel:
     last_task_id: str | None = None
     retry_count: int | None = None
     run_attempts: int = 0
+    undelivered: int = 0
+    """Undelivered attempts since the last (re)start (they do not count in run_attempts)."""
     ended: str | None = None  # state of the attempt that just ended, until the status follows
     history: list[str] = field(default_factory=list)
     enqueued_at: float = 0.0  # simulated seconds
@@ -201,6 +226,7 @@ class Checker:
         self.releases = 0
         self.cancels_seen_by_heartbeat = 0
         self.reaped = 0
+        self.undelivered = 0
 
     # -- reporting --------------------------------------------------------------------------
 
@@ -262,6 +288,8 @@ class Checker:
                       f"event: job_enqueued {f}")
             return
         j = JobModel(f["tenant"], f["job_id"], host, f["shard"], f["task_group"], f["priority"])
+        if old is not None:
+            j.attempt = old.attempt  # attempt numbers keep increasing across id reuse
         j.retry_count = f.get("retry_count")
         j.enqueued_at = self._now()
         j.note(f"enqueued due={f['due_ms']}")
@@ -312,6 +340,7 @@ class Checker:
             if old in TERMINAL:
                 j.cancel_flag = False  # restart clears the flag
                 j.run_attempts = 0  # and gives a fresh retry budget
+                j.undelivered = 0
             self._set_task(j, _queued(f, attempt))
         elif new in TERMINAL:
             if j.task is not None:
@@ -345,6 +374,8 @@ class Checker:
             want = {"SUCCEEDED"}
         elif ended == "CANCELLED" or j.cancel_flag:
             want = {"CANCELLED"}
+        elif ended == "UNDELIVERED":
+            want = {"SCHEDULED"}  # re-queued at once, the retry budget untouched
         elif j.retry_count is None:
             want = {"SCHEDULED", "FAILED"}
         elif j.run_attempts <= j.retry_count:
@@ -394,7 +425,8 @@ class Checker:
             self.fail(1, f"task {tid} of job {j.key} was leased but is still in the {where} "
                          f"queue on disk: it can be handed out again", j.describe(), ev)
             return
-        lease = LeaseModel(tid, attempt, f["worker_id"], f["expiry_ms"], host)
+        lease = LeaseModel(tid, attempt, f["worker_id"], f["expiry_ms"], host,
+                           self._now() + (f["expiry_ms"] - f["at_ms"]) / 1000)
         j.lease = lease
         j.last_task_id = tid
         j.attempts[attempt] = "RUNNING"
@@ -409,7 +441,7 @@ class Checker:
         for other in q.values():
             if other is j or other.task is None:
                 continue
-            if other.task.leasable(at) and other.priority < j.priority:
+            if other.task.leasable(at, f.get("mono_ms")) and other.priority < j.priority:
                 self.fail(
                     9,
                     f"shard {j.shard} task group {j.task_group!r}: leased job {j.key} "
@@ -428,6 +460,7 @@ class Checker:
         lease = self.jobs[key].lease
         assert lease is not None
         lease.expiry_ms = f["expiry_ms"]
+        lease.deadline_s = self._now() + (f["expiry_ms"] - f["at_ms"]) / 1000
         lease.overdue_since = None
 
     def _on_lease_ended(self, host: Any, f: dict[str, Any]) -> None:
@@ -450,7 +483,36 @@ class Checker:
         j.ended = j.attempts[a]
         if f["outcome"] == "reaped":
             self.reaped += 1
+        if f["outcome"] == "undelivered":
+            self.undelivered += 1
+            if j.attempts[a] not in ("UNDELIVERED", "CANCELLED"):
+                self.fail(4, f"undelivered attempt {a} of job {j.key} recorded as "
+                             f"{j.attempts[a]}", j.describe(), ev)
+                return
+            if j.undelivered >= MAX_UNDELIVERED:
+                self.fail(8, f"job {j.key}: attempt {a} counted undelivered after "
+                             f"{j.undelivered} undelivered attempts (at most {MAX_UNDELIVERED}; "
+                             f"then the expiry is a WORKER_CRASHED failure)", j.describe(), ev)
+                return
+            if j.attempts[a] == "UNDELIVERED":
+                j.undelivered += 1
+                j.run_attempts -= 1  # the retry budget is charged only for delivered leases
         j.lease = None
+
+    def _on_task_too_large(self, host: Any, f: dict[str, Any]) -> None:
+        """A queued task that can never fit in a LeaseTasks reply: its attempt is recorded
+        FAILED without a lease (the status change to FAILED follows)."""
+        j = self._job(f, "task_too_large")
+        if j is None:
+            return
+        a = f["attempt"]
+        j.note(f"task of attempt {a} too large ({f['size_bytes']} > {f['max_bytes']} bytes)")
+        if j.status != "SCHEDULED" or j.task is None or j.task.attempt != a or a in j.attempts:
+            self.fail(4, f"attempt {a} of job {j.key} failed as too large but was not its "
+                         f"queued task", j.describe(), f"event: task_too_large {f}")
+            return
+        j.attempts[a] = "FAILED"
+        j.max_leased = max(j.max_leased, a)
 
     def _on_cancel_requested(self, host: Any, f: dict[str, Any]) -> None:
         j = self._job(f, "cancel_requested")
@@ -475,7 +537,8 @@ class Checker:
         if j.task.where == READY or j.task.limits_left == 0:
             # Due now; a task that must still acquire limits is placed, and the task_moved
             # that follows says where it went.
-            self._set_task(j, Queued(f["attempt"], f["due_ms"], j.task.where, j.task.limits_left))
+            self._set_task(j, Queued(f["attempt"], f["due_ms"], j.task.where, j.task.limits_left,
+                                     f.get("mono_ms")))
 
     def _on_task_moved(self, host: Any, f: dict[str, Any]) -> None:
         j = self._job(f, "task_moved")
@@ -629,15 +692,15 @@ class Checker:
             if not getattr(host, "serving", True):
                 lease.overdue_since = None
                 continue
-            wall = host.clock.now_ms()
-            if wall <= lease.expiry_ms:
+            if now_s <= lease.deadline_s:
                 lease.overdue_since = None
                 continue
             if lease.overdue_since is None:
                 lease.overdue_since = now_s
             elif now_s - lease.overdue_since > REAP_SLACK_S:
-                self.fail(8, f"lease {tid} of job {key} expired at {lease.expiry_ms} (node wall "
-                             f"time now {wall}) and was not reaped within {REAP_SLACK_S}s",
+                self.fail(8, f"lease {tid} of job {key} expired at {lease.deadline_s:.3f}s on the "
+                             f"monotonic clock (stored wall expiry {lease.expiry_ms}; now "
+                             f"{now_s:.3f}s) and was not reaped within {REAP_SLACK_S}s",
                           j.describe(), *j.history[-6:])
                 return
 
@@ -716,6 +779,7 @@ class Checker:
             j.note(f"resync after crash: {st.status.name}")
             j.retry_count = img.infos[key].retry.retry_count
             j.run_attempts = st.run_attempts
+            j.undelivered = st.undelivered
             j.ended = None
             j.status = st.status.name
             j.attempt = st.attempt
@@ -724,14 +788,19 @@ class Checker:
             j.max_leased = max([j.max_leased, *atts])
             j.cancel_flag = key in img.cancels
             left = len(img.infos[key].limits) - st.held
+            # Re-based as the node re-bases its timers when the shard opens.
             self._set_task(
-                j, None if st.task is None else Queued(st.task[0], st.task[1], st.task[2], left)
+                j, None if st.task is None else Queued(
+                    st.task[0], st.task[1], st.task[2], left,
+                    st.task[1] - host.clock.now_ms() + host.clock.monotonic_ms(),
+                )
             )
             j.lease = None
             if st.lease_task_id is not None:
                 lease = img.leases[st.lease_task_id]
                 j.lease = LeaseModel(lease.task_id, lease.attempt, lease.worker_id,
-                                     lease.expiry_ms, host)
+                                     lease.expiry_ms, host,
+                                     self._now() + (lease.expiry_ms - host.clock.now_ms()) / 1000)
                 j.last_task_id = lease.task_id
                 self.live_leases[lease.task_id] = key
 

@@ -19,6 +19,8 @@ What the caller sees follows the :mod:`silo.rpc` contract:
 
 Any other exception from a handler is a crash of the code under test: the simulator records it
 and the run ends with exit status 3.
+
+Bidirectional streams (:meth:`SimNetwork.open_stream`) are in :mod:`sim.streams`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from silo.config import ServerConfig
 from silo.errors import Code, SiloError
 from silo.rpc import CallContext, Handler, RpcError
 from sim.faults import FaultBoard
+from sim.streams import SimClientStream, SimStreams
 from sim.trace import Trace
 
 if TYPE_CHECKING:
@@ -96,6 +99,7 @@ class SimNetwork:
         self._next_id = 0
         self.nursery: trio.Nursery | None = None
         self.calls = 0
+        self.streams = SimStreams(self)
 
     # -- topology ---------------------------------------------------------------------------
 
@@ -138,6 +142,13 @@ class SimNetwork:
                 if not call.done.is_set():
                     call.error = RpcError(Code.UNAVAILABLE, f"connection reset by {server.name}")
                     call.done.set()
+        self.streams.host_down(server)
+
+    async def open_stream(
+        self, src: str, address: str, method: str, metadata: dict[str, str] | None
+    ) -> SimClientStream:
+        """A stream from host ``src`` to ``address`` (see :mod:`sim.streams`)."""
+        return await self.streams.open(src, address, method, metadata)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -294,6 +305,11 @@ class SimChannel:
         metadata: dict[str, str] | None = None,
     ) -> bytes:
         return await self._net.call(self._src, self._address, method, request, timeout, metadata)
+
+    async def open_stream(
+        self, method: str, *, metadata: dict[str, str] | None = None
+    ) -> SimClientStream:
+        return await self._net.open_stream(self._src, self._address, method, metadata)
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

@@ -342,7 +342,7 @@ class Simulator:
         host = self.nodes[rng.choice(sorted(self.nodes))]
         delta = rng.randint(*self.plan.clock_jump_ms)
         self.board.count("clock.jump", f"{host.name} {delta:+d}ms")
-        host.clock.jump(delta)
+        host.clock.step_wall_ms(delta)
 
     async def _inject_worker_crash(self, rng: random.Random) -> None:
         live = [w for name, w in sorted(self.workers.items()) if w.running]

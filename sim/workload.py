@@ -16,11 +16,10 @@ on the seed, whichever worker runs it.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import trio
@@ -38,12 +37,11 @@ TYPICAL_PROB = 0.7
 """Each knob of a drawn workload is typical with this probability, else an edge value
 (FoundationDB-style: most runs turn a few knobs to an extreme)."""
 
-GATED_EDGES: frozenset[str] = frozenset({"poison_retry", "limit_any_order", "hung_handler"})
-"""Edges that wedge or crash today's code through defects being fixed now (issue 8: backoff
-overflow, so "wide" retry policies keep ``factor ** retry_count`` finite and "poison" is "wide";
-limit-order deadlock; hung handlers without a timeout). They are drawn (so seeds stay
-comparable) but replaced by a typical value unless ``SILO_SIM_ALL_EDGES=1`` is set; drop a name
-once its fix has landed."""
+GATED_EDGES: frozenset[str] = frozenset({"hung_handler"})
+"""Edges that wedge today's code through a defect being fixed now (issue 8: hung handlers hold
+their leases forever, no per-job timeout yet). They are drawn (so seeds stay comparable) but
+replaced by a typical value unless ``SILO_SIM_ALL_EDGES=1`` is set; drop a name once its fix has
+landed (the backoff overflow and the limit-order deadlock were, and are drawn now)."""
 
 DAY_MS = 24 * 3600 * 1000
 YEAR_MS = 365 * DAY_MS
@@ -225,10 +223,6 @@ class Workload:
             else:
                 value = typical(rng)
             values[name] = value
-        if values["retry_mode"] == "poison" and gated("poison_retry"):
-            values["retry_mode"] = "wide"
-        if values["limit_mode"] == "any_order" and gated("limit_any_order"):
-            values["limit_mode"] = "ordered"
         if values["hung_prob"] and gated("hung_handler"):
             values["hung_prob"] = 0.0
         if not _model_has_timeouts():
@@ -315,7 +309,7 @@ class JobPlan:
 def _wide_retry(rng: random.Random) -> RetryPolicy:
     cap = LIMITS.backoff_max_ms
     initial = rng.choice([0, rng.randint(1, 1000), rng.randint(1, cap), cap])
-    retry = RetryPolicy(
+    return RetryPolicy(
         retry_count=rng.choice([0, 1, rng.randint(0, LIMITS.retry_count_max),
                                 LIMITS.retry_count_max]),
         initial_backoff_ms=initial,
@@ -323,11 +317,6 @@ def _wide_retry(rng: random.Random) -> RetryPolicy:
         backoff_factor=rng.choice([1.0, round(rng.uniform(1.0, 100.0), 3), 100.0]),
         randomize=rng.random() < 0.5,
     )
-    if gated("poison_retry") and retry.backoff_factor > 1.0:
-        # Until the overflow fix lands: no more retries than factor ** n stays a finite float.
-        most = int(300 / math.log10(retry.backoff_factor))
-        retry = replace(retry, retry_count=min(retry.retry_count, most))
-    return retry
 
 
 def _fill(plan: dict[str, Any], limit: int) -> None:
@@ -675,16 +664,19 @@ def work_bound_s(w: Workload, jobs: list[JobPlan]) -> float:
 
 
 def concurrency_mix(maxes: list[int], limited_prob: float, *, max_per_job: int = 1,
-                    prefix: str = "q") -> Any:
+                    prefix: str = "q", any_order: bool = False) -> Any:
     """A ``Workload.limits`` drawing 1..``max_per_job`` of the queues ``{prefix}{i}`` (each with
-    its fixed max ``maxes[i]``) for ``limited_prob`` of the jobs, in queue order (so no two jobs
-    can each hold a slot the other waits for)."""
+    its fixed max ``maxes[i]``) for ``limited_prob`` of the jobs, in queue order, or with
+    ``any_order`` in a random order (the shard acquires them in one canonical order whatever
+    the order given, so no two jobs can each hold a slot the other waits for)."""
 
     def draw(rng: random.Random, tenant: str) -> tuple[Limit, ...]:
         if rng.random() >= limited_prob:
             return ()
         k = rng.randint(1, min(max_per_job, len(maxes)))
         picked = sorted(rng.sample(range(len(maxes)), k))
+        if any_order:
+            rng.shuffle(picked)
         return tuple(ConcurrencyLimit(f"{prefix}{i}", maxes[i]) for i in picked)
 
     return draw

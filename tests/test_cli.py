@@ -355,3 +355,35 @@ def test_quickstart_end_to_end(tmp_path):
     assert "received SIGTERM; shutting down" in messages
     assert messages[-1] == "silo node node-1 stopped"
     assert all(line["level"] in ("debug", "info", "warning", "error") for line in lines)
+
+
+# -- siloctl job get: undelivered attempts ---------------------------------------------------
+
+
+def test_job_get_shows_undelivered_attempts() -> None:
+    import io
+
+    from silo.cli.ctl import Output, _print_job, job_dict
+    from silo.client.types import Job
+    from silo.model import Attempt, AttemptState, JobStatus, RetryPolicy
+
+    attempts = (
+        Attempt(1, "t-1", AttemptState.UNDELIVERED, "w1", 1_000, 31_000),
+        Attempt(2, "t-2", AttemptState.SUCCEEDED, "w1", 31_000, 31_500, result=b"\xc0"),
+    )
+    job = Job(
+        id="j", tenant="default", task_group="g", payload=None, priority=50,
+        retry=RetryPolicy(), metadata={}, enqueued_at_ms=1_000, start_at_ms=0,
+        status=JobStatus.SUCCEEDED, status_changed_at_ms=31_500, next_attempt_at_ms=None,
+        attempt_count=2, cancel_requested=False, cancelled_at_ms=None, attempts=attempts,
+        undelivered_count=1,
+    )
+    stream = io.StringIO()
+    _print_job(Output(False, stream), job)
+    text = stream.getvalue()
+    assert "UNDELIVERED" in text
+    assert "1 undelivered" in text
+    assert "acknowledged" in text
+    data = job_dict(job)
+    assert data["undelivered_count"] == 1
+    assert [a["state"] for a in data["attempts"]] == ["UNDELIVERED", "SUCCEEDED"]

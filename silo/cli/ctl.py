@@ -36,6 +36,7 @@ from silo.model import (
     DEFAULT_PRIORITY,
     DEFAULT_TENANT,
     Attempt,
+    AttemptState,
     ConcurrencyLimit,
     FloatingConcurrencyLimit,
     Limit,
@@ -277,6 +278,7 @@ def job_dict(job: Job) -> dict[str, Any]:
         "status_changed_at_ms": job.status_changed_at_ms,
         "next_attempt_at_ms": job.next_attempt_at_ms,
         "attempt_count": job.attempt_count,
+        "undelivered_count": job.undelivered_count,
         "cancel_requested": job.cancel_requested,
         "cancelled_at_ms": job.cancelled_at_ms,
     }
@@ -314,7 +316,8 @@ def _print_job(out: Output, job: Job) -> None:
         ("status", job.status.name + (" (cancel requested)" if job.cancel_requested
                                       and not job.status.terminal else "")),
         ("priority", str(job.priority)),
-        ("attempt count", str(job.attempt_count)),
+        ("attempt count", str(job.attempt_count)
+         + (f" ({job.undelivered_count} undelivered)" if job.undelivered_count else "")),
         ("enqueued at", format_ms(job.enqueued_at_ms)),
         ("start at", format_ms(job.start_at_ms)),
         ("status changed", format_ms(job.status_changed_at_ms)),
@@ -341,7 +344,9 @@ def _print_job(out: Output, job: Job) -> None:
         for col in ("#", "state", "worker", "started", "took", "outcome"):
             at.add_column(col, overflow="fold")
         for a in job.attempts:
-            if a.error_code:
+            if a.state == AttemptState.UNDELIVERED:
+                outcome = "lease expired before the worker acknowledged it; re-queued"
+            elif a.error_code:
                 outcome = f"{a.error_code} {_value_text(_decode(a.error_data))}"
             elif a.result is not None:
                 outcome = _value_text(_decode(a.result))

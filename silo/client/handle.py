@@ -68,6 +68,7 @@ class JobHandle:
             attempts=tuple(attempt_from_pb(a) for a in j.attempts) if attempts else None,
             limits=tuple(limit_from_pb(x) for x in j.limits),
             waiting_for=j.waiting_for,
+            undelivered_count=j.undelivered_count,
         )
 
     async def status(self) -> JobStatus:

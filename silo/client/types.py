@@ -46,6 +46,9 @@ class Job:
     limits: tuple[Limit, ...] = ()
     waiting_for: str = ""
     """For a scheduled job: what it waits for (start time, a concurrency slot, a rate token)."""
+    undelivered_count: int = 0
+    """Leases of this run that expired before the worker acknowledged them (re-queued without
+    charging the retry budget; their attempts show state UNDELIVERED)."""
 
     @property
     def terminal(self) -> bool:

@@ -18,6 +18,10 @@ Metric names and labels::
     silo_jobs_completed_total{shard, outcome}       counter  outcome: succeeded|failed|cancelled
     silo_jobs_retried_total{shard}                  counter
     silo_leases_reaped_total{shard}                 counter
+    silo_poison_items_total{shard}                  counter  items a loop, report or open could
+                                                             not process (job FAILED
+                                                             INTERNAL_ERROR or row quarantined)
+    silo_leases_undelivered_total{shard}            counter  expired unacknowledged: re-queued
     silo_synced_writes_total{shard}                 counter
     silo_write_groups_total{shard}                  counter
     silo_active_leases{shard}                       gauge
@@ -94,7 +98,17 @@ def _shard_families(stats: list[Any]) -> Iterator[Metric]:
     yield completed
 
     yield counter("silo_jobs_retried_total", "Failed attempts scheduled for retry.", "retried")
-    yield counter("silo_leases_reaped_total", "Leases that expired without a heartbeat.", "reaped")
+    yield counter("silo_leases_reaped_total", "Acknowledged leases that expired unreported.",
+                  "reaped")
+    yield counter("silo_leases_undelivered_total",
+                  "Leases that expired before the worker acknowledged them (re-queued).",
+                  "undelivered")
+    yield counter(
+        "silo_poison_items_total",
+        "Items the shard could not process: their job failed INTERNAL_ERROR or the row was "
+        "quarantined.",
+        "poison_items",
+    )
     yield counter("silo_synced_writes_total", "Synced (fsynced) store writes.", "synced_writes")
     yield counter("silo_write_groups_total", "Write groups committed.", "groups_committed")
 

@@ -9,13 +9,30 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import plyvel
 import trio
 
 from silo.runtime.disk import DiskError, WriteBatch
 
+T = TypeVar("T")
+
 _LIMITER = trio.CapacityLimiter(8)
+
+
+def _read(fn: Callable[..., T], *args: object) -> T:
+    """Run a plyvel read; a failure (corruption, I/O error) surfaces as :class:`DiskError`."""
+    try:
+        return fn(*args)
+    except plyvel.Error as exc:
+        raise DiskError(f"read failed: {exc}") from exc
+
+
+def _get_many_sync(reader, keys: list[bytes]) -> list[bytes | None]:  # noqa: ANN001
+    get = reader.get
+    return [get(k) for k in keys]
 
 
 def _scan_sync(
@@ -48,13 +65,13 @@ class LevelDBSnapshot:
         self._snap = snap
 
     async def get(self, key: bytes) -> bytes | None:
-        return await trio.to_thread.run_sync(self._snap.get, key, limiter=_LIMITER)
+        return await trio.to_thread.run_sync(_read, self._snap.get, key, limiter=_LIMITER)
 
     async def scan(
         self, start: bytes, end: bytes | None, *, reverse: bool = False, limit: int | None = None
     ) -> list[tuple[bytes, bytes]]:
         return await trio.to_thread.run_sync(
-            _scan_sync, self._snap, start, end, reverse, limit, limiter=_LIMITER
+            _read, _scan_sync, self._snap, start, end, reverse, limit, limiter=_LIMITER
         )
 
     def close(self) -> None:
@@ -70,19 +87,18 @@ class LevelDBStore:
         self._write_lock = threading.Lock()
 
     async def get(self, key: bytes) -> bytes | None:
-        return await trio.to_thread.run_sync(self._db.get, key, limiter=_LIMITER)
+        return await trio.to_thread.run_sync(_read, self._db.get, key, limiter=_LIMITER)
 
     async def get_many(self, keys: list[bytes]) -> list[bytes | None]:
-        get = self._db.get
         return await trio.to_thread.run_sync(
-            lambda: [get(k) for k in keys], limiter=_LIMITER
+            _read, _get_many_sync, self._db, keys, limiter=_LIMITER
         )
 
     async def scan(
         self, start: bytes, end: bytes | None, *, reverse: bool = False, limit: int | None = None
     ) -> list[tuple[bytes, bytes]]:
         return await trio.to_thread.run_sync(
-            _scan_sync, self._db, start, end, reverse, limit, limiter=_LIMITER
+            _read, _scan_sync, self._db, start, end, reverse, limit, limiter=_LIMITER
         )
 
     def _write_sync(self, ops: list[tuple[bytes, bytes | None]], sync: bool) -> None:

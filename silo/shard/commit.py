@@ -93,6 +93,9 @@ class CommitProtocol:
         """The shard lock: held while an operation reads and builds its batch."""
         self.closing = False
         """True once shutdown has started: operations are refused from then on."""
+        self.after_load: Callable[[Txn], Awaitable[None]] | None = None
+        """Called (lock held, in the first transaction after a load) when the load set rows
+        aside that it could not decode: the shard quarantines them."""
 
     # -- the one way to run an operation ----------------------------------------------------
 
@@ -166,12 +169,27 @@ class CommitProtocol:
         await self._mirror.load(self._store.kv)
 
     async def begin(self) -> Txn:
-        """Called with the lock held: repair after a failed write, then start a transaction."""
+        """Called with the lock held: repair after a failed write, then start a transaction.
+
+        A disk error while reloading is UNAVAILABLE (the next operation retries the repair).
+        """
         self.check_open()
         if self._store.broken:
-            await self.load()
+            try:
+                await self.load()
+            except DiskError as exc:
+                raise Unavailable(
+                    f"shard {self._shard_id}: reloading after a failed write: {exc}"
+                ) from exc
             self._store.repaired()
-        return Txn(self._store, self._rt.clock.now_ms())
+        txn = self.new_txn()
+        if self._mirror.corrupt and self.after_load is not None:
+            await self.after_load(txn)
+        return txn
+
+    def new_txn(self) -> Txn:
+        """A transaction on the clock readings of now (wall and monotonic, read together)."""
+        return Txn(self._store, self._rt.clock.now_ms(), self._rt.clock.monotonic_ms())
 
     async def finish(self, txn: Txn) -> _Commit | None:
         """Grant freed slots, then hand the transaction's batch to the writer and update the
@@ -179,7 +197,9 @@ class CommitProtocol:
         await self._regrant(txn)
         for counter, delta in txn.counter_deltas.items():
             if delta:
-                txn.ops[counter] = encode_int(self._mirror.counters.get(counter, 0) + delta)
+                value = self._mirror.counters.get(counter, 0) + delta
+                # A counter at zero keeps no row (it reads as zero either way).
+                txn.ops[counter] = encode_int(value) if value else None
         if not txn.ops:
             return None
         ops = list(txn.ops.items())
@@ -191,7 +211,7 @@ class CommitProtocol:
             # An earlier write failed while this operation was reading: it fails too, and
             # (like any failed write) only once the in-memory state has been rebuilt.
             return _Commit(None, self, exc)
-        self._mirror.apply(ops)
+        self._mirror.apply(ops, None if txn.mono is None else (txn.now, txn.mono))
         return _Commit(ticket, self)
 
     async def repair(self) -> None:

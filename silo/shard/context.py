@@ -32,7 +32,7 @@ class ShardContext:
     limiter: Limiter
     commit: CommitProtocol
     stats: dict[str, int]
-    """Operation counts since open: enqueued, leased, retried, reaped."""
+    """Operation counts since open: enqueued, leased, retried, reaped, undelivered."""
     completed: dict[str, int]
     """Jobs that reached each terminal status since open."""
 

@@ -5,27 +5,43 @@ Contract:
 - Leasing moves a task from the ready queue to a lease in one batch under the lock, so no task
   is ever handed out twice; every hand-out has a new attempt number and task id.
 - Outcome reports are idempotent per task id and fenced by task id and worker id.
-- :meth:`Leasing._end_attempt` is the single path by which a running attempt ends (report or
+- :meth:`Leasing.end_attempt` is the single path by which a running attempt ends (report or
   reap): it records the attempt, drops the lease, releases the job's slots and applies the
   job's next state (see :mod:`silo.shard.transitions`).
+- Delivery (DESIGN §4): a lease is committed unacknowledged; an ack on a later lease call (in
+  that call's batch), a heartbeat or a report acknowledges it. The reaper turns an expired
+  unacknowledged lease into an UNDELIVERED attempt and re-queues the job with its retry budget
+  intact, at most ``MAX_UNDELIVERED`` times per run; after that, and for any acknowledged
+  lease, an expiry is a ``WORKER_CRASHED`` failure.
+- A lease reply is sized while tasks are picked (:mod:`silo.reply_size`): no lease is committed
+  that the reply cannot carry; a task too large for any reply fails its job
+  ``TASK_TOO_LARGE``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import msgpack
 
 from silo import keys
-from silo.errors import FailedPrecondition, InvalidArgument, NotFound, SiloError
+from silo.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, SiloError
 from silo.keys import Prefix, key
 from silo.model import (
+    INTERNAL_ERROR,
+    MAX_UNDELIVERED,
     READY,
+    TASK_TOO_LARGE,
     TIMER,
     WORKER_CRASHED,
     Attempt,
     AttemptState,
     Cancelled,
     Failure,
+    JobInfo,
+    JobState,
     JobStatus,
     Lease,
     LeasedTask,
@@ -37,6 +53,7 @@ from silo.model import (
     concurrency_key,
     encode_int,
 )
+from silo.reply_size import Fit, ReplyBudget, task_reply_bytes
 from silo.shard import transitions
 from silo.shard import validation as lim
 from silo.shard.commit import EmptyBatch
@@ -45,6 +62,9 @@ from silo.shard.limiter import check_refresh_value, require_refresh_lease
 from silo.shard.tables import job_keys, timer_key
 from silo.shard.transitions import Event, retry_delay_ms
 from silo.shard.txn import Txn
+
+if TYPE_CHECKING:
+    from silo.shard.quarantine import PoisonItems
 
 REAP_BATCH = 500
 PROMOTE_BATCH = 1000
@@ -57,62 +77,90 @@ class HeartbeatResult:
 
 
 class Leasing(ShardRoom):
-    """Leases, heartbeats, outcome reports and reaping of one shard."""
+    """Leases, heartbeats, outcome reports and reaping of one shard.
+
+    Every item of a batch (a timer, a ready task, a report, an expired lease) is processed
+    under its own savepoint: one that raises unexpectedly is undone alone and handed to
+    :attr:`poison`, and the others go on (DESIGN §4 "No poison").
+    """
+
+    poison: PoisonItems
+    """Set by the shard once built (it needs :meth:`end_attempt`)."""
 
     # -- leasing ----------------------------------------------------------------------------
 
     async def promote_due(self) -> int:
-        """Promote every due timer into the ready queue; returns how many moved."""
+        """Promote every due timer into the ready queue, and delete the rows of rate buckets
+        that have refilled; returns how many timers moved."""
         async with self._commit.operation(empty=EmptyBatch.NOTHING, refusal_barrier=False) as txn:
             n = await self._promote_in(txn, PROMOTE_BATCH)
+            self._limiter.forget_full_buckets(txn, PROMOTE_BATCH)
         return n
 
     async def _promote_all_due(self, txn: Txn) -> int:
         return await self._promote_in(txn, PROMOTE_BATCH)
 
     async def _promote_in(self, txn: Txn, limit: int) -> int:
-        promoted = []
-        for task in self._mirror.timers.values():
-            if task.due_ms > txn.now or len(promoted) >= limit:
-                break
-            promoted.append(task)
+        """Promote up to ``limit`` timers due by the monotonic clock (DESIGN §4 "Deadlines");
+        a timer that cannot be processed is a poison item (see :mod:`silo.shard.quarantine`)."""
+        assert txn.mono is not None
+        promoted = self._mirror.due_timers(txn.mono, limit)
         await txn.prefetch(
             [k for t in promoted if not t.is_refresh for k in job_keys(t.tenant, t.job_id)[:2]]
         )
         for task in promoted:
-            if task.is_refresh:
-                self._limiter.promote_refresh(txn, task)
-                continue
-            txn.delete(timer_key(task))
-            info = await self._rows.info(txn, task.tenant, task.job_id)
-            state = await self._rows.state(txn, task.tenant, task.job_id)
-            if (
-                info is None
-                or state is None
-                or state.task is None
-                or state.task[2] != TIMER
-                or state.task[3] != task.task_id
-            ):
-                continue  # a stray timer (cannot happen while the tables agree): drop it
-            new = state.copy()
-            await self._limiter.place(txn, info, new, task, state.held)
-            self._rows.put_state(txn, info, state, new)
+            sp = txn.savepoint()
+            try:
+                await self._promote_one(txn, task)
+            except Exception as exc:
+                await self.poison.queued(txn, sp, timer_key(task), task.encode(), exc)
         return len(promoted)
 
+    async def _promote_one(self, txn: Txn, task: Task) -> None:
+        if task.is_refresh:
+            self._limiter.promote_refresh(txn, task)
+            return
+        txn.delete(timer_key(task))
+        info = await self._rows.info(txn, task.tenant, task.job_id)
+        state = await self._rows.state(txn, task.tenant, task.job_id)
+        if (
+            info is None
+            or state is None
+            or state.task is None
+            or state.task[2] != TIMER
+            or state.task[3] != task.task_id
+        ):
+            return  # a stray timer (cannot happen while the tables agree): drop it
+        new = state.copy()
+        await self._limiter.place(txn, info, new, task, state.held)
+        self._rows.put_state(txn, info, state, new)
+
     async def lease_tasks(
-        self, worker_id: str, task_group: str, max_tasks: int
+        self, worker_id: str, task_group: str, max_tasks: int, *,
+        max_reply_bytes: int | None = None, reply_bytes_used: int = 0,
+        acks: Sequence[str] = (),
     ) -> list[LeasedTask]:
         """Lease up to ``max_tasks`` due tasks of ``task_group``: highest priority (lowest
-        number) first, then earliest due."""
+        number) first, then earliest due.
+
+        With ``max_reply_bytes`` the tasks are sized as they are picked: picking stops before
+        the reply (of which ``reply_bytes_used`` is already taken, e.g. by other shards) would
+        exceed it; a task larger than a whole reply fails its job ``TASK_TOO_LARGE``. ``acks``
+        acknowledge this worker's earlier leases in the same batch (unknown ones and other
+        workers' are ignored).
+        """
         lim.check_worker_id(self._limits, worker_id)
         lim.check_task_group(self._limits, task_group)
         lim.check_max_tasks(self._limits, max_tasks)
         if self._rt.faults.buggify("shard.lease.batch_one"):
             max_tasks = 1
+        self._check_acks(acks)
+        budget = ReplyBudget(max_reply_bytes, reply_bytes_used)
         # Due timers first, in their own batch, so that the lease sees them in the queue.
         async with self._commit.operation(
             empty=EmptyBatch.NOTHING, refusal_barrier=False, prelude=self._promote_all_due
         ) as txn:
+            self._ack_in(txn, worker_id, acks)
             start, end = keys.prefix_range(Prefix.READY, task_group)
             picked: list[tuple[bytes, Task]] = []
             # Planted bug for the simulator: hand out the lowest priority first.
@@ -129,17 +177,28 @@ class Leasing(ShardRoom):
             out: list[LeasedTask] = []
             expiry = txn.now + self._lease_ms
             for rk, task in picked:
-                leased = await self._lease_one(txn, rk, task, worker_id, expiry)
+                sp = txn.savepoint()
+                try:
+                    fit, leased = await self._lease_one(txn, rk, task, worker_id, expiry, budget)
+                except Exception as exc:
+                    await self.poison.queued(txn, sp, rk, task.encode(), exc)
+                    continue
+                if fit == Fit.FULL:
+                    break
                 if leased is not None:
                     out.append(leased)
         self._stats["leased"] += len(out)
         return out
 
     async def _lease_one(
-        self, txn: Txn, rk: bytes, task: Task, worker_id: str, expiry: int
-    ) -> LeasedTask | None:
+        self, txn: Txn, rk: bytes, task: Task, worker_id: str, expiry: int,
+        budget: ReplyBudget,
+    ) -> tuple[Fit, LeasedTask | None]:
+        """Lease ``task`` if it fits in ``budget``: ``(FITS, leased)``. ``(FULL, None)`` leaves
+        it queued for a later reply; ``(TOO_LARGE, None)`` has failed its job; a stray queue
+        entry is dropped: ``(FITS, None)``."""
         if task.is_refresh:
-            return self._lease_refresh(txn, rk, task, worker_id, expiry)
+            return self._lease_refresh(txn, rk, task, worker_id, expiry, budget)
         info = await self._rows.info(txn, task.tenant, task.job_id)
         state = await self._rows.state(txn, task.tenant, task.job_id)
         if (
@@ -152,13 +211,24 @@ class Leasing(ShardRoom):
         ):
             # A stray queue entry (cannot happen while the tables are consistent): drop it.
             txn.delete(rk)
-            return None
+            return Fit.FITS, None
+        leased = LeasedTask(
+            task.task_id, task.tenant, task.job_id, task.attempt, task.task_group, info.payload,
+            info.priority, dict(info.metadata), expiry,
+        )
+        size = task_reply_bytes(leased)
+        fit = budget.fit(size)
+        if fit == Fit.TOO_LARGE:
+            self._fail_unsendable(txn, info, state, task, size, budget)
+        if fit != Fit.FITS:
+            return fit, None
+        budget.take(size)
         if not self._rt.faults.mutation("double-lease"):
             txn.delete(rk)
         new = transitions.leased(state, txn.now, task.task_id)
         lease = Lease(
             task.task_id, task.tenant, task.job_id, task.attempt, task.task_group, worker_id,
-            txn.now, expiry,
+            txn.now, expiry, acked=False,
         )
         txn.put(key(Prefix.LEASE, task.task_id), lease.encode())
         txn.put(key(Prefix.LEASE_EXPIRY, expiry, task.task_id), b"")
@@ -168,21 +238,51 @@ class Leasing(ShardRoom):
             "task_leased", shard=self.shard_id, task_id=task.task_id, tenant=task.tenant,
             job_id=task.job_id, attempt=task.attempt, worker_id=worker_id,
             task_group=task.task_group, priority=task.priority, due_ms=task.due_ms,
-            expiry_ms=expiry, at_ms=txn.now,
+            expiry_ms=expiry, at_ms=txn.now, mono_ms=txn.mono,
         )
         self._rows.put_state(txn, info, state, new)
-        return LeasedTask(
-            task.task_id, task.tenant, task.job_id, task.attempt, task.task_group, info.payload,
-            info.priority, dict(info.metadata), expiry,
+        return Fit.FITS, leased
+
+    def _fail_unsendable(
+        self, txn: Txn, info: JobInfo, state: JobState, task: Task, size: int,
+        budget: ReplyBudget,
+    ) -> None:
+        """End a job whose task can never fit in a LeaseTasks reply: FAILED ``TASK_TOO_LARGE``
+        (its queued task removed, its slots released, the attempt recorded), not retried."""
+        message = (
+            f"task of job {info.job_id!r} needs up to {size} bytes in a LeaseTasks reply, more "
+            f"than the reply budget of {budget.max_bytes} bytes (the server's "
+            f"max_message_bytes less headroom); it cannot be delivered"
         )
+        new = transitions.unsendable(state, txn.now)
+        self._limiter.unqueue_task(txn, info, new)
+        attempt = Attempt(task.attempt, task.task_id, AttemptState.FAILED, "", txn.now, txn.now,
+                          error_code=TASK_TOO_LARGE,
+                          error_data=msgpack.packb(message, use_bin_type=True))
+        txn.put(key(Prefix.ATTEMPT, info.tenant, info.job_id, task.attempt), attempt.encode())
+        txn.emit("task_too_large", shard=self.shard_id, tenant=info.tenant, job_id=info.job_id,
+                 attempt=task.attempt, task_id=task.task_id, size_bytes=size,
+                 max_bytes=budget.max_bytes, at_ms=txn.now)
+        self._completed["failed"] += 1
+        self._rows.put_state(txn, info, state, new)
 
     def _lease_refresh(
-        self, txn: Txn, rk: bytes, task: Task, worker_id: str, expiry: int
-    ) -> LeasedTask | None:
-        txn.delete(rk)
+        self, txn: Txn, rk: bytes, task: Task, worker_id: str, expiry: int,
+        budget: ReplyBudget,
+    ) -> tuple[Fit, LeasedTask | None]:
         qs = self._limiter.queue_state(txn, task.tenant, task.job_id)
         if qs is None or qs.refresh_task_id != task.task_id:
-            return None
+            txn.delete(rk)
+            return Fit.FITS, None
+        leased = LeasedTask(
+            task.task_id, task.tenant, task.job_id, 0, task.task_group, b"", task.priority, {},
+            expiry, RefreshRequest(task.job_id, qs.max_concurrency, dict(qs.metadata)),
+        )
+        size = task_reply_bytes(leased)
+        if budget.fit(size) != Fit.FITS:
+            return Fit.FULL, None  # small (bounded metadata): it waits for the next reply
+        budget.take(size)
+        txn.delete(rk)
         lease = Lease(
             task.task_id, task.tenant, task.job_id, 0, task.task_group, worker_id, txn.now, expiry
         )
@@ -192,10 +292,34 @@ class Leasing(ShardRoom):
             "refresh_leased", shard=self.shard_id, task_id=task.task_id, tenant=task.tenant,
             queue=task.job_id, worker_id=worker_id, expiry_ms=expiry, at_ms=txn.now,
         )
-        return LeasedTask(
-            task.task_id, task.tenant, task.job_id, 0, task.task_group, b"", task.priority, {},
-            expiry, RefreshRequest(task.job_id, qs.max_concurrency, dict(qs.metadata)),
-        )
+        return Fit.FITS, leased
+
+    # -- delivery acknowledgements ----------------------------------------------------------
+
+    def _check_acks(self, acks: Sequence[str]) -> None:
+        limit = self._limits.max_tasks_per_lease
+        if len(acks) > limit:
+            raise InvalidArgument(f"{len(acks)} acks in one call; max_tasks_per_lease is {limit}")
+
+    def _ack_in(self, txn: Txn, worker_id: str, task_ids: Sequence[str]) -> None:
+        """Mark this worker's unacknowledged leases among ``task_ids`` acknowledged, in
+        ``txn``'s batch (ids of ended, unknown or other workers' leases are ignored)."""
+        for task_id in task_ids:
+            lease = self._mirror.leases.get(task_id)
+            lk = key(Prefix.LEASE, task_id)
+            if lease is None or lease.acked or lease.worker_id != worker_id or lk in txn.ops:
+                continue
+            txn.put(lk, replace(lease, acked=True).encode())
+            txn.emit("lease_acked", shard=self.shard_id, task_id=task_id, tenant=lease.tenant,
+                     job_id=lease.job_id, attempt=lease.attempt, at_ms=txn.now)
+
+    async def acknowledge(self, worker_id: str, task_ids: Sequence[str]) -> None:
+        """Acknowledge delivery of this worker's leases ``task_ids`` in one batch (for acks of
+        a shard the worker's lease call did not lease from)."""
+        lim.check_worker_id(self._limits, worker_id)
+        self._check_acks(task_ids)
+        async with self._commit.operation(refusal_barrier=False) as txn:
+            self._ack_in(txn, worker_id, task_ids)
 
     async def report_refresh(
         self, worker_id: str, task_id: str, new_max: int | None, error: str | None = None
@@ -222,19 +346,21 @@ class Leasing(ShardRoom):
         return lease
 
     async def heartbeat(self, worker_id: str, task_id: str) -> HeartbeatResult:
-        """Extend a lease; reports whether the job has been cancelled."""
+        """Extend a lease (and acknowledge its delivery); reports whether the job has been
+        cancelled."""
         lim.check_worker_id(self._limits, worker_id)
         async with self._commit.operation() as txn:
             lease = self._owned_lease(worker_id, task_id)
-            expiry = max(txn.now + self._lease_ms, lease.expiry_ms)
+            # lease_ms from now on the monotonic clock, so never shorter than before; after a
+            # backward wall step the stored (wall-clock) expiry goes down with the clock.
+            expiry = txn.now + self._lease_ms
+            if expiry != lease.expiry_ms or not lease.acked:
+                # A heartbeat acknowledges delivery too, in the batch that extends the lease.
+                txn.put(key(Prefix.LEASE, task_id),
+                        replace(lease, expiry_ms=expiry, acked=True).encode())
             if expiry != lease.expiry_ms:
-                new = Lease(
-                    lease.task_id, lease.tenant, lease.job_id, lease.attempt, lease.task_group,
-                    lease.worker_id, lease.leased_at_ms, expiry,
-                )
                 txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, task_id))
                 txn.put(key(Prefix.LEASE_EXPIRY, expiry, task_id), b"")
-                txn.put(key(Prefix.LEASE, task_id), new.encode())
                 txn.emit(
                     "lease_extended", shard=self.shard_id, task_id=task_id, tenant=lease.tenant,
                     job_id=lease.job_id, attempt=lease.attempt, expiry_ms=expiry, at_ms=txn.now,
@@ -264,12 +390,24 @@ class Leasing(ShardRoom):
             )
             await self._prefetch_grants(txn, [self._mirror.leases.get(r.task_id) for r in reports])
             for report in reports:
+                sp = txn.savepoint()
                 try:
                     self._validate_report(report)
                     await self._report_one(txn, report)
                     results.append(None)
                 except SiloError as exc:
+                    txn.rollback(sp)
                     results.append(exc)
+                except Exception as exc:
+                    # A poison report answers alone; the others in the batch are recorded.
+                    lease = self._mirror.leases.get(report.task_id)
+                    if lease is not None and lease.worker_id != report.worker_id:
+                        lease = None
+                    await self.poison.lease(txn, sp, lease, exc, what=f"report {report.task_id}")
+                    results.append(Internal(
+                        f"the outcome of task {report.task_id!r} could not be recorded "
+                        f"({type(exc).__name__}); its job ended FAILED {INTERNAL_ERROR}"
+                    ))
         return results
 
     async def _prefetch_grants(self, txn: Txn, leases: Sequence[Lease | None]) -> None:
@@ -329,7 +467,7 @@ class Leasing(ShardRoom):
             raise InvalidArgument(
                 f"task {report.task_id!r} is a refresh task; report it with ReportRefresh"
             )
-        await self._end_attempt(txn, lease, report.outcome, reaped=False)
+        await self.end_attempt(txn, lease, report.outcome, reaped=False)
 
     async def _check_repeated_report(self, txn: Txn, report: OutcomeReport) -> None:
         """A report without a live lease: succeed if it repeats the recorded outcome."""
@@ -355,10 +493,16 @@ class Leasing(ShardRoom):
             + (" (lease expired)" if attempt.error_code == WORKER_CRASHED else "")
         )
 
-    async def _end_attempt(
-        self, txn: Txn, lease: Lease, outcome: Outcome, *, reaped: bool
+    async def end_attempt(
+        self, txn: Txn, lease: Lease, outcome: Outcome, *, reaped: bool, final: bool = False
     ) -> None:
-        """The single path by which a running attempt ends (report or reap)."""
+        """The single path by which a running attempt ends (report, reap or poison). With
+        ``final`` a failure is not retried.
+
+        A reaped lease that was never acknowledged is undelivered: unless the job was cancelled
+        or already had ``MAX_UNDELIVERED`` of them this run, its attempt ends UNDELIVERED and
+        the job is re-queued at once (limits released and re-acquired, a new attempt number
+        and task id, no backoff) with its retry budget untouched."""
         info = await self._rows.info(txn, lease.tenant, lease.job_id)
         state = await self._rows.state(txn, lease.tenant, lease.job_id)
         if info is None or state is None:
@@ -368,7 +512,16 @@ class Leasing(ShardRoom):
         raw = await txn.get(ak)
         started = Attempt.decode(ak, raw).started_at_ms if raw is not None else lease.leased_at_ms
         now = txn.now
-        if isinstance(outcome, Success):
+        undelivered = (
+            reaped
+            and not lease.acked
+            and cancelled_at is None
+            and state.undelivered < MAX_UNDELIVERED
+        )
+        if undelivered:
+            attempt = Attempt(lease.attempt, lease.task_id, AttemptState.UNDELIVERED,
+                              lease.worker_id, started, now)
+        elif isinstance(outcome, Success):
             attempt = Attempt(lease.attempt, lease.task_id, AttemptState.SUCCEEDED,
                               lease.worker_id, started, now, result=outcome.result)
         elif isinstance(outcome, Cancelled) or (reaped and cancelled_at is not None):
@@ -386,7 +539,11 @@ class Leasing(ShardRoom):
         txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, lease.task_id))
         self._limiter.release(txn, info, state.held, lease.task_id)
 
-        if isinstance(outcome, Success):
+        if undelivered:
+            new = transitions.undelivered(state, now)
+            await self._limiter.queue_attempt(txn, info, new, now)
+            self._stats["undelivered"] += 1
+        elif isinstance(outcome, Success):
             new = transitions.attempt_ended(state, now, Event.SUCCEED)
         elif isinstance(outcome, Cancelled) or cancelled_at is not None:
             new = transitions.attempt_ended(state, now, Event.CANCEL)
@@ -394,45 +551,54 @@ class Leasing(ShardRoom):
                 txn.put(key(Prefix.CANCEL, lease.tenant, lease.job_id), encode_int(now))
         else:
             jitter = 1.0 + self._rng.random()
-            delay = retry_delay_ms(info.retry, state.run_attempts, jitter)
+            delay = None if final else retry_delay_ms(info.retry, state.run_attempts, jitter)
             if delay is None:
                 new = transitions.attempt_ended(state, now, Event.FAIL)
             else:
                 new = transitions.attempt_ended(state, now, Event.RETRY)
                 await self._limiter.queue_attempt(txn, info, new, now + delay)
                 self._stats["retried"] += 1
-        kind = "reaped" if reaped else attempt.state.name.lower()
+        kind = "undelivered" if undelivered else "reaped" if reaped else attempt.state.name.lower()
         txn.emit(
             "lease_ended", shard=self.shard_id, task_id=lease.task_id, tenant=lease.tenant,
             job_id=lease.job_id, attempt=lease.attempt, outcome=kind, at_ms=now,
             state=attempt.state.name,
         )
-        if reaped:
+        if reaped and not undelivered:
             self._stats["reaped"] += 1
         if new.status.terminal:
             self._completed[new.status.name.lower()] += 1
         self._rows.put_state(txn, info, state, new)
 
     async def reap_expired(self) -> int:
-        """End every lease whose expiry has passed as a ``WORKER_CRASHED`` failure (or a cancel
-        when the job was cancelled); returns how many were reaped."""
+        """End every lease whose expiry has passed: undelivered (re-queued) when it was never
+        acknowledged, else a ``WORKER_CRASHED`` failure (or a cancel when the job was
+        cancelled); returns how many were reaped."""
         if self._rt.faults.mutation("no-reaper"):
             return 0
         batch = 1 if self._rt.faults.buggify("shard.reap.batch_one") else REAP_BATCH
         async with self._commit.operation(empty=EmptyBatch.NOTHING, refusal_barrier=False) as txn:
-            expired: list[str] = []
-            for ek, task_id in self._mirror.expiries.items():
-                _, (expiry, _) = keys.parse(ek)
-                if int(expiry) > txn.now or len(expired) >= batch:
-                    break
-                expired.append(task_id)
-            await txn.prefetch(self._lease_keys([self._mirror.leases.get(t) for t in expired]))
-            for task_id in expired:
+            assert txn.mono is not None
+            expired = self._mirror.expired(txn.mono, batch)
+            await txn.prefetch(
+                self._lease_keys([self._mirror.leases.get(t) for _, t in expired])
+            )
+            for ek, task_id in expired:
                 lease = self._mirror.leases.get(task_id)
-                if lease is not None and lease.is_refresh:
-                    self._limiter.end_refresh(txn, lease, None, reaped=True)
-                elif lease is not None:
-                    await self._end_attempt(txn, lease, Failure(WORKER_CRASHED), reaped=True)
+                if lease is None:
+                    # An expiry entry without its lease (cannot happen while the tables
+                    # agree): drop it, or the reaper would meet it on every round.
+                    self.poison.count(f"reap {task_id}", NotFound(f"no lease for {ek.hex()}"))
+                    txn.delete(ek)
+                    continue
+                sp = txn.savepoint()
+                try:
+                    if lease.is_refresh:
+                        self._limiter.end_refresh(txn, lease, None, reaped=True)
+                    else:
+                        await self.end_attempt(txn, lease, Failure(WORKER_CRASHED), reaped=True)
+                except Exception as exc:
+                    await self.poison.lease(txn, sp, lease, exc, what=f"reap {task_id}")
         return len(expired)
 
 

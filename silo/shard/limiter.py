@@ -1,11 +1,30 @@
 """Concurrency, floating concurrency and rate limits of one shard (DESIGN §5).
 
 Contract:
-- A job acquires its limits in order before its attempt becomes a ready task. A concurrency
-  limit is a slot in the tenant's queue ``key`` (a holder row keyed by the task id); a full queue
-  parks the task as a request ordered by priority, then due time. A rate limit reserves a token
-  from the tenant's bucket; when none is free the task waits in the timer index until the
-  reserved token's time, and resumes with the next limit (no polling).
+- A job acquires its limits one at a time before its attempt becomes a ready task, in one
+  canonical order whatever the order it gave (:func:`acquisition_order`, applied when the job is
+  stored, so ``JobState.held`` always counts a prefix of ``JobInfo.limits``): its rate limits
+  first, in the order given, then its concurrency and floating limits sorted by queue key.
+- A rate limit reserves a token from the tenant's bucket; when none is free the task waits in
+  the timer index until the reserved token's time (no polling), and then goes on with its
+  next limit. Rate limits come first, so a job waiting for a token holds no concurrency slot.
+  A job cancelled while it waits gives its token back (the bucket gains one, up to full), so
+  the next reservation gets it; once the token's time has come it is spent. The bucket keeps
+  a count, not the reserved times: a token given back from the middle of the reservations
+  goes to the next reservation, which may fall at the time of a later one still waiting (over
+  the bucket's horizon the rate holds; within it, one extra start per token given back).
+- A concurrency limit is a slot in the tenant's queue ``key`` (a holder row keyed by the task
+  id); a full queue, or one with requests waiting, parks the task as a request ordered by
+  priority, then due time. A parked job keeps the slots it holds, which all sort before the
+  queue it waits on.
+- No wait-for cycle: a job waits only on a queue later in key order than every queue it
+  holds, so a chain of jobs waiting for each other's slots climbs strictly in key order and
+  ends at a job that is ready or running. (The alternative, holding nothing while parked, was
+  rejected: each park would release slots and each grant re-acquire them, cascading through
+  one batch, and a job needing several busy queues could be overtaken forever: granted A, it
+  finds B full, gives A back, and so on. With one order a granted slot is progress that is
+  never undone, and granting stays one step per queue in priority order. The cost: a job
+  parked on a later queue keeps its earlier slots meanwhile.)
 - Whatever ends or abandons an attempt releases its slots in the same batch, and the freed slots
   are granted to the next eligible requests in that same batch (:meth:`Limiter.regrant`).
 - A queue's max is stored with the queue; a later job carrying another max, or a floating
@@ -13,6 +32,11 @@ Contract:
   drop below it).
 - A floating queue is refreshed by handing a refresh task to a worker of the task group while
   the queue has work; a failed or expired refresh backs off from 1 s, doubling, to 60 s.
+- Idle state keeps no row: a queue left with no holder, no request and no refresh pending is
+  deleted by the operation that left it so, and set up again from the limit of the next job
+  that acquires it (a floating queue then starts from its default max, refreshed at once); a
+  bucket written back full is deleted, and one that refills later is deleted by the timer loop
+  once it is full (:meth:`Limiter.forget_full_buckets`).
 
 Invariant: a queue never has more holders than its max at the time of each grant; a slot is
 granted to a task at most once (its holder row is keyed by the task id).
@@ -21,6 +45,7 @@ granted to a task at most once (its holder row is keyed by the task id).
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +64,7 @@ from silo.model import (
     JobState,
     JobStatus,
     Lease,
+    Limit,
     QueueState,
     RateBucket,
     RateLimit,
@@ -60,6 +86,15 @@ if TYPE_CHECKING:
     from silo.shard.mirror import ShardMirror
     from silo.shard.rows import JobRows
 
+PoisonHandler = Callable[[Txn, Any, bytes, "bytes | None", Exception], Awaitable[None]]
+
+
+async def _unhandled_poison(
+    txn: Txn, sp: Any, k: bytes, raw: bytes | None, exc: Exception
+) -> None:
+    raise exc
+
+
 REFRESH_BACKOFF_MIN_MS = 1_000
 REFRESH_BACKOFF_MAX_MS = 60_000
 MAX_GRANTS_PER_QUEUE_PER_OP = 10_000
@@ -77,6 +112,9 @@ class Limiter:
         self._mirror = mirror
         self._faults = faults
         self.shard_id = shard_id
+        self.on_poison_request: PoisonHandler = _unhandled_poison
+        """Called with a parked request whose grant raised unexpectedly (after its savepoint):
+        the shard fails its job or quarantines it (DESIGN §4 "No poison")."""
 
     # -- queue state ------------------------------------------------------------------------
 
@@ -133,31 +171,49 @@ class Limiter:
         return self._holders(txn, tenant, queue) > 0 or self._has_waiting(txn, tenant, queue)
 
     def note_limits(self, txn: Txn, info: JobInfo) -> None:
-        """Record the queues a new job names; a plain limit's max replaces the stored one."""
+        """A new job's limits applied to the queues that have state now: a plain limit's max
+        replaces the stored one, a floating limit makes the queue floating. A queue without a
+        row is idle; the job's own limit sets it up when the job acquires it."""
         for limit in info.limits:
+            if isinstance(limit, RateLimit):
+                continue
+            qs = self.queue_state(txn, info.tenant, limit.key)
+            if qs is None:
+                continue
             if isinstance(limit, ConcurrencyLimit):
-                qs = self.queue_state(txn, info.tenant, limit.key)
-                if qs is None:
-                    self._put_queue_state(
-                        txn, info.tenant, limit.key, QueueState(limit.max_concurrency)
-                    )
-                elif qs.max_concurrency != limit.max_concurrency and not qs.floating:
+                if qs.max_concurrency != limit.max_concurrency and not qs.floating:
                     new = qs.copy()
                     new.max_concurrency = limit.max_concurrency
                     self._put_queue_state(txn, info.tenant, limit.key, new)
                     txn.regrant.append((info.tenant, limit.key))
-            elif isinstance(limit, FloatingConcurrencyLimit):
-                qs = self.queue_state(txn, info.tenant, limit.key)
-                if qs is None or not qs.floating:
-                    new = QueueState(
-                        limit.default_max_concurrency if qs is None else qs.max_concurrency,
-                        floating=True,
-                        default_max=limit.default_max_concurrency,
-                        refresh_interval_ms=limit.refresh_interval_ms,
-                        metadata=dict(limit.metadata),
-                        task_group=info.task_group,
-                    )
-                    self._put_queue_state(txn, info.tenant, limit.key, new)
+            elif not qs.floating:
+                self._put_queue_state(
+                    txn, info.tenant, limit.key,
+                    _floating_state(limit, info.task_group, qs.max_concurrency),
+                )
+
+    def _ensure_queue(self, txn: Txn, info: JobInfo, limit: Limit) -> None:
+        """Give an idle queue (no row) its state from the acquiring job's limit."""
+        assert not isinstance(limit, RateLimit)
+        if self.queue_state(txn, info.tenant, limit.key) is not None:
+            return
+        if isinstance(limit, ConcurrencyLimit):
+            qs = QueueState(limit.max_concurrency)
+        else:
+            qs = _floating_state(limit, info.task_group, limit.default_max_concurrency)
+        self._put_queue_state(txn, info.tenant, limit.key, qs)
+
+    def _forget_idle_queues(self, txn: Txn, queues: Iterable[tuple[str, str]]) -> None:
+        """Delete the row of every queue in ``queues`` that has no holder, no waiting request
+        and no refresh pending: an idle queue is indistinguishable from one never used."""
+        for tenant, queue in queues:
+            qs = self.queue_state(txn, tenant, queue)
+            if (
+                qs is not None
+                and qs.refresh_task_id is None
+                and not self._queue_has_work(txn, tenant, queue)
+            ):
+                txn.delete(queue_key(tenant, queue))
 
     async def queue_attempt(
         self, txn: Txn, info: JobInfo, state: JobState, due_ms: int
@@ -202,6 +258,7 @@ class Limiter:
                     return
             else:
                 queue = limit.key
+                self._ensure_queue(txn, info, limit)
                 self.ensure_refresh(txn, info.tenant, queue)
                 free = self._holders(txn, info.tenant, queue) < self._queue_max(
                     txn, info.tenant, queue
@@ -255,17 +312,21 @@ class Limiter:
             txn.regrant.append((info.tenant, queue))
 
     async def regrant(self, txn: Txn) -> None:
-        """Grant freed slots to waiting requests, for every queue touched by this operation."""
+        """Grant freed slots to waiting requests, for every queue touched by this operation;
+        then forget those of them left idle."""
         done: set[tuple[str, str]] = set()
+        touched: dict[tuple[str, str], None] = {}  # in order: no set decides what is written
         while txn.regrant:
             q = txn.regrant.pop(0)
             if q in done:
                 continue
             done.add(q)
+            touched[q] = None
             granted = await self._grant_waiting(txn, *q)
             if granted:
                 # Granted tasks may have parked on other queues; those get another look.
                 done.discard(q)
+        self._forget_idle_queues(txn, touched)
 
     async def _grant_waiting(self, txn: Txn, tenant: str, queue: str) -> int:
         granted = 0
@@ -277,42 +338,85 @@ class Limiter:
             if first is None:
                 break
             rk, task = first
-            txn.delete(rk)
-            if rk not in txn.new_requests:
-                txn.request_floor[(tenant, queue)] = rk
-            info = await self._rows.info(txn, task.tenant, task.job_id)
-            state = await self._rows.state(txn, task.tenant, task.job_id)
-            if (
-                info is None
-                or state is None
-                or state.status != JobStatus.SCHEDULED
-                or state.task is None
-                or state.task[2] != PARKED
-                or state.task[3] != task.task_id
-            ):
-                continue  # a stray request (cannot happen while the tables agree): drop it
-            self._grant(txn, tenant, queue, task)
-            granted += 1
-            new = state.copy()
-            await self.place(txn, info, new, task, state.held + 1)
-            self._rows.put_state(txn, info, state, new)
+            sp = txn.savepoint()
+            try:
+                granted += await self._grant_one(txn, tenant, queue, rk, task)
+            except Exception as exc:
+                await self.on_poison_request(txn, sp, rk, task.encode(), exc)
+                txn.delete(rk)  # never offered again, whatever became of its job
         return granted
+
+    async def _grant_one(self, txn: Txn, tenant: str, queue: str, rk: bytes, task: Task) -> int:
+        """Grant a slot of ``queue`` to the parked request ``rk``; returns 1 when granted, 0
+        for a stray request (dropped)."""
+        txn.delete(rk)
+        if rk not in txn.new_requests:
+            txn.request_floor[(tenant, queue)] = rk
+        info = await self._rows.info(txn, task.tenant, task.job_id)
+        state = await self._rows.state(txn, task.tenant, task.job_id)
+        if (
+            info is None
+            or state is None
+            or state.status != JobStatus.SCHEDULED
+            or state.task is None
+            or state.task[2] != PARKED
+            or state.task[3] != task.task_id
+        ):
+            return 0  # a stray request (cannot happen while the tables agree): drop it
+        self._grant(txn, tenant, queue, task)
+        new = state.copy()
+        await self.place(txn, info, new, task, state.held + 1)
+        self._rows.put_state(txn, info, state, new)
+        return 1
+
+    def _bucket_tokens(self, txn: Txn, bk: bytes, limit: RateLimit) -> float:
+        """The bucket's tokens now (refilled since it was written; full when it has no row)."""
+        raw = txn.ops.get(bk) if bk in txn.ops else self._mirror.buckets.get(bk)
+        if raw is None:
+            return float(limit.limit)
+        bucket = RateBucket.decode(bk, raw)
+        elapsed = max(0, txn.now - bucket.updated_ms)
+        return min(float(limit.limit), bucket.tokens + elapsed * limit.limit / limit.per_ms)
+
+    def _write_bucket(self, txn: Txn, bk: bytes, limit: RateLimit, tokens: float) -> None:
+        """Store the bucket with ``tokens`` as of now; a full bucket keeps no row."""
+        if tokens >= limit.limit:
+            txn.delete(bk)
+            return
+        full_at = txn.now + math.ceil((limit.limit - tokens) * limit.per_ms / limit.limit)
+        txn.put(bk, RateBucket(tokens, txn.now, full_at).encode())
 
     def _reserve_token(self, txn: Txn, tenant: str, limit: RateLimit) -> int:
         """Take a token from the bucket (possibly one not yet refilled); returns how many ms
         until that token exists (0: now)."""
         bk = bucket_key(tenant, limit.name, limit.key)
-        raw = txn.ops.get(bk) if bk in txn.ops else self._mirror.buckets.get(bk)
-        bucket = RateBucket.decode(bk, raw) if raw is not None else None
-        tokens = float(limit.limit) if bucket is None else bucket.tokens
-        if bucket is not None:
-            elapsed = max(0, txn.now - bucket.updated_ms)
-            tokens = min(float(limit.limit), tokens + elapsed * limit.limit / limit.per_ms)
-        tokens -= 1.0
-        txn.put(bk, RateBucket(tokens, txn.now).encode())
+        tokens = self._bucket_tokens(txn, bk, limit) - 1.0
+        self._write_bucket(txn, bk, limit, tokens)
         if tokens >= 0:
             return 0
         return max(1, math.ceil(-tokens * limit.per_ms / limit.limit))
+
+    def _return_token(self, txn: Txn, tenant: str, limit: RateLimit) -> None:
+        """Give back the token reserved by a job that no longer waits for it (cancelled): the
+        next reservation gets it, never more than a full bucket."""
+        bk = bucket_key(tenant, limit.name, limit.key)
+        tokens = min(float(limit.limit), self._bucket_tokens(txn, bk, limit) + 1.0)
+        self._write_bucket(txn, bk, limit, tokens)
+        txn.emit(
+            "token_returned", shard=self.shard_id, tenant=tenant, name=limit.name,
+            key=limit.key, at_ms=txn.now,
+        )
+
+    def forget_full_buckets(self, txn: Txn, max_rows: int) -> int:
+        """Delete up to ``max_rows`` bucket rows that have refilled by now; returns how many."""
+        n = 0
+        for full_at, bk in self._mirror.bucket_full_at:
+            if full_at > txn.now or n >= max_rows:
+                break
+            if bk not in txn.ops:
+                txn.delete(bk)
+                n += 1
+        return n
 
     # -- floating limits --------------------------------------------------------------------
 
@@ -343,6 +447,7 @@ class Limiter:
             new = qs.copy()
             new.refresh_task_id = None
             self._put_queue_state(txn, task.tenant, task.job_id, new)
+            txn.regrant.append((task.tenant, task.job_id))  # idle now: forgotten at commit
 
     def end_refresh(
         self, txn: Txn, lease: Lease, new_max: int | None, *, reaped: bool = False
@@ -371,17 +476,17 @@ class Limiter:
             new.backoff_ms = 0
             new.max_concurrency = new_max
             new.next_refresh_ms = txn.now + qs.refresh_interval_ms
-            if new_max > qs.max_concurrency:
-                txn.regrant.append((lease.tenant, queue))
         self._put_queue_state(txn, lease.tenant, queue, new)
+        # Grants what a larger max frees; forgets the queue if it has no work left.
+        txn.regrant.append((lease.tenant, queue))
         if self._queue_has_work(txn, lease.tenant, queue):
             self.ensure_refresh(txn, lease.tenant, queue)
 
     # -- unqueue ----------------------------------------------------------------------------
 
     def unqueue_task(self, txn: Txn, info: JobInfo, state: JobState) -> Task | None:
-        """Remove the job's queued task (ready, timer or parked request) and release the slots
-        it holds; returns the task."""
+        """Remove the job's queued task (ready, timer or parked request), release the slots it
+        holds and give back the rate token it waits for; returns the task."""
         if state.task is None:
             return None
         attempt, due_ms, where, task_id = state.task
@@ -398,6 +503,11 @@ class Limiter:
             assert queue is not None
             k = request_key(info.tenant, queue, probe)
             task = self._mirror.requests.get(k)
+            txn.regrant.append((info.tenant, queue))  # forgotten at commit if left idle
+        if where == TIMER and state.held > 0:
+            reserved = info.limits[state.held - 1]
+            if isinstance(reserved, RateLimit):
+                self._return_token(txn, info.tenant, reserved)
         if k in txn.ops:
             raw = txn.ops[k]
             task = Task.decode(k, raw) if raw is not None else None
@@ -435,11 +545,13 @@ class Limiter:
         return f"its start time ({due_ms})"
 
     def queue_info(self, tenant: str, queue: str, *, max_listed: int = 100) -> dict[str, Any]:
-        """A queue's max, holders and waiting requests (at most ``max_listed`` of each)."""
+        """A queue's max, holders and waiting requests (at most ``max_listed`` of each); an
+        idle queue (no row) answers max 0, no holders, nobody waiting."""
         q = (tenant, queue)
         qs = self._mirror.queues.get(q)
         if qs is None:
-            raise NotFound(f"concurrency queue not found: {queue!r} (tenant {tenant!r})")
+            # An idle queue keeps no row: no holders, nobody waiting, no max until a job sets it.
+            qs = QueueState(0)
         holders = []
         start, end = keys.prefix_range(Prefix.CONCURRENCY_HOLDER, tenant, queue)
         for hk, hq in self._mirror.holder_keys.items():
@@ -465,6 +577,28 @@ class Limiter:
             "next_refresh_ms": qs.next_refresh_ms if qs.floating else None,
             "refresh_backoff_ms": qs.backoff_ms if qs.floating else None,
         }
+
+
+def acquisition_order(limits: Iterable[Limit]) -> tuple[Limit, ...]:
+    """The order a job acquires its limits in: rate limits first (as given), then concurrency
+    and floating limits by queue key (see the module docstring for why)."""
+    listed = list(limits)
+    rates = [x for x in listed if isinstance(x, RateLimit)]
+    queues = sorted((x for x in listed if not isinstance(x, RateLimit)), key=lambda x: x.key)
+    return (*rates, *queues)
+
+
+def _floating_state(
+    limit: FloatingConcurrencyLimit, task_group: str, max_concurrency: int
+) -> QueueState:
+    return QueueState(
+        max_concurrency,
+        floating=True,
+        default_max=limit.default_max_concurrency,
+        refresh_interval_ms=limit.refresh_interval_ms,
+        metadata=dict(limit.metadata),
+        task_group=task_group,
+    )
 
 
 def check_refresh_value(new_max: int) -> None:

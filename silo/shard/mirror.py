@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sortedcontainers import SortedDict
+from sortedcontainers import SortedDict, SortedList
 
 from silo import keys
 from silo.keys import Prefix
-from silo.model import Lease, QueueState, Task, decode_int
+from silo.model import CorruptRecord, Lease, QueueState, RateBucket, Task, decode_int
+from silo.runtime.clock import Clock
 from silo.runtime.disk import KVStore
+from silo.shard.deadlines import DeadlineIndex
 
 _READY = bytes((Prefix.READY,))
 _TIMER = bytes((Prefix.TIMER,))
@@ -29,10 +31,28 @@ _BUCKET = bytes((Prefix.RATE_BUCKET,))
 COUNTER_PREFIX = keys.key(Prefix.META, "counter")
 
 
-class ShardMirror:
-    """Ready queue, timers, leases, lease expiries and counters, kept in memory."""
+def _first_int(k: bytes) -> int:
+    """The wall-clock deadline at the head of a timer or lease-expiry key."""
+    return int(keys.parse(k)[1][0])
 
-    def __init__(self) -> None:
+
+class ShardMirror:
+    """Ready queue, timers, leases, lease expiries and counters, kept in memory.
+
+    Timers and lease expiries are also indexed by deadline on the monotonic clock
+    (:mod:`silo.shard.deadlines`): a batch's timer and expiry rows get the clock readings of the
+    operation that wrote them (``clock_ref`` in :meth:`apply`), loaded rows are re-based on the
+    readings taken when the load ends. Without a clock, monotonic deadlines equal the stored
+    wall-clock ones.
+    """
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock
+        self.timer_deadlines = DeadlineIndex(_first_int)
+        """Timer key -> monotonic due time."""
+        self.expiry_deadlines = DeadlineIndex(_first_int)
+        """Lease-expiry key -> monotonic expiry."""
+        self._loading = False
         self.ready: SortedDict = SortedDict()  # ready key -> Task
         self.ready_per_group: dict[str, int] = {}
         self.timers: SortedDict = SortedDict()  # timer key -> Task
@@ -45,31 +65,79 @@ class ShardMirror:
         self.holders: dict[tuple[str, str], int] = {}
         self.queues: dict[tuple[str, str], QueueState] = {}
         self.buckets: dict[bytes, bytes] = {}  # rate bucket key -> encoded RateBucket
+        self.bucket_full_at: SortedList = SortedList()  # (full_at_ms, bucket key)
+        self._bucket_full: dict[bytes, int] = {}  # bucket key -> its full_at_ms in the list
         self.on_timer_added: Callable[[], None] = lambda: None
         self.on_expiry_added: Callable[[], None] = lambda: None
         self.on_ready_added: Callable[[str], None] = lambda task_group: None
+        self.corrupt: list[tuple[bytes, bytes]] = []
+        """Rows the last :meth:`load` could not decode (left out of the mirrors; the shard
+        quarantines them)."""
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
 
+    def clock_readings(self) -> tuple[int, int]:
+        """``(wall ms, monotonic ms)`` read now (both the wall clock without a clock)."""
+        if self.clock is None:
+            return 0, 0
+        return self.clock.now_ms(), self.clock.monotonic_ms()
+
     async def load(self, kv: KVStore) -> None:
-        """Rebuild every mirror from the stored tables."""
+        """Rebuild every mirror from the stored tables. A timer or lease expiry that was already
+        indexed keeps its monotonic deadline; the others are re-based on the clock now."""
         callbacks = (self.on_timer_added, self.on_expiry_added, self.on_ready_added)
+        clock, timer_deadlines, expiry_deadlines = (
+            self.clock, self.timer_deadlines, self.expiry_deadlines
+        )
         self.clear()
         self.on_timer_added, self.on_expiry_added, self.on_ready_added = callbacks
+        self.clock = clock
+        self._loading = True
+        try:
+            await self._load_tables(kv)
+        finally:
+            self._loading = False
+            wall, mono = self.clock_readings()
+            timer_deadlines.rebase(self.timers.keys(), wall, mono)
+            expiry_deadlines.rebase(self.expiries.keys(), wall, mono)
+            self.timer_deadlines, self.expiry_deadlines = timer_deadlines, expiry_deadlines
+        if self.timers:
+            self.on_timer_added()
+        if self.expiries:
+            self.on_expiry_added()
+
+    async def _load_tables(self, kv: KVStore) -> None:
         for prefix in (_READY, _TIMER, _LEASE, _EXPIRY, _REQUEST, _HOLDER, _QUEUE, _BUCKET):
             end = keys.successor(prefix)
             start = prefix
             while True:
                 rows = await kv.scan(start, end, limit=10_000)
-                self.apply(rows)
+                self._load_rows(rows)
                 if len(rows) < 10_000:
                     break
                 start = rows[-1][0] + b"\x00"
-        self.apply(await kv.scan(COUNTER_PREFIX, keys.successor(COUNTER_PREFIX)))
+        self._load_rows(await kv.scan(COUNTER_PREFIX, keys.successor(COUNTER_PREFIX)))
 
-    def apply(self, ops: list[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes]]) -> None:
-        """Apply the puts and deletes of one batch (or rows of a scan) to the mirrors."""
+    def _load_rows(self, rows: list[tuple[bytes, bytes]]) -> None:
+        """Apply loaded rows one by one: a row that cannot be decoded is set aside in
+        :attr:`corrupt` (a damaged record must not keep the shard from opening)."""
+        for row in rows:
+            try:
+                self.apply([row])
+            except (CorruptRecord, ValueError):  # ValueError: a malformed key
+                self.corrupt.append(row)
+
+    def apply(
+        self,
+        ops: list[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes]],
+        clock_ref: tuple[int, int] | None = None,
+    ) -> None:
+        """Apply the puts and deletes of one batch (or rows of a scan) to the mirrors.
+
+        ``clock_ref`` is ``(wall ms, monotonic ms)`` as read by the operation that built the
+        batch (default: read now); its timer and expiry rows are indexed on it.
+        """
         for k, v in ops:
             p = k[:1]
             if p == _READY:
@@ -77,11 +145,13 @@ class ShardMirror:
             elif p == _TIMER:
                 if v is None:
                     self.timers.pop(k, None)
+                    self.timer_deadlines.discard(k)
                 else:
-                    first = not self.timers or k < self.timers.peekitem(0)[0]
                     self.timers[k] = Task.decode(k, v)
-                    if first:
-                        self.on_timer_added()
+                    if not self._loading:
+                        clock_ref = clock_ref or self.clock_readings()
+                        if self._index(self.timer_deadlines, k, clock_ref):
+                            self.on_timer_added()
             elif p == _LEASE:
                 _, (task_id,) = keys.parse(k)
                 if v is None:
@@ -91,12 +161,14 @@ class ShardMirror:
             elif p == _EXPIRY:
                 if v is None:
                     self.expiries.pop(k, None)
+                    self.expiry_deadlines.discard(k)
                 else:
-                    first = not self.expiries or k < self.expiries.peekitem(0)[0]
                     _, (_, task_id) = keys.parse(k)
                     self.expiries[k] = task_id
-                    if first:
-                        self.on_expiry_added()
+                    if not self._loading:
+                        clock_ref = clock_ref or self.clock_readings()
+                        if self._index(self.expiry_deadlines, k, clock_ref):
+                            self.on_expiry_added()
             elif p == _REQUEST:
                 self._apply_request(k, v)
             elif p == _HOLDER:
@@ -108,15 +180,31 @@ class ShardMirror:
                 else:
                     self.queues[(str(tenant), str(queue))] = QueueState.decode(k, v)
             elif p == _BUCKET:
-                if v is None:
-                    self.buckets.pop(k, None)
-                else:
-                    self.buckets[k] = v
+                self._apply_bucket(k, v)
             elif p == _META and k.startswith(COUNTER_PREFIX):
                 if v is None:
                     self.counters.pop(k, None)
                 else:
                     self.counters[k] = decode_int(k, v)
+
+    @staticmethod
+    def _index(index: DeadlineIndex, k: bytes, clock_ref: tuple[int, int]) -> bool:
+        """Index ``k`` on ``clock_ref``; True when it is now the earliest deadline."""
+        index.put(k, *clock_ref)
+        return index.first_ms() == index.get(k)
+
+    def _apply_bucket(self, k: bytes, v: bytes | None) -> None:
+        old = self._bucket_full.pop(k, None)
+        if old is not None:
+            self.bucket_full_at.remove((old, k))
+        if v is None:
+            self.buckets.pop(k, None)
+            return
+        self.buckets[k] = v
+        full_at = RateBucket.decode(k, v).full_at_ms
+        if full_at is not None:
+            self._bucket_full[k] = full_at
+            self.bucket_full_at.add((full_at, k))
 
     def _apply_request(self, k: bytes, v: bytes | None) -> None:
         _, parts = keys.parse(k)
@@ -166,10 +254,33 @@ class ShardMirror:
             self.ready[k] = task
             self.on_ready_added(task.task_group)
 
+    def next_timer_deadline_ms(self) -> int | None:
+        """Monotonic due time of the earliest timer (None: no timer)."""
+        return self.timer_deadlines.first_ms()
+
+    def next_expiry_deadline_ms(self) -> int | None:
+        """Monotonic expiry of the earliest lease (None: no lease)."""
+        return self.expiry_deadlines.first_ms()
+
+    def due_timers(self, mono_now_ms: int, limit: int) -> list[Task]:
+        """Timers due by the monotonic clock, earliest first, at most ``limit``."""
+        return [self.timers[k] for k in self.timer_deadlines.due(mono_now_ms, limit)]
+
+    def expired(self, mono_now_ms: int, limit: int) -> list[tuple[bytes, str]]:
+        """``(expiry key, task id)`` of leases expired by the monotonic clock, earliest
+        first, at most ``limit``."""
+        return [(k, str(self.expiries[k])) for k in self.expiry_deadlines.due(mono_now_ms, limit)]
+
     def next_timer_due_ms(self) -> int | None:
         if not self.timers:
             return None
         return self.timers.peekitem(0)[1].due_ms
+
+    def next_bucket_full_ms(self) -> int | None:
+        """When the earliest rate bucket will have refilled (its row can then go)."""
+        if not self.bucket_full_at:
+            return None
+        return self.bucket_full_at[0][0]
 
     def next_expiry_ms(self) -> int | None:
         if not self.expiries:

@@ -18,6 +18,7 @@ from silo.shard.context import ShardRoom
 from silo.shard.tables import (
     JOBS_TERMINAL,
     JOBS_TOTAL,
+    attempt_high_water_key,
     request_key,
     status_counter,
     status_index_key,
@@ -91,7 +92,8 @@ class OperatorOps(ShardRoom):
                     new.task = (attempt, txn.now, PARKED, task_id)
                     new.next_attempt_at_ms = txn.now
                 txn.emit("task_expedited", shard=self.shard_id, tenant=tenant, job_id=job_id,
-                         attempt=attempt, old_due_ms=due_ms, due_ms=txn.now, at_ms=txn.now)
+                         attempt=attempt, old_due_ms=due_ms, due_ms=txn.now, at_ms=txn.now,
+                         mono_ms=txn.mono)
                 self._rows.put_state(txn, info, state, new)
 
     async def delete(self, tenant: str, job_id: str) -> None:
@@ -108,6 +110,8 @@ class OperatorOps(ShardRoom):
             for ak, _ in await txn.scan(start, end):
                 txn.delete(ak)
             txn.delete(key(Prefix.CANCEL, tenant, job_id))
+            # Attempt numbers go on increasing if the id is used again (handlers fence on them).
+            txn.put(attempt_high_water_key(tenant, job_id), encode_int(state.attempt))
             txn.bump(JOBS_TOTAL, -1)
             txn.bump(JOBS_TERMINAL, -1)
             txn.bump(status_counter(tenant, state.status), -1)

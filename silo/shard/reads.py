@@ -35,10 +35,15 @@ class ShardStatistics:
     completed: dict[str, int]
     retried: int
     reaped: int
+    undelivered: int = 0
+    """Leases that expired before their worker acknowledged them (re-queued)."""
     parked_requests: int = 0
     """Tasks waiting for a concurrency slot."""
     slots_held: int = 0
     """Concurrency slots currently held (over every queue)."""
+    poison_items: int = 0
+    """Items a background loop, a report or the open could not process (DESIGN §4 "No
+    poison"): each was logged and its job failed ``INTERNAL_ERROR`` or its row quarantined."""
 
 
 class ShardReads(ShardRoom):
@@ -104,6 +109,8 @@ class ShardReads(ShardRoom):
             completed=dict(self._completed),
             retried=self._stats["retried"],
             reaped=self._stats["reaped"],
+            poison_items=self._stats["poison"] + self._store.poison_items,
+            undelivered=self._stats["undelivered"],
         )
 
     def counters(self) -> dict[bytes, int]:
@@ -126,7 +133,7 @@ class ShardReads(ShardRoom):
                         out[JOBS_TERMINAL] = out.get(JOBS_TERMINAL, 0) + 1
                     sk = status_counter(str(tenant), state.status)
                     out[sk] = out.get(sk, 0) + 1
-                if len(rows) < 5000:
+                if not rows:  # a page may be short only at the end, but never trust that
                     break
                 cursor = rows[-1][0] + b"\x00"
         return dict(sorted(out.items()))

@@ -86,6 +86,7 @@ class JobRows:
                 due_ms=None if new.task is None else new.task[1],
                 where=None if new.task is None else new.task[2],
                 limits_left=len(info.limits) - new.held,
+                mono_ms=txn.mono,
             )
         elif new.task is not None and (old.task != new.task or old.held != new.held):
             # The queued task moved (timer -> parked -> ready, or re-queued by an expedite)
@@ -93,6 +94,6 @@ class JobRows:
             txn.emit(
                 "task_moved", shard=self.shard_id, tenant=t, job_id=j, attempt=new.task[0],
                 due_ms=new.task[1], where=new.task[2], limits_left=len(info.limits) - new.held,
-                at_ms=txn.now,
+                at_ms=txn.now, mono_ms=txn.mono,
             )
         txn.put(key(Prefix.STATUS, t, j), new.encode())

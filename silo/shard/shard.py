@@ -15,7 +15,8 @@ JobShard is the facade; the work lives in rooms sharing one :class:`ShardContext
 ``commit.py`` (lock, batch, durability wait), ``rows.py`` (job rows), ``limiter.py``
 (concurrency and rate limits), ``transitions.py`` (job state machine), ``leasing.py`` (leases,
 reports, reaper), ``operations.py`` (cancel, restart, expedite, delete), ``reads.py`` and
-``loops.py`` (timer and reaper loops). Enqueue is here.
+``loops.py`` (timer and reaper loops), ``quarantine.py`` (poison items: jobs failed
+``INTERNAL_ERROR``, rows quarantined). Enqueue is here.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from silo.model import (
     LeasedTask,
     NewJob,
     OutcomeReport,
+    decode_int,
 )
 from silo.runtime import Runtime
 from silo.shard import transitions
@@ -45,14 +47,15 @@ from silo.shard import validation as lim
 from silo.shard.commit import CommitProtocol, EmptyBatch
 from silo.shard.context import ShardContext
 from silo.shard.leasing import HeartbeatResult, Leasing
-from silo.shard.limiter import Limiter
+from silo.shard.limiter import Limiter, acquisition_order
 from silo.shard.loops import ShardLoops
 from silo.shard.mirror import COUNTER_PREFIX, ShardMirror
 from silo.shard.operations import OperatorOps
+from silo.shard.quarantine import PoisonItems
 from silo.shard.reads import ShardReads, ShardStatistics
 from silo.shard.rows import JobRows
 from silo.shard.store import ShardStore
-from silo.shard.tables import JOBS_TOTAL
+from silo.shard.tables import JOBS_TOTAL, attempt_high_water_key
 from silo.shard.txn import Txn
 from silo.shard.validation import ShardLimits
 
@@ -73,22 +76,30 @@ class JobShard:
         self.shard_id = shard_id
         self.config = config
         self._limits = config.limits
-        self._mirror = ShardMirror()
+        self._mirror = ShardMirror(runtime.clock)
+        store.shard_id = shard_id
         self._rng = runtime.random.stream(f"shard/{shard_id}")
         self._rows = JobRows(shard_id, config.limits, self._rng)
         self._limiter = Limiter(self._rows, self._mirror, runtime.faults, shard_id)
         self._commit = CommitProtocol(runtime, store, self._mirror, shard_id, self._limiter.regrant)
         self._lock = self._commit.lock
-        self._stats = {"enqueued": 0, "leased": 0, "retried": 0, "reaped": 0}
+        self._stats = {
+            "enqueued": 0, "leased": 0, "retried": 0, "reaped": 0, "undelivered": 0, "poison": 0,
+        }
         self._completed: dict[str, int] = {"succeeded": 0, "failed": 0, "cancelled": 0}
         ctx = ShardContext(
             runtime, store, self._mirror, shard_id, config.limits, config.lease_ms, self._rng,
             self._rows, self._limiter, self._commit, self._stats, self._completed,
         )
         self._leasing = Leasing(ctx)
+        self._poison = PoisonItems(ctx, self._leasing.end_attempt)
+        self._leasing.poison = self._poison
+        self._limiter.on_poison_request = self._poison.queued
+        self._commit.after_load = self._poison.quarantine_loaded
         self._ops = OperatorOps(ctx)
         self._reads = ShardReads(ctx)
         self._loops = ShardLoops(runtime, self._mirror, self.promote_due, self.reap_expired)
+        self._loops.on_error = self._poison.count
         self._mirror.on_timer_added = self._loops.wake_timer
         self._mirror.on_expiry_added = self._loops.wake_reaper
         self._mirror.on_ready_added = self._ready_added
@@ -106,18 +117,32 @@ class JobShard:
         return self._commit.closing
 
     def next_timer_due_ms(self) -> int | None:
-        """Due time of the earliest task waiting in the timer index (None: none waits)."""
-        return self._mirror.next_timer_due_ms()
+        """When the earliest task waiting in the timer index is due, as wall time now plus the
+        monotonic time until then (timers follow the monotonic clock; None: none waits)."""
+        due = self._mirror.next_timer_deadline_ms()
+        if due is None:
+            return None
+        return self._rt.clock.now_ms() + max(0, due - self._rt.clock.monotonic_ms())
 
     def has_ready_tasks(self, task_group: str) -> bool:
         """True when a lease for ``task_group`` could return something now (due timers count)."""
         if self._mirror.ready_per_group.get(task_group):
             return True
-        due = self._mirror.next_timer_due_ms()
-        return due is not None and due <= self._rt.clock.now_ms()
+        due = self._mirror.next_timer_deadline_ms()
+        return due is not None and due <= self._rt.clock.monotonic_ms()
 
     async def _load(self) -> None:
         await self._commit.load()
+
+    async def _quarantine_after_open(self) -> None:
+        """Set aside the rows the open could not decode (DESIGN §4 "No poison"): their jobs
+        fail, the rows go to the quarantine table. The writer is not running yet, so the batch
+        is written here."""
+        async with self._lock:
+            txn = self._commit.new_txn()
+            await self._poison.quarantine_loaded(txn)
+            await self._commit.finish(txn)
+            await self._store.flush()
 
     async def _repair(self) -> None:
         await self._commit.repair()
@@ -164,7 +189,9 @@ class JobShard:
             ids: list[str] = []
             seen: set[tuple[str, str]] = set()
             await txn.prefetch(
-                [key(Prefix.JOB, j.tenant, j.job_id) for j in jobs if j.job_id is not None]
+                [k for j in jobs if j.job_id is not None
+                 for k in (key(Prefix.JOB, j.tenant, j.job_id),
+                           attempt_high_water_key(j.tenant, j.job_id))]
             )
             for job in jobs:
                 job_id = job.job_id if job.job_id is not None else self._rows.new_id("j")
@@ -182,12 +209,17 @@ class JobShard:
         now = txn.now
         info = JobInfo(
             job.tenant, job_id, job.task_group, bytes(job.payload), job.priority, job.retry,
-            dict(job.metadata), now, job.start_at_ms, tuple(job.limits),
+            dict(job.metadata), now, job.start_at_ms, acquisition_order(job.limits),
         )
         txn.put(key(Prefix.JOB, job.tenant, job_id), info.encode())
         for mk, mv in sorted(job.metadata.items()):
             txn.put(key(Prefix.METADATA_INDEX, job.tenant, mk, mv, job_id), b"")
         state = transitions.enqueued(now)
+        mark = attempt_high_water_key(job.tenant, job_id)
+        raw = await txn.get(mark)
+        if raw is not None:  # the id was used before: number attempts above its last one
+            state.attempt = decode_int(mark, raw)
+            txn.delete(mark)
         self._limiter.note_limits(txn, info)
         await self._limiter.queue_attempt(
             txn, info, state, max(job.start_at_ms, now) if job.start_at_ms else now
@@ -208,11 +240,22 @@ class JobShard:
         return await self._leasing.promote_due()
 
     async def lease_tasks(
-        self, worker_id: str, task_group: str, max_tasks: int
+        self, worker_id: str, task_group: str, max_tasks: int, *,
+        max_reply_bytes: int | None = None, reply_bytes_used: int = 0,
+        acks: Sequence[str] = (),
     ) -> list[LeasedTask]:
         """Lease up to ``max_tasks`` due tasks of ``task_group``: highest priority (lowest
-        number) first, then earliest due."""
-        return await self._leasing.lease_tasks(worker_id, task_group, max_tasks)
+        number) first, then earliest due; no more than fit in ``max_reply_bytes`` less
+        ``reply_bytes_used`` (a task too large for any reply fails ``TASK_TOO_LARGE``).
+        ``acks`` acknowledge this worker's earlier leases in the same batch."""
+        return await self._leasing.lease_tasks(
+            worker_id, task_group, max_tasks, max_reply_bytes=max_reply_bytes,
+            reply_bytes_used=reply_bytes_used, acks=acks,
+        )
+
+    async def acknowledge(self, worker_id: str, task_ids: Sequence[str]) -> None:
+        """Acknowledge delivery of this worker's leases ``task_ids`` (DESIGN §4 "Delivery")."""
+        await self._leasing.acknowledge(worker_id, task_ids)
 
     async def report_refresh(
         self, worker_id: str, task_id: str, new_max: int | None, error: str | None = None
@@ -222,7 +265,7 @@ class JobShard:
         await self._leasing.report_refresh(worker_id, task_id, new_max, error)
 
     async def heartbeat(self, worker_id: str, task_id: str) -> HeartbeatResult:
-        """Extend a lease; reports whether the job has been cancelled."""
+        """Extend a lease (acknowledging it); reports whether the job has been cancelled."""
         return await self._leasing.heartbeat(worker_id, task_id)
 
     async def report_outcome(self, report: OutcomeReport) -> None:
@@ -234,8 +277,9 @@ class JobShard:
         return await self._leasing.report_outcomes(reports)
 
     async def reap_expired(self) -> int:
-        """End every lease whose expiry has passed as a ``WORKER_CRASHED`` failure (or a cancel
-        when the job was cancelled); returns how many were reaped."""
+        """End every expired lease: undelivered (re-queued, retry budget intact) when never
+        acknowledged, else a ``WORKER_CRASHED`` failure (or a cancel when the job was
+        cancelled); returns how many were reaped."""
         return await self._leasing.reap_expired()
 
     # -- operator actions (silo/shard/operations.py) -----------------------------------------
@@ -296,6 +340,8 @@ async def open_shard(
         store = ShardStore(kv, runtime.faults, runtime.events)
         shard = JobShard(runtime, store, shard_id, config or ShardConfig())
         await shard._load()
+        if shard._mirror.corrupt:
+            await shard._quarantine_after_open()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store.run_writer)
             nursery.start_soon(shard._loops.timer_loop)

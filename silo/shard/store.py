@@ -23,6 +23,7 @@ import trio
 from silo.errors import Unavailable
 from silo.runtime.disk import DiskError, KVStore, WriteBatch
 from silo.runtime.faults import Faults
+from silo.shard.poison import log_poison
 
 Event = tuple[str, dict[str, Any]]
 
@@ -66,15 +67,21 @@ def merge_scan(
     end: bytes | None,
     reverse: bool,
     limit: int | None,
+    base_limit: int | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """Merge scan results from a base layer with newer overlay writes (``None`` = deleted).
 
-    ``base`` must be the base layer's scan of the same range, fetched with a limit of at least
-    ``limit + len(overlay entries in range)`` so that deletions cannot starve the result.
+    ``base`` is the base layer's scan of the same range, in the same direction, fetched with
+    ``base_limit`` (``None``: the whole range). When the base returned ``base_limit`` rows it
+    may have been cut off, and the result stops at its last key (keys past it are unknown);
+    otherwise the base is the whole range and every overlay write in the range counts. The
+    result has ``min(limit, rows in range)`` rows whenever ``base_limit >= limit`` plus the
+    overlay's entries in the range.
     """
     in_range = {
         k: v for k, v in overlay.items() if k >= start and (end is None or k < end)
     }
+    truncated = base_limit is not None and len(base) >= base_limit
     if not in_range:
         return base if limit is None else base[:limit]
     merged: dict[bytes, bytes] = {k: v for k, v in base if k not in in_range}
@@ -82,13 +89,16 @@ def merge_scan(
         if v is not None:
             merged[k] = v
     keys = sorted(merged, reverse=reverse)
-    if base and limit is not None and len(base) >= limit:
-        # The base was cut off: keys past its last one are unknown, so stop there.
+    if truncated and base:
         last = base[-1][0]
         keys = [k for k in keys if (k >= last if reverse else k <= last)]
     if limit is not None:
         keys = keys[:limit]
     return [(k, merged[k]) for k in keys]
+
+
+SCAN_ATTEMPTS = 4
+"""Limited scans retried with a larger base limit before falling back to a full scan."""
 
 
 class ShardStore:
@@ -110,6 +120,11 @@ class ShardStore:
         self.synced_writes = 0
         self.groups_committed = 0
         self.batches_committed = 0
+        self.poison_items = 0
+        """Unexpected errors the writer survived (a group that could not be written, an event
+        sink that raised)."""
+        self.shard_id = 0
+        """For log lines only."""
 
     @property
     def kv(self) -> KVStore:
@@ -143,14 +158,22 @@ class ShardStore:
     async def scan(
         self, start: bytes, end: bytes | None, *, reverse: bool = False, limit: int | None = None
     ) -> list[tuple[bytes, bytes]]:
-        overlay = {k: v for k, (_, v) in self._overlay.items()}
-        extra = sum(1 for k in overlay if k >= start and (end is None or k < end))
-        base = await self._kv.scan(
-            start, end, reverse=reverse, limit=None if limit is None else limit + extra
-        )
-        # The overlay may have changed while the base scan ran; newer entries win.
-        overlay.update({k: v for k, (_, v) in self._overlay.items()})
-        return merge_scan(base, overlay, start, end, reverse, limit)
+        """The rows of ``[start, end)`` as of now (durable rows plus pending batches), in key
+        order (descending when ``reverse``): exactly ``min(limit, rows in range)`` of them."""
+        overlay: dict[bytes, bytes | None] = {}
+        for attempt in range(SCAN_ATTEMPTS + 1):
+            # The overlay may change while the base scan runs; newer entries win, and keys
+            # written (or made durable) meanwhile stay in the local copy, which still holds
+            # their newest value.
+            overlay.update({k: v for k, (_, v) in self._overlay.items()})
+            extra = sum(1 for k in overlay if k >= start and (end is None or k < end))
+            base_limit = None if limit is None or attempt == SCAN_ATTEMPTS else limit + extra
+            base = await self._kv.scan(start, end, reverse=reverse, limit=base_limit)
+            overlay.update({k: v for k, (_, v) in self._overlay.items()})
+            rows = merge_scan(base, overlay, start, end, reverse, limit, base_limit)
+            if base_limit is None or len(base) < base_limit or len(rows) >= (limit or 0):
+                return rows
+        raise AssertionError("unreachable: the last attempt scans the whole range")
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -222,6 +245,13 @@ class ShardStore:
         except DiskError as exc:
             self._fail_all(group, exc)
             return
+        except Exception as exc:
+            # Not a disk error: a poison batch. It fails like a failed write (nothing of the
+            # group is durable, the shard rebuilds from disk) and the writer carries on.
+            self.poison_items += 1
+            log_poison(self.shard_id, "write group", exc)
+            self._fail_all(group, exc)
+            return
         except BaseException:
             # Cancelled before the write began (a started write always runs to completion):
             # the group goes back to the head of the queue, so whoever flushes still writes it.
@@ -238,7 +268,11 @@ class ShardStore:
         self._durable_seq = top
         for pending in group:
             for kind, fields in pending.events:
-                self._emit(kind, fields)
+                try:
+                    self._emit(kind, fields)
+                except Exception as exc:
+                    self.poison_items += 1
+                    log_poison(self.shard_id, f"event sink on {kind}", exc)
             if not pending.ticket.done:
                 pending.ticket._complete()
         self._signal_durable()

@@ -1,4 +1,26 @@
-"""Key builders for the shard's tables (DESIGN §3 key layout) and its counters."""
+"""Key builders for the shard's tables (DESIGN §3 key layout) and its counters.
+
+Tables added since DESIGN §3 (same conventions: prefix byte, then the encoded tuple):
+
+=====================  ==========================  ============================================
+prefix                 key                         value
+=====================  ==========================  ============================================
+``0x0F`` attempt high  ``(tenant, job_id)``        ``encode_int(attempt)``: the highest attempt
+water                                              number a deleted job of that id used. Written
+                                                   by delete, read and removed by the enqueue
+                                                   that reuses the id, whose first attempt is
+                                                   numbered above it: attempt numbers strictly
+                                                   increase per (tenant, job id) for the life of
+                                                   the shard (handlers fence on them). At most
+                                                   one row per deleted id; not counted.
+``0xE0`` quarantine    ``(original key as hex)``   the original row's value, byte for byte. A
+                                                   row a background loop could not process (a
+                                                   record that does not decode, a poison item)
+                                                   is moved here, out of the live tables, so it
+                                                   is neither lost nor retried forever. Read
+                                                   by operators only; not counted.
+=====================  ==========================  ============================================
+"""
 
 from __future__ import annotations
 
@@ -57,6 +79,14 @@ def queue_key(tenant: str, queue: str) -> bytes:
 
 def bucket_key(tenant: str, name: str, bucket: str) -> bytes:
     return key(Prefix.RATE_BUCKET, tenant, name, bucket)
+
+
+def attempt_high_water_key(tenant: str, job_id: str) -> bytes:
+    return key(Prefix.ATTEMPT_HIGH_WATER, tenant, job_id)
+
+
+def quarantine_key(original: bytes) -> bytes:
+    return key(Prefix.QUARANTINE, original.hex())
 
 
 def job_keys(tenant: str, job_id: str) -> tuple[bytes, bytes, bytes]:

@@ -6,6 +6,7 @@ Nothing here performs I/O; the shard and the simulator's checkers share these ru
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 
 from silo.errors import FailedPrecondition
@@ -46,6 +47,15 @@ class Event(Enum):
     RESTART = "restart"
     EXPEDITE = "expedite"
     """A scheduled job's queued task is made due now (the status stays SCHEDULED)."""
+    POISON = "poison"
+    """The shard could not process the job's queued task (DESIGN §4 "No poison"): the job
+    ends FAILED ``INTERNAL_ERROR`` without running. (A running attempt that cannot be processed
+    ends with ``FAIL``.)"""
+    UNDELIVERED = "undelivered"
+    """The running attempt's lease expired before the worker acknowledged it: the job is
+    re-queued without charging its retry budget (DESIGN §4 "Delivery")."""
+    UNSENDABLE = "unsendable"
+    """The queued task can never fit in a LeaseTasks reply: the job fails unrun."""
 
 
 TRANSITIONS: dict[tuple[JobStatus | None, Event], JobStatus] = {
@@ -53,10 +63,13 @@ TRANSITIONS: dict[tuple[JobStatus | None, Event], JobStatus] = {
     (S.SCHEDULED, Event.LEASE): S.RUNNING,
     (S.SCHEDULED, Event.CANCEL): S.CANCELLED,  # cancel before it ran
     (S.SCHEDULED, Event.EXPEDITE): S.SCHEDULED,
+    (S.SCHEDULED, Event.POISON): S.FAILED,
     (S.RUNNING, Event.SUCCEED): S.SUCCEEDED,
     (S.RUNNING, Event.FAIL): S.FAILED,
     (S.RUNNING, Event.CANCEL): S.CANCELLED,
     (S.RUNNING, Event.RETRY): S.SCHEDULED,
+    (S.RUNNING, Event.UNDELIVERED): S.SCHEDULED,
+    (S.SCHEDULED, Event.UNSENDABLE): S.FAILED,
     (S.FAILED, Event.RESTART): S.SCHEDULED,
     (S.CANCELLED, Event.RESTART): S.SCHEDULED,
 }
@@ -120,6 +133,29 @@ def attempt_ended(state: JobState, now_ms: int, event: Event) -> JobState:
     return new
 
 
+def undelivered(state: JobState, now_ms: int) -> JobState:
+    """The running attempt's lease expired unacknowledged: the lease and slots are gone, the
+    attempt does not count against the retry budget (``run_attempts`` was charged at lease)
+    and ``undelivered`` counts it. The caller queues the next attempt's task, due now."""
+    new = state.copy()
+    new.status = next_status(state.status, Event.UNDELIVERED)
+    new.changed_at_ms = now_ms
+    new.lease_task_id = None
+    new.held = 0
+    new.run_attempts = max(0, state.run_attempts - 1)
+    new.undelivered = state.undelivered + 1
+    return new
+
+
+def unsendable(state: JobState, now_ms: int) -> JobState:
+    """A scheduled job whose task is too large for any LeaseTasks reply ends FAILED (the
+    caller removes its queued task and records the attempt)."""
+    new = state.copy()
+    new.status = next_status(state.status, Event.UNSENDABLE)
+    new.changed_at_ms = now_ms
+    return new
+
+
 def cancelled(state: JobState, now_ms: int) -> JobState:
     """A scheduled job is cancelled (the caller removes its queued task)."""
     if state.status != S.SCHEDULED:
@@ -137,7 +173,17 @@ def restarted(state: JobState, now_ms: int) -> JobState:
     new.status = next_status(state.status, Event.RESTART)
     new.changed_at_ms = now_ms
     new.run_attempts = 0
+    new.undelivered = 0
     new.held = 0
+    return new
+
+
+def poisoned(state: JobState, now_ms: int) -> JobState:
+    """A scheduled job whose queued task could not be processed ends FAILED (the caller
+    removes the task and records its attempt as failed)."""
+    new = state.copy()
+    new.status = next_status(state.status, Event.POISON)
+    new.changed_at_ms = now_ms
     return new
 
 
@@ -153,13 +199,38 @@ def require(op: Operation, status: JobStatus) -> None:
         raise FailedPrecondition(f"cannot {op.value} a job that is {status.name}")
 
 
+def backoff_ms(retry: RetryPolicy, retry_number: int, jitter: float = 1.0) -> int:
+    """Delay before retry ``retry_number`` (1 for the first retry):
+    ``min(initial_backoff_ms * backoff_factor**(retry_number - 1), max_backoff_ms) * jitter``.
+
+    Never overflows, whatever the policy: the power is computed only while it stays below
+    ``max_backoff_ms`` (decided on logarithms); past that point the delay is the maximum.
+    """
+    initial, ceiling = retry.initial_backoff_ms, retry.max_backoff_ms
+    exponent = max(0, retry_number - 1)
+    if initial <= 0 or ceiling <= 0:
+        base = 0
+    elif initial >= ceiling:
+        base = ceiling
+    elif retry.backoff_factor <= 1.0 or exponent == 0:
+        base = initial
+    elif exponent * math.log(retry.backoff_factor) >= math.log(ceiling / initial):
+        base = ceiling
+    else:
+        # Here initial * factor**exponent < ceiling (up to rounding): a small, finite float.
+        base = min(ceiling, int(initial * retry.backoff_factor**exponent))
+    return int(base * jitter)
+
+
 def retry_delay_ms(retry: RetryPolicy, run_attempts: int, jitter: float = 1.0) -> int | None:
     """Delay before the next attempt after attempt ``run_attempts`` of this run failed.
 
     ``None`` when the retry budget is spent: a job with ``retry_count = n`` gets at most n+1
-    attempts per (re)start. ``jitter`` is in [1, 2) when the policy randomizes, else 1.
+    attempts per (re)start. ``jitter`` is in [1, 2) when the policy randomizes, else 1. The
+    delay is at most ``2 * max_backoff_ms`` and is computed without overflow (see
+    :func:`backoff_ms`).
     """
     retries_done = run_attempts - 1
     if retries_done >= retry.retry_count:
         return None
-    return retry.backoff_ms(retries_done + 1, jitter if retry.randomize else 1.0)
+    return backoff_ms(retry, retries_done + 1, jitter if retry.randomize else 1.0)

@@ -7,11 +7,13 @@ before anything is written, so rejected input leaves nothing behind.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from silo.errors import InvalidArgument
 from silo.model import ConcurrencyLimit, FloatingConcurrencyLimit, Limit, RateLimit, RetryPolicy
+from silo.shard import transitions
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -38,12 +40,16 @@ class ShardLimits:
     max_jobs_per_batch: int = 1000
     retry_count_max: int = 1000
     backoff_max_ms: int = 7 * 24 * 3600 * 1000
+    """Bounds ``initial_backoff_ms`` and ``max_backoff_ms`` of a retry policy."""
+    backoff_factor_min: float = 1.0
+    backoff_factor_max: float = 100.0
     limits_per_job_max: int = 8
     limit_key_max_chars: int = 64
     max_concurrency_max: int = 1_000_000
     rate_limit_max: int = 1_000_000
     rate_period_max_ms: int = 7 * 24 * 3600 * 1000
     refresh_interval_min_ms: int = 100
+    refresh_interval_max_ms: int = 24 * 3600 * 1000
 
 
 def _check_name(value: str, what: str, limit_name: str, limit: int, *, empty_ok: bool) -> None:
@@ -118,17 +124,46 @@ def check_metadata(limits: ShardLimits, metadata: Mapping[str, str]) -> None:
 
 
 def check_retry(limits: ShardLimits, retry: RetryPolicy) -> None:
-    if not 0 <= retry.retry_count <= limits.retry_count_max:
+    """Every field of a retry policy within its named limit, and the worst case it can reach
+    (the delay of its last retry, with the largest jitter) computable and within bounds."""
+    L = limits
+    for name, value in (
+        ("retry_count", retry.retry_count),
+        ("initial_backoff_ms", retry.initial_backoff_ms),
+        ("max_backoff_ms", retry.max_backoff_ms),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidArgument(f"{name} must be an integer")
+    if not 0 <= retry.retry_count <= L.retry_count_max:
         raise InvalidArgument(
             f"retry_count {retry.retry_count} is outside 0..retry_count_max "
-            f"({limits.retry_count_max})"
+            f"({L.retry_count_max})"
         )
-    if retry.initial_backoff_ms < 0 or retry.max_backoff_ms < 0:
-        raise InvalidArgument("backoff times must not be negative")
-    if max(retry.max_backoff_ms, retry.initial_backoff_ms) > limits.backoff_max_ms:
-        raise InvalidArgument(f"backoff exceeds backoff_max_ms ({limits.backoff_max_ms})")
-    if not (1.0 <= retry.backoff_factor <= 100.0):
-        raise InvalidArgument(f"backoff_factor {retry.backoff_factor} is outside 1.0..100.0")
+    for name, value in (
+        ("initial_backoff_ms", retry.initial_backoff_ms),
+        ("max_backoff_ms", retry.max_backoff_ms),
+    ):
+        if not 0 <= value <= L.backoff_max_ms:
+            raise InvalidArgument(
+                f"{name} {value} is outside 0..backoff_max_ms ({L.backoff_max_ms})"
+            )
+    factor = retry.backoff_factor
+    if not isinstance(factor, int | float) or isinstance(factor, bool) or math.isnan(factor):
+        raise InvalidArgument("backoff_factor must be a number")
+    if factor < L.backoff_factor_min:
+        raise InvalidArgument(
+            f"backoff_factor {factor} is below backoff_factor_min ({L.backoff_factor_min})"
+        )
+    if not factor <= L.backoff_factor_max:  # infinity included
+        raise InvalidArgument(
+            f"backoff_factor {factor} is above backoff_factor_max ({L.backoff_factor_max})"
+        )
+    try:
+        worst = transitions.backoff_ms(retry, max(1, retry.retry_count), 2.0)
+    except (ArithmeticError, ValueError) as exc:  # pragma: no cover - backoff_ms is total
+        raise InvalidArgument(f"retry policy backoff cannot be computed: {exc}") from exc
+    if not 0 <= worst <= 2 * L.backoff_max_ms:  # pragma: no cover - guaranteed by the above
+        raise InvalidArgument(f"retry policy backoff {worst} ms exceeds 2 x backoff_max_ms")
 
 
 def check_max_tasks(limits: ShardLimits, max_tasks: int) -> None:
@@ -174,6 +209,11 @@ def check_job_limits(limits: ShardLimits, job_limits: tuple[Limit, ...]) -> None
                     raise InvalidArgument(
                         f"refresh_interval_ms {limit.refresh_interval_ms} of {limit.key!r} is "
                         f"below refresh_interval_min_ms ({limits.refresh_interval_min_ms})"
+                    )
+                if limit.refresh_interval_ms > limits.refresh_interval_max_ms:
+                    raise InvalidArgument(
+                        f"refresh_interval_ms {limit.refresh_interval_ms} of {limit.key!r} is "
+                        f"above refresh_interval_max_ms ({limits.refresh_interval_max_ms})"
                     )
                 check_metadata(limits, limit.metadata)
         elif isinstance(limit, RateLimit):

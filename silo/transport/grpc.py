@@ -29,6 +29,11 @@ code, message and (string-valued) trailing metadata; a refused, reset or lost co
 ``UNAVAILABLE``; the call's timeout (sent to the server as ``grpc-timeout`` and also enforced
 locally) is ``DEADLINE_EXCEEDED``.
 
+Streams (client side only): :meth:`GrpcChannel.open_stream` opens a bidirectional streaming call
+(:class:`GrpcStream`, the :class:`~silo.rpc.ClientStream` of the seam) for servers such as etcd
+whose Watch and LeaseKeepAlive are streams. Statuses map as for unary calls; a stream has no
+deadline, its caller bounds each ``recv`` itself. :class:`GrpcServer` serves unary methods only.
+
 Message size: requests and responses are limited to ``max_message_bytes`` (16 MiB by default).
 The server rejects a larger request with ``RESOURCE_EXHAUSTED`` after reading only its 5-byte
 length prefix (the body is never buffered), and a response the handler made too large with
@@ -62,6 +67,7 @@ from typing import Any
 
 import grpclib.client
 import grpclib.server
+import h2.exceptions
 import trio
 import trio_asyncio
 from grpclib.const import Cardinality, Status
@@ -81,6 +87,7 @@ __all__ = [
     "GrpcChannel",
     "GrpcConnector",
     "GrpcServer",
+    "GrpcStream",
     "parse_address",
 ]
 
@@ -662,6 +669,28 @@ class GrpcChannel:
             )
         return bytes(reply)
 
+    async def open_stream(
+        self, method: str, *, metadata: dict[str, str] | None = None
+    ) -> GrpcStream:
+        """A bidirectional streaming call to ``method`` over this channel's connection; opens
+        lazily on the first ``send``/``recv``."""
+        if self._closed:
+            raise RpcError(Code.UNAVAILABLE, f"channel to {self.address} is closed")
+        headers: list[tuple[str, str]] = []
+        for key, value in (metadata or {}).items():
+            entry = (key.lower(), value)
+            encode_metadata([entry])
+            headers.append(entry)
+        headers.extend(self._auth)
+        return GrpcStream(self, method, headers, self._require_loop())
+
+    def _grpclib_channel(self) -> grpclib.client.Channel:
+        if self._closed:
+            raise RpcError(Code.UNAVAILABLE, f"channel to {self.address} is closed")
+        if self._channel is None:
+            self._channel = grpclib.client.Channel(self._host, self._port, codec=_RawCodec())
+        return self._channel
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -675,6 +704,146 @@ class GrpcChannel:
         if loop is None or loop.is_closed():
             return
         await trio_asyncio.aio_as_trio(_call_sync, loop=loop)(channel.close)
+
+
+class GrpcStream:
+    """:class:`~silo.rpc.ClientStream` over grpclib (``Cardinality.STREAM_STREAM``).
+
+    Each operation runs on the asyncio side through trio-asyncio; failures map to
+    :class:`~silo.rpc.RpcError` as in :meth:`GrpcChannel.call`. Not safe for concurrent ``send``
+    calls (or concurrent ``recv`` calls) from several trio tasks.
+    """
+
+    def __init__(
+        self,
+        owner: GrpcChannel,
+        method: str,
+        headers: list[tuple[str, str]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._owner = owner
+        self._method = method
+        self._headers = headers
+        self._loop = loop
+        self._stream: grpclib.client.Stream[bytes, bytes] | None = None
+        self._finished = False  # the server ended the call (status received)
+        self._closed = False
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        if self._closed:
+            raise RpcError(Code.CANCELLED, f"stream {self._method} is closed")
+        if self._loop.is_closed():
+            raise RpcError(Code.UNAVAILABLE, "the asyncio loop of this stream is closed")
+        return await trio_asyncio.aio_as_trio(self._mapped, loop=self._loop)(fn, *args)
+
+    async def _mapped(self, fn: Any, *args: Any) -> Any:
+        address = self._owner.address
+        try:
+            return await fn(*args)
+        except GRPCError as exc:
+            self._finished = True
+            trailing = self._stream.trailing_metadata if self._stream is not None else None
+            raise RpcError(exc.status.value, exc.message or "", _str_metadata(trailing)) from None
+        except StreamTerminatedError as exc:
+            # A server may send its status and then reset the stream (grpclib does, for a call
+            # it ends before the client half-closed): report that status if it arrived.
+            status = self._status_before_reset()
+            if status is not None:
+                raise status from None
+            raise RpcError(Code.UNAVAILABLE, f"{address}: {exc}") from None
+        except TimeoutError as exc:
+            raise RpcError(Code.UNAVAILABLE, f"{address}: {exc}") from None
+        except OSError as exc:
+            raise RpcError(Code.UNAVAILABLE, f"{address}: {exc}") from None
+        except ProtocolError as exc:
+            raise RpcError(Code.UNAVAILABLE, f"{address}: protocol error: {exc}") from None
+        except h2.exceptions.StreamClosedError:
+            raise RpcError(Code.UNAVAILABLE, f"{address}: the server closed the stream") from None
+
+    def _status_before_reset(self) -> RpcError | None:
+        if self._stream is None:
+            return None
+        try:
+            self._stream._maybe_raise()
+        except GRPCError as exc:
+            self._finished = True
+            return RpcError(exc.status.value, exc.message or "")
+        except Exception:  # no usable status in what arrived
+            return None
+        return None
+
+    async def _open(self) -> grpclib.client.Stream[bytes, bytes]:
+        if self._stream is None:
+            stream = self._owner._grpclib_channel().request(
+                self._method, Cardinality.STREAM_STREAM, bytes, bytes, metadata=self._headers
+            )
+            await stream.__aenter__()
+            self._stream = stream
+            await stream.send_request()
+        return self._stream
+
+    async def _send(self, message: bytes) -> None:
+        stream = await self._open()
+        await stream.send_message(message)
+
+    async def _recv(self) -> bytes | None:
+        stream = await self._open()
+        reply = await stream.recv_message()
+        if reply is not None:
+            return bytes(reply)
+        await self._end()
+        await stream.recv_trailing_metadata()  # raises GRPCError for a non-OK status
+        self._finished = True
+        return None
+
+    async def _end(self) -> None:
+        stream = await self._open()
+        if stream._end_done:
+            return
+        try:
+            await stream.end()
+        except h2.exceptions.StreamClosedError:
+            # The server already ended the call (its status is waiting for recv): there is
+            # nothing left to half-close, so grpclib may read the status now.
+            stream._end_done = True
+
+    async def _close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        try:
+            if not self._finished and stream._stream.closable:
+                await stream.cancel()
+        except Exception as exc:  # the server closed the stream meanwhile: nothing to cancel
+            log.debug("cancelling stream %s: %r", self._method, exc)
+        finally:
+            # An exception value makes grpclib skip waiting for the status and reset the stream.
+            await stream.__aexit__(
+                asyncio.CancelledError, asyncio.CancelledError(), None
+            )
+
+    async def send(self, message: bytes) -> None:
+        if len(message) > self._owner._max_message_bytes:
+            raise RpcError(Code.RESOURCE_EXHAUSTED, f"message of {len(message)} bytes too large")
+        await self._run(self._send, bytes(message))
+
+    async def recv(self) -> bytes | None:
+        return await self._run(self._recv)  # type: ignore[no-any-return]
+
+    async def close_send(self) -> None:
+        await self._run(self._end)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._stream is None or self._loop.is_closed():
+            return
+        with trio.CancelScope(shield=True):
+            try:
+                await trio_asyncio.aio_as_trio(self._mapped, loop=self._loop)(self._close)
+            except (RpcError, asyncio.CancelledError):
+                pass
 
 
 class GrpcConnector:

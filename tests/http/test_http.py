@@ -90,6 +90,8 @@ def stats(shard_id: int, **overrides: Any) -> ShardStatistics:
         completed={"succeeded": 1, "failed": 0, "cancelled": 0},
         retried=4,
         reaped=1,
+        poison_items=2,
+        undelivered=2,
     )
     base.update(overrides)
     return ShardStatistics(**base)
@@ -234,6 +236,8 @@ def test_metrics_from_shard_statistics_and_separate_registries() -> None:
         assert value(text, "silo_tasks_leased_total", shard=shard) == 2
         assert value(text, "silo_jobs_retried_total", shard=shard) == 4
         assert value(text, "silo_leases_reaped_total", shard=shard) == 1
+        assert value(text, "silo_poison_items_total", shard=shard) == 2
+        assert value(text, "silo_leases_undelivered_total", shard=shard) == 2
         assert value(text, "silo_synced_writes_total", shard=shard) == 7
         assert value(text, "silo_write_groups_total", shard=shard) == 5
         assert value(text, "silo_active_leases", shard=shard) == 1

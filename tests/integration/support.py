@@ -93,13 +93,17 @@ class Raw:
         return await self("GetJobResult", request, pb.GetJobResultResponse)
 
     async def lease(self, worker_id: str = "w1", task_group: str = "g", *, max_tasks: int = 10,
-                    shard: int | None = None, wait_ms: int = 0) -> pb.LeaseTasksResponse:
+                    shard: int | None = None, wait_ms: int = 0,
+                    acks: list[pb.Task] | None = None) -> pb.LeaseTasksResponse:
+        """LeaseTasks (``acks``: tasks received earlier, acknowledged by this call)."""
+        ack_list = [pb.TaskAck(shard=t.shard, task_id=t.task_id) for t in acks or ()]
         if shard is None:
             req = pb.LeaseTasksRequest(worker_id=worker_id, task_group=task_group,
-                                       max_tasks=max_tasks, all_shards=True, wait_ms=wait_ms)
+                                       max_tasks=max_tasks, all_shards=True, wait_ms=wait_ms,
+                                       acks=ack_list)
         else:
             req = pb.LeaseTasksRequest(shard=shard, worker_id=worker_id, task_group=task_group,
-                                       max_tasks=max_tasks, wait_ms=wait_ms)
+                                       max_tasks=max_tasks, wait_ms=wait_ms, acks=ack_list)
         return await self("LeaseTasks", req, pb.LeaseTasksResponse)
 
     async def lease_one(self, worker_id: str = "w1", task_group: str = "g") -> pb.Task:

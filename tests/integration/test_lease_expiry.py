@@ -19,6 +19,15 @@ LEASE_MS = 500
 RETRY = RetryPolicy(retry_count=2, initial_backoff_ms=10, max_backoff_ms=10)
 
 
+async def acknowledge_running_attempt(raw: Raw, job_id: str, worker_id: str) -> None:
+    """Acknowledge the running attempt's lease as ``worker_id`` (one heartbeat), so that its
+    expiry counts as a crash of a worker that had the task, not as an undelivered lease."""
+    job = await raw.get(job_id, attempts=True)
+    (running,) = [a for a in job.attempts if a.state == pb.AttemptState.RUNNING]
+    task = pb.Task(shard=await raw.shard(), task_id=running.task_id)
+    await raw.heartbeat(task, worker_id)
+
+
 def _counter(events: list[tuple[str, int]]) -> Callable[[str, int], None]:
     return lambda kind, n: events.append((kind, n))
 
@@ -47,6 +56,7 @@ async def test_stale_worker_is_reaped_and_its_late_report_refused(start_node: St
         async with trio.open_nursery() as nursery:
             nursery.start_soon(a.run)
             await wait_until(lambda: a_attempts == [1], timeout=10, what="A to start attempt 1")
+            await acknowledge_running_attempt(Raw(client, node.address), job.id, "worker-A")
             nursery.start_soon(b.run)
             # A's lease expires, the reaper fails attempt 1, B runs attempt 2.
             assert await job.result(timeout=15) == "from B, attempt 2"
@@ -105,6 +115,7 @@ async def test_stale_worker_abandons_when_its_heartbeat_finds_the_lease_gone(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(a.run)
             await wait_until(lambda: a._running != {}, timeout=10, what="A to start")
+            await acknowledge_running_attempt(Raw(client, node.address), job.id, "worker-A")
             nursery.start_soon(b.run)
             assert await job.result(timeout=15) == "from B"
             await wait_until(lambda: a.abandoned == 1, timeout=10,

@@ -13,7 +13,7 @@ from silo.client import (
     SiloClient,
     Worker,
 )
-from silo.errors import InvalidArgument, NotFound
+from silo.errors import InvalidArgument
 from tests.integration.conftest import StartNode
 
 
@@ -146,9 +146,6 @@ async def test_limit_errors_over_the_wire(start_node: StartNode) -> None:
             assert "rate_limit_max" in exc.message
         else:
             raise AssertionError("a zero rate limit was accepted")
-        try:
-            await client.queue("never-used")
-        except NotFound as exc:
-            assert "concurrency queue not found" in exc.message
-        else:
-            raise AssertionError("an unknown queue was found")
+        # A queue without state (never used, or idle) has no holders and nobody waiting.
+        idle = await client.queue("never-used")
+        assert (idle.holders, idle.waiting, idle.holder_task_ids) == (0, 0, [])

@@ -68,6 +68,7 @@ class World(trio.abc.Clock):
         self.config = config or ShardConfig(lease_ms=LEASE_MS)
         self.runtime = Runtime(clock=self, random=RandomSource(seed), disk=self.disk)
         self._elapsed_ms = 0
+        self._wall_step_ms = 0
 
     def __repr__(self) -> str:
         return f"World({self.kind})"
@@ -75,7 +76,14 @@ class World(trio.abc.Clock):
     # -- wall clock ---------------------------------------------------------------------------
 
     def now_ms(self) -> int:
-        return EPOCH_MS + self._elapsed_ms
+        return EPOCH_MS + self._elapsed_ms + self._wall_step_ms
+
+    def monotonic_ms(self) -> int:
+        return self._elapsed_ms
+
+    def step_wall_ms(self, delta_ms: int) -> None:
+        """Step the wall clock alone (NTP, a VM resume): monotonic and trio time stay."""
+        self._wall_step_ms += delta_ms
 
     def advance(self, ms: int) -> None:
         assert ms >= 0

@@ -19,6 +19,7 @@ from tests.shard.support import (
     limited_job,
     report,
     request_rows,
+    store_items,
     where_is,
 )
 
@@ -28,7 +29,8 @@ QF = (T, "F")
 
 
 def refresh_task_id(shard, queue: str = "F") -> str | None:  # noqa: ANN001
-    return shard._mirror.queues[(T, queue)].refresh_task_id
+    qs = shard._mirror.queues.get((T, queue))  # an idle queue keeps no state
+    return None if qs is None else qs.refresh_task_id
 
 
 def refresh_timers(shard) -> list[tuple[str, int]]:  # noqa: ANN001
@@ -146,3 +148,15 @@ async def test_refresh_reports_are_checked(memory_world: World) -> None:
             await shard.report_refresh(WORKER, job.task_id, 1)  # not a refresh task
         with pytest.raises(InvalidArgument):
             await shard.report_outcome(report(refresh, Success()))  # not a job
+
+
+@pytest.mark.parametrize("interval_ms", [2**64 - 1, 24 * 3600 * 1000 + 1])
+async def test_refresh_interval_is_bounded_at_enqueue(world: World, interval_ms: int) -> None:
+    """An interval that would overflow the stored refresh time (msgpack's uint64) is refused,
+    with the limit named, before anything is written."""
+    async with world.open() as shard:
+        before = await store_items(shard)
+        limit = FloatingConcurrencyLimit("F", 1, interval_ms)
+        with pytest.raises(InvalidArgument, match="refresh_interval_max_ms"):
+            await shard.enqueue(limited_job("j", limit))
+        assert await store_items(shard) == before

@@ -45,6 +45,10 @@ JOB_CASES = {
     "retry_count_max": new_job("x", retry_count=L.retry_count_max + 1),
     "retry_count_max-negative": new_job("x", retry_count=-1),
     "backoff_max_ms": new_job("x", initial_ms=L.backoff_max_ms + 1, max_ms=L.backoff_max_ms + 1),
+    "backoff_max_ms-negative": NewJob("g", job_id="x", retry=RetryPolicy(1, -5, 10)),
+    "backoff_factor_min": new_job("x", factor=0.5),
+    "backoff_factor_max": new_job("x", factor=L.backoff_factor_max + 0.5),
+    "backoff_factor_max-infinite": new_job("x", factor=float("inf")),
     "limits_per_job_max": replace(
         new_job("x"),
         limits=tuple(ConcurrencyLimit(f"q{i}", 1) for i in range(L.limits_per_job_max + 1)),
@@ -69,6 +73,10 @@ JOB_CASES = {
     "rate_period_max_ms": replace(
         new_job("x"), limits=(RateLimit("api", "k", 1, L.rate_period_max_ms + 1),)
     ),
+    "refresh_interval_max_ms": replace(
+        new_job("x"),
+        limits=(FloatingConcurrencyLimit("q", 1, 24 * 3600 * 1000 + 1),),
+    ),
     "refresh_interval_min_ms": replace(
         new_job("x"),
         limits=(FloatingConcurrencyLimit("q", 1, L.refresh_interval_min_ms - 1),),
@@ -79,8 +87,7 @@ JOB_CASES_UNNAMED = {
     "task group": new_job("x", group=""),
     "tenant": new_job("x", tenant=""),
     "job id": new_job(""),
-    "backoff_factor": new_job("x", factor=0.5),
-    "backoff times": NewJob("g", job_id="x", retry=RetryPolicy(1, -5, 10)),
+    "backoff_factor must be a number": new_job("x", factor=float("nan")),
     "start_at_ms": new_job("x", start_at_ms=-1),
     "metadata keys": new_job("x", metadata={"": "v"}),
     "priority must be an integer": new_job("x", priority=True),  # type: ignore[arg-type]

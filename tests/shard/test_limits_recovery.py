@@ -68,6 +68,9 @@ class WallClock:
     def now_ms(self) -> int:
         return self.ms
 
+    def monotonic_ms(self) -> int:
+        return self.ms - EPOCH_MS
+
 
 async def check_limits(shard: JobShard) -> None:
     """Every limit invariant, on the store as the shard sees it (durable + being written)."""

@@ -98,17 +98,67 @@ async def test_after_its_token_a_job_goes_on_to_the_next_limit(world: World) -> 
         assert task.job_id == "j"
 
 
-async def test_granted_slot_then_rate_wait_holds_the_slot(world: World) -> None:
-    """[A, rate]: a job granted A by a release goes on to the rate limit in the same batch."""
+async def test_a_job_takes_its_rate_token_before_its_slots(world: World) -> None:
+    """[A, rate]: the token comes first (DESIGN §5: no slot is held while waiting for a
+    token); once it is due the job acquires A, here granted by a release."""
     a = ConcurrencyLimit("A", 1)
     async with world.open() as shard:
         await shard.enqueue(limited_job("holder", a))
         await shard.enqueue_batch([limited_job(f"spend{i}", RATE) for i in range(2)])
         await shard.enqueue(limited_job("j", a, RATE))
-        task = await lease_one(shard)
-        assert task.job_id == "holder"
-        await shard.report_outcome(report(task, Success()))
         view = await shard.get_job(T, "j")
-        assert (await where_is(shard, "j"), view.state.held) == ("TIMER", 2)
+        assert (await where_is(shard, "j"), view.state.held) == ("TIMER", 1)
         assert view.state.next_attempt_at_ms == world.now_ms() + 500
+        assert view.info.limits == (RATE, a)  # stored in the order they are acquired
+        assert await holder_rows(shard) == {(T, "A"): ["holder"]}
+        world.advance(500)
+        await shard.promote_due()
+        assert await where_is(shard, "j") == "PARKED"
+        task = next(t for t in await lease(shard) if t.job_id == "holder")
+        await shard.report_outcome(report(task, Success()))
+        assert await where_is(shard, "j") == "READY"
         assert await holder_rows(shard) == {(T, "A"): ["j"]}
+
+
+# -- cancelled reservations -----------------------------------------------------------------------
+
+EVERY_3S = RateLimit("api", "slow", 1, 3000)
+
+
+async def test_cancel_of_jobs_waiting_for_their_tokens_gives_the_tokens_back(
+    world: World,
+) -> None:
+    """1 per 3 s, 20 jobs, the 19 still waiting cancelled: a new job waits one period, not 20."""
+    async with world.open() as shard:
+        await shard.enqueue_batch([limited_job(f"j{i:02d}", EVERY_3S) for i in range(20)])
+        assert (await shard.get_job(T, "j19")).state.next_attempt_at_ms == world.now_ms() + 57_000
+        assert (await lease_one(shard)).job_id == "j00"
+        for i in range(1, 20):
+            await shard.cancel(T, f"j{i:02d}")
+        world.advance(1)
+        await shard.enqueue(limited_job("next", EVERY_3S))
+        due = (await shard.get_job(T, "next")).state.next_attempt_at_ms
+        assert due is not None and due <= world.now_ms() + 6_000
+        world.advance(due - world.now_ms())
+        assert (await lease_one(shard)).job_id == "next"
+        await check_counters(shard)
+
+
+async def test_cancel_of_a_waiting_job_gives_its_token_to_the_next_job(world: World) -> None:
+    async with world.open() as shard:
+        await shard.enqueue_batch([limited_job(f"j{i}", EVERY_3S) for i in range(2)])
+        assert await where_is(shard, "j1") == "TIMER"
+        await shard.cancel(T, "j1")
+        await shard.enqueue(limited_job("j2", EVERY_3S))
+        # j2 takes the token j1 gave back: due when j1 would have been, not a period later.
+        assert (await shard.get_job(T, "j2")).state.next_attempt_at_ms == world.now_ms() + 3000
+        # A job that already took its token (it waits for a slot now) keeps it spent.
+        await shard.enqueue(limited_job("holder", ConcurrencyLimit("A", 1)))
+        world.advance(3000)
+        await shard.enqueue(limited_job("parked", EVERY_3S, ConcurrencyLimit("A", 1)))
+        world.advance(3000)
+        await shard.promote_due()
+        assert await where_is(shard, "parked") == "PARKED"
+        await shard.cancel(T, "parked")
+        await shard.enqueue(limited_job("j3", EVERY_3S))
+        assert (await shard.get_job(T, "j3")).state.next_attempt_at_ms == world.now_ms() + 3000

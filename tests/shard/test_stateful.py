@@ -22,8 +22,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from trio.testing import MockClock
 
 from silo.errors import FailedPrecondition, NotFound, SiloError, Unavailable
+from silo.keys import Prefix
 from silo.model import DEFAULT_TENANT as T
 from silo.model import (
+    MAX_UNDELIVERED,
     Cancelled,
     Failure,
     JobStatus,
@@ -55,6 +57,9 @@ class WallClock:
     def now_ms(self) -> int:
         return self.ms
 
+    def monotonic_ms(self) -> int:
+        return self.ms - EPOCH_MS
+
 
 @dataclass(frozen=True)
 class MLease:
@@ -62,6 +67,8 @@ class MLease:
     worker: str
     attempt: int
     expiry: int
+    acked: bool = False
+    """Acknowledged by a heartbeat (an unacknowledged lease that expires is undelivered)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,7 @@ class MJob:
     run_attempts: int = 0
     due: int | None = None
     lease: MLease | None = None
+    undelivered: int = 0
 
 
 def backoff_ms(run_attempts: int) -> int:
@@ -92,6 +100,16 @@ def after_failure(job: MJob, now: int) -> MJob:
         return replace(base, status=S.SCHEDULED, attempt=job.attempt + 1,
                        due=now + backoff_ms(job.run_attempts))
     return replace(base, status=S.FAILED)
+
+
+def after_expiry(job: MJob, now: int) -> MJob:
+    """The running attempt's lease expired: undelivered (re-queued now, the retry budget
+    refunded) when it was never acknowledged, at most MAX_UNDELIVERED times; else a failure."""
+    assert job.lease is not None
+    if not job.lease.acked and not job.cancelled and job.undelivered < MAX_UNDELIVERED:
+        return replace(job, lease=None, status=S.SCHEDULED, attempt=job.attempt + 1, due=now,
+                       run_attempts=job.run_attempts - 1, undelivered=job.undelivered + 1)
+    return after_failure(job, now)
 
 
 def after_report(job: MJob, outcome: object, now: int) -> MJob:
@@ -202,7 +220,7 @@ class ShardMachine(RuleBasedStateMachine):
             return None
         s = view.state
         return (s.status, view.cancelled_at_ms is not None, s.attempt, s.run_attempts,
-                s.next_attempt_at_ms, s.lease_task_id)
+                s.next_attempt_at_ms, s.lease_task_id, s.undelivered)
 
     @staticmethod
     def same(actual: tuple | None, job: MJob | None) -> bool:
@@ -210,7 +228,7 @@ class ShardMachine(RuleBasedStateMachine):
             return actual is None and job is None
         lease_task = job.lease.task_id if job.lease else None
         return actual == (job.status, job.cancelled, job.attempt, job.run_attempts, job.due,
-                          lease_task)
+                          lease_task, job.undelivered)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -294,7 +312,8 @@ class ShardMachine(RuleBasedStateMachine):
             if ok:
                 expiry = max(now + LEASE_MS, lease.expiry)
                 assert (hb.cancelled, hb.lease_expiry_ms) == (job.cancelled, expiry)
-                self.jobs[job.job_id] = replace(job, lease=replace(lease, expiry=expiry))
+                self.jobs[job.job_id] = replace(job, lease=replace(lease, expiry=expiry,
+                                                                   acked=True))
 
         self.session(body)
 
@@ -354,7 +373,7 @@ class ShardMachine(RuleBasedStateMachine):
         elif op == "restart":
             refused = job.status not in (S.FAILED, S.CANCELLED)
             new = None if refused else replace(
-                job, status=S.SCHEDULED, cancelled=False, run_attempts=0,
+                job, status=S.SCHEDULED, cancelled=False, run_attempts=0, undelivered=0,
                 attempt=job.attempt + 1, due=now)
         elif op == "expedite":
             refused = job.status != S.SCHEDULED
@@ -416,7 +435,7 @@ class ShardMachine(RuleBasedStateMachine):
             )
             for job in expired:
                 lease = job.lease
-                self.jobs[job.job_id] = after_failure(job, now)
+                self.jobs[job.job_id] = after_expiry(job, now)
                 rep = OutcomeReport(lease.worker, lease.task_id, Cancelled(), T, job.job_id,
                                     lease.attempt)
                 self.ended.append((rep, True))
@@ -484,8 +503,8 @@ class ShardMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         self.session(self.nothing)  # one last reopen and full check
         items = self.disk.durable_items(PATH)
-        for job_id in sorted(self.deleted):
-            assert keys_mentioning(items, job_id) == []
+        for job_id in sorted(self.deleted):  # only the attempt high-water mark of the id stays
+            assert [p for p, _ in keys_mentioning(items, job_id)] == [Prefix.ATTEMPT_HIGH_WATER]
 
 
 SETTINGS = settings(

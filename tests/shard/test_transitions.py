@@ -3,6 +3,8 @@ an illegal (status, event) pair raises IllegalTransition."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -52,6 +54,9 @@ def test_next_state_functions_follow_the_table(status: JobStatus, event: Event) 
         Event.RETRY: lambda: tr.attempt_ended(state, 200, Event.RETRY),
         Event.RESTART: lambda: tr.restarted(state, 200),
         Event.EXPEDITE: lambda: tr.expedited(state),
+        Event.POISON: lambda: tr.poisoned(state, 200),
+        Event.UNDELIVERED: lambda: tr.undelivered(state, 200),
+        Event.UNSENDABLE: lambda: tr.unsendable(state, 200),
     }
     if event is Event.CANCEL:
         # A running job's cancel ends with its attempt; the operator cancel applies to SCHEDULED.
@@ -113,6 +118,16 @@ def test_enqueued_is_scheduled_at_now() -> None:
 def test_legal_transitions_are_the_status_changes_of_the_table() -> None:
     assert LEGAL_TRANSITIONS == {
         (None, S.SCHEDULED), (S.SCHEDULED, S.RUNNING), (S.SCHEDULED, S.CANCELLED),
+        (S.SCHEDULED, S.FAILED),  # a poison queued task
         (S.RUNNING, S.SUCCEEDED), (S.RUNNING, S.FAILED), (S.RUNNING, S.CANCELLED),
         (S.RUNNING, S.SCHEDULED), (S.FAILED, S.SCHEDULED), (S.CANCELLED, S.SCHEDULED),
+        (S.SCHEDULED, S.FAILED),  # a task too large for any reply
     }
+
+
+def test_undelivered_refunds_the_retry_budget_and_counts() -> None:
+    new = tr.undelivered(_state(S.RUNNING), 300)
+    assert (new.status, new.lease_task_id, new.held) == (S.SCHEDULED, None, 0)
+    assert (new.run_attempts, new.undelivered) == (1, 1)
+    assert tr.restarted(replace(tr.unsendable(_state(S.SCHEDULED), 1), undelivered=2),
+                        2).undelivered == 0

@@ -41,6 +41,9 @@ class FakeClock:
     def now_ms(self) -> int:
         return self.now
 
+    def monotonic_ms(self) -> int:
+        return self.now - T0
+
 
 @dataclass
 class FakeHost:
@@ -252,16 +255,30 @@ def test_inv6_durable_job_missing_after_crash() -> None:
 
 
 def test_inv8_expired_lease_not_reaped() -> None:
+    """Leased at monotonic 0 s with 1 s to go: overdue from 1 s on, a violation once more than
+    REAP_SLACK_S later."""
     h = Harness()
     h.enqueue("a")
     h.lease("a", "t1", expiry=T0 + 1000)
     h.checker.tick(0.0)
-    h.host.clock.now = T0 + 2000
     h.checker.tick(1.0)
-    h.checker.tick(1.0 + REAP_SLACK_S / 2)
+    h.checker.tick(1.5)
+    h.checker.tick(1.5 + REAP_SLACK_S / 2)
     assert h.violations == []
-    h.checker.tick(1.0 + REAP_SLACK_S + 0.5)
+    h.checker.tick(1.5 + REAP_SLACK_S + 0.5)
     assert h.invariant == 8
+
+
+def test_inv8_a_wall_clock_step_alone_makes_no_lease_overdue() -> None:
+    """Deadlines are monotonic (DESIGN §4): a wall step of a minute is no expiry."""
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1", expiry=T0 + 1000)
+    h.host.clock.now = T0 + 60_000
+    # Past REAP_SLACK_S after the step, but not after the monotonic expiry (1 s).
+    for i in range(1, 56):
+        h.checker.tick(i / 10)
+    assert h.violations == []
 
 
 def test_inv8_lease_on_a_down_node_is_not_overdue() -> None:
@@ -557,3 +574,19 @@ def test_inv2_released_slot_whose_holder_row_stays_on_disk() -> None:
     _release(h, "t1")
     assert h.invariant == 2
     assert "still on disk" in h.violations[0].message
+
+
+def test_audit_idle_queue_rows_and_zero_counters() -> None:
+    counters = {JOBS_TOTAL: 1, JOBS_TERMINAL: 1, status_counter("t", JobStatus.SUCCEEDED): 1}
+    img = _image({"a": JobStatus.SUCCEEDED}, counters)
+    img.queues[("t", "busy")] = QueueState(1)
+    img.holders[("t", "busy")] = {}
+    img.requests[("t", "busy")] = 1
+    img.queues[("t", "refreshing")] = QueueState(1, floating=True, refresh_task_id="r1")
+    assert audit_image(img, "x") == []
+    img.queues[("t", "idle")] = QueueState(1)
+    img.counters[status_counter("t", JobStatus.RUNNING)] = 0
+    problems = audit_image(img, "x")
+    assert [inv for inv, _ in problems] == [12, 12]
+    assert "idle queue 'idle'" in problems[0][1]
+    assert "stored as zero" in problems[1][1]

@@ -108,18 +108,13 @@ def test_gated_edges_stay_off_by_default() -> None:
     assert GATED_EDGES
     for seed in SEEDS:
         _, params = _draw(seed)
-        if gated("poison_retry"):
-            assert params["retry_mode"] != "poison"
-        if gated("limit_any_order"):
-            assert params["limit_mode"] != "any_order"
         if gated("hung_handler"):
             assert params["hung_prob"] == 0.0
 
 
 def test_gated_edges_switch_on_with_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SILO_SIM_ALL_EDGES", "1")
-    modes = {_draw(seed)[1]["retry_mode"] for seed in SEEDS}
-    assert "poison" in modes
+    assert any(_draw(seed)[1]["hung_prob"] for seed in SEEDS)
 
 
 def test_odd_names_are_unique_and_maximal() -> None:
