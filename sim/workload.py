@@ -266,7 +266,13 @@ class Workload:
 
 
 def _model_has_timeouts() -> bool:
-    return "timeout_ms" in {f.name for f in fields(NewJob)}
+    """Per-job timeouts are drawn once both the model and the client take them."""
+    import inspect
+
+    from silo.client.client import SiloClient
+
+    return "timeout_ms" in {f.name for f in fields(NewJob)} and (
+        "timeout_ms" in inspect.signature(SiloClient.enqueue).parameters)
 
 
 HANG_S = 3600.0
