@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import random
-from dataclasses import fields
 
 import pytest
 
 from silo.client.types import pack
-from silo.model import NewJob
 from silo.shard.validation import ShardLimits, check_job_limits, check_retry
 from sim.workload import (
     GATED_EDGES,
@@ -16,6 +14,7 @@ from sim.workload import (
     TYPICAL_PROB,
     Span,
     Workload,
+    _model_has_timeouts,
     gated,
     plan_jobs,
 )
@@ -61,7 +60,7 @@ def test_edges_are_reached_and_most_knobs_stay_typical() -> None:
         for name in w.edges_taken:
             edged[name] += 1
     off = {"hung_prob"} if gated("hung_handler") else set()
-    if not any(f.name == "timeout_ms" for f in fields(NewJob)):
+    if not _model_has_timeouts():
         off.add("timeout_mode")
     for name, n in edged.items():
         if name in off:
