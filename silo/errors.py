@@ -65,6 +65,10 @@ class FailedPrecondition(SiloError):
     code = Code.FAILED_PRECONDITION
 
 
+class Aborted(SiloError):
+    code = Code.ABORTED
+
+
 class ResourceExhausted(SiloError):
     code = Code.RESOURCE_EXHAUSTED
 
@@ -92,6 +96,7 @@ _BY_CODE: dict[Code, type[SiloError]] = {
         NotFound,
         AlreadyExists,
         FailedPrecondition,
+        Aborted,
         ResourceExhausted,
         Unavailable,
         DeadlineExceeded,
@@ -113,3 +118,24 @@ def error_for_code(code: int, message: str, metadata: dict[str, str] | None = No
         err.code = c
         return err
     return cls(message, metadata=metadata)
+
+
+QUOTE_MAX_CHARS = 80
+"""How many characters of a caller's value an error message quotes by default."""
+
+
+def quote(value: object, max_chars: int = QUOTE_MAX_CHARS) -> str:
+    """``repr(value)`` cut to at most about ``max_chars`` characters, for error messages.
+
+    Every message that quotes caller input goes through here, so an oversized id cannot make an
+    error message (carried in an HTTP/2 header) oversized too. A cut value ends with ``...`` and
+    the length of the original, e.g. ``'xxxxxxxx'... (65536 chars)``. Only the first
+    ``max_chars`` characters of a string are looked at, whatever its size.
+    """
+    if isinstance(value, str | bytes | bytearray) and len(value) > max_chars:
+        unit = "chars" if isinstance(value, str) else "bytes"
+        return f"{value[:max_chars]!r}... ({len(value)} {unit})"
+    text = repr(value)
+    if len(text) > max_chars:
+        return f"{text[:max_chars]}..."
+    return text

@@ -48,6 +48,9 @@ class Prefix(IntEnum):
     ATTEMPT_HIGH_WATER = 0x0F
     """Per deleted (tenant, job id): the highest attempt number it used (see
     :func:`silo.shard.tables.attempt_high_water_key`)."""
+    JOB_FINGERPRINT = 0x10
+    """Per stored job: the request fingerprint it was enqueued with (see
+    :func:`silo.shard.tables.fingerprint_key`)."""
     QUARANTINE = 0xE0
     """Rows set aside because the shard could not process them (see
     :func:`silo.shard.tables.quarantine_key`)."""

@@ -76,8 +76,21 @@ def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def _unpack(key: bytes, data: bytes, version: int, arity: int) -> list[Any]:
-    return _unpack_versioned(key, data, {version: arity})[1]
+def _decode_list(key: bytes, data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise CorruptRecord(key, f"not msgpack ({exc})") from exc
+
+
+def _unpack(key: bytes, data: bytes, version: int, arity: int, optional: int = 0) -> list[Any]:
+    """The fields of a record; the last ``optional`` of its ``arity`` fields may be missing
+    (records written before those fields existed), and come back as ``None``."""
+    obj = _decode_list(key, data)
+    if (not isinstance(obj, list) or not arity - optional + 1 <= len(obj) <= arity + 1
+            or type(obj[0]) is not int or obj[0] != version):
+        raise CorruptRecord(key, f"expected a version-{version} record of {arity} fields")
+    return obj[1:] + [None] * (arity + 1 - len(obj))
 
 
 def _unpack_versioned(
@@ -85,10 +98,7 @@ def _unpack_versioned(
 ) -> tuple[int, list[Any]]:
     """Decode a record written in any of the format versions ``arities`` maps to their field
     counts; returns ``(version, fields)``."""
-    try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except Exception as exc:
-        raise CorruptRecord(key, f"not msgpack ({exc})") from exc
+    obj = _decode_list(key, data)
     if (
         not isinstance(obj, list)
         or not obj
@@ -203,35 +213,49 @@ class JobInfo:
     enqueued_at_ms: int = 0
     start_at_ms: int = 0
     limits: tuple[Limit, ...] = ()
+    timeout_ms: int = 0
+    """How long one attempt may run (0: the worker's default)."""
 
     def encode(self) -> bytes:
-        return _pack(
-            [
-                1,
-                self.tenant,
-                self.job_id,
-                self.task_group,
-                self.payload,
-                self.priority,
-                self.retry.to_list(),
-                sorted(self.metadata.items()),
-                self.enqueued_at_ms,
-                self.start_at_ms,
-                [limit_to_list(limit) for limit in self.limits],
-            ]
-        )
+        """Version 1; ``timeout_ms`` is appended only when set, so a job without one is stored
+        as before that field existed (and older code can read it)."""
+        fields = [
+            1,
+            self.tenant,
+            self.job_id,
+            self.task_group,
+            self.payload,
+            self.priority,
+            self.retry.to_list(),
+            sorted(self.metadata.items()),
+            self.enqueued_at_ms,
+            self.start_at_ms,
+            [limit_to_list(limit) for limit in self.limits],
+        ]
+        if self.timeout_ms:
+            fields.append(self.timeout_ms)
+        return _pack(fields)
 
     @classmethod
     def decode(cls, key: bytes, data: bytes) -> JobInfo:
-        f = _unpack(key, data, 1, 10)
+        f = _unpack(key, data, 1, 11, optional=1)
         try:
             return cls(
                 f[0], f[1], f[2], f[3], f[4], RetryPolicy.from_list(f[5]),
                 {k: v for k, v in f[6]}, f[7], f[8], tuple(limit_from_list(x) for x in f[9]),
+                _positive_or_absent(f[10]),
             )
         except (TypeError, ValueError, IndexError, KeyError, AttributeError,
                 OverflowError) as exc:
             raise CorruptRecord(key, f"bad job record ({exc})") from exc
+
+
+def _positive_or_absent(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
 
 
 @dataclass(slots=True)
@@ -247,6 +271,8 @@ class JobState:
     waits on ``limits[held]``. ``lease_task_id`` is the task id of the running attempt.
     ``undelivered`` counts the leases of this run that expired unacknowledged (they do not
     count in ``run_attempts``); a restart resets it.
+    ``attempt_rows`` counts the job's stored attempt rows (one per lease, over every run); it is
+    bounded by ``max_attempts_per_job``.
     """
 
     status: JobStatus
@@ -258,11 +284,12 @@ class JobState:
     lease_task_id: str | None = None
     held: int = 0
     undelivered: int = 0
+    attempt_rows: int = 0
 
     def encode(self) -> bytes:
         return _pack(
             [
-                2,
+                3,
                 int(self.status),
                 self.changed_at_ms,
                 self.next_attempt_at_ms,
@@ -272,19 +299,23 @@ class JobState:
                 self.lease_task_id,
                 self.held,
                 self.undelivered,
+                self.attempt_rows,
             ]
         )
 
     @classmethod
     def decode(cls, key: bytes, data: bytes) -> JobState:
-        """Reads version 2 and version 1 (written before ``undelivered`` existed: 0)."""
-        _, f = _unpack_versioned(key, data, {2: 9, 1: 8})
+        """Reads version 3, version 2 (written before ``attempt_rows`` existed) and version 1
+        (before ``undelivered`` too: 0). A record without ``attempt_rows`` takes ``attempt``,
+        an upper bound."""
+        _, f = _unpack_versioned(key, data, {3: 10, 2: 9, 1: 8})
         try:
             t = f[5]
             task = (int(t[0]), int(t[1]), int(t[2]), str(t[3])) if t is not None else None
             undelivered = int(f[8]) if len(f) > 8 else 0
+            rows = int(f[9]) if len(f) > 9 else int(f[3])
             return cls(JobStatus(f[0]), f[1], f[2], f[3], f[4], task, f[6], int(f[7]),
-                       undelivered)
+                       undelivered, rows)
         except (TypeError, ValueError, IndexError, KeyError, OverflowError) as exc:
             raise CorruptRecord(key, f"bad status record ({exc})") from exc
 
@@ -299,6 +330,7 @@ class JobState:
             self.lease_task_id,
             self.held,
             self.undelivered,
+            self.attempt_rows,
         )
 
 
@@ -447,6 +479,8 @@ class LeasedTask:
     metadata: dict[str, str]
     lease_expiry_ms: int
     refresh: RefreshRequest | None = None
+    timeout_ms: int = 0
+    """The job's attempt timeout (0: the worker's default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,6 +588,8 @@ class JobView:
     attempts: tuple[Attempt, ...] | None = None
     waiting_for: str = ""
     """What a scheduled job waits for (its start time, a concurrency slot, a rate token...)."""
+    attempts_total: int = 0
+    """How many attempt rows the job has (``attempts`` may hold only a page of them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -595,6 +631,25 @@ class NewJob:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     metadata: dict[str, str] = field(default_factory=dict)
     limits: tuple[Limit, ...] = ()
+    timeout_ms: int = 0
+    """How long one attempt may run (0: the worker's default)."""
+
+
+ENQUEUE_HELD_BACK = "not written: another job in the batch was refused"
+"""The message of an ABORTED :class:`EnqueueResult`: the job was fine, the batch was not."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """How one job of an enqueue fared: ``error`` None is OK (written now, or ``existed``: an
+    identical job, same request fingerprint, was already stored under the id). The enqueue is
+    atomic: when any job is refused none is written, and the jobs that were only held back
+    carry an ABORTED error saying so."""
+
+    job_id: str
+    error: Exception | None = None
+    """A :class:`silo.errors.SiloError` (typed loosely: the model does not import errors)."""
+    existed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 log = logging.getLogger("silo.node")
 
+LONG_POLL_TASK_GROUPS_MAX = 10_000
+"""Default of :attr:`NodeConfig.long_poll_task_groups_max`."""
+
 
 @dataclass(frozen=True)
 class NodeConfig:
@@ -44,6 +47,10 @@ class NodeConfig:
     max_reply_bytes: int = max_reply_bytes(DEFAULT_MAX_MESSAGE_BYTES)
     """Byte budget of the tasks in one LeaseTasks reply (the server's ``max_message_bytes``
     minus headroom): a lease round never leases more than fits."""
+    long_poll_task_groups_max: int = LONG_POLL_TASK_GROUPS_MAX
+    """The most task groups with a wakeup event at once (one event per task group that has a
+    long poll waiting). A long poll for a further group still works, but polls the shards (at
+    least once a second) instead of being woken."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,8 @@ class SiloNode:
         self.shards: dict[int, JobShard] = {}
         self.advertise_address = config.advertise_address
         self._ready_events: dict[str, trio.Event] = {}
+        """One wakeup event per task group with a long poll waiting on it (at most
+        ``long_poll_task_groups_max``); an event is dropped once it is set or has no waiter."""
         self._lease_rotation = 0
         self._draining = False
 
@@ -140,16 +149,36 @@ class SiloNode:
                 if not out and wait_ms:
                     self.runtime.faults.sometimes("node.lease.empty_after_wait")
                 return out
-            event = self._ready_events.setdefault(task_group, trio.Event())
+            event = self._wakeup_event(task_group)
             if any(s.has_ready_tasks(task_group) for s in self._ordered_shards()):
                 continue
             wait_s = min(remaining, self._next_timer_s())
             if self.runtime.faults.buggify("node.lease.wake_early"):
                 wait_s = min(wait_s, 0.001)
-            with trio.move_on_after(wait_s):
-                await event.wait()
-            if event.is_set():
+            try:
+                with trio.move_on_after(wait_s):
+                    if event is None:
+                        await trio.sleep_forever()
+                    else:
+                        await event.wait()
+            finally:
+                self._drop_unwaited(task_group, event)
+            if event is not None and event.is_set():
                 self.runtime.faults.sometimes("node.lease.long_poll_woken")
+
+    def _wakeup_event(self, task_group: str) -> trio.Event | None:
+        """The event that wakes long polls on ``task_group``; None when the node already tracks
+        ``long_poll_task_groups_max`` other groups (the caller then polls)."""
+        event = self._ready_events.get(task_group)
+        if event is None and len(self._ready_events) < self.config.long_poll_task_groups_max:
+            event = self._ready_events[task_group] = trio.Event()
+        return event
+
+    def _drop_unwaited(self, task_group: str, event: trio.Event | None) -> None:
+        """Forget ``task_group``'s event once no long poll waits on it any more."""
+        if event is not None and self._ready_events.get(task_group) is event:
+            if event.statistics().tasks_waiting == 0:
+                del self._ready_events[task_group]
 
     async def apply_acks(self, worker_id: str, acks: Mapping[int, Sequence[str]]) -> None:
         """Acknowledge ``acks`` on their shards (a shard that fails is logged and skipped: its

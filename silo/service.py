@@ -10,11 +10,20 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from silo.errors import InvalidArgument, SiloError
+from silo.errors import Code, InvalidArgument, SiloError, quote
+from silo.model import ENQUEUE_HELD_BACK, NewJob
 from silo.node import SiloNode
 from silo.rpc import CallContext, Handler, method_path
 from silo.shard import JobShard
-from silo.shard.validation import check_tenant
+from silo.shard.validation import (
+    ShardLimits,
+    check_job_id,
+    check_queue_key,
+    check_report_ids,
+    check_task_id,
+    check_tenant,
+    check_worker_id,
+)
 from silo.wire import (
     check_wire_format,
     job_to_pb,
@@ -26,6 +35,7 @@ from silo.wire import (
 )
 
 HASH_END = 1 << 64
+
 
 
 class SiloService:
@@ -64,7 +74,7 @@ class SiloService:
         rng = self.node.shard_map.shard_for_tenant(tenant)
         if rng.shard_id != shard_id:
             raise InvalidArgument(
-                f"tenant {tenant!r} belongs to shard {rng.shard_id}, not shard {shard_id}"
+                f"tenant {quote(tenant)} belongs to shard {rng.shard_id}, not shard {shard_id}"
             )
         return shard
 
@@ -74,7 +84,17 @@ class SiloService:
         if not ref.id:
             raise InvalidArgument("job id is required")
         tenant = tenant_or_default(ref.tenant)
+        check_tenant(self._limits, tenant)
+        check_job_id(self._limits, ref.id)
         return self._tenant_shard(ref.shard, tenant), tenant, ref.id
+
+    @property
+    def _limits(self) -> ShardLimits:
+        return self.node.config.shard.limits
+
+    def _check_task_ref(self, worker_id: str, task_id: str) -> None:
+        check_worker_id(self._limits, worker_id)
+        check_task_id(self._limits, task_id)
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -84,17 +104,52 @@ class SiloService:
         return pb.EnqueueResponse(id=await shard.enqueue(job))
 
     async def enqueue_batch(self, req: pb.EnqueueBatchRequest) -> pb.EnqueueBatchResponse:
-        jobs = [new_job_from_pb(spec) for spec in req.jobs]
-        if not jobs:
+        """Per-job results, atomically: a job refused here (malformed, wrong shard) or by the
+        shard holds back the whole batch (the others answer ABORTED, "not written")."""
+        if not req.jobs:
             return pb.EnqueueBatchResponse()
+        limit = self._limits.max_jobs_per_batch
+        if len(req.jobs) > limit:
+            raise InvalidArgument(
+                f"batch has {len(req.jobs)} jobs; max_jobs_per_batch is {limit}"
+            )
         shard = self.node.shard(req.shard)
-        for job in jobs:
-            self._tenant_shard(req.shard, job.tenant)
-        return pb.EnqueueBatchResponse(ids=await shard.enqueue_batch(jobs))
+        jobs: list[NewJob] = []
+        refused: list[pb.EnqueueResult | None] = []
+        for spec in req.jobs:
+            try:
+                job = new_job_from_pb(spec)
+                self._tenant_shard(req.shard, job.tenant)
+            except SiloError as exc:
+                refused.append(pb.EnqueueResult(id=spec.id, code=int(exc.code),
+                                                message=exc.message))
+                continue
+            jobs.append(job)
+            refused.append(None)
+        if any(r is not None for r in refused):
+            results = [r or pb.EnqueueResult(id=spec.id, code=int(Code.ABORTED),
+                                             message=ENQUEUE_HELD_BACK)
+                       for r, spec in zip(refused, req.jobs, strict=True)]
+            return pb.EnqueueBatchResponse(ids=[""] * len(results), results=results)
+        outcomes = await shard.enqueue_each(jobs)
+        results = [
+            pb.EnqueueResult(id=o.job_id, existed=o.existed)
+            if o.error is None
+            else pb.EnqueueResult(id=o.job_id, code=int(_code(o.error)),
+                                  message=_message(o.error))
+            for o in outcomes
+        ]
+        written = all(o.error is None for o in outcomes)
+        return pb.EnqueueBatchResponse(
+            ids=[o.job_id if written else "" for o in outcomes], results=results
+        )
 
     async def get_job(self, req: pb.GetJobRequest) -> pb.GetJobResponse:
         shard, tenant, job_id = self._job_ref(req.job)
-        view = await shard.get_job(tenant, job_id, include_attempts=req.include_attempts)
+        view = await shard.get_job(
+            tenant, job_id, include_attempts=req.include_attempts,
+            max_attempts=req.max_attempts, attempts_before=req.attempts_before,
+        )
         return pb.GetJobResponse(job=job_to_pb(view))
 
     async def get_job_result(self, req: pb.GetJobResultRequest) -> pb.GetJobResultResponse:
@@ -158,6 +213,7 @@ class SiloService:
         )
 
     async def heartbeat(self, req: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        self._check_task_ref(req.worker_id, req.task_id)
         result = await self.node.shard(req.shard).heartbeat(req.worker_id, req.task_id)
         return pb.HeartbeatResponse(
             cancelled=result.cancelled, lease_expiry_ms=result.lease_expiry_ms
@@ -167,6 +223,7 @@ class SiloService:
         if req.outcome is None:
             raise InvalidArgument("outcome is required")
         report = outcome_from_pb(req.outcome)
+        check_report_ids(self._limits, report)
         await self.node.shard(req.outcome.shard).report_outcome(report)
         return pb.ReportOutcomeResponse()
 
@@ -177,6 +234,7 @@ class SiloService:
         for i, o in enumerate(req.outcomes):
             try:
                 report = outcome_from_pb(o)
+                check_report_ids(self._limits, report)
                 self.node.shard(o.shard)
             except SiloError as exc:
                 statuses[i] = pb.OutcomeStatus(code=int(exc.code), message=exc.message)
@@ -196,6 +254,7 @@ class SiloService:
     async def report_refresh(self, req: pb.ReportRefreshRequest) -> pb.ReportRefreshResponse:
         import betterproto2
 
+        self._check_task_ref(req.worker_id, req.task_id)
         which, value = betterproto2.which_one_of(req, "result")
         shard = self.node.shard(req.shard)
         if which == "new_max":
@@ -213,6 +272,7 @@ class SiloService:
         shard = self._tenant_shard(req.shard, tenant)
         if not req.key:
             raise InvalidArgument("queue key is required")
+        check_queue_key(self._limits, req.key)
         q = shard.queue_info(tenant, req.key, max_listed=min(req.max_listed or 100, 1000))
         return pb.GetQueueResponse(
             tenant=q["tenant"],
@@ -255,6 +315,14 @@ class SiloService:
         )
 
 
+def _code(error: Exception) -> Code:
+    return error.code if isinstance(error, SiloError) else Code.INTERNAL
+
+
+def _message(error: Exception) -> str:
+    return error.message if isinstance(error, SiloError) else "internal error"
+
+
 def _handler(
     name: str, request_type: type[Any], fn: Callable[[Any], Awaitable[Any]]
 ) -> Handler:
@@ -263,7 +331,7 @@ def _handler(
             check_wire_format(data, request_type)
             request = request_type.parse(data)
         except Exception as exc:
-            raise InvalidArgument(f"malformed {name} request: {exc}") from exc
+            raise InvalidArgument(f"malformed {name} request: {quote(str(exc))}") from exc
         response = await fn(request)
         return bytes(response)
 

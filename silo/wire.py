@@ -199,6 +199,7 @@ def new_job_from_pb(spec: pb.JobSpec | None) -> NewJob:
         retry=retry_from_pb(spec.retry) if spec.has_retry else RetryPolicy(),
         metadata=dict(spec.metadata),
         limits=tuple(limit_from_pb(x) for x in spec.limits),
+        timeout_ms=spec.timeout_ms,
     )
 
 
@@ -250,6 +251,7 @@ def new_job_to_pb(job: NewJob) -> pb.JobSpec:
         has_retry=True,
         metadata=dict(job.metadata),
         limits=[limit_to_pb(x) for x in job.limits],
+        timeout_ms=job.timeout_ms,
     )
 
 
@@ -302,7 +304,9 @@ def job_to_pb(view: JobView) -> pb.Job:
         attempts=[attempt_to_pb(a) for a in view.attempts or ()],
         limits=[limit_to_pb(x) for x in info.limits],
         waiting_for=view.waiting_for,
+        attempts_total=view.attempts_total,
         undelivered_count=state.undelivered,
+        timeout_ms=info.timeout_ms,
     )
 
 
@@ -320,6 +324,7 @@ def leased_task_to_pb(shard_id: int, t: LeasedTask) -> pb.Task:
         priority=t.priority,
         metadata=dict(t.metadata),
         lease_expiry_ms=t.lease_expiry_ms,
+        timeout_ms=t.timeout_ms,
         refresh=None
         if t.refresh is None
         else pb.RefreshInfo(

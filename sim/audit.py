@@ -9,7 +9,8 @@ RUNNING attempt; leases and their expiry index agree; the stored counters equal 
 status rows; every concurrency holder row belongs to the queued or running attempt of a
 non-terminal job (a row left behind would hold its slot forever: invariant 2), a queue whose max
 never changed holds at most its max, and idle per-key state keeps no row (a queue with no
-holder, request or pending refresh; a counter at zero).
+holder, request or pending refresh; a counter at zero); every job has its request fingerprint
+row and every fingerprint row its job.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class ShardImage:
     holders: dict[tuple[str, str], dict[str, tuple[str, int]]] = field(default_factory=dict)
     """(tenant, queue) -> holder task id -> (job id, attempt)."""
     queues: dict[tuple[str, str], QueueState] = field(default_factory=dict)
+    fingerprints: dict[JobKey, bytes] = field(default_factory=dict)
     high_water: dict[JobKey, int] = field(default_factory=dict)
     """Deleted (tenant, job id) -> the highest attempt number it used."""
     requests: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -102,6 +104,9 @@ class ShardImage:
             elif p == Prefix.FLOATING_LIMIT:
                 _, (t, q) = keys.parse(k)
                 img.queues[(str(t), str(q))] = QueueState.decode(k, v)
+            elif p == Prefix.JOB_FINGERPRINT:
+                _, (t, j) = keys.parse(k)
+                img.fingerprints[(str(t), str(j))] = v
             elif p == Prefix.ATTEMPT_HIGH_WATER:
                 _, (t, j) = keys.parse(k)
                 img.high_water[(str(t), str(j))] = decode_int(k, v)
@@ -264,4 +269,9 @@ def audit_image(
     diff = diff_counters(img.stored_counters(), img.recount())
     if diff:
         problems.append((12, f"{where}: stored counters differ from a recount: {diff}"))
+    for key in sorted(set(img.fingerprints) - set(img.infos)):
+        problems.append((3, f"{where}: request fingerprint of missing job {key}"))
+    for key in sorted(set(img.infos) - set(img.fingerprints)):
+        problems.append((3, f"{where}: job {key} has no request fingerprint: a retried "
+                            f"enqueue of it would be refused"))
     return problems

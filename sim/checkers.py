@@ -642,20 +642,36 @@ class Checker:
             specs = list(pb.EnqueueBatchRequest.parse(request).jobs)
         return [((s.tenant or DEFAULT_TENANT), s.id) for s in specs if s is not None and s.id]
 
-    def on_enqueue_end(self, method: str, keys: Any, error: Any) -> None:
-        """The server answered an enqueue: OK means every job of it is durable; ALREADY_EXISTS
-        (which a client treats as success on a retry) means one of them is."""
+    def on_enqueue_end(
+        self, method: str, keys: Any, error: Any, response: bytes | None = None
+    ) -> None:
+        """The server answered an enqueue: OK means every job of it is durable (for an
+        EnqueueBatch, every job whose result is OK); ALREADY_EXISTS means a job is durable under
+        that id (a different one: the client raises it, but it must not be a write that a crash
+        can still undo)."""
         if self.failed is not None or not keys or not self.strict_acks:
             return
         if error is None:
-            missing = [k for k in keys if k not in self.jobs]
+            ok = keys
+            if method == "EnqueueBatch" and response is not None:
+                results = pb.EnqueueBatchResponse.parse(response).results
+                if len(results) == len(keys):  # the client names every job, so keys align
+                    ok = [k for k, r in zip(keys, results, strict=True) if r.code == Code.OK]
+                    taken = [k for k, r in zip(keys, results, strict=True)
+                             if r.code == Code.ALREADY_EXISTS]
+                    self._check_exists(method, taken, error)
+            missing = [k for k in ok if k not in self.jobs]
             if missing:
                 self.fail(6, f"{method} answered OK before job(s) {missing[:3]} were durable "
                              f"(no durable job_enqueued event yet)")
-        elif error.code == Code.ALREADY_EXISTS and not any(k in self.jobs for k in keys):
+        elif error.code == Code.ALREADY_EXISTS:
+            self._check_exists(method, keys, error)
+
+    def _check_exists(self, method: str, keys: list[Any], error: Any) -> None:
+        if keys and not any(k in self.jobs for k in keys):
             self.fail(6, f"{method} answered ALREADY_EXISTS for job(s) {keys[:3]} that are not "
-                         f"durable: a client retrying the enqueue takes that as success, and a "
-                         f"crash now loses the job", f"error: {error}")
+                         f"durable: a crash now can undo the job the answer is about",
+                      f"error: {error}")
 
     def on_heartbeat_start(self, request: bytes) -> Any:
         req = pb.HeartbeatRequest.parse(request)

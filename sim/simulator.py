@@ -155,7 +155,7 @@ class Simulator:
         if name == "Heartbeat":
             self.checker.on_heartbeat_end(data, response)
         else:
-            self.checker.on_enqueue_end(name, data, error)
+            self.checker.on_enqueue_end(name, data, error, response)
 
     def _probe(self, host: NodeHost, shard: int, key: bytes) -> bytes | None:
         return host.disk.durable_get(f"{host.config.data_dir}/shards/{shard}", key)

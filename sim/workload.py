@@ -38,10 +38,11 @@ TYPICAL_PROB = 0.7
 (FoundationDB-style: most runs turn a few knobs to an extreme)."""
 
 GATED_EDGES: frozenset[str] = frozenset({"hung_handler"})
-"""Edges that wedge today's code through a defect being fixed now (issue 8: hung handlers hold
-their leases forever, no per-job timeout yet). They are drawn (so seeds stay comparable) but
-replaced by a typical value unless ``SILO_SIM_ALL_EDGES=1`` is set; drop a name once its fix has
-landed (the backoff overflow and the limit-order deadlock were, and are drawn now)."""
+"""Edges that wedge code without a fix for them: hung handlers hold their leases forever unless
+jobs can carry a timeout (so they are drawn, each with a timeout, once the model and client take
+``timeout_ms``). A gated edge is drawn (so seeds stay comparable) but replaced by a typical
+value unless ``SILO_SIM_ALL_EDGES=1`` is set. The backoff overflow and the limit-order deadlock
+were gated here until their fixes landed."""
 
 DAY_MS = 24 * 3600 * 1000
 YEAR_MS = 365 * DAY_MS
@@ -56,7 +57,10 @@ separators a key encoder might use, controls and NUL."""
 
 
 def gated(edge: str) -> bool:
-    """True when ``edge`` is switched off (see :data:`GATED_EDGES`)."""
+    """True when ``edge`` is switched off (see :data:`GATED_EDGES`). Hung handlers are drawn
+    once jobs can carry a timeout."""
+    if edge == "hung_handler" and _model_has_timeouts():
+        return False
     return edge in GATED_EDGES and os.environ.get("SILO_SIM_ALL_EDGES") != "1"
 
 
@@ -439,9 +443,11 @@ def _widen(rng: random.Random, w: Workload, n: int, plan: JobPlan) -> None:
             LIMITS.result_max_bytes)
     if w.hung_prob and plan.payload is not None and rng.random() < w.hung_prob:
         payload["h"] = 1
+        # Only a timeout frees a hung handler's slot and lease (heartbeats go on regardless).
+        plan.timeout_ms = rng.randint(200, 20_000)
     if w.timeout_mode != "none":
         x = rng.random()
-        if x < 0.5:
+        if x < 0.5 and not plan.timeout_ms:
             plan.timeout_ms = rng.randint(1, 2000) if w.timeout_mode == "short" else (
                 rng.randint(10_000, 600_000))
     if plan.payload is not None and payload.get("p") == b"":

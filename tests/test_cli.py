@@ -139,9 +139,33 @@ def test_siloctl_enqueue_arguments():
     assert a.payload is None and a.metadata == [] and a.start_in is None
 
 
+def test_timeout_flags_are_seconds_to_milliseconds():
+    a = build_parser().parse_args(["job", "enqueue", "-g", "g", "--timeout", "2.5"])
+    assert a.timeout == 2500
+    assert build_parser().parse_args(["job", "enqueue", "-g", "g"]).timeout is None
+    a = build_silo_parser().parse_args(["worker", "m:f", "-g", "g", "--timeout", "0.3"])
+    assert (a.timeout, a.concurrency) == (300, 10)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["worker", "m:f", "-g", "g", "--concurrency", "1001"], "limit of 1000"),
+        (["worker", "m:f", "-g", "g", "--timeout", "0"], "timeout must be between"),
+        (["worker", "m:f", "-g", "g", "--timeout", "86401"], "timeout must be between"),
+    ],
+)
+def test_worker_usage_errors_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main_silo(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["job", "enqueue", "-g", "g", "--timeout", "nan"], "timeout must be between"),
         (["job", "enqueue", "-g", "g", "--payload", "{nope"], "--payload/-p: not valid JSON"),
         (["job", "enqueue", "-g", "g", "--metadata", "novalue"], "expected KEY=VALUE"),
         (["job", "enqueue", "-g", "g", "--start-in", "-1"], "non-negative"),
@@ -305,8 +329,11 @@ def test_quickstart_end_to_end(tmp_path):
         assert job["metadata"] == {"source": "test"} and job["tenant"] == "default"
         assert [a["state"] for a in job["attempts"]] == ["SUCCEEDED"]
         assert job["attempts"][0]["result"] == {"greeting": "hello ada"}
+        assert job["attempts_total"] == 1
         human = run(*siloctl, "job", "get", job_id).stdout
         assert "SUCCEEDED" in human and '{"name": "ada"}' in human
+        paged = run(*siloctl, "job", "get", job_id, "--attempts", "5").stdout
+        assert "1 of 1 attempts" in paged
 
         # A scheduled job: --start-in, cancel, result reports CANCELLED (exit 4), delete.
         later = run(*siloctl, "--json", "job", "enqueue", "-g", "nobody", "--start-in", "3600",

@@ -183,7 +183,7 @@ def test_malformed_tuples_raise_key_error(data: bytes) -> None:
         keys.decode_tuple(data)
 
 
-@pytest.mark.parametrize("data", [b"", b"\x99\x01a\x00\x01", b"\x10"])
+@pytest.mark.parametrize("data", [b"", b"\x99\x01a\x00\x01", b"\x7f"])
 def test_malformed_keys_raise_key_error(data: bytes) -> None:
     with pytest.raises(keys.KeyError_):
         keys.parse(data)

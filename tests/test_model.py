@@ -65,6 +65,7 @@ job_infos = st.builds(
         | st.builds(RateLimit, text, text, st.integers(1, 10**6), st.integers(1, 10**9)),
         max_size=3,
     ).map(tuple),
+    timeout_ms=st.integers(0, 24 * 3600 * 1000),
 )
 job_states = st.builds(
     JobState,
@@ -139,16 +140,28 @@ def test_records_written_before_delivery_acks_still_decode() -> None:
     v1_state = msgpack.packb([1, 2, 1, 2, 3, 1, [3, 4, READY, "t"], "task", 1],
                              use_bin_type=True)
     state = JobState.decode(KEY, v1_state)
-    assert state == JobState(JobStatus.RUNNING, 1, 2, 3, 1, (3, 4, READY, "t"), "task", 1)
+    # No attempt_rows before version 3 either: the attempt number stands in (an upper bound).
+    assert state == JobState(JobStatus.RUNNING, 1, 2, 3, 1, (3, 4, READY, "t"), "task", 1,
+                             attempt_rows=3)
     assert state.undelivered == 0
+    v2_state = msgpack.packb([2, 2, 1, 2, 3, 1, [3, 4, READY, "t"], "task", 1, 2],
+                             use_bin_type=True)
+    state = JobState.decode(KEY, v2_state)
+    assert (state.undelivered, state.attempt_rows) == (2, 3)
 
 
 def test_delivery_fields_round_trip() -> None:
     lease = Lease("task", "t", "j", 1, "g", "w", 1, 2, acked=False)
     assert Lease.decode(KEY, lease.encode()) == lease
-    state = JobState(JobStatus.SCHEDULED, 1, undelivered=3)
-    assert JobState.decode(KEY, state.encode()).undelivered == 3
+    state = JobState(JobStatus.SCHEDULED, 1, undelivered=3, attempt_rows=7)
+    assert JobState.decode(KEY, state.encode()) == state
     assert state.copy().undelivered == 3
+def test_job_info_without_timeout_is_stored_as_before_and_with_one_round_trips() -> None:
+    info = JobInfo("t", "j", "g", b"")
+    assert len(msgpack.unpackb(info.encode())) == 11  # version + the 10 original fields
+    timed = JobInfo("t", "j", "g", b"", timeout_ms=300)
+    assert JobInfo.decode(KEY, timed.encode()).timeout_ms == 300
+    _assert_corrupt(JobInfo, msgpack.packb([*msgpack.unpackb(info.encode()), -1]))
 
 
 def test_state_copy_is_independent() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from silo.errors import Code, FailedPrecondition, NotFound, SiloError
+from silo.errors import Aborted, Code, FailedPrecondition, NotFound, SiloError
 from silo.rpc import SILO_SERVICE, CallContext, RpcError, method_path
 
 
@@ -27,8 +27,9 @@ def test_rpc_error_silo_error_round_trip() -> None:
     assert (back.message, back.metadata) == (err.message, err.metadata)
 
     assert type(RpcError(Code.FAILED_PRECONDITION, "x").to_silo_error()) is FailedPrecondition
-    aborted = RpcError(Code.ABORTED, "x").to_silo_error()  # no dedicated subclass
-    assert type(aborted) is SiloError and aborted.code is Code.ABORTED
+    assert type(RpcError(Code.ABORTED, "x").to_silo_error()) is Aborted
+    other = RpcError(Code.OUT_OF_RANGE, "x").to_silo_error()  # no dedicated subclass
+    assert type(other) is SiloError and other.code is Code.OUT_OF_RANGE
 
 
 def test_rpc_error_unknown_code_and_metadata_copy() -> None:

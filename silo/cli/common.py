@@ -6,6 +6,7 @@ import argparse
 import base64
 import json
 import logging
+import math
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -207,3 +208,22 @@ def add_logging_flags(parser: argparse.ArgumentParser, *, default_level: str | N
         "--log-format", choices=LOG_FORMATS, default=None,
         help="text: key=value lines (default); json: one JSON object per line",
     )
+
+
+ATTEMPT_TIMEOUT_MS_MAX = 24 * 3600 * 1000
+
+
+def timeout_seconds(text: str) -> int:
+    """An attempt timeout given in seconds -> milliseconds (1 ms .. 24 h, the server's default
+    ``max_timeout_ms``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    ms = round(value * 1000) if math.isfinite(value) else 0
+    if not 1 <= ms <= ATTEMPT_TIMEOUT_MS_MAX:
+        raise argparse.ArgumentTypeError(
+            f"timeout must be between 0.001 and {ATTEMPT_TIMEOUT_MS_MAX // 1000} seconds, "
+            f"got {text!r}"
+        )
+    return ms

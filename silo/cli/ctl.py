@@ -30,6 +30,7 @@ from silo.cli.common import (
     format_ms,
     jsonable,
     leaf_exception,
+    timeout_seconds,
 )
 from silo.errors import SiloError
 from silo.model import (
@@ -104,6 +105,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def positive(text: str) -> int:
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 # -- parser ----------------------------------------------------------------------------------
 
 
@@ -159,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not start before this many seconds from now")
     p.add_argument("--retries", type=non_negative_int, default=0, metavar="N",
                    help="retries after a failed attempt (default 0)")
+    p.add_argument("--timeout", type=timeout_seconds, default=None, metavar="SECONDS",
+                   help="fail an attempt with TIMEOUT after this long (default: the worker's "
+                        "--timeout)")
     p.add_argument("--metadata", "-m", type=key_value, action="extend", nargs="+",
                    default=[], metavar="K=V", help="metadata entries (repeatable)")
     p.add_argument("--concurrency", action="append", type=concurrency_limit, default=[],
@@ -169,7 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = job_command("get", "show a job", cmd_get)
     p.add_argument("id", metavar="ID")
-    p.add_argument("--attempts", action="store_true", help="also show every attempt")
+    p.add_argument("--attempts", nargs="?", type=positive, const=True, default=False,
+                   metavar="N",
+                   help="also show the newest attempts (N of them; default 100, at most 1000)")
+    p.add_argument("--attempts-before", type=positive, default=0, metavar="K",
+                   help="with --attempts: only attempts numbered below K (the next page)")
 
     p = job_command("result", "show a job's result, optionally waiting for it", cmd_result)
     p.add_argument("id", metavar="ID")
@@ -282,12 +297,15 @@ def job_dict(job: Job) -> dict[str, Any]:
         "cancel_requested": job.cancel_requested,
         "cancelled_at_ms": job.cancelled_at_ms,
     }
+    if job.timeout_ms:
+        out["timeout_ms"] = job.timeout_ms
     if job.limits:
         out["limits"] = [_limit_dict(x) for x in job.limits]
     if job.waiting_for:
         out["waiting_for"] = job.waiting_for
     if job.attempts is not None:
         out["attempts"] = [attempt_dict(a) for a in job.attempts]
+        out["attempts_total"] = job.attempts_total
     return out
 
 
@@ -326,6 +344,8 @@ def _print_job(out: Output, job: Job) -> None:
         rows.append(("next attempt", format_ms(job.next_attempt_at_ms)))
     if job.waiting_for:
         rows.append(("waiting for", job.waiting_for))
+    if job.timeout_ms:
+        rows.append(("timeout", f"{job.timeout_ms} ms"))
     for limit in job.limits:
         rows.append(("limit", json.dumps(_limit_dict(limit))))
     if job.cancelled_at_ms:
@@ -339,8 +359,9 @@ def _print_job(out: Output, job: Job) -> None:
     for key, value in rows:
         table.add_row(key, value)
     out.console.print(table)
-    if job.attempts:
-        at = Table(title="attempts", title_justify="left")
+    if job.attempts is not None:
+        at = Table(title=f"{len(job.attempts)} of {job.attempts_total} attempts (newest first)",
+                   title_justify="left")
         for col in ("#", "state", "worker", "started", "took", "outcome"):
             at.add_column(col, overflow="fold")
         for a in job.attempts:
@@ -377,6 +398,7 @@ async def cmd_enqueue(client: SiloClient, args: argparse.Namespace, out: Output)
         retry=RetryPolicy(retry_count=args.retries),
         metadata=dict(args.metadata),
         limits=[*args.concurrency, *args.rate],
+        timeout_ms=args.timeout,
     )
     if out.json:
         out.emit_json({"id": handle.id, "tenant": handle.tenant})
@@ -386,7 +408,9 @@ async def cmd_enqueue(client: SiloClient, args: argparse.Namespace, out: Output)
 
 
 async def cmd_get(client: SiloClient, args: argparse.Namespace, out: Output) -> int:
-    job = await client.job(args.id, args.tenant).get(attempts=args.attempts)
+    job = await client.job(args.id, args.tenant).get(
+        attempts=args.attempts, attempts_before=args.attempts_before if args.attempts else 0
+    )
     if out.json:
         out.emit_json(job_dict(job))
     else:

@@ -33,8 +33,14 @@ from silo.cli.common import (
     fail,
     leaf_exception,
     setup_logging,
+    timeout_seconds,
 )
-from silo.client.worker import HandlerFn, TaskContext, Worker
+from silo.client.worker import (
+    MAX_CONCURRENT_TASKS_MAX,
+    HandlerFn,
+    TaskContext,
+    Worker,
+)
 from silo.errors import SiloError
 from silo.model import Cancelled, Failure, Outcome, Success
 
@@ -65,6 +71,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help=f"silo server(s) (default $SILO_ADDRESS or {DEFAULT_ADDRESS})")
     p.add_argument("--token", default=os.environ.get("SILO_TOKEN") or None,
                    help="bearer token (default $SILO_TOKEN)")
+    p.add_argument("--timeout", type=timeout_seconds, default=None, metavar="SECONDS",
+                   help="fail an attempt with TIMEOUT after this long unless its job sets "
+                        "its own timeout (default: no timeout)")
     p.add_argument("--stop-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGINT/SIGTERM, how long running handlers may finish (default 30)")
     add_logging_flags(p, default_level="info")
@@ -79,6 +88,10 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value > MAX_CONCURRENT_TASKS_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{value} is above the limit of {MAX_CONCURRENT_TASKS_MAX} concurrent tasks"
+        )
     return value
 
 
@@ -114,23 +127,18 @@ def load_handler(spec: str, cwd: str | None = None) -> HandlerFn:
 class LoggingWorker(Worker):
     """A :class:`Worker` that logs one line per finished task."""
 
-    async def _invoke(self, ctx: TaskContext) -> Outcome:
-        started = trio.current_time()
+    def _task_finished(self, ctx: TaskContext, outcome: Outcome | None,
+                       elapsed_s: float) -> None:
         fields: dict[str, Any] = {"job_id": ctx.job_id, "tenant": ctx.tenant,
-                                  "attempt": ctx.attempt}
-        try:
-            outcome = await super()._invoke(ctx)
-        except trio.Cancelled:
+                                  "attempt": ctx.attempt, "ms": round(elapsed_s * 1000, 1)}
+        if outcome is None:
             log.info("job abandoned", extra=fields)
-            raise
-        fields["ms"] = round((trio.current_time() - started) * 1000, 1)
-        if isinstance(outcome, Success):
+        elif isinstance(outcome, Success):
             log.info("job succeeded", extra=fields)
         elif isinstance(outcome, Failure):
             log.info("job failed", extra={**fields, "code": outcome.code})
         elif isinstance(outcome, Cancelled):
             log.info("job cancelled", extra=fields)
-        return outcome
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,12 +169,14 @@ async def _run(args: argparse.Namespace, handler: HandlerFn) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with SiloClient.connect(*args.address, token=args.token) as client:
             worker = LoggingWorker(client, args.task_group, handler,
-                                   max_concurrent_tasks=args.concurrency)
+                                   max_concurrent_tasks=args.concurrency,
+                                   default_timeout_ms=args.timeout)
             log.info(
                 "worker started",
                 extra={"worker_id": worker.worker_id, "handler": args.handler,
                        "task_group": args.task_group, "concurrency": args.concurrency,
-                       "servers": ",".join(client.owner_addresses()), "kind": worker.kind},
+                       "servers": ",".join(client.owner_addresses()), "kind": worker.kind,
+                       "timeout_ms": args.timeout},
             )
             async with trio.open_nursery() as nursery:
 
@@ -192,6 +202,7 @@ async def _run(args: argparse.Namespace, handler: HandlerFn) -> int:
             log.info(
                 "worker stopped",
                 extra={"completed": worker.completed, "failed": worker.failed,
-                       "abandoned": worker.abandoned},
+                       "abandoned": worker.abandoned, "timeouts": worker.stats.timeouts,
+                       "reports_dropped": worker.stats.reports_dropped},
             )
     return exit_code

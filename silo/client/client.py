@@ -3,8 +3,13 @@
 Routing: the client fetches the shard map from any node, hashes the tenant with xxh64 to find
 its shard, and calls the shard's owner. A "shard not found" answer carries the owner's address
 when the node knows it; otherwise the client refreshes the map. UNAVAILABLE and
-DEADLINE_EXCEEDED are retried with bounded exponential backoff. Because the client always sends
-a job id, a retried enqueue whose first try did land gets ALREADY_EXISTS, which counts as success.
+DEADLINE_EXCEEDED are retried with bounded exponential backoff.
+
+Enqueue retries: the client always sends a job id, and the server stores a fingerprint of each
+job it accepts. A retried enqueue whose first try did land is answered OK (the same job, same
+fingerprint, is already stored: ``existed``); ALREADY_EXISTS means a *different* job holds the
+id, and is raised as an error, never taken as success. Limit: if the job was deleted between
+the first try and the retry, the retry cannot know and creates it again.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any, TypeVar
 import trio
 
 from silo.cluster.shard_map import HASH_SPACE, ShardMap, ShardRange
-from silo.errors import Code, InvalidArgument, SiloError, Unavailable
+from silo.errors import Code, InvalidArgument, SiloError, Unavailable, error_for_code, quote
 from silo.model import DEFAULT_PRIORITY, DEFAULT_TENANT, Limit, NewJob, RetryPolicy
 from silo.node import SHARD_OWNER_METADATA
 from silo.rpc import Channel, Connector, RpcError, method_path
@@ -28,6 +33,16 @@ from silo.wire import new_job_to_pb, pb
 M = TypeVar("M")
 
 RETRYABLE = (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""The largest request or response a client sends or accepts by default (the server's default
+``max_message_bytes`` as well)."""
+
+ENQUEUE_BATCH_MAX_JOBS = 1000
+"""Jobs per EnqueueBatch call (the server's default ``max_jobs_per_batch``)."""
+
+ENQUEUE_BATCH_MAX_BYTES = 8 * 1024 * 1024
+"""Encoded job bytes per EnqueueBatch call, well under the 16 MiB message cap. A single job
+larger than this goes in a call of its own."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,7 @@ class SiloClient:
         token: str | None = None,
         rng: random.Random | None = None,
         retry: RetrySettings | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         if not seeds:
             raise ValueError("at least one server address is required")
@@ -60,6 +76,8 @@ class SiloClient:
         self._token = token
         self._rng = rng or RandomSource().stream("client")
         self.retry = retry or RetrySettings()
+        self.max_message_bytes = max_message_bytes
+        """Requests are built to stay under this (the transport refuses larger ones)."""
         self._channels: dict[str, Channel] = {}
         self._shard_map: ShardMap | None = None
         self._owners: dict[int, str] = {}
@@ -70,13 +88,16 @@ class SiloClient:
     @classmethod
     @asynccontextmanager
     async def connect(
-        cls, *addresses: str, token: str | None = None, retry: RetrySettings | None = None
+        cls, *addresses: str, token: str | None = None, retry: RetrySettings | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> AsyncIterator[SiloClient]:
         """Connect over gRPC to a cluster reachable at any of ``addresses`` ("host:port")."""
         from silo.transport.grpc import GrpcConnector
 
-        async with GrpcConnector.open(token=token) as connector:
-            client = cls(connector, addresses or ("127.0.0.1:7450",), token=token, retry=retry)
+        opened = GrpcConnector.open(token=token, max_message_bytes=max_message_bytes)
+        async with opened as connector:
+            client = cls(connector, addresses or ("127.0.0.1:7450",), token=token, retry=retry,
+                         max_message_bytes=max_message_bytes)
             try:
                 await client.refresh_shard_map()
                 yield client
@@ -202,6 +223,23 @@ class SiloClient:
                 return self._shard_map
             raise last or Unavailable("no server reachable")
 
+    async def owner_address(
+        self, shard_id: int, *, stale: str | None = None, hint: str | None = None
+    ) -> str:
+        """The address to call for ``shard_id``. After ``stale`` answered "shard not found",
+        pass it with the owner ``hint`` that answer carried (if any): a hint naming another node
+        is followed; otherwise the shard map is fetched again (a failure to fetch it keeps the
+        old one). Falls back to a seed address when no owner is known."""
+        if hint and hint != stale:
+            self._owners[shard_id] = hint
+            return hint
+        if stale is not None or self._shard_map is None:
+            try:
+                await self.refresh_shard_map(force=True)
+            except SiloError:
+                pass
+        return self._owners.get(shard_id) or self._seeds[shard_id % len(self._seeds)]
+
     @property
     def shard_map(self) -> ShardMap | None:
         return self._shard_map
@@ -229,11 +267,19 @@ class SiloClient:
         retry: RetryPolicy | None = None,
         metadata: dict[str, str] | None = None,
         limits: Sequence[Limit] = (),
+        timeout_ms: int | None = None,
     ) -> JobHandle:
         """Enqueue one job; returns its handle. ``payload`` is any msgpack-serialisable value.
         ``limits`` (ConcurrencyLimit, FloatingConcurrencyLimit, RateLimit) are acquired in
-        order, scoped to the job's tenant."""
+        order, scoped to the job's tenant. ``timeout_ms``: how long one attempt may run before
+        the worker fails it with ``TIMEOUT`` (None: the worker's default; the server bounds it
+        by its ``max_timeout_ms``)."""
         from silo.client.types import pack
+
+        if timeout_ms is not None and (
+            isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms < 1
+        ):
+            raise InvalidArgument(f"timeout_ms must be a positive integer, got {timeout_ms!r}")
 
         job = NewJob(
             task_group=task_group,
@@ -245,12 +291,23 @@ class SiloClient:
             retry=retry or RetryPolicy(),
             metadata=dict(metadata or {}),
             limits=tuple(limits),
+            timeout_ms=timeout_ms or 0,
         )
         return (await self.enqueue_jobs([job]))[0]
 
-    async def enqueue_jobs(self, jobs: Sequence[NewJob]) -> list[JobHandle]:
+    async def enqueue_jobs(
+        self, jobs: Sequence[NewJob], *, max_batch_jobs: int = ENQUEUE_BATCH_MAX_JOBS,
+        max_batch_bytes: int = ENQUEUE_BATCH_MAX_BYTES,
+    ) -> list[JobHandle]:
         """Enqueue prepared jobs (payloads already msgpack bytes) in as few RPCs as possible:
-        one EnqueueBatch per shard. Jobs without an id get one."""
+        per shard, EnqueueBatch calls of at most ``max_batch_jobs`` jobs and ``max_batch_bytes``
+        encoded bytes. Jobs without an id get one.
+
+        Each call is atomic (all of its jobs are stored, or none), but the calls are not: if a
+        call is refused, the calls before it stay enqueued. A refused call raises the error of
+        the first job that caused the refusal (e.g. ALREADY_EXISTS: a different job holds that
+        id); a job already stored identically (a retry of an earlier call) counts as enqueued.
+        """
         jobs = [j if j.job_id else _with_id(j, self.new_id()) for j in jobs]
         by_shard: dict[int, list[NewJob]] = {}
         for job in jobs:
@@ -260,18 +317,16 @@ class SiloClient:
             if len(group) == 1:
                 await self.call(
                     "Enqueue", pb.EnqueueRequest(shard=shard_id, job=new_job_to_pb(group[0])),
-                    pb.EnqueueResponse, shard_id=shard_id, retried_ok=_already_exists,
+                    pb.EnqueueResponse, shard_id=shard_id,
                 )
-            else:
-                for i in range(0, len(group), 1000):
-                    chunk = group[i : i + 1000]
-                    await self.call(
-                        "EnqueueBatch",
-                        pb.EnqueueBatchRequest(
-                            shard=shard_id, jobs=[new_job_to_pb(j) for j in chunk]
-                        ),
-                        pb.EnqueueBatchResponse, shard_id=shard_id, retried_ok=_already_exists,
-                    )
+                continue
+            specs = [new_job_to_pb(j) for j in group]
+            for chunk in batch_chunks(specs, max_batch_jobs, max_batch_bytes):
+                resp = await self.call(
+                    "EnqueueBatch", pb.EnqueueBatchRequest(shard=shard_id, jobs=chunk),
+                    pb.EnqueueBatchResponse, shard_id=shard_id,
+                )
+                raise_refused(chunk, resp)
         return [JobHandle(self, j.job_id or "", j.tenant) for j in jobs]
 
     async def queue(self, key: str, tenant: str | None = None) -> pb.GetQueueResponse:
@@ -296,8 +351,43 @@ def _with_id(job: NewJob, job_id: str) -> NewJob:
     return replace(job, job_id=job_id)
 
 
-def _already_exists(err: SiloError) -> bool:
-    return err.code == Code.ALREADY_EXISTS
+def batch_chunks(
+    specs: Sequence[pb.JobSpec], max_jobs: int, max_bytes: int
+) -> list[list[pb.JobSpec]]:
+    """``specs`` in order, cut into runs of at most ``max_jobs`` jobs and ``max_bytes`` encoded
+    bytes (a job larger than ``max_bytes`` alone makes a run)."""
+    chunks: list[list[pb.JobSpec]] = []
+    current: list[pb.JobSpec] = []
+    size = 0
+    for spec in specs:
+        n = len(bytes(spec)) + 8  # the field tag and length prefix of a repeated message
+        if current and (len(current) >= max_jobs or size + n > max_bytes):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(spec)
+        size += n
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def raise_refused(specs: Sequence[pb.JobSpec], resp: pb.EnqueueBatchResponse) -> None:
+    """Raise the error of the first job whose refusal held the batch back (not one that was
+    only held back: ABORTED), if any job of the batch was not enqueued."""
+    if len(resp.results) != len(specs):
+        if len(resp.ids) == len(specs) and not resp.results:
+            return  # a server that reports no per-job results answers OK only when all stored
+        raise SiloError(f"EnqueueBatch answered {len(resp.results)} results for "
+                        f"{len(specs)} jobs")
+    refused = [r for r in resp.results if r.code != Code.OK]
+    if not refused:
+        return
+    cause = next((r for r in refused if r.code != Code.ABORTED), refused[0])
+    raise error_for_code(
+        cause.code,
+        f"job {quote(cause.id)} refused ({len(refused)} of {len(specs)} jobs of the batch not "
+        f"enqueued): {cause.message}",
+    )
 
 
 from silo.client.handle import JobHandle  # noqa: E402  (cycle: the handle calls the client)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from silo.client.types import Job, JobCancelled, JobFailed, unpack
-from silo.errors import Code, SiloError
+from silo.errors import Code, InvalidArgument, SiloError
 from silo.model import JobStatus
 from silo.wire import attempt_from_pb, limit_from_pb, pb, retry_from_pb
 
@@ -41,12 +41,21 @@ class JobHandle:
             retried_ok=retried_ok,
         )
 
-    async def get(self, *, attempts: bool = False) -> Job:
+    async def get(self, *, attempts: bool | int = False, attempts_before: int = 0) -> Job:
+        """The job as stored. ``attempts=True`` includes its newest attempts (the server's
+        default page, 100); ``attempts=N`` the newest N (at most 1000); ``attempts_before=K``
+        only attempts numbered below K (the next page: the last number seen). ``attempts_total``
+        of the result counts every stored attempt."""
+        if isinstance(attempts, bool):
+            include, max_attempts = attempts, 0
+        else:
+            if attempts < 1:
+                raise InvalidArgument(f"attempts must be True, False or at least 1, not {attempts}")
+            include, max_attempts = True, attempts
         ref = await self._ref()
-        resp = await self._client.call(
-            "GetJob", pb.GetJobRequest(job=ref, include_attempts=attempts), pb.GetJobResponse,
-            shard_id=ref.shard,
-        )
+        request = pb.GetJobRequest(job=ref, include_attempts=include, max_attempts=max_attempts,
+                                   attempts_before=attempts_before)
+        resp = await self._client.call("GetJob", request, pb.GetJobResponse, shard_id=ref.shard)
         j = resp.job
         assert j is not None
         return Job(
@@ -65,10 +74,12 @@ class JobHandle:
             attempt_count=j.attempt_count,
             cancel_requested=j.cancel_requested,
             cancelled_at_ms=j.cancelled_at_ms or None,
-            attempts=tuple(attempt_from_pb(a) for a in j.attempts) if attempts else None,
+            attempts=tuple(attempt_from_pb(a) for a in j.attempts) if include else None,
             limits=tuple(limit_from_pb(x) for x in j.limits),
             waiting_for=j.waiting_for,
+            attempts_total=j.attempts_total,
             undelivered_count=j.undelivered_count,
+            timeout_ms=j.timeout_ms or None,
         )
 
     async def status(self) -> JobStatus:

@@ -43,12 +43,17 @@ class Job:
     cancel_requested: bool
     cancelled_at_ms: int | None
     attempts: tuple[Attempt, ...] | None
+    """With ``get(attempts=...)``: a page of the job's attempts, newest first."""
     limits: tuple[Limit, ...] = ()
     waiting_for: str = ""
     """For a scheduled job: what it waits for (start time, a concurrency slot, a rate token)."""
+    attempts_total: int = 0
+    """How many attempts the server stores for the job (``attempts`` may hold only a page)."""
     undelivered_count: int = 0
     """Leases of this run that expired before the worker acknowledged them (re-queued without
     charging the retry budget; their attempts show state UNDELIVERED)."""
+    timeout_ms: int | None = None
+    """How long one attempt may run (None: the worker's default)."""
 
     @property
     def terminal(self) -> bool:

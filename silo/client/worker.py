@@ -2,118 +2,101 @@
 
 Contract:
 - at most ``max_concurrent_tasks`` handlers run at once; leasing asks for exactly the free slots
-  and long-polls, so an idle worker costs one RPC per poll window, not a busy loop;
-- every running task is heartbeated at a fraction of its lease; a heartbeat that says the job
-  was cancelled sets ``ctx.cancelled``; a heartbeat that finds the lease gone (reaped, or owned
-  by someone else) abandons the task: its handler is cancelled and nothing is reported;
+  and long-polls, so an idle worker costs one RPC per poll window, not a busy loop. A slot stays
+  taken until its handler has really stopped (see :mod:`silo.client.slots`);
+- delivery: every task received is acknowledged (``TaskAck``) on the next LeaseTasks call to the
+  node it came from, and heartbeated first soon after it arrives, so a busy worker that does not
+  lease again still acknowledges it within a small fraction of the lease;
+- every task is heartbeated (see :mod:`silo.client.heartbeats`) from its arrival until its
+  report is acknowledged, so its lease cannot lapse while the report waits or is retried
+  (floating-limit refresh tasks excepted: they are short and their report acknowledges them). A
+  heartbeat that says the job was cancelled sets ``ctx.cancelled`` and gives the handler
+  ``CANCEL_GRACE_S`` more; past that it is cancelled (trio) or abandoned (thread, asyncio) and
+  the attempt is reported cancelled. A heartbeat that finds the lease gone (reaped, or owned by
+  someone else) gives the task up: its handler is cancelled or abandoned, nothing is reported;
+- timeouts: an attempt may run for the job's ``timeout_ms`` (or the worker's
+  ``default_timeout_ms``); then its handler is cancelled (trio) or abandoned (thread, asyncio)
+  and the attempt is reported failed with code ``TIMEOUT``;
 - a handler's return value is the result; ``raise Fail(code, data)`` fails with that code; any
   other exception fails with ``HANDLER_ERROR``; ``raise Cancel()`` reports a cancellation;
-- outcomes are reported in batches (one ReportOutcomes per shard owner per flush) and retried
-  until the server answers (reports are idempotent);
-- ``stop(timeout)`` stops leasing, lets running handlers finish for up to ``timeout`` seconds,
-  then abandons the rest (their leases expire and the jobs are retried elsewhere).
+- outcomes are reported by :mod:`silo.client.reporter` (batched by count and bytes, retried,
+  re-routed; a dropped report is logged at ERROR and counted in ``stats.reports_dropped``);
+- ``stop(timeout)`` stops leasing at once: a LeaseTasks call in flight is cancelled, and the
+  tasks it may have leased are neither run nor acknowledged (the server puts them back as
+  undelivered, without charging their retry budget). Running handlers get ``timeout`` seconds to
+  finish, then are abandoned (their leases expire and the jobs are retried elsewhere); pending
+  reports are sent within the same ``timeout`` (at least ``REPORT_DRAIN_MIN_S``), and any still
+  unacknowledged then are dropped (logged and counted).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import traceback
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from silo.client.client import SiloClient
+from silo.client.handlers import (
+    HandlerFn,
+    RefreshContext,
+    RefreshFn,
+    TaskContext,
+    asyncio_handler,
+    call_handler,
+    handler_kind,
+)
+from silo.client.heartbeats import Heartbeater, is_shard_not_found
+from silo.client.leases import HeldLease
+from silo.client.reporter import Reporter, ReporterStats
+from silo.client.slots import Slot, SlotPool
 from silo.client.types import Cancel, Fail, pack, unpack
 from silo.errors import Code
 from silo.model import Cancelled, Failure, Outcome, OutcomeReport, Success
+from silo.node import SHARD_OWNER_METADATA
 from silo.rpc import RpcError
 from silo.runtime.faults import NO_FAULTS, Faults
 from silo.wire import outcome_to_pb, pb
 
+__all__ = [
+    "HandlerFn", "RefreshContext", "RefreshFn", "TaskContext", "Worker", "WorkerStats",
+    "asyncio_handler", "call_handler", "handler_kind",
+]
+
 log = logging.getLogger("silo.worker")
 
 HANDLER_ERROR = "HANDLER_ERROR"
+TIMEOUT = "TIMEOUT"
 LEASE_WAIT_MS = 5_000
-REPORT_BATCH = 500
+LEASE_WAIT_MS_MAX = 30_000
+"""The server's bound on LeaseTasks ``wait_ms``."""
+MAX_CONCURRENT_TASKS_MAX = 1000
+"""The server's default ``max_tasks_per_lease``: a worker asks for up to this many at once."""
+TIMEOUT_MS_MAX = 24 * 3600 * 1000
+HEARTBEAT_FRACTION_MAX = 100.0
 CANCEL_GRACE_S = 5.0
+REPORT_DRAIN_MIN_S = 1.0
+ACKS_MAX = 1000
+"""Acknowledgements carried by one LeaseTasks request (older ones are left to heartbeats)."""
+REFRESH_REPORT_TRIES = 10
 
 
 @dataclass
-class TaskContext:
-    """What a handler receives for one task."""
+class WorkerStats(ReporterStats):
+    """Counters of one worker (read them any time)."""
 
-    payload: Any
-    job_id: str
-    tenant: str
-    attempt: int
-    task_id: str
-    task_group: str
-    priority: int
-    metadata: dict[str, str]
-    cancelled: trio.Event = field(default_factory=trio.Event)
-    """Set when a heartbeat reports that the job was cancelled."""
-
-    @property
-    def is_cancelled(self) -> bool:
-        return self.cancelled.is_set()
-
-
-@dataclass
-class RefreshContext:
-    """What a refresh handler receives: compute and return the queue's new max."""
-
-    queue: str
-    tenant: str
-    current_max: int
-    metadata: dict[str, str]
-
-
-HandlerFn = Callable[[TaskContext], Any]
-RefreshFn = Callable[[RefreshContext], Any]
-
-
-@dataclass
-class _Running:
-    task: pb.Task
-    address: str
-    ctx: TaskContext
-    scope: trio.CancelScope
-    abandoned: bool = False
-
-
-def handler_kind(handler: HandlerFn) -> str:
-    """"trio", "asyncio" or "sync". Async functions are trio functions unless marked with
-    :func:`asyncio_handler`."""
-    if getattr(handler, "__silo_asyncio__", False):
-        return "asyncio"
-    if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        type(handler).__call__
-    ):
-        return "trio"
-    return "sync"
-
-
-async def call_handler(fn: Callable[..., Any], kind: str, ctx: Any) -> Any:
-    """Run a handler of ``kind`` ("trio", "asyncio" or "sync") on ``ctx``; return its value."""
-    if kind == "trio":
-        return await fn(ctx)
-    if kind == "asyncio":
-        from silo.transport.aio import run_asyncio_handler
-
-        return await run_asyncio_handler(fn, ctx)
-    from silo.runtime.threads import run_in_thread
-
-    return await run_in_thread(fn, ctx)
-
-
-def asyncio_handler(fn: Callable[[TaskContext], Awaitable[Any]]) -> Callable[..., Any]:
-    """Mark an ``async def`` handler as asyncio code (run through trio-asyncio)."""
-    fn.__silo_asyncio__ = True  # type: ignore[attr-defined]
-    return fn
+    timeouts: int = 0
+    """Attempts failed with ``TIMEOUT``."""
+    leases_lost: int = 0
+    """Tasks given up because a heartbeat found their lease gone."""
+    stuck_handlers: int = 0
+    """Abandoned handlers whose thread or asyncio task is still running (each holds a slot)."""
+    all_slots_stuck: int = 0
+    """How many times every slot became held by a stuck handler."""
 
 
 class Worker:
@@ -134,9 +117,18 @@ class Worker:
         observer: Callable[[str, int], None] | None = None,
         refresh_handler: RefreshFn | None = None,
         faults: Faults = NO_FAULTS,
+        default_timeout_ms: int | None = None,
+        on_report_dropped: Callable[[pb.Task, pb.Outcome, str], None] | None = None,
     ) -> None:
-        if max_concurrent_tasks < 1:
-            raise ValueError("max_concurrent_tasks must be at least 1")
+        _check_int("max_concurrent_tasks", max_concurrent_tasks, 1, MAX_CONCURRENT_TASKS_MAX)
+        _check_int("lease_wait_ms", lease_wait_ms, 0, LEASE_WAIT_MS_MAX)
+        if default_timeout_ms is not None:
+            _check_int("default_timeout_ms", default_timeout_ms, 1, TIMEOUT_MS_MAX)
+        if not 0 < heartbeat_fraction <= HEARTBEAT_FRACTION_MAX:
+            # Above 1 only makes sense to test what a server does with a stale worker.
+            raise ValueError(
+                f"heartbeat_fraction {heartbeat_fraction} is outside (0, {HEARTBEAT_FRACTION_MAX}]"
+            )
         self.client = client
         self.task_group = task_group
         self.handler = handler
@@ -146,23 +138,34 @@ class Worker:
         self.max_concurrent_tasks = max_concurrent_tasks
         self.faults = faults
         """Forced rare paths and probes (silo.runtime.points); the simulator's, or none."""
+        self.default_timeout_ms = default_timeout_ms
+        """The attempt timeout for jobs enqueued without ``timeout_ms`` (None: no timeout)."""
         self.refresh_handler = refresh_handler
         """Answers floating-limit refresh tasks with the queue's new max (an int)."""
         self.observer = observer
-        """Called with ("leased", n) after each lease response and ("reported", n) after each
-        acknowledged batch of reports (benchmarks and tests use it)."""
+        """Called with ("leased", n) after each lease response, ("reported", n) after each
+        acknowledged batch of reports, ("dropped", 1) for each dropped report, ("timeout", 1)
+        for each timed-out attempt and ("stuck", n) when the number of stuck handlers changes
+        (benchmarks and tests use it). ``on_report_dropped(task, outcome, reason)`` is called
+        for each report given up (the simulator checks every computed result is recorded or
+        dropped with a reason)."""
         self.worker_id = worker_id or f"worker-{client.new_id()[:12]}"
         self.heartbeat_fraction = heartbeat_fraction
         self.lease_wait_ms = lease_wait_ms
-        self._running: dict[str, _Running] = {}
-        self._slots = trio.Semaphore(max_concurrent_tasks)
+        self.stats = WorkerStats()
+        self._slots = SlotPool(max_concurrent_tasks, on_stuck=self._stuck_changed)
+        self._running: dict[str, HeldLease] = {}
+        """Leases whose handler is running, by task id."""
+        self._handler_done = trio.Event()
         self._stopping = trio.Event()
         self._stop_deadline = math.inf
-        self._lease_ms = 30_000
-        self._lease_ms_known = trio.Event()
-        self._reports: list[tuple[str, int, OutcomeReport]] = []
-        self._reports_ready = trio.Event()
-        self._in_flight_reports = 0
+        self._heartbeats = Heartbeater(
+            client, self.worker_id, heartbeat_fraction=heartbeat_fraction,
+            on_lost=self._lease_lost, on_cancel_requested=self._cancel_requested, faults=faults,
+        )
+        self._reporter = Reporter(client, self.stats, on_settled=self._report_settled,
+                                  observer=observer, on_dropped=on_report_dropped,
+                                  faults=faults)
         self.completed = 0
         self.failed = 0
         self.abandoned = 0
@@ -170,16 +173,17 @@ class Worker:
     # -- control ----------------------------------------------------------------------------
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop leasing; running handlers get ``timeout`` seconds to finish."""
+        """Stop leasing; running handlers and pending reports get ``timeout`` seconds (see the
+        module docstring for what happens to a LeaseTasks call in flight)."""
         self._stop_deadline = trio.current_time() + timeout
         self._stopping.set()
 
     async def run(self) -> None:
         """Lease and run tasks until :meth:`stop`; returns once every handler has finished or
-        been abandoned and every outcome has been reported (or given up on)."""
+        been abandoned and every outcome has been acknowledged or dropped."""
         async with trio.open_nursery() as outer:
-            outer.start_soon(self._heartbeat_loop)
-            outer.start_soon(self._report_loop)
+            outer.start_soon(self._heartbeats.run)
+            outer.start_soon(self._reporter.run)
             async with trio.open_nursery() as tasks:
                 async with trio.open_nursery() as leasers:
                     for address in self.client.owner_addresses():
@@ -188,101 +192,152 @@ class Worker:
                     leasers.cancel_scope.cancel()
                 with trio.move_on_at(self._stop_deadline):
                     while self._running:
-                        await trio.sleep(0.01)
-                for running in list(self._running.values()):
-                    running.abandoned = True
-                    running.scope.cancel()
-            with trio.move_on_at(self._stop_deadline + 5):
-                while self._reports or self._in_flight_reports:
-                    self._reports_ready.set()
-                    await trio.sleep(0.01)
+                        await self._handler_done.wait()
+                        self._handler_done = trio.Event()
+                for lease in list(self._running.values()):
+                    lease.abandoned = True
+                    lease.scope.cancel()
+            drain_until = max(self._stop_deadline, trio.current_time() + REPORT_DRAIN_MIN_S)
+            await self._reporter.drain(drain_until)
+            self._reporter.close("the worker stopped before the server acknowledged it")
             outer.cancel_scope.cancel()
 
     # -- leasing ----------------------------------------------------------------------------
 
     async def _lease_loop(self, address: str, tasks: trio.Nursery) -> None:
         failures = 0
+        acks: list[pb.TaskAck] = []
         while True:
-            await self._slots.acquire()
-            free = 1
-            while free < self.max_concurrent_tasks:
-                try:
-                    self._slots.acquire_nowait()
-                except trio.WouldBlock:
-                    break
-                free += 1
+            slots = [await self._slots.acquire()]
             try:
-                resp = await self.client.call_address(
-                    address,
-                    "LeaseTasks",
-                    pb.LeaseTasksRequest(
-                        worker_id=self.worker_id, task_group=self.task_group,
-                        max_tasks=free, all_shards=True, wait_ms=self.lease_wait_ms,
-                    ),
-                    pb.LeaseTasksResponse,
-                    timeout=self.lease_wait_ms / 1000 + self.client.retry.call_timeout_s,
-                )
-                failures = 0
-            except RpcError as exc:
-                resp = None
-                failures += 1
-                log.info("lease from %s failed (%s); retrying", address, exc)
-            if resp is None:
-                for _ in range(free):
-                    self._slots.release()
-                await trio.sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
-                continue
-            if resp.lease_ms:
-                self._lease_ms = resp.lease_ms
-            if resp.lease_ms or resp.tasks:
-                self._lease_ms_known.set()
-            for _ in range(free - len(resp.tasks)):
-                self._slots.release()
-            if resp.tasks and self.observer is not None:
-                self.observer("leased", len(resp.tasks))
-            for task in resp.tasks:
-                tasks.start_soon(self._run_task, task, address)
+                while len(slots) < self.max_concurrent_tasks:
+                    try:
+                        slots.append(self._slots.acquire_nowait())
+                    except trio.WouldBlock:
+                        break
+                sent_acks = acks[-ACKS_MAX:]
+                try:
+                    resp = await self.client.call_address(
+                        address,
+                        "LeaseTasks",
+                        pb.LeaseTasksRequest(
+                            worker_id=self.worker_id, task_group=self.task_group,
+                            max_tasks=len(slots), all_shards=True, wait_ms=self.lease_wait_ms,
+                            acks=sent_acks,
+                        ),
+                        pb.LeaseTasksResponse,
+                        timeout=self.lease_wait_ms / 1000 + self.client.retry.call_timeout_s,
+                    )
+                    failures = 0
+                    acks = []
+                except RpcError as exc:
+                    failures += 1
+                    if exc.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
+                        log.info("lease from %s failed (%s); retrying", address, exc)
+                    else:
+                        # Heartbeats acknowledge the tasks too; acks that a server refuses must
+                        # not keep every later lease call failing.
+                        acks = []
+                        log.warning("lease from %s refused (%s); retrying", address, exc)
+                    for slot in slots:
+                        slot.finish()
+                    slots = []
+                    await trio.sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
+                    continue
+                received_at = trio.current_time()
+                if resp.lease_ms:
+                    self._heartbeats.lease_s = resp.lease_ms / 1000
+                if len(resp.tasks) > len(slots):
+                    log.error("%s sent %d tasks for %d slots; the extra ones are not run",
+                              address, len(resp.tasks), len(slots))
+                if resp.tasks and self.observer is not None:
+                    self.observer("leased", min(len(resp.tasks), len(slots)))
+                for task, slot in zip(resp.tasks, list(slots), strict=False):
+                    slots.remove(slot)
+                    acks.append(pb.TaskAck(shard=task.shard, task_id=task.task_id))
+                    lease = HeldLease(task, address, deadline=received_at + self._lease_s,
+                                      next_heartbeat_at=received_at)
+                    if not _is_refresh(task):
+                        # Refresh tasks are short and acknowledged by their report alone.
+                        self._heartbeats.add(lease)
+                    tasks.start_soon(self._run_task, lease, slot)
+            finally:
+                for slot in slots:
+                    slot.finish()
+
+    @property
+    def _lease_s(self) -> float:
+        return self._heartbeats.lease_s
 
     # -- running ----------------------------------------------------------------------------
 
-    async def _run_task(self, task: pb.Task, address: str) -> None:
-        if task.refresh is not None and task.attempt == 0:
+    def _timeout_ms(self, task: pb.Task) -> int | None:
+        return task.timeout_ms or self.default_timeout_ms
+
+    async def _run_task(self, lease: HeldLease, slot: Slot) -> None:
+        task = lease.task
+        if _is_refresh(task):
             try:
-                await self._run_refresh(task, address)
+                await self._run_refresh(lease, slot)
             finally:
-                self._slots.release()
+                slot.finish()
+                self._heartbeats.remove(lease)
             return
+        timeout_ms = self._timeout_ms(task)
         try:
             ctx = TaskContext(
                 payload=unpack(task.payload), job_id=task.job_id, tenant=task.tenant,
                 attempt=task.attempt, task_id=task.task_id, task_group=task.task_group,
-                priority=task.priority, metadata=dict(task.metadata),
+                priority=task.priority, metadata=dict(task.metadata), timeout_ms=timeout_ms,
             )
         except Exception as exc:
-            self._queue_report(task, address, Failure("PAYLOAD_DECODE_ERROR", pack(str(exc))))
-            self._slots.release()
+            slot.finish()
+            self._finish(lease, Failure("PAYLOAD_DECODE_ERROR", pack(str(exc))))
             return
-        running = _Running(task, address, ctx, trio.CancelScope())
-        self._running[task.task_id] = running
+        lease.ctx = ctx
+        lease.handler_running = True
+        started_at = trio.current_time()
+        self._running[task.task_id] = lease
         outcome: Outcome | None = None
+        timed_out = False
         try:
-            with running.scope:
-                outcome = await self._invoke(ctx)
+            with lease.scope:
+                with trio.move_on_after(math.inf if timeout_ms is None else timeout_ms / 1000) \
+                        as timeout_scope:
+                    outcome = await self._invoke(ctx, slot)
+                timed_out = timeout_scope.cancelled_caught
         finally:
+            # Released now, or (a thread or asyncio task that ignores cancellation) when its
+            # body really returns.
+            slot.finish()
+            lease.handler_running = False
             del self._running[task.task_id]
-            self._slots.release()
-        if outcome is None and not running.abandoned and ctx.is_cancelled:
-            # The job was cancelled and its handler overran the grace period: it was stopped,
-            # and the attempt ends as cancelled rather than waiting for its lease to expire.
-            outcome = Cancelled()
-        if running.abandoned or outcome is None:
+            self._handler_done.set()
+        if lease.abandoned:
             self.abandoned += 1
+            self._heartbeats.remove(lease)
+            self._task_finished(ctx, None, trio.current_time() - started_at)
             return
-        self._queue_report(task, address, outcome)
+        if timed_out:
+            self.stats.timeouts += 1
+            if self.observer is not None:
+                self.observer("timeout", 1)
+            log.warning("job %s (attempt %d) timed out after %d ms", task.job_id, task.attempt,
+                        timeout_ms)
+            outcome = Failure(TIMEOUT, pack({
+                "timeout_ms": timeout_ms,
+                "message": f"the handler did not finish within {timeout_ms} ms",
+            }))
+        elif outcome is None:
+            # Only a cancel's grace period ending stops a handler without a lost lease or stop:
+            # the attempt ends as cancelled rather than waiting for its lease to expire.
+            outcome = Cancelled()
+        self._task_finished(ctx, outcome, trio.current_time() - started_at)
+        self._finish(lease, outcome)
 
-    async def _invoke(self, ctx: TaskContext) -> Outcome:
+    async def _invoke(self, ctx: TaskContext, slot: Slot | None = None) -> Outcome:
         try:
-            value = await call_handler(self.handler, self.kind, ctx)
+            value = await call_handler(self.handler, self.kind, ctx, slot)
             return Success(pack(value))
         except Fail as exc:
             return Failure(exc.code, pack(exc.data))
@@ -297,8 +352,24 @@ class Worker:
                     "traceback": traceback.format_exc(limit=20)}
             return Failure(HANDLER_ERROR, pack(data))
 
-    async def _run_refresh(self, task: pb.Task, address: str) -> None:
+    def _task_finished(self, ctx: TaskContext, outcome: Outcome | None,
+                       elapsed_s: float) -> None:
+        """Hook: ``ctx``'s handler ended with ``outcome`` after ``elapsed_s`` seconds (None:
+        abandoned, nothing will be reported)."""
+
+    def _finish(self, lease: HeldLease, outcome: Outcome) -> None:
+        if isinstance(outcome, Success):
+            self.completed += 1
+        else:
+            self.failed += 1
+        task = lease.task
+        report = OutcomeReport(self.worker_id, task.task_id, outcome, task.tenant, task.job_id,
+                               task.attempt)
+        self._reporter.submit(lease, outcome_to_pb(task.shard, report))
+
+    async def _run_refresh(self, lease: HeldLease, slot: Slot) -> None:
         """Compute a floating limit's new max and report it (a failure backs it off)."""
+        task = lease.task
         assert task.refresh is not None
         ctx = RefreshContext(task.refresh.queue, task.tenant, task.refresh.current_max,
                              dict(task.refresh.metadata))
@@ -306,13 +377,17 @@ class Worker:
             shard=task.shard, worker_id=self.worker_id, task_id=task.task_id
         )
         fn = self.refresh_handler
+        timeout_ms = self._timeout_ms(task)
         try:
             if fn is None:
                 raise Fail("NO_REFRESH_HANDLER", "this worker has no refresh_handler")
-            value = await call_handler(fn, handler_kind(fn), ctx)
+            with trio.fail_after(math.inf if timeout_ms is None else timeout_ms / 1000):
+                value = await call_handler(fn, handler_kind(fn), ctx, slot)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise Fail("BAD_REFRESH_VALUE", f"refresh handler returned {value!r}")
             request.new_max = value
+        except trio.TooSlowError:
+            request.failure = pb.Failure(code=TIMEOUT, data=pack(timeout_ms))
         except trio.Cancelled:
             raise
         except Fail as exc:
@@ -320,106 +395,66 @@ class Worker:
         except Exception as exc:
             log.info("refresh handler failed for queue %s: %r", ctx.queue, exc)
             request.failure = pb.Failure(code=HANDLER_ERROR, data=pack(str(exc)))
-        for attempt in range(10):
+        slot.finish()
+        for attempt in range(REFRESH_REPORT_TRIES):
+            address = lease.address
             try:
                 await self.client.call_address(
                     address, "ReportRefresh", request, pb.ReportRefreshResponse
                 )
                 return
             except RpcError as exc:
-                if exc.code not in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
+                if is_shard_not_found(exc.code, exc.message):
+                    lease.address = await self.client.owner_address(
+                        task.shard, stale=address, hint=exc.metadata.get(SHARD_OWNER_METADATA)
+                    )
+                elif exc.code not in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED,
+                                      Code.RESOURCE_EXHAUSTED):
                     log.info("refresh report for %s refused: %s", ctx.queue, exc)
                     return
                 await trio.sleep(min(0.05 * 2**attempt, 2.0))
+        log.warning("refresh report for %s not acknowledged after %d tries", ctx.queue,
+                    REFRESH_REPORT_TRIES)
 
-    # -- heartbeats -------------------------------------------------------------------------
+    # -- callbacks --------------------------------------------------------------------------
 
-    async def _heartbeat_loop(self) -> None:
-        # The heartbeat interval depends on the server's lease length, which the first lease
-        # response tells; sleeping on the 30 s default first would let shorter leases expire.
-        await self._lease_ms_known.wait()
-        while True:
-            await trio.sleep(max(0.01, self._lease_ms / 1000 * self.heartbeat_fraction))
-            async with trio.open_nursery() as nursery:
-                for running in list(self._running.values()):
-                    nursery.start_soon(self._heartbeat, running)
-
-    async def _heartbeat(self, running: _Running) -> None:
-        task = running.task
-        if self.faults.buggify("worker.heartbeat.delay"):
-            await trio.sleep(self._lease_ms / 2000)
-        try:
-            resp = await self.client.call_address(
-                running.address, "Heartbeat",
-                pb.HeartbeatRequest(shard=task.shard, worker_id=self.worker_id,
-                                    task_id=task.task_id),
-                pb.HeartbeatResponse,
-            )
-        except RpcError as exc:
-            if exc.code in (Code.NOT_FOUND, Code.FAILED_PRECONDITION):
-                # The lease is gone (reaped) or belongs to someone else: abandon silently.
-                self.faults.sometimes("worker.heartbeat.lease_lost")
-                log.info("lease lost for task %s: %s", task.task_id, exc)
-                running.abandoned = True
-                running.scope.cancel()
+    def _cancel_requested(self, lease: HeldLease) -> None:
+        self.faults.sometimes("worker.heartbeat.cancel_seen")
+        ctx = lease.ctx
+        if ctx is None or ctx.cancelled.is_set() or not lease.handler_running:
             return
-        if resp.cancelled and not running.ctx.cancelled.is_set():
-            self.faults.sometimes("worker.heartbeat.cancel_seen")
-            running.ctx.cancelled.set()
-            if self.kind == "trio":
-                running.scope.deadline = min(
-                    running.scope.deadline, trio.current_time() + CANCEL_GRACE_S
-                )
+        ctx.cancelled.set()
+        lease.scope.deadline = min(lease.scope.deadline, trio.current_time() + CANCEL_GRACE_S)
 
-    # -- reporting --------------------------------------------------------------------------
-
-    def _queue_report(self, task: pb.Task, address: str, outcome: Outcome) -> None:
-        if isinstance(outcome, Success):
-            self.completed += 1
+    def _lease_lost(self, lease: HeldLease, error: RpcError) -> None:
+        self.faults.sometimes("worker.heartbeat.lease_lost")
+        self.stats.leases_lost += 1
+        if lease.handler_running:
+            log.warning("lease lost for task %s of job %s (%s): its handler is given up",
+                        lease.task_id, lease.task.job_id, error)
+            lease.abandoned = True
+            lease.scope.cancel()
         else:
-            self.failed += 1
-        report = OutcomeReport(self.worker_id, task.task_id, outcome, task.tenant, task.job_id,
-                               task.attempt)
-        self._reports.append((address, task.shard, report))
-        self._reports_ready.set()
+            log.info("lease lost for task %s of job %s (%s)", lease.task_id, lease.task.job_id,
+                     error)
 
-    async def _report_loop(self) -> None:
-        while True:
-            await self._reports_ready.wait()
-            self._reports_ready = trio.Event()
-            while self._reports:
-                batch, self._reports = self._reports[:REPORT_BATCH], self._reports[REPORT_BATCH:]
-                self._in_flight_reports += len(batch)
-                try:
-                    await self._send_reports(batch)
-                finally:
-                    self._in_flight_reports -= len(batch)
+    def _report_settled(self, lease: HeldLease, acknowledged: bool) -> None:
+        self._heartbeats.remove(lease)
 
-    async def _send_reports(self, batch: list[tuple[str, int, OutcomeReport]]) -> None:
-        if self.faults.buggify("worker.report.delay"):
-            await trio.sleep(self._lease_ms / 2000)
-        by_address: dict[str, list[tuple[int, OutcomeReport]]] = {}
-        for address, shard, report in batch:
-            by_address.setdefault(address, []).append((shard, report))
-        for address in sorted(by_address):
-            items = by_address[address]
-            request = pb.ReportOutcomesRequest(outcomes=[outcome_to_pb(s, r) for s, r in items])
-            for attempt in range(60):
-                try:
-                    resp = await self.client.call_address(
-                        address, "ReportOutcomes", request, pb.ReportOutcomesResponse
-                    )
-                except RpcError as exc:
-                    if exc.code not in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
-                        log.warning("reports to %s refused: %s", address, exc)
-                        break
-                    await trio.sleep(min(0.05 * 2**attempt, 2.0))
-                    continue
-                if self.observer is not None:
-                    self.observer("reported", len(items))
-                for (_, report), status in zip(items, resp.statuses, strict=False):
-                    if status.code:
-                        self.faults.sometimes("worker.report.refused")
-                        log.info("report for task %s refused: %s", report.task_id,
-                                 status.message)
-                break
+    def _stuck_changed(self, stuck: int) -> None:
+        if stuck >= self.max_concurrent_tasks and stuck > self.stats.stuck_handlers:
+            self.stats.all_slots_stuck += 1
+        self.stats.stuck_handlers = stuck
+        if self.observer is not None:
+            self.observer("stuck", stuck)
+
+
+def _is_refresh(task: pb.Task) -> bool:
+    return task.refresh is not None and task.attempt == 0
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} {value} is outside {low}..{high}")

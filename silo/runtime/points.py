@@ -19,7 +19,7 @@ BUGGIFY_POINTS: dict[str, str] = {
     "node.lease.fewer_tasks": "a lease round asks each shard for fewer tasks than were wanted",
     "node.lease.wake_early": "a long poll wakes before any task is ready (spurious wakeup)",
     "worker.heartbeat.delay": "a worker heartbeat is sent late (up to half a lease)",
-    "worker.report.delay": "a worker outcome report batch is sent late (up to half a lease)",
+    "worker.report.delay": "a worker outcome report batch is sent 1 s late",
     "disk.write.delay": "a store write stays in flight longer than the disk's latency",
     "shard.commit.split_group": "the writer commits a queued group as two writes",
     "shard.lease.batch_one": "a shard lease hands out at most one task",

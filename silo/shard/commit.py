@@ -7,8 +7,9 @@ Contract (DESIGN §3-§4):
   current state (durable state plus batches still being written); after a failed write the
   in-memory mirror is first rebuilt from disk.
 - Before submitting, slots freed by the operation are granted (the ``regrant`` callback), and
-  counter deltas become counter rows. The lock is released before waiting for durability, so
-  that the writer can group several operations into one synced write.
+  counter deltas become counter rows (a counter that reaches zero is deleted). The lock is
+  released before waiting for durability, so that the writer can group several operations into
+  one synced write.
 - A refusal (ALREADY_EXISTS, NOT_FOUND, FAILED_PRECONDITION) decided on what the operation read
   is answered only once that is durable (the read barrier): the state may come from a batch
   still being written, and a caller must never be told "exists" (or "already cancelled") about a

@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING
 import msgpack
 
 from silo import keys
-from silo.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, SiloError
+from silo.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    SiloError,
+    quote,
+)
 from silo.keys import Prefix, key
 from silo.model import (
     INTERNAL_ERROR,
@@ -214,7 +221,7 @@ class Leasing(ShardRoom):
             return Fit.FITS, None
         leased = LeasedTask(
             task.task_id, task.tenant, task.job_id, task.attempt, task.task_group, info.payload,
-            info.priority, dict(info.metadata), expiry,
+            info.priority, dict(info.metadata), expiry, timeout_ms=info.timeout_ms,
         )
         size = task_reply_bytes(leased)
         fit = budget.fit(size)
@@ -327,6 +334,7 @@ class Leasing(ShardRoom):
         """A worker's answer to a refresh task: the queue's new max, or (``new_max=None``) a
         failure, which backs the next refresh off."""
         lim.check_worker_id(self._limits, worker_id)
+        lim.check_task_id(self._limits, task_id)
         if new_max is not None:
             check_refresh_value(new_max)
         async with self._commit.operation(empty=EmptyBatch.NOTHING) as txn:
@@ -338,10 +346,10 @@ class Leasing(ShardRoom):
     def _owned_lease(self, worker_id: str, task_id: str) -> Lease:
         lease = self._mirror.leases.get(task_id)
         if lease is None:
-            raise NotFound(f"lease not found for task {task_id!r}")
+            raise NotFound(f"lease not found for task {quote(task_id)}")
         if lease.worker_id != worker_id:
             raise FailedPrecondition(
-                f"lease owner mismatch: task {task_id!r} is leased to another worker"
+                f"lease owner mismatch: task {quote(task_id)} is leased to another worker"
             )
         return lease
 
@@ -349,6 +357,7 @@ class Leasing(ShardRoom):
         """Extend a lease (and acknowledge its delivery); reports whether the job has been
         cancelled."""
         lim.check_worker_id(self._limits, worker_id)
+        lim.check_task_id(self._limits, task_id)
         async with self._commit.operation() as txn:
             lease = self._owned_lease(worker_id, task_id)
             # lease_ms from now on the monotonic clock, so never shorter than before; after a
@@ -440,7 +449,7 @@ class Leasing(ShardRoom):
 
     def _validate_report(self, report: OutcomeReport) -> None:
         L = self._limits
-        lim.check_worker_id(L, report.worker_id)
+        lim.check_report_ids(L, report)
         outcome = report.outcome
         if isinstance(outcome, Success):
             lim.check_bytes(outcome.result, "result", "result_max_bytes", L.result_max_bytes)
@@ -461,34 +470,36 @@ class Leasing(ShardRoom):
             return
         if lease.worker_id != report.worker_id:
             raise FailedPrecondition(
-                f"lease owner mismatch: task {report.task_id!r} is leased to another worker"
+                f"lease owner mismatch: task {quote(report.task_id)} is leased to another "
+                f"worker"
             )
         if lease.is_refresh:
             raise InvalidArgument(
-                f"task {report.task_id!r} is a refresh task; report it with ReportRefresh"
+                f"task {quote(report.task_id)} is a refresh task; report it with ReportRefresh"
             )
         await self.end_attempt(txn, lease, report.outcome, reaped=False)
 
     async def _check_repeated_report(self, txn: Txn, report: OutcomeReport) -> None:
         """A report without a live lease: succeed if it repeats the recorded outcome."""
         if report.tenant is None or report.job_id is None or report.attempt is None:
-            raise NotFound(f"lease not found for task {report.task_id!r}")
+            raise NotFound(f"lease not found for task {quote(report.task_id)}")
         k = key(Prefix.ATTEMPT, report.tenant, report.job_id, report.attempt)
         raw = await txn.get(k)
         if raw is None:
-            raise NotFound(f"lease not found for task {report.task_id!r}")
+            raise NotFound(f"lease not found for task {quote(report.task_id)}")
         attempt = Attempt.decode(k, raw)
         if attempt.task_id != report.task_id:
-            raise NotFound(f"lease not found for task {report.task_id!r}")
+            raise NotFound(f"lease not found for task {quote(report.task_id)}")
         if attempt.worker_id != report.worker_id:
             raise FailedPrecondition(
-                f"lease owner mismatch: task {report.task_id!r} was leased to another worker"
+                f"lease owner mismatch: task {quote(report.task_id)} was leased to another "
+                f"worker"
             )
         crashed = attempt.error_code == WORKER_CRASHED
         if attempt.state == _attempt_state_for(report.outcome) and not crashed:
             return
         raise NotFound(
-            f"lease not found for task {report.task_id!r}: the attempt already ended "
+            f"lease not found for task {quote(report.task_id)}: the attempt already ended "
             f"{attempt.state.name}"
             + (" (lease expired)" if attempt.error_code == WORKER_CRASHED else "")
         )
@@ -506,7 +517,9 @@ class Leasing(ShardRoom):
         info = await self._rows.info(txn, lease.tenant, lease.job_id)
         state = await self._rows.state(txn, lease.tenant, lease.job_id)
         if info is None or state is None:
-            raise NotFound(f"job not found: {lease.job_id!r} (tenant {lease.tenant!r})")
+            raise NotFound(
+                f"job not found: {quote(lease.job_id)} (tenant {quote(lease.tenant)})"
+            )
         cancelled_at = await self._rows.cancelled_at(txn, lease.tenant, lease.job_id)
         ak = key(Prefix.ATTEMPT, lease.tenant, lease.job_id, lease.attempt)
         raw = await txn.get(ak)
@@ -517,6 +530,8 @@ class Leasing(ShardRoom):
             and not lease.acked
             and cancelled_at is None
             and state.undelivered < MAX_UNDELIVERED
+            # A job at max_attempts_per_job gets no further attempt: the expiry is a failure.
+            and state.attempt_rows < self._limits.max_attempts_per_job
         )
         if undelivered:
             attempt = Attempt(lease.attempt, lease.task_id, AttemptState.UNDELIVERED,
@@ -552,6 +567,8 @@ class Leasing(ShardRoom):
         else:
             jitter = 1.0 + self._rng.random()
             delay = None if final else retry_delay_ms(info.retry, state.run_attempts, jitter)
+            if state.attempt_rows >= self._limits.max_attempts_per_job:
+                delay = None  # the job has made every attempt it may ever make
             if delay is None:
                 new = transitions.attempt_ended(state, now, Event.FAIL)
             else:

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from silo import keys
-from silo.errors import FailedPrecondition, InvalidArgument, NotFound
+from silo.errors import FailedPrecondition, InvalidArgument, NotFound, quote
 from silo.keys import Prefix
 from silo.model import (
     PARKED,
@@ -534,7 +534,7 @@ class Limiter:
             q = (info.tenant, queue)
             qs = self._mirror.queues.get(q)
             return (
-                f"a slot in concurrency queue {queue!r} "
+                f"a slot in concurrency queue {quote(queue)} "
                 f"({self._mirror.holders.get(q, 0)}/{qs.max_concurrency if qs else 0} held, "
                 f"{self._mirror.requests_per_queue.get(q, 0)} waiting)"
             )
@@ -608,9 +608,10 @@ def check_refresh_value(new_max: int) -> None:
 
 def require_refresh_lease(lease: Lease | None, worker_id: str, task_id: str) -> Lease:
     if lease is None or not lease.is_refresh:
-        raise NotFound(f"lease not found for refresh task {task_id!r}")
+        raise NotFound(f"lease not found for refresh task {quote(task_id)}")
     if lease.worker_id != worker_id:
         raise FailedPrecondition(
-            f"lease owner mismatch: refresh task {task_id!r} is leased to another worker"
+            f"lease owner mismatch: refresh task {quote(task_id)} is leased to another "
+            f"worker"
         )
     return lease

@@ -19,6 +19,7 @@ from silo.shard.tables import (
     JOBS_TERMINAL,
     JOBS_TOTAL,
     attempt_high_water_key,
+    fingerprint_key,
     request_key,
     status_counter,
     status_index_key,
@@ -56,6 +57,7 @@ class OperatorOps(ShardRoom):
         async with self._commit.operation(empty=EmptyBatch.IMPOSSIBLE) as txn:
             info, state = await self._rows.job(txn, tenant, job_id)
             require(Operation.RESTART, state.status)
+            transitions.restart_attempts_left(state, info.retry, self._limits.max_attempts_per_job)
             txn.delete(key(Prefix.CANCEL, tenant, job_id))
             new = transitions.restarted(state, txn.now)
             await self._limiter.queue_attempt(txn, info, new, txn.now)
@@ -110,6 +112,7 @@ class OperatorOps(ShardRoom):
             for ak, _ in await txn.scan(start, end):
                 txn.delete(ak)
             txn.delete(key(Prefix.CANCEL, tenant, job_id))
+            txn.delete(fingerprint_key(tenant, job_id))
             # Attempt numbers go on increasing if the id is used again (handlers fence on them).
             txn.put(attempt_high_water_key(tenant, job_id), encode_int(state.attempt))
             txn.bump(JOBS_TOTAL, -1)

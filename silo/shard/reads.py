@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from silo import keys
-from silo.errors import NotFound
+from silo.errors import NotFound, quote
 from silo.keys import Prefix, key
 from silo.model import Attempt, JobResult, JobState, JobStatus, JobView
+from silo.shard import validation
 from silo.shard.context import ShardRoom
 from silo.shard.tables import JOBS_TERMINAL, JOBS_TOTAL, counter_key, status_counter
 from silo.shard.transitions import Operation, require
+from silo.shard.txn import Txn
 
 
 @dataclass(frozen=True)
@@ -46,23 +48,63 @@ class ShardStatistics:
     poison"): each was logged and its job failed ``INTERNAL_ERROR`` or its row quarantined."""
 
 
+ATTEMPT_PAGE_WINDOWS_MAX = 64
+"""Windows of attempt numbers one GetJob page may read (each twice the last: 2^64 numbers)."""
+
+
 class ShardReads(ShardRoom):
     """Job, result, queue and counter reads of one shard."""
 
     # -- reads ------------------------------------------------------------------------------
 
     async def get_job(
-        self, tenant: str, job_id: str, *, include_attempts: bool = False
+        self, tenant: str, job_id: str, *, include_attempts: bool = False,
+        max_attempts: int = 0, attempts_before: int = 0,
     ) -> JobView:
+        """The job; with ``include_attempts`` a page of its attempts, newest first: at most
+        ``max_attempts`` (0: ``get_job_attempts_default``; above ``get_job_attempts_max`` is
+        INVALID_ARGUMENT), only those numbered below ``attempts_before`` when it is set.
+        ``attempts_total`` of the view counts every stored attempt."""
+        page = validation.check_attempts_page(self._limits, max_attempts, attempts_before)
         async with self._commit.read() as txn:
             info, state = await self._rows.job(txn, tenant, job_id)
             cancelled_at = await self._rows.cancelled_at(txn, tenant, job_id)
             attempts = None
             if include_attempts:
-                start, end = keys.prefix_range(Prefix.ATTEMPT, tenant, job_id)
-                attempts = tuple(Attempt.decode(k, v) for k, v in await txn.scan(start, end))
+                attempts = await self._attempt_page(txn, tenant, job_id, state.attempt, page,
+                                                    attempts_before)
             waiting_for = self._limiter.waiting_for(info, state)
-        return JobView(info, state, cancelled_at, attempts, waiting_for)
+        return JobView(info, state, cancelled_at, attempts, waiting_for, state.attempt_rows)
+
+    async def _attempt_page(
+        self, txn: Txn, tenant: str, job_id: str, highest: int, page: int, before: int
+    ) -> tuple[Attempt, ...]:
+        """Up to ``page`` attempts numbered below ``before`` (0: all), newest first.
+
+        Attempt rows are keyed by number, so the page is read in windows of numbers going down
+        from the top. Numbers can have gaps (an attempt cancelled before it was leased has no
+        row), so a window short of rows is followed by a wider one below it, down to the lowest
+        stored attempt: at most ``ATTEMPT_PAGE_WINDOWS_MAX`` windows, each at most twice as wide
+        as the one before.
+        """
+        start, end = keys.prefix_range(Prefix.ATTEMPT, tenant, job_id)
+        first = await txn.scan(start, end, limit=1)
+        if not first:
+            return ()
+        lowest = Attempt.decode(*first[0]).attempt
+        top = highest + 1 if before == 0 else min(before, highest + 1)
+        out: list[Attempt] = []
+        width = page
+        for _ in range(ATTEMPT_PAGE_WINDOWS_MAX):
+            if len(out) >= page or top <= lowest:
+                break
+            bottom = max(lowest, top - width)
+            rows = await txn.scan(key(Prefix.ATTEMPT, tenant, job_id, bottom),
+                                  key(Prefix.ATTEMPT, tenant, job_id, top))
+            out.extend(Attempt.decode(k, v) for k, v in reversed(rows))
+            top = bottom
+            width *= 2
+        return tuple(out[:page])
 
     async def get_result(self, tenant: str, job_id: str) -> JobResult:
         """The outcome of a terminal job; FAILED_PRECONDITION while it is not terminal."""
@@ -75,7 +117,7 @@ class ShardReads(ShardRoom):
             k = key(Prefix.ATTEMPT, tenant, job_id, view.state.attempt)
             raw = await txn.get(k)
         if raw is None:
-            raise NotFound(f"attempt {view.state.attempt} of job {job_id!r} not found")
+            raise NotFound(f"attempt {view.state.attempt} of job {quote(job_id)} not found")
         attempt = Attempt.decode(k, raw)
         if status == JobStatus.SUCCEEDED:
             return JobResult(status, result=attempt.result)
@@ -83,6 +125,8 @@ class ShardReads(ShardRoom):
 
     def queue_info(self, tenant: str, queue: str, *, max_listed: int = 100) -> dict[str, Any]:
         """A queue's max, holders and waiting requests (at most ``max_listed`` of each)."""
+        validation.check_tenant(self._limits, tenant)
+        validation.check_queue_key(self._limits, queue)
         return self._limiter.queue_info(tenant, queue, max_listed=max_listed)
 
     def statistics(self) -> ShardStatistics:
@@ -114,7 +158,8 @@ class ShardReads(ShardRoom):
         )
 
     def counters(self) -> dict[bytes, int]:
-        """The stored counters (as mirrored in memory), non-zero ones only."""
+        """The stored counters (as mirrored in memory). A counter that reaches zero is deleted,
+        so none is stored as 0; the filter only hides rows an older version left at 0."""
         return {k: v for k, v in sorted(self._mirror.counters.items()) if v}
 
     async def recount(self) -> dict[bytes, int]:

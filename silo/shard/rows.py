@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from silo.errors import NotFound
+from silo.errors import NotFound, quote
 from silo.keys import Prefix, key
 from silo.model import JobInfo, JobState, decode_int
 from silo.shard import validation
@@ -48,7 +48,7 @@ class JobRows:
         info = await self.info(txn, tenant, job_id)
         state = await self.state(txn, tenant, job_id)
         if info is None or state is None:
-            raise NotFound(f"job not found: {job_id!r} (tenant {tenant!r})")
+            raise NotFound(f"job not found: {quote(job_id)} (tenant {quote(tenant)})")
         return info, state
 
     async def cancelled_at(self, txn: Txn, tenant: str, job_id: str) -> int | None:

@@ -28,11 +28,13 @@ from typing import Any
 
 import trio
 
-from silo.errors import AlreadyExists, InvalidArgument, SiloError
+from silo.errors import Aborted, AlreadyExists, InvalidArgument, SiloError, quote
 from silo.keys import Prefix, key
 from silo.model import (
     DEFAULT_TENANT,
+    ENQUEUE_HELD_BACK,
     TERMINAL_STATUSES,
+    EnqueueResult,
     JobInfo,
     JobResult,
     JobView,
@@ -44,8 +46,9 @@ from silo.model import (
 from silo.runtime import Runtime
 from silo.shard import transitions
 from silo.shard import validation as lim
-from silo.shard.commit import CommitProtocol, EmptyBatch
+from silo.shard.commit import CommitProtocol
 from silo.shard.context import ShardContext
+from silo.shard.fingerprint import job_fingerprint
 from silo.shard.leasing import HeartbeatResult, Leasing
 from silo.shard.limiter import Limiter, acquisition_order
 from silo.shard.loops import ShardLoops
@@ -55,7 +58,7 @@ from silo.shard.quarantine import PoisonItems
 from silo.shard.reads import ShardReads, ShardStatistics
 from silo.shard.rows import JobRows
 from silo.shard.store import ShardStore
-from silo.shard.tables import JOBS_TOTAL, attempt_high_water_key
+from silo.shard.tables import JOBS_TOTAL, attempt_high_water_key, fingerprint_key
 from silo.shard.txn import Txn
 from silo.shard.validation import ShardLimits
 
@@ -163,18 +166,43 @@ class JobShard:
         lim.check_priority(L, job.priority)
         lim.check_metadata(L, job.metadata)
         lim.check_retry(L, job.retry)
+        lim.check_timeout(L, job.timeout_ms)
         lim.check_job_limits(L, job.limits)
         if job.start_at_ms < 0:
             raise InvalidArgument("start_at_ms must not be negative")
 
     async def enqueue(self, job: NewJob) -> str:
-        """Store a new job and queue its first attempt; returns the job id."""
+        """Store a new job and queue its first attempt; returns the job id.
+
+        Idempotent for a re-sent identical job: when the id is taken by a job with the same
+        request fingerprint, nothing is written and the id is returned. ALREADY_EXISTS when a
+        different job holds the id.
+        """
         return (await self.enqueue_batch([job]))[0]
 
     async def enqueue_batch(self, jobs: Sequence[NewJob]) -> list[str]:
         """Store several jobs atomically: all of them are enqueued, or (on any error) none.
 
-        Raises ALREADY_EXISTS when a supplied id is taken (or repeated within the batch).
+        Raises the error of the first job that refused the batch (ALREADY_EXISTS when a
+        supplied id holds a different job or is repeated within the batch, INVALID_ARGUMENT
+        for a job out of bounds); see :meth:`enqueue_each` for per-job results.
+        """
+        results = await self.enqueue_each(jobs)
+        refused = [r.error for r in results if r.error is not None]
+        if refused:
+            cause = next((e for e in refused if not _held_back(e)), refused[0])
+            raise cause
+        return [r.job_id for r in results]
+
+    async def enqueue_each(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
+        """Enqueue several jobs atomically and say, job by job, how each fared.
+
+        A job whose id already holds a job with the same request fingerprint (a re-sent
+        identical job) is OK ``existed``, and nothing is written for it. A job out of bounds is
+        INVALID_ARGUMENT; a job whose id holds a different job, or whose id an earlier job of
+        the batch already uses, is ALREADY_EXISTS. If any job is refused, none is written and
+        every other job is ABORTED ("not written: another job in the batch was refused").
+        An answer decided on rows read is given only once they are durable.
         """
         if not jobs:
             return []
@@ -183,33 +211,73 @@ class JobShard:
                 f"batch has {len(jobs)} jobs; max_jobs_per_batch is "
                 f"{self._limits.max_jobs_per_batch}"
             )
+        errors: list[SiloError | None] = []
         for job in jobs:
-            self._validate(job)
-        async with self._commit.operation(empty=EmptyBatch.IMPOSSIBLE) as txn:
-            ids: list[str] = []
-            seen: set[tuple[str, str]] = set()
+            try:
+                self._validate(job)
+                errors.append(None)
+            except SiloError as exc:
+                errors.append(exc)
+        results: list[EnqueueResult] = []
+        async with self._commit.operation() as txn:
+            ids = [j.job_id if j.job_id is not None else self._rows.new_id("j") for j in jobs]
             await txn.prefetch(
-                [k for j in jobs if j.job_id is not None
-                 for k in (key(Prefix.JOB, j.tenant, j.job_id),
-                           attempt_high_water_key(j.tenant, j.job_id))]
+                [k for j, i, e in zip(jobs, ids, errors, strict=True) if e is None
+                 for k in (key(Prefix.JOB, j.tenant, i), fingerprint_key(j.tenant, i),
+                           attempt_high_water_key(j.tenant, i))]
             )
-            for job in jobs:
-                job_id = job.job_id if job.job_id is not None else self._rows.new_id("j")
-                ref = (job.tenant, job_id)
-                if ref in seen or await txn.get(key(Prefix.JOB, *ref)) is not None:
-                    raise AlreadyExists(f"job already exists: {job_id!r} (tenant {job.tenant!r})")
-                seen.add(ref)
-                ids.append(job_id)
-            for job, job_id in zip(jobs, ids, strict=True):
-                await self._write_new_job(txn, job, job_id)
-        self._stats["enqueued"] += len(jobs)
-        return ids
+            seen: set[tuple[str, str]] = set()
+            fresh: list[tuple[NewJob, str, bytes]] = []
+            for job, job_id, error in zip(jobs, ids, errors, strict=True):
+                if error is None:
+                    error, existed, fp = await self._admit(txn, job, job_id, seen)
+                else:
+                    existed, fp = False, b""
+                results.append(EnqueueResult(job_id, error, existed))
+                if error is None and not existed:
+                    fresh.append((job, job_id, fp))
+            if any(r.error is not None for r in results):
+                results = [
+                    r if r.error is not None or r.existed
+                    else EnqueueResult(r.job_id, Aborted(ENQUEUE_HELD_BACK))
+                    for r in results
+                ]
+            else:
+                for job, job_id, fp in fresh:
+                    await self._write_new_job(txn, job, job_id)
+                    txn.put(fingerprint_key(job.tenant, job_id), fp)
+        self._stats["enqueued"] += sum(1 for r in results if r.error is None and not r.existed)
+        return results
+
+    async def _admit(
+        self, txn: Txn, job: NewJob, job_id: str, seen: set[tuple[str, str]]
+    ) -> tuple[SiloError | None, bool, bytes]:
+        """Whether ``job`` may be written under ``job_id``: ``(error, existed, fingerprint)``."""
+        ref = (job.tenant, job_id)
+        fp = job_fingerprint(job, job_id)
+        if ref in seen:
+            return AlreadyExists(
+                f"job id {quote(job_id)} (tenant {quote(job.tenant)}) appears twice in the "
+                f"batch"
+            ), False, fp
+        seen.add(ref)
+        if await txn.get(key(Prefix.JOB, *ref)) is None:
+            return None, False, fp
+        stored = await txn.get(fingerprint_key(*ref))
+        if stored == fp:
+            return None, True, fp
+        why = "a different job than the one sent" if stored is not None else (
+            "stored without a request fingerprint, so it cannot be matched")
+        return AlreadyExists(
+            f"job already exists: {quote(job_id)} (tenant {quote(job.tenant)}), {why}"
+        ), False, fp
 
     async def _write_new_job(self, txn: Txn, job: NewJob, job_id: str) -> None:
         now = txn.now
         info = JobInfo(
             job.tenant, job_id, job.task_group, bytes(job.payload), job.priority, job.retry,
             dict(job.metadata), now, job.start_at_ms, acquisition_order(job.limits),
+            job.timeout_ms,
         )
         txn.put(key(Prefix.JOB, job.tenant, job_id), info.encode())
         for mk, mv in sorted(job.metadata.items()):
@@ -303,9 +371,15 @@ class JobShard:
     # -- reads (silo/shard/reads.py) ---------------------------------------------------------
 
     async def get_job(
-        self, tenant: str, job_id: str, *, include_attempts: bool = False
+        self, tenant: str, job_id: str, *, include_attempts: bool = False,
+        max_attempts: int = 0, attempts_before: int = 0,
     ) -> JobView:
-        return await self._reads.get_job(tenant, job_id, include_attempts=include_attempts)
+        """The job, and with ``include_attempts`` a page of its attempts (newest first; see
+        :meth:`ShardReads.get_job`)."""
+        return await self._reads.get_job(
+            tenant, job_id, include_attempts=include_attempts, max_attempts=max_attempts,
+            attempts_before=attempts_before,
+        )
 
     async def get_result(self, tenant: str, job_id: str) -> JobResult:
         """The outcome of a terminal job; FAILED_PRECONDITION while it is not terminal."""
@@ -359,6 +433,10 @@ async def open_shard(
     finally:
         with trio.CancelScope(shield=True):
             await kv.close()
+
+
+def _held_back(error: Exception) -> bool:
+    return isinstance(error, Aborted)
 
 
 __all__ = [

@@ -13,6 +13,14 @@ water                                              number a deleted job of that 
                                                    increase per (tenant, job id) for the life of
                                                    the shard (handlers fence on them). At most
                                                    one row per deleted id; not counted.
+``0x10`` job           ``(tenant, job_id)``        the 16-byte request fingerprint the job was
+fingerprint                                        enqueued with (:mod:`silo.shard.fingerprint`).
+                                                   Written with the job, deleted with it; read
+                                                   when an enqueue names an id that exists, to
+                                                   tell a re-sent identical job (OK, existed)
+                                                   from a different one (ALREADY_EXISTS). A job
+                                                   stored before fingerprints has none: any
+                                                   enqueue of its id is ALREADY_EXISTS.
 ``0xE0`` quarantine    ``(original key as hex)``   the original row's value, byte for byte. A
                                                    row a background loop could not process (a
                                                    record that does not decode, a poison item)
@@ -20,6 +28,9 @@ water                                              number a deleted job of that 
                                                    is neither lost nor retried forever. Read
                                                    by operators only; not counted.
 =====================  ==========================  ============================================
+
+Counter rows (``META "counter" ...``) hold non-zero values only: a counter that reaches zero is
+deleted.
 """
 
 from __future__ import annotations
@@ -87,6 +98,10 @@ def attempt_high_water_key(tenant: str, job_id: str) -> bytes:
 
 def quarantine_key(original: bytes) -> bytes:
     return key(Prefix.QUARANTINE, original.hex())
+
+
+def fingerprint_key(tenant: str, job_id: str) -> bytes:
+    return key(Prefix.JOB_FINGERPRINT, tenant, job_id)
 
 
 def job_keys(tenant: str, job_id: str) -> tuple[bytes, bytes, bytes]:

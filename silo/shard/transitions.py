@@ -10,7 +10,7 @@ import math
 from enum import Enum
 
 from silo.errors import FailedPrecondition
-from silo.model import JobState, JobStatus, RetryPolicy
+from silo.model import MAX_UNDELIVERED, JobState, JobStatus, RetryPolicy
 
 S = JobStatus
 
@@ -116,6 +116,7 @@ def leased(state: JobState, now_ms: int, task_id: str) -> JobState:
     new.task = None
     new.next_attempt_at_ms = None
     new.run_attempts = state.run_attempts + 1
+    new.attempt_rows = state.attempt_rows + 1
     new.lease_task_id = task_id
     return new
 
@@ -220,6 +221,23 @@ def backoff_ms(retry: RetryPolicy, retry_number: int, jitter: float = 1.0) -> in
         # Here initial * factor**exponent < ceiling (up to rounding): a small, finite float.
         base = min(ceiling, int(initial * retry.backoff_factor**exponent))
     return int(base * jitter)
+
+
+def run_attempts_max(retry: RetryPolicy) -> int:
+    """The most attempts one run of a job can make: ``retry_count + 1`` counted attempts plus
+    up to ``MAX_UNDELIVERED`` undelivered ones."""
+    return retry.retry_count + 1 + MAX_UNDELIVERED
+
+
+def restart_attempts_left(state: JobState, retry: RetryPolicy, max_attempts: int) -> None:
+    """Raise FAILED_PRECONDITION when a new run of the job (see :func:`run_attempts_max`)
+    could take its stored attempts past ``max_attempts`` (``max_attempts_per_job``)."""
+    run_max = run_attempts_max(retry)
+    if state.attempt_rows + run_max > max_attempts:
+        raise FailedPrecondition(
+            f"cannot restart: the job has {state.attempt_rows} attempts and a new run may make "
+            f"{run_max} more; max_attempts_per_job is {max_attempts}"
+        )
 
 
 def retry_delay_ms(retry: RetryPolicy, run_attempts: int, jitter: float = 1.0) -> int | None:

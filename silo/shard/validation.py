@@ -11,8 +11,15 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from silo.errors import InvalidArgument
-from silo.model import ConcurrencyLimit, FloatingConcurrencyLimit, Limit, RateLimit, RetryPolicy
+from silo.errors import InvalidArgument, quote
+from silo.model import (
+    ConcurrencyLimit,
+    FloatingConcurrencyLimit,
+    Limit,
+    OutcomeReport,
+    RateLimit,
+    RetryPolicy,
+)
 from silo.shard import transitions
 
 KIB = 1024
@@ -31,6 +38,8 @@ class ShardLimits:
     task_group_max_chars: int = 64
     job_id_max_chars: int = 128
     worker_id_max_chars: int = 128
+    task_id_max_chars: int = 64
+    """Task ids are made by the shard (25 characters); a longer one cannot be ours."""
     metadata_max_entries: int = 16
     metadata_key_max_chars: int = 64
     metadata_value_max_bytes: int = 1 * KIB
@@ -50,6 +59,15 @@ class ShardLimits:
     rate_period_max_ms: int = 7 * 24 * 3600 * 1000
     refresh_interval_min_ms: int = 100
     refresh_interval_max_ms: int = 24 * 3600 * 1000
+    max_attempts_per_job: int = 10_000
+    """Attempts one job may ever make, over all its runs (restarts included). A restart that
+    could take a job past it is refused, and ``retry_count`` is capped so one run cannot."""
+    get_job_attempts_default: int = 100
+    """Attempts GetJob returns when the request does not say (``max_attempts = 0``)."""
+    get_job_attempts_max: int = 1000
+    """The most attempts one GetJob returns (``max_attempts`` above it is refused)."""
+    max_timeout_ms: int = 24 * 3600 * 1000
+    """The longest per-job attempt timeout (``timeout_ms``) a job may ask for."""
 
 
 def _check_name(value: str, what: str, limit_name: str, limit: int, *, empty_ok: bool) -> None:
@@ -82,6 +100,39 @@ def check_worker_id(limits: ShardLimits, worker_id: str) -> None:
     )
 
 
+def check_task_id(limits: ShardLimits, task_id: str) -> None:
+    _check_name(task_id, "task id", "task_id_max_chars", limits.task_id_max_chars, empty_ok=False)
+
+
+def check_queue_key(limits: ShardLimits, queue: str) -> None:
+    _check_name(queue, "queue key", "limit_key_max_chars", limits.limit_key_max_chars,
+                empty_ok=False)
+
+
+def check_attempts_page(limits: ShardLimits, max_attempts: int, attempts_before: int) -> int:
+    """The number of attempts a GetJob returns for ``max_attempts`` (0: the default)."""
+    if max_attempts == 0:
+        max_attempts = limits.get_job_attempts_default
+    if not 1 <= max_attempts <= limits.get_job_attempts_max:
+        raise InvalidArgument(
+            f"max_attempts {max_attempts} is outside 0..get_job_attempts_max "
+            f"({limits.get_job_attempts_max})"
+        )
+    if attempts_before < 0:
+        raise InvalidArgument("attempts_before must not be negative")
+    return max_attempts
+
+
+def check_report_ids(limits: ShardLimits, report: OutcomeReport) -> None:
+    """Every id an outcome report carries, before any of them is looked up or quoted."""
+    check_worker_id(limits, report.worker_id)
+    check_task_id(limits, report.task_id)
+    if report.tenant is not None:
+        check_tenant(limits, report.tenant)
+    if report.job_id is not None:
+        check_job_id(limits, report.job_id)
+
+
 def check_bytes(value: bytes, what: str, limit_name: str, limit: int) -> None:
     if not isinstance(value, bytes | bytearray):
         raise InvalidArgument(f"{what} must be bytes")
@@ -112,15 +163,25 @@ def check_metadata(limits: ShardLimits, metadata: Mapping[str, str]) -> None:
             raise InvalidArgument("metadata keys must not be empty")
         if len(k) > limits.metadata_key_max_chars:
             raise InvalidArgument(
-                f"metadata key {k[:20]!r}... is {len(k)} characters; metadata_key_max_chars is "
+                f"metadata key {quote(k, 20)} is {len(k)} characters; metadata_key_max_chars is "
                 f"{limits.metadata_key_max_chars}"
             )
         size = len(v.encode("utf-8"))
         if size > limits.metadata_value_max_bytes:
             raise InvalidArgument(
-                f"metadata value of {k!r} is {size} bytes; metadata_value_max_bytes is "
+                f"metadata value of {quote(k)} is {size} bytes; metadata_value_max_bytes is "
                 f"{limits.metadata_value_max_bytes}"
             )
+
+
+def check_timeout(limits: ShardLimits, timeout_ms: int) -> None:
+    """A job's attempt timeout: 0 (the worker's default) or 1..max_timeout_ms."""
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int):
+        raise InvalidArgument("timeout_ms must be an integer")
+    if not 0 <= timeout_ms <= limits.max_timeout_ms:
+        raise InvalidArgument(
+            f"timeout_ms {timeout_ms} is outside 0..max_timeout_ms ({limits.max_timeout_ms})"
+        )
 
 
 def check_retry(limits: ShardLimits, retry: RetryPolicy) -> None:
@@ -138,6 +199,12 @@ def check_retry(limits: ShardLimits, retry: RetryPolicy) -> None:
         raise InvalidArgument(
             f"retry_count {retry.retry_count} is outside 0..retry_count_max "
             f"({L.retry_count_max})"
+        )
+    run_max = transitions.run_attempts_max(retry)
+    if run_max > L.max_attempts_per_job:
+        raise InvalidArgument(
+            f"retry_count {retry.retry_count} allows {run_max} attempts (undelivered ones "
+            f"included); max_attempts_per_job is {L.max_attempts_per_job}"
         )
     for name, value in (
         ("initial_backoff_ms", retry.initial_backoff_ms),
@@ -192,7 +259,7 @@ def check_job_limits(limits: ShardLimits, job_limits: tuple[Limit, ...]) -> None
             _check_name(limit.key, "concurrency limit key", "limit_key_max_chars",
                         limits.limit_key_max_chars, empty_ok=False)
             if limit.key in queues:
-                raise InvalidArgument(f"concurrency limit key {limit.key!r} appears twice")
+                raise InvalidArgument(f"concurrency limit key {quote(limit.key)} appears twice")
             queues.append(limit.key)
             top = (
                 limit.max_concurrency
@@ -201,18 +268,18 @@ def check_job_limits(limits: ShardLimits, job_limits: tuple[Limit, ...]) -> None
             )
             if not 0 <= top <= limits.max_concurrency_max:
                 raise InvalidArgument(
-                    f"max concurrency {top} of {limit.key!r} is outside "
+                    f"max concurrency {top} of {quote(limit.key)} is outside "
                     f"0..max_concurrency_max ({limits.max_concurrency_max})"
                 )
             if isinstance(limit, FloatingConcurrencyLimit):
                 if limit.refresh_interval_ms < limits.refresh_interval_min_ms:
                     raise InvalidArgument(
-                        f"refresh_interval_ms {limit.refresh_interval_ms} of {limit.key!r} is "
+                        f"refresh_interval_ms {limit.refresh_interval_ms} of {quote(limit.key)} is "
                         f"below refresh_interval_min_ms ({limits.refresh_interval_min_ms})"
                     )
                 if limit.refresh_interval_ms > limits.refresh_interval_max_ms:
                     raise InvalidArgument(
-                        f"refresh_interval_ms {limit.refresh_interval_ms} of {limit.key!r} is "
+                        f"refresh_interval_ms {limit.refresh_interval_ms} of {quote(limit.key)} is "
                         f"above refresh_interval_max_ms ({limits.refresh_interval_max_ms})"
                     )
                 check_metadata(limits, limit.metadata)
@@ -223,12 +290,12 @@ def check_job_limits(limits: ShardLimits, job_limits: tuple[Limit, ...]) -> None
                         limits.limit_key_max_chars, empty_ok=True)
             if not 1 <= limit.limit <= limits.rate_limit_max:
                 raise InvalidArgument(
-                    f"rate limit {limit.limit} of {limit.name!r} is outside "
+                    f"rate limit {limit.limit} of {quote(limit.name)} is outside "
                     f"1..rate_limit_max ({limits.rate_limit_max})"
                 )
             if not 1 <= limit.per_ms <= limits.rate_period_max_ms:
                 raise InvalidArgument(
-                    f"rate period {limit.per_ms} ms of {limit.name!r} is outside "
+                    f"rate period {limit.per_ms} ms of {quote(limit.name)} is outside "
                     f"1..rate_period_max_ms ({limits.rate_period_max_ms})"
                 )
         else:

@@ -22,6 +22,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import trio
 import trio_asyncio
 
 __all__ = ["current_asyncio_loop", "open_asyncio_loop"]
@@ -73,7 +74,33 @@ def _wraps_only(group: BaseException, exc: BaseException) -> bool:
     return group is exc
 
 
-async def run_asyncio_handler(fn, *args):  # type: ignore[no-untyped-def]
-    """Await the asyncio coroutine function ``fn(*args)`` from trio (through trio-asyncio)."""
+async def run_asyncio_handler(fn, *args, on_start=None, on_end=None):  # type: ignore[no-untyped-def]
+    """Await the asyncio coroutine function ``fn(*args)`` from trio (through trio-asyncio).
+
+    The coroutine runs as its own asyncio task. When the trio caller is cancelled, the task is
+    cancelled and abandoned at once: a coroutine that swallows ``CancelledError`` cannot hold
+    its caller. ``on_start()`` is called once the task exists and ``on_end()`` (on the trio
+    thread) once it has finally ended, whether or not it was abandoned.
+    """
     async with open_asyncio_loop():
-        return await trio_asyncio.aio_as_trio(fn)(*args)
+
+        async def spawn() -> asyncio.Future:  # type: ignore[type-arg]
+            return asyncio.ensure_future(fn(*args))
+
+        task = await trio_asyncio.aio_as_trio(spawn)()
+        done = trio.Event()
+
+        def ended(_: asyncio.Future) -> None:  # type: ignore[type-arg]
+            done.set()
+            if on_end is not None:
+                on_end()
+
+        if on_start is not None:
+            on_start()
+        task.add_done_callback(ended)
+        try:
+            await done.wait()
+        except trio.Cancelled:
+            task.cancel()
+            raise
+        return task.result()

@@ -539,6 +539,18 @@ def _call_sync(fn: Any) -> Any:
     return run()
 
 
+STATUS_MESSAGE_MAX_CHARS = 1024
+"""The longest status message sent (in the ``grpc-message`` trailer); longer ones are cut, so
+no message can make a header block too large for the peer's HTTP/2 limits."""
+
+
+def cap_status_message(message: str) -> str:
+    """``message`` cut to :data:`STATUS_MESSAGE_MAX_CHARS` characters (``...`` marks a cut)."""
+    if len(message) <= STATUS_MESSAGE_MAX_CHARS:
+        return message
+    return message[: STATUS_MESSAGE_MAX_CHARS - 3] + "..."
+
+
 async def _send_status(
     stream: grpclib.server.Stream[Any, Any],
     code: int,
@@ -548,7 +560,7 @@ async def _send_status(
     status = Status(code) if code != Code.OK else Status.UNKNOWN
     await stream.send_trailing_metadata(
         status=status,
-        status_message=message,
+        status_message=cap_status_message(message),
         metadata=_valid_metadata(metadata or {}, what="trailing"),
     )
 

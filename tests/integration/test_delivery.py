@@ -72,8 +72,8 @@ async def test_unacked_lease_that_expires_is_requeued_and_later_succeeds(
         await raw.report(task)
         job = await raw.get(job_id, attempts=True)
         assert job.status == pb.JobStatus.SUCCEEDED
-        assert [a.state for a in job.attempts] == [pb.AttemptState.UNDELIVERED,
-                                                   pb.AttemptState.SUCCEEDED]
+        assert [a.state for a in job.attempts] == [pb.AttemptState.SUCCEEDED,  # newest first
+                                                   pb.AttemptState.UNDELIVERED]
         assert job.undelivered_count == 1
 
 

@@ -64,15 +64,15 @@ async def test_stale_worker_is_reaped_and_its_late_report_refused(start_node: St
 
             # Now A's handler finishes and A reports: the server must refuse it.
             release.set()
-            await wait_until(lambda: ("reported", 1) in a_events, timeout=10,
-                             what="A's report to be answered")
+            await wait_until(lambda: ("dropped", 1) in a_events, timeout=10,
+                             what="A's report to be answered (and refused)")
             a.stop(5)
             b.stop(5)
 
         info = await job.get(attempts=True)
         assert info.status == JobStatus.SUCCEEDED
         assert info.attempts is not None
-        first, second = info.attempts
+        second, first = info.attempts  # newest first
         assert (first.attempt, first.state, first.worker_id, first.error_code) == (
             1, AttemptState.FAILED, "worker-A", "WORKER_CRASHED")
         assert (second.attempt, second.state, second.worker_id) == (
@@ -129,8 +129,8 @@ async def test_stale_worker_abandons_when_its_heartbeat_finds_the_lease_gone(
         assert info.status == JobStatus.SUCCEEDED
         assert info.attempts is not None
         assert [(x.worker_id, x.state, x.error_code) for x in info.attempts] == [
-            ("worker-A", AttemptState.FAILED, "WORKER_CRASHED"),
             ("worker-B", AttemptState.SUCCEEDED, None),
+            ("worker-A", AttemptState.FAILED, "WORKER_CRASHED"),
         ]
 
 

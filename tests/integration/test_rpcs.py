@@ -83,8 +83,9 @@ async def test_get_job_with_and_without_attempts(raw: Raw) -> None:
     assert list(plain.attempts) == []
 
     full = await raw.get(job_id, attempts=True)
-    assert [(a.attempt, a.state) for a in full.attempts] == [(1, A.FAILED), (2, A.SUCCEEDED)]
-    first, second = full.attempts
+    # Newest first.
+    assert [(a.attempt, a.state) for a in full.attempts] == [(2, A.SUCCEEDED), (1, A.FAILED)]
+    second, first = full.attempts
     assert first.error_code == "FLAKY" and unpack(first.error_data) == "once"
     assert first.worker_id == "w1" and first.task_id == task.task_id
     assert unpack(second.result) == "done"
@@ -104,24 +105,24 @@ async def test_enqueue_batch(client: SiloClient, raw: Raw) -> None:
                       pb.EnqueueBatchResponse)
     assert list(empty.ids) == []
 
-    # All or nothing: one taken id rejects the whole batch.
+    # All or nothing: one taken id (a different job) rejects the whole batch, per job.
     dup = [pb.JobSpec(id="b3", task_group="batch"), pb.JobSpec(id="b0", task_group="batch")]
-    await expect_error(
-        raw("EnqueueBatch", pb.EnqueueBatchRequest(shard=shard, jobs=dup),
-            pb.EnqueueBatchResponse),
-        Code.ALREADY_EXISTS, "job already exists", "'b0'",
-    )
+    resp = await raw("EnqueueBatch", pb.EnqueueBatchRequest(shard=shard, jobs=dup),
+                     pb.EnqueueBatchResponse)
+    assert [(r.id, r.code) for r in resp.results] == [("b3", Code.ABORTED),
+                                                      ("b0", Code.ALREADY_EXISTS)]
+    assert "job already exists" in resp.results[1].message and "'b0'" in resp.results[1].message
     await expect_error(raw.get("b3"), Code.NOT_FOUND, "job not found")
 
     # A tenant of another shard in the batch is refused too.
     other = next(t for s, t in (await tenants_by_shard(client, 2)).items() if s != shard)
     mixed = [pb.JobSpec(id="b4", task_group="batch"),
              pb.JobSpec(id="b5", tenant=other, task_group="batch")]
-    await expect_error(
-        raw("EnqueueBatch", pb.EnqueueBatchRequest(shard=shard, jobs=mixed),
-            pb.EnqueueBatchResponse),
-        Code.INVALID_ARGUMENT, f"tenant {other!r} belongs to shard",
-    )
+    resp = await raw("EnqueueBatch", pb.EnqueueBatchRequest(shard=shard, jobs=mixed),
+                     pb.EnqueueBatchResponse)
+    assert [(r.id, r.code) for r in resp.results] == [("b4", Code.ABORTED),
+                                                      ("b5", Code.INVALID_ARGUMENT)]
+    assert f"tenant {other!r} belongs to shard" in resp.results[1].message
     await expect_error(raw.get("b4"), Code.NOT_FOUND, "job not found")
     await raw.alive()
 

@@ -224,7 +224,7 @@ async def test_cancel_of_a_scheduled_job_releases_its_slots_and_request(
             assert await request_rows(shard) == {QA: ["next"]}
         # No row of any queue (ready, timer, request, holder) mentions the cancelled job's task.
         assert prefixes_of(items, "victim") <= {
-            Prefix.JOB, Prefix.STATUS, Prefix.STATUS_INDEX, Prefix.CANCEL,
+            Prefix.JOB, Prefix.STATUS, Prefix.STATUS_INDEX, Prefix.CANCEL, Prefix.JOB_FINGERPRINT,
         }
         await check_counters(shard)
 

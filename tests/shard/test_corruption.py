@@ -55,9 +55,9 @@ async def test_corrupt_status_row_raises_corrupt_record_naming_the_key(
         # The job is not silently treated as absent ...
         with pytest.raises(CorruptRecord):
             await shard.delete(T, "victim")
-        # ... nor can it be overwritten by an enqueue with the same id.
+        # ... nor can it be overwritten by an enqueue with the same id (a different job).
         with pytest.raises(AlreadyExists):
-            await shard.enqueue(new_job("victim"))
+            await shard.enqueue(new_job("victim", payload=b"another"))
         # Other jobs are unaffected.
         assert await status_of(shard, "bystander") == JobStatus.SCHEDULED
         with pytest.raises(CorruptRecord, match=status_key.hex()):

@@ -63,8 +63,8 @@ async def test_unacked_expired_lease_is_requeued_with_its_retry_budget(world: Wo
         await shard.report_outcome(report(second, Success(b"ok")))
         view = await shard.get_job(T, "j", include_attempts=True)
         assert view.state.status == S.SUCCEEDED
-        assert [a.state for a in view.attempts] == [AttemptState.UNDELIVERED,
-                                                    AttemptState.SUCCEEDED]
+        assert [a.state for a in view.attempts] == [AttemptState.SUCCEEDED,  # newest first
+                                                    AttemptState.UNDELIVERED]
         await check_counters(shard)
 
 
@@ -81,7 +81,7 @@ async def test_expiry_after_max_undelivered_is_worker_crashed(world: World) -> N
         assert (result.status, result.error_code) == (S.FAILED, WORKER_CRASHED)
         view = await shard.get_job(T, "j", include_attempts=True)
         assert [a.state for a in view.attempts] == (
-            [AttemptState.UNDELIVERED] * MAX_UNDELIVERED + [AttemptState.FAILED])
+            [AttemptState.FAILED] + [AttemptState.UNDELIVERED] * MAX_UNDELIVERED)  # newest first
         await check_counters(shard)
 
 

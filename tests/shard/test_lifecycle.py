@@ -71,7 +71,7 @@ async def test_retries_with_backoff_until_exhausted(world: World) -> None:
         assert state.status == S.FAILED
         assert state.next_attempt_at_ms is None
         view = await shard.get_job(T, "j", include_attempts=True)
-        assert [a.attempt for a in view.attempts] == [1, 2, 3, 4]
+        assert [a.attempt for a in view.attempts] == [4, 3, 2, 1]  # newest first
         assert all(a.state == AttemptState.FAILED for a in view.attempts)
         result = await shard.get_result(T, "j")
         assert (result.error_code, result.error_data) == ("E_TRANSIENT", b"4")
@@ -291,7 +291,7 @@ async def test_restart_gives_a_fresh_retry_budget(world: World) -> None:
         assert await status_of(shard, "j") == S.FAILED
         assert await lease(shard) == []
         view = await shard.get_job(T, "j", include_attempts=True)
-        assert [a.attempt for a in view.attempts] == [1, 2, 3, 4]
+        assert [a.attempt for a in view.attempts] == [4, 3, 2, 1]  # newest first
         await check_counters(shard)
 
 
@@ -359,7 +359,7 @@ async def test_delete_removes_every_row_of_the_job(world: World) -> None:
         before = shard.statistics()
         assert prefixes_of(await store_items(shard), "j") == {
             Prefix.JOB, Prefix.STATUS, Prefix.STATUS_INDEX, Prefix.METADATA_INDEX,
-            Prefix.ATTEMPT, Prefix.CANCEL,
+            Prefix.ATTEMPT, Prefix.CANCEL, Prefix.JOB_FINGERPRINT,
         }
         keep_rows = sorted(keys_mentioning(await store_items(shard), "keep"))
         await shard.delete(T, "j")
@@ -438,10 +438,10 @@ async def test_duplicate_ids_are_rejected_and_a_failing_batch_writes_nothing(wor
         before = await store_items(shard)
         counters = shard.counters()
         with pytest.raises(AlreadyExists) as info:
-            await shard.enqueue(new_job("a"))
+            await shard.enqueue(new_job("a", payload=b"another"))
         assert info.value.code == Code.ALREADY_EXISTS
         with pytest.raises(AlreadyExists):
-            await shard.enqueue_batch([new_job("b"), new_job("a"), new_job("c")])
+            await shard.enqueue_batch([new_job("b"), new_job("a", priority=1), new_job("c")])
         with pytest.raises(AlreadyExists):
             await shard.enqueue_batch([new_job("d"), new_job("d")])
         assert await store_items(shard) == before
@@ -572,7 +572,7 @@ async def test_attempt_records_describe_each_hand_out(world: World) -> None:
         t2 = await lease_one(shard, worker="w-b")
         world.advance(10)
         await shard.report_outcome(report(t2, Success(b"r"), worker="w-b"))
-        a1, a2 = (await shard.get_job(T, "j", include_attempts=True)).attempts
+        a2, a1 = (await shard.get_job(T, "j", include_attempts=True)).attempts  # newest first
         assert (a1.attempt, a1.task_id, a1.worker_id, a1.state) == (
             1, t1.task_id, "w-a", AttemptState.FAILED)
         assert (a1.started_at_ms, a1.ended_at_ms, a1.error_code, a1.error_data) == (

@@ -59,6 +59,7 @@ JOB_CASES = {
     "limit_key_max_chars-rate": replace(
         new_job("x"), limits=(RateLimit("n" * (L.limit_key_max_chars + 1), "", 1, 1000),)
     ),
+    "max_timeout_ms": replace(new_job("x"), timeout_ms=L.max_timeout_ms + 1),
     "max_concurrency_max": replace(
         new_job("x"), limits=(ConcurrencyLimit("q", L.max_concurrency_max + 1),)
     ),
@@ -265,5 +266,8 @@ def test_every_limit_is_covered() -> None:
     """A new field in ShardLimits must get a test here."""
     covered = {_limit_name(c) for c in JOB_CASES} | set(REPORT_CASES) | {
         "max_jobs_per_batch", "max_tasks_per_lease", "worker_id_max_chars",
+        # tests/shard/test_bounds.py:
+        "task_id_max_chars", "max_attempts_per_job", "get_job_attempts_default",
+        "get_job_attempts_max",
     }
     assert {f.name for f in fields(ShardLimits)} <= covered

@@ -100,7 +100,7 @@ async def test_reopen_keeps_every_acknowledged_operation(world: World) -> None:
         world.advance(21_000)  # t = 31001
         await shard.reap_expired()
         view = await shard.get_job(T, "running", include_attempts=True)
-        assert view.attempts[-1].error_code == WORKER_CRASHED
+        assert view.attempts[0].error_code == WORKER_CRASHED  # the newest attempt
         assert view.state.status == S.FAILED
         assert await status_of(shard, "flagged") == S.RUNNING
         after = await capture(shard)

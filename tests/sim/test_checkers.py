@@ -341,6 +341,7 @@ def _image(statuses: dict[str, JobStatus], counters: dict[bytes, int]) -> ShardI
         items[key(Prefix.STATUS, "t", job)] = JobState(st, T0, attempt=1).encode()
         items[key(Prefix.ATTEMPT, "t", job, 1)] = Attempt(
             1, "t1", AttemptState.SUCCEEDED, "w", T0, T0).encode()
+        items[key(Prefix.JOB_FINGERPRINT, "t", job)] = b"\x00" * 16
     for k, v in counters.items():
         items[k] = encode_int(v)
     return ShardImage.parse(sorted(items.items()))
@@ -359,6 +360,17 @@ def test_inv12_counters_differ_from_recount() -> None:
     h = Harness()
     h.checker.final_shard(h.host, 0, bad, "x")
     assert h.invariant == 12
+
+
+def test_audit_fingerprint_rows() -> None:
+    img = _image({"a": JobStatus.SUCCEEDED}, {
+        JOBS_TOTAL: 1, JOBS_TERMINAL: 1, status_counter("t", JobStatus.SUCCEEDED): 1,
+    })
+    del img.fingerprints[("t", "a")]
+    img.fingerprints[("t", "gone")] = b"\x00" * 16
+    messages = [m for _, m in audit_image(img, "x")]
+    assert any("fingerprint of missing job" in m for m in messages)
+    assert any("has no request fingerprint" in m for m in messages)
 
 
 def test_audit_terminal_job_with_lease_and_task() -> None:

@@ -47,8 +47,8 @@ async def test_already_exists_is_answered_only_once_durable(autojump_clock: obje
 
         async def second() -> None:
             await trio.sleep(0.01)  # the first write is in flight now
-            with pytest.raises(AlreadyExists):
-                await shard.enqueue(NewJob("g", job_id="x"))
+            with pytest.raises(AlreadyExists):  # a different job under the same id
+                await shard.enqueue(NewJob("g", b"\x01", job_id="x"))
             durable = any(b"x" in k for k, _ in disk.durable_items("s/0"))
             seen.append(("second exists", trio.current_time(), durable))
 

@@ -404,3 +404,34 @@ def test_server_rejects_bad_method_paths() -> None:
         GrpcServer({"Enqueue": echo})
     with pytest.raises(ValueError):
         GrpcServer({"/silo.v1.Silo/": echo})
+
+
+async def test_huge_status_message_is_cut_and_the_connection_survives() -> None:
+    """A handler error quoting 64 KiB arrives cut to STATUS_MESSAGE_MAX_CHARS, and the shared
+    HTTP/2 connection keeps serving the calls multiplexed on it."""
+    from silo.transport.grpc import STATUS_MESSAGE_MAX_CHARS
+
+    huge = method_path("Huge")
+
+    async def huge_error(request: bytes, ctx: CallContext) -> bytes:
+        raise InvalidArgument("bad id " + "x" * (64 * 1024))
+
+    async with serving({**HANDLERS, huge: huge_error}) as (_, address):
+        async with channel_to(address) as channel:
+            echoed: list[bytes] = []
+
+            async def one_huge() -> None:
+                with pytest.raises(RpcError) as info:
+                    await channel.call(huge, b"", timeout=10)
+                assert info.value.code == Code.INVALID_ARGUMENT
+                assert info.value.message.startswith("bad id xxx")
+                assert len(info.value.message) <= STATUS_MESSAGE_MAX_CHARS
+
+            async def one_echo() -> None:
+                echoed.append(await channel.call(ECHO, b"ping", timeout=10))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(one_huge)
+                nursery.start_soon(one_echo)
+            assert echoed == [b"ping"]
+            assert await channel.call(ECHO, b"again", timeout=10) == b"again"

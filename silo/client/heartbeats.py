@@ -1,0 +1,150 @@
+"""Heartbeater: keeps the worker's leases alive.
+
+Contract:
+- every lease added is heartbeated first soon after it arrives (``FIRST_HEARTBEAT_FRACTION`` of
+  the lease; this also acknowledges its delivery when the worker does not lease again soon),
+  then every ``heartbeat_fraction`` of the lease, until it is removed;
+- at most one heartbeat per lease is in flight; a failed heartbeat is retried sooner;
+- "shard not found" is not a lost lease: the lease is re-routed (owner hint, else a fresh shard
+  map) and heartbeated again at once;
+- only NOT_FOUND "lease not found" and FAILED_PRECONDITION (owner mismatch) mean the lease is
+  lost: ``on_lost(lease, error)`` is called and the lease is no longer heartbeated; any other
+  error is retried at a shorter interval;
+- a reply saying the job was cancelled calls ``on_cancel_requested(lease)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import trio
+
+from silo.client.client import SiloClient
+from silo.client.leases import HeldLease
+from silo.errors import Code
+from silo.node import SHARD_OWNER_METADATA
+from silo.rpc import RpcError
+from silo.runtime.faults import NO_FAULTS, Faults
+from silo.wire import pb
+
+log = logging.getLogger("silo.worker")
+
+FIRST_HEARTBEAT_FRACTION = 0.05
+RETRY_MIN_S = 0.05
+REROUTES_MAX = 3
+"""Immediate re-routes in a row before a lease's heartbeat waits for its next turn."""
+
+
+def is_shard_not_found(code: int, message: str) -> bool:
+    return code == Code.NOT_FOUND and message.startswith("shard not found")
+
+
+def is_lease_lost(code: int, message: str) -> bool:
+    """NOT_FOUND "lease not found" (reaped) or FAILED_PRECONDITION (another worker's lease)."""
+    return (code == Code.NOT_FOUND and message.startswith("lease not found")) or (
+        code == Code.FAILED_PRECONDITION
+    )
+
+
+class Heartbeater:
+    def __init__(
+        self,
+        client: SiloClient,
+        worker_id: str,
+        *,
+        heartbeat_fraction: float,
+        on_lost: Callable[[HeldLease, RpcError], None],
+        on_cancel_requested: Callable[[HeldLease], None],
+        faults: Faults = NO_FAULTS,
+    ) -> None:
+        self._faults = faults
+        self._client = client
+        self._worker_id = worker_id
+        self._fraction = heartbeat_fraction
+        self._on_lost = on_lost
+        self._on_cancel_requested = on_cancel_requested
+        self.lease_s = 30.0
+        """The server's lease length (updated from each LeaseTasks reply)."""
+        self._leases: dict[str, HeldLease] = {}
+        self._wake = trio.Event()
+
+    @property
+    def interval_s(self) -> float:
+        return max(0.01, self.lease_s * self._fraction)
+
+    def add(self, lease: HeldLease) -> None:
+        first_s = min(self.interval_s, self.lease_s * FIRST_HEARTBEAT_FRACTION)
+        lease.next_heartbeat_at = trio.current_time() + first_s
+        self._leases[lease.task_id] = lease
+        self._wake.set()
+
+    def remove(self, lease: HeldLease) -> None:
+        if self._leases.get(lease.task_id) is lease:
+            del self._leases[lease.task_id]
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = trio.current_time()
+                next_due = math.inf
+                for lease in list(self._leases.values()):
+                    if lease.heartbeat_in_flight:
+                        continue
+                    if lease.next_heartbeat_at <= now:
+                        lease.heartbeat_in_flight = True
+                        nursery.start_soon(self._beat, lease)
+                    else:
+                        next_due = min(next_due, lease.next_heartbeat_at)
+                with trio.move_on_at(next_due):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    async def _beat(self, lease: HeldLease) -> None:
+        if self._faults.buggify("worker.heartbeat.delay"):
+            await trio.sleep(self.lease_s / 2)
+        sent_at = trio.current_time()
+        address = lease.address
+        try:
+            resp = await self._client.call_address(
+                address, "Heartbeat",
+                pb.HeartbeatRequest(shard=lease.shard, worker_id=self._worker_id,
+                                    task_id=lease.task_id),
+                pb.HeartbeatResponse,
+                timeout=min(self._client.retry.call_timeout_s, max(1.0, self.lease_s / 2)),
+            )
+        except RpcError as exc:
+            lease.heartbeat_failures += 1
+            if is_shard_not_found(exc.code, exc.message):
+                lease.address = await self._client.owner_address(
+                    lease.shard, stale=address, hint=exc.metadata.get(SHARD_OWNER_METADATA)
+                )
+                immediate = lease.heartbeat_failures <= REROUTES_MAX
+                lease.next_heartbeat_at = trio.current_time() + (
+                    0 if immediate else self._retry_delay_s(lease)
+                )
+            elif is_lease_lost(exc.code, exc.message):
+                if self._leases.get(lease.task_id) is lease:
+                    self.remove(lease)
+                    lease.lost = True
+                    self._on_lost(lease, exc)
+            else:
+                log.info("heartbeat for task %s failed (%s); retrying", lease.task_id, exc)
+                lease.next_heartbeat_at = trio.current_time() + self._retry_delay_s(lease)
+            return
+        finally:
+            lease.heartbeat_in_flight = False
+            self._wake.set()
+        lease.heartbeat_failures = 0
+        lease.deadline = max(lease.deadline, sent_at + self.lease_s)
+        lease.next_heartbeat_at = trio.current_time() + self.interval_s
+        if resp.cancelled:
+            self._on_cancel_requested(lease)
+
+    def _retry_delay_s(self, lease: HeldLease) -> float:
+        return min(self.interval_s, RETRY_MIN_S * 2 ** min(lease.heartbeat_failures, 8))
+

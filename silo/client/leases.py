@@ -1,0 +1,46 @@
+"""HeldLease: what the worker knows about one lease it holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from silo.client.handlers import TaskContext
+from silo.wire import pb
+
+
+@dataclass(eq=False)
+class HeldLease:
+    """One leased task, from the LeaseTasks reply that brought it until its report is
+    acknowledged (or dropped), or until the worker gives it up.
+
+    It is heartbeated for all that time, so the lease cannot lapse while its report waits in the
+    queue or is retried. ``deadline`` is the trio time at which the server would reap it if no
+    heartbeat got through from now on (conservative: measured from when each successful call
+    was sent).
+    """
+
+    task: pb.Task
+    address: str
+    """Where to send its heartbeats and report (re-routed on "shard not found")."""
+    deadline: float
+    next_heartbeat_at: float
+    ctx: TaskContext | None = None
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    """Wraps the handler; cancelled when the lease is lost or the worker gives the task up."""
+    handler_running: bool = False
+    abandoned: bool = False
+    """The handler's outcome will not be reported (lease lost, or worker stopped)."""
+    lost: bool = False
+    """The server said the lease is gone (reaped, or owned by another worker)."""
+    heartbeat_in_flight: bool = False
+    heartbeat_failures: int = 0
+
+    @property
+    def task_id(self) -> str:
+        return self.task.task_id
+
+    @property
+    def shard(self) -> int:
+        return self.task.shard

@@ -1,0 +1,34 @@
+"""Worker settings the server would refuse on every call are refused when the Worker is built."""
+
+from __future__ import annotations
+
+import pytest
+
+from silo.client.worker import Worker
+from tests.client.fake import FakeCluster
+
+
+async def handler(ctx: object) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"max_concurrent_tasks": 1001}, "max_concurrent_tasks 1001 is outside 1..1000"),
+        ({"max_concurrent_tasks": 0}, "max_concurrent_tasks 0 is outside 1..1000"),
+        ({"lease_wait_ms": 30_001}, "lease_wait_ms 30001 is outside 0..30000"),
+        ({"lease_wait_ms": -1}, "lease_wait_ms -1 is outside 0..30000"),
+        ({"default_timeout_ms": 0}, "default_timeout_ms 0 is outside 1..86400000"),
+        ({"default_timeout_ms": 86_400_001}, "default_timeout_ms 86400001 is outside"),
+    ],
+)
+def test_out_of_range_settings_are_refused(options: dict[str, int], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        Worker(FakeCluster(), "g", handler, **options)  # type: ignore[arg-type]
+
+
+def test_limits_themselves_are_accepted() -> None:
+    worker = Worker(FakeCluster(), "g", handler, max_concurrent_tasks=1000,  # type: ignore[arg-type]
+                    lease_wait_ms=30_000, default_timeout_ms=86_400_000)
+    assert worker.max_concurrent_tasks == 1000
