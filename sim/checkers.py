@@ -23,13 +23,17 @@ events ever being emitted). Numbers are DESIGN §7's invariants:
 9. a lease never hands out a task while a due task of the same shard and task group with a
    higher priority (lower number) waits (a task parked on a concurrency queue, or in the timer
    index with limits left to acquire, e.g. waiting for a reserved rate token, is not due);
-12. counters equal a recount (final audit and after every crash).
+12. counters equal a recount (final audit and after every crash);
+13. no rate bucket grants more than ``limit`` tokens in any window of ``per_ms`` (fed by
+    ``token_taken``, at each token's reserved time; the audit checks the reservation rows
+    against the jobs waiting for tokens).
 
 Checkers never raise into the code under test: they hand a :class:`Violation` to ``report``.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +56,7 @@ INVARIANTS: dict[int, str] = {
     8: "an expired lease is reaped and retried; a cancel is seen by the worker",
     9: "a lease never skips a due, higher-priority task of its task group",
     12: "counters equal a recount of the data",
+    13: "no rate window grants more than its limit",
 }
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
@@ -226,6 +231,8 @@ class Checker:
         self.releases = 0
         self.cancels_seen_by_heartbeat = 0
         self.reaped = 0
+        self.tokens: dict[tuple[int, str, str, str], list[int]] = {}
+        """(shard, tenant, name, key) -> the times of the recent tokens taken, in order."""
         self.undelivered = 0
 
     # -- reporting --------------------------------------------------------------------------
@@ -552,8 +559,28 @@ class Checker:
                       f"event: task_moved {f}")
             return
         self._set_task(j, _queued(f, f["attempt"]))
+        if f.get("cause") == "rate_token_given_back":
+            return  # moved earlier by a cancel of another job: not the task re-placing itself
         mk = (j.key, f["attempt"])
         self.moves[mk] = self.moves.get(mk, 0) + 1
+
+    # -- rate tokens (invariant 13) ---------------------------------------------------------
+
+    def _on_token_taken(self, host: Any, f: dict[str, Any]) -> None:
+        ev = f"event: token_taken {f}"
+        slot, limit, per_ms = f["slot_ms"], f["limit"], f["per_ms"]
+        b = (f["shard"], f["tenant"], f["name"], f["key"])
+        slots = self.tokens.setdefault(b, [])
+        i = bisect.bisect_right(slots, slot)
+        slots.insert(i, slot)
+        for j in range(max(0, i - limit), i + 1):
+            if j + limit < len(slots) and slots[j + limit] - slots[j] < per_ms:
+                self.fail(13, f"rate bucket {b[2]}/{b[3]} (tenant {b[1]!r}, shard {b[0]}) took "
+                              f"{limit + 1} tokens within {per_ms} ms (limit {limit}): "
+                              f"{slots[j:j + limit + 1]}", ev)
+                return
+        if len(slots) > 4 * limit + 64:
+            del slots[: len(slots) - 2 * limit - 32]  # keeps every window a new slot can join
 
     # -- concurrency slots (invariant 2) ----------------------------------------------------
 

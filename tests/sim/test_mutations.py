@@ -26,6 +26,8 @@ CASES = {
     # is the backstop, see test_checkers.py::test_audit_holder_row_of_terminal_job).
     "over-grant": ("grant_race", 2, "holders after a grant but its max is"),
     "leak-holder": ("concurrency", 2, "holder"),
+    # Invariant 13 (rate limits): the next reservation lands on the time the latest job kept.
+    "rate-token-returned-in-place": ("rate_limits", 13, "rate bucket"),
 }
 MAX_SEEDS = 50
 
