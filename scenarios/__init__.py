@@ -23,7 +23,7 @@ Scenario = Callable[[Any, Any], Awaitable[None]]
 ORDER = (
     "happy", "lease_expiry", "message_loss", "high_latency", "chaos", "crash_restart",
     "disk_errors", "priority", "retry_storm", "concurrency", "grant_race", "retry_releases",
-    "cancel_releases", "floating", "rate_limits", "head_of_line",
+    "cancel_releases", "floating", "rate_limits", "head_of_line", "retry_after_delete",
 )
 
 

@@ -32,6 +32,7 @@ MUTATIONS: dict[str, str] = {
     "counter-drift": "enqueue counts every job twice in the total",
     "over-grant": "a concurrency queue grants one slot beyond its max",
     "leak-holder": "releasing a concurrency slot leaves its holder row behind",
+    "recreate-deleted-on-retry": "a retried enqueue re-creates a job deleted since its first try",
     "rate-token-returned-in-place": (
         "a cancelled job's rate token is given back but the latest job keeps its later time"
     ),

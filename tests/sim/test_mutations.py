@@ -20,6 +20,7 @@ CASES = {
     "ignore-priority": ("priority", 9, "waited"),
     "skip-release-on-cancel": ("chaos", 5, "still in the"),
     "counter-drift": ("happy", 12, "recount"),
+    "recreate-deleted-on-retry": ("retry_after_delete", 6, "created again after its delete"),
     # Invariant 2 (concurrency limits): an extra grant is seen on the slot_granted event itself;
     # a leaked holder row makes the shard's holder count drift from the granted-minus-released
     # model (caught at the next grant on that queue; the final audit's "holder row left behind"
