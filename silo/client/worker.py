@@ -59,6 +59,7 @@ from silo.errors import Code
 from silo.model import Cancelled, Failure, Outcome, OutcomeReport, Success
 from silo.node import SHARD_OWNER_METADATA
 from silo.rpc import RpcError
+from silo.runtime.faults import NO_FAULTS, Faults
 from silo.wire import outcome_to_pb, pb
 
 __all__ = [
@@ -71,6 +72,8 @@ log = logging.getLogger("silo.worker")
 HANDLER_ERROR = "HANDLER_ERROR"
 TIMEOUT = "TIMEOUT"
 LEASE_WAIT_MS = 5_000
+EMPTY_POLL_WAIT_MS = 1_000
+"""With ``lease_wait_ms`` below this, empty lease replies back off up to this long."""
 LEASE_WAIT_MS_MAX = 30_000
 """The server's bound on LeaseTasks ``wait_ms``."""
 MAX_CONCURRENT_TASKS_MAX = 1000
@@ -115,6 +118,7 @@ class Worker:
         kind: str | None = None,
         observer: Callable[[str, int], None] | None = None,
         refresh_handler: RefreshFn | None = None,
+        faults: Faults = NO_FAULTS,
         default_timeout_ms: int | None = None,
         on_report_dropped: Callable[[pb.Task, pb.Outcome, str], None] | None = None,
     ) -> None:
@@ -134,6 +138,8 @@ class Worker:
         if self.kind not in ("trio", "asyncio", "sync"):
             raise ValueError(f"unknown handler kind {self.kind!r}")
         self.max_concurrent_tasks = max_concurrent_tasks
+        self.faults = faults
+        """Forced rare paths and probes (silo.runtime.points); the simulator's, or none."""
         self.default_timeout_ms = default_timeout_ms
         """The attempt timeout for jobs enqueued without ``timeout_ms`` (None: no timeout)."""
         self.refresh_handler = refresh_handler
@@ -157,10 +163,11 @@ class Worker:
         self._stop_deadline = math.inf
         self._heartbeats = Heartbeater(
             client, self.worker_id, heartbeat_fraction=heartbeat_fraction,
-            on_lost=self._lease_lost, on_cancel_requested=self._cancel_requested,
+            on_lost=self._lease_lost, on_cancel_requested=self._cancel_requested, faults=faults,
         )
         self._reporter = Reporter(client, self.stats, on_settled=self._report_settled,
-                                  observer=observer, on_dropped=on_report_dropped)
+                                  observer=observer, on_dropped=on_report_dropped,
+                                  faults=faults)
         self.completed = 0
         self.failed = 0
         self.abandoned = 0
@@ -201,8 +208,14 @@ class Worker:
 
     async def _lease_loop(self, address: str, tasks: trio.Nursery) -> None:
         failures = 0
+        empty_replies = 0
         acks: list[pb.TaskAck] = []
         while True:
+            if empty_replies and self.lease_wait_ms < EMPTY_POLL_WAIT_MS:
+                # The server answers at once when asked not to wait: back off instead of
+                # asking again in a busy loop (10 ms doubling to EMPTY_POLL_WAIT_MS).
+                await trio.sleep(min(0.01 * 2 ** min(empty_replies - 1, 10),
+                                     EMPTY_POLL_WAIT_MS / 1000))
             slots = [await self._slots.acquire()]
             try:
                 while len(slots) < self.max_concurrent_tasks:
@@ -240,6 +253,7 @@ class Worker:
                     await trio.sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
                     continue
                 received_at = trio.current_time()
+                empty_replies = 0 if resp.tasks else empty_replies + 1
                 if resp.lease_ms:
                     self._heartbeats.lease_s = resp.lease_ms / 1000
                 if len(resp.tasks) > len(slots):
@@ -341,6 +355,7 @@ class Worker:
         except trio.Cancelled:
             raise
         except Exception as exc:
+            self.faults.sometimes("worker.handler.failed")
             log.info("handler failed for job %s: %r", ctx.job_id, exc)
             data = {"type": type(exc).__name__, "message": str(exc),
                     "traceback": traceback.format_exc(limit=20)}
@@ -413,6 +428,7 @@ class Worker:
     # -- callbacks --------------------------------------------------------------------------
 
     def _cancel_requested(self, lease: HeldLease) -> None:
+        self.faults.sometimes("worker.heartbeat.cancel_seen")
         ctx = lease.ctx
         if ctx is None or ctx.cancelled.is_set() or not lease.handler_running:
             return
@@ -420,6 +436,7 @@ class Worker:
         lease.scope.deadline = min(lease.scope.deadline, trio.current_time() + CANCEL_GRACE_S)
 
     def _lease_lost(self, lease: HeldLease, error: RpcError) -> None:
+        self.faults.sometimes("worker.heartbeat.lease_lost")
         self.stats.leases_lost += 1
         if lease.handler_running:
             log.warning("lease lost for task %s of job %s (%s): its handler is given up",
