@@ -660,7 +660,7 @@ class NewJob:
 ENQUEUE_HELD_BACK = "not written: another job in the batch was refused"
 """The message of an ABORTED :class:`EnqueueResult`: the job was fine, the batch was not."""
 
-ENQUEUE_DELETED_SINCE = "not written again: created by the earlier try, deleted since"
+ENQUEUE_DELETED_SINCE = "not written again: created by an earlier try of this call, deleted since"
 """The message of an OK ``existed`` ``deleted`` :class:`EnqueueResult` on the wire."""
 
 
