@@ -214,12 +214,11 @@ class Checker:
         self.jobs: dict[JobKey, JobModel] = {}
         self.live_leases: dict[str, JobKey] = {}
         self.acked: dict[JobKey, float] = {}
-        self.first_tries: dict[JobKey, int] = {}
-        """How many enqueue requests not marked ``retry`` (first tries) named each job id."""
-        self.creations: dict[JobKey, int] = {}
-        """How many times each job id was created (``job_enqueued`` events)."""
+        self.creators: dict[JobKey, set[str]] = {}
+        """The request ids of the enqueue calls that created each job id (``job_enqueued``
+        events; a call without a request id is not recorded)."""
         self.resent_deleted = 0
-        """Retried enqueues answered OK existed-deleted (the job is not created twice)."""
+        """Later tries answered OK existed-deleted (the job is not created twice)."""
         self.queues: dict[tuple[str, int, str], dict[JobKey, JobModel]] = {}
         self.failed: Violation | None = None
         self.strict_acks = True
@@ -302,14 +301,18 @@ class Checker:
             self.fail(3, f"job {key} enqueued again while it exists", old.describe(),
                       f"event: job_enqueued {f}")
             return
-        self.creations[key] = self.creations.get(key, 0) + 1
-        if old is not None and self.creations[key] > self.first_tries.get(key, 0):
-            # Each enqueue call sends one first try; every later try is marked retry. More
-            # creations than calls: a retry re-created a job deleted since its first try landed.
-            self.fail(6, f"job {key} created again after its delete by a retried enqueue "
-                         f"({self.creations[key]} creations, {self.first_tries.get(key, 0)} "
-                         f"enqueue calls)", old.describe(), f"event: job_enqueued {f}")
+        request_id = f.get("request_id", "")
+        made = self.creators.setdefault(key, set())
+        if request_id in made:
+            # One enqueue call (one request id, sent on each of its tries) creates its job at
+            # most once: a later try re-created a job deleted since an earlier try created it.
+            assert old is not None
+            self.fail(6, f"job {key} created again after its delete by a later try of the "
+                         f"enqueue call that created it (request id {request_id})",
+                      old.describe(), f"event: job_enqueued {f}")
             return
+        if request_id:
+            made.add(request_id)
         j = JobModel(f["tenant"], f["job_id"], host, f["shard"], f["task_group"], f["priority"])
         if old is not None:
             j.attempt = old.attempt  # attempt numbers keep increasing across id reuse
@@ -679,7 +682,8 @@ class Checker:
                          f"job_enqueued event yet)")
 
     def on_enqueue_start(self, method: str, request: bytes) -> Any:
-        """An enqueue request reached a server; returns the job ids it names."""
+        """An enqueue request reached a server; returns the job ids it names and its request
+        id."""
         req: pb.EnqueueRequest | pb.EnqueueBatchRequest
         if method == "Enqueue":
             req = pb.EnqueueRequest.parse(request)
@@ -688,20 +692,20 @@ class Checker:
             req = pb.EnqueueBatchRequest.parse(request)
             specs = list(req.jobs)
         keys = [((s.tenant or DEFAULT_TENANT), s.id) for s in specs if s is not None and s.id]
-        if not req.retry:
-            for k in keys:
-                self.first_tries[k] = self.first_tries.get(k, 0) + 1
-        return keys
+        return keys, req.request_id
 
     def on_enqueue_end(
-        self, method: str, keys: Any, error: Any, response: bytes | None = None
+        self, method: str, call: Any, error: Any, response: bytes | None = None
     ) -> None:
         """The server answered an enqueue: OK means every job of it is durable (for an
         EnqueueBatch, every job whose result is OK); ALREADY_EXISTS means a job is durable under
         that id (a different one: the client raises it, but it must not be a write that a crash
-        can still undo). An OK ``existed`` ``deleted`` answer (a retry whose first try created
-        the job, deleted since) is accepted like any OK: the job was durable, and the model
-        keeps deleted jobs, so it is found in ``self.jobs``; nothing is written for it."""
+        can still undo). An OK ``existed`` ``deleted`` answer (a later try of the call that
+        created the job, deleted since) is accepted like any OK: the job was durable, and the
+        model keeps deleted jobs, so it is found in ``self.jobs``; nothing is written for it.
+        But it must be given only to the call (request id) that did create the job: to any
+        other call it says "enqueued" of a job that call never created."""
+        keys, request_id = call
         if self.failed is not None or not keys or not self.strict_acks:
             return
         if error is None:
@@ -711,6 +715,14 @@ class Checker:
                 if len(results) == len(keys):  # the client names every job, so keys align
                     ok = [k for k, r in zip(keys, results, strict=True) if r.code == Code.OK]
                     self.resent_deleted += sum(1 for r in results if r.deleted)
+                    claimed = [k for k, r in zip(keys, results, strict=True)
+                               if r.deleted and (not request_id
+                                                 or request_id not in self.creators.get(k, ()))]
+                    if claimed:
+                        self.fail(6, f"{method} answered job(s) {claimed[:3]} existed and "
+                                     f"deleted to a call (request id {request_id!r}) that never "
+                                     f"created them: the jobs it asked for are never created")
+                        return
                     taken = [k for k, r in zip(keys, results, strict=True)
                              if r.code == Code.ALREADY_EXISTS]
                     self._check_exists(method, taken, error)

@@ -32,7 +32,8 @@ MUTATIONS: dict[str, str] = {
     "counter-drift": "enqueue counts every job twice in the total",
     "over-grant": "a concurrency queue grants one slot beyond its max",
     "leak-holder": "releasing a concurrency slot leaves its holder row behind",
-    "recreate-deleted-on-retry": "a retried enqueue re-creates a job deleted since its first try",
+    "recreate-deleted-on-retry": "a later try of an enqueue call re-creates the job an earlier "
+                                 "try of it created, deleted since",
     "rate-token-returned-in-place": (
         "a cancelled job's rate token is given back but the latest job keeps its later time"
     ),
