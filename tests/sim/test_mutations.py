@@ -18,7 +18,7 @@ CASES = {
     "no-reaper": ("lease_expiry", 8, "not reaped"),
     "lost-cancel": ("chaos", 8, "never learns of the cancel"),
     "ignore-priority": ("priority", 9, "waited"),
-    "skip-release-on-cancel": ("chaos", 5, "still in the"),
+    "skip-release-on-cancel": ("cancel_releases", 5, "still in the"),
     "counter-drift": ("happy", 12, "recount"),
     "recreate-deleted-on-retry": ("retry_after_delete", 6, "created again after its delete"),
     # Invariant 2 (concurrency limits): an extra grant is seen on the slot_granted event itself;
