@@ -450,6 +450,10 @@ def _widen(rng: random.Random, w: Workload, n: int, plan: JobPlan) -> None:
         if x < 0.5 and not plan.timeout_ms:
             plan.timeout_ms = rng.randint(1, 2000) if w.timeout_mode == "short" else (
                 rng.randint(10_000, 600_000))
+    if plan.timeout_ms and payload.get("d", 0) >= plan.timeout_ms:
+        # Only the first attempt outruns its timeout: a job that timed out on every attempt
+        # would need all of a wide retry budget (up to 1,000 attempts) to end.
+        payload["t1"] = 1
     if plan.payload is not None and payload.get("p") == b"":
         _fill(payload, LIMITS.payload_max_bytes)
 
@@ -468,7 +472,7 @@ def make_handler(sim: Simulator) -> Any:
         if plan.get("h") and ctx.attempt == 1:
             sim.count("worker.hung_handler")
             await trio.sleep(HANG_S)  # ignores ctx.cancelled; only its worker can stop it
-        duration = plan.get("d", 0) / 1000
+        duration = 0.0 if plan.get("t1") and ctx.attempt > 1 else plan.get("d", 0) / 1000
         with trio.move_on_after(duration):
             await ctx.cancelled.wait()
         if ctx.cancelled.is_set():

@@ -2,8 +2,10 @@
 
 Contract:
 - every lease added is heartbeated first soon after it arrives (``FIRST_HEARTBEAT_FRACTION`` of
-  the lease; this also acknowledges its delivery when the worker does not lease again soon),
-  then every ``heartbeat_fraction`` of the lease, until it is removed;
+  the lease), which acknowledges its delivery when the worker does not lease again soon; once
+  its ack rode on a successful LeaseTasks call (:meth:`Heartbeater.acknowledged`) that early
+  heartbeat is skipped, so a busy worker sends no heartbeat for a task that ends quickly; then
+  every ``heartbeat_fraction`` of the lease, until it is removed;
 - at most one heartbeat per lease is in flight; a failed heartbeat is retried sooner;
 - "shard not found" is not a lost lease: the lease is re-routed (owner hint, else a fresh shard
   map) and heartbeated again at once;
@@ -79,6 +81,16 @@ class Heartbeater:
         lease.next_heartbeat_at = trio.current_time() + first_s
         self._leases[lease.task_id] = lease
         self._wake.set()
+
+    def acknowledged(self, task_ids: list[str]) -> None:
+        """The server took these leases' acks on a LeaseTasks call: their early first
+        heartbeat is not needed for delivery, so they move to the ordinary interval."""
+        for task_id in task_ids:
+            lease = self._leases.get(task_id)
+            if lease is not None and not lease.heartbeat_in_flight:
+                lease.next_heartbeat_at = max(
+                    lease.next_heartbeat_at, lease.received_at + self.interval_s
+                )
 
     def remove(self, lease: HeldLease) -> None:
         if self._leases.get(lease.task_id) is lease:

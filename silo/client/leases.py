@@ -26,6 +26,8 @@ class HeldLease:
     """Where to send its heartbeats and report (re-routed on "shard not found")."""
     deadline: float
     next_heartbeat_at: float
+    received_at: float = 0.0
+    """Trio time at which the LeaseTasks reply carrying it arrived."""
     ctx: TaskContext | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     """Wraps the handler; cancelled when the lease is lost or the worker gives the task up."""

@@ -238,6 +238,7 @@ class Worker:
                     )
                     failures = 0
                     acks = []
+                    self._heartbeats.acknowledged([a.task_id for a in sent_acks])
                 except RpcError as exc:
                     failures += 1
                     if exc.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
@@ -265,7 +266,7 @@ class Worker:
                     slots.remove(slot)
                     acks.append(pb.TaskAck(shard=task.shard, task_id=task.task_id))
                     lease = HeldLease(task, address, deadline=received_at + self._lease_s,
-                                      next_heartbeat_at=received_at)
+                                      next_heartbeat_at=received_at, received_at=received_at)
                     if not _is_refresh(task):
                         # Refresh tasks are short and acknowledged by their report alone.
                         self._heartbeats.add(lease)

@@ -207,9 +207,11 @@ async def test_reports_not_acknowledged_by_the_stop_deadline_are_dropped_and_cou
     assert [r for r in caplog.records if r.levelno == logging.ERROR and "j1" in r.getMessage()]
 
 
-async def test_acks_ride_on_the_next_lease_call_and_first_heartbeat_is_prompt(
+async def test_acks_ride_on_the_next_lease_call_and_replace_the_early_heartbeat(
     autojump_clock: trio.abc.Clock,
 ) -> None:
+    """With a free slot the worker leases again at once, carrying the ack: the task needs no
+    early heartbeat for delivery, so its first one comes at the ordinary interval."""
     cluster = FakeCluster(lease_ms=30_000, to_lease=[make_task(1)])
 
     async def handler(ctx: TaskContext) -> str:
@@ -225,7 +227,41 @@ async def test_acks_ride_on_the_next_lease_call_and_first_heartbeat_is_prompt(
     assert acks.count((0, "t1")) == 1
     received_at = leases[0].at
     first_beat = cluster.calls_of("Heartbeat")[0].at
+    assert first_beat - received_at >= 0.3 * 30
+
+
+async def test_a_worker_that_does_not_lease_again_acknowledges_by_a_prompt_heartbeat(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Every slot busy: no LeaseTasks call carries the ack, so the first heartbeat comes within
+    a small fraction of the lease and acknowledges the delivery."""
+    cluster = FakeCluster(lease_ms=30_000, to_lease=[make_task(1)])
+
+    async def handler(ctx: TaskContext) -> str:
+        await trio.sleep(20)
+        return "done"
+
+    worker = worker_for(cluster, handler, max_concurrent_tasks=1)
+    await run_until(worker, lambda: "t1" in cluster.recorded)
+    received_at = cluster.calls_of("LeaseTasks")[0].at
+    first_beat = cluster.calls_of("Heartbeat")[0].at
     assert first_beat - received_at <= 0.1 * 30
+
+
+async def test_a_short_task_on_a_busy_worker_costs_no_heartbeat(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """No extra RPC per task on the hot path: a task that ends within the ordinary heartbeat
+    interval, on a worker that keeps leasing, is never heartbeated."""
+    cluster = FakeCluster(lease_ms=30_000, to_lease=[make_task(n) for n in range(1, 9)])
+
+    async def handler(ctx: TaskContext) -> str:
+        await trio.sleep(3)  # longer than the early heartbeat (1.5 s), shorter than 10 s
+        return "done"
+
+    worker = worker_for(cluster, handler, max_concurrent_tasks=16)
+    await run_until(worker, lambda: len(cluster.recorded) == 8)
+    assert cluster.calls_of("Heartbeat") == []
 
 
 async def test_report_given_up_when_its_lease_would_have_expired(
