@@ -38,6 +38,7 @@ from silo.model import (
 )
 from silo.shard.mirror import COUNTER_PREFIX
 from silo.shard.tables import JOBS_TERMINAL, JOBS_TOTAL, status_counter
+from sim.invariants import Invariant
 
 JobKey = tuple[str, str]
 
@@ -161,15 +162,18 @@ def audit_holders(
                 current = st.task[3]
             if current != tid:
                 what = "missing" if st is None else st.status.name
-                problems.append((2, f"{where}: holder row left behind in queue {queue!r} of "
+                problems.append((Invariant.SLOT_LIMIT,
+                                 f"{where}: holder row left behind in queue {queue!r} of "
                                     f"tenant {tenant!r}: task {tid} (attempt {attempt}) of "
                                     f"{what} job {job_id!r}, whose current task is {current}"))
         qs = img.queues.get((tenant, queue))
         if qs is None:
-            problems.append((2, f"{where}: holders {sorted(rows)} in unknown queue {queue!r}"))
+            problems.append((Invariant.SLOT_LIMIT,
+                             f"{where}: holders {sorted(rows)} in unknown queue {queue!r}"))
         elif (not qs.floating and (tenant, queue) not in max_changed
               and len(rows) > qs.max_concurrency):
-            problems.append((2, f"{where}: queue {queue!r} of tenant {tenant!r} has "
+            problems.append((Invariant.SLOT_LIMIT,
+                             f"{where}: queue {queue!r} of tenant {tenant!r} has "
                                 f"{len(rows)} holders, max {qs.max_concurrency}"))
     return problems
 
@@ -181,11 +185,13 @@ def audit_idle_rows(img: ShardImage, where: str) -> list[tuple[int, str]]:
     for (tenant, queue), qs in sorted(img.queues.items()):
         q = (tenant, queue)
         if qs.refresh_task_id is None and not img.holders.get(q) and not img.requests.get(q):
-            problems.append((12, f"{where}: idle queue {queue!r} of tenant {tenant!r} (no "
+            problems.append((Invariant.COUNTERS,
+                             f"{where}: idle queue {queue!r} of tenant {tenant!r} (no "
                                  f"holder, request or refresh) keeps its state row"))
     for k, v in sorted(img.counters.items()):
         if v == 0:
-            problems.append((12, f"{where}: counter {counter_name(k)} is stored as zero"))
+            problems.append((Invariant.COUNTERS,
+                             f"{where}: counter {counter_name(k)} is stored as zero"))
     return problems
 
 
@@ -196,7 +202,8 @@ def audit_image(
     problems: list[tuple[int, str]] = audit_holders(img, where, max_changed)
     problems += audit_idle_rows(img, where)
     for key in sorted(set(img.infos) ^ set(img.states)):
-        problems.append((3, f"{where}: job {key} has only one of its info/status rows"))
+        problems.append((Invariant.TRANSITIONS,
+                         f"{where}: job {key} has only one of its info/status rows"))
     queued: dict[JobKey, list[tuple[str, Task]]] = {}
     for kind, task in img.queued:
         queued.setdefault((task.tenant, task.job_id), []).append((kind, task))
@@ -214,64 +221,80 @@ def audit_image(
         name = st.status.name
         if st.status.terminal:
             if q:
-                problems.append((5, f"{where}: {name} job {key} holds queued task(s) {qs}"))
+                problems.append((Invariant.TERMINAL_CLEAN,
+                                 f"{where}: {name} job {key} holds queued task(s) {qs}"))
             if ls:
-                problems.append((5, f"{where}: {name} job {key} holds lease(s) "
+                problems.append((Invariant.TERMINAL_CLEAN,
+                                 f"{where}: {name} job {key} holds lease(s) "
                                     f"{[x.task_id for x in ls]}"))
             if running:
-                problems.append((3, f"{where}: {name} job {key} has RUNNING attempt(s) {running}"))
+                problems.append((Invariant.TRANSITIONS,
+                                 f"{where}: {name} job {key} has RUNNING attempt(s) {running}"))
         elif st.status == JobStatus.SCHEDULED:
             if ls:
-                problems.append((1, f"{where}: SCHEDULED job {key} holds lease(s) "
+                problems.append((Invariant.SINGLE_LEASE,
+                                 f"{where}: SCHEDULED job {key} holds lease(s) "
                                     f"{[x.task_id for x in ls]}"))
             if running:
-                problems.append((3, f"{where}: SCHEDULED job {key} has RUNNING attempt(s) "
+                problems.append((Invariant.TRANSITIONS,
+                                 f"{where}: SCHEDULED job {key} has RUNNING attempt(s) "
                                     f"{running}"))
             want = None
             if st.task is not None:
                 want = (WHERE_KINDS[st.task[2]], st.task[0], st.task[1])
             have = [(kind, t.attempt, t.due_ms) for kind, t in q]
             if want is None or have != [want]:
-                problems.append((3, f"{where}: SCHEDULED job {key} should have exactly its task "
+                problems.append((Invariant.TRANSITIONS,
+                                 f"{where}: SCHEDULED job {key} should have exactly its task "
                                     f"{want} queued, has {have}"))
         else:  # RUNNING
             if len(ls) != 1 or ls[0].task_id != st.lease_task_id:
-                inv = 1 if len(ls) > 1 else 3
+                inv = Invariant.SINGLE_LEASE if len(ls) > 1 else Invariant.TRANSITIONS
                 problems.append((inv, f"{where}: RUNNING job {key} (lease {st.lease_task_id}) "
                                       f"holds leases {[x.task_id for x in ls]}"))
             if len(running) != 1:
-                problems.append((3, f"{where}: RUNNING job {key} has RUNNING attempts {running}"))
+                problems.append((Invariant.TRANSITIONS,
+                                 f"{where}: RUNNING job {key} has RUNNING attempts {running}"))
             if q:
-                problems.append((1, f"{where}: RUNNING job {key} still has queued task(s) {qs}: "
+                problems.append((Invariant.SINGLE_LEASE,
+                                 f"{where}: RUNNING job {key} still has queued task(s) {qs}: "
                                     f"it can be leased again"))
         if key in img.high_water:
-            problems.append((4, f"{where}: job {key} exists beside the attempt high-water row "
+            problems.append((Invariant.ATTEMPTS,
+                             f"{where}: job {key} exists beside the attempt high-water row "
                                 f"of a deleted job of that id ({img.high_water[key]})"))
         if not 0 <= st.undelivered <= MAX_UNDELIVERED or st.run_attempts < 0:
-            problems.append((4, f"{where}: job {key} has undelivered={st.undelivered} (0.."
+            problems.append((Invariant.ATTEMPTS,
+                             f"{where}: job {key} has undelivered={st.undelivered} (0.."
                                 f"{MAX_UNDELIVERED}) and run_attempts={st.run_attempts}"))
         undelivered = sum(1 for a in atts.values() if a.state == AttemptState.UNDELIVERED)
         if undelivered < st.undelivered:
-            problems.append((4, f"{where}: job {key} counts {st.undelivered} undelivered "
+            problems.append((Invariant.ATTEMPTS,
+                             f"{where}: job {key} counts {st.undelivered} undelivered "
                                 f"attempts but only {undelivered} are stored"))
         if atts and max(atts) > st.attempt:
-            problems.append((4, f"{where}: job {key} has attempt {max(atts)} above its attempt "
+            problems.append((Invariant.ATTEMPTS,
+                             f"{where}: job {key} has attempt {max(atts)} above its attempt "
                                 f"counter {st.attempt}"))
     for key in sorted(set(queued) - set(img.states)):
-        problems.append((5, f"{where}: queued task(s) of missing job {key}"))
+        problems.append((Invariant.TERMINAL_CLEAN, f"{where}: queued task(s) of missing job {key}"))
     for key in sorted(set(leases) - set(img.states)):
-        problems.append((5, f"{where}: lease(s) of missing job {key}"))
+        problems.append((Invariant.TERMINAL_CLEAN, f"{where}: lease(s) of missing job {key}"))
     index = sorted(img.expiries)
     want_index = sorted((x.expiry_ms, x.task_id) for x in img.leases.values())
     if index != want_index:
-        problems.append((8, f"{where}: lease expiry index {index} does not match the leases "
+        problems.append((Invariant.REAP_AND_CANCEL,
+                         f"{where}: lease expiry index {index} does not match the leases "
                             f"{want_index} (a lease without an index entry is never reaped)"))
     diff = diff_counters(img.stored_counters(), img.recount())
     if diff:
-        problems.append((12, f"{where}: stored counters differ from a recount: {diff}"))
+        problems.append((Invariant.COUNTERS,
+                         f"{where}: stored counters differ from a recount: {diff}"))
     for key in sorted(set(img.fingerprints) - set(img.infos)):
-        problems.append((3, f"{where}: request fingerprint of missing job {key}"))
+        problems.append((Invariant.TRANSITIONS,
+                         f"{where}: request fingerprint of missing job {key}"))
     for key in sorted(set(img.infos) - set(img.fingerprints)):
-        problems.append((3, f"{where}: job {key} has no request fingerprint: a retried "
+        problems.append((Invariant.TRANSITIONS,
+                         f"{where}: job {key} has no request fingerprint: a retried "
                             f"enqueue of it would be refused"))
     return problems

@@ -40,19 +40,9 @@ from silo.pb.silo import v1 as pb
 from silo.shard.tables import ready_key, timer_key
 from silo.shard.transitions import LEGAL_TRANSITIONS
 from sim.audit import JobKey, ShardImage, audit_image
+from sim.invariants import DESCRIPTIONS, Invariant
 
-INVARIANTS: dict[int, str] = {
-    1: "no task leased twice at once; a job never has two live leases",
-    2: "a concurrency queue never holds more slots than its max; a slot is granted once",
-    3: "only legal status transitions; RUNNING iff exactly one running attempt",
-    4: "attempts never leave a terminal state; attempt numbers strictly increase",
-    5: "terminal jobs hold no lease and no queued task",
-    6: "no acknowledged enqueue is ever lost",
-    7: "every job reaches a terminal state once faults stop (liveness)",
-    8: "an expired lease is reaped and retried; a cancel is seen by the worker",
-    9: "a lease never skips a due, higher-priority task of its task group",
-    12: "counters equal a recount of the data",
-}
+INVARIANTS: dict[Invariant, str] = DESCRIPTIONS
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 LEGAL: frozenset[tuple[str | None, str]] = frozenset(
@@ -84,14 +74,14 @@ def reachable(src: str | None, dst: str) -> bool:
 
 @dataclass
 class Violation:
-    invariant: int
+    invariant: Invariant
     message: str
     evidence: list[str] = field(default_factory=list)
     at: float = 0.0
 
     @property
     def title(self) -> str:
-        return f"invariant {self.invariant} ({INVARIANTS.get(self.invariant, '?')})"
+        return f"invariant {self.invariant.label} ({INVARIANTS.get(self.invariant, '?')})"
 
 
 @dataclass
@@ -230,7 +220,7 @@ class Checker:
 
     # -- reporting --------------------------------------------------------------------------
 
-    def fail(self, invariant: int, message: str, *evidence: str) -> None:
+    def fail(self, invariant: Invariant, message: str, *evidence: str) -> None:
         if self.failed is not None:
             return
         self.failed = Violation(invariant, message, [e for e in evidence if e], self._now())
@@ -239,7 +229,8 @@ class Checker:
     def _job(self, fields: dict[str, Any], kind: str) -> JobModel | None:
         j = self.jobs.get((fields["tenant"], fields["job_id"]))
         if j is None or j.deleted:
-            self.fail(3, f"{kind} for unknown job {(fields['tenant'], fields['job_id'])}",
+            self.fail(Invariant.TRANSITIONS,
+                      f"{kind} for unknown job {(fields['tenant'], fields['job_id'])}",
                       f"event: {kind} {fields}")
             return None
         return j
@@ -284,7 +275,8 @@ class Checker:
         key = (f["tenant"], f["job_id"])
         old = self.jobs.get(key)
         if old is not None and not old.deleted:
-            self.fail(3, f"job {key} enqueued again while it exists", old.describe(),
+            self.fail(Invariant.TRANSITIONS,
+                      f"job {key} enqueued again while it exists", old.describe(),
                       f"event: job_enqueued {f}")
             return
         j = JobModel(f["tenant"], f["job_id"], host, f["shard"], f["task_group"], f["priority"])
@@ -303,29 +295,33 @@ class Checker:
         j.note(f"{old}->{new} attempt={attempt} at={f['at_ms']}")
         ev = f"event: status_changed {f}"
         if j.status != old:
-            self.fail(3, f"job {j.key} changed {old}->{new} but was {j.status}", j.describe(), ev)
+            self.fail(Invariant.TRANSITIONS,
+                      f"job {j.key} changed {old}->{new} but was {j.status}", j.describe(), ev)
             return
         if (old, new) not in LEGAL:
-            self.fail(3, f"illegal transition {old}->{new} of job {j.key}", j.describe(), ev)
+            self.fail(Invariant.TRANSITIONS,
+                      f"illegal transition {old}->{new} of job {j.key}", j.describe(), ev)
             return
         running = sorted(a for a, s in j.attempts.items() if s == "RUNNING")
         if new == "RUNNING":
             if len(running) != 1 or j.lease is None:
-                self.fail(3, f"job {j.key} RUNNING with running attempts {running}",
+                self.fail(Invariant.TRANSITIONS,
+                          f"job {j.key} RUNNING with running attempts {running}",
                           j.describe(), ev)
                 return
             if attempt != j.lease.attempt:
-                self.fail(4, f"job {j.key} RUNNING attempt {attempt} but leased attempt "
+                self.fail(Invariant.ATTEMPTS,
+                          f"job {j.key} RUNNING attempt {attempt} but leased attempt "
                              f"{j.lease.attempt}", j.describe(), ev)
                 return
         else:
             if running:
-                inv = 5 if new in TERMINAL else 3
+                inv = Invariant.TERMINAL_CLEAN if new in TERMINAL else Invariant.TRANSITIONS
                 self.fail(inv, f"job {j.key} became {new} with attempt(s) {running} still "
                                f"RUNNING", j.describe(), ev)
                 return
             if j.lease is not None:
-                inv = 5 if new in TERMINAL else 3
+                inv = Invariant.TERMINAL_CLEAN if new in TERMINAL else Invariant.TRANSITIONS
                 self.fail(inv, f"job {j.key} became {new} while holding live lease "
                                f"{j.lease.task_id}", j.describe(), ev)
                 return
@@ -334,7 +330,8 @@ class Checker:
         j.ended = None
         if new == "SCHEDULED":
             if attempt <= j.attempt:
-                self.fail(4, f"job {j.key} queued attempt {attempt}, not above {j.attempt}",
+                self.fail(Invariant.ATTEMPTS,
+                          f"job {j.key} queued attempt {attempt}, not above {j.attempt}",
                           j.describe(), ev)
                 return
             if old in TERMINAL:
@@ -346,13 +343,15 @@ class Checker:
             if j.task is not None:
                 where = self._queued_key_present(j, j.task.attempt, j.task.due_ms)
                 if where is not None:
-                    self.fail(5, f"job {j.key} became {new} but its task (attempt "
+                    self.fail(Invariant.TERMINAL_CLEAN,
+                              f"job {j.key} became {new} but its task (attempt "
                                  f"{j.task.attempt}) is still in the {where} queue on disk",
                               j.describe(), ev)
                     return
                 self._set_task(j, None)
             if j.last_task_id is not None and self._lease_key_present(j, j.last_task_id):
-                self.fail(5, f"job {j.key} became {new} but lease {j.last_task_id} is still "
+                self.fail(Invariant.TERMINAL_CLEAN,
+                          f"job {j.key} became {new} but lease {j.last_task_id} is still "
                              f"on disk", j.describe(), ev)
                 return
             if new == "CANCELLED":
@@ -367,7 +366,8 @@ class Checker:
         failure is retried while the budget lasts (retry_count + 1 attempts per run)."""
         ended = j.ended
         if ended is None:
-            self.fail(3, f"job {j.key} left RUNNING ({new}) without its attempt ending",
+            self.fail(Invariant.TRANSITIONS,
+                      f"job {j.key} left RUNNING ({new}) without its attempt ending",
                       j.describe(), ev)
             return False
         if ended == "SUCCEEDED":
@@ -383,7 +383,7 @@ class Checker:
         else:
             want = {"FAILED"}
         if new not in want:
-            inv = 8 if want == {"SCHEDULED"} else 3
+            inv = Invariant.REAP_AND_CANCEL if want == {"SCHEDULED"} else Invariant.TRANSITIONS
             self.fail(inv, f"job {j.key}: attempt ended {ended} (run attempt {j.run_attempts} of "
                            f"{None if j.retry_count is None else j.retry_count + 1} allowed, "
                            f"cancel flag {j.cancel_flag}) but the job became {new}, not "
@@ -400,21 +400,25 @@ class Checker:
         j.note(f"leased {tid} attempt={attempt} by {f['worker_id']} at={f['at_ms']}")
         if tid in self.live_leases:
             other = self.jobs[self.live_leases[tid]]
-            self.fail(1, f"task {tid} leased while already leased", other.describe(), ev)
+            self.fail(Invariant.SINGLE_LEASE,
+                      f"task {tid} leased while already leased", other.describe(), ev)
             return
         if j.lease is not None:
-            self.fail(1, f"job {j.key} leased again while lease {j.lease.task_id} is live",
+            self.fail(Invariant.SINGLE_LEASE,
+                      f"job {j.key} leased again while lease {j.lease.task_id} is live",
                       j.describe(), ev)
             return
         if j.status != "SCHEDULED":
-            self.fail(3, f"job {j.key} leased while {j.status}", j.describe(), ev)
+            self.fail(Invariant.TRANSITIONS,
+                      f"job {j.key} leased while {j.status}", j.describe(), ev)
             return
         if j.task is None or j.task.attempt != attempt:
-            self.fail(4, f"job {j.key} leased attempt {attempt} but its queued task is "
+            self.fail(Invariant.ATTEMPTS,
+                      f"job {j.key} leased attempt {attempt} but its queued task is "
                          f"{j.task}", j.describe(), ev)
             return
         if attempt <= j.max_leased or attempt in j.attempts:
-            self.fail(4, f"job {j.key} handed out attempt {attempt} after attempt "
+            self.fail(Invariant.ATTEMPTS, f"job {j.key} handed out attempt {attempt} after attempt "
                          f"{j.max_leased}", j.describe(), ev)
             return
         self._check_priority(j, f)
@@ -422,7 +426,8 @@ class Checker:
             return
         where = self._queued_key_present(j, attempt, f["due_ms"])
         if where is not None:
-            self.fail(1, f"task {tid} of job {j.key} was leased but is still in the {where} "
+            self.fail(Invariant.SINGLE_LEASE,
+                      f"task {tid} of job {j.key} was leased but is still in the {where} "
                          f"queue on disk: it can be handed out again", j.describe(), ev)
             return
         lease = LeaseModel(tid, attempt, f["worker_id"], f["expiry_ms"], host,
@@ -443,7 +448,7 @@ class Checker:
                 continue
             if other.task.leasable(at, f.get("mono_ms")) and other.priority < j.priority:
                 self.fail(
-                    9,
+                    Invariant.PRIORITY,
                     f"shard {j.shard} task group {j.task_group!r}: leased job {j.key} "
                     f"(priority {j.priority}) while job {other.key} (priority "
                     f"{other.priority}, due {other.task.due_ms} <= {at}) waited",
@@ -454,7 +459,7 @@ class Checker:
     def _on_lease_extended(self, host: Any, f: dict[str, Any]) -> None:
         key = self.live_leases.get(f["task_id"])
         if key is None:
-            self.fail(4, f"lease {f['task_id']} extended after it ended",
+            self.fail(Invariant.ATTEMPTS, f"lease {f['task_id']} extended after it ended",
                       f"event: lease_extended {f}")
             return
         lease = self.jobs[key].lease
@@ -469,14 +474,16 @@ class Checker:
         ev = f"event: lease_ended {f}"
         if key is None:
             j = self.jobs.get((f["tenant"], f["job_id"]))
-            self.fail(4, f"lease {tid} (attempt {f['attempt']}) ended but was not live",
+            self.fail(Invariant.ATTEMPTS,
+                      f"lease {tid} (attempt {f['attempt']}) ended but was not live",
                       j.describe() if j else "", ev)
             return
         j = self.jobs[key]
         j.note(f"lease {tid} ended {f['outcome']} state={f.get('state')} at={f['at_ms']}")
         a = f["attempt"]
         if j.attempts.get(a) != "RUNNING" or j.lease is None or j.lease.task_id != tid:
-            self.fail(4, f"attempt {a} of job {j.key} ended but was {j.attempts.get(a)}",
+            self.fail(Invariant.ATTEMPTS,
+                      f"attempt {a} of job {j.key} ended but was {j.attempts.get(a)}",
                       j.describe(), ev)
             return
         j.attempts[a] = f.get("state") or f["outcome"].upper()
@@ -486,11 +493,12 @@ class Checker:
         if f["outcome"] == "undelivered":
             self.undelivered += 1
             if j.attempts[a] not in ("UNDELIVERED", "CANCELLED"):
-                self.fail(4, f"undelivered attempt {a} of job {j.key} recorded as "
+                self.fail(Invariant.ATTEMPTS, f"undelivered attempt {a} of job {j.key} recorded as "
                              f"{j.attempts[a]}", j.describe(), ev)
                 return
             if j.undelivered >= MAX_UNDELIVERED:
-                self.fail(8, f"job {j.key}: attempt {a} counted undelivered after "
+                self.fail(Invariant.REAP_AND_CANCEL,
+                          f"job {j.key}: attempt {a} counted undelivered after "
                              f"{j.undelivered} undelivered attempts (at most {MAX_UNDELIVERED}; "
                              f"then the expiry is a WORKER_CRASHED failure)", j.describe(), ev)
                 return
@@ -508,7 +516,8 @@ class Checker:
         a = f["attempt"]
         j.note(f"task of attempt {a} too large ({f['size_bytes']} > {f['max_bytes']} bytes)")
         if j.status != "SCHEDULED" or j.task is None or j.task.attempt != a or a in j.attempts:
-            self.fail(4, f"attempt {a} of job {j.key} failed as too large but was not its "
+            self.fail(Invariant.ATTEMPTS,
+                      f"attempt {a} of job {j.key} failed as too large but was not its "
                          f"queued task", j.describe(), f"event: task_too_large {f}")
             return
         j.attempts[a] = "FAILED"
@@ -520,7 +529,8 @@ class Checker:
             return
         j.note(f"cancel requested at={f['at_ms']}")
         if j.status in TERMINAL:
-            self.fail(3, f"cancel flag set on {j.status} job {j.key}", j.describe(),
+            self.fail(Invariant.TRANSITIONS,
+                      f"cancel flag set on {j.status} job {j.key}", j.describe(),
                       f"event: cancel_requested {f}")
             return
         j.cancel_flag = True
@@ -531,7 +541,8 @@ class Checker:
             return
         j.note(f"expedited attempt={f['attempt']} due={f['due_ms']}")
         if j.status != "SCHEDULED" or j.task is None or j.task.attempt != f["attempt"]:
-            self.fail(4, f"expedited attempt {f['attempt']} of job {j.key} which is not queued",
+            self.fail(Invariant.ATTEMPTS,
+                      f"expedited attempt {f['attempt']} of job {j.key} which is not queued",
                       j.describe(), f"event: task_expedited {f}")
             return
         if j.task.where == READY or j.task.limits_left == 0:
@@ -547,7 +558,8 @@ class Checker:
         j.note(f"task attempt={f['attempt']} moved where={f['where']} due={f['due_ms']} "
                f"limits_left={f['limits_left']}")
         if j.status != "SCHEDULED" or j.task is None or j.task.attempt != f["attempt"]:
-            self.fail(4, f"queued task of attempt {f['attempt']} of job {j.key} moved, but the "
+            self.fail(Invariant.ATTEMPTS,
+                      f"queued task of attempt {f['attempt']} of job {j.key} moved, but the "
                          f"job is not queued with that attempt", j.describe(),
                       f"event: task_moved {f}")
             return
@@ -565,16 +577,19 @@ class Checker:
         self.grants += 1
         self.max_seen.setdefault(q, set()).add(f["max"])
         if tid in held:
-            self.fail(2, f"slot of queue {q[2:]} (shard {q[1]}) granted twice to task {tid} "
+            self.fail(Invariant.SLOT_LIMIT,
+                      f"slot of queue {q[2:]} (shard {q[1]}) granted twice to task {tid} "
                          f"without a release in between", ev)
             return
         held[tid] = f["job_id"]
         if f["holders"] > f["max"]:
-            self.fail(2, f"queue {q[2:]} (shard {q[1]}) has {f['holders']} holders after a grant "
+            self.fail(Invariant.SLOT_LIMIT,
+                      f"queue {q[2:]} (shard {q[1]}) has {f['holders']} holders after a grant "
                          f"but its max is {f['max']}", f"holders: {sorted(held)}", ev)
             return
         if f["holders"] != len(held):
-            self.fail(2, f"queue {q[2:]} (shard {q[1]}) reports {f['holders']} holders after a "
+            self.fail(Invariant.SLOT_LIMIT,
+                      f"queue {q[2:]} (shard {q[1]}) reports {f['holders']} holders after a "
                          f"grant, but granted minus released slots are {len(held)}: a holder "
                          f"count drifted from the grants", f"holders: {sorted(held)}", ev)
             return
@@ -591,7 +606,8 @@ class Checker:
         q = (_host_name(host), f["shard"], f["tenant"], f["queue"])
         held = self.holders.setdefault(q, {})
         if held.pop(f["task_id"], None) is None:
-            self.fail(2, f"slot of queue {q[2:]} (shard {q[1]}) released by task {f['task_id']} "
+            self.fail(Invariant.SLOT_LIMIT,
+                      f"slot of queue {q[2:]} (shard {q[1]}) released by task {f['task_id']} "
                          f"that held none", f"holders: {sorted(held)}",
                       f"event: slot_released {f}")
             return
@@ -601,7 +617,8 @@ class Checker:
 
             if self._probe(host, f["shard"], holder_key(f["tenant"], f["queue"],
                                                         f["task_id"])) is not None:
-                self.fail(2, f"slot of queue {q[2:]} (shard {q[1]}) released by task "
+                self.fail(Invariant.SLOT_LIMIT,
+                          f"slot of queue {q[2:]} (shard {q[1]}) released by task "
                              f"{f['task_id']}, but its holder row is still on disk: the slot "
                              f"is held forever", f"event: slot_released {f}")
 
@@ -617,7 +634,8 @@ class Checker:
         if j is None:
             return
         if j.status not in TERMINAL or j.lease is not None:
-            self.fail(5, f"deleted job {j.key} that was {j.status}", j.describe(),
+            self.fail(Invariant.TERMINAL_CLEAN,
+                      f"deleted job {j.key} that was {j.status}", j.describe(),
                       f"event: job_deleted {f}")
             return
         j.deleted = True
@@ -632,7 +650,8 @@ class Checker:
         key = (tenant, job_id)
         self.acked[key] = self._now()
         if self.strict_acks and key not in self.jobs:
-            self.fail(6, f"enqueue of job {key} acknowledged before it was durable (no durable "
+            self.fail(Invariant.NO_LOST_ENQUEUE,
+                      f"enqueue of job {key} acknowledged before it was durable (no durable "
                          f"job_enqueued event yet)")
 
     def on_enqueue_start(self, method: str, request: bytes) -> Any:
@@ -662,14 +681,16 @@ class Checker:
                     self._check_exists(method, taken, error)
             missing = [k for k in ok if k not in self.jobs]
             if missing:
-                self.fail(6, f"{method} answered OK before job(s) {missing[:3]} were durable "
+                self.fail(Invariant.NO_LOST_ENQUEUE,
+                          f"{method} answered OK before job(s) {missing[:3]} were durable "
                              f"(no durable job_enqueued event yet)")
         elif error.code == Code.ALREADY_EXISTS:
             self._check_exists(method, keys, error)
 
     def _check_exists(self, method: str, keys: list[Any], error: Any) -> None:
         if keys and not any(k in self.jobs for k in keys):
-            self.fail(6, f"{method} answered ALREADY_EXISTS for job(s) {keys[:3]} that are not "
+            self.fail(Invariant.NO_LOST_ENQUEUE,
+                      f"{method} answered ALREADY_EXISTS for job(s) {keys[:3]} that are not "
                          f"durable: a crash now can undo the job the answer is about",
                       f"error: {error}")
 
@@ -690,7 +711,8 @@ class Checker:
             self.cancels_seen_by_heartbeat += 1
         if flagged and not resp.cancelled:
             j = self.jobs[key]
-            self.fail(8, f"heartbeat for task {task_id} of job {key}, flagged cancelled before "
+            self.fail(Invariant.REAP_AND_CANCEL,
+                      f"heartbeat for task {task_id} of job {key}, flagged cancelled before "
                          f"the heartbeat began, answered cancelled=False: the worker never "
                          f"learns of the cancel", j.describe(), *j.history[-6:])
 
@@ -714,7 +736,8 @@ class Checker:
             if lease.overdue_since is None:
                 lease.overdue_since = now_s
             elif now_s - lease.overdue_since > REAP_SLACK_S:
-                self.fail(8, f"lease {tid} of job {key} expired at {lease.deadline_s:.3f}s on the "
+                self.fail(Invariant.REAP_AND_CANCEL,
+                          f"lease {tid} of job {key} expired at {lease.deadline_s:.3f}s on the "
                              f"monotonic clock (stored wall expiry {lease.expiry_ms}; now "
                              f"{now_s:.3f}s) and was not reaped within {REAP_SLACK_S}s",
                           j.describe(), *j.history[-6:])
@@ -753,17 +776,20 @@ class Checker:
             st = img.states.get(key)
             if st is None:
                 if not j.deleted:
-                    self.fail(6, f"job {key}, durable before the crash of {where}, is gone after "
+                    self.fail(Invariant.NO_LOST_ENQUEUE,
+                              f"job {key}, durable before the crash of {where}, is gone after "
                                  f"it", j.describe(), *j.history[-6:])
                     return
                 continue
             if j.deleted:
-                self.fail(3, f"deleted job {key} is back after the crash of {where}",
+                self.fail(Invariant.TRANSITIONS,
+                          f"deleted job {key} is back after the crash of {where}",
                           j.describe())
                 return
             disk_status = st.status.name
             if disk_status != j.status and not reachable(j.status, disk_status):
-                self.fail(3, f"job {key} was {j.status} before the crash of {where}, "
+                self.fail(Invariant.TRANSITIONS,
+                          f"job {key} was {j.status} before the crash of {where}, "
                              f"{disk_status} after", j.describe())
                 return
             atts = img.attempts.get(key, {})
@@ -772,7 +798,8 @@ class Checker:
                     continue
                 disk = atts.get(a)
                 if disk is None or disk.state.name != s:
-                    self.fail(4, f"attempt {a} of job {key} ended {s} before the crash of "
+                    self.fail(Invariant.ATTEMPTS,
+                              f"attempt {a} of job {key} ended {s} before the crash of "
                                  f"{where}, is {None if disk is None else disk.state.name} "
                                  f"after", j.describe())
                     return
@@ -827,7 +854,8 @@ class Checker:
         for key, at in sorted(self.acked.items()):
             j = self.jobs.get(key)
             if key not in present and not (j is not None and j.deleted):
-                self.fail(6, f"enqueue of job {key}, acknowledged at t={at:.3f}s, was lost in "
+                self.fail(Invariant.NO_LOST_ENQUEUE,
+                          f"enqueue of job {key}, acknowledged at t={at:.3f}s, was lost in "
                              f"the crash of {where}", j.describe() if j else "never seen durable")
                 return
 
@@ -848,33 +876,37 @@ class Checker:
             st = img.states.get(key)
             if j.deleted:
                 if st is not None:
-                    self.fail(3, f"deleted job {key} is still on disk ({where})", j.describe())
+                    self.fail(Invariant.TRANSITIONS,
+                              f"deleted job {key} is still on disk ({where})", j.describe())
                     return
                 continue
             if st is None:
-                inv = 6 if key in self.acked else 3
+                inv = Invariant.NO_LOST_ENQUEUE if key in self.acked else Invariant.TRANSITIONS
                 self.fail(inv, f"job {key} is missing on disk ({where})", j.describe())
                 return
             if st.status.name != j.status:
-                self.fail(3, f"job {key} is {st.status.name} on disk but {j.status} by the "
+                self.fail(Invariant.TRANSITIONS,
+                          f"job {key} is {st.status.name} on disk but {j.status} by the "
                              f"events ({where})", j.describe())
                 return
             atts = {a: x.state.name for a, x in img.attempts.get(key, {}).items()}
             if atts != j.attempts:
-                self.fail(4, f"attempts of job {key} on disk {atts} differ from the events "
+                self.fail(Invariant.ATTEMPTS,
+                          f"attempts of job {key} on disk {atts} differ from the events "
                              f"{j.attempts} ({where})", j.describe())
                 return
         for key in sorted(img.states):
             j = self.jobs.get(key)
             if j is None or j.host is not host or j.shard != shard:
-                self.fail(3, f"job {key} is on disk ({where}) but no durable event announced it")
+                self.fail(Invariant.TRANSITIONS,
+                          f"job {key} is on disk ({where}) but no durable event announced it")
                 return
 
     def final_acked(self) -> None:
         for key in sorted(self.acked):
             j = self.jobs.get(key)
             if j is None:
-                self.fail(6, f"acknowledged enqueue of job {key} was lost")
+                self.fail(Invariant.NO_LOST_ENQUEUE, f"acknowledged enqueue of job {key} was lost")
                 return
 
     def status_of(self, key: JobKey) -> str | None:
@@ -884,6 +916,7 @@ class Checker:
 
 __all__ = [
     "INVARIANTS",
+    "Invariant",
     "Checker",
     "JobModel",
     "Violation",

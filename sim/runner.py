@@ -18,6 +18,7 @@ import trio
 import trio.testing
 from trio.abc import Instrument
 
+from sim.invariants import Invariant
 from sim.simulator import Simulator
 
 EXIT_PASS, EXIT_VIOLATION, EXIT_LIVENESS, EXIT_CRASH = 0, 1, 2, 3
@@ -50,7 +51,7 @@ class RunResult:
     fired: dict[str, int] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
-    invariant: int | None = None
+    invariant: Invariant | None = None
     message: str = ""
     evidence: list[str] = field(default_factory=list)
     events: int = 0
@@ -166,7 +167,7 @@ def run_one(
         result.message = sim.crash_report
     elif sim.liveness_report is not None:
         result.exit_code = EXIT_LIVENESS
-        result.invariant = 7
+        result.invariant = Invariant.LIVENESS
         result.message = "invariant 7 (every job reaches a terminal state once faults stop): " \
             + sim.liveness_report
     return result

@@ -24,6 +24,7 @@ from sim.audit import ShardImage, diff_counters
 from sim.checkers import Checker, Violation
 from sim.faults import FaultBoard
 from sim.hosts import ClientHost, NodeHost, SimWorker
+from sim.invariants import Invariant
 from sim.network import NetConfig, SimNetwork
 from sim.trace import Trace, format_fields
 
@@ -412,7 +413,8 @@ class Simulator:
                 status = None
             want = None if j.deleted else j.status
             if status != want:
-                inv = 6 if status is None and key in self.checker.acked else 3
+                lost = status is None and key in self.checker.acked
+                inv = Invariant.NO_LOST_ENQUEUE if lost else Invariant.TRANSITIONS
                 self.checker.fail(inv, f"API shows job {key} as {status}, events say {want}",
                                   j.describe(), *j.history[-5:])
                 return
@@ -427,7 +429,8 @@ class Simulator:
                 counters, recount = shard.counters(), await shard.recount()
                 diff = diff_counters(counters, recount)
                 if diff:
-                    self.checker.fail(12, f"{node.name} shard {sid}: JobShard.counters() differ "
+                    self.checker.fail(Invariant.COUNTERS,
+                                      f"{node.name} shard {sid}: JobShard.counters() differ "
                                           f"from JobShard.recount(): {diff}")
                     return
         for _, node in sorted(self.nodes.items()):

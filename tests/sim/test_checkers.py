@@ -30,6 +30,7 @@ from silo.pb.silo import v1 as pb
 from silo.shard.tables import JOBS_TERMINAL, JOBS_TOTAL, ready_key, status_counter
 from sim.audit import ShardImage, audit_holders, audit_image
 from sim.checkers import REAP_SLACK_S, Checker, Violation, reachable
+from sim.invariants import Invariant
 
 T0 = 1_000_000
 
@@ -121,7 +122,7 @@ def test_inv1_task_leased_twice() -> None:
     h.lease("a", "t1")
     h.ev("task_leased", job_id="b", task_id="t1", attempt=1, worker_id="w", task_group="g",
          priority=50, due_ms=T0, expiry_ms=T0 + 1000, at_ms=T0)
-    assert h.invariant == 1
+    assert h.invariant == Invariant.SINGLE_LEASE
 
 
 def test_inv1_job_with_two_live_leases() -> None:
@@ -130,7 +131,7 @@ def test_inv1_job_with_two_live_leases() -> None:
     h.lease("a", "t1")
     h.ev("task_leased", job_id="a", task_id="t2", attempt=2, worker_id="w", task_group="g",
          priority=50, due_ms=T0, expiry_ms=T0 + 1000, at_ms=T0)
-    assert h.invariant == 1
+    assert h.invariant == Invariant.SINGLE_LEASE
 
 
 def test_inv1_leased_task_still_queued_on_disk() -> None:
@@ -140,7 +141,7 @@ def test_inv1_leased_task_still_queued_on_disk() -> None:
     task = Task("t1", "t", "a", 1, "g", 50, T0)
     durable[ready_key(task)] = task.encode()
     h.lease("a", "t1")
-    assert h.invariant == 1
+    assert h.invariant == Invariant.SINGLE_LEASE
     assert "still in the ready queue" in h.violations[0].message
 
 
@@ -149,7 +150,7 @@ def test_inv3_illegal_transition() -> None:
     h.enqueue("a")
     h.ev("status_changed", job_id="a", old="SCHEDULED", new="SUCCEEDED", attempt=1,
          at_ms=T0, task_group="g", priority=50, due_ms=None)
-    assert h.invariant == 3
+    assert h.invariant == Invariant.TRANSITIONS
 
 
 def test_inv3_running_without_running_attempt() -> None:
@@ -157,7 +158,7 @@ def test_inv3_running_without_running_attempt() -> None:
     h.enqueue("a")
     h.ev("status_changed", job_id="a", old="SCHEDULED", new="RUNNING", attempt=1,
          at_ms=T0, task_group="g", priority=50, due_ms=None)
-    assert h.invariant == 3
+    assert h.invariant == Invariant.TRANSITIONS
 
 
 def test_inv3_old_status_mismatch() -> None:
@@ -165,7 +166,7 @@ def test_inv3_old_status_mismatch() -> None:
     h.enqueue("a")
     h.ev("status_changed", job_id="a", old="FAILED", new="SCHEDULED", attempt=2,
          at_ms=T0, task_group="g", priority=50, due_ms=T0)
-    assert h.invariant == 3
+    assert h.invariant == Invariant.TRANSITIONS
 
 
 def test_inv4_lease_ended_twice() -> None:
@@ -175,7 +176,7 @@ def test_inv4_lease_ended_twice() -> None:
     h.end("a", "t1")
     h.ev("lease_ended", job_id="a", task_id="t1", attempt=1, outcome="failed", at_ms=T0 + 20,
          state="FAILED")
-    assert h.invariant == 4
+    assert h.invariant == Invariant.ATTEMPTS
 
 
 def test_inv4_attempt_numbers_must_increase() -> None:
@@ -186,7 +187,7 @@ def test_inv4_attempt_numbers_must_increase() -> None:
     # The retry queued attempt 2; a lease of attempt 1 again is a repeat.
     h.ev("task_leased", job_id="a", task_id="t9", attempt=1, worker_id="w", task_group="g",
          priority=50, due_ms=T0, expiry_ms=T0 + 1000, at_ms=T0)
-    assert h.invariant == 4
+    assert h.invariant == Invariant.ATTEMPTS
 
 
 def test_inv4_requeue_must_allocate_a_new_attempt() -> None:
@@ -197,7 +198,7 @@ def test_inv4_requeue_must_allocate_a_new_attempt() -> None:
          state="FAILED")
     h.ev("status_changed", job_id="a", old="RUNNING", new="SCHEDULED", attempt=1, at_ms=T0,
          task_group="g", priority=50, due_ms=T0)
-    assert h.invariant == 4
+    assert h.invariant == Invariant.ATTEMPTS
 
 
 def test_inv5_terminal_with_live_lease() -> None:
@@ -206,7 +207,7 @@ def test_inv5_terminal_with_live_lease() -> None:
     h.lease("a", "t1")
     h.ev("status_changed", job_id="a", old="RUNNING", new="FAILED", attempt=1, at_ms=T0,
          task_group="g", priority=50, due_ms=None)
-    assert h.invariant == 5
+    assert h.invariant == Invariant.TERMINAL_CLEAN
 
 
 def test_inv5_cancelled_task_left_in_queue() -> None:
@@ -220,7 +221,7 @@ def test_inv5_cancelled_task_left_in_queue() -> None:
     h.ev("cancel_requested", job_id="a", status="SCHEDULED", at_ms=T0)
     h.ev("status_changed", job_id="a", old="SCHEDULED", new="CANCELLED", attempt=1, at_ms=T0,
          task_group="g", priority=50, due_ms=None)
-    assert h.invariant == 5
+    assert h.invariant == Invariant.TERMINAL_CLEAN
     assert "timer queue" in h.violations[0].message
 
 
@@ -229,13 +230,13 @@ def test_inv5_delete_of_running_job() -> None:
     h.enqueue("a")
     h.lease("a", "t1")
     h.ev("job_deleted", job_id="a", status="RUNNING")
-    assert h.invariant == 5
+    assert h.invariant == Invariant.TERMINAL_CLEAN
 
 
 def test_inv6_ack_before_durable() -> None:
     h = Harness()
     h.checker.on_ack_enqueue("t", "a")
-    assert h.invariant == 6
+    assert h.invariant == Invariant.NO_LOST_ENQUEUE
 
 
 def test_inv6_acked_job_lost_in_crash() -> None:
@@ -244,14 +245,14 @@ def test_inv6_acked_job_lost_in_crash() -> None:
     h.checker.on_ack_enqueue("t", "a")
     assert h.violations == []
     h.checker.check_acked_present(h.host, set(), "n1")
-    assert h.invariant == 6
+    assert h.invariant == Invariant.NO_LOST_ENQUEUE
 
 
 def test_inv6_durable_job_missing_after_crash() -> None:
     h = Harness()
     h.enqueue("a")
     h.checker.resync_shard(h.host, 0, ShardImage(), "n1:data/shards/0")
-    assert h.invariant == 6
+    assert h.invariant == Invariant.NO_LOST_ENQUEUE
 
 
 def test_inv8_expired_lease_not_reaped() -> None:
@@ -266,7 +267,7 @@ def test_inv8_expired_lease_not_reaped() -> None:
     h.checker.tick(1.5 + REAP_SLACK_S / 2)
     assert h.violations == []
     h.checker.tick(1.5 + REAP_SLACK_S + 0.5)
-    assert h.invariant == 8
+    assert h.invariant == Invariant.REAP_AND_CANCEL
 
 
 def test_inv8_a_wall_clock_step_alone_makes_no_lease_overdue() -> None:
@@ -302,7 +303,7 @@ def test_inv8_heartbeat_hides_cancel() -> None:
     assert h.violations == []
     token = h.checker.on_heartbeat_start(bytes(pb.HeartbeatRequest(task_id="t1")))
     h.checker.on_heartbeat_end(token, bytes(pb.HeartbeatResponse(cancelled=False)))
-    assert h.invariant == 8
+    assert h.invariant == Invariant.REAP_AND_CANCEL
 
 
 def test_inv9_lease_skips_higher_priority() -> None:
@@ -310,7 +311,7 @@ def test_inv9_lease_skips_higher_priority() -> None:
     h.enqueue("low", priority=60)
     h.enqueue("high", priority=10)
     h.lease("low", "t1", priority=60)
-    assert h.invariant == 9
+    assert h.invariant == Invariant.PRIORITY
 
 
 def test_inv9_future_task_does_not_count_until_due() -> None:
@@ -321,7 +322,7 @@ def test_inv9_future_task_does_not_count_until_due() -> None:
     assert h.violations == []
     h.enqueue("low2", priority=60)
     h.lease("low2", "t2", priority=60, at=T0 + 5000)  # "high" is due now: it must go first
-    assert h.invariant == 9
+    assert h.invariant == Invariant.PRIORITY
 
 
 def test_inv9_expedited_task_is_due() -> None:
@@ -331,7 +332,7 @@ def test_inv9_expedited_task_is_due() -> None:
     h.ev("task_expedited", job_id="high", attempt=1, old_due_ms=T0 + 5000, due_ms=T0 + 50,
          at_ms=T0 + 50)
     h.lease("low", "t1", priority=60, at=T0 + 60)
-    assert h.invariant == 9
+    assert h.invariant == Invariant.PRIORITY
 
 
 def _image(statuses: dict[str, JobStatus], counters: dict[bytes, int]) -> ShardImage:
@@ -359,7 +360,7 @@ def test_inv12_counters_differ_from_recount() -> None:
     assert [inv for inv, _ in problems] == [12]
     h = Harness()
     h.checker.final_shard(h.host, 0, bad, "x")
-    assert h.invariant == 12
+    assert h.invariant == Invariant.COUNTERS
 
 
 def test_audit_fingerprint_rows() -> None:
@@ -413,7 +414,7 @@ def test_inv8_failure_with_retries_left_must_be_retried() -> None:
     _enqueue_with_retries(h, "a", 1)
     h.lease("a", "t1")
     h.end("a", "t1", state="FAILED", new="FAILED", outcome="reaped")
-    assert h.invariant == 8
+    assert h.invariant == Invariant.REAP_AND_CANCEL
 
 
 def test_retries_stop_when_the_budget_is_spent() -> None:
@@ -423,7 +424,7 @@ def test_retries_stop_when_the_budget_is_spent() -> None:
     h.end("a", "t1", state="FAILED", new="SCHEDULED", due=T0)
     h.lease("a", "t2", attempt=2)
     h.end("a", "t2", attempt=2, state="FAILED", new="SCHEDULED", due=T0)
-    assert h.invariant == 3
+    assert h.invariant == Invariant.TRANSITIONS
     assert "not FAILED" in h.violations[0].message
 
 
@@ -432,7 +433,7 @@ def test_inv3_success_must_end_succeeded() -> None:
     _enqueue_with_retries(h, "a", 3)
     h.lease("a", "t1")
     h.end("a", "t1", state="SUCCEEDED", new="FAILED")
-    assert h.invariant == 3
+    assert h.invariant == Invariant.TRANSITIONS
 
 
 def test_cancel_flag_beats_retry() -> None:
@@ -441,7 +442,7 @@ def test_cancel_flag_beats_retry() -> None:
     h.lease("a", "t1")
     h.ev("cancel_requested", job_id="a", status="RUNNING", at_ms=T0)
     h.end("a", "t1", state="FAILED", new="SCHEDULED", due=T0)
-    assert h.invariant == 3
+    assert h.invariant == Invariant.TRANSITIONS
     h2 = Harness()
     _enqueue_with_retries(h2, "a", 3)
     h2.lease("a", "t1")
@@ -478,7 +479,7 @@ def test_inv2_grant_past_the_max() -> None:
     h = Harness()
     _grant(h, "t1", 1, max_=1)
     _grant(h, "t2", 2, max_=1)
-    assert h.invariant == 2
+    assert h.invariant == Invariant.SLOT_LIMIT
     assert "max is 1" in h.violations[0].message
 
 
@@ -486,14 +487,14 @@ def test_inv2_slot_granted_twice_to_a_task() -> None:
     h = Harness()
     _grant(h, "t1", 1)
     _grant(h, "t1", 2)
-    assert h.invariant == 2
+    assert h.invariant == Invariant.SLOT_LIMIT
     assert "granted twice" in h.violations[0].message
 
 
 def test_inv2_release_without_grant() -> None:
     h = Harness()
     _release(h, "t1")
-    assert h.invariant == 2
+    assert h.invariant == Invariant.SLOT_LIMIT
 
 
 def test_inv2_holder_count_drift() -> None:
@@ -501,7 +502,7 @@ def test_inv2_holder_count_drift() -> None:
     _grant(h, "t1", 1)
     _release(h, "t1")
     _grant(h, "t2", 2)  # the shard still counts t1
-    assert h.invariant == 2
+    assert h.invariant == Invariant.SLOT_LIMIT
     assert "drifted" in h.violations[0].message
 
 
@@ -521,7 +522,7 @@ def test_inv2_resync_finds_orphan_holder_row() -> None:
     img.holders[("t", "q")] = {"t9": ("j9", 1)}
     img.queues[("t", "q")] = QueueState(1)
     h.checker.resync_shard(h.host, 0, img, "n1:data/shards/0")
-    assert h.invariant == 2
+    assert h.invariant == Invariant.SLOT_LIMIT
     assert "holder row left behind" in h.violations[0].message
 
 
@@ -540,7 +541,7 @@ def test_inv9_parked_and_token_waiting_tasks_are_not_due() -> None:
     h.ev("task_moved", job_id="parked", attempt=1, due_ms=T0, where=READY, limits_left=0,
          at_ms=T0 + 20)
     h.lease("low2", "t2", priority=60, at=T0 + 30)
-    assert h.invariant == 9
+    assert h.invariant == Invariant.PRIORITY
 
 
 def _holder_image(status: JobStatus, holder_task: str, max_: int = 1,
@@ -584,7 +585,7 @@ def test_inv2_released_slot_whose_holder_row_stays_on_disk() -> None:
     _grant(h, "t1", 1)
     durable[holder_key("t", "q", "t1")] = b"x"
     _release(h, "t1")
-    assert h.invariant == 2
+    assert h.invariant == Invariant.SLOT_LIMIT
     assert "still on disk" in h.violations[0].message
 
 

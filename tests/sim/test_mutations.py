@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import pytest
 
+from sim.invariants import Invariant
 from sim.runner import MUTATIONS, run_one
 
 CASES = {
     # mutation: (scenario, expected invariant, text the violation must contain)
-    "double-lease": ("happy", 1, "can be handed out again"),
-    "ack-before-durable": ("crash_restart", 6, "lost in the crash"),
-    "no-reaper": ("lease_expiry", 8, "not reaped"),
-    "lost-cancel": ("chaos", 8, "never learns of the cancel"),
-    "ignore-priority": ("priority", 9, "waited"),
-    "skip-release-on-cancel": ("chaos", 5, "still in the"),
-    "counter-drift": ("happy", 12, "recount"),
+    "double-lease": ("happy", Invariant.SINGLE_LEASE, "can be handed out again"),
+    "ack-before-durable": ("crash_restart", Invariant.NO_LOST_ENQUEUE, "lost in the crash"),
+    "no-reaper": ("lease_expiry", Invariant.REAP_AND_CANCEL, "not reaped"),
+    "lost-cancel": ("chaos", Invariant.REAP_AND_CANCEL, "never learns of the cancel"),
+    "ignore-priority": ("priority", Invariant.PRIORITY, "waited"),
+    "skip-release-on-cancel": ("chaos", Invariant.TERMINAL_CLEAN, "still in the"),
+    "counter-drift": ("happy", Invariant.COUNTERS, "recount"),
     # Invariant 2 (concurrency limits): an extra grant is seen on the slot_granted event itself;
     # a leaked holder row makes the shard's holder count drift from the granted-minus-released
     # model (caught at the next grant on that queue; the final audit's "holder row left behind"
     # is the backstop, see test_checkers.py::test_audit_holder_row_of_terminal_job).
-    "over-grant": ("grant_race", 2, "holders after a grant but its max is"),
-    "leak-holder": ("concurrency", 2, "holder"),
+    "over-grant": ("grant_race", Invariant.SLOT_LIMIT, "holders after a grant but its max is"),
+    "leak-holder": ("concurrency", Invariant.SLOT_LIMIT, "holder"),
 }
 MAX_SEEDS = 50
 
