@@ -27,6 +27,7 @@ from scenarios import (
     rate_limits,
     retry_releases,
     retry_storm,
+    zombie,
 )
 
 Scenario = Callable[[Any, Any], Awaitable[None]]
@@ -48,6 +49,7 @@ SCENARIOS: dict[str, Scenario] = {
     "floating": floating.run,
     "rate_limits": rate_limits.run,
     "head_of_line": head_of_line.run,
+    "zombie": zombie.run,
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -63,5 +65,6 @@ DESCRIPTIONS: dict[str, str] = {
         "floating": floating,
         "rate_limits": rate_limits,
         "head_of_line": head_of_line,
+        "zombie": zombie,
     }.items()
 }

@@ -179,6 +179,18 @@ class JobModel:
                 f"attempts={self.attempts} cancel_flag={self.cancel_flag}")
 
 
+@dataclass(frozen=True)
+class LeaseOwner:
+    """Who a task id was leased to, and the job attempt it runs (for fencing checks and for
+    actors that replay other workers' task ids)."""
+
+    worker_id: str
+    shard: int
+    tenant: str
+    job_id: str
+    attempt: int
+
+
 Probe = Callable[[Any, int, bytes], bytes | None]
 """``probe(host, shard, key)``: the durable value of ``key`` on that shard (None: absent)."""
 
@@ -217,6 +229,10 @@ class Checker:
         self.cancels_seen_by_heartbeat = 0
         self.reaped = 0
         self.undelivered = 0
+        self.task_owner: dict[str, LeaseOwner] = {}
+        """Every task id ever leased -> who owns it (a task id is leased once, to one worker)."""
+        self.fenced = 0
+        """Heartbeats and reports from a worker that does not own the lease, refused."""
 
     # -- reporting --------------------------------------------------------------------------
 
@@ -434,6 +450,7 @@ class Checker:
                            self._now() + (f["expiry_ms"] - f["at_ms"]) / 1000)
         j.lease = lease
         j.last_task_id = tid
+        self.task_owner[tid] = LeaseOwner(f["worker_id"], j.shard, j.tenant, j.job_id, attempt)
         j.attempts[attempt] = "RUNNING"
         j.max_leased = attempt
         j.run_attempts += 1
@@ -456,7 +473,22 @@ class Checker:
                 )
                 return
 
+    def _fenced(self, f: dict[str, Any], what: str) -> bool:
+        """Fencing: an event caused by a heartbeat or report names the worker that sent it
+        (``by_worker_id``); it must be the lease's owner. False after reporting a violation."""
+        by = f.get("by_worker_id")
+        owner = self.task_owner.get(f["task_id"])
+        if by and owner is not None and by != owner.worker_id:
+            self.fail(Invariant.FENCING,
+                      f"{what} of task {f['task_id']} (leased to {owner.worker_id}) was caused "
+                      f"by worker {by}, which does not own the lease",
+                      f"event: {what} {f}")
+            return False
+        return True
+
     def _on_lease_extended(self, host: Any, f: dict[str, Any]) -> None:
+        if not self._fenced(f, "lease_extended"):
+            return
         key = self.live_leases.get(f["task_id"])
         if key is None:
             self.fail(Invariant.ATTEMPTS, f"lease {f['task_id']} extended after it ended",
@@ -469,6 +501,8 @@ class Checker:
         lease.overdue_since = None
 
     def _on_lease_ended(self, host: Any, f: dict[str, Any]) -> None:
+        if not self._fenced(f, "lease_ended"):
+            return
         tid = f["task_id"]
         key = self.live_leases.pop(tid, None)
         ev = f"event: lease_ended {f}"
@@ -697,15 +731,17 @@ class Checker:
     def on_heartbeat_start(self, request: bytes) -> Any:
         req = pb.HeartbeatRequest.parse(request)
         key = self.live_leases.get(req.task_id)
-        if key is None:
-            return None
-        j = self.jobs[key]
-        return (req.task_id, key, j.cancel_flag)
+        flagged = key is not None and self.jobs[key].cancel_flag
+        return (req.task_id, key, flagged, req.worker_id)
 
     def on_heartbeat_end(self, token: Any, response: bytes | None) -> None:
         if token is None or response is None or self.failed is not None:
             return
-        task_id, key, flagged = token
+        task_id, key, flagged, worker_id = token
+        if not self._owner_answered("Heartbeat", task_id, worker_id):
+            return
+        if key is None:
+            return
         resp = pb.HeartbeatResponse.parse(response)
         if resp.cancelled:
             self.cancels_seen_by_heartbeat += 1
@@ -715,6 +751,44 @@ class Checker:
                       f"heartbeat for task {task_id} of job {key}, flagged cancelled before "
                          f"the heartbeat began, answered cancelled=False: the worker never "
                          f"learns of the cancel", j.describe(), *j.history[-6:])
+
+    def _owner_answered(self, method: str, task_id: str, worker_id: str) -> bool:
+        """Fencing, from the answers: a call about a task id leased to another worker must be
+        refused. False after reporting a violation."""
+        owner = self.task_owner.get(task_id)
+        if owner is None or owner.worker_id == worker_id:
+            return True
+        self.fail(Invariant.FENCING,
+                  f"{method} from worker {worker_id} for task {task_id}, leased to "
+                  f"{owner.worker_id}, was answered OK: a worker that does not own a lease "
+                  f"changed it", f"job {(owner.tenant, owner.job_id)} attempt {owner.attempt}")
+        return False
+
+    def on_report_start(self, method: str, request: bytes) -> Any:
+        """A ReportOutcome(s) call arrived: its (task id, worker id) per outcome."""
+        if method == "ReportOutcome":
+            outcomes = [pb.ReportOutcomeRequest.parse(request).outcome]
+        else:
+            outcomes = list(pb.ReportOutcomesRequest.parse(request).outcomes)
+        return [(o.task_id, o.worker_id) if o is not None else ("", "") for o in outcomes]
+
+    def on_report_end(self, method: str, token: Any, response: bytes | None,
+                      error: Any) -> None:
+        if self.failed is not None or error is not None or response is None:
+            return
+        if method == "ReportOutcome":
+            codes = [0] * len(token)
+        else:
+            statuses = pb.ReportOutcomesResponse.parse(response).statuses
+            if len(statuses) != len(token):
+                return
+            codes = [st.code for st in statuses]
+        for (task_id, worker_id), code in zip(token, codes, strict=True):
+            if code == 0:
+                if not self._owner_answered(method, task_id, worker_id):
+                    return
+            elif task_id in self.task_owner and self.task_owner[task_id].worker_id != worker_id:
+                self.fenced += 1
 
     # -- periodic checks --------------------------------------------------------------------
 
@@ -846,6 +920,8 @@ class Checker:
                                      self._now() + (lease.expiry_ms - host.clock.now_ms()) / 1000)
                 j.last_task_id = lease.task_id
                 self.live_leases[lease.task_id] = key
+                self.task_owner[lease.task_id] = LeaseOwner(
+                    lease.worker_id, shard, j.tenant, j.job_id, lease.attempt)
 
     def check_acked_present(self, host: Any, present: set[JobKey], where: str) -> None:
         """After a crash of the only node: every enqueue acknowledged so far must be on disk."""

@@ -33,6 +33,7 @@ MUTATIONS: dict[str, str] = {
     "counter-drift": "enqueue counts every job twice in the total",
     "over-grant": "a concurrency queue grants one slot beyond its max",
     "leak-holder": "releasing a concurrency slot leaves its holder row behind",
+    "no-fencing": "heartbeats and reports skip the lease owner check",
 }
 
 STALL_STEPS = 100_000

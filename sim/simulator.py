@@ -142,6 +142,8 @@ class Simulator:
             return (name, self.checker.on_heartbeat_start(request))
         if name in ("Enqueue", "EnqueueBatch"):
             return (name, self.checker.on_enqueue_start(name, request))
+        if name in ("ReportOutcome", "ReportOutcomes"):
+            return (name, self.checker.on_report_start(name, request))
         return (name, None)
 
     def on_serve_end(self, token: Any, response: bytes | None, error: Any) -> None:
@@ -152,6 +154,8 @@ class Simulator:
             return
         if name == "Heartbeat":
             self.checker.on_heartbeat_end(data, response)
+        elif name in ("ReportOutcome", "ReportOutcomes"):
+            self.checker.on_report_end(name, data, response, error)
         else:
             self.checker.on_enqueue_end(name, data, error, response)
 

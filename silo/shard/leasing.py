@@ -345,7 +345,8 @@ class Leasing(ShardRoom):
         lease = self._mirror.leases.get(task_id)
         if lease is None:
             raise NotFound(f"lease not found for task {quote(task_id)}")
-        if lease.worker_id != worker_id:
+        # Planted bug for the simulator: any worker may heartbeat any lease.
+        if lease.worker_id != worker_id and not self._rt.faults.mutation("no-fencing"):
             raise FailedPrecondition(
                 f"lease owner mismatch: task {quote(task_id)} is leased to another worker"
             )
@@ -371,6 +372,7 @@ class Leasing(ShardRoom):
                 txn.emit(
                     "lease_extended", shard=self.shard_id, task_id=task_id, tenant=lease.tenant,
                     job_id=lease.job_id, attempt=lease.attempt, expiry_ms=expiry, at_ms=txn.now,
+                    by_worker_id=worker_id,
                 )
             cancelled = await self._rows.cancelled_at(txn, lease.tenant, lease.job_id) is not None
             if self._rt.faults.mutation("lost-cancel"):
@@ -466,7 +468,8 @@ class Leasing(ShardRoom):
         if lease is None:
             await self._check_repeated_report(txn, report)
             return
-        if lease.worker_id != report.worker_id:
+        # Planted bug for the simulator: any worker may report any lease.
+        if lease.worker_id != report.worker_id and not self._rt.faults.mutation("no-fencing"):
             raise FailedPrecondition(
                 f"lease owner mismatch: task {quote(report.task_id)} is leased to another "
                 f"worker"
@@ -475,7 +478,8 @@ class Leasing(ShardRoom):
             raise InvalidArgument(
                 f"task {quote(report.task_id)} is a refresh task; report it with ReportRefresh"
             )
-        await self.end_attempt(txn, lease, report.outcome, reaped=False)
+        await self.end_attempt(txn, lease, report.outcome, reaped=False,
+                               by_worker_id=report.worker_id)
 
     async def _check_repeated_report(self, txn: Txn, report: OutcomeReport) -> None:
         """A report without a live lease: succeed if it repeats the recorded outcome."""
@@ -503,10 +507,12 @@ class Leasing(ShardRoom):
         )
 
     async def end_attempt(
-        self, txn: Txn, lease: Lease, outcome: Outcome, *, reaped: bool, final: bool = False
+        self, txn: Txn, lease: Lease, outcome: Outcome, *, reaped: bool, final: bool = False,
+        by_worker_id: str = "",
     ) -> None:
         """The single path by which a running attempt ends (report, reap or poison). With
-        ``final`` a failure is not retried.
+        ``final`` a failure is not retried. ``by_worker_id``: the worker whose report ends it
+        ("" for a reap or a poison item), carried on the ``lease_ended`` event.
 
         A reaped lease that was never acknowledged is undelivered: unless the job was cancelled
         or already had ``MAX_UNDELIVERED`` of them this run, its attempt ends UNDELIVERED and
@@ -577,7 +583,7 @@ class Leasing(ShardRoom):
         txn.emit(
             "lease_ended", shard=self.shard_id, task_id=lease.task_id, tenant=lease.tenant,
             job_id=lease.job_id, attempt=lease.attempt, outcome=kind, at_ms=now,
-            state=attempt.state.name,
+            state=attempt.state.name, by_worker_id=by_worker_id,
         )
         if reaped and not undelivered:
             self._stats["reaped"] += 1

@@ -27,6 +27,8 @@ CASES = {
     # is the backstop, see test_checkers.py::test_audit_holder_row_of_terminal_job).
     "over-grant": ("grant_race", Invariant.SLOT_LIMIT, "holders after a grant but its max is"),
     "leak-holder": ("concurrency", Invariant.SLOT_LIMIT, "holder"),
+    # A zombie worker heartbeats and reports other workers' task ids.
+    "no-fencing": ("zombie", Invariant.FENCING, "does not own"),
 }
 MAX_SEEDS = 50
 
