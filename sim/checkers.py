@@ -48,6 +48,9 @@ TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 LEGAL: frozenset[tuple[str | None, str]] = frozenset(
     (None if a is None else a.name, b.name) for a, b in LEGAL_TRANSITIONS
 )
+STEP_SETTLE_S = 2.0
+"""After a wall-clock step, tasks queued within this many simulated seconds (by batches that
+may have read the clock before the step) have no exact monotonic due time."""
 REAP_SLACK_S = 5.0
 """How long (simulated seconds) a lease may stay past its monotonic expiry, on a serving node,
 unreaped."""
@@ -96,6 +99,12 @@ class Queued:
     """When it is due on the node's monotonic clock (DESIGN §4 "Deadlines"): the stored due
     time relative to the wall time of the operation that queued it, from that operation's
     monotonic reading (``mono_ms`` of the event). None: only wall times are known."""
+    exact_due: bool = True
+    """Whether :attr:`due_mono_ms` is exactly the node's own deadline (invariant 13 is checked
+    only then): False after a crash re-sync, or when the node's wall clock stepped since the
+    task was queued (a node re-bases timers on the wall clock when a shard reopens)."""
+    steps_at: int = -1
+    """How many wall-clock steps its node had taken when the task was queued (-1: unset)."""
 
     def leasable(self, at_ms: int, mono_ms: int | None = None) -> bool:
         """Could a lease at ``at_ms`` (monotonic ``mono_ms``) hand this task out? Ready tasks
@@ -229,6 +238,11 @@ class Checker:
         self.cancels_seen_by_heartbeat = 0
         self.reaped = 0
         self.undelivered = 0
+        self.clock_steps: dict[str, int] = {}
+        """Node name -> wall-clock steps so far."""
+        self.last_step_s: dict[str, float] = {}
+        self.leased_early_checked = 0
+        """Leases of a queued task whose due time was checked exactly (invariant 13)."""
         self.task_owner: dict[str, LeaseOwner] = {}
         """Every task id ever leased -> who owns it (a task id is leased once, to one worker)."""
         self.fenced = 0
@@ -253,8 +267,21 @@ class Checker:
 
     # -- the queue model (invariant 9) ------------------------------------------------------
 
+    def on_clock_step(self, host: Any) -> None:
+        """The wall clock of ``host`` stepped: due times of its queued tasks, and of tasks
+        queued by batches in flight, are no longer exact on its monotonic clock."""
+        name = _host_name(host)
+        self.clock_steps[name] = self.clock_steps.get(name, 0) + 1
+        self.last_step_s[name] = self._now()
+
     def _set_task(self, j: JobModel, task: Queued | None) -> None:
-        q = self.queues.setdefault((_host_name(j.host), j.shard, j.task_group), {})
+        name = _host_name(j.host)
+        q = self.queues.setdefault((name, j.shard, j.task_group), {})
+        if task is not None and task.steps_at == -1:
+            task.steps_at = self.clock_steps.get(name, 0)
+            last = self.last_step_s.get(name)
+            if last is not None and self._now() - last < STEP_SETTLE_S:
+                task.exact_due = False
         j.task = task
         if task is None:
             q.pop(j.key, None)
@@ -375,6 +402,12 @@ class Checker:
         j.status = new
         j.terminal_at = self._now() if new in TERMINAL else None
         j.attempt = max(j.attempt, attempt)
+        charged = f.get("run_attempts")
+        if new not in TERMINAL and charged is not None and charged != j.run_attempts:
+            self.fail(Invariant.RETRY_BUDGET,
+                      f"job {j.key} ({old}->{new}) has {charged} attempt(s) charged to its retry "
+                      f"budget, but {j.run_attempts} of this run's attempts were leased and not "
+                      f"undelivered", j.describe(), *j.history[-6:], ev)
 
     def _check_outcome(self, j: JobModel, new: str, ev: str) -> bool:
         """How a running job ends must follow from how its attempt ended (DESIGN §3): success
@@ -400,6 +433,8 @@ class Checker:
             want = {"FAILED"}
         if new not in want:
             inv = Invariant.REAP_AND_CANCEL if want == {"SCHEDULED"} else Invariant.TRANSITIONS
+            if new == "FAILED" and want == {"SCHEDULED"} and ended != "UNDELIVERED":
+                inv = Invariant.RETRY_BUDGET  # the budget ran out early: charged for more
             self.fail(inv, f"job {j.key}: attempt ended {ended} (run attempt {j.run_attempts} of "
                            f"{None if j.retry_count is None else j.retry_count + 1} allowed, "
                            f"cancel flag {j.cancel_flag}) but the job became {new}, not "
@@ -437,6 +472,7 @@ class Checker:
             self.fail(Invariant.ATTEMPTS, f"job {j.key} handed out attempt {attempt} after attempt "
                          f"{j.max_leased}", j.describe(), ev)
             return
+        self._check_due(j, j.task, f)
         self._check_priority(j, f)
         if self.failed is not None:
             return
@@ -456,6 +492,30 @@ class Checker:
         j.run_attempts += 1
         self.live_leases[tid] = j.key
         self._set_task(j, None)
+
+    def _check_due(self, j: JobModel, task: Queued, f: dict[str, Any]) -> None:
+        """Invariant 13: only a ready task is leased (a timer waits for its start time or
+        retry backoff, a task with limits left waits for its slot or rate token), and never
+        before its due time on the node's monotonic clock."""
+        ev = f"event: task_leased {f}"
+        if task.where != READY:
+            what = ("waiting for a concurrency slot" if task.where != TIMER
+                    else f"waiting in the timer index with {task.limits_left} limit(s) left"
+                    if task.limits_left else "waiting in the timer index")
+            self.fail(Invariant.NOT_BEFORE_DUE,
+                      f"job {j.key} attempt {task.attempt} was leased while {what} (due "
+                      f"{task.due_ms}, leased at {f['at_ms']})", j.describe(), ev)
+            return
+        mono = f.get("mono_ms")
+        if (task.exact_due and task.due_mono_ms is not None and mono is not None
+                and task.steps_at == self.clock_steps.get(_host_name(j.host), 0)):
+            self.leased_early_checked += 1
+            if mono < task.due_mono_ms:
+                self.fail(Invariant.NOT_BEFORE_DUE,
+                          f"job {j.key} attempt {task.attempt} was leased "
+                          f"{task.due_mono_ms - mono} ms before it was due (due at "
+                          f"{task.due_mono_ms} ms on the node's monotonic clock, leased at "
+                          f"{mono} ms)", j.describe(), *j.history[-4:], ev)
 
     def _check_priority(self, j: JobModel, f: dict[str, Any]) -> None:
         at = f["at_ms"]
@@ -910,6 +970,7 @@ class Checker:
                 j, None if st.task is None else Queued(
                     st.task[0], st.task[1], st.task[2], left,
                     st.task[1] - host.clock.now_ms() + host.clock.monotonic_ms(),
+                    exact_due=False,
                 )
             )
             j.lease = None

@@ -34,6 +34,9 @@ MUTATIONS: dict[str, str] = {
     "over-grant": "a concurrency queue grants one slot beyond its max",
     "leak-holder": "releasing a concurrency slot leaves its holder row behind",
     "no-fencing": "heartbeats and reports skip the lease owner check",
+    "lease-before-due": "timers (start times, retry backoffs, rate-token waits) fall due a "
+                        "second early",
+    "charge-undelivered": "an undelivered attempt is charged to the job's retry budget",
 }
 
 STALL_STEPS = 100_000

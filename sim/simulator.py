@@ -343,6 +343,7 @@ class Simulator:
         delta = rng.randint(*self.plan.clock_jump_ms)
         self.board.count("clock.jump", f"{host.name} {delta:+d}ms")
         host.clock.step_wall_ms(delta)
+        self.checker.on_clock_step(host)
 
     async def _inject_worker_crash(self, rng: random.Random) -> None:
         live = [w for name, w in sorted(self.workers.items()) if w.running]

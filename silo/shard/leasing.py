@@ -111,7 +111,9 @@ class Leasing(ShardRoom):
         """Promote up to ``limit`` timers due by the monotonic clock (DESIGN §4 "Deadlines");
         a timer that cannot be processed is a poison item (see :mod:`silo.shard.quarantine`)."""
         assert txn.mono is not None
-        promoted = self._mirror.due_timers(txn.mono, limit)
+        # Planted bug for the simulator: timers fall due a second early.
+        early_ms = 1000 if self._rt.faults.mutation("lease-before-due") else 0
+        promoted = self._mirror.due_timers(txn.mono + early_ms, limit)
         await txn.prefetch(
             [k for t in promoted if not t.is_refresh for k in job_keys(t.tenant, t.job_id)[:2]]
         )
@@ -560,6 +562,8 @@ class Leasing(ShardRoom):
 
         if undelivered:
             new = transitions.undelivered(state, now)
+            if self._rt.faults.mutation("charge-undelivered"):
+                new.run_attempts = state.run_attempts  # planted bug: the budget is charged
             await self._limiter.queue_attempt(txn, info, new, now)
             self._stats["undelivered"] += 1
         elif isinstance(outcome, Success):

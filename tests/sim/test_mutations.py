@@ -29,6 +29,8 @@ CASES = {
     "leak-holder": ("concurrency", Invariant.SLOT_LIMIT, "holder"),
     # A zombie worker heartbeats and reports other workers' task ids.
     "no-fencing": ("zombie", Invariant.FENCING, "does not own"),
+    "lease-before-due": ("happy", Invariant.NOT_BEFORE_DUE, "before it was due"),
+    "charge-undelivered": ("lease_expiry", Invariant.RETRY_BUDGET, "charged to its retry budget"),
 }
 MAX_SEEDS = 50
 
