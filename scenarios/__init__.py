@@ -25,6 +25,7 @@ from scenarios import (
     message_loss,
     priority,
     rate_limits,
+    retry_extremes,
     retry_releases,
     retry_storm,
     zombie,
@@ -50,6 +51,7 @@ SCENARIOS: dict[str, Scenario] = {
     "rate_limits": rate_limits.run,
     "head_of_line": head_of_line.run,
     "zombie": zombie.run,
+    "retry_extremes": retry_extremes.run,
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -66,5 +68,6 @@ DESCRIPTIONS: dict[str, str] = {
         "rate_limits": rate_limits,
         "head_of_line": head_of_line,
         "zombie": zombie,
+        "retry_extremes": retry_extremes,
     }.items()
 }

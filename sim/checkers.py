@@ -601,6 +601,21 @@ class Checker:
                 j.run_attempts -= 1  # the retry budget is charged only for delivered leases
         j.lease = None
 
+    def _on_poison_item(self, host: Any, f: dict[str, Any]) -> None:
+        """Invariant 17: the simulator injects no corrupt records, so no request or stored row
+        may be one the shard cannot process."""
+        self.fail(Invariant.NO_NODE_DEATH,
+                  f"{_host_name(host)} shard {f['shard']}: {f['what']} could not be processed "
+                  f"and was handled as a poison item ({f['error']})", f"event: poison_item {f}")
+
+    def on_poison_count(self, host: Any, shard: int, n: int) -> None:
+        """The shard's poison counter (``statistics().poison_items``), read periodically: it
+        also counts background-loop rounds that raised, which emit no event."""
+        if n > 0:
+            self.fail(Invariant.NO_NODE_DEATH,
+                      f"{_host_name(host)} shard {shard} counted {n} poison item(s) (an item or "
+                      f"a background-loop round raised) in a run without corrupt records")
+
     def _on_task_too_large(self, host: Any, f: dict[str, Any]) -> None:
         """A queued task that can never fit in a LeaseTasks reply: its attempt is recorded
         FAILED without a lease (the status change to FAILED follows)."""

@@ -37,6 +37,8 @@ MUTATIONS: dict[str, str] = {
     "lease-before-due": "timers (start times, retry backoffs, rate-token waits) fall due a "
                         "second early",
     "charge-undelivered": "an undelivered attempt is charged to the job's retry budget",
+    "poison-retry-overflow": "retry backoff uses the unguarded float power, which overflows for "
+                             "large factors and retry numbers",
 }
 
 STALL_STEPS = 100_000
@@ -162,12 +164,14 @@ def run_one(
     )
     if sim.violation is not None:
         v = sim.violation
-        result.exit_code = EXIT_VIOLATION
+        # Invariant 17: the code under test could not process a request or a record.
+        result.exit_code = EXIT_CRASH if v.invariant == Invariant.NO_NODE_DEATH else EXIT_VIOLATION
         result.invariant = v.invariant
         result.message = f"{v.title}: {v.message}"
         result.evidence = list(v.evidence)
     elif sim.crash_report is not None:
         result.exit_code = EXIT_CRASH
+        result.invariant = sim.crash_invariant
         result.message = sim.crash_report
     elif sim.liveness_report is not None:
         result.exit_code = EXIT_LIVENESS

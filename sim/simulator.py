@@ -79,6 +79,8 @@ class Simulator:
         self._fault_nursery: trio.Nursery | None = None
         self.violation: Violation | None = None
         self.crash_report: str | None = None
+        self.crash_invariant: Invariant | None = None
+        """Set when the crash is the code under test dying from a request (invariant 17)."""
         self.liveness_report: str | None = None
         self.stopped = False
         self.phase = "setup"
@@ -127,6 +129,7 @@ class Simulator:
             return
         tb = "".join(traceback.format_exception(exc))
         self.crash_report = f"crash: {what}: {exc!r}\n{tb}"
+        self.crash_invariant = Invariant.NO_NODE_DEATH
         self.trace.record(f"CRASH {what}: {exc!r}")
         self.stop()
 
@@ -250,6 +253,14 @@ class Simulator:
         while True:
             await trio.sleep(TICK_S)
             self.checker.tick(trio.current_time())
+            self._check_poison()
+
+    def _check_poison(self) -> None:
+        """Invariant 17 for errors that emit no event (a background-loop round that raised)."""
+        for _, node in sorted(self.nodes.items()):
+            if node.serving and node.node is not None:
+                for sid, shard in sorted(node.node.shards.items()):
+                    self.checker.on_poison_count(node, sid, shard.statistics().poison_items)
 
     # -- fault phase ------------------------------------------------------------------------
 
@@ -428,6 +439,9 @@ class Simulator:
             return
         for _, w in sorted(self.workers.items()):
             await w.stop(2.0)
+        self._check_poison()
+        if not self.ok:
+            return
         for _, node in sorted(self.nodes.items()):
             assert node.node is not None
             for sid, shard in sorted(node.node.shards.items()):

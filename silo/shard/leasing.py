@@ -574,6 +574,11 @@ class Leasing(ShardRoom):
                 txn.put(key(Prefix.CANCEL, lease.tenant, lease.job_id), encode_int(now))
         else:
             jitter = 1.0 + self._rng.random()
+            if self._rt.faults.mutation("poison-retry-overflow"):
+                # Planted bug for the simulator: the unguarded float power of old, which
+                # overflows for a large factor and retry number.
+                _ = info.retry.initial_backoff_ms * info.retry.backoff_factor ** max(
+                    0, state.run_attempts - 1)
             delay = None if final else retry_delay_ms(info.retry, state.run_attempts, jitter)
             if state.attempt_rows >= self._limits.max_attempts_per_job:
                 delay = None  # the job has made every attempt it may ever make
