@@ -105,6 +105,9 @@ class Queued:
     task was queued (a node re-bases timers on the wall clock when a shard reopens)."""
     steps_at: int = -1
     """How many wall-clock steps its node had taken when the task was queued (-1: unset)."""
+    gen_at: int = -1
+    """The node's generation (process incarnation) when the task was queued: a new process
+    re-bases stored due times on its wall clock, so a wall step in between moves them."""
 
     def leasable(self, at_ms: int, mono_ms: int | None = None) -> bool:
         """Could a lease at ``at_ms`` (monotonic ``mono_ms``) hand this task out? Ready tasks
@@ -243,6 +246,13 @@ class Checker:
         self.last_step_s: dict[str, float] = {}
         self.leased_early_checked = 0
         """Leases of a queued task whose due time was checked exactly (invariant 13)."""
+        self.computed: dict[str, tuple[str, str]] = {}
+        """Task id -> (worker id, attempt state) of each outcome a worker's handler produced
+        while its lease was live (invariant 15)."""
+        self.dropped: dict[str, str] = {}
+        """Task id -> the reason the worker SDK gave for dropping its report."""
+        self.lost_with_worker = 0
+        """Computed outcomes whose worker process crashed before it settled their report."""
         self.task_owner: dict[str, LeaseOwner] = {}
         """Every task id ever leased -> who owns it (a task id is leased once, to one worker)."""
         self.fenced = 0
@@ -277,8 +287,16 @@ class Checker:
     def _set_task(self, j: JobModel, task: Queued | None) -> None:
         name = _host_name(j.host)
         q = self.queues.setdefault((name, j.shard, j.task_group), {})
-        if task is not None and task.steps_at == -1:
+        old = j.task
+        if (task is not None and task.steps_at == -1 and old is not None
+                and old.attempt == task.attempt and old.due_ms == task.due_ms):
+            # Moved with its due time unchanged (timer -> ready, parked -> ready): the node
+            # keeps the deadline it indexed, whatever the wall clock did since.
+            task.due_mono_ms, task.exact_due = old.due_mono_ms, old.exact_due
+            task.steps_at, task.gen_at = old.steps_at, old.gen_at
+        elif task is not None and task.steps_at == -1:
             task.steps_at = self.clock_steps.get(name, 0)
+            task.gen_at = getattr(j.host, "generation", 0)
             last = self.last_step_s.get(name)
             if last is not None and self._now() - last < STEP_SETTLE_S:
                 task.exact_due = False
@@ -507,8 +525,9 @@ class Checker:
                       f"{task.due_ms}, leased at {f['at_ms']})", j.describe(), ev)
             return
         mono = f.get("mono_ms")
-        if (task.exact_due and task.due_mono_ms is not None and mono is not None
-                and task.steps_at == self.clock_steps.get(_host_name(j.host), 0)):
+        same_offset = (task.steps_at == self.clock_steps.get(_host_name(j.host), 0)
+                       or task.gen_at == getattr(j.host, "generation", 0))
+        if task.exact_due and task.due_mono_ms is not None and mono is not None and same_offset:
             self.leased_early_checked += 1
             if mono < task.due_mono_ms:
                 self.fail(Invariant.NOT_BEFORE_DUE,
@@ -864,6 +883,53 @@ class Checker:
                     return
             elif task_id in self.task_owner and self.task_owner[task_id].worker_id != worker_id:
                 self.fenced += 1
+
+    # -- what workers computed (invariant 15) ----------------------------------------------
+
+    def on_outcome_computed(self, worker_id: str, task_id: str, state: str) -> None:
+        """A worker's handler for ``task_id`` produced an outcome that leaves ``state``."""
+        key = self.live_leases.get(task_id)
+        owner = self.task_owner.get(task_id)
+        if key is None or owner is None or owner.worker_id != worker_id:
+            return  # the lease had already ended: the report may rightly be refused
+        self.computed[task_id] = (worker_id, state)
+
+    def on_report_dropped(self, worker_id: str, task_id: str, reason: str) -> None:
+        self.dropped[task_id] = reason
+
+    def on_worker_crash(self, worker_id: str) -> None:
+        """The worker process died: outcomes it had not settled die with it."""
+        for tid, (wid, _) in sorted(self.computed.items()):
+            if wid == worker_id and tid not in self.dropped:
+                self.lost_with_worker += 1
+                del self.computed[tid]
+
+    def final_results(self) -> None:
+        """After healing and the workers' clean stop: every computed outcome is the recorded
+        state of its attempt, or its report was dropped with a reason."""
+        if self.failed is not None:
+            return
+        for tid, (wid, state) in sorted(self.computed.items()):
+            reason = self.dropped.get(tid)
+            if reason is not None:
+                if not reason.strip():
+                    self.fail(Invariant.RESULTS_RECORDED,
+                              f"the report of task {tid} ({state}, worker {wid}) was dropped "
+                              f"without a reason")
+                    return
+                continue
+            owner = self.task_owner[tid]
+            j = self.jobs.get((owner.tenant, owner.job_id))
+            if j is None or j.deleted:
+                continue
+            recorded = j.attempts.get(owner.attempt)
+            if recorded != state:
+                self.fail(Invariant.RESULTS_RECORDED,
+                          f"worker {wid} computed {state} for task {tid} (job {j.key} attempt "
+                          f"{owner.attempt}) while its lease was live, but the attempt is "
+                          f"recorded {recorded} and the SDK never reported the result dropped",
+                          j.describe(), *j.history[-6:])
+                return
 
     # -- periodic checks --------------------------------------------------------------------
 

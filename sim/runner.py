@@ -39,6 +39,7 @@ MUTATIONS: dict[str, str] = {
     "charge-undelivered": "an undelivered attempt is charged to the job's retry budget",
     "poison-retry-overflow": "retry backoff uses the unguarded float power, which overflows for "
                              "large factors and retry numbers",
+    "drop-reports": "the last outcome report of a batch is answered OK but never recorded",
 }
 
 STALL_STEPS = 100_000

@@ -362,6 +362,7 @@ class Simulator:
             return
         w = rng.choice(live)
         self.board.count("worker.crash", w.worker_id)
+        self.checker.on_worker_crash(w.worker_id)
         w.crash()
         self.spawn(self._restart_worker_later, w, rng.uniform(*self.plan.worker_restart_s))
 
@@ -439,6 +440,7 @@ class Simulator:
             return
         for _, w in sorted(self.workers.items()):
             await w.stop(2.0)
+        self.checker.final_results()
         self._check_poison()
         if not self.ok:
             return

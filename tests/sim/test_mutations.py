@@ -33,6 +33,8 @@ CASES = {
     "charge-undelivered": ("lease_expiry", Invariant.RETRY_BUDGET, "charged to its retry budget"),
     # Invariant 17 fails the run as a crash of the code under test (exit 3).
     "poison-retry-overflow": ("retry_extremes", Invariant.NO_NODE_DEATH, "poison item"),
+    # High latency makes workers batch their reports; the lost report's lease is reaped.
+    "drop-reports": ("high_latency", Invariant.RESULTS_RECORDED, "never reported"),
 }
 MAX_SEEDS = 50
 
