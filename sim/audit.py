@@ -65,6 +65,8 @@ class ShardImage:
     """Deleted (tenant, job id) -> the highest attempt number it used."""
     requests: dict[tuple[str, str], int] = field(default_factory=dict)
     """(tenant, queue) -> parked requests."""
+    parked: dict[tuple[str, str], list[Task]] = field(default_factory=dict)
+    """(tenant, queue) -> the tasks parked on it, in key order."""
 
     @classmethod
     def parse(cls, items: list[tuple[bytes, bytes]]) -> ShardImage:
@@ -82,6 +84,7 @@ class ShardImage:
                 if p == Prefix.CONCURRENCY_REQUEST:
                     _, (t, q, *_rest) = keys.parse(k)
                     img.requests[(str(t), str(q))] = img.requests.get((str(t), str(q)), 0) + 1
+                    img.parked.setdefault((str(t), str(q)), []).append(task)
                 if not task.is_refresh:  # floating-limit refresh tasks belong to no job
                     img.queued.append((QUEUE_KINDS[p], task))
             elif p == Prefix.LEASE:
@@ -145,6 +148,51 @@ def diff_counters(stored: dict[bytes, int], recount: dict[bytes, int]) -> list[s
     return out
 
 
+def wait_for_cycle(img: ShardImage) -> list[str] | None:
+    """Invariant 16: a cycle in the wait-for graph of parked requests (job J waits for job K
+    when J is parked on a queue a slot of which K holds), as ``["tenant/job holds ... waits
+    on ...", ...]``; None when there is none."""
+    holders_of: dict[tuple[str, str], list[str]] = {}
+    for (tenant, queue), rows in sorted(img.holders.items()):
+        holders_of[(tenant, queue)] = sorted({job for job, _ in rows.values()})
+    waits: dict[JobKey, list[tuple[str, JobKey]]] = {}
+    for (tenant, queue), tasks in sorted(img.parked.items()):
+        for task in tasks:
+            if task.is_refresh:
+                continue
+            for job in holders_of.get((tenant, queue), []):
+                if job != task.job_id:
+                    waits.setdefault((tenant, task.job_id), []).append((queue, (tenant, job)))
+    done: set[JobKey] = set()
+    for start in sorted(waits):
+        # Iterative DFS; ``path`` is the current chain of (job, queue it waits on).
+        path: list[tuple[JobKey, str]] = []
+        on_path: dict[JobKey, int] = {}
+        stack: list[tuple[JobKey, int]] = [(start, 0)]
+        while stack:
+            node, i = stack.pop()
+            if i == 0:
+                if node in done:
+                    continue
+                on_path[node] = len(path)
+                path.append((node, ""))
+            edges = waits.get(node, [])
+            if i < len(edges):
+                stack.append((node, i + 1))
+                queue, nxt = edges[i]
+                path[-1] = (node, queue)
+                if nxt in on_path:
+                    cycle = path[on_path[nxt]:]
+                    return [f"{t}/{j} waits on queue {q!r}" for (t, j), q in cycle]
+                if nxt not in done:
+                    stack.append((nxt, 0))
+            else:
+                done.add(node)
+                del on_path[node]
+                path.pop()
+    return None
+
+
 def audit_holders(
     img: ShardImage, where: str, max_changed: frozenset[tuple[str, str]] = frozenset()
 ) -> list[tuple[int, str]]:
@@ -200,6 +248,11 @@ def audit_image(
 ) -> list[tuple[int, str]]:
     """Problems found in one durable shard image, as ``(invariant, message)``."""
     problems: list[tuple[int, str]] = audit_holders(img, where, max_changed)
+    cycle = wait_for_cycle(img)
+    if cycle is not None:
+        problems.insert(0, (Invariant.NO_WAIT_CYCLE,
+                            f"{where}: wait-for cycle among parked requests (each holds a slot "
+                            f"the next waits for): " + "; ".join(cycle)))
     problems += audit_idle_rows(img, where)
     for key in sorted(set(img.infos) ^ set(img.states)):
         problems.append((Invariant.TRANSITIONS,

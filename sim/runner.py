@@ -40,6 +40,7 @@ MUTATIONS: dict[str, str] = {
     "poison-retry-overflow": "retry backoff uses the unguarded float power, which overflows for "
                              "large factors and retry numbers",
     "drop-reports": "the last outcome report of a batch is answered OK but never recorded",
+    "limits-given-order": "a job acquires its limits in the order given, not the canonical one",
 }
 
 STALL_STEPS = 100_000

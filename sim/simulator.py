@@ -20,7 +20,7 @@ import trio
 from silo.client.client import RetrySettings
 from silo.errors import Code, SiloError
 from silo.runtime import RandomSource
-from sim.audit import ShardImage, diff_counters
+from sim.audit import ShardImage, diff_counters, wait_for_cycle
 from sim.checkers import Checker, Violation
 from sim.faults import FaultBoard
 from sim.hosts import ClientHost, NodeHost, SimWorker
@@ -29,6 +29,8 @@ from sim.network import NetConfig, SimNetwork
 from sim.trace import Trace, format_fields
 
 TICK_S = 0.25
+WAIT_FOR_EVERY_TICKS = 20
+"""The wait-for graph (invariant 16) is checked every this many ticks."""
 MAX_RUN_S = 1800.0
 """Simulated seconds after which a run that has not finished counts as a missed liveness bound
 (e.g. a node that never manages to restart)."""
@@ -250,10 +252,28 @@ class Simulator:
             await trio.sleep_forever()
 
     async def _ticker(self) -> None:
+        n = 0
         while True:
             await trio.sleep(TICK_S)
             self.checker.tick(trio.current_time())
             self._check_poison()
+            n += 1
+            if n % WAIT_FOR_EVERY_TICKS == 0:
+                self._check_wait_for()
+
+    def _check_wait_for(self) -> None:
+        """Invariant 16 on every serving node's durable shard images: no wait-for cycle among
+        parked requests (a cycle never resolves by itself, so a periodic look finds it)."""
+        for _, node in sorted(self.nodes.items()):
+            if not node.serving:
+                continue
+            for path in node.shard_paths():
+                cycle = wait_for_cycle(ShardImage.parse(node.disk.durable_items(path)))
+                if cycle is not None:
+                    self.checker.fail(Invariant.NO_WAIT_CYCLE,
+                                      f"{node.name}:{path}: wait-for cycle among parked "
+                                      f"requests (each holds a slot the next waits for)", *cycle)
+                    return
 
     def _check_poison(self) -> None:
         """Invariant 17 for errors that emit no event (a background-loop round that raised)."""
@@ -397,6 +417,9 @@ class Simulator:
             if trio.current_time() >= deadline:
                 break
             await trio.sleep(TICK_S)
+        self._check_wait_for()  # a deadlock is the better report than its missed bound
+        if not self.ok:
+            return False
         open_jobs = self.checker.open_jobs()
         lines = [f"{len(open_jobs)} job(s) not terminal {bound_s:.0f}s after healing"]
         for j in open_jobs[:5]:

@@ -35,6 +35,8 @@ CASES = {
     "poison-retry-overflow": ("retry_extremes", Invariant.NO_NODE_DEATH, "poison item"),
     # High latency makes workers batch their reports; the lost report's lease is reaped.
     "drop-reports": ("high_latency", Invariant.RESULTS_RECORDED, "never reported"),
+    # concurrency names each job's queues in a random order.
+    "limits-given-order": ("concurrency", Invariant.NO_WAIT_CYCLE, "wait-for cycle"),
 }
 MAX_SEEDS = 50
 
