@@ -23,7 +23,24 @@ events ever being emitted). Numbers are DESIGN §7's invariants:
 9. a lease never hands out a task while a due task of the same shard and task group with a
    higher priority (lower number) waits (a task parked on a concurrency queue, or in the timer
    index with limits left to acquire, e.g. waiting for a reserved rate token, is not due);
-12. counters equal a recount (final audit and after every crash).
+12. counters equal a recount (final audit and after every crash);
+13. only a ready task is leased, and never before its due time on the node's monotonic clock
+    (start time, retry backoff, rate-token wait; checked on ``task_leased`` when the model knows
+    the node's deadline exactly: see :attr:`Queued.exact_due`);
+14. the retry budget is charged only for delivered attempts: ``status_changed`` carries the
+    shard's ``run_attempts``, which must equal leases minus undelivered ones this run, and a
+    job never ends FAILED while its budget lasts;
+15. every outcome a worker's handler computed while its lease was live is, after the workers'
+    clean stop, the recorded state of its attempt, or the SDK dropped its report with a reason
+    (fed by :class:`sim.observed_worker.ObservedWorker`; a crashed worker's outcomes die with
+    it);
+16. no wait-for cycle among parked requests (the durable images, see
+    :func:`sim.audit.wait_for_cycle`); holder rows of ended tasks are invariant 2's audit;
+17. no poison item (``poison_item`` event, or the shard's poison counter): the simulator
+    injects no corrupt records; the run fails with exit 3;
+fencing. a heartbeat or report from a worker that does not own the lease is refused and
+    causes no lease event (``by_worker_id`` on ``lease_extended`` / ``lease_ended``, and the
+    answers the server gave, against the owner named by ``task_leased``).
 
 Checkers never raise into the code under test: they hand a :class:`Violation` to ``report``.
 """
