@@ -468,8 +468,9 @@ class Checker:
             want = {"FAILED"}
         if new not in want:
             inv = Invariant.REAP_AND_CANCEL if want == {"SCHEDULED"} else Invariant.TRANSITIONS
-            if new == "FAILED" and want == {"SCHEDULED"} and ended != "UNDELIVERED":
-                inv = Invariant.RETRY_BUDGET  # the budget ran out early: charged for more
+            if new == "FAILED" and want == {"SCHEDULED"} and j.undelivered:
+                # The budget ran out early in a run with undelivered attempts: charged for them.
+                inv = Invariant.RETRY_BUDGET
             self.fail(inv, f"job {j.key}: attempt ended {ended} (run attempt {j.run_attempts} of "
                            f"{None if j.retry_count is None else j.retry_count + 1} allowed, "
                            f"cancel flag {j.cancel_flag}) but the job became {new}, not "
@@ -533,10 +534,10 @@ class Checker:
         retry backoff, a task with limits left waits for its slot or rate token), and never
         before its due time on the node's monotonic clock."""
         ev = f"event: task_leased {f}"
-        if task.where != READY:
+        if task.where != READY and (task.where != TIMER or task.limits_left):
+            # (A due timer with no limit left is promoted by the lease call itself.)
             what = ("waiting for a concurrency slot" if task.where != TIMER
-                    else f"waiting in the timer index with {task.limits_left} limit(s) left"
-                    if task.limits_left else "waiting in the timer index")
+                    else f"waiting in the timer index with {task.limits_left} limit(s) left")
             self.fail(Invariant.NOT_BEFORE_DUE,
                       f"job {j.key} attempt {task.attempt} was leased while {what} (due "
                       f"{task.due_ms}, leased at {f['at_ms']})", j.describe(), ev)

@@ -28,7 +28,7 @@ from silo.model import (
 )
 from silo.pb.silo import v1 as pb
 from silo.shard.tables import JOBS_TERMINAL, JOBS_TOTAL, ready_key, status_counter
-from sim.audit import ShardImage, audit_holders, audit_image
+from sim.audit import ShardImage, audit_holders, audit_image, wait_for_cycle
 from sim.checkers import REAP_SLACK_S, Checker, Violation, reachable
 from sim.invariants import Invariant
 
@@ -298,10 +298,10 @@ def test_inv8_heartbeat_hides_cancel() -> None:
     h.enqueue("a")
     h.lease("a", "t1")
     h.ev("cancel_requested", job_id="a", status="RUNNING", at_ms=T0)
-    token = h.checker.on_heartbeat_start(bytes(pb.HeartbeatRequest(task_id="t1")))
+    token = h.checker.on_heartbeat_start(bytes(pb.HeartbeatRequest(task_id="t1", worker_id="w")))
     h.checker.on_heartbeat_end(token, bytes(pb.HeartbeatResponse(cancelled=True)))
     assert h.violations == []
-    token = h.checker.on_heartbeat_start(bytes(pb.HeartbeatRequest(task_id="t1")))
+    token = h.checker.on_heartbeat_start(bytes(pb.HeartbeatRequest(task_id="t1", worker_id="w")))
     h.checker.on_heartbeat_end(token, bytes(pb.HeartbeatResponse(cancelled=False)))
     assert h.invariant == Invariant.REAP_AND_CANCEL
 
@@ -558,7 +558,7 @@ def _holder_image(status: JobStatus, holder_task: str, max_: int = 1,
 
 def test_audit_holder_row_of_terminal_job() -> None:
     problems = audit_holders(_holder_image(JobStatus.SUCCEEDED, "t1"), "x")
-    assert problems and problems[0][0] == 2
+    assert problems and problems[0][0] == Invariant.SLOT_LIMIT
     assert "holder row left behind" in problems[0][1]
 
 
@@ -603,3 +603,148 @@ def test_audit_idle_queue_rows_and_zero_counters() -> None:
     assert [inv for inv, _ in problems] == [12, 12]
     assert "idle queue 'idle'" in problems[0][1]
     assert "stored as zero" in problems[1][1]
+
+
+# -- invariants 13-17 and fencing --------------------------------------------------------------
+
+
+def test_inv13_lease_before_the_monotonic_due_time() -> None:
+    h = Harness()
+    h.ev("job_enqueued", job_id="a", task_group="g", priority=50, due_ms=T0 + 500)
+    h.ev("status_changed", job_id="a", old=None, new="SCHEDULED", attempt=1, at_ms=T0,
+         task_group="g", priority=50, due_ms=T0 + 500, where=TIMER, limits_left=0, mono_ms=0)
+    h.ev("task_moved", job_id="a", attempt=1, due_ms=T0 + 500, where=READY, limits_left=0,
+         at_ms=T0 + 400, mono_ms=400)
+    h.ev("task_leased", job_id="a", task_id="t1", attempt=1, worker_id="w", task_group="g",
+         priority=50, due_ms=T0 + 500, expiry_ms=T0 + 1400, at_ms=T0 + 400, mono_ms=400)
+    assert h.invariant == Invariant.NOT_BEFORE_DUE
+    assert "100 ms before it was due" in h.violations[0].message
+
+
+def test_inv13_lease_at_the_due_time_passes_and_clock_steps_relax_it() -> None:
+    h = Harness()
+    h.ev("job_enqueued", job_id="a", task_group="g", priority=50, due_ms=T0 + 500)
+    h.ev("status_changed", job_id="a", old=None, new="SCHEDULED", attempt=1, at_ms=T0,
+         task_group="g", priority=50, due_ms=T0 + 500, where=TIMER, limits_left=0, mono_ms=0)
+    h.checker.on_clock_step(h.host)
+    h.host.generation = 2  # type: ignore[attr-defined]  # restarted: deadlines re-based
+    h.ev("task_leased", job_id="a", task_id="t1", attempt=1, worker_id="w", task_group="g",
+         priority=50, due_ms=T0 + 500, expiry_ms=T0 + 1400, at_ms=T0 + 400, mono_ms=400)
+    assert h.violations == []
+
+
+def test_inv13_lease_of_a_parked_task() -> None:
+    h = Harness()
+    h.ev("job_enqueued", job_id="a", task_group="g", priority=50, due_ms=T0)
+    h.ev("status_changed", job_id="a", old=None, new="SCHEDULED", attempt=1, at_ms=T0,
+         task_group="g", priority=50, due_ms=T0, where=PARKED, limits_left=1, mono_ms=0)
+    h.lease("a", "t1")
+    assert h.invariant == Invariant.NOT_BEFORE_DUE
+    assert "concurrency slot" in h.violations[0].message
+
+
+def test_inv14_undelivered_attempt_charged() -> None:
+    h = Harness()
+    _enqueue_with_retries(h, "a", 1)
+    h.lease("a", "t1")
+    h.ev("lease_ended", job_id="a", task_id="t1", attempt=1, outcome="undelivered",
+         at_ms=T0 + 10, state="UNDELIVERED")
+    h.ev("status_changed", job_id="a", old="RUNNING", new="SCHEDULED", attempt=2,
+         at_ms=T0 + 10, task_group="g", priority=50, due_ms=T0 + 10, run_attempts=1)
+    assert h.invariant == Invariant.RETRY_BUDGET
+
+
+def test_inv14_undelivered_attempt_free_passes() -> None:
+    h = Harness()
+    _enqueue_with_retries(h, "a", 1)
+    h.lease("a", "t1")
+    h.ev("lease_ended", job_id="a", task_id="t1", attempt=1, outcome="undelivered",
+         at_ms=T0 + 10, state="UNDELIVERED")
+    h.ev("status_changed", job_id="a", old="RUNNING", new="SCHEDULED", attempt=2,
+         at_ms=T0 + 10, task_group="g", priority=50, due_ms=T0 + 10, run_attempts=0)
+    assert h.violations == []
+
+
+def test_inv15_computed_result_neither_recorded_nor_dropped() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    h.checker.on_outcome_computed("w", "t1", "SUCCEEDED")
+    h.end("a", "t1", state="FAILED", new="FAILED", outcome="reaped")
+    h.checker.final_results()
+    assert h.invariant == Invariant.RESULTS_RECORDED
+
+
+def test_inv15_dropped_with_a_reason_or_recorded_passes() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    h.checker.on_outcome_computed("w", "t1", "SUCCEEDED")
+    h.checker.on_report_dropped("w", "t1", "refused with NOT_FOUND: lease expired")
+    h.end("a", "t1", state="FAILED", new="FAILED", outcome="reaped")
+    h.enqueue("b")
+    h.lease("b", "t2")
+    h.checker.on_outcome_computed("w", "t2", "SUCCEEDED")
+    h.end("b", "t2")
+    h.checker.final_results()
+    assert h.violations == []
+
+
+def test_inv16_wait_for_cycle() -> None:
+    img = ShardImage()
+    img.holders[("t", "A")] = {"t1": ("j", 1)}
+    img.holders[("t", "B")] = {"t2": ("k", 1)}
+    img.parked[("t", "B")] = [Task("t1", "t", "j", 1, "g", 50, T0)]
+    assert wait_for_cycle(img) is None
+    img.parked[("t", "A")] = [Task("t2", "t", "k", 1, "g", 50, T0)]
+    cycle = wait_for_cycle(img)
+    assert cycle is not None and len(cycle) == 2
+    problems = audit_image(img, "x")
+    assert problems[0][0] == Invariant.NO_WAIT_CYCLE
+
+
+def test_inv17_poison_item() -> None:
+    h = Harness()
+    h.ev("poison_item", what="report t1", error="OverflowError: boom", at_ms=T0)
+    assert h.invariant == Invariant.NO_NODE_DEATH
+    h = Harness()
+    h.checker.on_poison_count(h.host, 0, 0)
+    assert h.violations == []
+    h.checker.on_poison_count(h.host, 0, 1)
+    assert h.invariant == Invariant.NO_NODE_DEATH
+
+
+def test_fencing_heartbeat_of_another_workers_lease_answered_ok() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    token = h.checker.on_heartbeat_start(bytes(pb.HeartbeatRequest(task_id="t1",
+                                                                   worker_id="zombie")))
+    h.checker.on_heartbeat_end(token, bytes(pb.HeartbeatResponse()))
+    assert h.invariant == Invariant.FENCING
+
+
+def test_fencing_lease_event_caused_by_a_non_owner() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    h.ev("lease_extended", job_id="a", task_id="t1", attempt=1, expiry_ms=T0 + 2000,
+         at_ms=T0 + 5, by_worker_id="w")
+    assert h.violations == []
+    h.ev("lease_ended", job_id="a", task_id="t1", attempt=1, outcome="succeeded",
+         at_ms=T0 + 10, state="SUCCEEDED", by_worker_id="zombie")
+    assert h.invariant == Invariant.FENCING
+
+
+def test_fencing_report_of_another_workers_lease_refused_passes() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    req = pb.ReportOutcomesRequest(outcomes=[pb.Outcome(task_id="t1", worker_id="zombie")])
+    token = h.checker.on_report_start("ReportOutcomes", bytes(req))
+    resp = pb.ReportOutcomesResponse(statuses=[pb.OutcomeStatus(code=9, message="mismatch")])
+    h.checker.on_report_end("ReportOutcomes", token, bytes(resp), None)
+    assert h.violations == []
+    resp = pb.ReportOutcomesResponse(statuses=[pb.OutcomeStatus(code=0)])
+    h.checker.on_report_end("ReportOutcomes", token, bytes(resp), None)
+    assert h.invariant == Invariant.FENCING
