@@ -1,11 +1,13 @@
 """Rate limits with small budgets: a job that finds no token waits in the timer index until its
 reserved token's time and then goes on (no polling); every job completes, and no queued attempt
-moves between the timer, request and ready queues more than a few times.
+moves between the timer, request and ready queues more than a few times (a move into the slot a
+cancelled job gave back is not counted); no bucket grants more than its limit in a window.
 
 Parameters: 1-3 rate buckets (limit 1-5 per 500-3000 ms), every job on one of them, 0-50% also
 on a concurrency queue of max 2 after the rate limit, jobs 10-30 within 0.5-5 s, 1-2 tenants,
 durations 0-200 ms, 0-15% planned failures (retries re-acquire), 1-2 workers with 1-4 slots,
-clock jumps (-1..+3 s) every 2-8 s in half the runs.
+clock jumps (-1..+3 s) every 2-8 s in half the runs, an operator every 0.2-1.5 s (mostly cancels,
+so tokens are given back from the middle of the reservations).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ async def run(sim: Simulator, rng: random.Random) -> None:
         backoff_ms=(50, 300),
         fault_s=p("fault_s", round(rng.uniform(3.0, 8.0), 3)),
         limits=limits,
+        operator_every_s=p("operator_every_s", round(rng.uniform(0.2, 1.5), 3)),
+        operator_weights={"cancel": 6, "expedite": 2, "restart": 1, "delete": 1},
         bound_s=300.0,
     )
     faults = FaultPlan(

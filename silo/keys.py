@@ -51,6 +51,8 @@ class Prefix(IntEnum):
     JOB_FINGERPRINT = 0x10
     """Per stored job: the request fingerprint it was enqueued with (see
     :func:`silo.shard.tables.fingerprint_key`)."""
+    RATE_RESERVATION = 0x11
+    """A rate-limit token granted (see :func:`silo.shard.tables.reservation_key`)."""
     QUARANTINE = 0xE0
     """Rows set aside because the shard could not process them (see
     :func:`silo.shard.tables.quarantine_key`)."""

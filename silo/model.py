@@ -157,7 +157,8 @@ class FloatingConcurrencyLimit:
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """At most ``limit`` acquisitions per ``per_ms`` for the tenant's bucket (name, key)."""
+    """At most ``limit`` tokens granted in any window of ``per_ms`` for the tenant's key (name,
+    key): a sliding window (silo.shard.reservations)."""
 
     name: str
     key: str
@@ -534,7 +535,8 @@ class QueueState:
 
 @dataclass(frozen=True, slots=True)
 class RateBucket:
-    """A token bucket: ``tokens`` (may be negative: reserved ahead) as of ``updated_ms``.
+    """A token bucket of earlier versions (no longer written; its row is deleted once refilled):
+    ``tokens`` (may be negative: reserved ahead) as of ``updated_ms``.
 
     ``full_at_ms`` is when the bucket will have refilled to its limit (None in records written
     before it was kept): from then on it is indistinguishable from no bucket at all, and its row
@@ -557,6 +559,26 @@ class RateBucket:
             return cls(float(f[0]), int(f[1]), None if f[2] is None else int(f[2]))
         except (TypeError, ValueError) as exc:
             raise CorruptRecord(key, f"bad rate bucket record ({exc})") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class RateReservation:
+    """The value of a rate reservation row: the limit of the job that reserved it (the row
+    matters for ``per_ms`` after its slot)."""
+
+    limit: int
+    per_ms: int
+
+    def encode(self) -> bytes:
+        return _pack([1, self.limit, self.per_ms])
+
+    @classmethod
+    def decode(cls, key: bytes, data: bytes) -> RateReservation:
+        f = _unpack(key, data, 1, 2)
+        try:
+            return cls(int(f[0]), int(f[1]))
+        except (TypeError, ValueError) as exc:
+            raise CorruptRecord(key, f"bad rate reservation record ({exc})") from exc
 
 
 @dataclass(frozen=True, slots=True)

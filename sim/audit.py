@@ -10,7 +10,9 @@ status rows; every concurrency holder row belongs to the queued or running attem
 non-terminal job (a row left behind would hold its slot forever: invariant 2), a queue whose max
 never changed holds at most its max, and idle per-key state keeps no row (a queue with no
 holder, request or pending refresh; a counter at zero); every job has its request fingerprint
-row and every fingerprint row its job.
+row and every fingerprint row its job; every job waiting for a rate token has its reservation
+row at its due time, no reservation is held at another time by a job waiting for one, and no
+bucket's reservations put more than its limit in a window of its period (invariant 13).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from silo.model import (
     JobStatus,
     Lease,
     QueueState,
+    RateLimit,
+    RateReservation,
     Task,
     decode_int,
 )
@@ -67,6 +71,10 @@ class ShardImage:
     """(tenant, queue) -> parked requests."""
     parked: dict[tuple[str, str], list[Task]] = field(default_factory=dict)
     """(tenant, queue) -> the tasks parked on it, in key order."""
+    reservations: dict[tuple[str, str, str], list[tuple[int, str, int, RateReservation]]] = (
+        field(default_factory=dict)
+    )
+    """(tenant, name, key) -> its rate reservations (slot, job id, attempt, limit), in order."""
 
     @classmethod
     def parse(cls, items: list[tuple[bytes, bytes]]) -> ShardImage:
@@ -108,6 +116,11 @@ class ShardImage:
             elif p == Prefix.FLOATING_LIMIT:
                 _, (t, q) = keys.parse(k)
                 img.queues[(str(t), str(q))] = QueueState.decode(k, v)
+            elif p == Prefix.RATE_RESERVATION:
+                _, (t, n, b, slot, j, a) = keys.parse(k)
+                img.reservations.setdefault((str(t), str(n), str(b)), []).append(
+                    (int(slot), str(j), int(a), RateReservation.decode(k, v))
+                )
             elif p == Prefix.JOB_FINGERPRINT:
                 _, (t, j) = keys.parse(k)
                 img.fingerprints[(str(t), str(j))] = v
@@ -243,6 +256,47 @@ def audit_idle_rows(img: ShardImage, where: str) -> list[tuple[int, str]]:
     return problems
 
 
+def audit_reservations(img: ShardImage, where: str) -> list[tuple[int, str]]:
+    """Invariant 13 on disk: the reservation index agrees with the jobs waiting for tokens (a
+    waiting job without its row could see its slot granted twice; a row at another time than
+    its job's timer is a token given twice), and no bucket's reservations exceed its rate."""
+    problems: list[tuple[int, str]] = []
+    waiting: dict[tuple[str, str, str, str], tuple[int, int]] = {}
+    for (tenant, job_id), st in sorted(img.states.items()):
+        info = img.infos.get((tenant, job_id))
+        if (info is None or st.status != JobStatus.SCHEDULED or st.task is None
+                or st.task[2] != TIMER or st.held == 0):
+            continue
+        limit = info.limits[st.held - 1]
+        if isinstance(limit, RateLimit):
+            waiting[(tenant, limit.name, limit.key, job_id)] = (st.task[0], st.task[1])
+    have: set[tuple[str, str, str, str, int, int]] = set()
+    for (tenant, name, bucket), rows in sorted(img.reservations.items()):
+        for slot, job_id, attempt, _ in rows:
+            have.add((tenant, name, bucket, job_id, attempt, slot))
+            w = waiting.get((tenant, name, bucket, job_id))
+            if w is not None and w[0] == attempt and w[1] != slot:
+                problems.append((Invariant.NOT_BEFORE_DUE,
+                                 f"{where}: job {(tenant, job_id)} attempt {attempt} holds a "
+                                 f"reservation of rate bucket {name}/{bucket} at {slot} but "
+                                 f"waits for {w[1]}"))
+        for i, (slot, _, _, r) in enumerate(rows):
+            if i + r.limit < len(rows) and rows[i + r.limit][0] - slot < r.per_ms:
+                problems.append((Invariant.NOT_BEFORE_DUE,
+                                 f"{where}: rate bucket {name}/{bucket} of tenant "
+                                 f"{tenant!r} grants {r.limit + 1} tokens in "
+                                 f"[{slot}, {rows[i + r.limit][0]}], within {r.per_ms} ms "
+                                 f"(limit {r.limit})"))
+                break
+    for (tenant, name, bucket, job_id), (attempt, due) in sorted(waiting.items()):
+        if (tenant, name, bucket, job_id, attempt, due) not in have:
+            problems.append((Invariant.NOT_BEFORE_DUE,
+                             f"{where}: job {(tenant, job_id)} attempt {attempt} waits for a "
+                             f"token of rate bucket {name}/{bucket} at {due} but has no "
+                             f"reservation row there"))
+    return problems
+
+
 def audit_image(
     img: ShardImage, where: str, max_changed: frozenset[tuple[str, str]] = frozenset()
 ) -> list[tuple[int, str]]:
@@ -254,6 +308,7 @@ def audit_image(
                             f"{where}: wait-for cycle among parked requests (each holds a slot "
                             f"the next waits for): " + "; ".join(cycle)))
     problems += audit_idle_rows(img, where)
+    problems += audit_reservations(img, where)
     for key in sorted(set(img.infos) ^ set(img.states)):
         problems.append((Invariant.TRANSITIONS,
                          f"{where}: job {key} has only one of its info/status rows"))

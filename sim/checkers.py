@@ -26,7 +26,9 @@ events ever being emitted). Numbers are DESIGN §7's invariants:
 12. counters equal a recount (final audit and after every crash);
 13. only a ready task is leased, and never before its due time on the node's monotonic clock
     (start time, retry backoff, rate-token wait; checked on ``task_leased`` when the model knows
-    the node's deadline exactly: see :attr:`Queued.exact_due`);
+    the node's deadline exactly: see :attr:`Queued.exact_due`); no rate bucket grants more than
+    ``limit`` tokens in any window of ``per_ms`` (fed by ``token_taken``, at each token's
+    reserved time; the audit checks the reservation rows against the jobs waiting for tokens);
 14. the retry budget is charged only for delivered attempts: ``status_changed`` carries the
     shard's ``run_attempts``, which must equal leases minus undelivered ones this run, and a
     job never ends FAILED while its budget lasts;
@@ -47,6 +49,7 @@ Checkers never raise into the code under test: they hand a :class:`Violation` to
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -257,6 +260,8 @@ class Checker:
         self.releases = 0
         self.cancels_seen_by_heartbeat = 0
         self.reaped = 0
+        self.tokens: dict[tuple[int, str, str, str], list[int]] = {}
+        """(shard, tenant, name, key) -> the times of the recent tokens taken, in order."""
         self.undelivered = 0
         self.clock_steps: dict[str, int] = {}
         """Node name -> wall-clock steps so far."""
@@ -710,8 +715,29 @@ class Checker:
                       f"event: task_moved {f}")
             return
         self._set_task(j, _queued(f, f["attempt"]))
+        if f.get("cause") == "rate_token_given_back":
+            return  # moved earlier by a cancel of another job: not the task re-placing itself
         mk = (j.key, f["attempt"])
         self.moves[mk] = self.moves.get(mk, 0) + 1
+
+    # -- rate tokens (invariant 13) ---------------------------------------------------------
+
+    def _on_token_taken(self, host: Any, f: dict[str, Any]) -> None:
+        ev = f"event: token_taken {f}"
+        slot, limit, per_ms = f["slot_ms"], f["limit"], f["per_ms"]
+        b = (f["shard"], f["tenant"], f["name"], f["key"])
+        slots = self.tokens.setdefault(b, [])
+        i = bisect.bisect_right(slots, slot)
+        slots.insert(i, slot)
+        for j in range(max(0, i - limit), i + 1):
+            if j + limit < len(slots) and slots[j + limit] - slots[j] < per_ms:
+                self.fail(Invariant.NOT_BEFORE_DUE,
+                          f"rate bucket {b[2]}/{b[3]} (tenant {b[1]!r}, shard {b[0]}) took "
+                          f"{limit + 1} tokens within {per_ms} ms (limit {limit}): "
+                          f"{slots[j:j + limit + 1]}", ev)
+                return
+        if len(slots) > 4 * limit + 64:
+            del slots[: len(slots) - 2 * limit - 32]  # keeps every window a new slot can join
 
     # -- concurrency slots (invariant 2) ----------------------------------------------------
 

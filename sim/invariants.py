@@ -51,7 +51,7 @@ DESCRIPTIONS: dict[Invariant, str] = {
     Invariant.PRIORITY: "a lease never skips a due, higher-priority task of its task group",
     Invariant.COUNTERS: "counters equal a recount of the data",
     Invariant.NOT_BEFORE_DUE: "no task is leased before it is due (start time, retry backoff, "
-                              "rate-limit token)",
+                              "rate-limit token); no rate window grants more than its limit",
     Invariant.RETRY_BUDGET: "a job's retry budget is charged only for attempts a worker "
                             "acknowledged",
     Invariant.RESULTS_RECORDED: "every result the worker SDK computed is durably recorded, or "

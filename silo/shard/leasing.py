@@ -97,10 +97,12 @@ class Leasing(ShardRoom):
     # -- leasing ----------------------------------------------------------------------------
 
     async def promote_due(self) -> int:
-        """Promote every due timer into the ready queue, and delete the rows of rate buckets
-        that have refilled; returns how many timers moved."""
+        """Promote every due timer into the ready queue, and delete rate reservations that no
+        longer matter (and old token-bucket rows that have refilled); returns how many timers
+        moved."""
         async with self._commit.operation(empty=EmptyBatch.NOTHING, refusal_barrier=False) as txn:
             n = await self._promote_in(txn, PROMOTE_BATCH)
+            self._limiter.forget_expired_reservations(txn, PROMOTE_BATCH)
             self._limiter.forget_full_buckets(txn, PROMOTE_BATCH)
         return n
 
@@ -140,6 +142,7 @@ class Leasing(ShardRoom):
             or state.task[3] != task.task_id
         ):
             return  # a stray timer (cannot happen while the tables agree): drop it
+        self._limiter.reserved_token_due(txn, info, state, task)
         new = state.copy()
         await self._limiter.place(txn, info, new, task, state.held)
         self._rows.put_state(txn, info, state, new)
@@ -226,7 +229,7 @@ class Leasing(ShardRoom):
         size = task_reply_bytes(leased)
         fit = budget.fit(size)
         if fit == Fit.TOO_LARGE:
-            self._fail_unsendable(txn, info, state, task, size, budget)
+            await self._fail_unsendable(txn, info, state, task, size, budget)
         if fit != Fit.FITS:
             return fit, None
         budget.take(size)
@@ -250,7 +253,7 @@ class Leasing(ShardRoom):
         self._rows.put_state(txn, info, state, new)
         return Fit.FITS, leased
 
-    def _fail_unsendable(
+    async def _fail_unsendable(
         self, txn: Txn, info: JobInfo, state: JobState, task: Task, size: int,
         budget: ReplyBudget,
     ) -> None:
@@ -262,7 +265,7 @@ class Leasing(ShardRoom):
             f"max_message_bytes less headroom); it cannot be delivered"
         )
         new = transitions.unsendable(state, txn.now)
-        self._limiter.unqueue_task(txn, info, new)
+        await self._limiter.unqueue_task(txn, info, new)
         attempt = Attempt(task.attempt, task.task_id, AttemptState.FAILED, "", txn.now, txn.now,
                           error_code=TASK_TOO_LARGE,
                           error_data=msgpack.packb(message, use_bin_type=True))

@@ -5,14 +5,20 @@ Contract:
   canonical order whatever the order it gave (:func:`acquisition_order`, applied when the job is
   stored, so ``JobState.held`` always counts a prefix of ``JobInfo.limits``): its rate limits
   first, in the order given, then its concurrency and floating limits sorted by queue key.
-- A rate limit reserves a token from the tenant's bucket; when none is free the task waits in
-  the timer index until the reserved token's time (no polling), and then goes on with its
-  next limit. Rate limits come first, so a job waiting for a token holds no concurrency slot.
-  A job cancelled while it waits gives its token back (the bucket gains one, up to full), so
-  the next reservation gets it; once the token's time has come it is spent. The bucket keeps
-  a count, not the reserved times: a token given back from the middle of the reservations
-  goes to the next reservation, which may fall at the time of a later one still waiting (over
-  the bucket's horizon the rate holds; within it, one extra start per token given back).
+- A rate limit ``(name, key, limit, per_ms)`` reserves a token in the tenant's bucket, a sliding
+  window kept as one reservation row per token granted (:mod:`silo.shard.reservations`): the
+  token goes at ``max(now, latest slot, limit-th latest slot + per_ms)``, so no window of
+  ``per_ms`` ever holds more than ``limit`` tokens, and reservations are served in the order
+  they are made. When the slot is later than now the task waits in the timer index until it
+  (no polling), and then goes on with its next limit. Rate limits come first, so a job
+  waiting for a token holds no concurrency slot.
+- A job cancelled while it waits for its token gives it back: the job holding the bucket's
+  latest reservation is moved into the freed slot (its timer rewritten, O(log n) through the
+  index) and the bucket's horizon moves back by one token; if the cancelled job held the latest
+  slot, the horizon just moves back. That one move is the exception to first come, first
+  served: moving every later job up one slot instead would rewrite O(n) timers per cancel.
+  Once the token's time has come and the job moved on, it is spent. Expedite leaves a job
+  waiting for a token as it is.
 - A concurrency limit is a slot in the tenant's queue ``key`` (a holder row keyed by the task
   id); a full queue, or one with requests waiting, parks the task as a request ordered by
   priority, then due time. A parked job keeps the slots it holds, which all sort before the
@@ -35,16 +41,18 @@ Contract:
 - Idle state keeps no row: a queue left with no holder, no request and no refresh pending is
   deleted by the operation that left it so, and set up again from the limit of the next job
   that acquires it (a floating queue then starts from its default max, refreshed at once); a
-  bucket written back full is deleted, and one that refills later is deleted by the timer loop
-  once it is full (:meth:`Limiter.forget_full_buckets`).
+  rate reservation is deleted by the timer loop ``per_ms`` after its slot, when it can no
+  longer constrain a reservation (:meth:`Limiter.forget_expired_reservations`; token-bucket
+  rows of earlier versions are deleted once refilled, :meth:`Limiter.forget_full_buckets`).
 
 Invariant: a queue never has more holders than its max at the time of each grant; a slot is
-granted to a task at most once (its holder row is keyed by the task id).
+granted to a task at most once (its holder row is keyed by the task id); a job waiting for a
+rate token has its reservation row at its timer's time, and a bucket's reservations never put
+more than ``limit`` in a window of ``per_ms``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -66,13 +74,12 @@ from silo.model import (
     Lease,
     Limit,
     QueueState,
-    RateBucket,
     RateLimit,
     Task,
     concurrency_key,
 )
+from silo.shard.reservations import RateWindows, Reservation
 from silo.shard.tables import (
-    bucket_key,
     holder_key,
     queue_key,
     ready_key,
@@ -111,6 +118,7 @@ class Limiter:
         self._rows = rows
         self._mirror = mirror
         self._faults = faults
+        self._windows = RateWindows(mirror)
         self.shard_id = shard_id
         self.on_poison_request: PoisonHandler = _unhandled_poison
         """Called with a parked request whose grant raised unexpectedly (after its savepoint):
@@ -247,15 +255,15 @@ class Limiter:
         while i < len(limits):
             limit = limits[i]
             if isinstance(limit, RateLimit):
-                wait = self._reserve_token(txn, info.tenant, limit)
-                if wait > 0:
-                    due = txn.now + wait
+                due = self._windows.reserve(txn, info.tenant, limit, task.job_id, task.attempt)
+                if due > txn.now:
                     waiting = replace(task, due_ms=due)
                     txn.put(timer_key(waiting), waiting.encode())
                     state.task = (task.attempt, due, TIMER, task.task_id)
                     state.held = i + 1
                     state.next_attempt_at_ms = due
                     return
+                self._token_taken(txn, info.tenant, limit, task, due)
             else:
                 queue = limit.key
                 self._ensure_queue(txn, info, limit)
@@ -369,46 +377,101 @@ class Limiter:
         self._rows.put_state(txn, info, state, new)
         return 1
 
-    def _bucket_tokens(self, txn: Txn, bk: bytes, limit: RateLimit) -> float:
-        """The bucket's tokens now (refilled since it was written; full when it has no row)."""
-        raw = txn.ops.get(bk) if bk in txn.ops else self._mirror.buckets.get(bk)
-        if raw is None:
-            return float(limit.limit)
-        bucket = RateBucket.decode(bk, raw)
-        elapsed = max(0, txn.now - bucket.updated_ms)
-        return min(float(limit.limit), bucket.tokens + elapsed * limit.limit / limit.per_ms)
-
-    def _write_bucket(self, txn: Txn, bk: bytes, limit: RateLimit, tokens: float) -> None:
-        """Store the bucket with ``tokens`` as of now; a full bucket keeps no row."""
-        if tokens >= limit.limit:
-            txn.delete(bk)
-            return
-        full_at = txn.now + math.ceil((limit.limit - tokens) * limit.per_ms / limit.limit)
-        txn.put(bk, RateBucket(tokens, txn.now, full_at).encode())
-
-    def _reserve_token(self, txn: Txn, tenant: str, limit: RateLimit) -> int:
-        """Take a token from the bucket (possibly one not yet refilled); returns how many ms
-        until that token exists (0: now)."""
-        bk = bucket_key(tenant, limit.name, limit.key)
-        tokens = self._bucket_tokens(txn, bk, limit) - 1.0
-        self._write_bucket(txn, bk, limit, tokens)
-        if tokens >= 0:
-            return 0
-        return max(1, math.ceil(-tokens * limit.per_ms / limit.limit))
-
-    def _return_token(self, txn: Txn, tenant: str, limit: RateLimit) -> None:
-        """Give back the token reserved by a job that no longer waits for it (cancelled): the
-        next reservation gets it, never more than a full bucket."""
-        bk = bucket_key(tenant, limit.name, limit.key)
-        tokens = min(float(limit.limit), self._bucket_tokens(txn, bk, limit) + 1.0)
-        self._write_bucket(txn, bk, limit, tokens)
+    def _token_taken(
+        self, txn: Txn, tenant: str, limit: RateLimit, task: Task, slot_ms: int
+    ) -> None:
         txn.emit(
-            "token_returned", shard=self.shard_id, tenant=tenant, name=limit.name,
-            key=limit.key, at_ms=txn.now,
+            "token_taken", shard=self.shard_id, tenant=tenant, name=limit.name, key=limit.key,
+            limit=limit.limit, per_ms=limit.per_ms, slot_ms=slot_ms, job_id=task.job_id,
+            attempt=task.attempt, at_ms=txn.now,
         )
 
+    def reserved_token_due(self, txn: Txn, info: JobInfo, state: JobState, task: Task) -> None:
+        """A due timer of a job waiting for a reserved rate token: the token is taken now (the
+        caller then places the task on its next limits). Other timers: nothing."""
+        if state.held > 0 and isinstance(info.limits[state.held - 1], RateLimit):
+            limit = info.limits[state.held - 1]
+            assert isinstance(limit, RateLimit)
+            self._token_taken(txn, info.tenant, limit, task, task.due_ms)
+
+    async def _give_back_token(
+        self, txn: Txn, info: JobInfo, limit: RateLimit, freed: Reservation
+    ) -> None:
+        """The attempt holding ``freed`` no longer waits for it: the job holding the bucket's
+        latest reservation moves into the freed slot, and the bucket's horizon moves back by
+        one token (see :mod:`silo.shard.reservations`). When the latest reservation is not an
+        attempt waiting for it (cannot happen while the tables agree), nothing is given back:
+        the slot stays spent, which never exceeds the rate."""
+        tenant = info.tenant
+        if not self._windows.holds(txn, tenant, limit, freed):
+            return
+        latest = self._windows.latest(txn, tenant, limit)
+        assert latest is not None
+        latest_limit: RateLimit | None = limit
+        if latest != freed:
+            latest_limit = await self._move_into(txn, tenant, limit, latest, freed.slot_ms)
+            if latest_limit is None:
+                return
+        self._windows.give_back(txn, tenant, limit, freed, latest, latest_limit)
+        txn.emit(
+            "token_returned", shard=self.shard_id, tenant=tenant, name=limit.name,
+            key=limit.key, job_id=info.job_id, slot_ms=freed.slot_ms,
+            moved_job_id=None if latest == freed else latest.job_id,
+            moved_from_ms=None if latest == freed else latest.slot_ms, at_ms=txn.now,
+        )
+
+    async def _move_into(
+        self, txn: Txn, tenant: str, limit: RateLimit, latest: Reservation, slot_ms: int
+    ) -> RateLimit | None:
+        """Move the timer of the attempt holding reservation ``latest`` to ``slot_ms``; returns
+        the rate limit it waits on (None: it does not wait for that reservation)."""
+        info = await self._rows.info(txn, tenant, latest.job_id)
+        state = await self._rows.state(txn, tenant, latest.job_id)
+        if info is None or state is None or state.status != JobStatus.SCHEDULED:
+            return None
+        if state.task is None or state.held == 0:
+            return None
+        attempt, due_ms, where, task_id = state.task
+        theirs = info.limits[state.held - 1]
+        if (
+            where != TIMER
+            or attempt != latest.attempt
+            or due_ms != latest.slot_ms
+            or not isinstance(theirs, RateLimit)
+            or (theirs.name, theirs.key) != (limit.name, limit.key)
+        ):
+            return None
+        probe = Task(task_id, tenant, latest.job_id, attempt, info.task_group, info.priority,
+                     due_ms)
+        tk = timer_key(probe)
+        if tk in txn.ops:
+            raw = txn.ops[tk]
+            task = None if raw is None else Task.decode(tk, raw)
+        else:
+            task = self._mirror.timers.get(tk)
+        if task is None:
+            return None
+        if self._faults.mutation("rate-token-returned-in-place"):
+            # Planted bug: the slot is given back but the latest job keeps its later time,
+            # so the next reservation lands on it (the count-only bucket of earlier versions).
+            return theirs
+        txn.delete(tk)
+        moved = replace(task, due_ms=slot_ms)
+        txn.put(timer_key(moved), moved.encode())
+        new = state.copy()
+        new.task = (attempt, slot_ms, TIMER, task_id)
+        new.next_attempt_at_ms = slot_ms
+        self._rows.put_state(txn, info, state, new, cause="rate_token_given_back")
+        return theirs
+
+    def forget_expired_reservations(self, txn: Txn, max_rows: int) -> int:
+        """Delete up to ``max_rows`` rate reservations that no longer matter; returns how
+        many (:meth:`RateWindows.forget_expired`)."""
+        return self._windows.forget_expired(txn, max_rows)
+
     def forget_full_buckets(self, txn: Txn, max_rows: int) -> int:
-        """Delete up to ``max_rows`` bucket rows that have refilled by now; returns how many."""
+        """Delete up to ``max_rows`` token-bucket rows (written by earlier versions, no longer
+        read) that have refilled by now; returns how many."""
         n = 0
         for full_at, bk in self._mirror.bucket_full_at:
             if full_at > txn.now or n >= max_rows:
@@ -484,7 +547,7 @@ class Limiter:
 
     # -- unqueue ----------------------------------------------------------------------------
 
-    def unqueue_task(self, txn: Txn, info: JobInfo, state: JobState) -> Task | None:
+    async def unqueue_task(self, txn: Txn, info: JobInfo, state: JobState) -> Task | None:
         """Remove the job's queued task (ready, timer or parked request), release the slots it
         holds and give back the rate token it waits for; returns the task."""
         if state.task is None:
@@ -507,7 +570,9 @@ class Limiter:
         if where == TIMER and state.held > 0:
             reserved = info.limits[state.held - 1]
             if isinstance(reserved, RateLimit):
-                self._return_token(txn, info.tenant, reserved)
+                await self._give_back_token(
+                    txn, info, reserved, Reservation(due_ms, info.job_id, attempt)
+                )
         if k in txn.ops:
             raw = txn.ops[k]
             task = Task.decode(k, raw) if raw is not None else None

@@ -81,20 +81,23 @@ class ShardLoops:
 
     def _next_round_ms(self) -> int | None:
         """Monotonic time of the timer loop's next round: the earliest timer, or the moment
-        the first rate bucket is full again (a wall time, taken relative to now)."""
+        the first rate reservation stops mattering or the first old rate bucket is full again
+        (wall times, taken relative to now)."""
         due = self._mirror.next_timer_deadline_ms()
-        full_ms = self._mirror.next_bucket_full_ms()
-        if full_ms is not None:
-            at = self._rt.clock.monotonic_ms() + max(0, full_ms - self._rt.clock.now_ms())
-            due = at if due is None else min(due, at)
+        for wall_ms in (
+            self._mirror.next_reservation_expiry_ms(), self._mirror.next_bucket_full_ms()
+        ):
+            if wall_ms is not None:
+                at = self._rt.clock.monotonic_ms() + max(0, wall_ms - self._rt.clock.now_ms())
+                due = at if due is None else min(due, at)
         return due
 
     async def timer_loop(self) -> None:
         backoff = 0.0
         while True:
             self._timer_wakeup = trio.Event()
-            # Due timers (monotonic), and rate buckets that have refilled (wall time, as
-            # tokens are counted; their rows are deleted).
+            # Due timers (monotonic), and rate reservations past their period and old rate
+            # buckets that have refilled (wall time, as slots are counted; rows deleted).
             due = self._next_round_ms()
             if due is not None and due <= self._rt.clock.monotonic_ms():
                 backoff = await self._round("timer round", self._promote_due, backoff)

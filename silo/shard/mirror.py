@@ -14,7 +14,15 @@ from sortedcontainers import SortedDict, SortedList
 
 from silo import keys
 from silo.keys import Prefix
-from silo.model import CorruptRecord, Lease, QueueState, RateBucket, Task, decode_int
+from silo.model import (
+    CorruptRecord,
+    Lease,
+    QueueState,
+    RateBucket,
+    RateReservation,
+    Task,
+    decode_int,
+)
 from silo.runtime.clock import Clock
 from silo.runtime.disk import KVStore
 from silo.shard.deadlines import DeadlineIndex
@@ -28,6 +36,7 @@ _REQUEST = bytes((Prefix.CONCURRENCY_REQUEST,))
 _HOLDER = bytes((Prefix.CONCURRENCY_HOLDER,))
 _QUEUE = bytes((Prefix.FLOATING_LIMIT,))
 _BUCKET = bytes((Prefix.RATE_BUCKET,))
+_RESERVATION = bytes((Prefix.RATE_RESERVATION,))
 COUNTER_PREFIX = keys.key(Prefix.META, "counter")
 
 
@@ -67,6 +76,11 @@ class ShardMirror:
         self.buckets: dict[bytes, bytes] = {}  # rate bucket key -> encoded RateBucket
         self.bucket_full_at: SortedList = SortedList()  # (full_at_ms, bucket key)
         self._bucket_full: dict[bytes, int] = {}  # bucket key -> its full_at_ms in the list
+        # Rate-limit reservations: key -> slot_ms (a bucket is a contiguous key range, in slot
+        # order), and when each stops mattering (slot + per_ms), to forget it then.
+        self.reservations: SortedDict = SortedDict()
+        self.reservation_expiry: SortedList = SortedList()  # (expires_ms, reservation key)
+        self._reservation_expires: dict[bytes, int] = {}
         self.on_timer_added: Callable[[], None] = lambda: None
         self.on_expiry_added: Callable[[], None] = lambda: None
         self.on_ready_added: Callable[[str], None] = lambda task_group: None
@@ -108,7 +122,9 @@ class ShardMirror:
             self.on_expiry_added()
 
     async def _load_tables(self, kv: KVStore) -> None:
-        for prefix in (_READY, _TIMER, _LEASE, _EXPIRY, _REQUEST, _HOLDER, _QUEUE, _BUCKET):
+        for prefix in (
+            _READY, _TIMER, _LEASE, _EXPIRY, _REQUEST, _HOLDER, _QUEUE, _BUCKET, _RESERVATION,
+        ):
             end = keys.successor(prefix)
             start = prefix
             while True:
@@ -181,6 +197,8 @@ class ShardMirror:
                     self.queues[(str(tenant), str(queue))] = QueueState.decode(k, v)
             elif p == _BUCKET:
                 self._apply_bucket(k, v)
+            elif p == _RESERVATION:
+                self._apply_reservation(k, v)
             elif p == _META and k.startswith(COUNTER_PREFIX):
                 if v is None:
                     self.counters.pop(k, None)
@@ -205,6 +223,19 @@ class ShardMirror:
         if full_at is not None:
             self._bucket_full[k] = full_at
             self.bucket_full_at.add((full_at, k))
+
+    def _apply_reservation(self, k: bytes, v: bytes | None) -> None:
+        old = self._reservation_expires.pop(k, None)
+        if old is not None:
+            self.reservation_expiry.remove((old, k))
+        if v is None:
+            self.reservations.pop(k, None)
+            return
+        slot_ms = reservation_slot_ms(k)
+        self.reservations[k] = slot_ms
+        expires = slot_ms + RateReservation.decode(k, v).per_ms
+        self._reservation_expires[k] = expires
+        self.reservation_expiry.add((expires, k))
 
     def _apply_request(self, k: bytes, v: bytes | None) -> None:
         _, parts = keys.parse(k)
@@ -282,8 +313,26 @@ class ShardMirror:
             return None
         return self.bucket_full_at[0][0]
 
+    def next_reservation_expiry_ms(self) -> int | None:
+        """When the earliest rate reservation stops mattering (its row can then go). None
+        while its slot is not before every timer: its job may still wait for it, and the
+        promotion of that timer comes first (see :meth:`RateWindows.forget_expired`)."""
+        if not self.reservation_expiry:
+            return None
+        expires_ms, k = self.reservation_expiry[0]
+        first_timer = self.next_timer_due_ms()
+        if first_timer is not None and self.reservations[k] >= first_timer:
+            return None
+        return int(expires_ms)
+
     def next_expiry_ms(self) -> int | None:
         if not self.expiries:
             return None
         _, (expiry, _) = keys.parse(self.expiries.peekitem(0)[0])
         return int(expiry)
+
+
+def reservation_slot_ms(k: bytes) -> int:
+    """The slot time of a reservation key."""
+    _, parts = keys.parse(k)
+    return int(parts[3])

@@ -48,7 +48,7 @@ class OperatorOps(ShardRoom):
                     new.task = None  # planted bug: the queued task and its slots stay behind
                     new.held = 0
                 else:
-                    self._limiter.unqueue_task(txn, info, new)
+                    await self._limiter.unqueue_task(txn, info, new)
                 self._completed["cancelled"] += 1
                 self._rows.put_state(txn, info, state, new)
 
@@ -69,12 +69,16 @@ class OperatorOps(ShardRoom):
         A job waiting for its start time (or a retry's backoff) acquires its limits now. A job
         already due is left as it is: one ready or parked on a concurrency queue (a parked
         request is ordered by priority and due time, and its due time has passed), or one
-        waiting for a rate-limit token it has reserved.
+        waiting for a rate-limit token it has reserved: a token is never granted before its
+        time, so the rate holds whoever asks.
         """
         async with self._commit.operation() as txn:
             info, state = await self._rows.job(txn, tenant, job_id)
             require(Operation.EXPEDITE, state.status)
-            if state.task is not None and state.task[1] > txn.now:
+            waits_for_token = (
+                state.task is not None and state.task[2] == TIMER and state.held > 0
+            )
+            if state.task is not None and state.task[1] > txn.now and not waits_for_token:
                 attempt, due_ms, where, task_id = state.task
                 old = Task(task_id, tenant, job_id, attempt, info.task_group, info.priority,
                            due_ms)

@@ -137,7 +137,7 @@ class PoisonItems(ShardRoom):
             txn.put(quarantine_key(k), raw)
         txn.delete(k)
         new = state.copy()
-        task = self._limiter.unqueue_task(txn, info, new)
+        task = await self._limiter.unqueue_task(txn, info, new)
         attempt = state.task[0] if task is None else task.attempt
         failure = internal_failure(exc)
         txn.put(

@@ -57,8 +57,12 @@ class JobRows:
         raw = await txn.get(k)
         return None if raw is None else decode_int(k, raw)
 
-    def put_state(self, txn: Txn, info: JobInfo, old: JobState | None, new: JobState) -> None:
-        """Write ``new`` and keep the status index, counters and events in step."""
+    def put_state(
+        self, txn: Txn, info: JobInfo, old: JobState | None, new: JobState,
+        *, cause: str | None = None,
+    ) -> None:
+        """Write ``new`` and keep the status index, counters and events in step (``cause``
+        says why a queued task moved, e.g. ``"rate_token_given_back"``)."""
         t, j = info.tenant, info.job_id
         if old is None or old.status != new.status or old.changed_at_ms != new.changed_at_ms:
             if old is not None:
@@ -95,6 +99,6 @@ class JobRows:
             txn.emit(
                 "task_moved", shard=self.shard_id, tenant=t, job_id=j, attempt=new.task[0],
                 due_ms=new.task[1], where=new.task[2], limits_left=len(info.limits) - new.held,
-                at_ms=txn.now, mono_ms=txn.mono,
+                at_ms=txn.now, mono_ms=txn.mono, cause=cause,
             )
         txn.put(key(Prefix.STATUS, t, j), new.encode())

@@ -21,6 +21,15 @@ fingerprint                                        enqueued with (:mod:`silo.sha
                                                    from a different one (ALREADY_EXISTS). A job
                                                    stored before fingerprints has none: any
                                                    enqueue of its id is ALREADY_EXISTS.
+``0x11`` rate          ``(tenant, name, key,       ``[1, limit, per_ms]`` of the job that
+reservation            slot_ms, job_id,            reserved it: one row per rate token granted,
+                       attempt)``                  at its time, in time order per bucket
+                                                   (:mod:`silo.shard.reservations`). Written in
+                                                   the batch that queues the attempt; moved by a
+                                                   cancel that gives a token back; deleted
+                                                   ``per_ms`` after its slot. Replaces the
+                                                   ``0x0E`` token-bucket rows (no longer
+                                                   written). Not counted.
 ``0xE0`` quarantine    ``(original key as hex)``   the original row's value, byte for byte. A
                                                    row a background loop could not process (a
                                                    record that does not decode, a poison item)
@@ -37,7 +46,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from silo.keys import Prefix, inverted, key
+from silo.keys import Prefix, inverted, key, prefix_range
 from silo.model import JobState, JobStatus, Task
 
 
@@ -89,7 +98,21 @@ def queue_key(tenant: str, queue: str) -> bytes:
 
 
 def bucket_key(tenant: str, name: str, bucket: str) -> bytes:
+    """A token-bucket row of earlier versions (no longer written; deleted once refilled)."""
     return key(Prefix.RATE_BUCKET, tenant, name, bucket)
+
+
+def reservation_key(
+    tenant: str, name: str, bucket: str, slot_ms: int, job_id: str, attempt: int
+) -> bytes:
+    """A rate-limit token granted at ``slot_ms`` to the attempt: ordered by time in its
+    bucket, so a bucket's latest reservations are the end of its key range."""
+    return key(Prefix.RATE_RESERVATION, tenant, name, bucket, slot_ms, job_id, attempt)
+
+
+def reservation_range(tenant: str, name: str, bucket: str) -> tuple[bytes, bytes | None]:
+    """The key range of one bucket's reservations."""
+    return prefix_range(Prefix.RATE_RESERVATION, tenant, name, bucket)
 
 
 def attempt_high_water_key(tenant: str, job_id: str) -> bytes:

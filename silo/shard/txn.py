@@ -19,6 +19,7 @@ class Savepoint:
     holder_deltas: dict[tuple[str, str], int]
     new_requests: dict[bytes, Any]
     request_floor: dict[tuple[str, str], bytes]
+    rate_deltas: dict[tuple[str, str, str], Any]
 
 
 class Txn:
@@ -38,6 +39,9 @@ class Txn:
         self.regrant: list[tuple[str, str]] = []
         self.new_requests: dict[bytes, Any] = {}
         self.request_floor: dict[tuple[str, str], bytes] = {}
+        self.rate_deltas: dict[tuple[str, str, str], Any] = {}
+        """Per rate bucket: this transaction's changes to its reservations (see
+        :class:`silo.shard.reservations.RateWindows`)."""
         """Per queue: the largest stored request this transaction has granted."""
         """Concurrency requests parked by this transaction (not yet in the mirror)."""
         """Queues whose waiting requests may now be granted (checked before commit)."""
@@ -53,6 +57,7 @@ class Txn:
         return Savepoint(
             len(self._journal), len(self.events), len(self.regrant), dict(self.counter_deltas),
             dict(self.holder_deltas), dict(self.new_requests), dict(self.request_floor),
+            {b: d.copy() for b, d in self.rate_deltas.items()},
         )
 
     def rollback(self, sp: Savepoint) -> None:
@@ -70,6 +75,7 @@ class Txn:
         self.holder_deltas = dict(sp.holder_deltas)
         self.new_requests = dict(sp.new_requests)
         self.request_floor = dict(sp.request_floor)
+        self.rate_deltas = {b: d.copy() for b, d in sp.rate_deltas.items()}
 
     def _record(self, k: bytes) -> None:
         if self._journal is not None:

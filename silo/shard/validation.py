@@ -254,6 +254,7 @@ def check_job_limits(limits: ShardLimits, job_limits: tuple[Limit, ...]) -> None
             f"job has {len(job_limits)} limits; limits_per_job_max is {limits.limits_per_job_max}"
         )
     queues: list[str] = []
+    buckets: list[tuple[str, str]] = []
     for limit in job_limits:
         if isinstance(limit, ConcurrencyLimit | FloatingConcurrencyLimit):
             _check_name(limit.key, "concurrency limit key", "limit_key_max_chars",
@@ -288,6 +289,13 @@ def check_job_limits(limits: ShardLimits, job_limits: tuple[Limit, ...]) -> None
                         limits.limit_key_max_chars, empty_ok=False)
             _check_name(limit.key, "rate limit key", "limit_key_max_chars",
                         limits.limit_key_max_chars, empty_ok=True)
+            # One reservation row per (bucket, job, attempt) and slot: a bucket named twice
+            # could reserve two tokens at one time under one key.
+            if (limit.name, limit.key) in buckets:
+                raise InvalidArgument(
+                    f"rate limit {limit.name!r} key {limit.key!r} appears twice"
+                )
+            buckets.append((limit.name, limit.key))
             if not 1 <= limit.limit <= limits.rate_limit_max:
                 raise InvalidArgument(
                     f"rate limit {limit.limit} of {quote(limit.name)} is outside "

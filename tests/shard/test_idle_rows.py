@@ -1,5 +1,5 @@
-"""Per-key limit state is bounded by what is in use (issue 8, defect 8): a rate bucket that has
-refilled, a concurrency or floating queue with no holders, no waiting requests and no refresh
+"""Per-key limit state is bounded by what is in use (issue 8, defect 8): a rate reservation a period
+past its time, a concurrency or floating queue with no holders, no waiting requests and no refresh
 pending, and a counter that has dropped to zero keep no row on disk. A queue without a row answers
 GetQueue as idle."""
 
@@ -35,11 +35,11 @@ PER_MS = 1000
 
 
 async def limit_rows(shard) -> list[tuple[Prefix, tuple]]:  # noqa: ANN001
-    """The stored rows of queue state, rate buckets and zero-valued counters."""
+    """The stored rows of queue state, rate reservations and zero-valued counters."""
     out = []
     for k, v in await store_items(shard):
         prefix, parts = keys.parse(k)
-        if prefix in (Prefix.FLOATING_LIMIT, Prefix.RATE_BUCKET):
+        if prefix in (Prefix.FLOATING_LIMIT, Prefix.RATE_BUCKET, Prefix.RATE_RESERVATION):
             out.append((prefix, parts))
         elif k.startswith(COUNTER_PREFIX) and decode_int(k, v) == 0:
             out.append((prefix, parts))
@@ -62,16 +62,16 @@ async def test_rows_of_drained_rate_keys_and_queues_are_deleted(memory_world: Wo
         ])
         tasks = await lease(shard)
         assert len(tasks) == N
-        assert len(await limit_rows(shard)) >= 2 * N  # one queue row and one bucket per key
+        assert len(await limit_rows(shard)) >= 2 * N  # one queue row and one reservation per key
         await shard.report_outcomes([report(t, Success()) for t in tasks])
-        # The queues are idle at once; the buckets once they have refilled.
+        # The queues are idle at once; the reservations once a period has passed.
         await settle(world, PER_MS)
         assert await limit_rows(shard) == []
-        assert shard._mirror.buckets == {} and shard._mirror.queues == {}
+        assert shard._mirror.reservations == {} and shard._mirror.queues == {}
         # A queue without a row is idle: no holders, nobody waiting.
         info = shard.queue_info(T, "q0000")
         assert (info["holders"], info["waiting"], info["holder_task_ids"]) == (0, 0, [])
-        # Used again, a key starts from a full bucket and the job's own max.
+        # Used again, a key starts with every token free and the job's own max.
         await shard.enqueue(limited_job("again", ConcurrencyLimit("q0000", 2),
                                         RateLimit("api", "k0000", 1, PER_MS)))
         assert shard.queue_info(T, "q0000")["max_concurrency"] == 2
@@ -79,7 +79,7 @@ async def test_rows_of_drained_rate_keys_and_queues_are_deleted(memory_world: Wo
         await check_counters(shard)
 
 
-async def test_a_bucket_with_reservations_ahead_keeps_its_row_until_it_refills(
+async def test_a_reservation_keeps_its_row_for_one_period_after_its_time(
     memory_world: World,
 ) -> None:
     world = memory_world
@@ -91,10 +91,10 @@ async def test_a_bucket_with_reservations_ahead_keeps_its_row_until_it_refills(
                 await settle(world, PER_MS)
             task = await lease_one(shard)
             await shard.report_outcome(report(task, Success()))
-            # Reserved up to 2 s ahead: the bucket is full again only 3 s after the enqueue.
-            assert [p for p, _ in await limit_rows(shard)] == [Prefix.RATE_BUCKET]
+            # Reserved at 0, 1 and 2 s: each row goes one period after its slot.
+            assert [p for p, _ in await limit_rows(shard)] == [Prefix.RATE_RESERVATION] * (3 - i)
         await settle(world, PER_MS - 1)
-        assert [p for p, _ in await limit_rows(shard)] == [Prefix.RATE_BUCKET]
+        assert [p for p, _ in await limit_rows(shard)] == [Prefix.RATE_RESERVATION]
         await settle(world, 1)
         assert await limit_rows(shard) == []
 

@@ -95,6 +95,10 @@ JOB_CASES_UNNAMED = {
     "appears twice": replace(
         new_job("x"), limits=(ConcurrencyLimit("q", 1), ConcurrencyLimit("q", 2))
     ),
+    # One reservation per rate key and attempt: the reservation index is keyed by it.
+    "rate limit 'api' key 'k' appears twice": replace(
+        new_job("x"), limits=(RateLimit("api", "k", 1, 1000), RateLimit("api", "k", 2, 1000))
+    ),
 }
 
 

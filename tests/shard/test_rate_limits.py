@@ -1,6 +1,6 @@
-"""Rate limits through a shard (DESIGN §5): a token bucket per (tenant, name, key); a job that
-finds no token reserves one and waits in the timer index for its time (no polling), then goes on
-to its next limit."""
+"""Rate limits through a shard (DESIGN §5): a sliding window per (tenant, name, key), at most
+``limit`` tokens in any ``per_ms``; a job that finds no token reserves the next one and waits in
+the timer index for its time (no polling), then goes on to its next limit."""
 
 from __future__ import annotations
 
@@ -29,36 +29,37 @@ async def test_a_job_without_a_token_waits_for_its_reserved_token(world: World) 
         assert [await where_is(shard, f"j{i}") for i in range(5)] == [
             "READY", "READY", "TIMER", "TIMER", "TIMER",
         ]
-        # Each waiting job has reserved the next token: at 500 ms intervals.
-        for i, due in [(2, t0 + 500), (3, t0 + 1000), (4, t0 + 1500)]:
+        # Each waiting job has reserved the next token: two per window of 1000 ms, a token
+        # granted one period after the one two before it.
+        for i, due in [(2, t0 + 1000), (3, t0 + 1000), (4, t0 + 2000)]:
             view = await shard.get_job(T, f"j{i}")
             assert view.state.next_attempt_at_ms == due
             assert view.waiting_for == f"rate limit api/k (token reserved for {due})"
         assert {t.job_id for t in await lease(shard)} == {"j0", "j1"}
         # Nothing polls while they wait: promoting and leasing before the time write nothing.
         writes = shard.statistics().synced_writes
-        world.advance(499)
+        world.advance(999)
         assert await shard.promote_due() == 0
         assert await lease(shard) == []
         assert shard.statistics().synced_writes == writes
         world.advance(1)
-        assert [t.job_id for t in await lease(shard)] == ["j2"]
-        world.advance(500)
-        assert [t.job_id for t in await lease(shard)] == ["j3"]
-        world.advance(500)
+        assert sorted(t.job_id for t in await lease(shard)) == ["j2", "j3"]
+        world.advance(999)
+        assert await lease(shard) == []
+        world.advance(1)
         assert [t.job_id for t in await lease(shard)] == ["j4"]
         await check_counters(shard)
 
 
-async def test_the_bucket_refills_at_its_rate(memory_world: World) -> None:
+async def test_the_window_frees_its_tokens_after_a_period(memory_world: World) -> None:
     world = memory_world
     async with world.open() as shard:
         await shard.enqueue_batch([limited_job(f"a{i}", RATE) for i in range(2)])
-        world.advance(1000)  # two tokens back, and no more than two (the bucket is full)
+        world.advance(1000)  # two tokens free again, and no more than two
         world.advance(5000)
         await shard.enqueue_batch([limited_job(f"b{i}", RATE) for i in range(3)])
         assert [await where_is(shard, f"b{i}") for i in range(3)] == ["READY", "READY", "TIMER"]
-        assert (await shard.get_job(T, "b2")).state.next_attempt_at_ms == world.now_ms() + 500
+        assert (await shard.get_job(T, "b2")).state.next_attempt_at_ms == world.now_ms() + 1000
 
 
 async def test_tenants_and_names_and_keys_are_separate_buckets(world: World) -> None:
@@ -85,7 +86,7 @@ async def test_after_its_token_a_job_goes_on_to_the_next_limit(world: World) -> 
         assert view.state.held == 1  # the token is reserved
         assert "rate limit" in view.waiting_for
         assert await request_rows(shard) == {}
-        world.advance(500)
+        world.advance(1000)
         await shard.promote_due()
         # The token is taken; now it waits for A (without another token).
         assert await where_is(shard, "j") == "PARKED"
@@ -108,10 +109,10 @@ async def test_a_job_takes_its_rate_token_before_its_slots(world: World) -> None
         await shard.enqueue(limited_job("j", a, RATE))
         view = await shard.get_job(T, "j")
         assert (await where_is(shard, "j"), view.state.held) == ("TIMER", 1)
-        assert view.state.next_attempt_at_ms == world.now_ms() + 500
+        assert view.state.next_attempt_at_ms == world.now_ms() + 1000
         assert view.info.limits == (RATE, a)  # stored in the order they are acquired
         assert await holder_rows(shard) == {(T, "A"): ["holder"]}
-        world.advance(500)
+        world.advance(1000)
         await shard.promote_due()
         assert await where_is(shard, "j") == "PARKED"
         task = next(t for t in await lease(shard) if t.job_id == "holder")

@@ -605,6 +605,28 @@ def test_audit_idle_queue_rows_and_zero_counters() -> None:
     assert "stored as zero" in problems[1][1]
 
 
+def _token(h: Harness, job: str, slot: int, *, limit: int = 2, per_ms: int = 1000) -> None:
+    h.ev("token_taken", name="api", key="k", limit=limit, per_ms=per_ms, slot_ms=slot,
+         job_id=job, attempt=1, at_ms=slot)
+
+
+def test_inv13_tokens_within_the_rate_pass() -> None:
+    h = Harness()
+    for i, slot in enumerate([T0, T0, T0 + 1000, T0 + 1000, T0 + 2500, T0 + 2000]):
+        _token(h, f"j{i}", slot)
+    assert h.violations == []
+
+
+def test_inv13_a_window_with_one_token_too_many() -> None:
+    h = Harness()
+    for i, slot in enumerate([T0, T0 + 400, T0 + 1000]):
+        _token(h, f"j{i}", slot)
+    assert h.violations == []
+    _token(h, "late", T0 + 999)  # [T0 + 400, T0 + 1400) now holds three
+    assert h.invariant == Invariant.NOT_BEFORE_DUE
+    assert "took 3 tokens within 1000 ms (limit 2)" in h.violations[0].message
+
+
 # -- invariants 13-17 and fencing --------------------------------------------------------------
 
 

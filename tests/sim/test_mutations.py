@@ -38,6 +38,8 @@ CASES = {
     "drop-reports": ("high_latency", Invariant.RESULTS_RECORDED, "never reported"),
     # concurrency names each job's queues in a random order.
     "limits-given-order": ("concurrency", Invariant.NO_WAIT_CYCLE, "wait-for cycle"),
+    # Invariant 13 (rate limits): the next reservation lands on the time the latest job kept.
+    "rate-token-returned-in-place": ("rate_limits", Invariant.NOT_BEFORE_DUE, "rate bucket"),
 }
 ALSO = {
     # mutation: another (invariant, text) that rightly catches it
