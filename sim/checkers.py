@@ -59,6 +59,7 @@ from silo.model import DEFAULT_TENANT, MAX_UNDELIVERED, READY, TIMER, Task
 from silo.pb.silo import v1 as pb
 from silo.shard.tables import ready_key, timer_key
 from silo.shard.transitions import LEGAL_TRANSITIONS
+from sim import events
 from sim.audit import JobKey, ShardImage, audit_image
 from sim.invariants import DESCRIPTIONS, Invariant
 
@@ -143,18 +144,18 @@ class Queued:
         return self.due_ms <= at_ms
 
 
-def _queued(f: dict[str, Any], attempt: int) -> Queued:
-    where = f.get("where")
+def _queued(f: events.StatusChanged | events.TaskMoved, attempt: int) -> Queued:
+    where = f.where
     if where is None:  # an event from before ``where`` existed
-        where = READY if f["due_ms"] <= f["at_ms"] else TIMER
-    return Queued(attempt, f["due_ms"], where, f.get("limits_left") or 0, _due_mono(f))
+        where = READY if f.due_ms <= f.at_ms else TIMER
+    return Queued(attempt, f.due_ms, where, f.limits_left or 0, _due_mono(f))
 
 
-def _due_mono(f: dict[str, Any]) -> int | None:
+def _due_mono(f: events.StatusChanged | events.TaskMoved | events.TaskLeased) -> int | None:
     """The monotonic due time of the task an event queued (see :attr:`Queued.due_mono_ms`)."""
-    if f.get("mono_ms") is None or f.get("due_ms") is None:
+    if f.mono_ms is None or f.due_ms is None:
         return None
-    return f["mono_ms"] + f["due_ms"] - f["at_ms"]
+    return f.mono_ms + f.due_ms - f.at_ms
 
 
 @dataclass
@@ -288,11 +289,11 @@ class Checker:
         self.failed = Violation(invariant, message, [e for e in evidence if e], self._now())
         self._report(self.failed)
 
-    def _job(self, fields: dict[str, Any], kind: str) -> JobModel | None:
-        j = self.jobs.get((fields["tenant"], fields["job_id"]))
+    def _job(self, fields: events.JobEvent, kind: str) -> JobModel | None:
+        j = self.jobs.get((fields.tenant, fields.job_id))
         if j is None or j.deleted:
             self.fail(Invariant.TRANSITIONS,
-                      f"{kind} for unknown job {(fields['tenant'], fields['job_id'])}",
+                      f"{kind} for unknown job {(fields.tenant, fields.job_id)}",
                       f"event: {kind} {fields}")
             return None
         return j
@@ -346,36 +347,39 @@ class Checker:
 
     # -- events -----------------------------------------------------------------------------
 
-    def on_event(self, host: Any, kind: str, fields: dict[str, Any]) -> None:
+    def on_event(self, host: Any, kind: str, fields: dict[str, Any] | events.Event) -> None:
+        """One durable event: typed here (see :mod:`sim.events`) unless the sink already did,
+        then handed to ``_on_<kind>`` (kinds in :data:`sim.events.IGNORED` have none)."""
         if self.failed is not None:
             return
         self.events += 1
+        ev = fields if isinstance(fields, events.Event) else events.parse(kind, fields)
         handler = getattr(self, f"_on_{kind}", None)
         if handler is not None:
-            handler(host, fields)
+            handler(host, ev)
 
-    def _on_job_enqueued(self, host: Any, f: dict[str, Any]) -> None:
-        key = (f["tenant"], f["job_id"])
+    def _on_job_enqueued(self, host: Any, f: events.JobEnqueued) -> None:
+        key = (f.tenant, f.job_id)
         old = self.jobs.get(key)
         if old is not None and not old.deleted:
             self.fail(Invariant.TRANSITIONS,
                       f"job {key} enqueued again while it exists", old.describe(),
                       f"event: job_enqueued {f}")
             return
-        j = JobModel(f["tenant"], f["job_id"], host, f["shard"], f["task_group"], f["priority"])
+        j = JobModel(f.tenant, f.job_id, host, f.shard, f.task_group, f.priority)
         if old is not None:
             j.attempt = old.attempt  # attempt numbers keep increasing across id reuse
-        j.retry_count = f.get("retry_count")
+        j.retry_count = f.retry_count
         j.enqueued_at = self._now()
-        j.note(f"enqueued due={f['due_ms']}")
+        j.note(f"enqueued due={f.due_ms}")
         self.jobs[key] = j
 
-    def _on_status_changed(self, host: Any, f: dict[str, Any]) -> None:
+    def _on_status_changed(self, host: Any, f: events.StatusChanged) -> None:
         j = self._job(f, "status_changed")
         if j is None:
             return
-        old, new, attempt = f["old"], f["new"], f["attempt"]
-        j.note(f"{old}->{new} attempt={attempt} at={f['at_ms']}")
+        old, new, attempt = f.old, f.new, f.attempt
+        j.note(f"{old}->{new} attempt={attempt} at={f.at_ms}")
         ev = f"event: status_changed {f}"
         if j.status != old:
             self.fail(Invariant.TRANSITIONS,
@@ -442,7 +446,7 @@ class Checker:
         j.status = new
         j.terminal_at = self._now() if new in TERMINAL else None
         j.attempt = max(j.attempt, attempt)
-        charged = f.get("run_attempts")
+        charged = f.run_attempts
         if new not in TERMINAL and charged is not None and charged != j.run_attempts:
             self.fail(Invariant.RETRY_BUDGET,
                       f"job {j.key} ({old}->{new}) has {charged} attempt(s) charged to its retry "
@@ -483,13 +487,13 @@ class Checker:
             return False
         return True
 
-    def _on_task_leased(self, host: Any, f: dict[str, Any]) -> None:
+    def _on_task_leased(self, host: Any, f: events.TaskLeased) -> None:
         j = self._job(f, "task_leased")
         if j is None:
             return
-        tid, attempt = f["task_id"], f["attempt"]
+        tid, attempt = f.task_id, f.attempt
         ev = f"event: task_leased {f}"
-        j.note(f"leased {tid} attempt={attempt} by {f['worker_id']} at={f['at_ms']}")
+        j.note(f"leased {tid} attempt={attempt} by {f.worker_id} at={f.at_ms}")
         if tid in self.live_leases:
             other = self.jobs[self.live_leases[tid]]
             self.fail(Invariant.SINGLE_LEASE,
@@ -517,24 +521,24 @@ class Checker:
         self._check_priority(j, f)
         if self.failed is not None:
             return
-        where = self._queued_key_present(j, attempt, f["due_ms"])
+        where = self._queued_key_present(j, attempt, f.due_ms)
         if where is not None:
             self.fail(Invariant.SINGLE_LEASE,
                       f"task {tid} of job {j.key} was leased but is still in the {where} "
                          f"queue on disk: it can be handed out again", j.describe(), ev)
             return
-        lease = LeaseModel(tid, attempt, f["worker_id"], f["expiry_ms"], host,
-                           self._now() + (f["expiry_ms"] - f["at_ms"]) / 1000)
+        lease = LeaseModel(tid, attempt, f.worker_id, f.expiry_ms, host,
+                           self._now() + (f.expiry_ms - f.at_ms) / 1000)
         j.lease = lease
         j.last_task_id = tid
-        self.task_owner[tid] = LeaseOwner(f["worker_id"], j.shard, j.tenant, j.job_id, attempt)
+        self.task_owner[tid] = LeaseOwner(f.worker_id, j.shard, j.tenant, j.job_id, attempt)
         j.attempts[attempt] = "RUNNING"
         j.max_leased = attempt
         j.run_attempts += 1
         self.live_leases[tid] = j.key
         self._set_task(j, None)
 
-    def _check_due(self, j: JobModel, task: Queued, f: dict[str, Any]) -> None:
+    def _check_due(self, j: JobModel, task: Queued, f: events.TaskLeased) -> None:
         """Invariant 13: only a ready task is leased (a timer waits for its start time or
         retry backoff, a task with limits left waits for its slot or rate token), and never
         before its due time on the node's monotonic clock."""
@@ -545,9 +549,9 @@ class Checker:
                     else f"waiting in the timer index with {task.limits_left} limit(s) left")
             self.fail(Invariant.NOT_BEFORE_DUE,
                       f"job {j.key} attempt {task.attempt} was leased while {what} (due "
-                      f"{task.due_ms}, leased at {f['at_ms']})", j.describe(), ev)
+                      f"{task.due_ms}, leased at {f.at_ms})", j.describe(), ev)
             return
-        mono = f.get("mono_ms")
+        mono = f.mono_ms
         same_offset = (task.steps_at == self.clock_steps.get(_host_name(j.host), 0)
                        or task.gen_at == getattr(j.host, "generation", 0))
         if task.exact_due and task.due_mono_ms is not None and mono is not None and same_offset:
@@ -559,13 +563,13 @@ class Checker:
                           f"{task.due_mono_ms} ms on the node's monotonic clock, leased at "
                           f"{mono} ms)", j.describe(), *j.history[-4:], ev)
 
-    def _check_priority(self, j: JobModel, f: dict[str, Any]) -> None:
-        at = f["at_ms"]
+    def _check_priority(self, j: JobModel, f: events.TaskLeased) -> None:
+        at = f.at_ms
         q = self.queues.get((_host_name(j.host), j.shard, j.task_group), {})
         for other in q.values():
             if other is j or other.task is None:
                 continue
-            if other.task.leasable(at, f.get("mono_ms")) and other.priority < j.priority:
+            if other.task.leasable(at, f.mono_ms) and other.priority < j.priority:
                 self.fail(
                     Invariant.PRIORITY,
                     f"shard {j.shard} task group {j.task_group!r}: leased job {j.key} "
@@ -575,58 +579,58 @@ class Checker:
                 )
                 return
 
-    def _fenced(self, f: dict[str, Any], what: str) -> bool:
+    def _fenced(self, f: events.LeaseExtended | events.LeaseEnded, what: str) -> bool:
         """Fencing: an event caused by a heartbeat or report names the worker that sent it
         (``by_worker_id``); it must be the lease's owner. False after reporting a violation."""
-        by = f.get("by_worker_id")
-        owner = self.task_owner.get(f["task_id"])
+        by = f.by_worker_id
+        owner = self.task_owner.get(f.task_id)
         if by and owner is not None and by != owner.worker_id:
             self.fail(Invariant.FENCING,
-                      f"{what} of task {f['task_id']} (leased to {owner.worker_id}) was caused "
+                      f"{what} of task {f.task_id} (leased to {owner.worker_id}) was caused "
                       f"by worker {by}, which does not own the lease",
                       f"event: {what} {f}")
             return False
         return True
 
-    def _on_lease_extended(self, host: Any, f: dict[str, Any]) -> None:
+    def _on_lease_extended(self, host: Any, f: events.LeaseExtended) -> None:
         if not self._fenced(f, "lease_extended"):
             return
-        key = self.live_leases.get(f["task_id"])
+        key = self.live_leases.get(f.task_id)
         if key is None:
-            self.fail(Invariant.ATTEMPTS, f"lease {f['task_id']} extended after it ended",
+            self.fail(Invariant.ATTEMPTS, f"lease {f.task_id} extended after it ended",
                       f"event: lease_extended {f}")
             return
         lease = self.jobs[key].lease
         assert lease is not None
-        lease.expiry_ms = f["expiry_ms"]
-        lease.deadline_s = self._now() + (f["expiry_ms"] - f["at_ms"]) / 1000
+        lease.expiry_ms = f.expiry_ms
+        lease.deadline_s = self._now() + (f.expiry_ms - f.at_ms) / 1000
         lease.overdue_since = None
 
-    def _on_lease_ended(self, host: Any, f: dict[str, Any]) -> None:
+    def _on_lease_ended(self, host: Any, f: events.LeaseEnded) -> None:
         if not self._fenced(f, "lease_ended"):
             return
-        tid = f["task_id"]
+        tid = f.task_id
         key = self.live_leases.pop(tid, None)
         ev = f"event: lease_ended {f}"
         if key is None:
-            j = self.jobs.get((f["tenant"], f["job_id"]))
+            j = self.jobs.get((f.tenant, f.job_id))
             self.fail(Invariant.ATTEMPTS,
-                      f"lease {tid} (attempt {f['attempt']}) ended but was not live",
+                      f"lease {tid} (attempt {f.attempt}) ended but was not live",
                       j.describe() if j else "", ev)
             return
         j = self.jobs[key]
-        j.note(f"lease {tid} ended {f['outcome']} state={f.get('state')} at={f['at_ms']}")
-        a = f["attempt"]
+        j.note(f"lease {tid} ended {f.outcome} state={f.state} at={f.at_ms}")
+        a = f.attempt
         if j.attempts.get(a) != "RUNNING" or j.lease is None or j.lease.task_id != tid:
             self.fail(Invariant.ATTEMPTS,
                       f"attempt {a} of job {j.key} ended but was {j.attempts.get(a)}",
                       j.describe(), ev)
             return
-        j.attempts[a] = f.get("state") or f["outcome"].upper()
+        j.attempts[a] = f.state or f.outcome.upper()
         j.ended = j.attempts[a]
-        if f["outcome"] == "reaped":
+        if f.outcome == "reaped":
             self.reaped += 1
-        if f["outcome"] == "undelivered":
+        if f.outcome == "undelivered":
             self.undelivered += 1
             if j.attempts[a] not in ("UNDELIVERED", "CANCELLED"):
                 self.fail(Invariant.ATTEMPTS, f"undelivered attempt {a} of job {j.key} recorded as "
@@ -643,12 +647,12 @@ class Checker:
                 j.run_attempts -= 1  # the retry budget is charged only for delivered leases
         j.lease = None
 
-    def _on_poison_item(self, host: Any, f: dict[str, Any]) -> None:
+    def _on_poison_item(self, host: Any, f: events.PoisonItem) -> None:
         """Invariant 17: the simulator injects no corrupt records, so no request or stored row
         may be one the shard cannot process."""
         self.fail(Invariant.NO_NODE_DEATH,
-                  f"{_host_name(host)} shard {f['shard']}: {f['what']} could not be processed "
-                  f"and was handled as a poison item ({f['error']})", f"event: poison_item {f}")
+                  f"{_host_name(host)} shard {f.shard}: {f.what} could not be processed "
+                  f"and was handled as a poison item ({f.error})", f"event: poison_item {f}")
 
     def on_poison_count(self, host: Any, shard: int, n: int) -> None:
         """The shard's poison counter (``statistics().poison_items``), read periodically: it
@@ -658,14 +662,14 @@ class Checker:
                       f"{_host_name(host)} shard {shard} counted {n} poison item(s) (an item or "
                       f"a background-loop round raised) in a run without corrupt records")
 
-    def _on_task_too_large(self, host: Any, f: dict[str, Any]) -> None:
+    def _on_task_too_large(self, host: Any, f: events.TaskTooLarge) -> None:
         """A queued task that can never fit in a LeaseTasks reply: its attempt is recorded
         FAILED without a lease (the status change to FAILED follows)."""
         j = self._job(f, "task_too_large")
         if j is None:
             return
-        a = f["attempt"]
-        j.note(f"task of attempt {a} too large ({f['size_bytes']} > {f['max_bytes']} bytes)")
+        a = f.attempt
+        j.note(f"task of attempt {a} too large ({f.size_bytes} > {f.max_bytes} bytes)")
         if j.status != "SCHEDULED" or j.task is None or j.task.attempt != a or a in j.attempts:
             self.fail(Invariant.ATTEMPTS,
                       f"attempt {a} of job {j.key} failed as too large but was not its "
@@ -674,11 +678,11 @@ class Checker:
         j.attempts[a] = "FAILED"
         j.max_leased = max(j.max_leased, a)
 
-    def _on_cancel_requested(self, host: Any, f: dict[str, Any]) -> None:
+    def _on_cancel_requested(self, host: Any, f: events.CancelRequested) -> None:
         j = self._job(f, "cancel_requested")
         if j is None:
             return
-        j.note(f"cancel requested at={f['at_ms']}")
+        j.note(f"cancel requested at={f.at_ms}")
         if j.status in TERMINAL:
             self.fail(Invariant.TRANSITIONS,
                       f"cancel flag set on {j.status} job {j.key}", j.describe(),
@@ -686,46 +690,46 @@ class Checker:
             return
         j.cancel_flag = True
 
-    def _on_task_expedited(self, host: Any, f: dict[str, Any]) -> None:
+    def _on_task_expedited(self, host: Any, f: events.TaskExpedited) -> None:
         j = self._job(f, "task_expedited")
         if j is None:
             return
-        j.note(f"expedited attempt={f['attempt']} due={f['due_ms']}")
-        if j.status != "SCHEDULED" or j.task is None or j.task.attempt != f["attempt"]:
+        j.note(f"expedited attempt={f.attempt} due={f.due_ms}")
+        if j.status != "SCHEDULED" or j.task is None or j.task.attempt != f.attempt:
             self.fail(Invariant.ATTEMPTS,
-                      f"expedited attempt {f['attempt']} of job {j.key} which is not queued",
+                      f"expedited attempt {f.attempt} of job {j.key} which is not queued",
                       j.describe(), f"event: task_expedited {f}")
             return
         if j.task.where == READY or j.task.limits_left == 0:
             # Due now; a task that must still acquire limits is placed, and the task_moved
             # that follows says where it went.
-            self._set_task(j, Queued(f["attempt"], f["due_ms"], j.task.where, j.task.limits_left,
-                                     f.get("mono_ms")))
+            self._set_task(j, Queued(f.attempt, f.due_ms, j.task.where, j.task.limits_left,
+                                     f.mono_ms))
 
-    def _on_task_moved(self, host: Any, f: dict[str, Any]) -> None:
+    def _on_task_moved(self, host: Any, f: events.TaskMoved) -> None:
         j = self._job(f, "task_moved")
         if j is None:
             return
-        j.note(f"task attempt={f['attempt']} moved where={f['where']} due={f['due_ms']} "
-               f"limits_left={f['limits_left']}")
-        if j.status != "SCHEDULED" or j.task is None or j.task.attempt != f["attempt"]:
+        j.note(f"task attempt={f.attempt} moved where={f.where} due={f.due_ms} "
+               f"limits_left={f.limits_left}")
+        if j.status != "SCHEDULED" or j.task is None or j.task.attempt != f.attempt:
             self.fail(Invariant.ATTEMPTS,
-                      f"queued task of attempt {f['attempt']} of job {j.key} moved, but the "
+                      f"queued task of attempt {f.attempt} of job {j.key} moved, but the "
                          f"job is not queued with that attempt", j.describe(),
                       f"event: task_moved {f}")
             return
-        self._set_task(j, _queued(f, f["attempt"]))
-        if f.get("cause") == "rate_token_given_back":
+        self._set_task(j, _queued(f, f.attempt))
+        if f.cause == "rate_token_given_back":
             return  # moved earlier by a cancel of another job: not the task re-placing itself
-        mk = (j.key, f["attempt"])
+        mk = (j.key, f.attempt)
         self.moves[mk] = self.moves.get(mk, 0) + 1
 
     # -- rate tokens (invariant 13) ---------------------------------------------------------
 
-    def _on_token_taken(self, host: Any, f: dict[str, Any]) -> None:
+    def _on_token_taken(self, host: Any, f: events.TokenTaken) -> None:
         ev = f"event: token_taken {f}"
-        slot, limit, per_ms = f["slot_ms"], f["limit"], f["per_ms"]
-        b = (f["shard"], f["tenant"], f["name"], f["key"])
+        slot, limit, per_ms = f.slot_ms, f.limit, f.per_ms
+        b = (f.shard, f.tenant, f.name, f.key)
         slots = self.tokens.setdefault(b, [])
         i = bisect.bisect_right(slots, slot)
         slots.insert(i, slot)
@@ -741,27 +745,27 @@ class Checker:
 
     # -- concurrency slots (invariant 2) ----------------------------------------------------
 
-    def _on_slot_granted(self, host: Any, f: dict[str, Any]) -> None:
-        q = (_host_name(host), f["shard"], f["tenant"], f["queue"])
+    def _on_slot_granted(self, host: Any, f: events.SlotGranted) -> None:
+        q = (_host_name(host), f.shard, f.tenant, f.queue)
         held = self.holders.setdefault(q, {})
         ev = f"event: slot_granted {f}"
-        tid = f["task_id"]
+        tid = f.task_id
         self.grants += 1
-        self.max_seen.setdefault(q, set()).add(f["max"])
+        self.max_seen.setdefault(q, set()).add(f.max)
         if tid in held:
             self.fail(Invariant.SLOT_LIMIT,
                       f"slot of queue {q[2:]} (shard {q[1]}) granted twice to task {tid} "
                          f"without a release in between", ev)
             return
-        held[tid] = f["job_id"]
-        if f["holders"] > f["max"]:
+        held[tid] = f.job_id
+        if f.holders > f.max:
             self.fail(Invariant.SLOT_LIMIT,
-                      f"queue {q[2:]} (shard {q[1]}) has {f['holders']} holders after a grant "
-                         f"but its max is {f['max']}", f"holders: {sorted(held)}", ev)
+                      f"queue {q[2:]} (shard {q[1]}) has {f.holders} holders after a grant "
+                         f"but its max is {f.max}", f"holders: {sorted(held)}", ev)
             return
-        if f["holders"] != len(held):
+        if f.holders != len(held):
             self.fail(Invariant.SLOT_LIMIT,
-                      f"queue {q[2:]} (shard {q[1]}) reports {f['holders']} holders after a "
+                      f"queue {q[2:]} (shard {q[1]}) reports {f.holders} holders after a "
                          f"grant, but granted minus released slots are {len(held)}: a holder "
                          f"count drifted from the grants", f"holders: {sorted(held)}", ev)
             return
@@ -770,16 +774,16 @@ class Checker:
             t = other.task
             if (other.tenant == q[2] and other.shard == q[1] and _host_name(other.host) == q[0]
                     and t is not None and t.where == TIMER and t.attempt > 1
-                    and t.limits_left > 0 and t.due_ms > f["at_ms"]):
+                    and t.limits_left > 0 and t.due_ms > f.at_ms):
                 self.grants_during_backoff += 1
                 break
 
-    def _on_slot_released(self, host: Any, f: dict[str, Any]) -> None:
-        q = (_host_name(host), f["shard"], f["tenant"], f["queue"])
+    def _on_slot_released(self, host: Any, f: events.SlotReleased) -> None:
+        q = (_host_name(host), f.shard, f.tenant, f.queue)
         held = self.holders.setdefault(q, {})
-        if held.pop(f["task_id"], None) is None:
+        if held.pop(f.task_id, None) is None:
             self.fail(Invariant.SLOT_LIMIT,
-                      f"slot of queue {q[2:]} (shard {q[1]}) released by task {f['task_id']} "
+                      f"slot of queue {q[2:]} (shard {q[1]}) released by task {f.task_id} "
                          f"that held none", f"holders: {sorted(held)}",
                       f"event: slot_released {f}")
             return
@@ -787,21 +791,21 @@ class Checker:
         if self._probe is not None:
             from silo.shard.tables import holder_key
 
-            if self._probe(host, f["shard"], holder_key(f["tenant"], f["queue"],
-                                                        f["task_id"])) is not None:
+            if self._probe(host, f.shard, holder_key(f.tenant, f.queue,
+                                                        f.task_id)) is not None:
                 self.fail(Invariant.SLOT_LIMIT,
                           f"slot of queue {q[2:]} (shard {q[1]}) released by task "
-                             f"{f['task_id']}, but its holder row is still on disk: the slot "
+                             f"{f.task_id}, but its holder row is still on disk: the slot "
                              f"is held forever", f"event: slot_released {f}")
 
-    def _on_refresh_ended(self, host: Any, f: dict[str, Any]) -> None:
-        self.refreshes[("reaped" if f.get("reaped") else "failed" if f.get("new_max") is None
+    def _on_refresh_ended(self, host: Any, f: events.RefreshEnded) -> None:
+        self.refreshes[("reaped" if f.reaped else "failed" if f.new_max is None
                         else "ok")] += 1
-        if f.get("new_max") is not None:
-            q = (_host_name(host), f["shard"], f["tenant"], f["queue"])
-            self.max_seen.setdefault(q, set()).add(f["new_max"])
+        if f.new_max is not None:
+            q = (_host_name(host), f.shard, f.tenant, f.queue)
+            self.max_seen.setdefault(q, set()).add(f.new_max)
 
-    def _on_job_deleted(self, host: Any, f: dict[str, Any]) -> None:
+    def _on_job_deleted(self, host: Any, f: events.JobDeleted) -> None:
         j = self._job(f, "job_deleted")
         if j is None:
             return

@@ -20,6 +20,7 @@ import trio
 from silo.client.client import RetrySettings
 from silo.errors import Code, SiloError
 from silo.runtime import RandomSource
+from sim import events
 from sim.audit import ShardImage, diff_counters, wait_for_cycle
 from sim.checkers import Checker, Violation
 from sim.faults import FaultBoard
@@ -138,8 +139,17 @@ class Simulator:
     # -- hooks from hosts and network -------------------------------------------------------
 
     def on_event(self, host: NodeHost, kind: str, fields: dict[str, Any]) -> None:
+        """The node's event sink: typed here (see :mod:`sim.events`), then checked."""
         self.trace.record(f"ev {host.name} {kind} {format_fields(fields)}")
-        self.checker.on_event(host, kind, fields)
+        try:
+            ev = events.parse(kind, fields)
+        except events.UnknownEvent as exc:
+            # The shard and the simulator disagree on what an event is: a simulator crash.
+            if self.ok:
+                self.crash_report = f"crash: {exc}"
+                self.stop()
+            return
+        self.checker.on_event(host, kind, ev)
 
     def on_serve_start(self, server: Any, method: str, request: bytes) -> Any:
         name = method.rsplit("/", 1)[-1]

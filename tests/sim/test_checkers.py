@@ -28,6 +28,7 @@ from silo.model import (
 )
 from silo.pb.silo import v1 as pb
 from silo.shard.tables import JOBS_TERMINAL, JOBS_TOTAL, ready_key, status_counter
+from sim import events
 from sim.audit import ShardImage, audit_holders, audit_image, wait_for_cycle
 from sim.checkers import REAP_SLACK_S, Checker, Violation, reachable
 from sim.invariants import Invariant
@@ -65,7 +66,8 @@ class Harness:
 
     def ev(self, kind: str, **fields: Any) -> None:
         fields.setdefault("shard", 0)
-        fields.setdefault("tenant", "t")
+        if "tenant" in events.KINDS[kind].__dataclass_fields__:
+            fields.setdefault("tenant", "t")
         self.checker.on_event(self.host, kind, fields)
 
     @property
