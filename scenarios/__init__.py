@@ -25,6 +25,7 @@ from scenarios import (
     message_loss,
     priority,
     rate_limits,
+    retry_after_delete,
     retry_extremes,
     retry_releases,
     retry_storm,
@@ -52,6 +53,7 @@ SCENARIOS: dict[str, Scenario] = {
     "head_of_line": head_of_line.run,
     "zombie": zombie.run,
     "retry_extremes": retry_extremes.run,
+    "retry_after_delete": retry_after_delete.run,
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -69,5 +71,6 @@ DESCRIPTIONS: dict[str, str] = {
         "head_of_line": head_of_line,
         "zombie": zombie,
         "retry_extremes": retry_extremes,
+        "retry_after_delete": retry_after_delete,
     }.items()
 }

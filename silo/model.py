@@ -660,6 +660,9 @@ class NewJob:
 ENQUEUE_HELD_BACK = "not written: another job in the batch was refused"
 """The message of an ABORTED :class:`EnqueueResult`: the job was fine, the batch was not."""
 
+ENQUEUE_DELETED_SINCE = "not written again: created by the earlier try, deleted since"
+"""The message of an OK ``existed`` ``deleted`` :class:`EnqueueResult` on the wire."""
+
 
 @dataclass(frozen=True, slots=True)
 class EnqueueResult:
@@ -672,6 +675,38 @@ class EnqueueResult:
     error: Exception | None = None
     """A :class:`silo.errors.SiloError` (typed loosely: the model does not import errors)."""
     existed: bool = False
+    deleted: bool = False
+    """With ``existed``, on an enqueue marked as a retry: the identical job was stored (by the
+    earlier try whose answer was lost) and has been deleted since; nothing is written again."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptHighWater:
+    """What a deleted job leaves under its id (table ``0x0F``): the highest attempt number it
+    used, so a job that reuses the id numbers its attempts above it, and its request
+    fingerprint, so a retry of the enqueue that created it is recognised after the delete.
+
+    Version 2 is ``[2, attempt, fingerprint]``; version 1 (written before fingerprints were
+    kept) is a bare integer and decodes with ``fingerprint`` None.
+    """
+
+    attempt: int
+    fingerprint: bytes | None = None
+
+    def encode(self) -> bytes:
+        return _pack([2, self.attempt, self.fingerprint])
+
+    @classmethod
+    def decode(cls, key: bytes, data: bytes) -> AttemptHighWater:
+        obj = _decode_list(key, data)
+        if type(obj) is int:
+            return cls(obj)
+        _, (attempt, fingerprint) = _unpack_versioned(key, data, {2: 2})
+        if type(attempt) is not int or not (
+            fingerprint is None or isinstance(fingerprint, bytes)
+        ):
+            raise CorruptRecord(key, "expected an attempt number and a fingerprint")
+        return cls(attempt, fingerprint)
 
 
 @dataclass(frozen=True, slots=True)

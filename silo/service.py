@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from silo.errors import Code, InvalidArgument, SiloError, quote
-from silo.model import ENQUEUE_HELD_BACK, NewJob
+from silo.model import ENQUEUE_DELETED_SINCE, ENQUEUE_HELD_BACK, NewJob
 from silo.node import SiloNode
 from silo.rpc import CallContext, Handler, method_path
 from silo.shard import JobShard
@@ -101,7 +101,7 @@ class SiloService:
     async def enqueue(self, req: pb.EnqueueRequest) -> pb.EnqueueResponse:
         job = new_job_from_pb(req.job)
         shard = self._tenant_shard(req.shard, job.tenant)
-        return pb.EnqueueResponse(id=await shard.enqueue(job))
+        return pb.EnqueueResponse(id=await shard.enqueue(job, resent=req.retry))
 
     async def enqueue_batch(self, req: pb.EnqueueBatchRequest) -> pb.EnqueueBatchResponse:
         """Per-job results, atomically: a job refused here (malformed, wrong shard) or by the
@@ -131,9 +131,10 @@ class SiloService:
                                              message=ENQUEUE_HELD_BACK)
                        for r, spec in zip(refused, req.jobs, strict=True)]
             return pb.EnqueueBatchResponse(ids=[""] * len(results), results=results)
-        outcomes = await shard.enqueue_each(jobs)
+        outcomes = await shard.enqueue_each(jobs, resent=req.retry)
         results = [
-            pb.EnqueueResult(id=o.job_id, existed=o.existed)
+            pb.EnqueueResult(id=o.job_id, existed=o.existed, deleted=o.deleted,
+                             message=ENQUEUE_DELETED_SINCE if o.deleted else "")
             if o.error is None
             else pb.EnqueueResult(id=o.job_id, code=int(_code(o.error)),
                                   message=_message(o.error))

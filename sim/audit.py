@@ -29,6 +29,7 @@ from silo.model import (
     READY,
     TIMER,
     Attempt,
+    AttemptHighWater,
     AttemptState,
     JobInfo,
     JobState,
@@ -126,7 +127,7 @@ class ShardImage:
                 img.fingerprints[(str(t), str(j))] = v
             elif p == Prefix.ATTEMPT_HIGH_WATER:
                 _, (t, j) = keys.parse(k)
-                img.high_water[(str(t), str(j))] = decode_int(k, v)
+                img.high_water[(str(t), str(j))] = AttemptHighWater.decode(k, v).attempt
             elif p == Prefix.META and k.startswith(COUNTER_PREFIX):
                 img.counters[k] = decode_int(k, v)
         return img

@@ -16,7 +16,9 @@ events ever being emitted). Numbers are DESIGN §7's invariants:
    undelivered attempt (a lease that expired unacknowledged) re-queues the job without charging
    its retry budget, at most ``MAX_UNDELIVERED`` times per run;
 5. terminal jobs hold no lease and no queued task;
-6. no acknowledged enqueue is ever lost (and none is acknowledged before it is durable);
+6. no acknowledged enqueue is ever lost (and none is acknowledged before it is durable); no
+   enqueue call creates its job twice (a retry arriving after the job its first try created was
+   deleted must not re-create it);
 7. liveness: checked by the simulator (every job terminal within the bound after healing);
 8. an expired lease is reaped (within a slack); a heartbeat of a job flagged cancelled answers
    ``cancelled=True``;
@@ -242,6 +244,12 @@ class Checker:
         self.jobs: dict[JobKey, JobModel] = {}
         self.live_leases: dict[str, JobKey] = {}
         self.acked: dict[JobKey, float] = {}
+        self.first_tries: dict[JobKey, int] = {}
+        """How many enqueue requests not marked ``retry`` (first tries) named each job id."""
+        self.creations: dict[JobKey, int] = {}
+        """How many times each job id was created (``job_enqueued`` events)."""
+        self.resent_deleted = 0
+        """Retried enqueues answered OK existed-deleted (the job is not created twice)."""
         self.queues: dict[tuple[str, int, str], dict[JobKey, JobModel]] = {}
         self.failed: Violation | None = None
         self.strict_acks = True
@@ -365,6 +373,15 @@ class Checker:
             self.fail(Invariant.TRANSITIONS,
                       f"job {key} enqueued again while it exists", old.describe(),
                       f"event: job_enqueued {f}")
+            return
+        self.creations[key] = self.creations.get(key, 0) + 1
+        if old is not None and self.creations[key] > self.first_tries.get(key, 0):
+            # Each enqueue call sends one first try; every later try is marked retry. More
+            # creations than calls: a retry re-created a job deleted since its first try landed.
+            self.fail(Invariant.NO_LOST_ENQUEUE,
+                      f"job {key} created again after its delete by a retried enqueue "
+                      f"({self.creations[key]} creations, {self.first_tries.get(key, 0)} "
+                      f"enqueue calls)", old.describe(), f"event: job_enqueued {f}")
             return
         j = JobModel(f.tenant, f.job_id, host, f.shard, f.task_group, f.priority)
         if old is not None:
@@ -831,11 +848,19 @@ class Checker:
                          f"job_enqueued event yet)")
 
     def on_enqueue_start(self, method: str, request: bytes) -> Any:
+        """An enqueue request reached a server; returns the job ids it names."""
+        req: pb.EnqueueRequest | pb.EnqueueBatchRequest
         if method == "Enqueue":
-            specs = [pb.EnqueueRequest.parse(request).job]
+            req = pb.EnqueueRequest.parse(request)
+            specs = [req.job]
         else:
-            specs = list(pb.EnqueueBatchRequest.parse(request).jobs)
-        return [((s.tenant or DEFAULT_TENANT), s.id) for s in specs if s is not None and s.id]
+            req = pb.EnqueueBatchRequest.parse(request)
+            specs = list(req.jobs)
+        keys = [((s.tenant or DEFAULT_TENANT), s.id) for s in specs if s is not None and s.id]
+        if not req.retry:
+            for k in keys:
+                self.first_tries[k] = self.first_tries.get(k, 0) + 1
+        return keys
 
     def on_enqueue_end(
         self, method: str, keys: Any, error: Any, response: bytes | None = None
@@ -843,7 +868,9 @@ class Checker:
         """The server answered an enqueue: OK means every job of it is durable (for an
         EnqueueBatch, every job whose result is OK); ALREADY_EXISTS means a job is durable under
         that id (a different one: the client raises it, but it must not be a write that a crash
-        can still undo)."""
+        can still undo). An OK ``existed`` ``deleted`` answer (a retry whose first try created
+        the job, deleted since) is accepted like any OK: the job was durable, and the model
+        keeps deleted jobs, so it is found in ``self.jobs``; nothing is written for it."""
         if self.failed is not None or not keys or not self.strict_acks:
             return
         if error is None:
@@ -852,6 +879,7 @@ class Checker:
                 results = pb.EnqueueBatchResponse.parse(response).results
                 if len(results) == len(keys):  # the client names every job, so keys align
                     ok = [k for k, r in zip(keys, results, strict=True) if r.code == Code.OK]
+                    self.resent_deleted += sum(1 for r in results if r.deleted)
                     taken = [k for k, r in zip(keys, results, strict=True)
                              if r.code == Code.ALREADY_EXISTS]
                     self._check_exists(method, taken, error)

@@ -44,7 +44,8 @@ DESCRIPTIONS: dict[Invariant, str] = {
     Invariant.ATTEMPTS: "attempts never leave a terminal state; attempt numbers strictly "
                         "increase",
     Invariant.TERMINAL_CLEAN: "terminal jobs hold no lease and no queued task",
-    Invariant.NO_LOST_ENQUEUE: "no acknowledged enqueue is ever lost",
+    Invariant.NO_LOST_ENQUEUE: "no acknowledged enqueue is ever lost, nor created twice by one "
+                               "call",
     Invariant.LIVENESS: "every job reaches a terminal state once faults stop (liveness)",
     Invariant.REAP_AND_CANCEL: "an expired lease is reaped and retried; a cancel is seen by the "
                                "worker",

@@ -499,6 +499,7 @@ class Simulator:
         self.stats["slots.granted"] = self.checker.grants
         self.stats["slots.released"] = self.checker.releases
         self.stats["slots.granted_during_backoff"] = self.checker.grants_during_backoff
+        self.stats["enqueue.resent_deleted"] = self.checker.resent_deleted
         self.stats["task.max_moves_per_attempt"] = max(self.checker.moves.values(), default=0)
         for outcome, n in self.checker.refreshes.items():
             if n:

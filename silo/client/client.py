@@ -8,8 +8,15 @@ DEADLINE_EXCEEDED are retried with bounded exponential backoff.
 Enqueue retries: the client always sends a job id, and the server stores a fingerprint of each
 job it accepts. A retried enqueue whose first try did land is answered OK (the same job, same
 fingerprint, is already stored: ``existed``); ALREADY_EXISTS means a *different* job holds the
-id, and is raised as an error, never taken as success. Limit: if the job was deleted between
-the first try and the retry, the retry cannot know and creates it again.
+id, and is raised as an error, never taken as success. Every try after an ambiguous failure
+(UNAVAILABLE or DEADLINE_EXCEEDED: the request may have arrived) is marked ``retry``, so if the
+first try did land and the job has been deleted since (it ran, an operator deleted it), the
+retry is answered OK (``existed``, ``deleted``) and the job is not created twice; the server
+recognises the deleted job by its fingerprint. An enqueue not marked as a retry creates a
+deleted id's job again, as asked. Limit: the server cannot tell a lost answer from a lost
+request, so when an identical job is deliberately enqueued again after its delete and the first
+try of *that* call fails ambiguously without having arrived, the retry is taken for a repeat of
+the deleted job and nothing is created (the client returns the handle; the job is not found).
 """
 
 from __future__ import annotations
@@ -57,7 +64,12 @@ class RetrySettings:
 
 class SiloClient:
     """A connection to a silo cluster. Use :meth:`connect` (real network) or construct it with
-    any :class:`~silo.rpc.Connector` (the simulator's)."""
+    any :class:`~silo.rpc.Connector` (the simulator's).
+
+    Enqueues are safe to retry: every try of an enqueue after an ambiguous failure is sent
+    marked ``retry``, so a job whose first try landed is neither duplicated nor, if it was
+    deleted before the retry arrived, created again (see the module docstring for the one
+    case a lost request and a lost answer cannot be told apart)."""
 
     def __init__(
         self,
@@ -151,16 +163,20 @@ class SiloClient:
         shard_id: int | None = None,
         retried_ok: Callable[[SiloError], bool] | None = None,
         timeout: float | None = None,
+        retry_request: Any = None,
     ) -> M:
         """Call ``method`` on the owner of ``shard_id`` (any node when None), retrying transient
         failures and following owner hints. ``retried_ok(err)`` says whether an error seen on a
-        retry (after an ambiguous failure) means the first try already took effect."""
+        retry (after an ambiguous failure) means the first try already took effect.
+        ``retry_request``, when given, is sent instead of ``request`` on every try after an
+        ambiguous failure (the same call marked as a retry)."""
         ambiguous = False
         last: SiloError | None = None
         for attempt in range(self.retry.attempts):
             address = await self._address_for(shard_id, attempt)
+            sent = retry_request if ambiguous and retry_request is not None else request
             try:
-                return await self.call_address(address, method, request, response_type,
+                return await self.call_address(address, method, sent, response_type,
                                                timeout=timeout)
             except RpcError as exc:
                 err = exc.to_silo_error()
@@ -306,7 +322,9 @@ class SiloClient:
         Each call is atomic (all of its jobs are stored, or none), but the calls are not: if a
         call is refused, the calls before it stay enqueued. A refused call raises the error of
         the first job that caused the refusal (e.g. ALREADY_EXISTS: a different job holds that
-        id); a job already stored identically (a retry of an earlier call) counts as enqueued.
+        id); a job already stored identically (a retry of an earlier call) counts as enqueued,
+        and so does one that a try of this call whose answer was lost created and that has been
+        deleted since (it is not created twice; see the module docstring).
         """
         jobs = [j if j.job_id else _with_id(j, self.new_id()) for j in jobs]
         by_shard: dict[int, list[NewJob]] = {}
@@ -315,9 +333,11 @@ class SiloClient:
         for shard_id in sorted(by_shard):
             group = by_shard[shard_id]
             if len(group) == 1:
+                spec = new_job_to_pb(group[0])
                 await self.call(
-                    "Enqueue", pb.EnqueueRequest(shard=shard_id, job=new_job_to_pb(group[0])),
+                    "Enqueue", pb.EnqueueRequest(shard=shard_id, job=spec),
                     pb.EnqueueResponse, shard_id=shard_id,
+                    retry_request=pb.EnqueueRequest(shard=shard_id, job=spec, retry=True),
                 )
                 continue
             specs = [new_job_to_pb(j) for j in group]
@@ -325,6 +345,7 @@ class SiloClient:
                 resp = await self.call(
                     "EnqueueBatch", pb.EnqueueBatchRequest(shard=shard_id, jobs=chunk),
                     pb.EnqueueBatchResponse, shard_id=shard_id,
+                    retry_request=pb.EnqueueBatchRequest(shard=shard_id, jobs=chunk, retry=True),
                 )
                 raise_refused(chunk, resp)
         return [JobHandle(self, j.job_id or "", j.tenant) for j in jobs]

@@ -11,7 +11,15 @@ from dataclasses import replace
 
 from silo import keys
 from silo.keys import Prefix, key
-from silo.model import PARKED, TIMER, JobStatus, Task, concurrency_key, encode_int
+from silo.model import (
+    PARKED,
+    TIMER,
+    AttemptHighWater,
+    JobStatus,
+    Task,
+    concurrency_key,
+    encode_int,
+)
 from silo.shard import transitions
 from silo.shard.commit import EmptyBatch
 from silo.shard.context import ShardRoom
@@ -116,9 +124,12 @@ class OperatorOps(ShardRoom):
             for ak, _ in await txn.scan(start, end):
                 txn.delete(ak)
             txn.delete(key(Prefix.CANCEL, tenant, job_id))
+            fingerprint = await txn.get(fingerprint_key(tenant, job_id))
             txn.delete(fingerprint_key(tenant, job_id))
-            # Attempt numbers go on increasing if the id is used again (handlers fence on them).
-            txn.put(attempt_high_water_key(tenant, job_id), encode_int(state.attempt))
+            # Attempt numbers go on increasing if the id is used again (handlers fence on them),
+            # and a retry of the enqueue that created this job is not taken for a new one.
+            txn.put(attempt_high_water_key(tenant, job_id),
+                    AttemptHighWater(state.attempt, fingerprint).encode())
             txn.bump(JOBS_TOTAL, -1)
             txn.bump(JOBS_TERMINAL, -1)
             txn.bump(status_counter(tenant, state.status), -1)

@@ -34,6 +34,7 @@ from silo.model import (
     DEFAULT_TENANT,
     ENQUEUE_HELD_BACK,
     TERMINAL_STATUSES,
+    AttemptHighWater,
     EnqueueResult,
     JobInfo,
     JobResult,
@@ -41,7 +42,6 @@ from silo.model import (
     LeasedTask,
     NewJob,
     OutcomeReport,
-    decode_int,
 )
 from silo.runtime import Runtime
 from silo.shard import transitions
@@ -171,34 +171,44 @@ class JobShard:
         if job.start_at_ms < 0:
             raise InvalidArgument("start_at_ms must not be negative")
 
-    async def enqueue(self, job: NewJob) -> str:
+    async def enqueue(self, job: NewJob, *, resent: bool = False) -> str:
         """Store a new job and queue its first attempt; returns the job id.
 
         Idempotent for a re-sent identical job: when the id is taken by a job with the same
         request fingerprint, nothing is written and the id is returned. ALREADY_EXISTS when a
-        different job holds the id.
+        different job holds the id. ``resent``: this call repeats one whose answer was lost
+        (see :meth:`enqueue_each`).
         """
-        return (await self.enqueue_batch([job]))[0]
+        return (await self.enqueue_batch([job], resent=resent))[0]
 
-    async def enqueue_batch(self, jobs: Sequence[NewJob]) -> list[str]:
+    async def enqueue_batch(
+        self, jobs: Sequence[NewJob], *, resent: bool = False
+    ) -> list[str]:
         """Store several jobs atomically: all of them are enqueued, or (on any error) none.
 
         Raises the error of the first job that refused the batch (ALREADY_EXISTS when a
         supplied id holds a different job or is repeated within the batch, INVALID_ARGUMENT
         for a job out of bounds); see :meth:`enqueue_each` for per-job results.
         """
-        results = await self.enqueue_each(jobs)
+        results = await self.enqueue_each(jobs, resent=resent)
         refused = [r.error for r in results if r.error is not None]
         if refused:
             cause = next((e for e in refused if not _held_back(e)), refused[0])
             raise cause
         return [r.job_id for r in results]
 
-    async def enqueue_each(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
+    async def enqueue_each(
+        self, jobs: Sequence[NewJob], *, resent: bool = False
+    ) -> list[EnqueueResult]:
         """Enqueue several jobs atomically and say, job by job, how each fared.
 
         A job whose id already holds a job with the same request fingerprint (a re-sent
-        identical job) is OK ``existed``, and nothing is written for it. A job out of bounds is
+        identical job) is OK ``existed``, and nothing is written for it. When ``resent`` (this
+        call repeats an earlier one whose answer was lost), a job whose id holds no job but the
+        attempt high-water row of a deleted job with the same fingerprint is OK ``existed`` and
+        ``deleted``: the earlier try created it and it has been deleted since, so nothing is
+        written and the row stays. Not ``resent``, such an id is enqueued afresh (the row
+        numbers its attempts). A job out of bounds is
         INVALID_ARGUMENT; a job whose id holds a different job, or whose id an earlier job of
         the batch already uses, is ALREADY_EXISTS. If any job is refused, none is written and
         every other job is ABORTED ("not written: another job in the batch was refused").
@@ -230,11 +240,11 @@ class JobShard:
             fresh: list[tuple[NewJob, str, bytes]] = []
             for job, job_id, error in zip(jobs, ids, errors, strict=True):
                 if error is None:
-                    error, existed, fp = await self._admit(txn, job, job_id, seen)
+                    result, fp = await self._admit(txn, job, job_id, seen, resent)
                 else:
-                    existed, fp = False, b""
-                results.append(EnqueueResult(job_id, error, existed))
-                if error is None and not existed:
+                    result, fp = EnqueueResult(job_id, error), b""
+                results.append(result)
+                if result.error is None and not result.existed:
                     fresh.append((job, job_id, fp))
             if any(r.error is not None for r in results):
                 results = [
@@ -250,27 +260,37 @@ class JobShard:
         return results
 
     async def _admit(
-        self, txn: Txn, job: NewJob, job_id: str, seen: set[tuple[str, str]]
-    ) -> tuple[SiloError | None, bool, bytes]:
-        """Whether ``job`` may be written under ``job_id``: ``(error, existed, fingerprint)``."""
+        self, txn: Txn, job: NewJob, job_id: str, seen: set[tuple[str, str]], resent: bool
+    ) -> tuple[EnqueueResult, bytes]:
+        """How ``job`` fares under ``job_id`` (before the batch is judged as a whole), and its
+        request fingerprint. A result with no error and not ``existed`` is to be written."""
         ref = (job.tenant, job_id)
         fp = job_fingerprint(job, job_id)
         if ref in seen:
-            return AlreadyExists(
+            return EnqueueResult(job_id, AlreadyExists(
                 f"job id {quote(job_id)} (tenant {quote(job.tenant)}) appears twice in the "
                 f"batch"
-            ), False, fp
+            )), fp
         seen.add(ref)
         if await txn.get(key(Prefix.JOB, *ref)) is None:
-            return None, False, fp
+            if (resent and not self._rt.faults.mutation("recreate-deleted-on-retry")
+                    and await self._deleted_with(txn, ref, fp)):
+                return EnqueueResult(job_id, existed=True, deleted=True), fp
+            return EnqueueResult(job_id), fp
         stored = await txn.get(fingerprint_key(*ref))
         if stored == fp:
-            return None, True, fp
+            return EnqueueResult(job_id, existed=True), fp
         why = "a different job than the one sent" if stored is not None else (
             "stored without a request fingerprint, so it cannot be matched")
-        return AlreadyExists(
+        return EnqueueResult(job_id, AlreadyExists(
             f"job already exists: {quote(job_id)} (tenant {quote(job.tenant)}), {why}"
-        ), False, fp
+        )), fp
+
+    async def _deleted_with(self, txn: Txn, ref: tuple[str, str], fp: bytes) -> bool:
+        """Whether the id ``ref`` belonged to a job with fingerprint ``fp`` that was deleted."""
+        mark = attempt_high_water_key(*ref)
+        raw = await txn.get(mark)
+        return raw is not None and AttemptHighWater.decode(mark, raw).fingerprint == fp
 
     async def _write_new_job(self, txn: Txn, job: NewJob, job_id: str) -> None:
         now = txn.now
@@ -289,7 +309,7 @@ class JobShard:
         mark = attempt_high_water_key(job.tenant, job_id)
         raw = await txn.get(mark)
         if raw is not None:  # the id was used before: number attempts above its last one
-            state.attempt = decode_int(mark, raw)
+            state.attempt = AttemptHighWater.decode(mark, raw).attempt
             txn.delete(mark)
         self._limiter.note_limits(txn, info)
         await self._limiter.queue_attempt(

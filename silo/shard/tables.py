@@ -5,14 +5,19 @@ Tables added since DESIGN §3 (same conventions: prefix byte, then the encoded t
 =====================  ==========================  ============================================
 prefix                 key                         value
 =====================  ==========================  ============================================
-``0x0F`` attempt high  ``(tenant, job_id)``        ``encode_int(attempt)``: the highest attempt
-water                                              number a deleted job of that id used. Written
-                                                   by delete, read and removed by the enqueue
-                                                   that reuses the id, whose first attempt is
-                                                   numbered above it: attempt numbers strictly
-                                                   increase per (tenant, job id) for the life of
-                                                   the shard (handlers fence on them). At most
-                                                   one row per deleted id; not counted.
+``0x0F`` attempt high  ``(tenant, job_id)``        an :class:`~silo.model.AttemptHighWater`:
+water                                              the highest attempt number a deleted job of
+                                                   that id used, and its request fingerprint.
+                                                   Written by delete, read and removed by the
+                                                   enqueue that reuses the id, whose first
+                                                   attempt is numbered above it: attempt numbers
+                                                   strictly increase per (tenant, job id) for
+                                                   the life of the shard (handlers fence on
+                                                   them). An enqueue marked as a retry of a
+                                                   lost answer, of the same fingerprint, leaves
+                                                   it (answered existed, deleted). Version 1
+                                                   rows (a bare integer) have no fingerprint.
+                                                   At most one row per deleted id; not counted.
 ``0x10`` job           ``(tenant, job_id)``        the 16-byte request fingerprint the job was
 fingerprint                                        enqueued with (:mod:`silo.shard.fingerprint`).
                                                    Written with the job, deleted with it; read

@@ -3,7 +3,7 @@ client that no longer takes ALREADY_EXISTS on a retry as "my first try landed"."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -17,23 +17,33 @@ from silo.transport.grpc import GrpcConnector
 from silo.wire import pb
 from tests.integration.support import Raw
 
+Between = Callable[[], Awaitable[None]]
+
 
 class LossyChannel:
     """Fails the first call of ``method`` with UNAVAILABLE: before sending it
-    (``deliver=False``: the server never saw it) or after (its answer is lost)."""
+    (``deliver=False``: the server never saw it) or after (its answer is lost; ``between``
+    then runs before the failure is seen, e.g. the job runs and is deleted)."""
 
-    def __init__(self, inner: Channel, method: str, *, deliver: bool) -> None:
+    def __init__(self, inner: Channel, method: str, *, deliver: bool,
+                 between: Between | None = None) -> None:
         self.inner = inner
         self.method = method_path(method)
         self.deliver = deliver
+        self.between = between
         self.lost = 0
+        self.sent: list[bytes] = []
 
     async def call(self, method: str, request: bytes, *, timeout: float | None = None,
                    metadata: dict[str, str] | None = None) -> bytes:
+        if method == self.method:
+            self.sent.append(request)
         if method == self.method and self.lost == 0:
             self.lost += 1
             if self.deliver:
                 await self.inner.call(method, request, timeout=timeout, metadata=metadata)
+                if self.between is not None:
+                    await self.between()
             raise RpcError(Code.UNAVAILABLE, "connection lost (test)")
         return await self.inner.call(method, request, timeout=timeout, metadata=metadata)
 
@@ -42,22 +52,27 @@ class LossyChannel:
 
 
 class LossyConnector:
-    def __init__(self, inner: GrpcConnector, method: str, *, deliver: bool) -> None:
+    def __init__(self, inner: GrpcConnector, method: str, *, deliver: bool,
+                 between: Between | None = None) -> None:
         self.inner = inner
         self.method = method
         self.deliver = deliver
+        self.between = between
         self.channels: list[LossyChannel] = []
 
     async def connect(self, address: str) -> Channel:
-        ch = LossyChannel(await self.inner.connect(address), self.method, deliver=self.deliver)
+        ch = LossyChannel(await self.inner.connect(address), self.method, deliver=self.deliver,
+                          between=self.between)
         self.channels.append(ch)
         return ch
 
 
 @asynccontextmanager
-async def lossy_client(address: str, method: str, *, deliver: bool) -> AsyncIterator[SiloClient]:
+async def lossy_client(address: str, method: str, *, deliver: bool,
+                       between: Between | None = None) -> AsyncIterator[SiloClient]:
     async with GrpcConnector.open() as connector:
-        client = SiloClient(LossyConnector(connector, method, deliver=deliver), [address],
+        client = SiloClient(LossyConnector(connector, method, deliver=deliver, between=between),
+                            [address],
                             retry=RetrySettings(initial_backoff_s=0.01))
         try:
             await client.refresh_shard_map()
@@ -129,3 +144,76 @@ async def test_enqueue_jobs_chunks_by_bytes(client: SiloClient, raw: Raw) -> Non
     assert len(handles) == 30
     for i in (0, 29):
         assert (await raw.get(f"big-{i}")).status == pb.JobStatus.SCHEDULED
+
+
+def run_and_delete(raw: Raw, *ids: str) -> Between:
+    """What happens while the first try's answer is lost: the jobs run, succeed and an operator
+    deletes them."""
+    async def between() -> None:
+        tasks = (await raw.lease(max_tasks=len(ids))).tasks
+        assert sorted(t.job_id for t in tasks) == sorted(ids)
+        for task in tasks:
+            await raw.report(task, success=pack("done"))
+        for job_id in ids:
+            await raw.action("DeleteJob", job_id)
+    return between
+
+
+async def assert_gone(raw: Raw, *ids: str) -> None:
+    for job_id in ids:
+        with pytest.raises(RpcError) as info:
+            await raw.get(job_id)
+        assert info.value.code == Code.NOT_FOUND
+    assert not (await raw.lease(max_tasks=10)).tasks
+
+
+async def test_single_enqueue_landed_then_deleted_is_not_created_twice(
+    raw: Raw, address: str,
+) -> None:
+    """First try lands and its answer is lost; the job runs and is deleted; the client's retry
+    (marked retry) is answered OK and must not create the job again."""
+    async with lossy_client(address, "Enqueue", deliver=True,
+                            between=run_and_delete(raw, "once")) as client:
+        handle = await client.enqueue("g", {"n": 1}, id="once")
+        assert handle.id == "once"
+        [channel] = client._connector.channels  # type: ignore[attr-defined]
+        first, retry = (pb.EnqueueRequest.parse(r) for r in channel.sent)
+    assert not first.retry and retry.retry
+    await assert_gone(raw, "once")
+
+
+async def test_batch_landed_then_deleted_is_not_created_twice(raw: Raw, address: str) -> None:
+    async with lossy_client(address, "EnqueueBatch", deliver=True,
+                            between=run_and_delete(raw, "d-1", "d-2")) as client:
+        handles = await client.enqueue_jobs(jobs("d-1", "d-2"))
+    assert [h.id for h in handles] == ["d-1", "d-2"]
+    await assert_gone(raw, "d-1", "d-2")
+
+
+async def test_retry_marked_batch_answers_deleted_per_job(raw: Raw) -> None:
+    shard = await raw.shard()
+    spec = pb.JobSpec(tenant="default", id="gone", task_group="g", payload=pack("v"))
+    await raw("EnqueueBatch", pb.EnqueueBatchRequest(shard=shard, jobs=[spec]),
+              pb.EnqueueBatchResponse)
+    await run_and_delete(raw, "gone")()
+    fresh = pb.JobSpec(tenant="default", id="fresh", task_group="g", payload=pack("v"))
+    resp = await raw("EnqueueBatch", pb.EnqueueBatchRequest(shard=shard, jobs=[fresh, spec],
+                                                            retry=True), pb.EnqueueBatchResponse)
+    assert [(r.id, r.code, r.existed, r.deleted) for r in resp.results] == [
+        ("fresh", Code.OK, False, False), ("gone", Code.OK, True, True)]
+    assert "deleted since" in resp.results[1].message
+    await raw("EnqueueBatch", pb.EnqueueBatchRequest(shard=shard, jobs=[spec]),
+              pb.EnqueueBatchResponse)  # not a retry: a deliberate re-enqueue creates it
+    assert (await raw.get("gone")).status == pb.JobStatus.SCHEDULED
+
+
+async def test_re_enqueue_after_delete_whose_answer_is_lost_is_created_once(
+    raw: Raw, address: str,
+) -> None:
+    """Intentional re-enqueue after delete still works when its own first answer is lost."""
+    await raw.enqueue("g", "v", id="again")
+    await run_and_delete(raw, "again")()
+    async with lossy_client(address, "Enqueue", deliver=True) as client:
+        await client.enqueue("g", "v", id="again")
+    assert (await raw.get("again")).status == pb.JobStatus.SCHEDULED
+    assert len((await raw.lease(max_tasks=10)).tasks) == 1

@@ -22,6 +22,8 @@ CASES = {
     "ignore-priority": ("priority", Invariant.PRIORITY, "waited"),
     "skip-release-on-cancel": ("chaos", Invariant.TERMINAL_CLEAN, "still in the"),
     "counter-drift": ("happy", Invariant.COUNTERS, "recount"),
+    "recreate-deleted-on-retry": ("retry_after_delete", Invariant.NO_LOST_ENQUEUE,
+                                  "created again after its delete"),
     # Invariant 2 (concurrency limits): an extra grant is seen on the slot_granted event itself;
     # a leaked holder row makes the shard's holder count drift from the granted-minus-released
     # model (caught at the next grant on that queue; the final audit's "holder row left behind"

@@ -188,6 +188,11 @@ class EnqueueBatchRequest(betterproto2.Message):
         2, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
+    retry: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    this call repeats an earlier call whose answer was lost
+    """
+
 
 default_message_pool.register_message(
     "silo.v1", "EnqueueBatchRequest", EnqueueBatchRequest
@@ -221,6 +226,11 @@ class EnqueueRequest(betterproto2.Message):
     job: "JobSpec | None" = betterproto2.field(
         2, betterproto2.TYPE_MESSAGE, optional=True
     )
+
+    retry: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    this call repeats an earlier call whose answer was lost
+    """
 
 
 default_message_pool.register_message("silo.v1", "EnqueueRequest", EnqueueRequest)
@@ -256,6 +266,11 @@ class EnqueueResult(betterproto2.Message):
     existed: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
     """
     OK because an identical job (same fingerprint) was already stored
+    """
+
+    deleted: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
+    """
+    with existed, on a retry: that identical job was stored and has been
     """
 
 
