@@ -5,6 +5,8 @@ Parameters: message loss/duplication/reordering 0-5% each, disk and shard write 
 a node crash every 8-25 s and a clean restart every 10-30 s (restart after 0.1-3 s), partitions
 every 5-15 s, clock jumps (-3 s..+8 s) every 5-15 s, worker crashes every 5-15 s, an operator
 action every 0.2-1 s, lease 1-4 s, jobs 20-60.
+
+Every other knob is drawn by ``Workload.draw`` (typical, or at an edge).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import random
 
 from sim.simulator import FaultPlan, Simulator
-from sim.workload import Workload, run_workload
+from sim.workload import Span, Workload, run_workload
 
 
 def _rate(p, rng: random.Random, name: str, hi: float) -> float:  # type: ignore[no-untyped-def]
@@ -21,26 +23,13 @@ def _rate(p, rng: random.Random, name: str, hi: float) -> float:  # type: ignore
 
 async def run(sim: Simulator, rng: random.Random) -> None:
     p = sim.param
-    w = Workload(
-        shards=p("shards", rng.randint(1, 4)),
-        lease_ms=p("lease_ms", rng.randint(1000, 4000)),
-        write_latency_ms=p("write_latency_ms", round(rng.uniform(0.2, 5.0), 3)),
-        producers=p("producers", rng.randint(1, 3)),
-        jobs=p("jobs", rng.randint(20, 60)),
-        batch_prob=p("batch_prob", round(rng.uniform(0.0, 0.4), 3)),
-        spread_s=p("spread_s", round(rng.uniform(3.0, 15.0), 3)),
-        tenants=p("tenants", rng.randint(1, 4)),
-        task_groups=p("task_groups", rng.randint(1, 2)),
-        workers=p("workers", rng.randint(1, 3)),
-        concurrency=p("concurrency", rng.randint(1, 6)),
-        duration_ms=(0, p("max_duration_ms", rng.randint(500, 4000))),
-        future_prob=p("future_prob", round(rng.uniform(0.0, 0.4), 3)),
-        retry_count=(0, p("max_retries", rng.randint(0, 3))),
-        fail_prob=p("fail_prob", round(rng.uniform(0.0, 0.3), 3)),
-        ignore_cancel_prob=p("ignore_cancel_prob", round(rng.uniform(0.0, 0.3), 3)),
+    w = Workload.draw(
+        rng, p, lease_ms=Span(1000, 4000), write_latency_ms=Span(0.2, 5.0), jobs=Span(20, 60),
+        max_duration_ms=Span(500, 4000), retry_count=(0, p("max_retries", rng.randint(0, 3))),
+        fail_prob=Span(0.0, 0.3), ignore_cancel_prob=p("ignore_cancel_prob",
+                                                        round(rng.uniform(0.0, 0.3), 3)),
         operator_every_s=p("operator_every_s", round(rng.uniform(0.2, 1.0), 3)),
-        fault_s=p("fault_s", round(rng.uniform(10.0, 30.0), 3)),
-        bound_s=180.0,
+        fault_s=Span(10.0, 30.0), bound_s=180.0,
     )
     faults = FaultPlan(
         rates={

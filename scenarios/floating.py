@@ -7,6 +7,8 @@ Parameters: 1-3 floating queues (default max 1-3, refresh every 200-2000 ms), 80
 one of them, jobs 15-40, 1-2 tenants, refresh answers 1-4 (60-85%), else a failure, an exception,
 an out-of-range value, or a sleep of lease + 0.5-2 s; a worker crash every 3-10 s, workers 1-3
 with 1-4 slots, lease 1-3 s, durations 0-500 ms.
+
+Every other knob is drawn by ``Workload.draw`` (typical, or at an edge).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import trio
 from silo.client.types import Fail
 from silo.model import FloatingConcurrencyLimit, Limit
 from sim.simulator import FaultPlan, Simulator
-from sim.workload import Workload, run_workload
+from sim.workload import Span, Workload, run_workload
 
 
 async def run(sim: Simulator, rng: random.Random) -> None:
@@ -53,24 +55,11 @@ async def run(sim: Simulator, rng: random.Random) -> None:
         await trio.sleep(lease_ms / 1000 + refresh_rng.uniform(0.5, 2.0))
         return refresh_rng.randint(1, 4)
 
-    w = Workload(
-        shards=p("shards", rng.randint(1, 2)),
-        lease_ms=lease_ms,
-        write_latency_ms=p("write_latency_ms", round(rng.uniform(0.2, 3.0), 3)),
-        producers=p("producers", rng.randint(1, 3)),
-        jobs=p("jobs", rng.randint(15, 40)),
-        batch_prob=p("batch_prob", round(rng.uniform(0.0, 0.4), 3)),
-        spread_s=p("spread_s", round(rng.uniform(1.0, 8.0), 3)),
-        tenants=p("tenants", rng.randint(1, 2)),
-        workers=p("workers", rng.randint(1, 3)),
-        concurrency=p("concurrency", rng.randint(1, 4)),
-        duration_ms=(0, p("max_duration_ms", rng.randint(100, 500))),
-        future_prob=p("future_prob", round(rng.uniform(0.0, 0.2), 3)),
-        fail_prob=p("fail_prob", round(rng.uniform(0.0, 0.15), 3)),
-        fault_s=p("fault_s", round(rng.uniform(6.0, 15.0), 3)),
-        limits=limits,
-        refresh_handler=refresh,
-        bound_s=180.0,
+    w = Workload.draw(
+        rng, p, shards=Span(1, 2), lease_ms=lease_ms, jobs=Span(15, 40), tenants=Span(1, 2),
+        workers=Span(1, 3), concurrency=Span(1, 4), max_duration_ms=Span(100, 500),
+        future_prob=Span(0.0, 0.2), fail_prob=Span(0.0, 0.15), fault_s=Span(6.0, 15.0),
+        limit_mode="none", limits=limits, refresh_handler=refresh, bound_s=180.0,
     )
     faults = FaultPlan(
         worker_crash_every_s=p("worker_crash_every_s", round(rng.uniform(3.0, 10.0), 3)),

@@ -15,7 +15,7 @@ import random
 from silo.model import ConcurrencyLimit, Limit
 from sim.invariants import Invariant
 from sim.simulator import FaultPlan, Simulator
-from sim.workload import Workload, run_workload
+from sim.workload import Span, Workload, run_workload
 
 BOUND_S = 6.0
 
@@ -26,26 +26,15 @@ async def run(sim: Simulator, rng: random.Random) -> None:
     def limits(r: random.Random, tenant: str) -> tuple[Limit, ...]:
         return (ConcurrencyLimit("hot", 1),) if tenant == "tenant-0" else ()
 
-    w = Workload(
-        shards=1,
-        lease_ms=p("lease_ms", rng.randint(2000, 4000)),
-        write_latency_ms=p("write_latency_ms", round(rng.uniform(0.2, 2.0), 3)),
-        producers=p("producers", rng.randint(1, 3)),
-        jobs=p("jobs", rng.randint(40, 70)),
-        batch_prob=p("batch_prob", round(rng.uniform(0.0, 0.5), 3)),
-        spread_s=p("spread_s", round(rng.uniform(2.0, 5.0), 3)),
-        tenants=2,
-        workers=p("workers", rng.randint(2, 3)),
-        concurrency=p("concurrency", rng.randint(3, 4)),
-        duration_ms=(20, 300),
-        future_prob=0.0,
-        fail_prob=0.0,
-        error_prob=0.0,
-        ignore_cancel_prob=0.0,
-        fault_s=p("fault_s", round(rng.uniform(2.0, 6.0), 3)),
-        limits=limits,
+    w = Workload.draw(
+        rng, p, edges=False, shards=1, lease_ms=Span(2000, 4000), write_latency_ms=Span(0.2, 2.0),
+        producers=Span(1, 3), jobs=Span(40, 70), batch_prob=Span(0.0, 0.5),
+        spread_s=Span(2.0, 5.0), tenants=2, task_groups=1, workers=Span(2, 3),
+        concurrency=Span(3, 4), max_duration_ms=300, future_prob=0.0, fail_prob=0.0,
+        error_prob=0.0, ignore_cancel_prob=0.0, fault_s=Span(2.0, 6.0), limits=limits,
         bound_s=120.0,
     )
+    w.duration_ms = (20, 300)
     await run_workload(sim, rng, w, FaultPlan(), durations={"tenant-0": (200, 600)})
     if not sim.ok:
         return

@@ -4,6 +4,8 @@ jumps in half the runs. A lease must never skip a due task of higher priority.
 
 Parameters: shards 1-2, one task group, 1-2 workers with 1-2 slots, jobs 20-60 in 1-4 bursts,
 priorities from 2-10 levels, 0-40% scheduled 0.2-3 s ahead, durations 20-400 ms, lease 1-3 s.
+
+Every other knob is drawn by ``Workload.draw`` (typical, or at an edge).
 """
 
 from __future__ import annotations
@@ -11,34 +13,22 @@ from __future__ import annotations
 import random
 
 from sim.simulator import FaultPlan, Simulator
-from sim.workload import Workload, run_workload
+from sim.workload import Span, Workload, run_workload
 
 
 async def run(sim: Simulator, rng: random.Random) -> None:
     p = sim.param
     levels = p("priority_levels", rng.randint(2, 10))
     jumps = rng.random() < 0.5
-    w = Workload(
-        shards=p("shards", rng.randint(1, 2)),
-        lease_ms=p("lease_ms", rng.randint(1000, 3000)),
-        write_latency_ms=p("write_latency_ms", round(rng.uniform(0.2, 3.0), 3)),
-        producers=p("producers", rng.randint(1, 4)),
-        jobs=p("jobs", rng.randint(20, 60)),
-        batch_prob=p("batch_prob", round(rng.uniform(0.0, 0.6), 3)),
-        spread_s=p("spread_s", round(rng.uniform(0.5, 6.0), 3)),
-        tenants=p("tenants", rng.randint(1, 3)),
-        workers=p("workers", rng.randint(1, 2)),
-        concurrency=p("concurrency", rng.randint(1, 2)),
-        priority=(0, levels - 1),
-        duration_ms=(20, p("max_duration_ms", rng.randint(50, 400))),
-        future_prob=p("future_prob", round(rng.uniform(0.0, 0.4), 3)),
-        future_ms=(200, 3000),
-        fail_prob=p("fail_prob", round(rng.uniform(0.0, 0.2), 3)),
-        operator_every_s=p("operator_every_s", round(rng.uniform(0.3, 2.0), 3)),
-        operator_weights={"expedite": 6, "cancel": 1},
-        fault_s=p("fault_s", round(rng.uniform(5.0, 15.0), 3)),
-        bound_s=150.0,
+    w = Workload.draw(
+        rng, p, shards=Span(1, 2), lease_ms=Span(1000, 3000), jobs=Span(20, 60),
+        batch_prob=Span(0.0, 0.6), spread_s=Span(0.5, 6.0), tenants=Span(1, 3),
+        task_groups=1, workers=Span(1, 2), concurrency=Span(1, 2), priority=(0, levels - 1),
+        max_duration_ms=Span(50, 400), future_prob=Span(0.0, 0.4), future_ms=(200, 3000),
+        start_mode="near", operator_every_s=p("operator_every_s", round(rng.uniform(0.3, 2.0), 3)),
+        operator_weights={"expedite": 6, "cancel": 1}, fault_s=Span(5.0, 15.0), bound_s=150.0,
     )
+    w.duration_ms = (20, w.duration_ms[1])
     faults = FaultPlan(
         clock_jump_every_s=p("clock_jump_every_s", round(rng.uniform(2.0, 8.0), 3) if jumps
                              else None),

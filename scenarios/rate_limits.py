@@ -8,6 +8,8 @@ on a concurrency queue of max 2 after the rate limit, jobs 10-30 within 0.5-5 s,
 durations 0-200 ms, 0-15% planned failures (retries re-acquire), 1-2 workers with 1-4 slots,
 clock jumps (-1..+3 s) every 2-8 s in half the runs, an operator every 0.2-1.5 s (mostly cancels,
 so tokens are given back from the middle of the reservations).
+
+Every other knob is drawn by ``Workload.draw`` (typical, or at an edge).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import random
 from silo.model import ConcurrencyLimit, Limit, RateLimit
 from sim.invariants import Invariant
 from sim.simulator import FaultPlan, Simulator
-from sim.workload import Workload, run_workload
+from sim.workload import Span, Workload, run_workload
 
 MAX_MOVES = 4
 """A queued attempt moves at most: timer (token) -> ready or parked -> ready; a retry is a new
@@ -38,23 +40,12 @@ async def run(sim: Simulator, rng: random.Random) -> None:
             out.append(ConcurrencyLimit("q", 2))
         return tuple(out)
 
-    w = Workload(
-        shards=p("shards", rng.randint(1, 2)),
-        lease_ms=p("lease_ms", rng.randint(1000, 3000)),
-        write_latency_ms=p("write_latency_ms", round(rng.uniform(0.2, 3.0), 3)),
-        producers=p("producers", rng.randint(1, 2)),
-        jobs=p("jobs", rng.randint(10, 30)),
-        batch_prob=p("batch_prob", round(rng.uniform(0.0, 0.5), 3)),
-        spread_s=p("spread_s", round(rng.uniform(0.5, 5.0), 3)),
-        tenants=p("tenants", rng.randint(1, 2)),
-        workers=p("workers", rng.randint(1, 2)),
-        concurrency=p("concurrency", rng.randint(1, 4)),
-        duration_ms=(0, p("max_duration_ms", rng.randint(20, 200))),
-        future_prob=p("future_prob", round(rng.uniform(0.0, 0.2), 3)),
-        fail_prob=p("fail_prob", round(rng.uniform(0.0, 0.15), 3)),
-        backoff_ms=(50, 300),
-        fault_s=p("fault_s", round(rng.uniform(3.0, 8.0), 3)),
-        limits=limits,
+    w = Workload.draw(
+        rng, p, shards=Span(1, 2), lease_ms=Span(1000, 3000), producers=Span(1, 2),
+        jobs=Span(10, 30), spread_s=Span(0.5, 5.0), tenants=Span(1, 2), workers=Span(1, 2),
+        concurrency=Span(1, 4), max_duration_ms=Span(20, 200), future_prob=Span(0.0, 0.2),
+        start_mode="near", retry_mode="narrow", fail_prob=Span(0.0, 0.15), backoff_ms=(50, 300),
+        fault_s=Span(3.0, 8.0), limit_mode="none", limits=limits,
         operator_every_s=p("operator_every_s", round(rng.uniform(0.2, 1.5), 3)),
         operator_weights={"cancel": 6, "expedite": 2, "restart": 1, "delete": 1},
         bound_s=300.0,

@@ -146,19 +146,25 @@ class SiloNode:
             pending_acks = {}
             remaining = deadline - trio.current_time()
             if out or remaining <= 0 or self._draining:
+                if not out and wait_ms:
+                    self.runtime.faults.sometimes("node.lease.empty_after_wait")
                 return out
             event = self._wakeup_event(task_group)
             if any(s.has_ready_tasks(task_group) for s in self._ordered_shards()):
                 continue
-            next_timer = self._next_timer_s()
+            wait_s = min(remaining, self._next_timer_s())
+            if self.runtime.faults.buggify("node.lease.wake_early"):
+                wait_s = min(wait_s, 0.001)
             try:
-                with trio.move_on_after(min(remaining, next_timer)):
+                with trio.move_on_after(wait_s):
                     if event is None:
                         await trio.sleep_forever()
                     else:
                         await event.wait()
             finally:
                 self._drop_unwaited(task_group, event)
+            if event is not None and event.is_set():
+                self.runtime.faults.sometimes("node.lease.long_poll_woken")
 
     def _wakeup_event(self, task_group: str) -> trio.Event | None:
         """The event that wakes long polls on ``task_group``; None when the node already tracks
@@ -232,9 +238,12 @@ class SiloNode:
             if not shard.has_ready_tasks(task_group):
                 continue
             shard_acks = acks.pop(shard.shard_id, ())
+            want = max_tasks - len(out)
+            if want > 1 and self.runtime.faults.buggify("node.lease.fewer_tasks"):
+                want = (want + 1) // 2
             try:
                 tasks = await shard.lease_tasks(
-                    worker_id, task_group, max_tasks - len(out), max_reply_bytes=budget,
+                    worker_id, task_group, want, max_reply_bytes=budget,
                     reply_bytes_used=used_bytes, acks=shard_acks,
                 )
             except Exception as exc:  # noqa: BLE001 - keep what earlier shards leased
@@ -249,6 +258,8 @@ class SiloNode:
         await self.apply_acks(worker_id, acks)
         if not out and first_error is not None:
             raise first_error
+        if len({leased.shard_id for leased in out}) > 1:
+            self.runtime.faults.sometimes("node.lease.across_shards")
         return out
 
 

@@ -4,9 +4,11 @@
 - ``silo-sim run SCENARIO --seed N [--trace] [--mutation M]``: one run; prints the seed and every
   drawn parameter first, the verdict, and ``digest <hex>`` last; exit status 0 pass,
   1 invariant violated, 2 liveness bound missed, 3 crash;
-- ``silo-sim sweep --seeds N [--base-seed B] [--scenario S] [--jobs J] [--mutation M]``: many
-  seeds (round-robin over the scenarios unless one is given), a progress bar, a summary table,
-  the replay command of every failure; exit status 1 on any failure;
+- ``silo-sim sweep --seeds N [--base-seed B] [--scenario S] [--jobs J] [--mutation M]
+  [--require-probes FILE]``: many seeds (round-robin over the scenarios unless one is given), a
+  progress bar, a summary table, the fault points, forced paths (BUGGIFY) and probes that fired
+  and how often, the replay command of every failure; exit status 1 on any failure, or when a
+  probe listed in FILE (one name a line, ``#`` comments) never fired;
 - ``silo-sim determinism --seed N [--scenario S] [--mutation M]``: the same run twice in fresh
   processes (under different hash seeds), comparing digests.
 
@@ -53,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scenario")
     s.add_argument("--jobs", type=int, default=1, help="worker processes")
     s.add_argument("--mutation")
+    s.add_argument("--require-probes", metavar="FILE",
+                   help="fail unless every probe or forced path listed in FILE fired")
     d = sub.add_parser("determinism", help="run one seed twice in fresh processes")
     d.add_argument("--seed", type=int, required=True)
     d.add_argument("--scenario")
@@ -69,7 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return cmd_run(args.scenario, args.seed, args.mutation, args.trace)
     if args.command == "sweep":
-        return cmd_sweep(args.seeds, args.base_seed, args.scenario, args.jobs, args.mutation)
+        required: list[str] = []
+        if args.require_probes:
+            try:
+                required = read_probe_list(args.require_probes)
+            except (OSError, ValueError) as exc:
+                print(f"--require-probes: {exc}", file=sys.stderr)
+                return 64
+        return cmd_sweep(args.seeds, args.base_seed, args.scenario, args.jobs, args.mutation,
+                         required)
     return cmd_determinism(args.seed, args.scenario, args.mutation)
 
 
@@ -143,14 +155,33 @@ def _sweep_results(
             yield fut.result()
 
 
+def read_probe_list(path: str) -> list[str]:
+    """The probe and BUGGIFY point names in ``path`` (one a line; ``#`` starts a comment).
+    Raises ValueError for a name that is not registered in silo.runtime.points."""
+    from silo.runtime.points import BUGGIFY_POINTS, PROBES
+
+    names: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            name = line.split("#", 1)[0].strip()
+            if not name:
+                continue
+            if name not in PROBES and name not in BUGGIFY_POINTS:
+                raise ValueError(f"{path}: {name!r} is neither a probe nor a BUGGIFY point")
+            names.append(name)
+    return names
+
+
 def cmd_sweep(
-    seeds: int, base_seed: int, scenario: str | None, jobs: int, mutation: str | None
+    seeds: int, base_seed: int, scenario: str | None, jobs: int, mutation: str | None,
+    required: list[str] | None = None,
 ) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from scenarios import SCENARIOS
+    from silo.runtime.points import BUGGIFY_POINTS, PROBES
     from sim.faults import FAULT_POINTS
     from sim.runner import scenario_for_seed
 
@@ -213,11 +244,32 @@ def cmd_sweep(
     for point in FAULT_POINTS:
         ft.add_row(point, str(fault_totals.get(point, 0)))
     console.print(ft)
+    reached: dict[str, int] = {}
+    for title, key, names in (("forced paths (BUGGIFY) taken", "buggified", BUGGIFY_POINTS),
+                              ("probes reached", "probes", PROBES)):
+        totals: dict[str, int] = {}
+        runs: dict[str, int] = {}
+        for r in results:
+            for k, v in r[key].items():
+                totals[k] = totals.get(k, 0) + v
+                runs[k] = runs.get(k, 0) + 1
+        reached.update(totals)
+        t = Table(title=title)
+        t.add_column("name")
+        t.add_column("total", justify="right")
+        t.add_column("runs", justify="right")
+        for name in names:
+            t.add_row(name, str(totals.get(name, 0)), str(runs.get(name, 0)))
+        console.print(t)
     console.print(
         f"{len(results)} seeds in {elapsed:.1f}s wall: {len(results) / elapsed * 60:.0f} "
         f"seeds/min, {total_sim / elapsed:.0f} simulated s per wall s"
     )
     failed = [r for r in results if r["exit_code"]]
+    missing = [name for name in (required or []) if not reached.get(name)]
+    if missing:
+        console.print(f"[red]required probes never fired[/red]: {', '.join(missing)}",
+                      markup=True)
     if failed:
         console.print(f"[red]{len(failed)} failure(s)[/red]:")
         for r in failed:
@@ -227,6 +279,8 @@ def cmd_sweep(
             if r["mutation"]:
                 cmd += f" --mutation {r['mutation']}"
             console.print(f"    replay: {cmd}", markup=False)
+        return 1
+    if missing:
         return 1
     console.print("[green]all seeds passed[/green]")
     return 0

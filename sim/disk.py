@@ -228,6 +228,8 @@ class MemoryStore:
         if hook is not None:
             hook(self.path)
         await trio.lowlevel.checkpoint()
+        if self._disk.faults.buggify("disk.write.delay"):
+            await trio.sleep(max(self._disk.write_latency, 0.001) * 20)  # nothing happened yet
         self._check_usable()
         ops = _validated_ops(batch)
         if self._disk.faults.fire("disk.write.error"):

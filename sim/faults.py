@@ -13,7 +13,13 @@ import random
 from collections.abc import Iterable
 
 from silo.runtime.faults import Faults
+from silo.runtime.points import BUGGIFY_POINTS, PROBES
 from sim.trace import Trace
+
+BUGGIFY_ENABLE_PROB = 0.25
+"""Chance that a run enables a given BUGGIFY point (FoundationDB-style: a few per run)."""
+BUGGIFY_FIRE_PROBS: tuple[float, ...] = (0.01, 0.05, 0.25)
+"""An enabled point fires with one of these probabilities (drawn per point per run)."""
 
 FAULT_POINTS: tuple[str, ...] = (
     "net.drop.request",
@@ -40,6 +46,39 @@ class FaultBoard:
         self.rates: dict[str, float] = {}
         self.fired: dict[str, int] = {}
         self.enabled = True
+        self.buggify_rates: dict[str, float] = {}
+        """The BUGGIFY points this run enabled and their firing probabilities."""
+        self.buggified: dict[str, int] = {}
+        self.probes: dict[str, int] = {}
+
+    def choose_buggify(self, rng: random.Random, allowed: bool = True) -> None:
+        """Enable a seeded subset of BUGGIFY points for the whole run (none if not allowed).
+        Forced paths are legal, so they stay on after healing."""
+        self.buggify_rates = {}
+        for point in sorted(BUGGIFY_POINTS):
+            on = rng.random() < BUGGIFY_ENABLE_PROB
+            rate = rng.choice(BUGGIFY_FIRE_PROBS)
+            if on and allowed:
+                self.buggify_rates[point] = rate
+        if self.buggify_rates:
+            self.trace.record("buggify " + " ".join(
+                f"{k}={v}" for k, v in sorted(self.buggify_rates.items())))
+
+    def buggify(self, rng: random.Random, point: str, where: str) -> bool:
+        if point not in BUGGIFY_POINTS:
+            raise ValueError(f"unknown BUGGIFY point {point!r} (register it in "
+                             f"silo/runtime/points.py)")
+        rate = self.buggify_rates.get(point, 0.0)
+        if rate <= 0.0 or rng.random() >= rate:
+            return False
+        self.buggified[point] = self.buggified.get(point, 0) + 1
+        self.trace.record(f"buggify {point} {where}".rstrip())
+        return True
+
+    def sometimes(self, probe: str) -> None:
+        if probe not in PROBES:
+            raise ValueError(f"unknown probe {probe!r} (register it in silo/runtime/points.py)")
+        self.probes[probe] = self.probes.get(probe, 0) + 1
 
     def set_rates(self, rates: dict[str, float]) -> None:
         for point in rates:
@@ -81,3 +120,10 @@ class SimFaults(Faults):
     def fire(self, point: str) -> bool:
         assert self._rng is not None
         return self.board.roll(self._rng, point, self.where)
+
+    def buggify(self, point: str) -> bool:
+        assert self._rng is not None
+        return self.board.buggify(self._rng, point, self.where)
+
+    def sometimes(self, probe: str) -> None:
+        self.board.sometimes(probe)

@@ -210,6 +210,9 @@ class SimWorker:
         self.concurrency = concurrency
         self.lease_wait_ms = lease_wait_ms
         self.incarnation = 0
+        self.heartbeat_fraction = 1 / 3
+        """A fraction above 1 makes a slow worker: its leases lapse between heartbeats."""
+        self.faults = sim.board.faults_for(self.host.random.stream("faults"), (), name)
         self.worker: Worker | None = None
         self.running = False
         self._scope: trio.CancelScope | None = None
@@ -250,6 +253,7 @@ class SimWorker:
                     self.sim.checker, client, self.task_group, self.handler,
                     max_concurrent_tasks=self.concurrency, worker_id=self.worker_id,
                     lease_wait_ms=self.lease_wait_ms, refresh_handler=self.refresh_handler,
+                    heartbeat_fraction=self.heartbeat_fraction, faults=self.faults,
                 )
                 await self.worker.run()
         finally:

@@ -12,7 +12,10 @@ What the caller sees follows the :mod:`silo.rpc` contract:
 - the server host crashes (or stops) before it answered: ``UNAVAILABLE`` ("connection reset");
 - a lost message or a partition: ``DEADLINE_EXCEEDED`` once the call's timeout passes;
 - a handler's :class:`~silo.errors.SiloError`: an :class:`~silo.rpc.RpcError` with its code,
-  message and metadata.
+  message and metadata;
+- a request or response over ``NetConfig.max_message_bytes`` (the real transport's cap,
+  ``ServerConfig.max_message_bytes``): ``RESOURCE_EXHAUSTED``, as the real
+  transport answers (a request is refused before it is sent; a response after the handler ran).
 
 Any other exception from a handler is a crash of the code under test: the simulator records it
 and the run ends with exit status 3.
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from silo.config import ServerConfig
 from silo.errors import Code, SiloError
 from silo.rpc import CallContext, Handler, RpcError
 from sim.faults import FaultBoard
@@ -56,6 +60,8 @@ class NetConfig:
     """Uniform one-way latency of every message."""
     reorder_ms: tuple[float, float] = (20.0, 300.0)
     """Extra delay of a message hit by ``net.reorder`` (and of a duplicate's copy)."""
+    max_message_bytes: int = ServerConfig().max_message_bytes
+    """Largest request or response, as in the real transport."""
 
 
 class _Call:
@@ -164,6 +170,13 @@ class SimNetwork:
         name = _short(method)
         server = self._servers.get(address)
         self.trace.record(f"net call #{cid} {src}>{address} {name} {len(request)}B")
+        cap = self.config.max_message_bytes
+        if len(request) > cap:
+            await trio.lowlevel.checkpoint()
+            self.trace.record(f"net too-large request #{cid}")
+            self.sim.count(f"net.too_large.request.{name}")
+            raise RpcError(Code.RESOURCE_EXHAUSTED, f"request message of {len(request)} bytes "
+                                                    f"exceeds the limit of {cap}")
         latency = self._latency()
         if server is None or not server.serving:
             await trio.sleep(latency)
@@ -240,6 +253,12 @@ class SimNetwork:
             result = (None, RpcError(Code.INTERNAL, repr(exc)))
         if server.generation != gen or not server.serving:
             return
+        cap = self.config.max_message_bytes
+        if result[0] is not None and len(result[0]) > cap:
+            self.trace.record(f"net too-large response #{call.id} {len(result[0])}B")
+            self.sim.count(f"net.too_large.response.{_short(call.method)}")
+            result = (None, RpcError(Code.RESOURCE_EXHAUSTED, f"response message of "
+                                     f"{len(result[0])} bytes exceeds the limit of {cap}"))
         self.sim.on_serve_end(token, result[0], result[1])
         status = "OK" if result[1] is None else result[1].code.name
         if dup:

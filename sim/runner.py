@@ -61,6 +61,10 @@ class RunResult:
     sim_seconds: float
     wall_seconds: float
     fired: dict[str, int] = field(default_factory=dict)
+    buggified: dict[str, int] = field(default_factory=dict)
+    """Forced rare paths (BUGGIFY points) taken, by point."""
+    probes: dict[str, int] = field(default_factory=dict)
+    """Coverage probes reached, by probe."""
     params: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
     invariant: Invariant | None = None
@@ -166,6 +170,8 @@ def run_one(
         scenario=scenario, seed=seed, mutation=mutation, exit_code=EXIT_PASS,
         digest=sim.trace.digest(), sim_seconds=sim_end[0], wall_seconds=wall,
         fired=dict(sorted(sim.board.fired.items())), params=dict(sim.params),
+        buggified=dict(sorted(sim.board.buggified.items())),
+        probes=dict(sorted(sim.board.probes.items())),
         stats=dict(sorted(sim.stats.items())), events=sim.checker.events,
     )
     if sim.violation is not None:
@@ -193,6 +199,8 @@ def report_lines(r: RunResult) -> list[str]:
         f"result {r.verdict} exit={r.exit_code} sim={r.sim_seconds:.1f}s "
         f"wall={r.wall_seconds:.2f}s events={r.events}",
         "faults fired: " + (", ".join(f"{k}={v}" for k, v in r.fired.items()) or "none"),
+        "forced paths: " + (", ".join(f"{k}={v}" for k, v in r.buggified.items()) or "none"),
+        "probes: " + (", ".join(f"{k}={v}" for k, v in r.probes.items()) or "none"),
         "stats: " + (", ".join(f"{k}={v}" for k, v in r.stats.items()) or "none"),
     ]
     if r.exit_code:

@@ -69,6 +69,7 @@ class Simulator:
         self.trace = Trace(trace_echo)
         self.random = RandomSource(seed)
         self.board = FaultBoard(self.trace)
+        self.board.choose_buggify(self.random.stream("buggify"))
         self.net = SimNetwork(self, self.random.stream("net"), self.board, self.trace)
         self.checker = Checker(self._on_violation, probe=self._probe, now=self._now)
         self.nodes: dict[str, NodeHost] = {}
@@ -89,6 +90,8 @@ class Simulator:
         self.phase = "setup"
         self.healed_at: float | None = None
         self.stats: dict[str, int] = {}
+        self.zombie_calls: list[Any] = []
+        """Every heartbeat and report a zombie made (sim.actors.ZombieCall)."""
         self.plan = FaultPlan()
 
     # -- parameters and bookkeeping ---------------------------------------------------------
@@ -203,9 +206,11 @@ class Simulator:
     async def add_worker(
         self, name: str, task_group: str, handler: Callable[..., Any], *, concurrency: int,
         lease_wait_ms: int = 2000, refresh_handler: Callable[..., Any] | None = None,
+        heartbeat_fraction: float = 1 / 3,
     ) -> SimWorker:
         w = SimWorker(self, name, task_group, handler, concurrency=concurrency,
                       lease_wait_ms=lease_wait_ms, refresh_handler=refresh_handler)
+        w.heartbeat_fraction = heartbeat_fraction
         self.workers[name] = w
         await w.start()
         return w

@@ -26,6 +26,7 @@ from silo.client.leases import HeldLease
 from silo.errors import Code
 from silo.node import SHARD_OWNER_METADATA
 from silo.rpc import RpcError
+from silo.runtime.faults import NO_FAULTS, Faults
 from silo.wire import pb
 
 log = logging.getLogger("silo.worker")
@@ -56,7 +57,9 @@ class Heartbeater:
         heartbeat_fraction: float,
         on_lost: Callable[[HeldLease, RpcError], None],
         on_cancel_requested: Callable[[HeldLease], None],
+        faults: Faults = NO_FAULTS,
     ) -> None:
+        self._faults = faults
         self._client = client
         self._worker_id = worker_id
         self._fraction = heartbeat_fraction
@@ -102,6 +105,8 @@ class Heartbeater:
                 self._wake = trio.Event()
 
     async def _beat(self, lease: HeldLease) -> None:
+        if self._faults.buggify("worker.heartbeat.delay"):
+            await trio.sleep(self.lease_s / 2)
         sent_at = trio.current_time()
         address = lease.address
         try:

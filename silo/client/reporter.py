@@ -38,6 +38,7 @@ from silo.client.types import pack
 from silo.errors import Code
 from silo.node import SHARD_OWNER_METADATA
 from silo.rpc import RpcError
+from silo.runtime.faults import NO_FAULTS, Faults
 from silo.wire import pb
 
 log = logging.getLogger("silo.worker")
@@ -89,7 +90,9 @@ class Reporter:
         on_settled: Callable[[HeldLease, bool], None],
         observer: Callable[[str, int], None] | None = None,
         on_dropped: Callable[[pb.Task, pb.Outcome, str], None] | None = None,
+        faults: Faults = NO_FAULTS,
     ) -> None:
+        self._faults = faults
         self._client = client
         self.stats = stats
         self._on_settled = on_settled
@@ -203,6 +206,8 @@ class Reporter:
         return True
 
     async def _send(self, address: str, batch: list[PendingReport]) -> None:
+        if self._faults.buggify("worker.report.delay"):
+            await trio.sleep(1.0)
         request = pb.ReportOutcomesRequest(outcomes=[item.outcome for item in batch])
         try:
             resp = await self._client.call_address(
@@ -290,6 +295,7 @@ class Reporter:
         self._on_settled(item.lease, True)
 
     def _refused(self, item: PendingReport, code: int, message: str) -> None:
+        self._faults.sometimes("worker.report.refused")
         reason = f"refused with {_code_name(code)}: {message}"
         if code != Code.INVALID_ARGUMENT or item.outcome.success is None:
             self._drop(item, reason)

@@ -59,6 +59,7 @@ from silo.errors import Code
 from silo.model import Cancelled, Failure, Outcome, OutcomeReport, Success
 from silo.node import SHARD_OWNER_METADATA
 from silo.rpc import RpcError
+from silo.runtime.faults import NO_FAULTS, Faults
 from silo.wire import outcome_to_pb, pb
 
 __all__ = [
@@ -115,6 +116,7 @@ class Worker:
         kind: str | None = None,
         observer: Callable[[str, int], None] | None = None,
         refresh_handler: RefreshFn | None = None,
+        faults: Faults = NO_FAULTS,
         default_timeout_ms: int | None = None,
         on_report_dropped: Callable[[pb.Task, pb.Outcome, str], None] | None = None,
     ) -> None:
@@ -134,6 +136,8 @@ class Worker:
         if self.kind not in ("trio", "asyncio", "sync"):
             raise ValueError(f"unknown handler kind {self.kind!r}")
         self.max_concurrent_tasks = max_concurrent_tasks
+        self.faults = faults
+        """Forced rare paths and probes (silo.runtime.points); the simulator's, or none."""
         self.default_timeout_ms = default_timeout_ms
         """The attempt timeout for jobs enqueued without ``timeout_ms`` (None: no timeout)."""
         self.refresh_handler = refresh_handler
@@ -157,10 +161,11 @@ class Worker:
         self._stop_deadline = math.inf
         self._heartbeats = Heartbeater(
             client, self.worker_id, heartbeat_fraction=heartbeat_fraction,
-            on_lost=self._lease_lost, on_cancel_requested=self._cancel_requested,
+            on_lost=self._lease_lost, on_cancel_requested=self._cancel_requested, faults=faults,
         )
         self._reporter = Reporter(client, self.stats, on_settled=self._report_settled,
-                                  observer=observer, on_dropped=on_report_dropped)
+                                  observer=observer, on_dropped=on_report_dropped,
+                                  faults=faults)
         self.completed = 0
         self.failed = 0
         self.abandoned = 0
@@ -341,6 +346,7 @@ class Worker:
         except trio.Cancelled:
             raise
         except Exception as exc:
+            self.faults.sometimes("worker.handler.failed")
             log.info("handler failed for job %s: %r", ctx.job_id, exc)
             data = {"type": type(exc).__name__, "message": str(exc),
                     "traceback": traceback.format_exc(limit=20)}
@@ -413,6 +419,7 @@ class Worker:
     # -- callbacks --------------------------------------------------------------------------
 
     def _cancel_requested(self, lease: HeldLease) -> None:
+        self.faults.sometimes("worker.heartbeat.cancel_seen")
         ctx = lease.ctx
         if ctx is None or ctx.cancelled.is_set() or not lease.handler_running:
             return
@@ -420,6 +427,7 @@ class Worker:
         lease.scope.deadline = min(lease.scope.deadline, trio.current_time() + CANCEL_GRACE_S)
 
     def _lease_lost(self, lease: HeldLease, error: RpcError) -> None:
+        self.faults.sometimes("worker.heartbeat.lease_lost")
         self.stats.leases_lost += 1
         if lease.handler_running:
             log.warning("lease lost for task %s of job %s (%s): its handler is given up",

@@ -164,6 +164,8 @@ class Leasing(ShardRoom):
         lim.check_worker_id(self._limits, worker_id)
         lim.check_task_group(self._limits, task_group)
         lim.check_max_tasks(self._limits, max_tasks)
+        if self._rt.faults.buggify("shard.lease.batch_one"):
+            max_tasks = 1
         self._check_acks(acks)
         budget = ReplyBudget(max_reply_bytes, reply_bytes_used)
         # Due timers first, in their own batch, so that the lease sees them in the queue.
@@ -615,9 +617,10 @@ class Leasing(ShardRoom):
         cancelled); returns how many were reaped."""
         if self._rt.faults.mutation("no-reaper"):
             return 0
+        batch = 1 if self._rt.faults.buggify("shard.reap.batch_one") else REAP_BATCH
         async with self._commit.operation(empty=EmptyBatch.NOTHING, refusal_barrier=False) as txn:
             assert txn.mono is not None
-            expired = self._mirror.expired(txn.mono, REAP_BATCH)
+            expired = self._mirror.expired(txn.mono, batch)
             await txn.prefetch(
                 self._lease_keys([self._mirror.leases.get(t) for _, t in expired])
             )

@@ -61,6 +61,8 @@ class ShardLoops:
             delay = math.inf
         else:
             delay = max(0.0, (due_ms - self._rt.clock.monotonic_ms()) / 1000)
+        if self._rt.faults.buggify("shard.loops.wake_early"):
+            delay = min(delay, 0.001)  # a spurious wake-up: the loop re-checks and sleeps again
         with trio.move_on_after(min(delay, MAX_LOOP_SLEEP_S)):
             await wakeup.wait()
 

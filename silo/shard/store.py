@@ -221,6 +221,8 @@ class ShardStore:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
+            if self._faults.buggify("shard.writer.delay"):
+                await trio.sleep(0.005)  # nothing taken yet: more batches join the group
             while self._queue:
                 self._writing = True
                 try:
@@ -231,6 +233,8 @@ class ShardStore:
 
     async def _write_group(self) -> None:
         group, self._queue = self._queue, []
+        if len(group) > 1 and self._faults.buggify("shard.commit.split_group"):
+            group, self._queue = group[: len(group) // 2], group[len(group) // 2 :]
         batch = WriteBatch()
         for pending in group:
             batch.ops.extend(pending.ops)
