@@ -660,7 +660,7 @@ class NewJob:
 ENQUEUE_HELD_BACK = "not written: another job in the batch was refused"
 """The message of an ABORTED :class:`EnqueueResult`: the job was fine, the batch was not."""
 
-ENQUEUE_DELETED_SINCE = "not written again: created by the earlier try, deleted since"
+ENQUEUE_DELETED_SINCE = "not written again: created by an earlier try of this call, deleted since"
 """The message of an OK ``existed`` ``deleted`` :class:`EnqueueResult` on the wire."""
 
 
@@ -676,37 +676,81 @@ class EnqueueResult:
     """A :class:`silo.errors.SiloError` (typed loosely: the model does not import errors)."""
     existed: bool = False
     deleted: bool = False
-    """With ``existed``, on an enqueue marked as a retry: the identical job was stored (by the
-    earlier try whose answer was lost) and has been deleted since; nothing is written again."""
+    """With ``existed``: the identical job was stored by an earlier try of this call (same
+    request id; its answer was lost) and has been deleted since; nothing is written again."""
+
+
+FINGERPRINT_BYTES = 16
+"""The length of a request fingerprint (xxh3-128; :mod:`silo.shard.fingerprint`)."""
+
+
+def _check_fingerprint_fields(key: bytes, fingerprint: Any, request_id: Any) -> None:
+    if not (fingerprint is None or isinstance(fingerprint, bytes)) or not isinstance(
+        request_id, str
+    ):
+        raise CorruptRecord(key, "expected a fingerprint and a request id")
+
+
+@dataclass(frozen=True, slots=True)
+class JobFingerprint:
+    """What the shard keeps beside each job (table ``0x10``): the request fingerprint it was
+    enqueued with, so a re-sent identical job is told from a different one, and the request
+    id of the enqueue call that created it ("" when that call carried none), which its delete
+    carries into the :class:`AttemptHighWater` row.
+
+    Version 2 is ``[2, fingerprint, request_id]``; version 1 (written before request ids) is
+    the bare 16-byte fingerprint and decodes with ``request_id`` "" (a version-2 record is
+    never 16 bytes long, so the two cannot be confused).
+    """
+
+    fingerprint: bytes
+    request_id: str = ""
+
+    def encode(self) -> bytes:
+        return _pack([2, self.fingerprint, self.request_id])
+
+    @classmethod
+    def decode(cls, key: bytes, data: bytes) -> JobFingerprint:
+        if len(data) == FINGERPRINT_BYTES:
+            return cls(bytes(data))
+        _, (fingerprint, request_id) = _unpack_versioned(key, data, {2: 2})
+        if fingerprint is None:
+            raise CorruptRecord(key, "expected a fingerprint")
+        _check_fingerprint_fields(key, fingerprint, request_id)
+        return cls(fingerprint, request_id)
 
 
 @dataclass(frozen=True, slots=True)
 class AttemptHighWater:
     """What a deleted job leaves under its id (table ``0x0F``): the highest attempt number it
-    used, so a job that reuses the id numbers its attempts above it, and its request
-    fingerprint, so a retry of the enqueue that created it is recognised after the delete.
+    used, so a job that reuses the id numbers its attempts above it; and its request
+    fingerprint and the request id of the call that created it, so a later try of *that* call
+    (same request id, same fingerprint) is recognised after the delete and not created again.
 
-    Version 2 is ``[2, attempt, fingerprint]``; version 1 (written before fingerprints were
-    kept) is a bare integer and decodes with ``fingerprint`` None.
+    Version 3 is ``[3, attempt, fingerprint, request_id]``; version 2 ``[2, attempt,
+    fingerprint]`` decodes with ``request_id`` ""; version 1 (written before fingerprints were
+    kept) is a bare integer and decodes with ``fingerprint`` None and ``request_id`` "".
     """
 
     attempt: int
     fingerprint: bytes | None = None
+    request_id: str = ""
 
     def encode(self) -> bytes:
-        return _pack([2, self.attempt, self.fingerprint])
+        return _pack([3, self.attempt, self.fingerprint, self.request_id])
 
     @classmethod
     def decode(cls, key: bytes, data: bytes) -> AttemptHighWater:
         obj = _decode_list(key, data)
         if type(obj) is int:
             return cls(obj)
-        _, (attempt, fingerprint) = _unpack_versioned(key, data, {2: 2})
-        if type(attempt) is not int or not (
-            fingerprint is None or isinstance(fingerprint, bytes)
-        ):
-            raise CorruptRecord(key, "expected an attempt number and a fingerprint")
-        return cls(attempt, fingerprint)
+        version, fields = _unpack_versioned(key, data, {2: 2, 3: 3})
+        attempt, fingerprint = fields[0], fields[1]
+        request_id = fields[2] if version == 3 else ""
+        if type(attempt) is not int:
+            raise CorruptRecord(key, "expected an attempt number")
+        _check_fingerprint_fields(key, fingerprint, request_id)
+        return cls(attempt, fingerprint, request_id)
 
 
 @dataclass(frozen=True, slots=True)

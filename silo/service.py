@@ -20,6 +20,7 @@ from silo.shard.validation import (
     check_job_id,
     check_queue_key,
     check_report_ids,
+    check_request_id,
     check_task_id,
     check_tenant,
     check_worker_id,
@@ -99,13 +100,15 @@ class SiloService:
     # -- jobs -------------------------------------------------------------------------------
 
     async def enqueue(self, req: pb.EnqueueRequest) -> pb.EnqueueResponse:
+        check_request_id(self._limits, req.request_id)
         job = new_job_from_pb(req.job)
         shard = self._tenant_shard(req.shard, job.tenant)
-        return pb.EnqueueResponse(id=await shard.enqueue(job, resent=req.retry))
+        return pb.EnqueueResponse(id=await shard.enqueue(job, request_id=req.request_id))
 
     async def enqueue_batch(self, req: pb.EnqueueBatchRequest) -> pb.EnqueueBatchResponse:
         """Per-job results, atomically: a job refused here (malformed, wrong shard) or by the
         shard holds back the whole batch (the others answer ABORTED, "not written")."""
+        check_request_id(self._limits, req.request_id)
         if not req.jobs:
             return pb.EnqueueBatchResponse()
         limit = self._limits.max_jobs_per_batch
@@ -131,7 +134,7 @@ class SiloService:
                                              message=ENQUEUE_HELD_BACK)
                        for r, spec in zip(refused, req.jobs, strict=True)]
             return pb.EnqueueBatchResponse(ids=[""] * len(results), results=results)
-        outcomes = await shard.enqueue_each(jobs, resent=req.retry)
+        outcomes = await shard.enqueue_each(jobs, request_id=req.request_id)
         results = [
             pb.EnqueueResult(id=o.job_id, existed=o.existed, deleted=o.deleted,
                              message=ENQUEUE_DELETED_SINCE if o.deleted else "")

@@ -31,6 +31,7 @@ from silo.model import (
     Attempt,
     AttemptHighWater,
     AttemptState,
+    JobFingerprint,
     JobInfo,
     JobState,
     JobStatus,
@@ -65,8 +66,8 @@ class ShardImage:
     holders: dict[tuple[str, str], dict[str, tuple[str, int]]] = field(default_factory=dict)
     """(tenant, queue) -> holder task id -> (job id, attempt)."""
     queues: dict[tuple[str, str], QueueState] = field(default_factory=dict)
-    fingerprints: dict[JobKey, bytes] = field(default_factory=dict)
-    high_water: dict[JobKey, int] = field(default_factory=dict)
+    fingerprints: dict[JobKey, JobFingerprint] = field(default_factory=dict)
+    high_water: dict[JobKey, AttemptHighWater] = field(default_factory=dict)
     """Deleted (tenant, job id) -> the highest attempt number it used."""
     requests: dict[tuple[str, str], int] = field(default_factory=dict)
     """(tenant, queue) -> parked requests."""
@@ -124,10 +125,10 @@ class ShardImage:
                 )
             elif p == Prefix.JOB_FINGERPRINT:
                 _, (t, j) = keys.parse(k)
-                img.fingerprints[(str(t), str(j))] = v
+                img.fingerprints[(str(t), str(j))] = JobFingerprint.decode(k, v)
             elif p == Prefix.ATTEMPT_HIGH_WATER:
                 _, (t, j) = keys.parse(k)
-                img.high_water[(str(t), str(j))] = AttemptHighWater.decode(k, v).attempt
+                img.high_water[(str(t), str(j))] = AttemptHighWater.decode(k, v)
             elif p == Prefix.META and k.startswith(COUNTER_PREFIX):
                 img.counters[k] = decode_int(k, v)
         return img
@@ -371,7 +372,7 @@ def audit_image(
         if key in img.high_water:
             problems.append((Invariant.ATTEMPTS,
                              f"{where}: job {key} exists beside the attempt high-water row "
-                                f"of a deleted job of that id ({img.high_water[key]})"))
+                             f"of a deleted job of that id ({img.high_water[key].attempt})"))
         if not 0 <= st.undelivered <= MAX_UNDELIVERED or st.run_attempts < 0:
             problems.append((Invariant.ATTEMPTS,
                              f"{where}: job {key} has undelivered={st.undelivered} (0.."

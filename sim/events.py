@@ -39,6 +39,7 @@ class JobEnqueued(JobEvent):
     priority: int = 0
     due_ms: int = 0
     retry_count: int | None = None
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

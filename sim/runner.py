@@ -41,7 +41,8 @@ MUTATIONS: dict[str, str] = {
                              "large factors and retry numbers",
     "drop-reports": "the last outcome report of a batch is answered OK but never recorded",
     "limits-given-order": "a job acquires its limits in the order given, not the canonical one",
-    "recreate-deleted-on-retry": "a retried enqueue re-creates a job deleted since its first try",
+    "recreate-deleted-on-retry": "a later try of an enqueue call re-creates the job an earlier "
+                                 "try of it created, deleted since",
     "rate-token-returned-in-place": (
         "a cancelled job's rate token is given back but the latest job keeps its later time"
     ),

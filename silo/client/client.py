@@ -8,15 +8,13 @@ DEADLINE_EXCEEDED are retried with bounded exponential backoff.
 Enqueue retries: the client always sends a job id, and the server stores a fingerprint of each
 job it accepts. A retried enqueue whose first try did land is answered OK (the same job, same
 fingerprint, is already stored: ``existed``); ALREADY_EXISTS means a *different* job holds the
-id, and is raised as an error, never taken as success. Every try after an ambiguous failure
-(UNAVAILABLE or DEADLINE_EXCEEDED: the request may have arrived) is marked ``retry``, so if the
-first try did land and the job has been deleted since (it ran, an operator deleted it), the
-retry is answered OK (``existed``, ``deleted``) and the job is not created twice; the server
-recognises the deleted job by its fingerprint. An enqueue not marked as a retry creates a
-deleted id's job again, as asked. Limit: the server cannot tell a lost answer from a lost
-request, so when an identical job is deliberately enqueued again after its delete and the first
-try of *that* call fails ambiguously without having arrived, the retry is taken for a repeat of
-the deleted job and nothing is created (the client returns the handle; the job is not found).
+id, and is raised as an error, never taken as success. Each enqueue call draws a random request
+id (128 bits, hex) and sends the same id on every try of that call; the server keeps it with
+each job the call creates, and with the job's fingerprint when the job is deleted. So if a try
+did land and the job has been deleted since (it ran, an operator deleted it), a later try of
+the same call is answered OK (``existed``, ``deleted``) and the job is not created twice, and
+a new call (a new request id) that enqueues an identical job after its delete creates it again,
+as asked, whether or not its own first try arrived.
 """
 
 from __future__ import annotations
@@ -66,10 +64,10 @@ class SiloClient:
     """A connection to a silo cluster. Use :meth:`connect` (real network) or construct it with
     any :class:`~silo.rpc.Connector` (the simulator's).
 
-    Enqueues are safe to retry: every try of an enqueue after an ambiguous failure is sent
-    marked ``retry``, so a job whose first try landed is neither duplicated nor, if it was
-    deleted before the retry arrived, created again (see the module docstring for the one
-    case a lost request and a lost answer cannot be told apart)."""
+    Enqueues are safe to retry: every try of one enqueue call carries the call's request id,
+    so a job whose first try landed is neither duplicated nor, if it was deleted before a
+    later try arrived, created again; a new call always creates its job if the id holds none
+    (see the module docstring)."""
 
     def __init__(
         self,
@@ -128,6 +126,11 @@ class SiloClient:
         """A fresh job id (128 random bits, hex)."""
         return f"{self._rng.getrandbits(128):032x}"
 
+    def new_request_id(self) -> str:
+        """A fresh enqueue request id (128 random bits, hex: 32 characters, under the server's
+        ``request_id_max_chars``), drawn once per enqueue call and sent on each of its tries."""
+        return f"{self._rng.getrandbits(128):032x}"
+
     # -- low-level calls --------------------------------------------------------------------
 
     async def _channel(self, address: str) -> Channel:
@@ -163,20 +166,17 @@ class SiloClient:
         shard_id: int | None = None,
         retried_ok: Callable[[SiloError], bool] | None = None,
         timeout: float | None = None,
-        retry_request: Any = None,
     ) -> M:
         """Call ``method`` on the owner of ``shard_id`` (any node when None), retrying transient
-        failures and following owner hints. ``retried_ok(err)`` says whether an error seen on a
-        retry (after an ambiguous failure) means the first try already took effect.
-        ``retry_request``, when given, is sent instead of ``request`` on every try after an
-        ambiguous failure (the same call marked as a retry)."""
+        failures and following owner hints; every try sends the same ``request``.
+        ``retried_ok(err)`` says whether an error seen on a retry (after an ambiguous failure)
+        means the first try already took effect."""
         ambiguous = False
         last: SiloError | None = None
         for attempt in range(self.retry.attempts):
             address = await self._address_for(shard_id, attempt)
-            sent = retry_request if ambiguous and retry_request is not None else request
             try:
-                return await self.call_address(address, method, sent, response_type,
+                return await self.call_address(address, method, request, response_type,
                                                timeout=timeout)
             except RpcError as exc:
                 err = exc.to_silo_error()
@@ -324,28 +324,29 @@ class SiloClient:
         the first job that caused the refusal (e.g. ALREADY_EXISTS: a different job holds that
         id); a job already stored identically (a retry of an earlier call) counts as enqueued,
         and so does one that a try of this call whose answer was lost created and that has been
-        deleted since (it is not created twice; see the module docstring).
+        deleted since (it is not created twice). Every RPC of this call, and every try of each,
+        carries one request id drawn for the call (see the module docstring).
         """
         jobs = [j if j.job_id else _with_id(j, self.new_id()) for j in jobs]
+        request_id = self.new_request_id()
         by_shard: dict[int, list[NewJob]] = {}
         for job in jobs:
             by_shard.setdefault(await self.shard_for(job.tenant), []).append(job)
         for shard_id in sorted(by_shard):
             group = by_shard[shard_id]
             if len(group) == 1:
-                spec = new_job_to_pb(group[0])
                 await self.call(
-                    "Enqueue", pb.EnqueueRequest(shard=shard_id, job=spec),
+                    "Enqueue", pb.EnqueueRequest(shard=shard_id, job=new_job_to_pb(group[0]),
+                                                 request_id=request_id),
                     pb.EnqueueResponse, shard_id=shard_id,
-                    retry_request=pb.EnqueueRequest(shard=shard_id, job=spec, retry=True),
                 )
                 continue
             specs = [new_job_to_pb(j) for j in group]
             for chunk in batch_chunks(specs, max_batch_jobs, max_batch_bytes):
                 resp = await self.call(
-                    "EnqueueBatch", pb.EnqueueBatchRequest(shard=shard_id, jobs=chunk),
+                    "EnqueueBatch", pb.EnqueueBatchRequest(shard=shard_id, jobs=chunk,
+                                                           request_id=request_id),
                     pb.EnqueueBatchResponse, shard_id=shard_id,
-                    retry_request=pb.EnqueueBatchRequest(shard=shard_id, jobs=chunk, retry=True),
                 )
                 raise_refused(chunk, resp)
         return [JobHandle(self, j.job_id or "", j.tenant) for j in jobs]

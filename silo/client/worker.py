@@ -72,6 +72,8 @@ log = logging.getLogger("silo.worker")
 HANDLER_ERROR = "HANDLER_ERROR"
 TIMEOUT = "TIMEOUT"
 LEASE_WAIT_MS = 5_000
+EMPTY_POLL_WAIT_MS = 1_000
+"""With ``lease_wait_ms`` below this, empty lease replies back off up to this long."""
 LEASE_WAIT_MS_MAX = 30_000
 """The server's bound on LeaseTasks ``wait_ms``."""
 MAX_CONCURRENT_TASKS_MAX = 1000
@@ -206,8 +208,14 @@ class Worker:
 
     async def _lease_loop(self, address: str, tasks: trio.Nursery) -> None:
         failures = 0
+        empty_replies = 0
         acks: list[pb.TaskAck] = []
         while True:
+            if empty_replies and self.lease_wait_ms < EMPTY_POLL_WAIT_MS:
+                # The server answers at once when asked not to wait: back off instead of
+                # asking again in a busy loop (10 ms doubling to EMPTY_POLL_WAIT_MS).
+                await trio.sleep(min(0.01 * 2 ** min(empty_replies - 1, 10),
+                                     EMPTY_POLL_WAIT_MS / 1000))
             slots = [await self._slots.acquire()]
             try:
                 while len(slots) < self.max_concurrent_tasks:
@@ -245,6 +253,7 @@ class Worker:
                     await trio.sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
                     continue
                 received_at = trio.current_time()
+                empty_replies = 0 if resp.tasks else empty_replies + 1
                 if resp.lease_ms:
                     self._heartbeats.lease_s = resp.lease_ms / 1000
                 if len(resp.tasks) > len(slots):

@@ -20,9 +20,9 @@ from typing import Any
 import msgpack
 import xxhash
 
-from silo.model import NewJob
+from silo.model import FINGERPRINT_BYTES, NewJob
 
-FINGERPRINT_BYTES = 16
+__all__ = ["FINGERPRINT_BYTES", "job_fingerprint"]
 
 
 def job_fingerprint(job: NewJob, job_id: str) -> bytes:

@@ -15,6 +15,7 @@ from silo.model import (
     PARKED,
     TIMER,
     AttemptHighWater,
+    JobFingerprint,
     JobStatus,
     Task,
     concurrency_key,
@@ -124,12 +125,16 @@ class OperatorOps(ShardRoom):
             for ak, _ in await txn.scan(start, end):
                 txn.delete(ak)
             txn.delete(key(Prefix.CANCEL, tenant, job_id))
-            fingerprint = await txn.get(fingerprint_key(tenant, job_id))
-            txn.delete(fingerprint_key(tenant, job_id))
+            fk = fingerprint_key(tenant, job_id)
+            raw = await txn.get(fk)
+            made = JobFingerprint.decode(fk, raw) if raw is not None else None
+            txn.delete(fk)
             # Attempt numbers go on increasing if the id is used again (handlers fence on them),
-            # and a retry of the enqueue that created this job is not taken for a new one.
-            txn.put(attempt_high_water_key(tenant, job_id),
-                    AttemptHighWater(state.attempt, fingerprint).encode())
+            # and a later try of the enqueue call that created this job is not taken for a new
+            # call (it carries the same request id).
+            txn.put(attempt_high_water_key(tenant, job_id), AttemptHighWater(
+                state.attempt, made.fingerprint if made else None,
+                made.request_id if made else "").encode())
             txn.bump(JOBS_TOTAL, -1)
             txn.bump(JOBS_TERMINAL, -1)
             txn.bump(status_counter(tenant, state.status), -1)

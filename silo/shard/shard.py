@@ -36,6 +36,7 @@ from silo.model import (
     TERMINAL_STATUSES,
     AttemptHighWater,
     EnqueueResult,
+    JobFingerprint,
     JobInfo,
     JobResult,
     JobView,
@@ -171,18 +172,18 @@ class JobShard:
         if job.start_at_ms < 0:
             raise InvalidArgument("start_at_ms must not be negative")
 
-    async def enqueue(self, job: NewJob, *, resent: bool = False) -> str:
+    async def enqueue(self, job: NewJob, *, request_id: str = "") -> str:
         """Store a new job and queue its first attempt; returns the job id.
 
         Idempotent for a re-sent identical job: when the id is taken by a job with the same
         request fingerprint, nothing is written and the id is returned. ALREADY_EXISTS when a
-        different job holds the id. ``resent``: this call repeats one whose answer was lost
-        (see :meth:`enqueue_each`).
+        different job holds the id. ``request_id``: the id of the enqueue call this try belongs
+        to (see :meth:`enqueue_each`).
         """
-        return (await self.enqueue_batch([job], resent=resent))[0]
+        return (await self.enqueue_batch([job], request_id=request_id))[0]
 
     async def enqueue_batch(
-        self, jobs: Sequence[NewJob], *, resent: bool = False
+        self, jobs: Sequence[NewJob], *, request_id: str = ""
     ) -> list[str]:
         """Store several jobs atomically: all of them are enqueued, or (on any error) none.
 
@@ -190,7 +191,7 @@ class JobShard:
         supplied id holds a different job or is repeated within the batch, INVALID_ARGUMENT
         for a job out of bounds); see :meth:`enqueue_each` for per-job results.
         """
-        results = await self.enqueue_each(jobs, resent=resent)
+        results = await self.enqueue_each(jobs, request_id=request_id)
         refused = [r.error for r in results if r.error is not None]
         if refused:
             cause = next((e for e in refused if not _held_back(e)), refused[0])
@@ -198,22 +199,30 @@ class JobShard:
         return [r.job_id for r in results]
 
     async def enqueue_each(
-        self, jobs: Sequence[NewJob], *, resent: bool = False
+        self, jobs: Sequence[NewJob], *, request_id: str = ""
     ) -> list[EnqueueResult]:
         """Enqueue several jobs atomically and say, job by job, how each fared.
 
+        ``request_id`` names the enqueue call: a client sends the same id on every try of one
+        call, so a try whose answer was lost can be recognised by a later try ("" = no id: a
+        call that is never recognised). A created job keeps the id with its fingerprint, and
+        its delete carries both into the id's attempt high-water row.
+
         A job whose id already holds a job with the same request fingerprint (a re-sent
-        identical job) is OK ``existed``, and nothing is written for it. When ``resent`` (this
-        call repeats an earlier one whose answer was lost), a job whose id holds no job but the
-        attempt high-water row of a deleted job with the same fingerprint is OK ``existed`` and
-        ``deleted``: the earlier try created it and it has been deleted since, so nothing is
-        written and the row stays. Not ``resent``, such an id is enqueued afresh (the row
-        numbers its attempts). A job out of bounds is
-        INVALID_ARGUMENT; a job whose id holds a different job, or whose id an earlier job of
-        the batch already uses, is ALREADY_EXISTS. If any job is refused, none is written and
-        every other job is ABORTED ("not written: another job in the batch was refused").
-        An answer decided on rows read is given only once they are durable.
+        identical job) is OK ``existed``, whatever the request id, and nothing is written for
+        it. A job whose id holds no job but the high-water row of a deleted job with the same
+        fingerprint *and* the same non-empty request id is OK ``existed`` and ``deleted``: a
+        try of this very call created it and it has been deleted since, so nothing is written
+        and the row stays. Any other job whose id holds no job is created (consuming the row:
+        its attempts are numbered above it), so an identical job deliberately enqueued again
+        after its delete, by a new call, is created again. A job out of bounds (or a request id
+        over ``request_id_max_chars``) is INVALID_ARGUMENT; a job whose id holds a different
+        job, or whose id an earlier job of the batch already uses, is ALREADY_EXISTS. If any
+        job is refused, none is written and every other job is ABORTED ("not written: another
+        job in the batch was refused"). An answer decided on rows read is given only once they
+        are durable.
         """
+        lim.check_request_id(self._limits, request_id)
         if not jobs:
             return []
         if len(jobs) > self._limits.max_jobs_per_batch:
@@ -240,7 +249,7 @@ class JobShard:
             fresh: list[tuple[NewJob, str, bytes]] = []
             for job, job_id, error in zip(jobs, ids, errors, strict=True):
                 if error is None:
-                    result, fp = await self._admit(txn, job, job_id, seen, resent)
+                    result, fp = await self._admit(txn, job, job_id, seen, request_id)
                 else:
                     result, fp = EnqueueResult(job_id, error), b""
                 results.append(result)
@@ -254,13 +263,14 @@ class JobShard:
                 ]
             else:
                 for job, job_id, fp in fresh:
-                    await self._write_new_job(txn, job, job_id)
-                    txn.put(fingerprint_key(job.tenant, job_id), fp)
+                    await self._write_new_job(txn, job, job_id, request_id)
+                    txn.put(fingerprint_key(job.tenant, job_id),
+                            JobFingerprint(fp, request_id).encode())
         self._stats["enqueued"] += sum(1 for r in results if r.error is None and not r.existed)
         return results
 
     async def _admit(
-        self, txn: Txn, job: NewJob, job_id: str, seen: set[tuple[str, str]], resent: bool
+        self, txn: Txn, job: NewJob, job_id: str, seen: set[tuple[str, str]], request_id: str
     ) -> tuple[EnqueueResult, bytes]:
         """How ``job`` fares under ``job_id`` (before the batch is judged as a whole), and its
         request fingerprint. A result with no error and not ``existed`` is to be written."""
@@ -273,11 +283,13 @@ class JobShard:
             )), fp
         seen.add(ref)
         if await txn.get(key(Prefix.JOB, *ref)) is None:
-            if (resent and not self._rt.faults.mutation("recreate-deleted-on-retry")
-                    and await self._deleted_with(txn, ref, fp)):
+            if (request_id and not self._rt.faults.mutation("recreate-deleted-on-retry")
+                    and await self._created_by_this_call(txn, ref, fp, request_id)):
                 return EnqueueResult(job_id, existed=True, deleted=True), fp
             return EnqueueResult(job_id), fp
-        stored = await txn.get(fingerprint_key(*ref))
+        fk = fingerprint_key(*ref)
+        raw = await txn.get(fk)
+        stored = None if raw is None else JobFingerprint.decode(fk, raw).fingerprint
         if stored == fp:
             return EnqueueResult(job_id, existed=True), fp
         why = "a different job than the one sent" if stored is not None else (
@@ -286,13 +298,21 @@ class JobShard:
             f"job already exists: {quote(job_id)} (tenant {quote(job.tenant)}), {why}"
         )), fp
 
-    async def _deleted_with(self, txn: Txn, ref: tuple[str, str], fp: bytes) -> bool:
-        """Whether the id ``ref`` belonged to a job with fingerprint ``fp`` that was deleted."""
+    async def _created_by_this_call(
+        self, txn: Txn, ref: tuple[str, str], fp: bytes, request_id: str
+    ) -> bool:
+        """Whether the id ``ref`` belonged to a job with fingerprint ``fp``, created by the
+        call ``request_id`` (non-empty), that was deleted since."""
         mark = attempt_high_water_key(*ref)
         raw = await txn.get(mark)
-        return raw is not None and AttemptHighWater.decode(mark, raw).fingerprint == fp
+        if raw is None:
+            return False
+        deleted = AttemptHighWater.decode(mark, raw)
+        return deleted.fingerprint == fp and deleted.request_id == request_id
 
-    async def _write_new_job(self, txn: Txn, job: NewJob, job_id: str) -> None:
+    async def _write_new_job(
+        self, txn: Txn, job: NewJob, job_id: str, request_id: str
+    ) -> None:
         now = txn.now
         # Planted bug for the simulator: limits acquired in the order given, so two jobs can
         # each hold a slot the other waits for.
@@ -320,7 +340,7 @@ class JobShard:
         txn.emit(
             "job_enqueued", shard=self.shard_id, tenant=job.tenant, job_id=job_id,
             task_group=job.task_group, priority=job.priority, due_ms=state.next_attempt_at_ms,
-            retry_count=job.retry.retry_count,
+            retry_count=job.retry.retry_count, request_id=request_id,
         )
         self._rows.put_state(txn, info, None, state)
 

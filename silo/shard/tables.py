@@ -7,25 +7,32 @@ prefix                 key                         value
 =====================  ==========================  ============================================
 ``0x0F`` attempt high  ``(tenant, job_id)``        an :class:`~silo.model.AttemptHighWater`:
 water                                              the highest attempt number a deleted job of
-                                                   that id used, and its request fingerprint.
+                                                   that id used, its request fingerprint and the
+                                                   request id of the call that created it.
                                                    Written by delete, read and removed by the
                                                    enqueue that reuses the id, whose first
                                                    attempt is numbered above it: attempt numbers
                                                    strictly increase per (tenant, job id) for
                                                    the life of the shard (handlers fence on
-                                                   them). An enqueue marked as a retry of a
-                                                   lost answer, of the same fingerprint, leaves
-                                                   it (answered existed, deleted). Version 1
-                                                   rows (a bare integer) have no fingerprint.
-                                                   At most one row per deleted id; not counted.
-``0x10`` job           ``(tenant, job_id)``        the 16-byte request fingerprint the job was
-fingerprint                                        enqueued with (:mod:`silo.shard.fingerprint`).
-                                                   Written with the job, deleted with it; read
-                                                   when an enqueue names an id that exists, to
-                                                   tell a re-sent identical job (OK, existed)
-                                                   from a different one (ALREADY_EXISTS). A job
-                                                   stored before fingerprints has none: any
-                                                   enqueue of its id is ALREADY_EXISTS.
+                                                   them). A later try of the creating call (same
+                                                   non-empty request id, same fingerprint)
+                                                   leaves it (answered existed, deleted).
+                                                   Version 1 rows (a bare integer) have neither,
+                                                   version 2 rows no request id. At most one row
+                                                   per deleted id; not counted.
+``0x10`` job           ``(tenant, job_id)``        a :class:`~silo.model.JobFingerprint`: the
+fingerprint                                        16-byte request fingerprint the job was
+                                                   enqueued with (:mod:`silo.shard.fingerprint`)
+                                                   and the request id of the call that created
+                                                   it (version 1 rows, the bare fingerprint,
+                                                   have none). Written with the job, deleted
+                                                   with it (its contents go to the ``0x0F``
+                                                   row); read when an enqueue names an id that
+                                                   exists, to tell a re-sent identical job (OK,
+                                                   existed) from a different one
+                                                   (ALREADY_EXISTS). A job stored before
+                                                   fingerprints has none: any enqueue of its id
+                                                   is ALREADY_EXISTS.
 ``0x11`` rate          ``(tenant, name, key,       ``[1, limit, per_ms]`` of the job that
 reservation            slot_ms, job_id,            reserved it: one row per rate token granted,
                        attempt)``                  at its time, in time order per bucket

@@ -40,6 +40,8 @@ class ShardLimits:
     worker_id_max_chars: int = 128
     task_id_max_chars: int = 64
     """Task ids are made by the shard (25 characters); a longer one cannot be ours."""
+    request_id_max_chars: int = 64
+    """The request id an enqueue call carries (the client sends 32 hex characters)."""
     metadata_max_entries: int = 16
     metadata_key_max_chars: int = 64
     metadata_value_max_bytes: int = 1 * KIB
@@ -92,6 +94,14 @@ def check_task_group(limits: ShardLimits, task_group: str) -> None:
 
 def check_job_id(limits: ShardLimits, job_id: str) -> None:
     _check_name(job_id, "job id", "job_id_max_chars", limits.job_id_max_chars, empty_ok=False)
+
+
+def check_request_id(limits: ShardLimits, request_id: str) -> None:
+    """An enqueue call's request id: empty (no id) or at most ``request_id_max_chars``."""
+    _check_name(
+        request_id, "request id", "request_id_max_chars", limits.request_id_max_chars,
+        empty_ok=True,
+    )
 
 
 def check_worker_id(limits: ShardLimits, worker_id: str) -> None:

@@ -39,12 +39,11 @@ class CheckerBase:
         self.jobs: dict[JobKey, JobModel] = {}
         self.live_leases: dict[str, JobKey] = {}
         self.acked: dict[JobKey, float] = {}
-        self.first_tries: dict[JobKey, int] = {}
-        """How many enqueue requests not marked ``retry`` (first tries) named each job id."""
-        self.creations: dict[JobKey, int] = {}
-        """How many times each job id was created (``job_enqueued`` events)."""
+        self.creators: dict[JobKey, set[str]] = {}
+        """The request ids of the enqueue calls that created each job id (``job_enqueued``
+        events; a call without a request id is not recorded)."""
         self.resent_deleted = 0
-        """Retried enqueues answered OK existed-deleted (the job is not created twice)."""
+        """Later tries answered OK existed-deleted (the job is not created twice)."""
         self.queues: dict[tuple[str, int, str], dict[JobKey, JobModel]] = {}
         self.failed: Violation | None = None
         self.strict_acks = True

@@ -27,7 +27,8 @@ class EnqueueChecks(CheckerBase):
                          f"job_enqueued event yet)")
 
     def on_enqueue_start(self, method: str, request: bytes) -> Any:
-        """An enqueue request reached a server; returns the job ids it names."""
+        """An enqueue request reached a server; returns the job ids it names and its request
+        id."""
         req: pb.EnqueueRequest | pb.EnqueueBatchRequest
         if method == "Enqueue":
             req = pb.EnqueueRequest.parse(request)
@@ -36,20 +37,20 @@ class EnqueueChecks(CheckerBase):
             req = pb.EnqueueBatchRequest.parse(request)
             specs = list(req.jobs)
         keys = [((s.tenant or DEFAULT_TENANT), s.id) for s in specs if s is not None and s.id]
-        if not req.retry:
-            for k in keys:
-                self.first_tries[k] = self.first_tries.get(k, 0) + 1
-        return keys
+        return keys, req.request_id
 
     def on_enqueue_end(
-        self, method: str, keys: Any, error: Any, response: bytes | None = None
+        self, method: str, call: Any, error: Any, response: bytes | None = None
     ) -> None:
         """The server answered an enqueue: OK means every job of it is durable (for an
         EnqueueBatch, every job whose result is OK); ALREADY_EXISTS means a job is durable under
         that id (a different one: the client raises it, but it must not be a write that a crash
-        can still undo). An OK ``existed`` ``deleted`` answer (a retry whose first try created
-        the job, deleted since) is accepted like any OK: the job was durable, and the model
-        keeps deleted jobs, so it is found in ``self.jobs``; nothing is written for it."""
+        can still undo). An OK ``existed`` ``deleted`` answer (a later try of the call that
+        created the job, deleted since) is accepted like any OK: the job was durable, and the
+        model keeps deleted jobs, so it is found in ``self.jobs``; nothing is written for it.
+        But it must be given only to the call (request id) that did create the job: to any
+        other call it says "enqueued" of a job that call never created."""
+        keys, request_id = call
         if self.failed is not None or not keys or not self.strict_acks:
             return
         if error is None:
@@ -59,6 +60,15 @@ class EnqueueChecks(CheckerBase):
                 if len(results) == len(keys):  # the client names every job, so keys align
                     ok = [k for k, r in zip(keys, results, strict=True) if r.code == Code.OK]
                     self.resent_deleted += sum(1 for r in results if r.deleted)
+                    claimed = [k for k, r in zip(keys, results, strict=True)
+                               if r.deleted and (not request_id
+                                                 or request_id not in self.creators.get(k, ()))]
+                    if claimed:
+                        self.fail(Invariant.NO_LOST_ENQUEUE,
+                                  f"{method} answered job(s) {claimed[:3]} existed and "
+                                  f"deleted to a call (request id {request_id!r}) that never "
+                                  f"created them: the jobs it asked for are never created")
+                        return
                     taken = [k for k, r in zip(keys, results, strict=True)
                              if r.code == Code.ALREADY_EXISTS]
                     self._check_exists(method, taken, error)

@@ -30,15 +30,19 @@ class JobChecks(CheckerBase):
                       f"job {key} enqueued again while it exists", old.describe(),
                       f"event: job_enqueued {f}")
             return
-        self.creations[key] = self.creations.get(key, 0) + 1
-        if old is not None and self.creations[key] > self.first_tries.get(key, 0):
-            # Each enqueue call sends one first try; every later try is marked retry. More
-            # creations than calls: a retry re-created a job deleted since its first try landed.
+        request_id = f.request_id or ""
+        made = self.creators.setdefault(key, set())
+        if request_id in made:
+            # One enqueue call (one request id, sent on each of its tries) creates its job at
+            # most once: a later try re-created a job deleted since an earlier try created it.
+            assert old is not None
             self.fail(Invariant.NO_LOST_ENQUEUE,
-                      f"job {key} created again after its delete by a retried enqueue "
-                      f"({self.creations[key]} creations, {self.first_tries.get(key, 0)} "
-                      f"enqueue calls)", old.describe(), f"event: job_enqueued {f}")
+                      f"job {key} created again after its delete by a later try of the "
+                      f"enqueue call that created it (request id {request_id})",
+                      old.describe(), f"event: job_enqueued {f}")
             return
+        if request_id:
+            made.add(request_id)
         j = JobModel(f.tenant, f.job_id, host, f.shard, f.task_group, f.priority)
         if old is not None:
             j.attempt = old.attempt  # attempt numbers keep increasing across id reuse

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import trio
 
 from silo.client.worker import Worker
 from tests.client.fake import FakeCluster
@@ -32,3 +33,16 @@ def test_limits_themselves_are_accepted() -> None:
     worker = Worker(FakeCluster(), "g", handler, max_concurrent_tasks=1000,  # type: ignore[arg-type]
                     lease_wait_ms=30_000, default_timeout_ms=86_400_000)
     assert worker.max_concurrent_tasks == 1000
+
+
+async def test_lease_wait_zero_backs_off_on_empty_replies(autojump_clock: trio.abc.Clock) -> None:
+    """A worker told not to long-poll must not busy-loop: with nothing to lease, its calls back
+    off to about one a second."""
+    cluster = FakeCluster(lease_ms=30_000, to_lease=[])
+    worker = Worker(cluster, "g", handler, lease_wait_ms=0)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker.run)
+        await trio.sleep(30)
+        worker.stop(1)
+    calls = len(cluster.calls_of("LeaseTasks"))
+    assert 10 <= calls <= 50, calls

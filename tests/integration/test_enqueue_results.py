@@ -18,6 +18,8 @@ from silo.wire import pb
 from tests.integration.support import Raw
 
 Between = Callable[[], Awaitable[None]]
+CALL = "a" * 32
+"""A request id, as a client draws one per enqueue call."""
 
 
 class LossyChannel:
@@ -171,14 +173,14 @@ async def test_single_enqueue_landed_then_deleted_is_not_created_twice(
     raw: Raw, address: str,
 ) -> None:
     """First try lands and its answer is lost; the job runs and is deleted; the client's retry
-    (marked retry) is answered OK and must not create the job again."""
+    (the same request id) is answered OK and must not create the job again."""
     async with lossy_client(address, "Enqueue", deliver=True,
                             between=run_and_delete(raw, "once")) as client:
         handle = await client.enqueue("g", {"n": 1}, id="once")
         assert handle.id == "once"
         [channel] = client._connector.channels  # type: ignore[attr-defined]
         first, retry = (pb.EnqueueRequest.parse(r) for r in channel.sent)
-    assert not first.retry and retry.retry
+    assert first.request_id and retry.request_id == first.request_id
     await assert_gone(raw, "once")
 
 
@@ -190,21 +192,38 @@ async def test_batch_landed_then_deleted_is_not_created_twice(raw: Raw, address:
     await assert_gone(raw, "d-1", "d-2")
 
 
-async def test_retry_marked_batch_answers_deleted_per_job(raw: Raw) -> None:
+async def test_later_try_of_a_batch_answers_deleted_per_job(raw: Raw) -> None:
     shard = await raw.shard()
     spec = pb.JobSpec(tenant="default", id="gone", task_group="g", payload=pack("v"))
-    await raw("EnqueueBatch", pb.EnqueueBatchRequest(shard=shard, jobs=[spec]),
-              pb.EnqueueBatchResponse)
+    await raw("EnqueueBatch", pb.EnqueueBatchRequest(shard=shard, jobs=[spec],
+                                                     request_id=CALL), pb.EnqueueBatchResponse)
     await run_and_delete(raw, "gone")()
     fresh = pb.JobSpec(tenant="default", id="fresh", task_group="g", payload=pack("v"))
-    resp = await raw("EnqueueBatch", pb.EnqueueBatchRequest(shard=shard, jobs=[fresh, spec],
-                                                            retry=True), pb.EnqueueBatchResponse)
+    resp = await raw("EnqueueBatch", pb.EnqueueBatchRequest(
+        shard=shard, jobs=[fresh, spec], request_id=CALL), pb.EnqueueBatchResponse)
     assert [(r.id, r.code, r.existed, r.deleted) for r in resp.results] == [
         ("fresh", Code.OK, False, False), ("gone", Code.OK, True, True)]
     assert "deleted since" in resp.results[1].message
-    await raw("EnqueueBatch", pb.EnqueueBatchRequest(shard=shard, jobs=[spec]),
-              pb.EnqueueBatchResponse)  # not a retry: a deliberate re-enqueue creates it
-    assert (await raw.get("gone")).status == pb.JobStatus.SCHEDULED
+    await raw("EnqueueBatch", pb.EnqueueBatchRequest(
+        shard=shard, jobs=[spec], request_id="b" * 32), pb.EnqueueBatchResponse)
+    assert (await raw.get("gone")).status == pb.JobStatus.SCHEDULED  # a new call creates it
+
+
+async def test_request_id_over_its_limit_is_invalid_argument(raw: Raw) -> None:
+    shard = await raw.shard()
+    spec = pb.JobSpec(tenant="default", id="long", task_group="g", payload=pack("v"))
+    for method, req, resp_type in (
+        ("Enqueue", pb.EnqueueRequest(shard=shard, job=spec, request_id="r" * 65),
+         pb.EnqueueResponse),
+        ("EnqueueBatch", pb.EnqueueBatchRequest(shard=shard, jobs=[spec], request_id="r" * 65),
+         pb.EnqueueBatchResponse),
+    ):
+        with pytest.raises(RpcError) as info:
+            await raw(method, req, resp_type)
+        assert info.value.code == Code.INVALID_ARGUMENT
+        assert "request_id_max_chars is 64" in info.value.message
+    with pytest.raises(RpcError):
+        await raw.get("long")
 
 
 async def test_re_enqueue_after_delete_whose_answer_is_lost_is_created_once(
@@ -216,4 +235,20 @@ async def test_re_enqueue_after_delete_whose_answer_is_lost_is_created_once(
     async with lossy_client(address, "Enqueue", deliver=True) as client:
         await client.enqueue("g", "v", id="again")
     assert (await raw.get("again")).status == pb.JobStatus.SCHEDULED
+    assert len((await raw.lease(max_tasks=10)).tasks) == 1
+
+
+async def test_re_enqueue_after_delete_whose_first_try_never_arrived_is_created(
+    raw: Raw, address: str,
+) -> None:
+    """An identical job deliberately enqueued again after its delete, by a call whose first try
+    fails without reaching the server: the retry carries the new call's request id, not the
+    one that created the deleted job, so the job is created again."""
+    async with lossy_client(address, "Enqueue", deliver=True,
+                            between=run_and_delete(raw, "twice")) as client:
+        await client.enqueue("g", "v", id="twice")
+    await assert_gone(raw, "twice")
+    async with lossy_client(address, "Enqueue", deliver=False) as client:
+        await client.enqueue("g", "v", id="twice")
+    assert (await raw.get("twice")).status == pb.JobStatus.SCHEDULED
     assert len((await raw.lease(max_tasks=10)).tasks) == 1

@@ -273,5 +273,7 @@ def test_every_limit_is_covered() -> None:
         # tests/shard/test_bounds.py:
         "task_id_max_chars", "max_attempts_per_job", "get_job_attempts_default",
         "get_job_attempts_max",
+        # tests/shard/test_enqueue_retry_after_delete.py:
+        "request_id_max_chars",
     }
     assert {f.name for f in fields(ShardLimits)} <= covered

@@ -18,6 +18,7 @@ from silo.model import (
     TIMER,
     Attempt,
     AttemptState,
+    JobFingerprint,
     JobInfo,
     JobState,
     JobStatus,
@@ -370,7 +371,7 @@ def test_audit_fingerprint_rows() -> None:
         JOBS_TOTAL: 1, JOBS_TERMINAL: 1, status_counter("t", JobStatus.SUCCEEDED): 1,
     })
     del img.fingerprints[("t", "a")]
-    img.fingerprints[("t", "gone")] = b"\x00" * 16
+    img.fingerprints[("t", "gone")] = JobFingerprint(b"\x00" * 16)
     messages = [m for _, m in audit_image(img, "x")]
     assert any("fingerprint of missing job" in m for m in messages)
     assert any("has no request fingerprint" in m for m in messages)
@@ -627,6 +628,52 @@ def test_inv13_a_window_with_one_token_too_many() -> None:
     _token(h, "late", T0 + 999)  # [T0 + 400, T0 + 1400) now holds three
     assert h.invariant == Invariant.NOT_BEFORE_DUE
     assert "took 3 tokens within 1000 ms (limit 2)" in h.violations[0].message
+
+
+def _created_run_and_deleted(h: Harness, job: str, request_id: str) -> None:
+    h.ev("job_enqueued", job_id=job, task_group="g", priority=50, due_ms=T0,
+         request_id=request_id)
+    h.ev("status_changed", job_id=job, old=None, new="SCHEDULED", attempt=1, at_ms=T0,
+         task_group="g", priority=50, due_ms=T0)
+    h.lease(job, "t1")
+    h.end(job, "t1")
+    h.ev("job_deleted", job_id=job, status="SUCCEEDED")
+
+
+def test_inv6_one_call_creating_its_job_again_after_delete() -> None:
+    h = Harness()
+    _created_run_and_deleted(h, "a", "call-1")
+    h.ev("job_enqueued", job_id="a", task_group="g", priority=50, due_ms=T0,
+         request_id="call-2")  # a new call re-creates it: legal
+    assert h.invariant is None
+    h.ev("status_changed", job_id="a", old=None, new="SCHEDULED", attempt=2, at_ms=T0,
+         task_group="g", priority=50, due_ms=T0)
+    h.lease("a", "t2", attempt=2)
+    h.end("a", "t2", attempt=2)
+    h.ev("job_deleted", job_id="a", status="SUCCEEDED")
+    h.ev("job_enqueued", job_id="a", task_group="g", priority=50, due_ms=T0,
+         request_id="call-1")
+    assert h.invariant == Invariant.NO_LOST_ENQUEUE
+    assert "created again after its delete" in h.violations[0].message
+
+
+def _batch_answer(h: Harness, job: str, request_id: str, *, deleted: bool) -> None:
+    request = bytes(pb.EnqueueBatchRequest(jobs=[pb.JobSpec(tenant="t", id=job)],
+                                           request_id=request_id))
+    call = h.checker.on_enqueue_start("EnqueueBatch", request)
+    response = bytes(pb.EnqueueBatchResponse(results=[pb.EnqueueResult(
+        id=job, existed=deleted, deleted=deleted)]))
+    h.checker.on_enqueue_end("EnqueueBatch", call, None, response)
+
+
+def test_inv6_existed_deleted_answered_to_a_call_that_never_created_the_job() -> None:
+    h = Harness()
+    _created_run_and_deleted(h, "a", "call-1")
+    _batch_answer(h, "a", "call-1", deleted=True)
+    assert h.invariant is None
+    _batch_answer(h, "a", "call-2", deleted=True)
+    assert h.invariant == Invariant.NO_LOST_ENQUEUE
+    assert "never created them" in h.violations[0].message
 
 
 # -- invariants 13-17 and fencing --------------------------------------------------------------

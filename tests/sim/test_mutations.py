@@ -46,6 +46,8 @@ CASES = {
 ALSO = {
     # mutation: another (invariant, text) that rightly catches it
     "ack-before-durable": (Invariant.RESULTS_RECORDED, "never reported the result dropped"),
+    # The planted bug leaves the cancelled job's slots behind too (chaos draws limits now).
+    "skip-release-on-cancel": (Invariant.SLOT_LIMIT, "holder row left behind"),
 }
 MAX_SEEDS = 50
 

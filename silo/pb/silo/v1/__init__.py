@@ -190,7 +190,12 @@ class EnqueueBatchRequest(betterproto2.Message):
 
     retry: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
     """
-    this call repeats an earlier call whose answer was lost
+    deprecated, ignored: a call is recognised by request_id
+    """
+
+    request_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    the same on every try of one enqueue call; "" = none (at most
     """
 
 
@@ -229,7 +234,12 @@ class EnqueueRequest(betterproto2.Message):
 
     retry: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
     """
-    this call repeats an earlier call whose answer was lost
+    deprecated, ignored: a call is recognised by request_id
+    """
+
+    request_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    the same on every try of one enqueue call; "" = none (at most
     """
 
 
@@ -270,7 +280,7 @@ class EnqueueResult(betterproto2.Message):
 
     deleted: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
     """
-    with existed, on a retry: that identical job was stored and has been
+    with existed: a try of this call (same request_id) stored that
     """
 
 
