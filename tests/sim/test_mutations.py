@@ -20,7 +20,7 @@ CASES = {
     "no-reaper": ("lease_expiry", Invariant.REAP_AND_CANCEL, "not reaped"),
     "lost-cancel": ("chaos", Invariant.REAP_AND_CANCEL, "never learns of the cancel"),
     "ignore-priority": ("priority", Invariant.PRIORITY, "waited"),
-    "skip-release-on-cancel": ("chaos", Invariant.TERMINAL_CLEAN, "still in the"),
+    "skip-release-on-cancel": ("cancel_releases", Invariant.TERMINAL_CLEAN, "still in the"),
     "counter-drift": ("happy", Invariant.COUNTERS, "recount"),
     "recreate-deleted-on-retry": ("retry_after_delete", Invariant.NO_LOST_ENQUEUE,
                                   "created again after its delete"),
@@ -46,7 +46,7 @@ CASES = {
 ALSO = {
     # mutation: another (invariant, text) that rightly catches it
     "ack-before-durable": (Invariant.RESULTS_RECORDED, "never reported the result dropped"),
-    # The planted bug leaves the cancelled job's slots behind too (chaos draws limits now).
+    # The planted bug leaves the cancelled job's slots behind too.
     "skip-release-on-cancel": (Invariant.SLOT_LIMIT, "holder row left behind"),
 }
 MAX_SEEDS = 50
