@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 
 from silo.model import ConcurrencyLimit, Limit
+from sim.invariants import Invariant
 from sim.simulator import FaultPlan, Simulator
 from sim.workload import Span, Workload, run_workload
 
@@ -46,7 +47,8 @@ async def run(sim: Simulator, rng: random.Random) -> None:
         sim.count("hol.other_max_ms", 0)
         sim.stats["hol.other_max_ms"] = max(sim.stats["hol.other_max_ms"], int(took * 1000))
         if took > BOUND_S:
-            sim.checker.fail(7, f"job {j.key} (no limits) took {took:.2f}s from enqueue to "
+            sim.checker.fail(Invariant.LIVENESS,
+                             f"job {j.key} (no limits) took {took:.2f}s from enqueue to "
                                 f"{j.status}, more than {BOUND_S}s: held back by another "
                                 f"tenant's parked requests (head of line)",
                              j.describe(), *j.history[-8:])

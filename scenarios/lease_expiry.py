@@ -15,6 +15,7 @@ import trio
 from silo.errors import SiloError
 from silo.model import RetryPolicy
 from sim.checkers import REAP_SLACK_S
+from sim.invariants import Invariant
 from sim.simulator import Simulator
 from sim.workload import make_handler
 
@@ -78,7 +79,8 @@ async def run(sim: Simulator, rng: random.Random) -> None:
         j = sim.checker.jobs[key]
         # The job was retried (not, say, left to the cut-off worker) and succeeded.
         if j.status != "SUCCEEDED" or len(j.attempts) < 2:
-            sim.checker.fail(8, f"job {key}, whose worker was cut off, ended {j.status} with "
+            sim.checker.fail(Invariant.REAP_AND_CANCEL,
+                             f"job {key}, whose worker was cut off, ended {j.status} with "
                                 f"attempts {j.attempts}: its expired lease was not reaped and "
                                 f"retried", j.describe(), *j.history[-6:])
             return

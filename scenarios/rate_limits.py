@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 
 from silo.model import ConcurrencyLimit, Limit, RateLimit
+from sim.invariants import Invariant
 from sim.simulator import FaultPlan, Simulator
 from sim.workload import Span, Workload, run_workload
 
@@ -58,6 +59,7 @@ async def run(sim: Simulator, rng: random.Random) -> None:
     worst = max(sim.checker.moves.items(), key=lambda kv: kv[1], default=None)
     if worst is not None and worst[1] > MAX_MOVES:
         (key, attempt), n = worst
-        sim.checker.fail(7, f"attempt {attempt} of job {key} moved between queues {n} times "
+        sim.checker.fail(Invariant.LIVENESS,
+                         f"attempt {attempt} of job {key} moved between queues {n} times "
                             f"while waiting (more than {MAX_MOVES}): busy polling",
                          sim.checker.jobs[key].describe(), *sim.checker.jobs[key].history[-8:])

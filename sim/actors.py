@@ -26,6 +26,7 @@ from silo.model import Failure, OutcomeReport, Success
 from silo.rpc import RpcError
 from silo.wire import outcome_to_pb, pb
 from sim.checkers import REAP_SLACK_S
+from sim.invariants import Invariant
 
 if TYPE_CHECKING:
     from sim.simulator import Simulator
@@ -159,8 +160,9 @@ async def zombie(sim: Simulator, host: Any, task_group: str, shards: int, lease_
                          + (" (owned)" if owned else ""))
         if code == "OK" and not owned:
             sim.checker.fail(
-                1, f"fencing: a {call} from {worker_id} for task {task_id} ({mode}: not its "
-                   f"lease) was accepted", f"zombie call {record}")
+                Invariant.FENCING,
+                f"fencing: a {call} from {worker_id} for task {task_id} ({mode}: not its "
+                f"lease) was accepted", f"zombie call {record}")
             return
 
 

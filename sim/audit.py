@@ -44,6 +44,7 @@ from silo.model import (
 )
 from silo.shard.mirror import COUNTER_PREFIX
 from silo.shard.tables import JOBS_TERMINAL, JOBS_TOTAL, status_counter
+from sim.invariants import Invariant
 
 JobKey = tuple[str, str]
 
@@ -70,6 +71,8 @@ class ShardImage:
     """Deleted (tenant, job id) -> the highest attempt number it used."""
     requests: dict[tuple[str, str], int] = field(default_factory=dict)
     """(tenant, queue) -> parked requests."""
+    parked: dict[tuple[str, str], list[Task]] = field(default_factory=dict)
+    """(tenant, queue) -> the tasks parked on it, in key order."""
     reservations: dict[tuple[str, str, str], list[tuple[int, str, int, RateReservation]]] = (
         field(default_factory=dict)
     )
@@ -91,6 +94,7 @@ class ShardImage:
                 if p == Prefix.CONCURRENCY_REQUEST:
                     _, (t, q, *_rest) = keys.parse(k)
                     img.requests[(str(t), str(q))] = img.requests.get((str(t), str(q)), 0) + 1
+                    img.parked.setdefault((str(t), str(q)), []).append(task)
                 if not task.is_refresh:  # floating-limit refresh tasks belong to no job
                     img.queued.append((QUEUE_KINDS[p], task))
             elif p == Prefix.LEASE:
@@ -159,6 +163,51 @@ def diff_counters(stored: dict[bytes, int], recount: dict[bytes, int]) -> list[s
     return out
 
 
+def wait_for_cycle(img: ShardImage) -> list[str] | None:
+    """Invariant 16: a cycle in the wait-for graph of parked requests (job J waits for job K
+    when J is parked on a queue a slot of which K holds), as ``["tenant/job holds ... waits
+    on ...", ...]``; None when there is none."""
+    holders_of: dict[tuple[str, str], list[str]] = {}
+    for (tenant, queue), rows in sorted(img.holders.items()):
+        holders_of[(tenant, queue)] = sorted({job for job, _ in rows.values()})
+    waits: dict[JobKey, list[tuple[str, JobKey]]] = {}
+    for (tenant, queue), tasks in sorted(img.parked.items()):
+        for task in tasks:
+            if task.is_refresh:
+                continue
+            for job in holders_of.get((tenant, queue), []):
+                if job != task.job_id:
+                    waits.setdefault((tenant, task.job_id), []).append((queue, (tenant, job)))
+    done: set[JobKey] = set()
+    for start in sorted(waits):
+        # Iterative DFS; ``path`` is the current chain of (job, queue it waits on).
+        path: list[tuple[JobKey, str]] = []
+        on_path: dict[JobKey, int] = {}
+        stack: list[tuple[JobKey, int]] = [(start, 0)]
+        while stack:
+            node, i = stack.pop()
+            if i == 0:
+                if node in done:
+                    continue
+                on_path[node] = len(path)
+                path.append((node, ""))
+            edges = waits.get(node, [])
+            if i < len(edges):
+                stack.append((node, i + 1))
+                queue, nxt = edges[i]
+                path[-1] = (node, queue)
+                if nxt in on_path:
+                    cycle = path[on_path[nxt]:]
+                    return [f"{t}/{j} waits on queue {q!r}" for (t, j), q in cycle]
+                if nxt not in done:
+                    stack.append((nxt, 0))
+            else:
+                done.add(node)
+                del on_path[node]
+                path.pop()
+    return None
+
+
 def audit_holders(
     img: ShardImage, where: str, max_changed: frozenset[tuple[str, str]] = frozenset()
 ) -> list[tuple[int, str]]:
@@ -176,15 +225,18 @@ def audit_holders(
                 current = st.task[3]
             if current != tid:
                 what = "missing" if st is None else st.status.name
-                problems.append((2, f"{where}: holder row left behind in queue {queue!r} of "
+                problems.append((Invariant.SLOT_LIMIT,
+                                 f"{where}: holder row left behind in queue {queue!r} of "
                                     f"tenant {tenant!r}: task {tid} (attempt {attempt}) of "
                                     f"{what} job {job_id!r}, whose current task is {current}"))
         qs = img.queues.get((tenant, queue))
         if qs is None:
-            problems.append((2, f"{where}: holders {sorted(rows)} in unknown queue {queue!r}"))
+            problems.append((Invariant.SLOT_LIMIT,
+                             f"{where}: holders {sorted(rows)} in unknown queue {queue!r}"))
         elif (not qs.floating and (tenant, queue) not in max_changed
               and len(rows) > qs.max_concurrency):
-            problems.append((2, f"{where}: queue {queue!r} of tenant {tenant!r} has "
+            problems.append((Invariant.SLOT_LIMIT,
+                             f"{where}: queue {queue!r} of tenant {tenant!r} has "
                                 f"{len(rows)} holders, max {qs.max_concurrency}"))
     return problems
 
@@ -196,11 +248,13 @@ def audit_idle_rows(img: ShardImage, where: str) -> list[tuple[int, str]]:
     for (tenant, queue), qs in sorted(img.queues.items()):
         q = (tenant, queue)
         if qs.refresh_task_id is None and not img.holders.get(q) and not img.requests.get(q):
-            problems.append((12, f"{where}: idle queue {queue!r} of tenant {tenant!r} (no "
+            problems.append((Invariant.COUNTERS,
+                             f"{where}: idle queue {queue!r} of tenant {tenant!r} (no "
                                  f"holder, request or refresh) keeps its state row"))
     for k, v in sorted(img.counters.items()):
         if v == 0:
-            problems.append((12, f"{where}: counter {counter_name(k)} is stored as zero"))
+            problems.append((Invariant.COUNTERS,
+                             f"{where}: counter {counter_name(k)} is stored as zero"))
     return problems
 
 
@@ -224,21 +278,24 @@ def audit_reservations(img: ShardImage, where: str) -> list[tuple[int, str]]:
             have.add((tenant, name, bucket, job_id, attempt, slot))
             w = waiting.get((tenant, name, bucket, job_id))
             if w is not None and w[0] == attempt and w[1] != slot:
-                problems.append((13, f"{where}: job {(tenant, job_id)} attempt {attempt} holds a "
-                                     f"reservation of rate bucket {name}/{bucket} at {slot} but "
-                                     f"waits for {w[1]}"))
+                problems.append((Invariant.NOT_BEFORE_DUE,
+                                 f"{where}: job {(tenant, job_id)} attempt {attempt} holds a "
+                                 f"reservation of rate bucket {name}/{bucket} at {slot} but "
+                                 f"waits for {w[1]}"))
         for i, (slot, _, _, r) in enumerate(rows):
             if i + r.limit < len(rows) and rows[i + r.limit][0] - slot < r.per_ms:
-                problems.append((13, f"{where}: rate bucket {name}/{bucket} of tenant "
-                                     f"{tenant!r} grants {r.limit + 1} tokens in "
-                                     f"[{slot}, {rows[i + r.limit][0]}], within {r.per_ms} ms "
-                                     f"(limit {r.limit})"))
+                problems.append((Invariant.NOT_BEFORE_DUE,
+                                 f"{where}: rate bucket {name}/{bucket} of tenant "
+                                 f"{tenant!r} grants {r.limit + 1} tokens in "
+                                 f"[{slot}, {rows[i + r.limit][0]}], within {r.per_ms} ms "
+                                 f"(limit {r.limit})"))
                 break
     for (tenant, name, bucket, job_id), (attempt, due) in sorted(waiting.items()):
         if (tenant, name, bucket, job_id, attempt, due) not in have:
-            problems.append((13, f"{where}: job {(tenant, job_id)} attempt {attempt} waits for a "
-                                 f"token of rate bucket {name}/{bucket} at {due} but has no "
-                                 f"reservation row there"))
+            problems.append((Invariant.NOT_BEFORE_DUE,
+                             f"{where}: job {(tenant, job_id)} attempt {attempt} waits for a "
+                             f"token of rate bucket {name}/{bucket} at {due} but has no "
+                             f"reservation row there"))
     return problems
 
 
@@ -247,10 +304,16 @@ def audit_image(
 ) -> list[tuple[int, str]]:
     """Problems found in one durable shard image, as ``(invariant, message)``."""
     problems: list[tuple[int, str]] = audit_holders(img, where, max_changed)
+    cycle = wait_for_cycle(img)
+    if cycle is not None:
+        problems.insert(0, (Invariant.NO_WAIT_CYCLE,
+                            f"{where}: wait-for cycle among parked requests (each holds a slot "
+                            f"the next waits for): " + "; ".join(cycle)))
     problems += audit_idle_rows(img, where)
     problems += audit_reservations(img, where)
     for key in sorted(set(img.infos) ^ set(img.states)):
-        problems.append((3, f"{where}: job {key} has only one of its info/status rows"))
+        problems.append((Invariant.TRANSITIONS,
+                         f"{where}: job {key} has only one of its info/status rows"))
     queued: dict[JobKey, list[tuple[str, Task]]] = {}
     for kind, task in img.queued:
         queued.setdefault((task.tenant, task.job_id), []).append((kind, task))
@@ -268,64 +331,80 @@ def audit_image(
         name = st.status.name
         if st.status.terminal:
             if q:
-                problems.append((5, f"{where}: {name} job {key} holds queued task(s) {qs}"))
+                problems.append((Invariant.TERMINAL_CLEAN,
+                                 f"{where}: {name} job {key} holds queued task(s) {qs}"))
             if ls:
-                problems.append((5, f"{where}: {name} job {key} holds lease(s) "
+                problems.append((Invariant.TERMINAL_CLEAN,
+                                 f"{where}: {name} job {key} holds lease(s) "
                                     f"{[x.task_id for x in ls]}"))
             if running:
-                problems.append((3, f"{where}: {name} job {key} has RUNNING attempt(s) {running}"))
+                problems.append((Invariant.TRANSITIONS,
+                                 f"{where}: {name} job {key} has RUNNING attempt(s) {running}"))
         elif st.status == JobStatus.SCHEDULED:
             if ls:
-                problems.append((1, f"{where}: SCHEDULED job {key} holds lease(s) "
+                problems.append((Invariant.SINGLE_LEASE,
+                                 f"{where}: SCHEDULED job {key} holds lease(s) "
                                     f"{[x.task_id for x in ls]}"))
             if running:
-                problems.append((3, f"{where}: SCHEDULED job {key} has RUNNING attempt(s) "
+                problems.append((Invariant.TRANSITIONS,
+                                 f"{where}: SCHEDULED job {key} has RUNNING attempt(s) "
                                     f"{running}"))
             want = None
             if st.task is not None:
                 want = (WHERE_KINDS[st.task[2]], st.task[0], st.task[1])
             have = [(kind, t.attempt, t.due_ms) for kind, t in q]
             if want is None or have != [want]:
-                problems.append((3, f"{where}: SCHEDULED job {key} should have exactly its task "
+                problems.append((Invariant.TRANSITIONS,
+                                 f"{where}: SCHEDULED job {key} should have exactly its task "
                                     f"{want} queued, has {have}"))
         else:  # RUNNING
             if len(ls) != 1 or ls[0].task_id != st.lease_task_id:
-                inv = 1 if len(ls) > 1 else 3
+                inv = Invariant.SINGLE_LEASE if len(ls) > 1 else Invariant.TRANSITIONS
                 problems.append((inv, f"{where}: RUNNING job {key} (lease {st.lease_task_id}) "
                                       f"holds leases {[x.task_id for x in ls]}"))
             if len(running) != 1:
-                problems.append((3, f"{where}: RUNNING job {key} has RUNNING attempts {running}"))
+                problems.append((Invariant.TRANSITIONS,
+                                 f"{where}: RUNNING job {key} has RUNNING attempts {running}"))
             if q:
-                problems.append((1, f"{where}: RUNNING job {key} still has queued task(s) {qs}: "
+                problems.append((Invariant.SINGLE_LEASE,
+                                 f"{where}: RUNNING job {key} still has queued task(s) {qs}: "
                                     f"it can be leased again"))
         if key in img.high_water:
-            problems.append((4, f"{where}: job {key} exists beside the attempt high-water row "
-                                f"of a deleted job of that id ({img.high_water[key].attempt})"))
+            problems.append((Invariant.ATTEMPTS,
+                             f"{where}: job {key} exists beside the attempt high-water row "
+                             f"of a deleted job of that id ({img.high_water[key].attempt})"))
         if not 0 <= st.undelivered <= MAX_UNDELIVERED or st.run_attempts < 0:
-            problems.append((4, f"{where}: job {key} has undelivered={st.undelivered} (0.."
+            problems.append((Invariant.ATTEMPTS,
+                             f"{where}: job {key} has undelivered={st.undelivered} (0.."
                                 f"{MAX_UNDELIVERED}) and run_attempts={st.run_attempts}"))
         undelivered = sum(1 for a in atts.values() if a.state == AttemptState.UNDELIVERED)
         if undelivered < st.undelivered:
-            problems.append((4, f"{where}: job {key} counts {st.undelivered} undelivered "
+            problems.append((Invariant.ATTEMPTS,
+                             f"{where}: job {key} counts {st.undelivered} undelivered "
                                 f"attempts but only {undelivered} are stored"))
         if atts and max(atts) > st.attempt:
-            problems.append((4, f"{where}: job {key} has attempt {max(atts)} above its attempt "
+            problems.append((Invariant.ATTEMPTS,
+                             f"{where}: job {key} has attempt {max(atts)} above its attempt "
                                 f"counter {st.attempt}"))
     for key in sorted(set(queued) - set(img.states)):
-        problems.append((5, f"{where}: queued task(s) of missing job {key}"))
+        problems.append((Invariant.TERMINAL_CLEAN, f"{where}: queued task(s) of missing job {key}"))
     for key in sorted(set(leases) - set(img.states)):
-        problems.append((5, f"{where}: lease(s) of missing job {key}"))
+        problems.append((Invariant.TERMINAL_CLEAN, f"{where}: lease(s) of missing job {key}"))
     index = sorted(img.expiries)
     want_index = sorted((x.expiry_ms, x.task_id) for x in img.leases.values())
     if index != want_index:
-        problems.append((8, f"{where}: lease expiry index {index} does not match the leases "
+        problems.append((Invariant.REAP_AND_CANCEL,
+                         f"{where}: lease expiry index {index} does not match the leases "
                             f"{want_index} (a lease without an index entry is never reaped)"))
     diff = diff_counters(img.stored_counters(), img.recount())
     if diff:
-        problems.append((12, f"{where}: stored counters differ from a recount: {diff}"))
+        problems.append((Invariant.COUNTERS,
+                         f"{where}: stored counters differ from a recount: {diff}"))
     for key in sorted(set(img.fingerprints) - set(img.infos)):
-        problems.append((3, f"{where}: request fingerprint of missing job {key}"))
+        problems.append((Invariant.TRANSITIONS,
+                         f"{where}: request fingerprint of missing job {key}"))
     for key in sorted(set(img.infos) - set(img.fingerprints)):
-        problems.append((3, f"{where}: job {key} has no request fingerprint: a retried "
+        problems.append((Invariant.TRANSITIONS,
+                         f"{where}: job {key} has no request fingerprint: a retried "
                             f"enqueue of it would be refused"))
     return problems

@@ -23,6 +23,7 @@ from silo.shard import ShardConfig
 from sim.clock import SimClock
 from sim.disk import MemoryDisk
 from sim.faults import SimFaults
+from sim.observed_worker import ObservedWorker
 
 if TYPE_CHECKING:
     from sim.simulator import Simulator
@@ -248,8 +249,8 @@ class SimWorker:
                         break
                     except SiloError:
                         await trio.sleep(0.5)
-                self.worker = Worker(
-                    client, self.task_group, self.handler,
+                self.worker = ObservedWorker(
+                    self.sim.checker, client, self.task_group, self.handler,
                     max_concurrent_tasks=self.concurrency, worker_id=self.worker_id,
                     lease_wait_ms=self.lease_wait_ms, refresh_handler=self.refresh_handler,
                     heartbeat_fraction=self.heartbeat_fraction, faults=self.faults,

@@ -18,6 +18,7 @@ import trio
 import trio.testing
 from trio.abc import Instrument
 
+from sim.invariants import Invariant
 from sim.simulator import Simulator
 
 EXIT_PASS, EXIT_VIOLATION, EXIT_LIVENESS, EXIT_CRASH = 0, 1, 2, 3
@@ -32,6 +33,14 @@ MUTATIONS: dict[str, str] = {
     "counter-drift": "enqueue counts every job twice in the total",
     "over-grant": "a concurrency queue grants one slot beyond its max",
     "leak-holder": "releasing a concurrency slot leaves its holder row behind",
+    "no-fencing": "heartbeats and reports skip the lease owner check",
+    "lease-before-due": "timers (start times, retry backoffs, rate-token waits) fall due a "
+                        "second early",
+    "charge-undelivered": "an undelivered attempt is charged to the job's retry budget",
+    "poison-retry-overflow": "retry backoff uses the unguarded float power, which overflows for "
+                             "large factors and retry numbers",
+    "drop-reports": "the last outcome report of a batch is answered OK but never recorded",
+    "limits-given-order": "a job acquires its limits in the order given, not the canonical one",
     "recreate-deleted-on-retry": "a later try of an enqueue call re-creates the job an earlier "
                                  "try of it created, deleted since",
     "rate-token-returned-in-place": (
@@ -59,7 +68,7 @@ class RunResult:
     """Coverage probes reached, by probe."""
     params: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
-    invariant: int | None = None
+    invariant: Invariant | None = None
     message: str = ""
     evidence: list[str] = field(default_factory=list)
     events: int = 0
@@ -168,16 +177,18 @@ def run_one(
     )
     if sim.violation is not None:
         v = sim.violation
-        result.exit_code = EXIT_VIOLATION
+        # Invariant 17: the code under test could not process a request or a record.
+        result.exit_code = EXIT_CRASH if v.invariant == Invariant.NO_NODE_DEATH else EXIT_VIOLATION
         result.invariant = v.invariant
         result.message = f"{v.title}: {v.message}"
         result.evidence = list(v.evidence)
     elif sim.crash_report is not None:
         result.exit_code = EXIT_CRASH
+        result.invariant = sim.crash_invariant
         result.message = sim.crash_report
     elif sim.liveness_report is not None:
         result.exit_code = EXIT_LIVENESS
-        result.invariant = 7
+        result.invariant = Invariant.LIVENESS
         result.message = "invariant 7 (every job reaches a terminal state once faults stop): " \
             + sim.liveness_report
     return result

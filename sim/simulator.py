@@ -20,14 +20,18 @@ import trio
 from silo.client.client import RetrySettings
 from silo.errors import Code, SiloError
 from silo.runtime import RandomSource
-from sim.audit import ShardImage, diff_counters
+from sim import events
+from sim.audit import ShardImage, diff_counters, wait_for_cycle
 from sim.checkers import Checker, Violation
 from sim.faults import FaultBoard
 from sim.hosts import ClientHost, NodeHost, SimWorker
+from sim.invariants import Invariant
 from sim.network import NetConfig, SimNetwork
 from sim.trace import Trace, format_fields
 
 TICK_S = 0.25
+WAIT_FOR_EVERY_TICKS = 20
+"""The wait-for graph (invariant 16) is checked every this many ticks."""
 MAX_RUN_S = 1800.0
 """Simulated seconds after which a run that has not finished counts as a missed liveness bound
 (e.g. a node that never manages to restart)."""
@@ -79,6 +83,8 @@ class Simulator:
         self._fault_nursery: trio.Nursery | None = None
         self.violation: Violation | None = None
         self.crash_report: str | None = None
+        self.crash_invariant: Invariant | None = None
+        """Set when the crash is the code under test dying from a request (invariant 17)."""
         self.liveness_report: str | None = None
         self.stopped = False
         self.phase = "setup"
@@ -129,14 +135,24 @@ class Simulator:
             return
         tb = "".join(traceback.format_exception(exc))
         self.crash_report = f"crash: {what}: {exc!r}\n{tb}"
+        self.crash_invariant = Invariant.NO_NODE_DEATH
         self.trace.record(f"CRASH {what}: {exc!r}")
         self.stop()
 
     # -- hooks from hosts and network -------------------------------------------------------
 
     def on_event(self, host: NodeHost, kind: str, fields: dict[str, Any]) -> None:
+        """The node's event sink: typed here (see :mod:`sim.events`), then checked."""
         self.trace.record(f"ev {host.name} {kind} {format_fields(fields)}")
-        self.checker.on_event(host, kind, fields)
+        try:
+            ev = events.parse(kind, fields)
+        except events.UnknownEvent as exc:
+            # The shard and the simulator disagree on what an event is: a simulator crash.
+            if self.ok:
+                self.crash_report = f"crash: {exc}"
+                self.stop()
+            return
+        self.checker.on_event(host, kind, ev)
 
     def on_serve_start(self, server: Any, method: str, request: bytes) -> Any:
         name = method.rsplit("/", 1)[-1]
@@ -144,6 +160,8 @@ class Simulator:
             return (name, self.checker.on_heartbeat_start(request))
         if name in ("Enqueue", "EnqueueBatch"):
             return (name, self.checker.on_enqueue_start(name, request))
+        if name in ("ReportOutcome", "ReportOutcomes"):
+            return (name, self.checker.on_report_start(name, request))
         return (name, None)
 
     def on_serve_end(self, token: Any, response: bytes | None, error: Any) -> None:
@@ -154,6 +172,8 @@ class Simulator:
             return
         if name == "Heartbeat":
             self.checker.on_heartbeat_end(data, response)
+        elif name in ("ReportOutcome", "ReportOutcomes"):
+            self.checker.on_report_end(name, data, response, error)
         else:
             self.checker.on_enqueue_end(name, data, error, response)
 
@@ -247,9 +267,35 @@ class Simulator:
             await trio.sleep_forever()
 
     async def _ticker(self) -> None:
+        n = 0
         while True:
             await trio.sleep(TICK_S)
             self.checker.tick(trio.current_time())
+            self._check_poison()
+            n += 1
+            if n % WAIT_FOR_EVERY_TICKS == 0:
+                self._check_wait_for()
+
+    def _check_wait_for(self) -> None:
+        """Invariant 16 on every serving node's durable shard images: no wait-for cycle among
+        parked requests (a cycle never resolves by itself, so a periodic look finds it)."""
+        for _, node in sorted(self.nodes.items()):
+            if not node.serving:
+                continue
+            for path in node.shard_paths():
+                cycle = wait_for_cycle(ShardImage.parse(node.disk.durable_items(path)))
+                if cycle is not None:
+                    self.checker.fail(Invariant.NO_WAIT_CYCLE,
+                                      f"{node.name}:{path}: wait-for cycle among parked "
+                                      f"requests (each holds a slot the next waits for)", *cycle)
+                    return
+
+    def _check_poison(self) -> None:
+        """Invariant 17 for errors that emit no event (a background-loop round that raised)."""
+        for _, node in sorted(self.nodes.items()):
+            if node.serving and node.node is not None:
+                for sid, shard in sorted(node.node.shards.items()):
+                    self.checker.on_poison_count(node, sid, shard.statistics().poison_items)
 
     # -- fault phase ------------------------------------------------------------------------
 
@@ -343,6 +389,7 @@ class Simulator:
         delta = rng.randint(*self.plan.clock_jump_ms)
         self.board.count("clock.jump", f"{host.name} {delta:+d}ms")
         host.clock.step_wall_ms(delta)
+        self.checker.on_clock_step(host)
 
     async def _inject_worker_crash(self, rng: random.Random) -> None:
         live = [w for name, w in sorted(self.workers.items()) if w.running]
@@ -350,6 +397,7 @@ class Simulator:
             return
         w = rng.choice(live)
         self.board.count("worker.crash", w.worker_id)
+        self.checker.on_worker_crash(w.worker_id)
         w.crash()
         self.spawn(self._restart_worker_later, w, rng.uniform(*self.plan.worker_restart_s))
 
@@ -384,6 +432,9 @@ class Simulator:
             if trio.current_time() >= deadline:
                 break
             await trio.sleep(TICK_S)
+        self._check_wait_for()  # a deadlock is the better report than its missed bound
+        if not self.ok:
+            return False
         open_jobs = self.checker.open_jobs()
         lines = [f"{len(open_jobs)} job(s) not terminal {bound_s:.0f}s after healing"]
         for j in open_jobs[:5]:
@@ -417,7 +468,8 @@ class Simulator:
                 status = None
             want = None if j.deleted else j.status
             if status != want:
-                inv = 6 if status is None and key in self.checker.acked else 3
+                lost = status is None and key in self.checker.acked
+                inv = Invariant.NO_LOST_ENQUEUE if lost else Invariant.TRANSITIONS
                 self.checker.fail(inv, f"API shows job {key} as {status}, events say {want}",
                                   j.describe(), *j.history[-5:])
                 return
@@ -426,13 +478,18 @@ class Simulator:
             return
         for _, w in sorted(self.workers.items()):
             await w.stop(2.0)
+        self.checker.final_results()
+        self._check_poison()
+        if not self.ok:
+            return
         for _, node in sorted(self.nodes.items()):
             assert node.node is not None
             for sid, shard in sorted(node.node.shards.items()):
                 counters, recount = shard.counters(), await shard.recount()
                 diff = diff_counters(counters, recount)
                 if diff:
-                    self.checker.fail(12, f"{node.name} shard {sid}: JobShard.counters() differ "
+                    self.checker.fail(Invariant.COUNTERS,
+                                      f"{node.name} shard {sid}: JobShard.counters() differ "
                                           f"from JobShard.recount(): {diff}")
                     return
         for _, node in sorted(self.nodes.items()):

@@ -113,7 +113,9 @@ class Leasing(ShardRoom):
         """Promote up to ``limit`` timers due by the monotonic clock (DESIGN §4 "Deadlines");
         a timer that cannot be processed is a poison item (see :mod:`silo.shard.quarantine`)."""
         assert txn.mono is not None
-        promoted = self._mirror.due_timers(txn.mono, limit)
+        # Planted bug for the simulator: timers fall due a second early.
+        early_ms = 1000 if self._rt.faults.mutation("lease-before-due") else 0
+        promoted = self._mirror.due_timers(txn.mono + early_ms, limit)
         await txn.prefetch(
             [k for t in promoted if not t.is_refresh for k in job_keys(t.tenant, t.job_id)[:2]]
         )
@@ -350,7 +352,8 @@ class Leasing(ShardRoom):
         lease = self._mirror.leases.get(task_id)
         if lease is None:
             raise NotFound(f"lease not found for task {quote(task_id)}")
-        if lease.worker_id != worker_id:
+        # Planted bug for the simulator: any worker may heartbeat any lease.
+        if lease.worker_id != worker_id and not self._rt.faults.mutation("no-fencing"):
             raise FailedPrecondition(
                 f"lease owner mismatch: task {quote(task_id)} is leased to another worker"
             )
@@ -376,6 +379,7 @@ class Leasing(ShardRoom):
                 txn.emit(
                     "lease_extended", shard=self.shard_id, task_id=task_id, tenant=lease.tenant,
                     job_id=lease.job_id, attempt=lease.attempt, expiry_ms=expiry, at_ms=txn.now,
+                    by_worker_id=worker_id,
                 )
             cancelled = await self._rows.cancelled_at(txn, lease.tenant, lease.job_id) is not None
             if self._rt.faults.mutation("lost-cancel"):
@@ -401,7 +405,13 @@ class Leasing(ShardRoom):
                 self._lease_keys([self._mirror.leases.get(r.task_id) for r in reports])
             )
             await self._prefetch_grants(txn, [self._mirror.leases.get(r.task_id) for r in reports])
-            for report in reports:
+            # Planted bug for the simulator: the last report of a batch is answered OK but
+            # never recorded.
+            dropped = len(reports) > 1 and self._rt.faults.mutation("drop-reports")
+            for n, report in enumerate(reports):
+                if dropped and n == len(reports) - 1:
+                    results.append(None)
+                    continue
                 sp = txn.savepoint()
                 try:
                     self._validate_report(report)
@@ -471,7 +481,8 @@ class Leasing(ShardRoom):
         if lease is None:
             await self._check_repeated_report(txn, report)
             return
-        if lease.worker_id != report.worker_id:
+        # Planted bug for the simulator: any worker may report any lease.
+        if lease.worker_id != report.worker_id and not self._rt.faults.mutation("no-fencing"):
             raise FailedPrecondition(
                 f"lease owner mismatch: task {quote(report.task_id)} is leased to another "
                 f"worker"
@@ -480,7 +491,8 @@ class Leasing(ShardRoom):
             raise InvalidArgument(
                 f"task {quote(report.task_id)} is a refresh task; report it with ReportRefresh"
             )
-        await self.end_attempt(txn, lease, report.outcome, reaped=False)
+        await self.end_attempt(txn, lease, report.outcome, reaped=False,
+                               by_worker_id=report.worker_id)
 
     async def _check_repeated_report(self, txn: Txn, report: OutcomeReport) -> None:
         """A report without a live lease: succeed if it repeats the recorded outcome."""
@@ -508,10 +520,12 @@ class Leasing(ShardRoom):
         )
 
     async def end_attempt(
-        self, txn: Txn, lease: Lease, outcome: Outcome, *, reaped: bool, final: bool = False
+        self, txn: Txn, lease: Lease, outcome: Outcome, *, reaped: bool, final: bool = False,
+        by_worker_id: str = "",
     ) -> None:
         """The single path by which a running attempt ends (report, reap or poison). With
-        ``final`` a failure is not retried.
+        ``final`` a failure is not retried. ``by_worker_id``: the worker whose report ends it
+        ("" for a reap or a poison item), carried on the ``lease_ended`` event.
 
         A reaped lease that was never acknowledged is undelivered: unless the job was cancelled
         or already had ``MAX_UNDELIVERED`` of them this run, its attempt ends UNDELIVERED and
@@ -559,6 +573,8 @@ class Leasing(ShardRoom):
 
         if undelivered:
             new = transitions.undelivered(state, now)
+            if self._rt.faults.mutation("charge-undelivered"):
+                new.run_attempts = state.run_attempts  # planted bug: the budget is charged
             await self._limiter.queue_attempt(txn, info, new, now)
             self._stats["undelivered"] += 1
         elif isinstance(outcome, Success):
@@ -569,6 +585,11 @@ class Leasing(ShardRoom):
                 txn.put(key(Prefix.CANCEL, lease.tenant, lease.job_id), encode_int(now))
         else:
             jitter = 1.0 + self._rng.random()
+            if self._rt.faults.mutation("poison-retry-overflow"):
+                # Planted bug for the simulator: the unguarded float power of old, which
+                # overflows for a large factor and retry number.
+                _ = info.retry.initial_backoff_ms * info.retry.backoff_factor ** max(
+                    0, state.run_attempts - 1)
             delay = None if final else retry_delay_ms(info.retry, state.run_attempts, jitter)
             if state.attempt_rows >= self._limits.max_attempts_per_job:
                 delay = None  # the job has made every attempt it may ever make
@@ -582,7 +603,7 @@ class Leasing(ShardRoom):
         txn.emit(
             "lease_ended", shard=self.shard_id, task_id=lease.task_id, tenant=lease.tenant,
             job_id=lease.job_id, attempt=lease.attempt, outcome=kind, at_ms=now,
-            state=attempt.state.name,
+            state=attempt.state.name, by_worker_id=by_worker_id,
         )
         if reaped and not undelivered:
             self._stats["reaped"] += 1

@@ -70,6 +70,7 @@ class PoisonItems(ShardRoom):
         ``INTERNAL_ERROR``; if that fails too, quarantine the lease rows."""
         txn.rollback(sp)
         self.count(what, exc)
+        self._emit(txn, what, exc)
         if lease is None:
             return
         sp = txn.savepoint()
@@ -110,6 +111,7 @@ class PoisonItems(ShardRoom):
         recorded as failed); if that fails too, or the row is no job's, quarantine the row."""
         txn.rollback(sp)
         self.count(f"queued row {k.hex()}", exc)
+        self._emit(txn, f"queued row {k.hex()}", exc)
         sp = txn.savepoint()
         try:
             await self._fail_queued(txn, k, raw, exc)
@@ -216,6 +218,12 @@ class PoisonItems(ShardRoom):
         await self._end_attempt(txn, lease, internal_failure(exc), reaped=False, final=True)
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _emit(self, txn: Txn, what: str, exc: BaseException) -> None:
+        """Announce the poison item with the batch that handles it (before its job's events)."""
+        txn.emit("poison_item", shard=self.shard_id, what=what,
+                 error=f"{type(exc).__name__}: {exc}"[:INTERNAL_ERROR_DATA_MAX_CHARS],
+                 at_ms=txn.now)
 
     def _quarantine(self, txn: Txn, k: bytes, raw: bytes | None) -> None:
         """Move row ``k`` (stored value ``raw``) out of the live tables."""

@@ -91,6 +91,7 @@ class JobRows:
                 where=None if new.task is None else new.task[2],
                 limits_left=len(info.limits) - new.held,
                 mono_ms=txn.mono,
+                run_attempts=new.run_attempts,
             )
         elif new.task is not None and (old.task != new.task or old.held != new.held):
             # The queued task moved (timer -> parked -> ready, or re-queued by an expedite)

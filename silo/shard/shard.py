@@ -314,10 +314,13 @@ class JobShard:
         self, txn: Txn, job: NewJob, job_id: str, request_id: str
     ) -> None:
         now = txn.now
+        # Planted bug for the simulator: limits acquired in the order given, so two jobs can
+        # each hold a slot the other waits for.
+        given = self._rt.faults.mutation("limits-given-order")
         info = JobInfo(
             job.tenant, job_id, job.task_group, bytes(job.payload), job.priority, job.retry,
-            dict(job.metadata), now, job.start_at_ms, acquisition_order(job.limits),
-            job.timeout_ms,
+            dict(job.metadata), now, job.start_at_ms,
+            tuple(job.limits) if given else acquisition_order(job.limits), job.timeout_ms,
         )
         txn.put(key(Prefix.JOB, job.tenant, job_id), info.encode())
         for mk, mv in sorted(job.metadata.items()):

@@ -10,6 +10,7 @@ import pytest
 import scenarios
 from silo.shard.leasing import Leasing
 from sim.actors import ZOMBIE_MODES
+from sim.invariants import Invariant
 from sim.runner import run_one
 from sim.simulator import FaultPlan, Simulator
 from sim.workload import Span, Workload, run_workload
@@ -54,6 +55,6 @@ def test_a_fencing_hole_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     for seed in range(1, 6):
         r = run_one("dishonest", seed)
         if r.exit_code:
-            assert r.invariant == 1 and "fencing" in r.message, r.message
+            assert r.invariant == Invariant.FENCING and "fencing" in r.message, r.message
             return
     pytest.fail("a heartbeat of another worker's lease was accepted and nothing noticed")

@@ -29,8 +29,10 @@ from silo.model import (
 )
 from silo.pb.silo import v1 as pb
 from silo.shard.tables import JOBS_TERMINAL, JOBS_TOTAL, ready_key, status_counter
-from sim.audit import ShardImage, audit_holders, audit_image
+from sim import events
+from sim.audit import ShardImage, audit_holders, audit_image, wait_for_cycle
 from sim.checkers import REAP_SLACK_S, Checker, Violation, reachable
+from sim.invariants import Invariant
 
 T0 = 1_000_000
 
@@ -65,7 +67,8 @@ class Harness:
 
     def ev(self, kind: str, **fields: Any) -> None:
         fields.setdefault("shard", 0)
-        fields.setdefault("tenant", "t")
+        if "tenant" in events.KINDS[kind].__dataclass_fields__:
+            fields.setdefault("tenant", "t")
         self.checker.on_event(self.host, kind, fields)
 
     @property
@@ -122,7 +125,7 @@ def test_inv1_task_leased_twice() -> None:
     h.lease("a", "t1")
     h.ev("task_leased", job_id="b", task_id="t1", attempt=1, worker_id="w", task_group="g",
          priority=50, due_ms=T0, expiry_ms=T0 + 1000, at_ms=T0)
-    assert h.invariant == 1
+    assert h.invariant == Invariant.SINGLE_LEASE
 
 
 def test_inv1_job_with_two_live_leases() -> None:
@@ -131,7 +134,7 @@ def test_inv1_job_with_two_live_leases() -> None:
     h.lease("a", "t1")
     h.ev("task_leased", job_id="a", task_id="t2", attempt=2, worker_id="w", task_group="g",
          priority=50, due_ms=T0, expiry_ms=T0 + 1000, at_ms=T0)
-    assert h.invariant == 1
+    assert h.invariant == Invariant.SINGLE_LEASE
 
 
 def test_inv1_leased_task_still_queued_on_disk() -> None:
@@ -141,7 +144,7 @@ def test_inv1_leased_task_still_queued_on_disk() -> None:
     task = Task("t1", "t", "a", 1, "g", 50, T0)
     durable[ready_key(task)] = task.encode()
     h.lease("a", "t1")
-    assert h.invariant == 1
+    assert h.invariant == Invariant.SINGLE_LEASE
     assert "still in the ready queue" in h.violations[0].message
 
 
@@ -150,7 +153,7 @@ def test_inv3_illegal_transition() -> None:
     h.enqueue("a")
     h.ev("status_changed", job_id="a", old="SCHEDULED", new="SUCCEEDED", attempt=1,
          at_ms=T0, task_group="g", priority=50, due_ms=None)
-    assert h.invariant == 3
+    assert h.invariant == Invariant.TRANSITIONS
 
 
 def test_inv3_running_without_running_attempt() -> None:
@@ -158,7 +161,7 @@ def test_inv3_running_without_running_attempt() -> None:
     h.enqueue("a")
     h.ev("status_changed", job_id="a", old="SCHEDULED", new="RUNNING", attempt=1,
          at_ms=T0, task_group="g", priority=50, due_ms=None)
-    assert h.invariant == 3
+    assert h.invariant == Invariant.TRANSITIONS
 
 
 def test_inv3_old_status_mismatch() -> None:
@@ -166,7 +169,7 @@ def test_inv3_old_status_mismatch() -> None:
     h.enqueue("a")
     h.ev("status_changed", job_id="a", old="FAILED", new="SCHEDULED", attempt=2,
          at_ms=T0, task_group="g", priority=50, due_ms=T0)
-    assert h.invariant == 3
+    assert h.invariant == Invariant.TRANSITIONS
 
 
 def test_inv4_lease_ended_twice() -> None:
@@ -176,7 +179,7 @@ def test_inv4_lease_ended_twice() -> None:
     h.end("a", "t1")
     h.ev("lease_ended", job_id="a", task_id="t1", attempt=1, outcome="failed", at_ms=T0 + 20,
          state="FAILED")
-    assert h.invariant == 4
+    assert h.invariant == Invariant.ATTEMPTS
 
 
 def test_inv4_attempt_numbers_must_increase() -> None:
@@ -187,7 +190,7 @@ def test_inv4_attempt_numbers_must_increase() -> None:
     # The retry queued attempt 2; a lease of attempt 1 again is a repeat.
     h.ev("task_leased", job_id="a", task_id="t9", attempt=1, worker_id="w", task_group="g",
          priority=50, due_ms=T0, expiry_ms=T0 + 1000, at_ms=T0)
-    assert h.invariant == 4
+    assert h.invariant == Invariant.ATTEMPTS
 
 
 def test_inv4_requeue_must_allocate_a_new_attempt() -> None:
@@ -198,7 +201,7 @@ def test_inv4_requeue_must_allocate_a_new_attempt() -> None:
          state="FAILED")
     h.ev("status_changed", job_id="a", old="RUNNING", new="SCHEDULED", attempt=1, at_ms=T0,
          task_group="g", priority=50, due_ms=T0)
-    assert h.invariant == 4
+    assert h.invariant == Invariant.ATTEMPTS
 
 
 def test_inv5_terminal_with_live_lease() -> None:
@@ -207,7 +210,7 @@ def test_inv5_terminal_with_live_lease() -> None:
     h.lease("a", "t1")
     h.ev("status_changed", job_id="a", old="RUNNING", new="FAILED", attempt=1, at_ms=T0,
          task_group="g", priority=50, due_ms=None)
-    assert h.invariant == 5
+    assert h.invariant == Invariant.TERMINAL_CLEAN
 
 
 def test_inv5_cancelled_task_left_in_queue() -> None:
@@ -221,7 +224,7 @@ def test_inv5_cancelled_task_left_in_queue() -> None:
     h.ev("cancel_requested", job_id="a", status="SCHEDULED", at_ms=T0)
     h.ev("status_changed", job_id="a", old="SCHEDULED", new="CANCELLED", attempt=1, at_ms=T0,
          task_group="g", priority=50, due_ms=None)
-    assert h.invariant == 5
+    assert h.invariant == Invariant.TERMINAL_CLEAN
     assert "timer queue" in h.violations[0].message
 
 
@@ -230,13 +233,13 @@ def test_inv5_delete_of_running_job() -> None:
     h.enqueue("a")
     h.lease("a", "t1")
     h.ev("job_deleted", job_id="a", status="RUNNING")
-    assert h.invariant == 5
+    assert h.invariant == Invariant.TERMINAL_CLEAN
 
 
 def test_inv6_ack_before_durable() -> None:
     h = Harness()
     h.checker.on_ack_enqueue("t", "a")
-    assert h.invariant == 6
+    assert h.invariant == Invariant.NO_LOST_ENQUEUE
 
 
 def test_inv6_acked_job_lost_in_crash() -> None:
@@ -245,14 +248,14 @@ def test_inv6_acked_job_lost_in_crash() -> None:
     h.checker.on_ack_enqueue("t", "a")
     assert h.violations == []
     h.checker.check_acked_present(h.host, set(), "n1")
-    assert h.invariant == 6
+    assert h.invariant == Invariant.NO_LOST_ENQUEUE
 
 
 def test_inv6_durable_job_missing_after_crash() -> None:
     h = Harness()
     h.enqueue("a")
     h.checker.resync_shard(h.host, 0, ShardImage(), "n1:data/shards/0")
-    assert h.invariant == 6
+    assert h.invariant == Invariant.NO_LOST_ENQUEUE
 
 
 def test_inv8_expired_lease_not_reaped() -> None:
@@ -267,7 +270,7 @@ def test_inv8_expired_lease_not_reaped() -> None:
     h.checker.tick(1.5 + REAP_SLACK_S / 2)
     assert h.violations == []
     h.checker.tick(1.5 + REAP_SLACK_S + 0.5)
-    assert h.invariant == 8
+    assert h.invariant == Invariant.REAP_AND_CANCEL
 
 
 def test_inv8_a_wall_clock_step_alone_makes_no_lease_overdue() -> None:
@@ -298,12 +301,12 @@ def test_inv8_heartbeat_hides_cancel() -> None:
     h.enqueue("a")
     h.lease("a", "t1")
     h.ev("cancel_requested", job_id="a", status="RUNNING", at_ms=T0)
-    token = h.checker.on_heartbeat_start(bytes(pb.HeartbeatRequest(task_id="t1")))
+    token = h.checker.on_heartbeat_start(bytes(pb.HeartbeatRequest(task_id="t1", worker_id="w")))
     h.checker.on_heartbeat_end(token, bytes(pb.HeartbeatResponse(cancelled=True)))
     assert h.violations == []
-    token = h.checker.on_heartbeat_start(bytes(pb.HeartbeatRequest(task_id="t1")))
+    token = h.checker.on_heartbeat_start(bytes(pb.HeartbeatRequest(task_id="t1", worker_id="w")))
     h.checker.on_heartbeat_end(token, bytes(pb.HeartbeatResponse(cancelled=False)))
-    assert h.invariant == 8
+    assert h.invariant == Invariant.REAP_AND_CANCEL
 
 
 def test_inv9_lease_skips_higher_priority() -> None:
@@ -311,7 +314,7 @@ def test_inv9_lease_skips_higher_priority() -> None:
     h.enqueue("low", priority=60)
     h.enqueue("high", priority=10)
     h.lease("low", "t1", priority=60)
-    assert h.invariant == 9
+    assert h.invariant == Invariant.PRIORITY
 
 
 def test_inv9_future_task_does_not_count_until_due() -> None:
@@ -322,7 +325,7 @@ def test_inv9_future_task_does_not_count_until_due() -> None:
     assert h.violations == []
     h.enqueue("low2", priority=60)
     h.lease("low2", "t2", priority=60, at=T0 + 5000)  # "high" is due now: it must go first
-    assert h.invariant == 9
+    assert h.invariant == Invariant.PRIORITY
 
 
 def test_inv9_expedited_task_is_due() -> None:
@@ -332,7 +335,7 @@ def test_inv9_expedited_task_is_due() -> None:
     h.ev("task_expedited", job_id="high", attempt=1, old_due_ms=T0 + 5000, due_ms=T0 + 50,
          at_ms=T0 + 50)
     h.lease("low", "t1", priority=60, at=T0 + 60)
-    assert h.invariant == 9
+    assert h.invariant == Invariant.PRIORITY
 
 
 def _image(statuses: dict[str, JobStatus], counters: dict[bytes, int]) -> ShardImage:
@@ -360,7 +363,7 @@ def test_inv12_counters_differ_from_recount() -> None:
     assert [inv for inv, _ in problems] == [12]
     h = Harness()
     h.checker.final_shard(h.host, 0, bad, "x")
-    assert h.invariant == 12
+    assert h.invariant == Invariant.COUNTERS
 
 
 def test_audit_fingerprint_rows() -> None:
@@ -414,7 +417,7 @@ def test_inv8_failure_with_retries_left_must_be_retried() -> None:
     _enqueue_with_retries(h, "a", 1)
     h.lease("a", "t1")
     h.end("a", "t1", state="FAILED", new="FAILED", outcome="reaped")
-    assert h.invariant == 8
+    assert h.invariant == Invariant.REAP_AND_CANCEL
 
 
 def test_retries_stop_when_the_budget_is_spent() -> None:
@@ -424,7 +427,7 @@ def test_retries_stop_when_the_budget_is_spent() -> None:
     h.end("a", "t1", state="FAILED", new="SCHEDULED", due=T0)
     h.lease("a", "t2", attempt=2)
     h.end("a", "t2", attempt=2, state="FAILED", new="SCHEDULED", due=T0)
-    assert h.invariant == 3
+    assert h.invariant == Invariant.TRANSITIONS
     assert "not FAILED" in h.violations[0].message
 
 
@@ -433,7 +436,7 @@ def test_inv3_success_must_end_succeeded() -> None:
     _enqueue_with_retries(h, "a", 3)
     h.lease("a", "t1")
     h.end("a", "t1", state="SUCCEEDED", new="FAILED")
-    assert h.invariant == 3
+    assert h.invariant == Invariant.TRANSITIONS
 
 
 def test_cancel_flag_beats_retry() -> None:
@@ -442,7 +445,7 @@ def test_cancel_flag_beats_retry() -> None:
     h.lease("a", "t1")
     h.ev("cancel_requested", job_id="a", status="RUNNING", at_ms=T0)
     h.end("a", "t1", state="FAILED", new="SCHEDULED", due=T0)
-    assert h.invariant == 3
+    assert h.invariant == Invariant.TRANSITIONS
     h2 = Harness()
     _enqueue_with_retries(h2, "a", 3)
     h2.lease("a", "t1")
@@ -479,7 +482,7 @@ def test_inv2_grant_past_the_max() -> None:
     h = Harness()
     _grant(h, "t1", 1, max_=1)
     _grant(h, "t2", 2, max_=1)
-    assert h.invariant == 2
+    assert h.invariant == Invariant.SLOT_LIMIT
     assert "max is 1" in h.violations[0].message
 
 
@@ -487,14 +490,14 @@ def test_inv2_slot_granted_twice_to_a_task() -> None:
     h = Harness()
     _grant(h, "t1", 1)
     _grant(h, "t1", 2)
-    assert h.invariant == 2
+    assert h.invariant == Invariant.SLOT_LIMIT
     assert "granted twice" in h.violations[0].message
 
 
 def test_inv2_release_without_grant() -> None:
     h = Harness()
     _release(h, "t1")
-    assert h.invariant == 2
+    assert h.invariant == Invariant.SLOT_LIMIT
 
 
 def test_inv2_holder_count_drift() -> None:
@@ -502,7 +505,7 @@ def test_inv2_holder_count_drift() -> None:
     _grant(h, "t1", 1)
     _release(h, "t1")
     _grant(h, "t2", 2)  # the shard still counts t1
-    assert h.invariant == 2
+    assert h.invariant == Invariant.SLOT_LIMIT
     assert "drifted" in h.violations[0].message
 
 
@@ -522,7 +525,7 @@ def test_inv2_resync_finds_orphan_holder_row() -> None:
     img.holders[("t", "q")] = {"t9": ("j9", 1)}
     img.queues[("t", "q")] = QueueState(1)
     h.checker.resync_shard(h.host, 0, img, "n1:data/shards/0")
-    assert h.invariant == 2
+    assert h.invariant == Invariant.SLOT_LIMIT
     assert "holder row left behind" in h.violations[0].message
 
 
@@ -541,7 +544,7 @@ def test_inv9_parked_and_token_waiting_tasks_are_not_due() -> None:
     h.ev("task_moved", job_id="parked", attempt=1, due_ms=T0, where=READY, limits_left=0,
          at_ms=T0 + 20)
     h.lease("low2", "t2", priority=60, at=T0 + 30)
-    assert h.invariant == 9
+    assert h.invariant == Invariant.PRIORITY
 
 
 def _holder_image(status: JobStatus, holder_task: str, max_: int = 1,
@@ -558,7 +561,7 @@ def _holder_image(status: JobStatus, holder_task: str, max_: int = 1,
 
 def test_audit_holder_row_of_terminal_job() -> None:
     problems = audit_holders(_holder_image(JobStatus.SUCCEEDED, "t1"), "x")
-    assert problems and problems[0][0] == 2
+    assert problems and problems[0][0] == Invariant.SLOT_LIMIT
     assert "holder row left behind" in problems[0][1]
 
 
@@ -585,7 +588,7 @@ def test_inv2_released_slot_whose_holder_row_stays_on_disk() -> None:
     _grant(h, "t1", 1)
     durable[holder_key("t", "q", "t1")] = b"x"
     _release(h, "t1")
-    assert h.invariant == 2
+    assert h.invariant == Invariant.SLOT_LIMIT
     assert "still on disk" in h.violations[0].message
 
 
@@ -623,7 +626,7 @@ def test_inv13_a_window_with_one_token_too_many() -> None:
         _token(h, f"j{i}", slot)
     assert h.violations == []
     _token(h, "late", T0 + 999)  # [T0 + 400, T0 + 1400) now holds three
-    assert h.invariant == 13
+    assert h.invariant == Invariant.NOT_BEFORE_DUE
     assert "took 3 tokens within 1000 ms (limit 2)" in h.violations[0].message
 
 
@@ -650,7 +653,7 @@ def test_inv6_one_call_creating_its_job_again_after_delete() -> None:
     h.ev("job_deleted", job_id="a", status="SUCCEEDED")
     h.ev("job_enqueued", job_id="a", task_group="g", priority=50, due_ms=T0,
          request_id="call-1")
-    assert h.invariant == 6
+    assert h.invariant == Invariant.NO_LOST_ENQUEUE
     assert "created again after its delete" in h.violations[0].message
 
 
@@ -669,5 +672,150 @@ def test_inv6_existed_deleted_answered_to_a_call_that_never_created_the_job() ->
     _batch_answer(h, "a", "call-1", deleted=True)
     assert h.invariant is None
     _batch_answer(h, "a", "call-2", deleted=True)
-    assert h.invariant == 6
+    assert h.invariant == Invariant.NO_LOST_ENQUEUE
     assert "never created them" in h.violations[0].message
+
+
+# -- invariants 13-17 and fencing --------------------------------------------------------------
+
+
+def test_inv13_lease_before_the_monotonic_due_time() -> None:
+    h = Harness()
+    h.ev("job_enqueued", job_id="a", task_group="g", priority=50, due_ms=T0 + 500)
+    h.ev("status_changed", job_id="a", old=None, new="SCHEDULED", attempt=1, at_ms=T0,
+         task_group="g", priority=50, due_ms=T0 + 500, where=TIMER, limits_left=0, mono_ms=0)
+    h.ev("task_moved", job_id="a", attempt=1, due_ms=T0 + 500, where=READY, limits_left=0,
+         at_ms=T0 + 400, mono_ms=400)
+    h.ev("task_leased", job_id="a", task_id="t1", attempt=1, worker_id="w", task_group="g",
+         priority=50, due_ms=T0 + 500, expiry_ms=T0 + 1400, at_ms=T0 + 400, mono_ms=400)
+    assert h.invariant == Invariant.NOT_BEFORE_DUE
+    assert "100 ms before it was due" in h.violations[0].message
+
+
+def test_inv13_lease_at_the_due_time_passes_and_clock_steps_relax_it() -> None:
+    h = Harness()
+    h.ev("job_enqueued", job_id="a", task_group="g", priority=50, due_ms=T0 + 500)
+    h.ev("status_changed", job_id="a", old=None, new="SCHEDULED", attempt=1, at_ms=T0,
+         task_group="g", priority=50, due_ms=T0 + 500, where=TIMER, limits_left=0, mono_ms=0)
+    h.checker.on_clock_step(h.host)
+    h.host.generation = 2  # type: ignore[attr-defined]  # restarted: deadlines re-based
+    h.ev("task_leased", job_id="a", task_id="t1", attempt=1, worker_id="w", task_group="g",
+         priority=50, due_ms=T0 + 500, expiry_ms=T0 + 1400, at_ms=T0 + 400, mono_ms=400)
+    assert h.violations == []
+
+
+def test_inv13_lease_of_a_parked_task() -> None:
+    h = Harness()
+    h.ev("job_enqueued", job_id="a", task_group="g", priority=50, due_ms=T0)
+    h.ev("status_changed", job_id="a", old=None, new="SCHEDULED", attempt=1, at_ms=T0,
+         task_group="g", priority=50, due_ms=T0, where=PARKED, limits_left=1, mono_ms=0)
+    h.lease("a", "t1")
+    assert h.invariant == Invariant.NOT_BEFORE_DUE
+    assert "concurrency slot" in h.violations[0].message
+
+
+def test_inv14_undelivered_attempt_charged() -> None:
+    h = Harness()
+    _enqueue_with_retries(h, "a", 1)
+    h.lease("a", "t1")
+    h.ev("lease_ended", job_id="a", task_id="t1", attempt=1, outcome="undelivered",
+         at_ms=T0 + 10, state="UNDELIVERED")
+    h.ev("status_changed", job_id="a", old="RUNNING", new="SCHEDULED", attempt=2,
+         at_ms=T0 + 10, task_group="g", priority=50, due_ms=T0 + 10, run_attempts=1)
+    assert h.invariant == Invariant.RETRY_BUDGET
+
+
+def test_inv14_undelivered_attempt_free_passes() -> None:
+    h = Harness()
+    _enqueue_with_retries(h, "a", 1)
+    h.lease("a", "t1")
+    h.ev("lease_ended", job_id="a", task_id="t1", attempt=1, outcome="undelivered",
+         at_ms=T0 + 10, state="UNDELIVERED")
+    h.ev("status_changed", job_id="a", old="RUNNING", new="SCHEDULED", attempt=2,
+         at_ms=T0 + 10, task_group="g", priority=50, due_ms=T0 + 10, run_attempts=0)
+    assert h.violations == []
+
+
+def test_inv15_computed_result_neither_recorded_nor_dropped() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    h.checker.on_outcome_computed("w", "t1", "SUCCEEDED")
+    h.end("a", "t1", state="FAILED", new="FAILED", outcome="reaped")
+    h.checker.final_results()
+    assert h.invariant == Invariant.RESULTS_RECORDED
+
+
+def test_inv15_dropped_with_a_reason_or_recorded_passes() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    h.checker.on_outcome_computed("w", "t1", "SUCCEEDED")
+    h.checker.on_report_dropped("w", "t1", "refused with NOT_FOUND: lease expired")
+    h.end("a", "t1", state="FAILED", new="FAILED", outcome="reaped")
+    h.enqueue("b")
+    h.lease("b", "t2")
+    h.checker.on_outcome_computed("w", "t2", "SUCCEEDED")
+    h.end("b", "t2")
+    h.checker.final_results()
+    assert h.violations == []
+
+
+def test_inv16_wait_for_cycle() -> None:
+    img = ShardImage()
+    img.holders[("t", "A")] = {"t1": ("j", 1)}
+    img.holders[("t", "B")] = {"t2": ("k", 1)}
+    img.parked[("t", "B")] = [Task("t1", "t", "j", 1, "g", 50, T0)]
+    assert wait_for_cycle(img) is None
+    img.parked[("t", "A")] = [Task("t2", "t", "k", 1, "g", 50, T0)]
+    cycle = wait_for_cycle(img)
+    assert cycle is not None and len(cycle) == 2
+    problems = audit_image(img, "x")
+    assert problems[0][0] == Invariant.NO_WAIT_CYCLE
+
+
+def test_inv17_poison_item() -> None:
+    h = Harness()
+    h.ev("poison_item", what="report t1", error="OverflowError: boom", at_ms=T0)
+    assert h.invariant == Invariant.NO_NODE_DEATH
+    h = Harness()
+    h.checker.on_poison_count(h.host, 0, 0)
+    assert h.violations == []
+    h.checker.on_poison_count(h.host, 0, 1)
+    assert h.invariant == Invariant.NO_NODE_DEATH
+
+
+def test_fencing_heartbeat_of_another_workers_lease_answered_ok() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    token = h.checker.on_heartbeat_start(bytes(pb.HeartbeatRequest(task_id="t1",
+                                                                   worker_id="zombie")))
+    h.checker.on_heartbeat_end(token, bytes(pb.HeartbeatResponse()))
+    assert h.invariant == Invariant.FENCING
+
+
+def test_fencing_lease_event_caused_by_a_non_owner() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    h.ev("lease_extended", job_id="a", task_id="t1", attempt=1, expiry_ms=T0 + 2000,
+         at_ms=T0 + 5, by_worker_id="w")
+    assert h.violations == []
+    h.ev("lease_ended", job_id="a", task_id="t1", attempt=1, outcome="succeeded",
+         at_ms=T0 + 10, state="SUCCEEDED", by_worker_id="zombie")
+    assert h.invariant == Invariant.FENCING
+
+
+def test_fencing_report_of_another_workers_lease_refused_passes() -> None:
+    h = Harness()
+    h.enqueue("a")
+    h.lease("a", "t1")
+    req = pb.ReportOutcomesRequest(outcomes=[pb.Outcome(task_id="t1", worker_id="zombie")])
+    token = h.checker.on_report_start("ReportOutcomes", bytes(req))
+    resp = pb.ReportOutcomesResponse(statuses=[pb.OutcomeStatus(code=9, message="mismatch")])
+    h.checker.on_report_end("ReportOutcomes", token, bytes(resp), None)
+    assert h.violations == []
+    resp = pb.ReportOutcomesResponse(statuses=[pb.OutcomeStatus(code=0)])
+    h.checker.on_report_end("ReportOutcomes", token, bytes(resp), None)
+    assert h.invariant == Invariant.FENCING

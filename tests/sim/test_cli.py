@@ -13,6 +13,7 @@ import trio
 
 import scenarios
 from sim.cli import main
+from sim.invariants import Invariant
 from sim.runner import EXIT_CRASH, EXIT_LIVENESS, report_lines, run_one
 from sim.simulator import Simulator
 
@@ -134,7 +135,7 @@ def test_exit_codes_liveness_and_crash(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(scenarios.SCENARIOS, "never_settles", _never_settles)
     monkeypatch.setitem(scenarios.SCENARIOS, "explodes", _explodes)
     r = run_one("never_settles", 1)
-    assert r.exit_code == EXIT_LIVENESS and r.invariant == 7
+    assert r.exit_code == EXIT_LIVENESS and r.invariant == Invariant.LIVENESS
     assert "not terminal" in r.message and "lonely" in r.message
     assert report_lines(r)[-2] == "replay: silo-sim run never_settles --seed 1"
     r = run_one("explodes", 1)

@@ -2,33 +2,52 @@
 
 ``over-grant`` and ``leak-holder`` are caught as invariant 2 (see CASES).
 ``ack-before-durable`` runs with the early acknowledgement check off, so that what catches it is
-the loss of an acknowledged enqueue across a crash and restart.
+the loss of an acknowledged enqueue across a crash and restart, or (invariant 15, see ALSO) of an
+acknowledged outcome report.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from sim.invariants import Invariant
 from sim.runner import MUTATIONS, run_one
 
 CASES = {
     # mutation: (scenario, expected invariant, text the violation must contain)
-    "double-lease": ("happy", 1, "can be handed out again"),
-    "ack-before-durable": ("crash_restart", 6, "lost in the crash"),
-    "no-reaper": ("lease_expiry", 8, "not reaped"),
-    "lost-cancel": ("chaos", 8, "never learns of the cancel"),
-    "ignore-priority": ("priority", 9, "waited"),
-    "skip-release-on-cancel": ("cancel_releases", 5, "still in the"),
-    "counter-drift": ("happy", 12, "recount"),
-    "recreate-deleted-on-retry": ("retry_after_delete", 6, "created again after its delete"),
+    "double-lease": ("happy", Invariant.SINGLE_LEASE, "can be handed out again"),
+    "ack-before-durable": ("crash_restart", Invariant.NO_LOST_ENQUEUE, "lost in the crash"),
+    "no-reaper": ("lease_expiry", Invariant.REAP_AND_CANCEL, "not reaped"),
+    "lost-cancel": ("chaos", Invariant.REAP_AND_CANCEL, "never learns of the cancel"),
+    "ignore-priority": ("priority", Invariant.PRIORITY, "waited"),
+    "skip-release-on-cancel": ("cancel_releases", Invariant.TERMINAL_CLEAN, "still in the"),
+    "counter-drift": ("happy", Invariant.COUNTERS, "recount"),
+    "recreate-deleted-on-retry": ("retry_after_delete", Invariant.NO_LOST_ENQUEUE,
+                                  "created again after its delete"),
     # Invariant 2 (concurrency limits): an extra grant is seen on the slot_granted event itself;
     # a leaked holder row makes the shard's holder count drift from the granted-minus-released
     # model (caught at the next grant on that queue; the final audit's "holder row left behind"
     # is the backstop, see test_checkers.py::test_audit_holder_row_of_terminal_job).
-    "over-grant": ("grant_race", 2, "holders after a grant but its max is"),
-    "leak-holder": ("concurrency", 2, "holder"),
+    "over-grant": ("grant_race", Invariant.SLOT_LIMIT, "holders after a grant but its max is"),
+    "leak-holder": ("concurrency", Invariant.SLOT_LIMIT, "holder"),
+    # A zombie worker heartbeats and reports other workers' task ids.
+    "no-fencing": ("zombie", Invariant.FENCING, "does not own"),
+    "lease-before-due": ("happy", Invariant.NOT_BEFORE_DUE, "before it was due"),
+    "charge-undelivered": ("lease_expiry", Invariant.RETRY_BUDGET, "charged to its retry budget"),
+    # Invariant 17 fails the run as a crash of the code under test (exit 3).
+    "poison-retry-overflow": ("retry_extremes", Invariant.NO_NODE_DEATH, "poison item"),
+    # High latency makes workers batch their reports; the lost report's lease is reaped.
+    "drop-reports": ("high_latency", Invariant.RESULTS_RECORDED, "never reported"),
+    # concurrency names each job's queues in a random order.
+    "limits-given-order": ("concurrency", Invariant.NO_WAIT_CYCLE, "wait-for cycle"),
     # Invariant 13 (rate limits): the next reservation lands on the time the latest job kept.
-    "rate-token-returned-in-place": ("rate_limits", 13, "rate bucket"),
+    "rate-token-returned-in-place": ("rate_limits", Invariant.NOT_BEFORE_DUE, "rate bucket"),
+}
+ALSO = {
+    # mutation: another (invariant, text) that rightly catches it
+    "ack-before-durable": (Invariant.RESULTS_RECORDED, "never reported the result dropped"),
+    # The planted bug leaves the cancelled job's slots behind too.
+    "skip-release-on-cancel": (Invariant.SLOT_LIMIT, "holder row left behind"),
 }
 MAX_SEEDS = 50
 
@@ -44,7 +63,10 @@ def test_mutation_is_caught(mutation: str) -> None:
         r = run_one(scenario, seed, mutation, strict_acks=mutation != "ack-before-durable")
         if r.exit_code == 0:
             continue
-        assert r.exit_code in (1, 2), r.message
+        assert r.exit_code in ((3,) if invariant == Invariant.NO_NODE_DEATH else (1, 2)), \
+            r.message
+        if mutation in ALSO and r.invariant == ALSO[mutation][0]:
+            invariant, text = ALSO[mutation]
         assert r.invariant == invariant, f"seed {seed}: {r.message}"
         assert text in r.message, r.message
         assert r.replay == f"silo-sim run {scenario} --seed {seed} --mutation {mutation}"

@@ -1,0 +1,265 @@
+"""The shard's durable events, typed: one dataclass per kind (DESIGN §7).
+
+The shard emits ``(kind, fields)`` through the runtime's event sink once a batch is durable
+(``txn.emit``, plus ``shard_opened`` / ``shard_closed`` from the shard's lifecycle);
+:func:`parse` turns that into one of the classes below, refusing an unknown kind or field, so a
+field renamed in ``silo/`` fails the run instead of silently blinding a checker. Fields a
+synthetic test may leave out default to None (or 0); the checkers treat None as "not known".
+
+:data:`IGNORED` lists the kinds no checker handles, on purpose; ``tests/sim/test_events.py``
+fails if a kind emitted anywhere in ``silo/`` is neither handled (``Checker._on_<kind>``) nor
+listed there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+class UnknownEvent(ValueError):
+    """An event kind, or a field of it, that this module does not describe."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    shard: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent(Event):
+    tenant: str = ""
+    job_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class JobEnqueued(JobEvent):
+    task_group: str = ""
+    priority: int = 0
+    due_ms: int = 0
+    retry_count: int | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged(JobEvent):
+    old: str | None = None
+    new: str = ""
+    attempt: int = 0
+    at_ms: int = 0
+    task_group: str = ""
+    priority: int = 0
+    due_ms: int | None = None
+    where: int | None = None
+    limits_left: int | None = None
+    mono_ms: int | None = None
+    run_attempts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMoved(JobEvent):
+    attempt: int = 0
+    due_ms: int = 0
+    where: int | None = None
+    limits_left: int | None = None
+    at_ms: int = 0
+    mono_ms: int | None = None
+    cause: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskLeased(JobEvent):
+    task_id: str = ""
+    attempt: int = 0
+    worker_id: str = ""
+    task_group: str = ""
+    priority: int = 0
+    due_ms: int = 0
+    expiry_ms: int = 0
+    at_ms: int = 0
+    mono_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseExtended(JobEvent):
+    task_id: str = ""
+    attempt: int = 0
+    expiry_ms: int = 0
+    at_ms: int = 0
+    by_worker_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseEnded(JobEvent):
+    task_id: str = ""
+    attempt: int = 0
+    outcome: str = ""
+    at_ms: int = 0
+    state: str | None = None
+    by_worker_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseAcked(JobEvent):
+    task_id: str = ""
+    attempt: int = 0
+    at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskTooLarge(JobEvent):
+    attempt: int = 0
+    task_id: str = ""
+    size_bytes: int = 0
+    max_bytes: int = 0
+    at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested(JobEvent):
+    status: str | None = None
+    at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskExpedited(JobEvent):
+    attempt: int = 0
+    old_due_ms: int | None = None
+    due_ms: int = 0
+    at_ms: int = 0
+    mono_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobDeleted(JobEvent):
+    status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SlotGranted(JobEvent):
+    queue: str = ""
+    task_id: str = ""
+    attempt: int = 0
+    holders: int = 0
+    max: int = 0
+    at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SlotReleased(JobEvent):
+    queue: str = ""
+    task_id: str = ""
+    at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenTaken(JobEvent):
+    name: str = ""
+    key: str = ""
+    limit: int = 0
+    per_ms: int = 0
+    slot_ms: int = 0
+    attempt: int = 0
+    at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenReturned(JobEvent):
+    name: str = ""
+    key: str = ""
+    slot_ms: int = 0
+    moved_job_id: str | None = None
+    moved_from_ms: int | None = None
+    at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshLeased(Event):
+    tenant: str = ""
+    task_id: str = ""
+    queue: str = ""
+    worker_id: str = ""
+    expiry_ms: int = 0
+    at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshEnded(Event):
+    tenant: str = ""
+    queue: str = ""
+    task_id: str = ""
+    new_max: int | None = None
+    reaped: bool = False
+    at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PoisonItem(Event):
+    what: str = ""
+    error: str = ""
+    at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ShardOpened(Event):
+    node: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardClosed(Event):
+    node: str = ""
+
+
+KINDS: dict[str, type[Event]] = {
+    "job_enqueued": JobEnqueued,
+    "status_changed": StatusChanged,
+    "task_moved": TaskMoved,
+    "task_leased": TaskLeased,
+    "lease_extended": LeaseExtended,
+    "lease_ended": LeaseEnded,
+    "lease_acked": LeaseAcked,
+    "task_too_large": TaskTooLarge,
+    "cancel_requested": CancelRequested,
+    "task_expedited": TaskExpedited,
+    "job_deleted": JobDeleted,
+    "slot_granted": SlotGranted,
+    "slot_released": SlotReleased,
+    "token_taken": TokenTaken,
+    "token_returned": TokenReturned,
+    "refresh_leased": RefreshLeased,
+    "refresh_ended": RefreshEnded,
+    "poison_item": PoisonItem,
+    "shard_opened": ShardOpened,
+    "shard_closed": ShardClosed,
+}
+
+IGNORED: dict[str, str] = {
+    "lease_acked": "delivery is checked through its effect: an acknowledged lease that expires "
+                   "is WORKER_CRASHED, not UNDELIVERED (invariants 4, 8, 14)",
+    "refresh_leased": "refresh tasks belong to no job; their end is refresh_ended",
+    "token_returned": "the rate-window check counts tokens taken at their reserved times; a "
+                      "returned token re-places a job, which task_moved reports",
+    "shard_opened": "one node per run: ownership (invariant 10) is not modelled yet",
+    "shard_closed": "one node per run: ownership (invariant 10) is not modelled yet",
+}
+"""Kinds no checker handles, each with the reason."""
+
+_FIELDS: dict[type[Event], frozenset[str]] = {
+    cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in KINDS.values()
+}
+
+
+def parse(kind: str, fields: dict[str, Any]) -> Event:
+    """The typed event for ``(kind, fields)``; raises :class:`UnknownEvent` for a kind or a
+    field this module does not describe."""
+    cls = KINDS.get(kind)
+    if cls is None:
+        raise UnknownEvent(f"unknown event kind {kind!r} (fields {sorted(fields)})")
+    unknown = sorted(set(fields) - _FIELDS[cls])
+    if unknown:
+        raise UnknownEvent(f"event {kind!r} has fields {unknown} that {cls.__name__} lacks")
+    return cls(**fields)
+
+
+__all__ = ["IGNORED", "KINDS", "Event", "JobEvent", "UnknownEvent", "parse"]

@@ -1,0 +1,67 @@
+"""The invariants every simulator run checks (DESIGN §7), by number, plus the fencing check.
+
+Every ``Checker.fail`` call, every audit problem and every test assertion names one of these
+members instead of a bare number; :data:`DESCRIPTIONS` is what a violation's title prints.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Invariant(IntEnum):
+    SINGLE_LEASE = 1
+    SLOT_LIMIT = 2
+    TRANSITIONS = 3
+    ATTEMPTS = 4
+    TERMINAL_CLEAN = 5
+    NO_LOST_ENQUEUE = 6
+    LIVENESS = 7
+    REAP_AND_CANCEL = 8
+    PRIORITY = 9
+    COUNTERS = 12
+    NOT_BEFORE_DUE = 13
+    RETRY_BUDGET = 14
+    RESULTS_RECORDED = 15
+    NO_WAIT_CYCLE = 16
+    NO_NODE_DEATH = 17
+    FENCING = 100
+    """Not numbered in DESIGN §7: a heartbeat or report from a worker that does not own the
+    lease never changes state."""
+
+    @property
+    def label(self) -> str:
+        """How a report names it: the DESIGN number, or "fencing"."""
+        return "fencing" if self is Invariant.FENCING else str(int(self))
+
+
+DESCRIPTIONS: dict[Invariant, str] = {
+    Invariant.SINGLE_LEASE: "no task leased twice at once; a job never has two live leases",
+    Invariant.SLOT_LIMIT: "a concurrency queue never holds more slots than its max; a slot is "
+                          "granted once",
+    Invariant.TRANSITIONS: "only legal status transitions; RUNNING iff exactly one running "
+                           "attempt",
+    Invariant.ATTEMPTS: "attempts never leave a terminal state; attempt numbers strictly "
+                        "increase",
+    Invariant.TERMINAL_CLEAN: "terminal jobs hold no lease and no queued task",
+    Invariant.NO_LOST_ENQUEUE: "no acknowledged enqueue is ever lost, nor created twice by one "
+                               "call",
+    Invariant.LIVENESS: "every job reaches a terminal state once faults stop (liveness)",
+    Invariant.REAP_AND_CANCEL: "an expired lease is reaped and retried; a cancel is seen by the "
+                               "worker",
+    Invariant.PRIORITY: "a lease never skips a due, higher-priority task of its task group",
+    Invariant.COUNTERS: "counters equal a recount of the data",
+    Invariant.NOT_BEFORE_DUE: "no task is leased before it is due (start time, retry backoff, "
+                              "rate-limit token); no rate window grants more than its limit",
+    Invariant.RETRY_BUDGET: "a job's retry budget is charged only for attempts a worker "
+                            "acknowledged",
+    Invariant.RESULTS_RECORDED: "every result the worker SDK computed is durably recorded, or "
+                                "logged as dropped with a reason",
+    Invariant.NO_WAIT_CYCLE: "no wait-for cycle among parked requests; holders are a subset of "
+                             "live tasks",
+    Invariant.NO_NODE_DEATH: "no node dies from a request or a stored record",
+    Invariant.FENCING: "a heartbeat or report from a worker that does not own the lease never "
+                       "changes state",
+}
+
+__all__ = ["DESCRIPTIONS", "Invariant"]
