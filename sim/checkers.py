@@ -3,30 +3,5 @@ invariant family)."""
 
 from __future__ import annotations
 
-from sim.check import (
-    INVARIANTS,
-    REAP_SLACK_S,
-    STEP_SETTLE_S,
-    Checker,
-    Invariant,
-    JobModel,
-    LeaseModel,
-    LeaseOwner,
-    Queued,
-    Violation,
-    reachable,
-)
-
-__all__ = [
-    "INVARIANTS",
-    "REAP_SLACK_S",
-    "STEP_SETTLE_S",
-    "Checker",
-    "Invariant",
-    "JobModel",
-    "LeaseModel",
-    "LeaseOwner",
-    "Queued",
-    "Violation",
-    "reachable",
-]
+from sim.check import *  # noqa: F403
+from sim.check import __all__  # noqa: F401

@@ -49,7 +49,6 @@ from silo.model import (
     Failure,
     JobInfo,
     JobState,
-    JobStatus,
     Lease,
     LeasedTask,
     Outcome,
@@ -132,16 +131,10 @@ class Leasing(ShardRoom):
             self._limiter.promote_refresh(txn, task)
             return
         txn.delete(timer_key(task))
-        info = await self._rows.info(txn, task.tenant, task.job_id)
-        state = await self._rows.state(txn, task.tenant, task.job_id)
-        if (
-            info is None
-            or state is None
-            or state.task is None
-            or state.task[2] != TIMER
-            or state.task[3] != task.task_id
-        ):
-            return  # a stray timer (cannot happen while the tables agree): drop it
+        found = await self._rows.queued_job(txn, task, TIMER)
+        if found is None:
+            return  # a stray timer: drop it
+        info, state = found
         self._limiter.reserved_token_due(txn, info, state, task)
         new = state.copy()
         await self._limiter.place(txn, info, new, task, state.held)
@@ -211,19 +204,11 @@ class Leasing(ShardRoom):
         entry is dropped: ``(FITS, None)``."""
         if task.is_refresh:
             return self._lease_refresh(txn, rk, task, worker_id, expiry, budget)
-        info = await self._rows.info(txn, task.tenant, task.job_id)
-        state = await self._rows.state(txn, task.tenant, task.job_id)
-        if (
-            info is None
-            or state is None
-            or state.status != JobStatus.SCHEDULED
-            or state.task is None
-            or state.task[2] != READY
-            or state.task[3] != task.task_id
-        ):
-            # A stray queue entry (cannot happen while the tables are consistent): drop it.
-            txn.delete(rk)
+        found = await self._rows.queued_job(txn, task, READY)
+        if found is None:
+            txn.delete(rk)  # a stray queue entry: drop it
             return Fit.FITS, None
+        info, state = found
         leased = LeasedTask(
             task.task_id, task.tenant, task.job_id, task.attempt, task.task_group, info.payload,
             info.priority, dict(info.metadata), expiry, timeout_ms=info.timeout_ms,

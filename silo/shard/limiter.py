@@ -360,17 +360,10 @@ class Limiter:
         txn.delete(rk)
         if rk not in txn.new_requests:
             txn.request_floor[(tenant, queue)] = rk
-        info = await self._rows.info(txn, task.tenant, task.job_id)
-        state = await self._rows.state(txn, task.tenant, task.job_id)
-        if (
-            info is None
-            or state is None
-            or state.status != JobStatus.SCHEDULED
-            or state.task is None
-            or state.task[2] != PARKED
-            or state.task[3] != task.task_id
-        ):
-            return 0  # a stray request (cannot happen while the tables agree): drop it
+        found = await self._rows.queued_job(txn, task, PARKED)
+        if found is None:
+            return 0  # a stray request: dropped
+        info, state = found
         self._grant(txn, tenant, queue, task)
         new = state.copy()
         await self.place(txn, info, new, task, state.held + 1)

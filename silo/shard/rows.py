@@ -12,7 +12,7 @@ import random
 
 from silo.errors import NotFound, quote
 from silo.keys import Prefix, key
-from silo.model import JobInfo, JobState, decode_int
+from silo.model import JobInfo, JobState, JobStatus, Task, decode_int
 from silo.shard import validation
 from silo.shard.tables import JOBS_TERMINAL, status_counter, status_index_key
 from silo.shard.txn import Txn
@@ -35,6 +35,25 @@ class JobRows:
         k = key(Prefix.JOB, tenant, job_id)
         raw = await txn.get(k)
         return None if raw is None else JobInfo.decode(k, raw)
+
+    async def queued_job(
+        self, txn: Txn, task: Task, where: int
+    ) -> tuple[JobInfo, JobState] | None:
+        """The job behind the queued ``task`` found in table ``where`` (READY, TIMER or
+        PARKED), or None for a stray entry: its job is gone, or no longer queued there under
+        that task id (cannot happen while the tables agree; the caller drops the entry)."""
+        info = await self.info(txn, task.tenant, task.job_id)
+        state = await self.state(txn, task.tenant, task.job_id)
+        if (
+            info is None
+            or state is None
+            or state.status != JobStatus.SCHEDULED
+            or state.task is None
+            or state.task[2] != where
+            or state.task[3] != task.task_id
+        ):
+            return None
+        return info, state
 
     async def state(self, txn: Txn, tenant: str, job_id: str) -> JobState | None:
         k = key(Prefix.STATUS, tenant, job_id)
