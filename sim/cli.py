@@ -131,9 +131,24 @@ def cmd_run(scenario: str, seed: int, mutation: str | None, trace: bool) -> int:
 
 
 def _sweep_one(scenario: str, seed: int, mutation: str | None) -> dict[str, Any]:
+    """One run of a sweep. A sweep reports by its table and replay commands: the log lines of
+    the code under test (a worker dropping a report after a crash, a shard refusing a write)
+    are part of what a run exercises, not output, so they are held back for the run
+    (``silo-sim run`` still prints them)."""
+    import logging
+
     from sim.runner import run_one
 
-    return dataclasses.asdict(run_one(scenario, seed, mutation))
+    product = logging.getLogger("silo")
+    quiet = logging.NullHandler()
+    propagate = product.propagate
+    product.addHandler(quiet)
+    product.propagate = False
+    try:
+        return dataclasses.asdict(run_one(scenario, seed, mutation))
+    finally:
+        product.removeHandler(quiet)
+        product.propagate = propagate
 
 
 def _sweep_results(
