@@ -1,5 +1,8 @@
-"""Benchmarks: ``python -m silo.bench engine [--jobs N] [--workers W]`` (one LevelDB shard)
-and ``python -m silo.bench e2e [--jobs N] [--workers W]`` (server + gRPC + worker processes)."""
+"""Benchmarks: ``python -m silo.bench engine [--jobs N] [--workers W]`` (one LevelDB shard),
+``python -m silo.bench e2e [--jobs N] [--workers W]`` (server + gRPC + worker processes),
+``python -m silo.bench peers`` (silo side by side with pgqueuer on PostgreSQL 15; needs the
+``bench`` extra and Debian's ``postgresql-15``) and ``python -m silo.bench plot`` (the peers
+ratios over commits as a PNG)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,38 @@ def main(argv: list[str] | None = None) -> int:
     e2e = sub.add_parser("e2e", help="server process + gRPC enqueues + worker processes")
     e2e.add_argument("--jobs", type=int, default=5000)
     e2e.add_argument("--workers", type=int, default=2)
+    from silo.bench.peers import (
+        DEFAULT_BATCH,
+        DEFAULT_JOBS,
+        DEFAULT_RESULTS,
+        DEFAULT_ROUNDS,
+        DEFAULT_WORKERS,
+    )
+
+    peers = sub.add_parser(
+        "peers", help="silo vs pgqueuer on PostgreSQL 15: single, bulk, processing",
+        description="Start a throwaway PostgreSQL cluster and silo servers and run alternating "
+                    "rounds of pgqueuer and silo on the same workload; print the medians, the "
+                    "ratios and this stack's ceilings; append the run to a JSON lines file.",
+    )
+    peers.add_argument("--jobs", type=int, default=DEFAULT_JOBS,
+                       help=f"jobs per workload (default {DEFAULT_JOBS})")
+    peers.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+                       help=f"rounds per library (default {DEFAULT_ROUNDS})")
+    peers.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                       help=f"jobs per bulk enqueue call (default {DEFAULT_BATCH})")
+    peers.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                       help=f"worker processes (default {DEFAULT_WORKERS})")
+    peers.add_argument("--results", default=DEFAULT_RESULTS, metavar="FILE",
+                       help=f"append the run as one JSON line here (default {DEFAULT_RESULTS}; "
+                            "'' to store nothing)")
+    peers.add_argument("--json", action="store_true",
+                       help="print the run's JSON record instead of the table")
+    plot = sub.add_parser("plot", help="draw the peers ratios over commits (PNG)")
+    plot.add_argument("--results", default=DEFAULT_RESULTS, metavar="FILE",
+                      help=f"the JSON lines file to read (default {DEFAULT_RESULTS})")
+    plot.add_argument("--out", default="bench-ratios.png", metavar="PNG",
+                      help="where to write the picture (default bench-ratios.png)")
     ew = sub.add_parser("e2e-worker", help=argparse.SUPPRESS)
     ew.add_argument("--address", required=True)
     ew.add_argument("--out", required=True)
@@ -33,6 +68,21 @@ def main(argv: list[str] | None = None) -> int:
         result = run_e2e(args.jobs, args.workers)
         print_e2e(result)
         return 0 if result.exactly_once else 1
+    if args.bench == "peers":
+        return _peers(parser, args)
+    if args.bench == "plot":
+        from silo.bench.peers_report import read_records
+        from silo.bench.plot import plot_ratios
+
+        try:
+            records = read_records(args.results)
+        except FileNotFoundError:
+            parser.error(f"no results file {args.results!r}")
+        if not records:
+            parser.error(f"{args.results!r} holds no peers records")
+        plot_ratios(records, args.out)
+        print(f"wrote {args.out} ({len(records)} runs)")
+        return 0
     if args.bench == "e2e-worker":
         from silo.bench.e2e import worker_main
 
@@ -51,6 +101,44 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print_engine(run_engine(args.jobs, args.workers))
     return 0
+
+
+def _peers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import json
+
+    from silo.bench.peers import PeersConfig, run_peers
+    from silo.bench.peers_report import append_record, format_table
+    from silo.bench.pgcluster import PostgresNotFound
+
+    config = PeersConfig(args.jobs, args.rounds, args.batch, args.workers)
+    try:
+        config.check()
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        import asyncpg  # noqa: F401
+        import pgqueuer  # noqa: F401
+    except ImportError as exc:
+        print(f"error: {exc}; install the bench extra: pip install -e '.[bench]'",
+              file=sys.stderr)
+        return 2
+    try:
+        record = run_peers(config)
+    except PostgresNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        return 130
+    if args.results:
+        append_record(args.results, record)
+    if args.json:
+        print(json.dumps(record, indent=2, sort_keys=True))
+    else:
+        print(format_table(record))
+        if args.results:
+            print(f"appended to {args.results}")
+    return 0 if all(record["exactly_once"].values()) else 1
 
 
 if __name__ == "__main__":
