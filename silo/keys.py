@@ -129,7 +129,17 @@ _PREFIX_BYTES = {p: bytes((p,)) for p in Prefix}
 
 def key(prefix: Prefix, *elements: Element) -> bytes:
     """The key ``prefix`` + encoded ``elements``."""
-    return _PREFIX_BYTES[prefix] + b"".join([_encode_element(e) for e in elements])
+    parts = [_PREFIX_BYTES[prefix]]
+    for e in elements:
+        # The common element types inline (this runs tens of times per job).
+        t = type(e)
+        if t is str:
+            parts.append(_encode_str(e))  # type: ignore[arg-type]
+        elif t is int and 0 <= e <= MAX_U64:  # type: ignore[operator]
+            parts.append(b"\x02" + e.to_bytes(8, "big"))  # type: ignore[union-attr]
+        else:
+            parts.append(_encode_element(e))
+    return b"".join(parts)
 
 
 def parse(data: bytes) -> tuple[Prefix, tuple[Element, ...]]:

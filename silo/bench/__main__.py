@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     e2e = sub.add_parser("e2e", help="server process + gRPC enqueues + worker processes")
     e2e.add_argument("--jobs", type=int, default=5000)
     e2e.add_argument("--workers", type=int, default=2)
+    e2e.add_argument(
+        "--cli-defaults",
+        action="store_true",
+        help="one sequential single-enqueue caller; `silo worker` processes at CLI defaults",
+    )
     from silo.bench.peers import (
         DEFAULT_BATCH,
         DEFAULT_JOBS,
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.jobs < 1 or args.workers < 1:
             parser.error("--jobs and --workers must be positive")
-        result = run_e2e(args.jobs, args.workers)
+        result = run_e2e(args.jobs, args.workers, args.cli_defaults)
         print_e2e(result)
         return 0 if result.exactly_once else 1
     if args.bench == "peers":

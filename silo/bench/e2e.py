@@ -5,6 +5,12 @@ Phases: (1) N jobs enqueued one RPC per job (64 concurrent callers), (2) N more 
 lease to the last acknowledged completion, across processes (wall clock). Exactly-once is
 checked from the workers' own record of the jobs they ran (every job once, none twice) and from
 the server's counters (no job leased twice, all succeeded).
+
+``--cli-defaults`` runs the users' defaults instead: single enqueues from one sequential caller,
+and the workers are ``silo worker`` processes with every CLI default (concurrency 10, info
+logging to a file) running :func:`log_handler`, which appends one line per job to a log;
+processing is timed from the first handler start to the moment the server counts the last
+success (polled every 10 ms).
 """
 
 from __future__ import annotations
@@ -58,7 +64,19 @@ def _metric_sum(http: str, name: str, label: str = "") -> float:
     return total
 
 
-async def _enqueue(address: str, jobs: int) -> tuple[list[str], float, float]:
+LOG_ENV = "SILO_BENCH_LOG"
+"""The environment variable naming the log file prefix of :func:`log_handler`."""
+
+
+async def log_handler(ctx):  # type: ignore[no-untyped-def]
+    """The ``--cli-defaults`` handler: append "<start time> <job id>" to this process's log."""
+    with open(f"{os.environ[LOG_ENV]}.{os.getpid()}", "a") as f:
+        f.write(f"{time.time():.6f} {ctx.job_id}\n")
+
+
+async def _enqueue(
+    address: str, jobs: int, single_concurrency: int = SINGLE_CONCURRENCY
+) -> tuple[list[str], float, float]:
     from silo.client import SiloClient
     from silo.model import NewJob
 
@@ -72,8 +90,8 @@ async def _enqueue(address: str, jobs: int) -> tuple[list[str], float, float]:
                 await client.enqueue("bench", None, id=job_id)
 
         async with trio.open_nursery() as nursery:
-            for i in range(SINGLE_CONCURRENCY):
-                nursery.start_soon(caller, single[i::SINGLE_CONCURRENCY])
+            for i in range(single_concurrency):
+                nursery.start_soon(caller, single[i::single_concurrency])
         t1 = time.perf_counter()
         batch = [client.new_id() for _ in range(jobs)]
         chunks = [batch[i : i + BATCH_SIZE] for i in range(0, jobs, BATCH_SIZE)]
@@ -125,7 +143,7 @@ def worker_main(address: str, out_path: str) -> None:
         json.dump({"ids": seen, **marks}, f)
 
 
-def run_e2e(jobs: int, workers: int) -> E2EResult:
+def run_e2e(jobs: int, workers: int, cli_defaults: bool = False) -> E2EResult:
     tmp = tempfile.mkdtemp(prefix="silo-e2e-")
     grpc, http = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -145,7 +163,12 @@ def run_e2e(jobs: int, workers: int) -> E2EResult:
                 if time.time() > deadline or server.poll() is not None:
                     raise RuntimeError("server did not start") from None
                 time.sleep(0.1)
-        ids, single_rate, batch_rate = trio.run(_enqueue, grpc, jobs)
+        ids, single_rate, batch_rate = trio.run(
+            _enqueue, grpc, jobs, 1 if cli_defaults else SINGLE_CONCURRENCY
+        )
+        if cli_defaults:
+            return _process_with_cli(tmp, grpc, http, env, ids, workers, procs, single_rate,
+                                     batch_rate)
         outs = [f"{tmp}/worker{i}.json" for i in range(workers)]
         procs = [
             subprocess.Popen(
@@ -186,6 +209,48 @@ def run_e2e(jobs: int, workers: int) -> E2EResult:
         except subprocess.TimeoutExpired:
             server.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _process_with_cli(
+    tmp: str, grpc: str, http: str, env: dict[str, str], ids: list[str], workers: int,
+    procs: list[subprocess.Popen[bytes]], single_rate: float, batch_rate: float,
+) -> E2EResult:
+    """Drain ``ids`` with ``silo worker`` processes at their defaults (appended to ``procs``,
+    which the caller kills on error)."""
+    log_prefix = f"{tmp}/handled"
+    worker_env = {**env, LOG_ENV: log_prefix}
+    for i in range(workers):
+        with open(f"{tmp}/worker{i}.log", "w") as out:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "silo", "worker", "silo.bench.e2e:log_handler",
+                 "--task-group", "bench", "--address", grpc],
+                env=worker_env, stdout=out, stderr=subprocess.STDOUT,
+            ))
+    deadline = time.time() + max(120, len(ids) / 100)
+    total = len(ids)
+    while _metric_sum(http, "silo_jobs_completed_total", 'outcome="succeeded"') < total:
+        if time.time() > deadline:
+            raise RuntimeError("workers did not finish in time")
+        time.sleep(0.01)
+    last = time.time()
+    leased = _metric_sum(http, "silo_tasks_leased_total")
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    for p in procs:
+        p.wait(timeout=60)
+    lines: list[tuple[float, str]] = []
+    for name in os.listdir(tmp):
+        if name.startswith("handled."):
+            with open(f"{tmp}/{name}") as f:
+                for line in f:
+                    at, job_id = line.split()
+                    lines.append((float(at), job_id))
+    done = [j for _, j in lines]
+    first = min(at for at, _ in lines)
+    once = sorted(done) == sorted(ids) and leased == total
+    detail = f"ran {len(done)} of {total}, distinct {len(set(done))}, leased {leased:.0f}"
+    return E2EResult(len(ids) // 2, workers, single_rate, batch_rate, total / (last - first),
+                     once, detail)
 
 
 def print_e2e(r: E2EResult) -> None:

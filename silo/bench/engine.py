@@ -1,6 +1,9 @@
 """Engine benchmark: N jobs through enqueue -> lease -> complete on one LevelDB shard.
 
-Synced writes stay on (the production setting); W workers lease in batches concurrently.
+Synced writes stay on (the production setting). Three timed phases, each with W concurrent
+callers: enqueue every job (batches of 100), lease every job (batches of 100, leases held), then
+complete every leased task (reports of 100). Each phase reports jobs/s and wall-clock
+microseconds per job; the lifecycle is the three together (µs/job of the lifecycle is the sum).
 """
 
 from __future__ import annotations
@@ -25,11 +28,38 @@ LEASE_BATCH = 100
 class EngineResult:
     jobs: int
     workers: int
-    enqueue_jobs_per_s: float
-    lease_complete_jobs_per_s: float
-    lifecycle_jobs_per_s: float
+    enqueue_s: float
+    lease_s: float
+    complete_s: float
     synced_writes_per_job: float
     peak_rss_mib: float
+
+    @property
+    def lifecycle_s(self) -> float:
+        return self.enqueue_s + self.lease_s + self.complete_s
+
+    def us_per_job(self, seconds: float) -> float:
+        return seconds * 1e6 / self.jobs
+
+    @property
+    def enqueue_jobs_per_s(self) -> float:
+        return self.jobs / self.enqueue_s
+
+    @property
+    def lease_jobs_per_s(self) -> float:
+        return self.jobs / self.lease_s
+
+    @property
+    def complete_jobs_per_s(self) -> float:
+        return self.jobs / self.complete_s
+
+    @property
+    def lease_complete_jobs_per_s(self) -> float:
+        return self.jobs / (self.lease_s + self.complete_s)
+
+    @property
+    def lifecycle_jobs_per_s(self) -> float:
+        return self.jobs / self.lifecycle_s
 
 
 LIMIT_QUEUES = 1000
@@ -62,34 +92,43 @@ async def _run(jobs: int, workers: int, path: str, with_limits: bool = False) ->
             for w in range(workers):
                 nursery.start_soon(producer, w * per, min(jobs, (w + 1) * per))
         t1 = time.perf_counter()
-        done = 0
+        leased: list[list[OutcomeReport]] = [[] for _ in range(workers)]
+        remaining = jobs
 
-        async def worker(n: int) -> None:
-            nonlocal done
+        async def leaser(n: int) -> None:
+            nonlocal remaining
             wid = f"w{n}"
-            while done < jobs:
-                tasks = await shard.lease_tasks(wid, "bench", LEASE_BATCH)
+            while remaining > 0:
+                tasks = await shard.lease_tasks(wid, "bench", min(LEASE_BATCH, remaining))
                 if not tasks:
                     await trio.sleep(0.001)
                     continue
-                reports = [OutcomeReport(wid, t.task_id, Success(b"")) for t in tasks]
-                errors = await shard.report_outcomes(reports)
-                assert not any(errors), errors
-                done += len(tasks)
+                remaining -= len(tasks)
+                leased[n].extend(OutcomeReport(wid, t.task_id, Success(b"")) for t in tasks)
 
         async with trio.open_nursery() as nursery:
             for w in range(workers):
-                nursery.start_soon(worker, w)
+                nursery.start_soon(leaser, w)
         t2 = time.perf_counter()
+
+        async def completer(reports: list[OutcomeReport]) -> None:
+            for i in range(0, len(reports), LEASE_BATCH):
+                errors = await shard.report_outcomes(reports[i : i + LEASE_BATCH])
+                assert not any(errors), errors
+
+        async with trio.open_nursery() as nursery:
+            for w in range(workers):
+                nursery.start_soon(completer, leased[w])
+        t3 = time.perf_counter()
         stats = shard.statistics()
         assert stats.jobs_by_status["SUCCEEDED"] == jobs, stats
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return EngineResult(
         jobs,
         workers,
-        jobs / (t1 - t0),
-        jobs / (t2 - t1),
-        jobs / (t2 - t0),
+        t1 - t0,
+        t2 - t1,
+        t3 - t2,
         stats.synced_writes / jobs,
         rss,
     )
@@ -114,15 +153,8 @@ def print_limits_comparison(plain: EngineResult, limited: EngineResult) -> None:
     table.add_column("metric")
     table.add_column("no limits", justify="right")
     table.add_column("with limit", justify="right")
-    for name, attr in (
-        ("enqueue jobs/s", "enqueue_jobs_per_s"),
-        ("lease+complete jobs/s", "lease_complete_jobs_per_s"),
-        ("lifecycle jobs/s", "lifecycle_jobs_per_s"),
-        ("synced writes per job", "synced_writes_per_job"),
-    ):
-        a, b = getattr(plain, attr), getattr(limited, attr)
-        fmt = "{:.3f}" if "writes" in name else "{:,.0f}"
-        table.add_row(name, fmt.format(a), fmt.format(b))
+    for (name, a), (_, b) in zip(_rows(plain), _rows(limited), strict=True):
+        table.add_row(name, a, b)
     Console().print(table)
     print(f"lifecycle_jobs_per_s={plain.lifecycle_jobs_per_s:.0f}")
     print(f"limited_lifecycle_jobs_per_s={limited.lifecycle_jobs_per_s:.0f}")
@@ -135,10 +167,29 @@ def print_engine(result: EngineResult) -> None:
     table = Table(title=f"engine: {result.jobs} jobs, {result.workers} workers, synced writes")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("enqueue jobs/s", f"{result.enqueue_jobs_per_s:,.0f}")
-    table.add_row("lease+complete jobs/s", f"{result.lease_complete_jobs_per_s:,.0f}")
-    table.add_row("lifecycle jobs/s", f"{result.lifecycle_jobs_per_s:,.0f}")
-    table.add_row("synced writes per job", f"{result.synced_writes_per_job:.3f}")
+    for name, value in _rows(result):
+        table.add_row(name, value)
     table.add_row("peak RSS MiB", f"{result.peak_rss_mib:,.0f}")
     Console().print(table)
-    print(f"lifecycle_jobs_per_s={result.lifecycle_jobs_per_s:.0f}")
+    print(
+        f"lifecycle_jobs_per_s={result.lifecycle_jobs_per_s:.0f} "
+        f"us_per_job enqueue={result.us_per_job(result.enqueue_s):.1f} "
+        f"lease={result.us_per_job(result.lease_s):.1f} "
+        f"complete={result.us_per_job(result.complete_s):.1f} "
+        f"lifecycle={result.us_per_job(result.lifecycle_s):.1f}"
+    )
+
+
+def _rows(r: EngineResult) -> list[tuple[str, str]]:
+    """The table rows of one result: per operation, µs per job and jobs/s."""
+    rows = []
+    for name, seconds in (
+        ("enqueue", r.enqueue_s),
+        ("lease", r.lease_s),
+        ("complete", r.complete_s),
+        ("lifecycle", r.lifecycle_s),
+    ):
+        rows.append((f"{name} µs/job", f"{r.us_per_job(seconds):,.1f}"))
+        rows.append((f"{name} jobs/s", f"{r.jobs / seconds:,.0f}"))
+    rows.append(("synced writes per job", f"{r.synced_writes_per_job:.3f}"))
+    return rows

@@ -15,6 +15,7 @@ jobs valid.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import msgpack
@@ -27,31 +28,48 @@ __all__ = ["FINGERPRINT_BYTES", "job_fingerprint"]
 
 def job_fingerprint(job: NewJob, job_id: str) -> bytes:
     """The 16-byte fingerprint of ``job`` enqueued under ``job_id``."""
-    fields = [["id", job_id]]
-    for f in dataclasses.fields(job):
-        if f.name == "job_id":
+    fields: list[Any] = [["id", job_id]]
+    for name, has_default, default in _fields_of(type(job)):
+        if name == "job_id":
             continue
-        value = getattr(job, f.name)
-        if _is_default(f, value):
+        value = getattr(job, name)
+        if has_default and value == default:
             continue
-        fields.append([f.name, _canonical(value)])
+        fields.append([name, _canonical(value)])
     data = msgpack.packb(fields, use_bin_type=True)
     return xxhash.xxh3_128_digest(data)
 
 
-def _is_default(f: dataclasses.Field[Any], value: Any) -> bool:
-    if f.default is not dataclasses.MISSING:
-        return bool(value == f.default)
-    if f.default_factory is not dataclasses.MISSING:
-        return bool(value == f.default_factory())
-    return False
+@functools.cache
+def _fields_of(cls: type) -> tuple[tuple[str, bool, Any], ...]:
+    """``(name, has a default, the default)`` per field of the dataclass ``cls``, in order.
+
+    Computed once per class: walking ``dataclasses.fields`` and calling default factories on
+    every enqueue was most of its cost. A factory's value is taken once; defaults are compared
+    by equality only, never handed out, so sharing one instance is safe.
+    """
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out.append((f.name, True, f.default))
+        elif f.default_factory is not dataclasses.MISSING:
+            out.append((f.name, True, f.default_factory()))
+        else:
+            out.append((f.name, False, None))
+    return tuple(out)
+
+
+_PLAIN = (str, int, float, bool, type(None))
 
 
 def _canonical(value: Any) -> Any:
     """A msgpack-encodable form of ``value`` that is the same for equal values."""
+    t = type(value)
+    if t in _PLAIN or t is bytes:
+        return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [type(value).__name__] + [
-            [f.name, _canonical(getattr(value, f.name))] for f in dataclasses.fields(value)
+        return [t.__name__] + [
+            [name, _canonical(getattr(value, name))] for name, _, _ in _fields_of(t)
         ]
     if isinstance(value, dict):
         return [[_canonical(k), _canonical(v)] for k, v in sorted(value.items())]
