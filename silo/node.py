@@ -7,6 +7,7 @@ same shards and their data.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -21,7 +22,12 @@ from silo.model import LeasedTask
 from silo.reply_size import max_reply_bytes, task_reply_bytes
 from silo.runtime import Runtime
 from silo.shard import JobShard, ShardConfig, open_shard
-from silo.shard.validation import check_max_tasks, check_task_group, check_worker_id
+from silo.shard.validation import (
+    check_max_tasks,
+    check_task_group,
+    check_worker_id,
+    without_name_bounds,
+)
 
 SHARD_OWNER_METADATA = "silo-shard-owner"
 """Trailing metadata key carrying the address of the node that owns a requested shard."""
@@ -230,10 +236,12 @@ class SiloNode:
         shards = shards[self._lease_rotation :] + shards[: self._lease_rotation]
         out: list[LeasedFromShard] = []
         used_bytes = 0
-        budget = self.config.max_reply_bytes
+        budget: int | None = self.config.max_reply_bytes
+        if self.runtime.faults.mutation("unsized-lease-replies"):
+            budget = None  # planted bug for the simulator: the reply is never sized
         first_error: Exception | None = None
         for shard in shards:
-            if len(out) >= max_tasks or used_bytes >= budget:
+            if len(out) >= max_tasks or (budget is not None and used_bytes >= budget):
                 break
             if not shard.has_ready_tasks(task_group):
                 continue
@@ -278,6 +286,9 @@ async def load_or_create_shard_map(runtime: Runtime, data_dir: str, shards: int)
 async def open_node(runtime: Runtime, config: NodeConfig) -> AsyncIterator[SiloNode]:
     """Open every shard of the map and serve them until exit; on exit every shard is flushed and
     closed."""
+    if runtime.faults.mutation("unchecked-name-lengths"):
+        config = dataclasses.replace(config, shard=dataclasses.replace(
+            config.shard, limits=without_name_bounds(config.shard.limits)))
     shard_map = await load_or_create_shard_map(runtime, config.data_dir, config.shards)
     node = SiloNode(runtime, config, shard_map)
     async with AsyncExitStack() as stack:

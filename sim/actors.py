@@ -8,6 +8,8 @@
   checker can assert that none of them changed state; an OK answer to a call about a lease the
   zombie did not own at that moment ends the run at once (a fencing violation).
 - :func:`vanisher`: a worker that leases tasks and crashes before its first heartbeat.
+- :func:`sim.bad_input.bad_input` (in 30% of runs): a client whose enqueues each carry one value
+  past its limit.
 
 The slow worker (heartbeats too rare: its handlers outlive their leases), hung handlers and the
 retrying client are knobs of :class:`sim.workload.Workload` (``slow_worker``, ``hung_prob``,
@@ -25,6 +27,7 @@ import trio
 from silo.model import Failure, OutcomeReport, Success
 from silo.rpc import RpcError
 from silo.wire import outcome_to_pb, pb
+from sim.bad_input import BAD_INPUT_PROB, bad_input
 from sim.checkers import REAP_SLACK_S
 from sim.invariants import Invariant
 
@@ -64,6 +67,11 @@ def start_actors(sim: Simulator, w: Workload) -> None:
     if w.vanisher:
         sim.spawn_fault_phase(vanisher, sim, sim.add_host("vanisher"), task_group, w.lease_ms,
                               sim.random.stream("actors/vanisher"))
+    # Drawn from a stream of its own, so that adding it left every other draw of a seed alone.
+    coin = sim.random.stream("actors/bad_input.coin")
+    if sim.param("bad_input", coin.random() < BAD_INPUT_PROB):
+        sim.spawn_fault_phase(bad_input, sim, sim.add_host("bad-input"), task_group,
+                              sim.random.stream("actors/bad_input"))
 
 
 def _owner(sim: Simulator, task_id: str) -> str | None:

@@ -212,7 +212,7 @@ class SimWorker:
         self.incarnation = 0
         self.heartbeat_fraction = 1 / 3
         """A fraction above 1 makes a slow worker: its leases lapse between heartbeats."""
-        self.faults = sim.board.faults_for(self.host.random.stream("faults"), (), name)
+        self.faults = sim.board.faults_for(self.host.random.stream("faults"), sim.mutations, name)
         self.worker: Worker | None = None
         self.running = False
         self._scope: trio.CancelScope | None = None

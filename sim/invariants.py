@@ -28,11 +28,20 @@ class Invariant(IntEnum):
     FENCING = 100
     """Not numbered in DESIGN §7: a heartbeat or report from a worker that does not own the
     lease never changes state."""
+    DELIVERABLE = 101
+    """Not numbered in DESIGN §7 (§4 "Delivery"): a LeaseTasks reply fits the transport's
+    ``max_message_bytes``, so no committed lease is lost to its own reply."""
+    BAD_INPUT = 102
+    """Not numbered in DESIGN §7: a request with a value past its limit is refused
+    INVALID_ARGUMENT naming the limit, and changes nothing."""
+    IDLE_POLLS = 103
+    """Not numbered in DESIGN §7: an idle worker does not ask for work in a busy loop
+    (:mod:`sim.polls`)."""
 
     @property
     def label(self) -> str:
-        """How a report names it: the DESIGN number, or "fencing"."""
-        return "fencing" if self is Invariant.FENCING else str(int(self))
+        """How a report names it: the DESIGN number, or its name when it has none."""
+        return _LABELS.get(self, str(int(self)))
 
 
 DESCRIPTIONS: dict[Invariant, str] = {
@@ -62,6 +71,15 @@ DESCRIPTIONS: dict[Invariant, str] = {
     Invariant.NO_NODE_DEATH: "no node dies from a request or a stored record",
     Invariant.FENCING: "a heartbeat or report from a worker that does not own the lease never "
                        "changes state",
+    Invariant.DELIVERABLE: "a LeaseTasks reply fits the transport's max message size (no "
+                           "committed lease is lost to an oversized reply)",
+    Invariant.BAD_INPUT: "a request with a value past its limit is refused INVALID_ARGUMENT "
+                         "naming the limit, and changes nothing",
+    Invariant.IDLE_POLLS: "an idle worker does not ask for work in a busy loop",
+}
+_LABELS: dict[Invariant, str] = {
+    Invariant.FENCING: "fencing", Invariant.DELIVERABLE: "deliverable",
+    Invariant.BAD_INPUT: "bad-input", Invariant.IDLE_POLLS: "idle-polls",
 }
 
 __all__ = ["DESCRIPTIONS", "Invariant"]

@@ -36,6 +36,7 @@ from silo.config import ServerConfig
 from silo.errors import Code, SiloError
 from silo.rpc import CallContext, Handler, RpcError
 from sim.faults import FaultBoard
+from sim.invariants import Invariant
 from sim.streams import SimClientStream, SimStreams
 from sim.trace import Trace
 
@@ -257,6 +258,14 @@ class SimNetwork:
         if result[0] is not None and len(result[0]) > cap:
             self.trace.record(f"net too-large response #{call.id} {len(result[0])}B")
             self.sim.count(f"net.too_large.response.{_short(call.method)}")
+            if _short(call.method) == "LeaseTasks":
+                # The leases in it are committed: the node must never build a reply it cannot
+                # send (DESIGN §4 "Delivery").
+                self.sim.checker.fail(
+                    Invariant.DELIVERABLE,
+                    f"{server.name} answered LeaseTasks from {call.src} with {len(result[0])} "
+                    f"bytes, over the {cap}-byte max message size: the leases it committed are "
+                    f"lost with the reply")
             result = (None, RpcError(Code.RESOURCE_EXHAUSTED, f"response message of "
                                      f"{len(result[0])} bytes exceeds the limit of {cap}"))
         self.sim.on_serve_end(token, result[0], result[1])

@@ -46,6 +46,19 @@ MUTATIONS: dict[str, str] = {
     "rate-token-returned-in-place": (
         "a cancelled job's rate token is given back but the latest job keeps its later time"
     ),
+    # The fixes of the lost, unrun and wedged work defects, each reverted (README "Simulation").
+    "unsized-lease-replies": "LeaseTasks commits as many leases as asked without sizing the "
+                             "reply, which can then exceed the max message size",
+    "reports-dropped-on-error": "the worker abandons a report batch whose call failed, with no "
+                                "retry and no logged reason",
+    "wall-clock-deadlines": "lease expiries and timers follow the wall clock, not the "
+                            "monotonic clock",
+    "unchecked-name-lengths": "ids, tenants, task groups and keys are not checked against "
+                              "their length limits",
+    "no-handler-timeout": "the worker ignores per-job timeouts: a hung handler keeps its slot "
+                          "and lease forever",
+    "no-empty-lease-backoff": "with lease_wait_ms below 1 s the worker asks again at once after "
+                              "an empty lease reply",
 }
 
 STALL_STEPS = 100_000

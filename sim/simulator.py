@@ -27,6 +27,7 @@ from sim.faults import FaultBoard
 from sim.hosts import ClientHost, NodeHost, SimWorker
 from sim.invariants import Invariant
 from sim.network import NetConfig, SimNetwork
+from sim.polls import IdlePolls
 from sim.trace import Trace, format_fields
 
 TICK_S = 0.25
@@ -72,6 +73,8 @@ class Simulator:
         self.board.choose_buggify(self.random.stream("buggify"))
         self.net = SimNetwork(self, self.random.stream("net"), self.board, self.trace)
         self.checker = Checker(self._on_violation, probe=self._probe, now=self._now)
+        self.checker.write_errors = lambda: sum(
+            self.board.fired.get(p, 0) for p in ("disk.write.error", "shard.write.error"))
         self.nodes: dict[str, NodeHost] = {}
         self.hosts: dict[str, ClientHost] = {}
         self.workers: dict[str, SimWorker] = {}
@@ -90,6 +93,7 @@ class Simulator:
         self.phase = "setup"
         self.healed_at: float | None = None
         self.stats: dict[str, int] = {}
+        self.polls = IdlePolls()
         self.zombie_calls: list[Any] = []
         """Every heartbeat and report a zombie made (sim.actors.ZombieCall)."""
         self.plan = FaultPlan()
@@ -162,6 +166,8 @@ class Simulator:
             return (name, self.checker.on_enqueue_start(name, request))
         if name in ("ReportOutcome", "ReportOutcomes"):
             return (name, self.checker.on_report_start(name, request))
+        if name == "LeaseTasks":
+            return (name, self.polls.on_request(request))
         return (name, None)
 
     def on_serve_end(self, token: Any, response: bytes | None, error: Any) -> None:
@@ -170,7 +176,9 @@ class Simulator:
             self.count(f"rpc.{name}.{error.code.name}")
         if data is None:
             return
-        if name == "Heartbeat":
+        if name == "LeaseTasks":
+            self.polls.on_reply(data, response)
+        elif name == "Heartbeat":
             self.checker.on_heartbeat_end(data, response)
         elif name in ("ReportOutcome", "ReportOutcomes"):
             self.checker.on_report_end(name, data, response, error)
@@ -479,6 +487,9 @@ class Simulator:
         for _, w in sorted(self.workers.items()):
             await w.stop(2.0)
         self.checker.final_results()
+        busy = self.polls.busy_loop(trio.current_time())
+        if busy is not None:
+            self.checker.fail(Invariant.IDLE_POLLS, busy)
         self._check_poison()
         if not self.ok:
             return

@@ -255,6 +255,12 @@ class Reporter:
                 self._retry(item, error)
         elif exc.code == Code.RESOURCE_EXHAUSTED and len(batch) > 1:
             self._split(batch, error)
+        elif exc.code in TRANSIENT and self._faults.mutation("reports-dropped-on-error"):
+            # Planted bug for the simulator: the batch is abandoned, unlogged and uncounted.
+            for item in batch:
+                if self._outstanding.pop(item.lease.task_id, None) is item:
+                    self._settled.set()
+                    self._on_settled(item.lease, False)
         elif exc.code in TRANSIENT:
             log.info("reports to %s failed (%s); retrying", address, exc)
             for item in batch:

@@ -211,7 +211,8 @@ class Worker:
         empty_replies = 0
         acks: list[pb.TaskAck] = []
         while True:
-            if empty_replies and self.lease_wait_ms < EMPTY_POLL_WAIT_MS:
+            if (empty_replies and self.lease_wait_ms < EMPTY_POLL_WAIT_MS
+                    and not self.faults.mutation("no-empty-lease-backoff")):
                 # The server answers at once when asked not to wait: back off instead of
                 # asking again in a busy loop (10 ms doubling to EMPTY_POLL_WAIT_MS).
                 await trio.sleep(min(0.01 * 2 ** min(empty_replies - 1, 10),
@@ -282,6 +283,8 @@ class Worker:
     # -- running ----------------------------------------------------------------------------
 
     def _timeout_ms(self, task: pb.Task) -> int | None:
+        if self.faults.mutation("no-handler-timeout"):
+            return None  # planted bug for the simulator: attempts run without a timeout
         return task.timeout_ms or self.default_timeout_ms
 
     async def _run_task(self, lease: HeldLease, slot: Slot) -> None:

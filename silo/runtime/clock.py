@@ -41,3 +41,17 @@ class SystemClock:
 
     def monotonic_ms(self) -> int:
         return trio_monotonic_ms()
+
+
+class WallAsMonotonic:
+    """A clock whose monotonic reading is the wall clock: the shard deadlines of old, which a
+    wall-clock step moves. Only the simulator's ``wall-clock-deadlines`` mutation uses it."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+
+    def now_ms(self) -> int:
+        return self._clock.now_ms()
+
+    def monotonic_ms(self) -> int:
+        return self._clock.now_ms()

@@ -42,6 +42,12 @@ PROBES: dict[str, str] = {
     "worker.heartbeat.cancel_seen": "a worker heartbeat learnt that its job was cancelled",
     "worker.report.refused": "a report was refused for one task (not owned, or gone)",
     "worker.handler.failed": "a handler raised (any exception but Fail and Cancel)",
+    "shard.lease.reply_split_by_size": "a lease stopped picking: the next task would not fit in "
+                                       "the reply's byte budget (it goes in a later reply)",
+    "shard.lease.undelivered_requeued": "an unacknowledged lease expired and its job went back "
+                                        "to the queue (UNDELIVERED, no retry charged)",
+    "shard.poison.job_failed": "a poison item's job ended FAILED INTERNAL_ERROR",
+    "shard.limits.regrant": "a parked request was granted a slot that a release freed",
 }
 """Coverage probes placed in product code, by name."""
 

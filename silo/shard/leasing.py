@@ -189,6 +189,7 @@ class Leasing(ShardRoom):
                     await self.poison.queued(txn, sp, rk, task.encode(), exc)
                     continue
                 if fit == Fit.FULL:
+                    self._rt.faults.sometimes("shard.lease.reply_split_by_size")
                     break
                 if leased is not None:
                     out.append(leased)
@@ -562,6 +563,7 @@ class Leasing(ShardRoom):
                 new.run_attempts = state.run_attempts  # planted bug: the budget is charged
             await self._limiter.queue_attempt(txn, info, new, now)
             self._stats["undelivered"] += 1
+            self._rt.faults.sometimes("shard.lease.undelivered_requeued")
         elif isinstance(outcome, Success):
             new = transitions.attempt_ended(state, now, Event.SUCCEED)
         elif isinstance(outcome, Cancelled) or cancelled_at is not None:

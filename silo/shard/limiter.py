@@ -332,6 +332,7 @@ class Limiter:
             touched[q] = None
             granted = await self._grant_waiting(txn, *q)
             if granted:
+                self._faults.sometimes("shard.limits.regrant")
                 # Granted tasks may have parked on other queues; those get another look.
                 done.discard(q)
         self._forget_idle_queues(txn, touched)

@@ -100,6 +100,7 @@ class PoisonItems(ShardRoom):
         await self._readable(txn, key(Prefix.ATTEMPT, t, j, lease.attempt), Attempt.decode)
         await self._readable(txn, key(Prefix.CANCEL, t, j), decode_int)
         await self._end_attempt(txn, lease, internal_failure(exc), reaped=False, final=True)
+        self._rt.faults.sometimes("shard.poison.job_failed")
 
     # -- a queued task ----------------------------------------------------------------------
 
@@ -216,6 +217,7 @@ class PoisonItems(ShardRoom):
             state.changed_at_ms if attempt is None else attempt.started_at_ms, expiry,
         )
         await self._end_attempt(txn, lease, internal_failure(exc), reaped=False, final=True)
+        self._rt.faults.sometimes("shard.poison.job_failed")
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ reports, reaper), ``operations.py`` (cancel, restart, expedite, delete), ``reads
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from silo.model import (
     OutcomeReport,
 )
 from silo.runtime import Runtime
+from silo.runtime.clock import WallAsMonotonic
 from silo.shard import transitions
 from silo.shard import validation as lim
 from silo.shard.commit import CommitProtocol
@@ -452,6 +454,8 @@ async def open_shard(
     On a clean exit every acknowledged and every queued write is made durable and the store is
     closed.
     """
+    if runtime.faults.mutation("wall-clock-deadlines"):
+        runtime = dataclasses.replace(runtime, clock=WallAsMonotonic(runtime.clock))
     kv = await runtime.disk.open(path)
     try:
         store = ShardStore(kv, runtime.faults, runtime.events)

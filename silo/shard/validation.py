@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from silo.errors import InvalidArgument, quote
 from silo.model import (
@@ -318,3 +318,15 @@ def check_job_limits(limits: ShardLimits, job_limits: tuple[Limit, ...]) -> None
                 )
         else:
             raise InvalidArgument("a limit must be a concurrency, floating or rate limit")
+
+
+def without_name_bounds(limits: ShardLimits) -> ShardLimits:
+    """``limits`` with no length limit on ids, names and keys: the unchecked inputs of old,
+    planted only by the simulator's ``unchecked-name-lengths`` mutation."""
+    unbounded = 1 << 40
+    return replace(
+        limits, tenant_max_chars=unbounded, task_group_max_chars=unbounded,
+        job_id_max_chars=unbounded, worker_id_max_chars=unbounded, task_id_max_chars=unbounded,
+        request_id_max_chars=unbounded, metadata_key_max_chars=unbounded,
+        limit_key_max_chars=unbounded,
+    )

@@ -36,6 +36,8 @@ class CheckerBase:
         self._report = report
         self._probe = probe
         self._now = now
+        self.write_errors: Callable[[], int] = lambda: 0
+        """How many write errors were injected so far (set by the simulator)."""
         self.jobs: dict[JobKey, JobModel] = {}
         self.live_leases: dict[str, JobKey] = {}
         self.acked: dict[JobKey, float] = {}

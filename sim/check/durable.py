@@ -118,7 +118,8 @@ class DurableChecks(CheckerBase):
                 lease = img.leases[st.lease_task_id]
                 j.lease = LeaseModel(lease.task_id, lease.attempt, lease.worker_id,
                                      lease.expiry_ms, host,
-                                     self._now() + (lease.expiry_ms - host.clock.now_ms()) / 1000)
+                                     self._now() + (lease.expiry_ms - host.clock.now_ms()) / 1000,
+                                     gen=None)
                 j.last_task_id = lease.task_id
                 self.live_leases[lease.task_id] = key
                 self.task_owner[lease.task_id] = LeaseOwner(

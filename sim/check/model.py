@@ -131,6 +131,19 @@ class LeaseModel:
     "Deadlines"): the stored wall expiry taken relative to the wall time it was written at (or,
     after a restart, the node's wall time when it re-based its leases)."""
     overdue_since: float | None = None
+    gen: int | None = None
+    """The node's generation when :attr:`deadline_s` was last set from an event (None: re-synced
+    after a crash, so the deadline is only approximate)."""
+    steps: int = 0
+    """Wall-clock steps of its node when :attr:`deadline_s` was last set."""
+    write_errors: int = 0
+    """Write errors injected in the run when :attr:`deadline_s` was last set: a shard reloads
+    its tables after one, and the early-reap check is skipped from then on."""
+
+
+EARLY_REAP_SLACK_S = 0.5
+"""How much earlier than the model's monotonic deadline a lease may be reaped: the model reads
+the time when the event arrives, after the commit's write latency."""
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Every planted bug makes a checker fire within 50 seeds of a suitable scenario.
+"""Every planted bug makes a checker fire within 50 seeds of a suitable scenario (or, listed in
+FIRST_SEEDS, at a known seed below 500).
 
 ``over-grant`` and ``leak-holder`` are caught as invariant 2 (see CASES).
 ``ack-before-durable`` runs with the early acknowledgement check off, so that what catches it is
@@ -42,6 +43,17 @@ CASES = {
     "limits-given-order": ("concurrency", Invariant.NO_WAIT_CYCLE, "wait-for cycle"),
     # Invariant 13 (rate limits): the next reservation lands on the time the latest job kept.
     "rate-token-returned-in-place": ("rate_limits", Invariant.NOT_BEFORE_DUE, "rate bucket"),
+    # The fixes of the lost, unrun and wedged work defects, each reverted (README "Simulation").
+    "unsized-lease-replies": ("large_payloads", Invariant.DELIVERABLE, "over the"),
+    "reports-dropped-on-error": ("message_loss", Invariant.RESULTS_RECORDED, "never reported"),
+    "wall-clock-deadlines": ("chaos", Invariant.REAP_AND_CANCEL, "before it expired"),
+    "unchecked-name-lengths": ("happy", Invariant.BAD_INPUT, "was accepted"),
+    "no-handler-timeout": ("wide", Invariant.LIVENESS, "not terminal"),
+    "no-empty-lease-backoff": ("happy", Invariant.IDLE_POLLS, "empty LeaseTasks replies"),
+}
+FIRST_SEEDS: dict[str, int] = {
+    # mutation: its first failing seed when past MAX_SEEDS (only that seed is run, to stay
+    # cheap). None today: every planted bug is caught within MAX_SEEDS.
 }
 ALSO = {
     # mutation: another (invariant, text) that rightly catches it
@@ -59,7 +71,8 @@ def test_every_mutation_has_a_case() -> None:
 @pytest.mark.parametrize("mutation", sorted(CASES))
 def test_mutation_is_caught(mutation: str) -> None:
     scenario, invariant, text = CASES[mutation]
-    for seed in range(MAX_SEEDS):
+    seeds = [FIRST_SEEDS[mutation]] if mutation in FIRST_SEEDS else range(MAX_SEEDS)
+    for seed in seeds:
         r = run_one(scenario, seed, mutation, strict_acks=mutation != "ack-before-durable")
         if r.exit_code == 0:
             continue
@@ -71,4 +84,4 @@ def test_mutation_is_caught(mutation: str) -> None:
         assert text in r.message, r.message
         assert r.replay == f"silo-sim run {scenario} --seed {seed} --mutation {mutation}"
         return
-    pytest.fail(f"{mutation} not caught in {MAX_SEEDS} seeds of {scenario}")
+    pytest.fail(f"{mutation} not caught in seeds {seeds} of {scenario}")

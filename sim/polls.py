@@ -1,0 +1,61 @@
+"""Idle polling: a worker with nothing to do must not ask for work in a busy loop.
+
+The worker SDK's contract (DESIGN §5, ``silo.client.worker``): a LeaseTasks call waits up to
+``lease_wait_ms`` on the server; with a wait below 1 s an empty reply backs off (10 ms doubling
+to 1 s) before the next call. So a worker's empty replies stay near one per second of idle time
+(plus a few after each start and after each non-empty reply, which resets the backoff). The
+simulator counts every LeaseTasks answer per worker id and fails the run when the empty ones
+exceed :func:`empty_reply_bound`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from silo.wire import pb
+
+EMPTY_PER_S = 3.0
+"""Empty replies allowed per simulated second (the SDK's backoff gives about one)."""
+EMPTY_PER_BUSY = 2
+"""Empty replies allowed per non-empty one (a reply with tasks resets the backoff)."""
+EMPTY_SLACK = 30
+"""Empty replies allowed per worker id besides (the backoff's first doublings)."""
+SMALL_REPLY_BYTES = 200
+"""Replies this small are parsed to see whether they carry a task (larger ones always do)."""
+
+
+def empty_reply_bound(sim_s: float, busy: int) -> int:
+    return int(EMPTY_PER_S * sim_s) + EMPTY_PER_BUSY * busy + EMPTY_SLACK
+
+
+@dataclass
+class PollCounts:
+    empty: int = 0
+    busy: int = 0
+
+
+class IdlePolls:
+    def __init__(self) -> None:
+        self.by_worker: dict[str, PollCounts] = {}
+
+    def on_request(self, request: bytes) -> str:
+        return pb.LeaseTasksRequest.parse(request).worker_id
+
+    def on_reply(self, worker_id: str, response: bytes | None) -> None:
+        if response is None:
+            return
+        counts = self.by_worker.setdefault(worker_id, PollCounts())
+        if len(response) < SMALL_REPLY_BYTES and not pb.LeaseTasksResponse.parse(response).tasks:
+            counts.empty += 1
+        else:
+            counts.busy += 1
+
+    def busy_loop(self, sim_s: float) -> str | None:
+        """A description of the first worker over its bound, or None."""
+        for worker_id, c in sorted(self.by_worker.items()):
+            bound = empty_reply_bound(sim_s, c.busy)
+            if c.empty > bound:
+                return (f"worker {worker_id} got {c.empty} empty LeaseTasks replies (and {c.busy} "
+                        f"with tasks) in {sim_s:.1f} simulated seconds; at most {bound} are "
+                        f"expected of an idle worker that backs off")
+        return None
