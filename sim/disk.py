@@ -207,6 +207,11 @@ class MemoryStore:
         self._check_usable()
         return _scan(self._visible, start, end, reverse, limit)
 
+    async def compact_range(self, start: bytes | None, end: bytes | None) -> None:
+        """Nothing to reclaim in memory: a checkpoint, then the usual checks."""
+        await trio.lowlevel.checkpoint()
+        self._check_usable()
+
     def snapshot(self) -> MemorySnapshot:
         self._check_usable()
         self._visible_shared = True

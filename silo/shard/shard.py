@@ -47,6 +47,13 @@ from silo.model import (
 from silo.runtime import Runtime
 from silo.shard import transitions
 from silo.shard import validation as lim
+from silo.shard.cleanup import (
+    BATCH_KEYS,
+    SplitCleanup,
+    SplitMarker,
+    clean_live_tables,
+    read_marker,
+)
 from silo.shard.commit import CommitProtocol
 from silo.shard.context import ShardContext
 from silo.shard.fingerprint import job_fingerprint
@@ -69,6 +76,10 @@ class ShardConfig:
     limits: ShardLimits = field(default_factory=ShardLimits)
     lease_ms: int = 30_000
     """How long a lease lasts without a heartbeat."""
+    cleanup_batch_keys: int = BATCH_KEYS
+    """The most rows one batch of a split child's cleanup examines (and so deletes)."""
+    cleanup_pause_s: float = 0.0
+    """How long a split child's cleanup waits between batches (0: only yields)."""
 
 
 class JobShard:
@@ -109,6 +120,12 @@ class JobShard:
         self._mirror.on_ready_added = self._ready_added
         self.on_ready: Callable[[int, str], None] = lambda shard_id, task_group: None
         """Called whenever a task of a task group becomes ready (for long-polling leases)."""
+        self.cleanup: SplitCleanup | None = None
+        """The split cleanup of this shard, when it is a split child (done or not)."""
+
+    def split_marker(self) -> SplitMarker | None:
+        """This shard's split-child marker as last written (None: not a split child)."""
+        return None if self.cleanup is None else self.cleanup.marker
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -127,6 +144,10 @@ class JobShard:
         if due is None:
             return None
         return self._rt.clock.now_ms() + max(0, due - self._rt.clock.monotonic_ms())
+
+    def holds_lease(self, task_id: str) -> bool:
+        """True when lease ``task_id`` is live on this shard."""
+        return task_id in self._mirror.leases
 
     def has_ready_tasks(self, task_group: str) -> bool:
         """True when a lease for ``task_group`` could return something now (due timers count)."""
@@ -452,10 +473,20 @@ async def open_shard(
     On a clean exit every acknowledged and every queued write is made durable and the store is
     closed.
     """
+    config = config or ShardConfig()
     kv = await runtime.disk.open(path)
     try:
+        marker = await read_marker(kv)
+        if marker is not None and marker.stage == "live":
+            marker = await clean_live_tables(kv, shard_id, marker, runtime,
+                                             batch_keys=config.cleanup_batch_keys)
         store = ShardStore(kv, runtime.faults, runtime.events)
-        shard = JobShard(runtime, store, shard_id, config or ShardConfig())
+        shard = JobShard(runtime, store, shard_id, config)
+        if marker is not None:
+            shard.cleanup = SplitCleanup(
+                runtime, shard._commit, shard._mirror, kv, shard_id, marker,
+                batch_keys=config.cleanup_batch_keys, pause_s=config.cleanup_pause_s,
+            )
         await shard._load()
         if shard._mirror.corrupt:
             await shard._quarantine_after_open()
@@ -463,6 +494,8 @@ async def open_shard(
             nursery.start_soon(store.run_writer)
             nursery.start_soon(shard._loops.timer_loop)
             nursery.start_soon(shard._loops.reaper_loop)
+            if shard.cleanup is not None and not shard.cleanup.marker.done:
+                nursery.start_soon(shard.cleanup.run)
             runtime.events("shard_opened", {"shard": shard_id, "node": runtime.node_id})
             try:
                 yield shard
