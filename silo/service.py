@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from silo.cluster.splitting import SplitStatus
 from silo.errors import Code, InvalidArgument, SiloError, Unavailable, quote
 from silo.model import ENQUEUE_DELETED_SINCE, ENQUEUE_HELD_BACK, NewJob
 from silo.node import SiloNode
@@ -63,6 +64,8 @@ class SiloService:
             "ReportRefresh": (pb.ReportRefreshRequest, self.report_refresh),
             "GetQueue": (pb.GetQueueRequest, self.get_queue),
             "GetClusterInfo": (pb.GetClusterInfoRequest, self.get_cluster_info),
+            "SplitShard": (pb.SplitShardRequest, self.split_shard),
+            "GetSplitStatus": (pb.GetSplitStatusRequest, self.get_split_status),
         }
         return {method_path(name): _handler(name, t, fn) for name, (t, fn) in table.items()}
 
@@ -306,6 +309,21 @@ class SiloService:
 
     # -- cluster ----------------------------------------------------------------------------
 
+    async def split_shard(self, req: pb.SplitShardRequest) -> pb.SplitShardResponse:
+        """Split ``req.shard`` at ``req.at_hash`` (0: the median tenant hash of its data);
+        answers once both children serve."""
+        if req.at_hash >= HASH_END:
+            raise InvalidArgument(f"at_hash {req.at_hash} is not below 2**64")
+        record = await self.node.splitter.request(req.shard, req.at_hash or None)
+        return pb.SplitShardResponse(
+            split=split_status_to_pb(self.node.splitter.status(record.parent)[0]))
+
+    async def get_split_status(
+        self, req: pb.GetSplitStatusRequest
+    ) -> pb.GetSplitStatusResponse:
+        return pb.GetSplitStatusResponse(
+            splits=[split_status_to_pb(s) for s in self.node.splitter.status(req.shard)])
+
     async def get_cluster_info(self, req: pb.GetClusterInfoRequest) -> pb.GetClusterInfoResponse:
         node = self.node
         shards = []
@@ -324,6 +342,24 @@ class SiloService:
         return pb.GetClusterInfoResponse(
             map_version=node.shard_map.version, shards=shards, node_id=node.config.node_id
         )
+
+
+def split_status_to_pb(status: SplitStatus) -> pb.SplitStatus:
+    r = status.record
+    children = []
+    for rng, child in zip(r.children, status.children, strict=True):
+        children.append(pb.SplitChildStatus(
+            shard=rng.shard_id, range_start=rng.start, range_end=rng.end % HASH_END,
+            range_end_max=rng.end == HASH_END, cleanup_stage=child.stage,
+            keys_deleted=child.deleted, keys_examined=child.examined, open=child.open,
+        ))
+    return pb.SplitStatus(
+        parent=r.parent, phase=r.phase.label, split_hash=r.split_hash,
+        range_start=r.parent_start, range_end=r.parent_end % HASH_END,
+        range_end_max=r.parent_end == HASH_END, children=children,
+        requested_at_ms=r.requested_at_ms, changed_at_ms=r.changed_at_ms, reason=r.reason,
+        map_version=r.map_version,
+    )
 
 
 def _code(error: Exception) -> Code:
