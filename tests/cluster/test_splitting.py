@@ -254,3 +254,22 @@ async def test_cleanup_closed_midway_resumes_on_reopen(memory_world: World) -> N
             shard = node.shards[c]
             assert shard.split_marker().done
             assert shard.counters() == await shard.recount()
+
+
+async def test_split_metrics(memory_world: World) -> None:
+    from silo.http.metrics import Metrics
+
+    async with open_node(memory_world.runtime, config(memory_world)) as node:
+        await fill(node, 2)
+        metrics = Metrics()
+        metrics.attach(node)
+        await node.splitter.request(0)
+        await wait_cleanup(node, 0)
+        get = metrics.registry.get_sample_value
+        for phase in ("requested", "paused", "cloned", "committed", "children_open",
+                      "cleanup_done"):
+            assert get("silo_split_phase_transitions_total", {"phase": phase}) == 1, phase
+        assert get("silo_splits", {"phase": "cleanup_done"}) == 1
+        deleted = [get("silo_split_cleanup_keys_deleted", {"shard": s}) for s in ("1", "2")]
+        assert all(d and d > 0 for d in deleted)
+        assert get("silo_split_cleanup_done", {"shard": "1"}) == 1
