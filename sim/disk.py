@@ -473,6 +473,11 @@ class MemoryDisk:
         self.crashes += 1
         return report
 
+    def durable_file(self, path: str) -> bytes | None:
+        """The contents of a file written with ``write_file`` (files are always durable)."""
+        data: bytes | None = self._files.get(_norm(path))
+        return data
+
     def durable_items(self, path: str) -> list[tuple[bytes, bytes]]:
         """The durable contents of the store at ``path`` (what a crash now would leave)."""
         image = self._images.get(_norm(path))
