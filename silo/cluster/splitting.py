@@ -252,8 +252,6 @@ class Splitter:
             raise Aborted(f"split of shard {record.parent} undone: the shard map changed")
         node.shard_map = installed
         record = await self._advance(record, SplitPhase.COMMITTED)
-        if skip_pause:
-            await node.close_shard(record.parent)
         return await self._open_children(record)
 
     async def _clone(self, record: SplitRecord) -> None:
@@ -283,6 +281,8 @@ class Splitter:
         for child in record.children:
             if child.shard_id not in self.node.shards:
                 await self.node.open_shard(child.shard_id)
+        # Closed since the pause; only the planted bug skip-split-pause still serves it here.
+        await self.node.close_shard(record.parent)
         self.node.resume(record.parent)
         if record.phase == SplitPhase.COMMITTED:
             record = await self._advance(record, SplitPhase.CHILDREN_OPEN)

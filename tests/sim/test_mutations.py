@@ -42,6 +42,12 @@ CASES = {
     "limits-given-order": ("concurrency", Invariant.NO_WAIT_CYCLE, "wait-for cycle"),
     # Invariant 13 (rate limits): the next reservation lands on the time the latest job kept.
     "rate-token-returned-in-place": ("rate_limits", Invariant.NOT_BEFORE_DUE, "rate bucket"),
+    # Invariant 11 (splits): the median split point is a tenant's hash, which the off-by-one
+    # deletes from the right child; string positions put in-range tenants outside; a parent
+    # serving after its clone loses those writes when its store is discarded.
+    "cleanup-deletes-in-range": ("split", Invariant.SPLITS, "inside its range"),
+    "split-at-tenant-string": ("split", Invariant.SPLITS, "inside its range"),
+    "skip-split-pause": ("split", Invariant.SPLITS, "split"),
 }
 ALSO = {
     # mutation: another (invariant, text) that rightly catches it
