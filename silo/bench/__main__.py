@@ -1,5 +1,6 @@
-"""Benchmarks: ``python -m silo.bench engine [--jobs N] [--workers W]`` (one LevelDB shard)
-and ``python -m silo.bench e2e [--jobs N] [--workers W]`` (server + gRPC + worker processes)."""
+"""Benchmarks: ``python -m silo.bench engine [--jobs N] [--workers W]`` (one LevelDB shard),
+``python -m silo.bench e2e [--jobs N] [--workers W]`` (server + gRPC + worker processes) and
+``python -m silo.bench split [--jobs N]`` (split a shard of N jobs; its cleanup rate)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     e2e = sub.add_parser("e2e", help="server process + gRPC enqueues + worker processes")
     e2e.add_argument("--jobs", type=int, default=5000)
     e2e.add_argument("--workers", type=int, default=2)
+    spl = sub.add_parser("split", help="split a LevelDB shard of N jobs; time it and its cleanup")
+    spl.add_argument("--jobs", type=int, default=100_000)
+    spl.add_argument("--tenants", type=int, default=1000)
+    spl.add_argument("--batch-keys", type=int, default=500,
+                     help="rows per cleanup batch (default 500)")
     ew = sub.add_parser("e2e-worker", help=argparse.SUPPRESS)
     ew.add_argument("--address", required=True)
     ew.add_argument("--out", required=True)
@@ -33,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         result = run_e2e(args.jobs, args.workers)
         print_e2e(result)
         return 0 if result.exactly_once else 1
+    if args.bench == "split":
+        from silo.bench.split import print_split, run_split
+
+        if args.jobs < 1 or args.tenants < 2 or not 1 <= args.batch_keys <= 100_000:
+            parser.error("--jobs must be positive, --tenants at least 2, --batch-keys 1..100000")
+        print_split(run_split(args.jobs, args.tenants, args.batch_keys))
+        return 0
     if args.bench == "e2e-worker":
         from silo.bench.e2e import worker_main
 
