@@ -278,9 +278,10 @@ class Splitter:
         await self._advance(record, SplitPhase.ABORTED, reason)
 
     async def _open_children(self, record: SplitRecord) -> SplitRecord:
-        for child in record.children:
-            if child.shard_id not in self.node.shards:
-                await self.node.open_shard(child.shard_id)
+        async with trio.open_nursery() as nursery:  # both children load at once
+            for child in record.children:
+                if child.shard_id not in self.node.shards:
+                    nursery.start_soon(self.node.open_shard, child.shard_id)
         # Closed since the pause; only the planted bug skip-split-pause still serves it here.
         await self.node.close_shard(record.parent)
         self.node.resume(record.parent)

@@ -26,8 +26,6 @@ BUGGIFY_POINTS: dict[str, str] = {
     "shard.reap.batch_one": "the reaper reaps one lease per batch",
     "shard.loops.wake_early": "the timer and reaper loops wake before anything is due",
     "shard.writer.delay": "the writer waits 5 ms before taking a group (bigger groups)",
-    "split.cleanup.slow": "a split child's cleanup waits 50 ms after a batch (longer "
-                          "cleanups, so closes and crashes land mid-sweep)",
 }
 """BUGGIFY points in product code (and the simulated disk), by name."""
 

@@ -49,6 +49,7 @@ from silo.shard import transitions
 from silo.shard import validation as lim
 from silo.shard.cleanup import (
     BATCH_KEYS,
+    LIVE_BATCH_KEYS,
     SplitCleanup,
     SplitMarker,
     clean_live_tables,
@@ -478,8 +479,9 @@ async def open_shard(
     try:
         marker = await read_marker(kv)
         if marker is not None and marker.stage == "live":
-            marker = await clean_live_tables(kv, shard_id, marker, runtime,
-                                             batch_keys=config.cleanup_batch_keys)
+            marker = await clean_live_tables(
+                kv, shard_id, marker, runtime,
+                batch_keys=max(config.cleanup_batch_keys, LIVE_BATCH_KEYS))
         store = ShardStore(kv, runtime.faults, runtime.events)
         shard = JobShard(runtime, store, shard_id, config)
         if marker is not None:
