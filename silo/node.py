@@ -11,13 +11,13 @@ import dataclasses
 import logging
 import math
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
 
 from silo.cluster.shard_map import ShardMap
-from silo.errors import InvalidArgument, NotFound
+from silo.errors import InvalidArgument, NotFound, Unavailable
 from silo.model import LeasedTask
 from silo.reply_size import max_reply_bytes, task_reply_bytes
 from silo.runtime import Runtime
@@ -79,6 +79,91 @@ class SiloNode:
         ``long_poll_task_groups_max``); an event is dropped once it is set or has no waiter."""
         self._lease_rotation = 0
         self._draining = False
+        self.paused: dict[int, str] = {}
+        """Shards that answer UNAVAILABLE (with the reason) while a split moves them."""
+        self.closing = False
+        self._nursery: trio.Nursery | None = None
+        self._shard_closers: dict[int, tuple[trio.Event, trio.Event]] = {}
+        """Per open shard: (ask it to close, it has closed)."""
+        from silo.cluster.splitting import LocalSplitCoordination, Splitter
+
+        self.splitter = Splitter(self, LocalSplitCoordination(runtime, config.data_dir))
+
+    def shard_path(self, shard_id: int) -> str:
+        return f"{self.config.data_dir}/shards/{shard_id}"
+
+    # -- shard lifecycle --------------------------------------------------------------------
+
+    def spawn(self, fn, *args) -> None:  # noqa: ANN001 - a background task of the node
+        """Run ``fn(*args)`` in the node's nursery (ends when the node closes)."""
+        if self._nursery is not None and not self.closing:
+            self._nursery.start_soon(fn, *args)
+
+    async def open_shard(self, shard_id: int) -> JobShard:
+        """Open ``shard_id`` (its directory under the data dir) and serve it until
+        :meth:`close_shard` or the node's exit."""
+        if shard_id in self.shards:
+            return self.shards[shard_id]
+        if self._nursery is None or self.closing:
+            raise Unavailable("the node is shutting down")
+        shard: JobShard = await self._nursery.start(self._serve_shard, shard_id)
+        return shard
+
+    async def _serve_shard(self, shard_id: int, task_status: trio.TaskStatus[JobShard]) -> None:
+        close, closed = trio.Event(), trio.Event()
+        try:
+            async with open_shard(
+                self.runtime, self.shard_path(shard_id), shard_id=shard_id,
+                config=self.config.shard,
+            ) as shard:
+                shard.on_ready = self._on_ready
+                if shard.cleanup is not None:
+                    shard.cleanup.on_done = lambda sid, marker: (
+                        self.splitter.on_cleanup_done(sid))
+                self.shards[shard_id] = shard
+                self._shard_closers[shard_id] = (close, closed)
+                task_status.started(shard)
+                try:
+                    await close.wait()
+                finally:
+                    if self.shards.get(shard_id) is shard:
+                        del self.shards[shard_id]
+        finally:
+            self._shard_closers.pop(shard_id, None)
+            closed.set()
+
+    async def close_shard(self, shard_id: int) -> None:
+        """Stop serving ``shard_id``: flush and close it; returns once it is closed."""
+        pair = self._shard_closers.get(shard_id)
+        if pair is None:
+            return
+        close, closed = pair
+        close.set()
+        await closed.wait()
+
+    def pause(self, shard_id: int, reason: str) -> None:
+        self.paused[shard_id] = reason
+
+    def resume(self, shard_id: int) -> None:
+        self.paused.pop(shard_id, None)
+
+    def route(self, shard_id: int, tenant: str) -> int:
+        """The shard a tenant-scoped request naming ``shard_id`` goes to: ``shard_id``, or,
+        when it was split since the caller read the map, the child that owns the tenant."""
+        if shard_id in self.shards or shard_id in self.paused:
+            return shard_id
+        return self.splitter.forward(shard_id, tenant)
+
+    def shard_for_task(self, shard_id: int, task_id: str) -> JobShard:
+        """The shard holding lease ``task_id`` of shard ``shard_id``: itself, or the child of a
+        split that holds the lease now (else the first child: it answers "lease not found")."""
+        if shard_id in self.shards or shard_id in self.paused:
+            return self.shard(shard_id)
+        children = self.splitter.descendants(shard_id)
+        for child in children:
+            if self.shards[child].holds_lease(task_id):
+                return self.shards[child]
+        return self.shard(children[0] if children else shard_id)
 
     @property
     def lease_ms(self) -> int:
@@ -87,6 +172,9 @@ class SiloNode:
     def shard(self, shard_id: int) -> JobShard:
         """The open shard ``shard_id``; NOT_FOUND "shard not found" (with the owner's address in
         the error's metadata when known) otherwise."""
+        reason = self.paused.get(shard_id)
+        if reason is not None:
+            raise Unavailable(f"shard {shard_id} is {reason}")
         shard = self.shards.get(shard_id)
         if shard is None:
             meta = {}
@@ -109,6 +197,10 @@ class SiloNode:
         serve are ignored (the lease, if any, is acknowledged by its heartbeats instead)."""
         out: dict[int, list[str]] = {}
         for shard_id, task_id in acks:
+            if shard_id not in self.shards and shard_id not in self.paused:
+                children = self.splitter.descendants(shard_id)
+                shard_id = next((c for c in children if self.shards[c].holds_lease(task_id)),
+                                shard_id)
             if shard_id in self.shards:
                 ids = out.setdefault(shard_id, [])
                 if task_id not in ids:
@@ -218,7 +310,7 @@ class SiloNode:
         return min(best, 1.0)
 
     def _ordered_shards(self) -> list[JobShard]:
-        return [self.shards[i] for i in sorted(self.shards)]
+        return [self.shards[i] for i in sorted(self.shards) if i not in self.paused]
 
     async def _lease_round(
         self, worker_id: str, task_group: str, max_tasks: int,
@@ -285,22 +377,21 @@ async def load_or_create_shard_map(runtime: Runtime, data_dir: str, shards: int)
 @asynccontextmanager
 async def open_node(runtime: Runtime, config: NodeConfig) -> AsyncIterator[SiloNode]:
     """Open every shard of the map and serve them until exit; on exit every shard is flushed and
-    closed."""
+    closed. Splits a crash interrupted are finished (committed) or undone (not committed)
+    first (see :mod:`silo.cluster.splitting`)."""
     if runtime.faults.mutation("unchecked-name-lengths"):
         config = dataclasses.replace(config, shard=dataclasses.replace(
             config.shard, limits=without_name_bounds(config.shard.limits)))
     shard_map = await load_or_create_shard_map(runtime, config.data_dir, config.shards)
     node = SiloNode(runtime, config, shard_map)
-    async with AsyncExitStack() as stack:
-        for rng in shard_map.shards:
-            shard = await stack.enter_async_context(
-                open_shard(
-                    runtime,
-                    f"{config.data_dir}/shards/{rng.shard_id}",
-                    shard_id=rng.shard_id,
-                    config=config.shard,
-                )
-            )
-            shard.on_ready = node._on_ready
-            node.shards[rng.shard_id] = shard
-        yield node
+    todo = await node.splitter.recover_before_open()
+    async with trio.open_nursery() as nursery:
+        node._nursery = nursery
+        try:
+            for rng in shard_map.shards:
+                await node.open_shard(rng.shard_id)
+            await node.splitter.recover_after_open(todo)
+            yield node
+        finally:
+            node.closing = True
+            nursery.cancel_scope.cancel()

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from silo.errors import Code, InvalidArgument, SiloError, quote
+from silo.cluster.splitting import SplitStatus
+from silo.errors import Code, InvalidArgument, SiloError, Unavailable, quote
 from silo.model import ENQUEUE_DELETED_SINCE, ENQUEUE_HELD_BACK, NewJob
 from silo.node import SiloNode
 from silo.rpc import CallContext, Handler, method_path
@@ -63,6 +64,8 @@ class SiloService:
             "ReportRefresh": (pb.ReportRefreshRequest, self.report_refresh),
             "GetQueue": (pb.GetQueueRequest, self.get_queue),
             "GetClusterInfo": (pb.GetClusterInfoRequest, self.get_cluster_info),
+            "SplitShard": (pb.SplitShardRequest, self.split_shard),
+            "GetSplitStatus": (pb.GetSplitStatusRequest, self.get_split_status),
         }
         return {method_path(name): _handler(name, t, fn) for name, (t, fn) in table.items()}
 
@@ -71,6 +74,7 @@ class SiloService:
     def _tenant_shard(self, shard_id: int, tenant: str) -> JobShard:
         """The shard for a job request, checking that the tenant routes to it."""
         check_tenant(self.node.config.shard.limits, tenant)
+        shard_id = self.node.route(shard_id, tenant)
         shard = self.node.shard(shard_id)
         rng = self.node.shard_map.shard_for_tenant(tenant)
         if rng.shard_id != shard_id:
@@ -116,19 +120,24 @@ class SiloService:
             raise InvalidArgument(
                 f"batch has {len(req.jobs)} jobs; max_jobs_per_batch is {limit}"
             )
-        shard = self.node.shard(req.shard)
         jobs: list[NewJob] = []
         refused: list[pb.EnqueueResult | None] = []
+        targets: set[int] = set()
         for spec in req.jobs:
             try:
                 job = new_job_from_pb(spec)
-                self._tenant_shard(req.shard, job.tenant)
+                targets.add(self._tenant_shard(req.shard, job.tenant).shard_id)
             except SiloError as exc:
                 refused.append(pb.EnqueueResult(id=spec.id, code=int(exc.code),
                                                 message=exc.message))
                 continue
             jobs.append(job)
             refused.append(None)
+        if len(targets) > 1:
+            raise Unavailable(
+                f"shard {req.shard} was split: this batch's tenants now belong to shards "
+                f"{sorted(targets)}; refresh the shard map and send one batch per shard")
+        shard = self.node.shard(targets.pop() if targets else req.shard)
         if any(r is not None for r in refused):
             results = [r or pb.EnqueueResult(id=spec.id, code=int(Code.ABORTED),
                                              message=ENQUEUE_HELD_BACK)
@@ -218,7 +227,8 @@ class SiloService:
 
     async def heartbeat(self, req: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         self._check_task_ref(req.worker_id, req.task_id)
-        result = await self.node.shard(req.shard).heartbeat(req.worker_id, req.task_id)
+        result = await self.node.shard_for_task(req.shard, req.task_id).heartbeat(
+            req.worker_id, req.task_id)
         return pb.HeartbeatResponse(
             cancelled=result.cancelled, lease_expiry_ms=result.lease_expiry_ms
         )
@@ -228,7 +238,7 @@ class SiloService:
             raise InvalidArgument("outcome is required")
         report = outcome_from_pb(req.outcome)
         check_report_ids(self._limits, report)
-        await self.node.shard(req.outcome.shard).report_outcome(report)
+        await self.node.shard_for_task(req.outcome.shard, report.task_id).report_outcome(report)
         return pb.ReportOutcomeResponse()
 
     async def report_outcomes(self, req: pb.ReportOutcomesRequest) -> pb.ReportOutcomesResponse:
@@ -239,11 +249,11 @@ class SiloService:
             try:
                 report = outcome_from_pb(o)
                 check_report_ids(self._limits, report)
-                self.node.shard(o.shard)
+                shard_id = self.node.shard_for_task(o.shard, report.task_id).shard_id
             except SiloError as exc:
                 statuses[i] = pb.OutcomeStatus(code=int(exc.code), message=exc.message)
                 continue
-            by_shard.setdefault(o.shard, []).append((i, report))
+            by_shard.setdefault(shard_id, []).append((i, report))
         for shard_id in sorted(by_shard):
             items = by_shard[shard_id]
             errors = await self.node.shard(shard_id).report_outcomes([r for _, r in items])
@@ -260,7 +270,7 @@ class SiloService:
 
         self._check_task_ref(req.worker_id, req.task_id)
         which, value = betterproto2.which_one_of(req, "result")
-        shard = self.node.shard(req.shard)
+        shard = self.node.shard_for_task(req.shard, req.task_id)
         if which == "new_max":
             await shard.report_refresh(req.worker_id, req.task_id, value)
         elif which == "failure":
@@ -299,6 +309,21 @@ class SiloService:
 
     # -- cluster ----------------------------------------------------------------------------
 
+    async def split_shard(self, req: pb.SplitShardRequest) -> pb.SplitShardResponse:
+        """Split ``req.shard`` at ``req.at_hash`` (0: the median tenant hash of its data);
+        answers once both children serve."""
+        if req.at_hash >= HASH_END:
+            raise InvalidArgument(f"at_hash {req.at_hash} is not below 2**64")
+        record = await self.node.splitter.request(req.shard, req.at_hash or None)
+        return pb.SplitShardResponse(
+            split=split_status_to_pb(self.node.splitter.status(record.parent)[0]))
+
+    async def get_split_status(
+        self, req: pb.GetSplitStatusRequest
+    ) -> pb.GetSplitStatusResponse:
+        return pb.GetSplitStatusResponse(
+            splits=[split_status_to_pb(s) for s in self.node.splitter.status(req.shard)])
+
     async def get_cluster_info(self, req: pb.GetClusterInfoRequest) -> pb.GetClusterInfoResponse:
         node = self.node
         shards = []
@@ -317,6 +342,24 @@ class SiloService:
         return pb.GetClusterInfoResponse(
             map_version=node.shard_map.version, shards=shards, node_id=node.config.node_id
         )
+
+
+def split_status_to_pb(status: SplitStatus) -> pb.SplitStatus:
+    r = status.record
+    children = []
+    for rng, child in zip(r.children, status.children, strict=True):
+        children.append(pb.SplitChildStatus(
+            shard=rng.shard_id, range_start=rng.start, range_end=rng.end % HASH_END,
+            range_end_max=rng.end == HASH_END, cleanup_stage=child.stage,
+            keys_deleted=child.deleted, keys_examined=child.examined, open=child.open,
+        ))
+    return pb.SplitStatus(
+        parent=r.parent, phase=r.phase.label, split_hash=r.split_hash,
+        range_start=r.parent_start, range_end=r.parent_end % HASH_END,
+        range_end_max=r.parent_end == HASH_END, children=children,
+        requested_at_ms=r.requested_at_ms, changed_at_ms=r.changed_at_ms, reason=r.reason,
+        map_version=r.map_version,
+    )
 
 
 def _code(error: Exception) -> Code:

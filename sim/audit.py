@@ -147,6 +147,54 @@ class ShardImage:
         return {k: v for k, v in sorted(self.counters.items()) if v}
 
 
+def in_range_rows(
+    items: list[tuple[bytes, bytes]], shard_id: int
+) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """The rows of a split child's image that its cleanup keeps (``items`` unchanged for a
+    shard that is not a split child or whose cleanup is done), and whether cleanup is still
+    pending (its stored counters then still count the parent's jobs: the caller compares the
+    recount only)."""
+    from silo.cluster.split import NeedsLease, key_owner
+    from silo.shard.cleanup import SPLIT_MARKER, SplitMarker
+
+    rows = dict(items)
+    raw = rows.get(SPLIT_MARKER)
+    if raw is None:
+        return items, False
+    marker = SplitMarker.decode(raw)
+    if marker.done:
+        return items, False
+    rng = marker.range_of(shard_id)
+    out = []
+    for k, v in items:
+        owner = key_owner(k, v)
+        if isinstance(owner, NeedsLease):
+            lk = keys.key(Prefix.LEASE, owner.task_id)
+            owner = key_owner(lk, rows[lk]) if lk in rows else None
+        if owner is not None and not rng.contains(_tenant_hash(owner)):
+            continue
+        if k.startswith(COUNTER_PREFIX):
+            continue
+        out.append((k, v))
+    return out, True
+
+
+def _tenant_hash(tenant: str) -> int:
+    from silo.cluster.shard_map import tenant_hash
+
+    return tenant_hash(tenant)
+
+
+def image_of(items: list[tuple[bytes, bytes]], shard_id: int) -> ShardImage:
+    """The image of a shard as its node serves it: a split child's rows outside its range (not
+    yet deleted by its cleanup) left out, with counters equal to the recount meanwhile."""
+    rows, pending = in_range_rows(items, shard_id)
+    img = ShardImage.parse(rows)
+    if pending:
+        img.counters = dict(img.recount())
+    return img
+
+
 def counter_name(k: bytes) -> str:
     _, parts = keys.parse(k)
     names = [str(p) for p in parts[1:]]

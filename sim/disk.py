@@ -207,6 +207,11 @@ class MemoryStore:
         self._check_usable()
         return _scan(self._visible, start, end, reverse, limit)
 
+    async def compact_range(self, start: bytes | None, end: bytes | None) -> None:
+        """Nothing to reclaim in memory: a checkpoint, then the usual checks."""
+        await trio.lowlevel.checkpoint()
+        self._check_usable()
+
     def snapshot(self) -> MemorySnapshot:
         self._check_usable()
         self._visible_shared = True
@@ -467,6 +472,11 @@ class MemoryDisk:
         self._open.clear()
         self.crashes += 1
         return report
+
+    def durable_file(self, path: str) -> bytes | None:
+        """The contents of a file written with ``write_file`` (files are always durable)."""
+        data: bytes | None = self._files.get(_norm(path))
+        return data
 
     def durable_items(self, path: str) -> list[tuple[bytes, bytes]]:
         """The durable contents of the store at ``path`` (what a crash now would leave)."""

@@ -211,6 +211,40 @@ class ShardClosed(Event):
     node: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class SplitPhaseRecorded(Event):
+    """A node recorded a phase of the split of shard ``parent`` (``shard`` is unused)."""
+
+    parent: int = 0
+    phase: str = ""
+    left: int = 0
+    right: int = 0
+    split_hash: int = 0
+    start: int = 0
+    end: int = 0
+    map_version: int = 0
+    ranges: list[list[int]] | None = None
+    """With ``committed``: the whole committed shard map, ``[id, start, end]`` per shard."""
+
+
+@dataclass(frozen=True, slots=True)
+class SplitCleanup(Event):
+    """A split child deleted ``keys`` rows of ``tenants`` (in one durable batch)."""
+
+    parent: int = 0
+    start: int = 0
+    end: int = 0
+    stage: str = ""
+    tenants: list[str] | None = None
+    keys: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SplitCleanupDone(Event):
+    parent: int = 0
+    deleted: int = 0
+
+
 KINDS: dict[str, type[Event]] = {
     "job_enqueued": JobEnqueued,
     "status_changed": StatusChanged,
@@ -232,6 +266,9 @@ KINDS: dict[str, type[Event]] = {
     "poison_item": PoisonItem,
     "shard_opened": ShardOpened,
     "shard_closed": ShardClosed,
+    "split_phase": SplitPhaseRecorded,
+    "split_cleanup": SplitCleanup,
+    "split_cleanup_done": SplitCleanupDone,
 }
 
 IGNORED: dict[str, str] = {
@@ -242,6 +279,7 @@ IGNORED: dict[str, str] = {
                       "returned token re-places a job, which task_moved reports",
     "shard_opened": "one node per run: ownership (invariant 10) is not modelled yet",
     "shard_closed": "one node per run: ownership (invariant 10) is not modelled yet",
+    "split_cleanup_done": "the counters it recounted are checked by invariant 12 at the end",
 }
 """Kinds no checker handles, each with the reason."""
 

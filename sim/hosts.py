@@ -14,12 +14,14 @@ import trio
 
 from silo.client.client import RetrySettings, SiloClient
 from silo.client.worker import TaskContext, Worker
+from silo.cluster.shard_map import ShardMap
 from silo.errors import SiloError
 from silo.node import NodeConfig, SiloNode, open_node
 from silo.rpc import Handler
 from silo.runtime import RandomSource, Runtime
 from silo.service import SiloService
 from silo.shard import ShardConfig
+from sim.audit import ShardImage, image_of
 from sim.clock import SimClock
 from sim.disk import MemoryDisk
 from sim.faults import SimFaults
@@ -65,9 +67,24 @@ class NodeHost:
         self.started_at = 0.0
         sim.net.register(self)
 
+    def shard_map(self) -> ShardMap | None:
+        """The shard map on the node's disk (what a restart serves), None before the first
+        start."""
+        raw = self.disk.durable_file(f"{DATA_DIR}/shard_map")
+        return None if raw is None else ShardMap.decode(raw)
+
     def shard_paths(self) -> list[str]:
+        """Stores of the shards in the node's map: a split parent's left-over directory or a
+        split's clones before its commit are not served, so they are not audited."""
         prefix = f"{DATA_DIR}/shards/"
-        return [p for p in self.disk.store_paths() if p.startswith(prefix)]
+        shard_map = self.shard_map()
+        return [p for p in self.disk.store_paths() if p.startswith(prefix)
+                and (shard_map is None or shard_map.get(self.shard_of_path(p)) is not None)]
+
+    def shard_image(self, path: str) -> ShardImage:
+        """The durable image of a shard store as the node would serve it (see
+        :func:`sim.audit.image_of`)."""
+        return image_of(self.disk.durable_items(path), self.shard_of_path(path))
 
     @staticmethod
     def shard_of_path(path: str) -> int:

@@ -19,6 +19,7 @@ class Invariant(IntEnum):
     LIVENESS = 7
     REAP_AND_CANCEL = 8
     PRIORITY = 9
+    SPLITS = 11
     COUNTERS = 12
     NOT_BEFORE_DUE = 13
     RETRY_BUDGET = 14
@@ -59,6 +60,8 @@ DESCRIPTIONS: dict[Invariant, str] = {
     Invariant.REAP_AND_CANCEL: "an expired lease is reaped and retried; a cancel is seen by the "
                                "worker",
     Invariant.PRIORITY: "a lease never skips a due, higher-priority task of its task group",
+    Invariant.SPLITS: "splits lose no job; ranges never overlap and always cover; cleanup "
+                      "never deletes an in-range key",
     Invariant.COUNTERS: "counters equal a recount of the data",
     Invariant.NOT_BEFORE_DUE: "no task is leased before it is due (start time, retry backoff, "
                               "rate-limit token); no rate window grants more than its limit",

@@ -43,6 +43,12 @@ MUTATIONS: dict[str, str] = {
     "limits-given-order": "a job acquires its limits in the order given, not the canonical one",
     "recreate-deleted-on-retry": "a later try of an enqueue call re-creates the job an earlier "
                                  "try of it created, deleted since",
+    "cleanup-deletes-in-range": "a split child's cleanup treats a tenant hashing exactly to its "
+                                "range start (the default split point) as outside the range",
+    "skip-split-pause": "a split clones the parent while it still serves, and closes it only "
+                        "after the commit",
+    "split-at-tenant-string": "split points and cleanup place tenants by their string's first "
+                              "bytes instead of their routing hash",
     "rate-token-returned-in-place": (
         "a cancelled job's rate token is given back but the latest job keeps its later time"
     ),

@@ -21,7 +21,7 @@ from silo.client.client import RetrySettings
 from silo.errors import Code, SiloError
 from silo.runtime import RandomSource
 from sim import events
-from sim.audit import ShardImage, diff_counters, wait_for_cycle
+from sim.audit import diff_counters, wait_for_cycle
 from sim.checkers import Checker, Violation
 from sim.faults import FaultBoard
 from sim.hosts import ClientHost, NodeHost, SimWorker
@@ -33,6 +33,8 @@ from sim.trace import Trace, format_fields
 TICK_S = 0.25
 WAIT_FOR_EVERY_TICKS = 20
 """The wait-for graph (invariant 16) is checked every this many ticks."""
+CLEANUP_BOUND_S = 300.0
+"""Simulated seconds the final audit waits for split cleanups still running to finish."""
 MAX_RUN_S = 1800.0
 """Simulated seconds after which a run that has not finished counts as a missed liveness bound
 (e.g. a node that never manages to restart)."""
@@ -291,7 +293,7 @@ class Simulator:
             if not node.serving:
                 continue
             for path in node.shard_paths():
-                cycle = wait_for_cycle(ShardImage.parse(node.disk.durable_items(path)))
+                cycle = wait_for_cycle(node.shard_image(path))
                 if cycle is not None:
                     self.checker.fail(Invariant.NO_WAIT_CYCLE,
                                       f"{node.name}:{path}: wait-for cycle among parked "
@@ -342,6 +344,15 @@ class Simulator:
             self._crash(host, delay, "")
         else:  # at the start of the node's next write, with its neighbours mid-flight
             host.at_next_write(lambda: self._crash(host, delay, "at-write"))
+
+    def crash_host(self, host: NodeHost, delay: float, how: str) -> None:
+        """Crash ``host`` now (if faults are on and it serves) and restart it ``delay`` s
+        later (scenarios that crash at a point of their own choosing)."""
+        self._crash(host, delay, how)
+
+    def stop_host(self, host: NodeHost, delay: float, how: str) -> None:
+        """Stop ``host`` cleanly now and restart it ``delay`` s later."""
+        self._clean_stop(host, delay, how)
 
     def _crash(self, host: NodeHost, delay: float, how: str) -> None:
         if not self.board.enabled or not host.serving:
@@ -463,8 +474,35 @@ class Simulator:
 
     # -- final audit ------------------------------------------------------------------------
 
+    def _pending_cleanups(self) -> list[str]:
+        out = []
+        for _, node in sorted(self.nodes.items()):
+            if node.node is None:
+                continue
+            for sid, shard in sorted(node.node.shards.items()):
+                marker = shard.split_marker()
+                if marker is not None and not marker.done:
+                    out.append(f"{node.name} shard {sid} ({marker.stage}, {marker.deleted} "
+                               f"rows deleted)")
+        return out
+
+    async def _wait_split_cleanups(self, bound_s: float) -> bool:
+        """Split cleanups must finish once faults stop (their counters are audited after)."""
+        deadline = trio.current_time() + bound_s
+        while self._pending_cleanups():
+            if trio.current_time() >= deadline:
+                self.liveness_report = (f"split cleanup not done {bound_s:.0f}s into the "
+                                        f"audit: {self._pending_cleanups()}")
+                self.trace.record("LIVENESS split cleanup bound missed")
+                self.stop()
+                return False
+            await trio.sleep(TICK_S)
+        return True
+
     async def final_audit(self) -> None:
         """Through the API, on the live shards, then directly on each node's disk."""
+        if not await self._wait_split_cleanups(CLEANUP_BOUND_S):
+            return
         auditor = self.add_host("auditor").client()
         for key, j in sorted(self.checker.jobs.items()):
             try:
@@ -506,7 +544,7 @@ class Simulator:
         for _, node in sorted(self.nodes.items()):
             await node.stop()
             for path in node.shard_paths():
-                img = ShardImage.parse(node.disk.durable_items(path))
+                img = node.shard_image(path)
                 self.checker.final_shard(node, node.shard_of_path(path), img,
                                          f"{node.name}:{path}")
                 if not self.ok:
@@ -527,8 +565,11 @@ def resync_after_crash(sim: Simulator, host: NodeHost) -> None:
     """Right after ``host`` crashed: audit each shard's durable image, check it against the
     model, adopt it, and check that every acknowledged enqueue survived."""
     present: set[tuple[str, str]] = set()
+    shard_map = host.shard_map()
+    if shard_map is not None:
+        sim.checker.adopt_map(host, shard_map)
     for path in host.shard_paths():
-        img = ShardImage.parse(host.disk.durable_items(path))
+        img = host.shard_image(path)
         present.update(img.states)
         sim.checker.resync_shard(host, host.shard_of_path(path), img, f"{host.name}:{path}")
     sim.checker.check_acked_present(host, present, host.name)

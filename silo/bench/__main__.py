@@ -1,5 +1,6 @@
 """Benchmarks: ``python -m silo.bench engine [--jobs N] [--workers W]`` (one LevelDB shard),
 ``python -m silo.bench e2e [--jobs N] [--workers W]`` (server + gRPC + worker processes),
+``python -m silo.bench split [--jobs N]`` (split a shard of N jobs; its cleanup rate),
 ``python -m silo.bench peers`` (silo side by side with pgqueuer on PostgreSQL 15; needs the
 ``bench`` extra and Debian's ``postgresql-15``) and ``python -m silo.bench plot`` (the peers
 ratios over commits as a PNG)."""
@@ -61,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
                       help=f"the JSON lines file to read (default {DEFAULT_RESULTS})")
     plot.add_argument("--out", default="bench-ratios.png", metavar="PNG",
                       help="where to write the picture (default bench-ratios.png)")
+    spl = sub.add_parser("split", help="split a LevelDB shard of N jobs; time it and its cleanup")
+    spl.add_argument("--jobs", type=int, default=100_000)
+    spl.add_argument("--tenants", type=int, default=1000)
+    spl.add_argument("--batch-keys", type=int, default=500,
+                     help="rows per cleanup batch (default 500)")
     ew = sub.add_parser("e2e-worker", help=argparse.SUPPRESS)
     ew.add_argument("--address", required=True)
     ew.add_argument("--out", required=True)
@@ -87,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.results!r} holds no peers records")
         plot_ratios(records, args.out)
         print(f"wrote {args.out} ({len(records)} runs)")
+    if args.bench == "split":
+        from silo.bench.split import print_split, run_split
+
+        if args.jobs < 1 or args.tenants < 2 or not 1 <= args.batch_keys <= 100_000:
+            parser.error("--jobs must be positive, --tenants at least 2, --batch-keys 1..100000")
+        print_split(run_split(args.jobs, args.tenants, args.batch_keys))
         return 0
     if args.bench == "e2e-worker":
         from silo.bench.e2e import worker_main

@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _connection_flags(parser, root=True)
-    top = parser.add_subparsers(dest="area", metavar="{job,queue,cluster}", required=True)
+    top = parser.add_subparsers(dest="area", metavar="{job,queue,cluster,shard}",
+                                required=True)
 
     job = top.add_parser("job", help="enqueue and manage jobs",
                          description="Enqueue and manage jobs.")
@@ -216,7 +217,40 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Show the shard map and shard owners.")
     _connection_flags(p, root=False)
     p.set_defaults(fn=cmd_cluster_info)
+
+    shard = top.add_parser("shard", help="split shards and follow splits",
+                           description="Split shards and follow splits.")
+    shards = shard.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = shards.add_parser(
+        "split", help="split a shard in two",
+        description="Split SHARD in two at a tenant hash: the parent pauses, is cloned into "
+                    "two children, the shard map is switched (the commit point), and the "
+                    "children serve at once while each deletes the other's tenants in the "
+                    "background. Answers once both children serve.")
+    p.add_argument("shard", metavar="SHARD", type=int)
+    p.add_argument("--at-hash", type=_hash_arg, default=0, metavar="H",
+                   help="first hash of the right child, strictly inside the shard's range "
+                        "(decimal or 0x hex; default: the median tenant hash of its data)")
+    _connection_flags(p, root=False)
+    p.set_defaults(fn=cmd_shard_split)
+    p = shards.add_parser("split-status", help="show splits and their cleanup progress",
+                          description="Show the splits the node knows of (phase, children, "
+                                      "cleanup progress).")
+    p.add_argument("shard", metavar="SHARD", type=int, nargs="?",
+                   help="only the split of this parent shard")
+    _connection_flags(p, root=False)
+    p.set_defaults(fn=cmd_shard_split_status)
     return parser
+
+
+def _hash_arg(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a hash: {text!r}") from None
+    if not 0 < value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"hash {text} is outside 1..2**64-1")
+    return value
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -560,6 +594,78 @@ async def cmd_cluster_info(client: SiloClient, args: argparse.Namespace, out: Ou
         table.add_row(str(s["id"]), f"{s['range_start']:#018x} .. {end}",
                       s["owner_node"] or "-", s["owner_address"] or "-")
     out.console.print(table)
+    return EXIT_OK
+
+
+SPLIT_TIMEOUT_S = 600.0
+
+
+def split_to_dict(s: Any) -> dict[str, Any]:
+    def end(start: int, e: int, is_max: bool) -> int | None:
+        return None if is_max else e
+
+    return {
+        "parent": s.parent, "phase": s.phase, "split_hash": s.split_hash,
+        "range_start": s.range_start, "range_end": end(s.range_start, s.range_end,
+                                                       s.range_end_max),
+        "map_version": s.map_version, "requested_at_ms": s.requested_at_ms,
+        "changed_at_ms": s.changed_at_ms, "reason": s.reason or None,
+        "children": [
+            {"shard": c.shard, "range_start": c.range_start,
+             "range_end": end(c.range_start, c.range_end, c.range_end_max),
+             "cleanup_stage": c.cleanup_stage, "keys_deleted": c.keys_deleted,
+             "keys_examined": c.keys_examined, "open": c.open}
+            for c in s.children
+        ],
+    }
+
+
+def _print_splits(splits: list[dict[str, Any]], out: Output) -> None:
+    if not splits:
+        out.line("no splits")
+        return
+    for s in splits:
+        line = (f"shard {s['parent']}: {s['phase']}, split at hash {s['split_hash']:#018x} "
+                f"(planned on shard map version {s['map_version']})")
+        if s["reason"]:
+            line += f"; aborted: {s['reason']}"
+        out.line(line)
+        for c in s["children"]:
+            end = "2^64" if c["range_end"] is None else f"{c['range_end']:#018x}"
+            out.line(f"  child {c['shard']} [{c['range_start']:#018x}, {end}): cleanup "
+                     f"{c['cleanup_stage']}, {c['keys_deleted']} keys deleted of "
+                     f"{c['keys_examined']} examined{'' if c['open'] else ' (not open here)'}")
+
+
+async def cmd_shard_split(client: SiloClient, args: argparse.Namespace, out: Output) -> int:
+    from silo.wire import pb
+
+    resp = await client.call(
+        "SplitShard", pb.SplitShardRequest(shard=args.shard, at_hash=args.at_hash),
+        pb.SplitShardResponse, shard_id=args.shard, timeout=SPLIT_TIMEOUT_S)
+    split = split_to_dict(resp.split)
+    if out.json:
+        out.emit_json(split)
+        return EXIT_OK
+    left, right = split["children"]
+    out.line(f"shard {split['parent']} split at hash {split['split_hash']:#018x} into shards "
+             f"{left['shard']} and {right['shard']} (shard map version "
+             f"{split['map_version'] + 1}); cleanup runs in the background "
+             f"(siloctl shard split-status {split['parent']})")
+    return EXIT_OK
+
+
+async def cmd_shard_split_status(client: SiloClient, args: argparse.Namespace,
+                                 out: Output) -> int:
+    from silo.wire import pb
+
+    resp = await client.call("GetSplitStatus", pb.GetSplitStatusRequest(shard=args.shard),
+                             pb.GetSplitStatusResponse)
+    splits = [split_to_dict(s) for s in resp.splits]
+    if out.json:
+        out.emit_json({"splits": splits})
+        return EXIT_OK
+    _print_splits(splits, out)
     return EXIT_OK
 
 

@@ -30,6 +30,11 @@ Metric names and labels::
     silo_due_tasks{shard, task_group}               gauge
     silo_jobs{shard, status}                        gauge    status: JobStatus names
     silo_rpc_duration_seconds{method, code}         histogram  code: gRPC status name (OK, ...)
+    silo_split_phase_transitions_total{phase}       counter  split phases recorded by this node
+    silo_splits{phase}                              gauge    splits known, by current phase
+    silo_split_cleanup_keys_deleted{shard}          gauge    rows a split child's cleanup deleted
+    silo_split_cleanup_keys_examined{shard}         gauge    rows its sweep has examined
+    silo_split_cleanup_done{shard}                  gauge    1 once the child's cleanup is done
 """
 
 from __future__ import annotations
@@ -73,7 +78,47 @@ class ShardCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         shards = self.node.shards
         stats = [shards[i].statistics() for i in sorted(shards)]
-        return list(_shard_families(stats))
+        return [*_shard_families(stats), *_split_families(self.node)]
+
+
+SPLIT_PHASES = ("requested", "paused", "cloned", "committed", "children_open", "cleanup_done",
+                "aborted")
+
+
+def _split_families(node: Any) -> Iterator[Metric]:
+    splitter = getattr(node, "splitter", None)
+    if splitter is None:
+        return
+    transitions = CounterMetricFamily(
+        "silo_split_phase_transitions", "Split phases recorded by this node.",
+        labels=["phase"])
+    current = GaugeMetricFamily("silo_splits", "Splits known, by current phase.",
+                                labels=["phase"])
+    by_phase = {p: 0 for p in SPLIT_PHASES}
+    for record in splitter.records.values():
+        by_phase[record.phase.label] += 1
+    for phase in SPLIT_PHASES:
+        transitions.add_metric([phase], splitter.phase_counts.get(phase, 0))
+        current.add_metric([phase], by_phase[phase])
+    yield transitions
+    yield current
+    deleted = GaugeMetricFamily("silo_split_cleanup_keys_deleted",
+                                "Rows a split child's cleanup has deleted.", labels=["shard"])
+    examined = GaugeMetricFamily("silo_split_cleanup_keys_examined",
+                                 "Rows a split child's cleanup sweep has examined.",
+                                 labels=["shard"])
+    done = GaugeMetricFamily("silo_split_cleanup_done",
+                             "1 once a split child's cleanup is done.", labels=["shard"])
+    for shard_id in sorted(node.shards):
+        marker = node.shards[shard_id].split_marker()
+        if marker is None:
+            continue
+        deleted.add_metric([str(shard_id)], marker.deleted)
+        examined.add_metric([str(shard_id)], marker.examined)
+        done.add_metric([str(shard_id)], 1 if marker.done else 0)
+    yield deleted
+    yield examined
+    yield done
 
 
 def _shard_families(stats: list[Any]) -> Iterator[Metric]:

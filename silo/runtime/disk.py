@@ -75,6 +75,11 @@ class KVStore(Protocol):
 
     def snapshot(self) -> Snapshot: ...
 
+    async def compact_range(self, start: bytes | None, end: bytes | None) -> None:
+        """Ask the store to compact ``[start, end)`` (None: unbounded), reclaiming the space of
+        deleted rows. Changes no contents; may be a no-op."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -86,7 +91,9 @@ class Disk(Protocol):
         ...
 
     async def clone(self, src_path: str, dst_path: str) -> None:
-        """Copy the durable contents of a closed store to a new path."""
+        """Copy the durable contents of a closed store to a new path (replacing whatever is
+        there). LevelDB's immutable table files may be shared with the source (hard links):
+        neither store ever modifies them in place."""
         ...
 
     async def destroy(self, path: str) -> None:

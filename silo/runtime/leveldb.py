@@ -133,11 +133,70 @@ class LevelDBStore:
     def snapshot(self) -> LevelDBSnapshot:
         return LevelDBSnapshot(self._db.snapshot())
 
+    async def compact_range(self, start: bytes | None, end: bytes | None) -> None:
+        def _compact() -> None:
+            try:
+                self._db.compact_range(start=start, stop=end)
+            except plyvel.Error as exc:  # pragma: no cover - depends on a failing disk
+                raise DiskError(f"compaction failed: {exc}") from exc
+
+        await trio.to_thread.run_sync(_compact, limiter=_LIMITER)
+
     async def close(self) -> None:
         """Close the database; shielded, so a cancelled caller still releases the LOCK."""
         if not self._db.closed:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._db.close, limiter=_LIMITER)
+
+
+TABLE_SUFFIXES = (".ldb", ".sst")
+"""LevelDB's table files: written once, never modified, deleted when compacted away."""
+
+
+def clone_leveldb_dir(src_path: str, dst_path: str) -> dict[str, int]:
+    """Clone a closed LevelDB directory (see :meth:`LevelDBDisk.clone`); returns how many
+    files were ``linked`` and ``copied``."""
+    if not os.path.isdir(src_path):
+        raise DiskError(f"cannot clone {src_path}: no such store")
+    if os.path.exists(dst_path):
+        shutil.rmtree(dst_path)
+    tmp = dst_path + ".clone-tmp"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    counts = {"linked": 0, "copied": 0}
+    try:
+        for name in sorted(os.listdir(src_path)):
+            src = os.path.join(src_path, name)
+            dst = os.path.join(tmp, name)
+            if name == "LOCK" or not os.path.isfile(src):
+                continue
+            if name.endswith(TABLE_SUFFIXES):
+                try:
+                    os.link(src, dst)
+                    counts["linked"] += 1
+                    continue
+                except OSError:
+                    pass
+            shutil.copy2(src, dst)
+            with open(dst, "rb+") as f:
+                os.fsync(f.fileno())
+            counts["copied"] += 1
+        _fsync_dir(tmp)
+        os.replace(tmp, dst_path)
+        _fsync_dir(os.path.dirname(os.path.abspath(dst_path)))
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DiskError(f"cannot clone {src_path} to {dst_path}: {exc}") from exc
+    return counts
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class LevelDBDisk:
@@ -155,12 +214,11 @@ class LevelDBDisk:
         return LevelDBStore(db, path)
 
     async def clone(self, src_path: str, dst_path: str) -> None:
-        def _clone() -> None:
-            if os.path.exists(dst_path):
-                shutil.rmtree(dst_path)
-            shutil.copytree(src_path, dst_path)
-
-        await trio.to_thread.run_sync(_clone, limiter=_LIMITER)
+        """Hard links for LevelDB's immutable table files (``.ldb``, ``.sst``), copies for the
+        rest (log, MANIFEST, CURRENT, ...; the LOCK file is not carried over); the copy is
+        fsynced, then its directory. Falls back to copying a table file when the file system
+        cannot link it (another device)."""
+        await trio.to_thread.run_sync(clone_leveldb_dir, src_path, dst_path, limiter=_LIMITER)
 
     async def destroy(self, path: str) -> None:
         await trio.to_thread.run_sync(

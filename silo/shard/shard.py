@@ -49,6 +49,14 @@ from silo.runtime import Runtime
 from silo.runtime.clock import WallAsMonotonic
 from silo.shard import transitions
 from silo.shard import validation as lim
+from silo.shard.cleanup import (
+    BATCH_KEYS,
+    LIVE_BATCH_KEYS,
+    SplitCleanup,
+    SplitMarker,
+    clean_live_tables,
+    read_marker,
+)
 from silo.shard.commit import CommitProtocol
 from silo.shard.context import ShardContext
 from silo.shard.fingerprint import job_fingerprint
@@ -71,6 +79,10 @@ class ShardConfig:
     limits: ShardLimits = field(default_factory=ShardLimits)
     lease_ms: int = 30_000
     """How long a lease lasts without a heartbeat."""
+    cleanup_batch_keys: int = BATCH_KEYS
+    """The most rows one batch of a split child's cleanup examines (and so deletes)."""
+    cleanup_pause_s: float = 0.0
+    """How long a split child's cleanup waits between batches (0: only yields)."""
 
 
 class JobShard:
@@ -111,6 +123,12 @@ class JobShard:
         self._mirror.on_ready_added = self._ready_added
         self.on_ready: Callable[[int, str], None] = lambda shard_id, task_group: None
         """Called whenever a task of a task group becomes ready (for long-polling leases)."""
+        self.cleanup: SplitCleanup | None = None
+        """The split cleanup of this shard, when it is a split child (done or not)."""
+
+    def split_marker(self) -> SplitMarker | None:
+        """This shard's split-child marker as last written (None: not a split child)."""
+        return None if self.cleanup is None else self.cleanup.marker
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -129,6 +147,10 @@ class JobShard:
         if due is None:
             return None
         return self._rt.clock.now_ms() + max(0, due - self._rt.clock.monotonic_ms())
+
+    def holds_lease(self, task_id: str) -> bool:
+        """True when lease ``task_id`` is live on this shard."""
+        return task_id in self._mirror.leases
 
     def has_ready_tasks(self, task_group: str) -> bool:
         """True when a lease for ``task_group`` could return something now (due timers count)."""
@@ -456,10 +478,21 @@ async def open_shard(
     """
     if runtime.faults.mutation("wall-clock-deadlines"):
         runtime = dataclasses.replace(runtime, clock=WallAsMonotonic(runtime.clock))
+    config = config or ShardConfig()
     kv = await runtime.disk.open(path)
     try:
+        marker = await read_marker(kv)
+        if marker is not None and marker.stage == "live":
+            marker = await clean_live_tables(
+                kv, shard_id, marker, runtime,
+                batch_keys=max(config.cleanup_batch_keys, LIVE_BATCH_KEYS))
         store = ShardStore(kv, runtime.faults, runtime.events)
-        shard = JobShard(runtime, store, shard_id, config or ShardConfig())
+        shard = JobShard(runtime, store, shard_id, config)
+        if marker is not None:
+            shard.cleanup = SplitCleanup(
+                runtime, shard._commit, shard._mirror, kv, shard_id, marker,
+                batch_keys=config.cleanup_batch_keys, pause_s=config.cleanup_pause_s,
+            )
         await shard._load()
         if shard._mirror.corrupt:
             await shard._quarantine_after_open()
@@ -467,6 +500,8 @@ async def open_shard(
             nursery.start_soon(store.run_writer)
             nursery.start_soon(shard._loops.timer_loop)
             nursery.start_soon(shard._loops.reaper_loop)
+            if shard.cleanup is not None and not shard.cleanup.marker.done:
+                nursery.start_soon(shard.cleanup.run)
             runtime.events("shard_opened", {"shard": shard_id, "node": runtime.node_id})
             try:
                 yield shard

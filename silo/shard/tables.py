@@ -52,6 +52,11 @@ reservation            slot_ms, job_id,            reserved it: one row per rate
 
 Counter rows (``META "counter" ...``) hold non-zero values only: a counter that reaches zero is
 deleted.
+
+``META "split"`` (only in a shard created by a split) is the child's split marker: its parent,
+its hash range and how far its cleanup of other tenants' rows has come
+(:class:`silo.shard.cleanup.SplitMarker`; which rows belong to whom is
+:func:`silo.cluster.split.key_owner`).
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ events ever being emitted). Numbers are DESIGN §7's invariants:
 9. a lease never hands out a task while a due task of the same shard and task group with a
    higher priority (lower number) waits (a task parked on a concurrency queue, or in the timer
    index with limits left to acquire, e.g. waiting for a reserved rate token, is not due);
+11. splits lose no job (a parent never writes once cloned; every job is in the child owning its
+    tenant when the children open); committed maps cover the space without overlap; a cleanup
+    batch never deletes rows of a tenant inside the child's range (:mod:`sim.check.splits`);
 12. counters equal a recount (final audit and after every crash);
 13. only a ready task is leased, and never before its due time on the node's monotonic clock
     (start time, retry backoff, rate-token wait; checked on ``task_leased`` when the model knows
@@ -68,10 +71,12 @@ from sim.check.model import (
     reachable,
 )
 from sim.check.results import ResultChecks
+from sim.check.splits import SplitChecks
 from sim.invariants import Invariant
 
 
-class Checker(JobChecks, LeaseChecks, LimitChecks, EnqueueChecks, ResultChecks, DurableChecks):
+class Checker(SplitChecks, JobChecks, LeaseChecks, LimitChecks, EnqueueChecks, ResultChecks,
+              DurableChecks):
     """The whole checker: one class per invariant family (see the modules of this package),
     sharing the state of :class:`sim.check.base.CheckerBase`."""
 

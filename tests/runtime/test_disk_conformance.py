@@ -324,6 +324,41 @@ async def test_clone_copies_data(env: Env) -> None:
     await store.close()
 
 
+async def test_clone_of_a_compacted_store_is_independent(env: Env) -> None:
+    """Table files shared by a clone (hard links in LevelDB) never let one store's later
+    writes, deletes or compactions show in the other."""
+    src, a, b = env.path("src"), env.path("a"), env.path("b")
+    store = await env.disk.open(src)
+    items = {b"k%05d" % i: b"v" * 100 for i in range(2000)}
+    await put_all(store, items)
+    await store.compact_range(None, None)
+    await store.close()
+    await env.disk.clone(src, a)
+    await env.disk.clone(src, b)
+    sa = await env.disk.open(a)
+    await sa.write(batch_of(*[(k, None) for k in sorted(items)[:1500]]))
+    await sa.compact_range(None, None)
+    assert len(await sa.scan(b"", None)) == 500
+    await sa.close()
+    sb = await env.disk.open(b)
+    assert await sb.scan(b"", None) == sorted(items.items())
+    await sb.close()
+    await env.disk.destroy(src)
+    sa = await env.disk.open(a)
+    assert len(await sa.scan(b"", None)) == 500
+    await sa.close()
+
+
+async def test_compact_range_changes_no_contents(env: Env) -> None:
+    store = await env.disk.open(env.path("db"))
+    await put_all(store, {b"a": b"1", b"b": b"2", b"c": b"3"})
+    await store.write(batch_of((b"b", None)))
+    await store.compact_range(b"a", b"c")
+    await store.compact_range(None, None)
+    assert await store.scan(b"", None) == [(b"a", b"1"), (b"c", b"3")]
+    await store.close()
+
+
 async def test_clone_replaces_an_existing_destination(env: Env) -> None:
     src, dst = env.path("src"), env.path("dst")
     for path, items in ((src, {b"new": b"1"}), (dst, {b"stale": b"x"})):

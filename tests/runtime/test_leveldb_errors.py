@@ -37,3 +37,4 @@ async def test_plyvel_read_errors_surface_as_disk_error(read: str) -> None:
     if read in ("get", "scan"):
         with pytest.raises(DiskError):
             await (snapshot.get(b"k") if read == "get" else snapshot.scan(b"", None))
+

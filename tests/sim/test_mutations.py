@@ -50,6 +50,12 @@ CASES = {
     "unchecked-name-lengths": ("happy", Invariant.BAD_INPUT, "was accepted"),
     "no-handler-timeout": ("wide", Invariant.LIVENESS, "not terminal"),
     "no-empty-lease-backoff": ("happy", Invariant.IDLE_POLLS, "empty LeaseTasks replies"),
+    # Invariant 11 (splits): the median split point is a tenant's hash, which the off-by-one
+    # deletes from the right child; string positions put in-range tenants outside; a parent
+    # serving after its clone loses those writes when its store is discarded.
+    "cleanup-deletes-in-range": ("split", Invariant.SPLITS, "inside its range"),
+    "split-at-tenant-string": ("split", Invariant.SPLITS, "inside its range"),
+    "skip-split-pause": ("split", Invariant.SPLITS, "split"),
 }
 FIRST_SEEDS: dict[str, int] = {
     # mutation: its first failing seed when past MAX_SEEDS (only that seed is run, to stay

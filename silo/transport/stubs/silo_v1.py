@@ -23,6 +23,8 @@ from silo.pb.silo.v1 import (
     GetJobResultResponse,
     GetQueueRequest,
     GetQueueResponse,
+    GetSplitStatusRequest,
+    GetSplitStatusResponse,
     HeartbeatRequest,
     HeartbeatResponse,
     JobActionRequest,
@@ -35,6 +37,8 @@ from silo.pb.silo.v1 import (
     ReportOutcomesResponse,
     ReportRefreshRequest,
     ReportRefreshResponse,
+    SplitShardRequest,
+    SplitShardResponse,
 )
 
 if TYPE_CHECKING:
@@ -317,6 +321,42 @@ class SiloStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def split_shard(
+        self,
+        message: "SplitShardRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "SplitShardResponse":
+
+        return await self._unary_unary(
+            "/silo.v1.Silo/SplitShard",
+            message,
+            SplitShardResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_split_status(
+        self,
+        message: "GetSplitStatusRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetSplitStatusResponse":
+
+        return await self._unary_unary(
+            "/silo.v1.Silo/GetSplitStatus",
+            message,
+            GetSplitStatusResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class SiloBase(betterproto2_grpclib.ServiceBase):
     async def enqueue(self, message: "EnqueueRequest") -> "EnqueueResponse":
@@ -388,6 +428,16 @@ class SiloBase(betterproto2_grpclib.ServiceBase):
     async def get_cluster_info(
         self, message: "GetClusterInfoRequest"
     ) -> "GetClusterInfoResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def split_shard(self, message: "SplitShardRequest") -> "SplitShardResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_split_status(
+        self, message: "GetSplitStatusRequest"
+    ) -> "GetSplitStatusResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -515,6 +565,23 @@ class SiloBase(betterproto2_grpclib.ServiceBase):
         response = await self.get_cluster_info(request)
         await stream.send_message(response)
 
+    async def __rpc_split_shard(
+        self, stream: "grpclib.server.Stream[SplitShardRequest, SplitShardResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.split_shard(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_split_status(
+        self,
+        stream: "grpclib.server.Stream[GetSplitStatusRequest, GetSplitStatusResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.get_split_status(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/silo.v1.Silo/Enqueue": grpclib.const.Handler(
@@ -606,5 +673,17 @@ class SiloBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 GetClusterInfoRequest,
                 GetClusterInfoResponse,
+            ),
+            "/silo.v1.Silo/SplitShard": grpclib.const.Handler(
+                self.__rpc_split_shard,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SplitShardRequest,
+                SplitShardResponse,
+            ),
+            "/silo.v1.Silo/GetSplitStatus": grpclib.const.Handler(
+                self.__rpc_get_split_status,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetSplitStatusRequest,
+                GetSplitStatusResponse,
             ),
         }

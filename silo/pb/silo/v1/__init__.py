@@ -23,6 +23,8 @@ __all__ = (
     "GetJobResultResponse",
     "GetQueueRequest",
     "GetQueueResponse",
+    "GetSplitStatusRequest",
+    "GetSplitStatusResponse",
     "HeartbeatRequest",
     "HeartbeatResponse",
     "Job",
@@ -46,6 +48,10 @@ __all__ = (
     "ReportRefreshResponse",
     "RetryPolicy",
     "ShardInfo",
+    "SplitChildStatus",
+    "SplitShardRequest",
+    "SplitShardResponse",
+    "SplitStatus",
     "Task",
     "TaskAck",
     "WaitingRequest",
@@ -452,6 +458,31 @@ class GetQueueResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("silo.v1", "GetQueueResponse", GetQueueResponse)
+
+
+@dataclass(eq=False, repr=False)
+class GetSplitStatusRequest(betterproto2.Message):
+    shard: "int | None" = betterproto2.field(1, betterproto2.TYPE_UINT32, optional=True)
+    """
+    unset: every split the node knows of
+    """
+
+
+default_message_pool.register_message(
+    "silo.v1", "GetSplitStatusRequest", GetSplitStatusRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class GetSplitStatusResponse(betterproto2.Message):
+    splits: "list[SplitStatus]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "silo.v1", "GetSplitStatusResponse", GetSplitStatusResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -925,6 +956,103 @@ class ShardInfo(betterproto2.Message):
 
 
 default_message_pool.register_message("silo.v1", "ShardInfo", ShardInfo)
+
+
+@dataclass(eq=False, repr=False)
+class SplitChildStatus(betterproto2.Message):
+    shard: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+
+    range_start: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+
+    range_end: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+    """
+    exclusive; 0 with range_end_max = true means 2**64
+    """
+
+    range_end_max: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+
+    cleanup_stage: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    live, history, done, closed, not started
+    """
+
+    keys_deleted: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)
+
+    keys_examined: "int" = betterproto2.field(7, betterproto2.TYPE_UINT64)
+
+    open: "bool" = betterproto2.field(8, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("silo.v1", "SplitChildStatus", SplitChildStatus)
+
+
+@dataclass(eq=False, repr=False)
+class SplitShardRequest(betterproto2.Message):
+    """
+    Split a shard in two at a tenant hash (DESIGN §6 "Split"). Answers once both children serve;
+    their cleanup goes on in the background (see GetSplitStatus).
+    """
+
+    shard: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+
+    at_hash: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    the first hash of the right child; 0 = the median tenant hash of the data
+    """
+
+
+default_message_pool.register_message("silo.v1", "SplitShardRequest", SplitShardRequest)
+
+
+@dataclass(eq=False, repr=False)
+class SplitShardResponse(betterproto2.Message):
+    split: "SplitStatus | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+
+default_message_pool.register_message(
+    "silo.v1", "SplitShardResponse", SplitShardResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class SplitStatus(betterproto2.Message):
+    parent: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+
+    phase: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    requested, paused, cloned, committed, children_open, cleanup_done, aborted
+    """
+
+    split_hash: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+    range_start: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+
+    range_end: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
+
+    range_end_max: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+
+    children: "list[SplitChildStatus]" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    requested_at_ms: "int" = betterproto2.field(8, betterproto2.TYPE_UINT64)
+
+    changed_at_ms: "int" = betterproto2.field(9, betterproto2.TYPE_UINT64)
+
+    reason: "str" = betterproto2.field(10, betterproto2.TYPE_STRING)
+    """
+    why it was aborted
+    """
+
+    map_version: "int" = betterproto2.field(11, betterproto2.TYPE_UINT64)
+    """
+    the shard map version the split was planned on
+    """
+
+
+default_message_pool.register_message("silo.v1", "SplitStatus", SplitStatus)
 
 
 @dataclass(eq=False, repr=False)
