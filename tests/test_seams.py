@@ -293,9 +293,13 @@ def test_grpclib_checker_accepts_code_without_grpclib(source: str) -> None:
 
 
 def test_grpclib_checker_flags_stubs_planted_in_the_generated_messages() -> None:
-    """The generated stubs, had they gone to silo/pb/ (as silo/pb/grpc/ once did), fail."""
-    source = (PACKAGE / "transport" / "stubs" / "silo_v1.py").read_text()
-    problems = grpclib_violations(source, "silo/pb/grpc/silo/v1/__init__.py")
+    """The generated stubs and the service classes they are made with, had they gone to silo/pb/
+    (as silo/pb/grpc/ once did), fail."""
+    stubs = (PACKAGE / "transport" / "stubs" / "silo_v1.py").read_text()
+    problems = grpclib_violations(stubs, "silo/pb/grpc/silo/v1/__init__.py")
+    assert any("imports grpclib" in p for p in problems), problems
+    services = (PACKAGE / "transport" / "services.py").read_text()
+    problems = grpclib_violations(services, "silo/pb/grpc/services.py")
     assert any("imports grpclib" in p for p in problems), problems
     assert any("imports betterproto2.grpclib" in p for p in problems), problems
 
