@@ -1,4 +1,16 @@
-"""The Python client: SiloClient (enqueue and manage jobs), JobHandle, and Worker."""
+"""The Python clients and the Worker.
+
+- :class:`SiloClient`: for trio code (and the worker); :class:`AsyncioSiloClient`: for asyncio
+  code (FastAPI, uvloop...); :class:`BlockingSiloClient`: for blocking code (Django, Flask,
+  scripts). The same methods, routing, retries and idempotent ids (:mod:`silo.client.core`).
+- :class:`JobHandle` / :class:`BlockingJobHandle`: one job.
+- :class:`Worker`: runs handlers for leased tasks (on trio).
+
+``AsyncioSiloClient`` and ``BlockingSiloClient`` are imported on first use, so trio programs
+and the simulator never import asyncio or grpclib through this package.
+"""
+
+from typing import Any
 
 from silo.client.client import RetrySettings, SiloClient
 from silo.client.handle import JobHandle
@@ -12,7 +24,25 @@ from silo.model import (
     RetryPolicy,
 )
 
+_LAZY = {
+    "AsyncioSiloClient": "silo.client.asyncio_client",
+    "BlockingSiloClient": "silo.client.blocking",
+    "BlockingJobHandle": "silo.client.blocking",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'silo.client' has no attribute {name!r}")
+
+
 __all__ = [
+    "AsyncioSiloClient",
+    "BlockingJobHandle",
+    "BlockingSiloClient",
     "Cancel",
     "ConcurrencyLimit",
     "Fail",

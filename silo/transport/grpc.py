@@ -72,13 +72,21 @@ import trio
 import trio_asyncio
 from grpclib.const import Cardinality, Status
 from grpclib.const import Handler as _GrpclibHandler
-from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.metadata import encode_metadata
 
 from silo.errors import Code, SiloError
 from silo.rpc import CallContext, Handler, RpcError
 from silo.transport.aio import current_asyncio_loop, open_asyncio_loop
+from silo.transport.grpclib_calls import (
+    RawCodec,
+    check_request_size,
+    new_grpclib_channel,
+    parse_address,
+    request_headers,
+    unary_call,
+)
+from silo.transport.grpclib_calls import str_metadata as _str_metadata
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -109,37 +117,6 @@ _CANCEL_WAIT = 2.0
 _DRAIN_POLL = 0.01
 
 
-class _RawCodec(CodecBase):
-    """Pass-through codec: messages are already-encoded protobuf bytes.
-
-    The subtype is ``proto`` so the content type on the wire is plain ``application/grpc``.
-    """
-
-    __content_subtype__ = "proto"
-
-    def encode(self, message: Any, message_type: Any) -> bytes:
-        if not isinstance(message, bytes | bytearray | memoryview):
-            raise TypeError(f"expected encoded message bytes, got {type(message).__name__}")
-        return bytes(message)
-
-    def decode(self, data: bytes, message_type: Any) -> bytes:
-        return bytes(data)
-
-
-def parse_address(address: str, *, allow_zero: bool = False) -> tuple[str, int]:
-    """``"host:port"`` or ``"[v6addr]:port"`` -> ``(host, port)``; port 0 ("any free port")
-    only with ``allow_zero`` (for listening addresses)."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"address must be host:port, got {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    port = int(port_text)
-    if not (0 if allow_zero else 1) <= port < 65536:
-        raise ValueError(f"port out of range in {address!r}")
-    return host, port
-
-
 def _format_peer(addr: Any) -> str:
     if not isinstance(addr, tuple) or len(addr) < 2:
         return ""
@@ -162,17 +139,6 @@ def _valid_metadata(metadata: Mapping[str, str], *, what: str) -> list[tuple[str
             log.warning("dropping %s metadata %r=%r: not a valid gRPC header", what, key, value)
             continue
         result.append(entry)
-    return result
-
-
-def _str_metadata(metadata: Any) -> dict[str, str]:
-    """grpclib's MultiDict -> plain dict of the string-valued entries (first value wins)."""
-    result: dict[str, str] = {}
-    if metadata is None:
-        return result
-    for key, value in metadata.items():
-        if isinstance(value, str) and key not in result:
-            result[key] = value
     return result
 
 
@@ -389,7 +355,7 @@ class GrpcServer:
             HEALTH_CHECK_METHOD,
             _GrpclibHandler(self._handle_health_check, Cardinality.UNARY_UNARY, bytes, bytes),
         )
-        server = _TrackingServer([_Servable(mapping)], codec=_RawCodec())
+        server = _TrackingServer([_Servable(mapping)], codec=RawCodec())
         await server.start(host, port)
         self._server = server
         self._port = server.bound_port()
@@ -616,18 +582,8 @@ class GrpcChannel:
     ) -> bytes:
         if self._closed:
             raise RpcError(Code.UNAVAILABLE, f"channel to {self.address} is closed")
-        if len(request) > self._max_message_bytes:
-            raise RpcError(
-                Code.RESOURCE_EXHAUSTED,
-                f"request message of {len(request)} bytes exceeds the limit of "
-                f"{self._max_message_bytes}",
-            )
-        headers: list[tuple[str, str]] = []
-        for key, value in (metadata or {}).items():
-            entry = (key.lower(), value)
-            encode_metadata([entry])  # ValueError/TypeError: caller passed an invalid header
-            headers.append(entry)
-        headers.extend(self._auth)
+        check_request_size(request, self._max_message_bytes)
+        headers = request_headers(metadata, self._auth)
         loop = self._require_loop()
         call = trio_asyncio.aio_as_trio(self._call, loop=loop)
         if timeout is None:
@@ -648,38 +604,10 @@ class GrpcChannel:
         """asyncio side of :meth:`call`."""
         if self._closed:
             raise RpcError(Code.UNAVAILABLE, f"channel to {self.address} is closed")
-        if self._channel is None:
-            self._channel = grpclib.client.Channel(self._host, self._port, codec=_RawCodec())
-        stream = self._channel.request(
-            method, Cardinality.UNARY_UNARY, bytes, bytes, timeout=timeout, metadata=headers
+        return await unary_call(
+            self._grpclib_channel(), self.address, method, request, timeout, headers,
+            self._max_message_bytes,
         )
-        try:
-            async with stream:
-                await stream.send_message(request, end=True)
-                reply = await stream.recv_message()
-        except GRPCError as exc:
-            raise RpcError(
-                exc.status.value, exc.message or "", _str_metadata(stream.trailing_metadata)
-            ) from None
-        except StreamTerminatedError as exc:
-            raise RpcError(Code.UNAVAILABLE, f"{self.address}: {exc}") from None
-        except TimeoutError as exc:  # grpclib's deadline, or an OS-level connect timeout
-            if exc.errno is None:
-                raise RpcError(Code.DEADLINE_EXCEEDED, f"deadline exceeded ({timeout}s)") from None
-            raise RpcError(Code.UNAVAILABLE, f"{self.address}: {exc}") from None
-        except OSError as exc:  # refused, reset, unreachable, DNS failure
-            raise RpcError(Code.UNAVAILABLE, f"{self.address}: {exc}") from None
-        except ProtocolError as exc:
-            raise RpcError(Code.UNAVAILABLE, f"{self.address}: protocol error: {exc}") from None
-        if reply is None:
-            raise RpcError(Code.INTERNAL, "server sent no response message")
-        if len(reply) > self._max_message_bytes:
-            raise RpcError(
-                Code.RESOURCE_EXHAUSTED,
-                f"response message of {len(reply)} bytes exceeds the limit of "
-                f"{self._max_message_bytes}",
-            )
-        return bytes(reply)
 
     async def open_stream(
         self, method: str, *, metadata: dict[str, str] | None = None
@@ -688,19 +616,14 @@ class GrpcChannel:
         lazily on the first ``send``/``recv``."""
         if self._closed:
             raise RpcError(Code.UNAVAILABLE, f"channel to {self.address} is closed")
-        headers: list[tuple[str, str]] = []
-        for key, value in (metadata or {}).items():
-            entry = (key.lower(), value)
-            encode_metadata([entry])
-            headers.append(entry)
-        headers.extend(self._auth)
+        headers = request_headers(metadata, self._auth)
         return GrpcStream(self, method, headers, self._require_loop())
 
     def _grpclib_channel(self) -> grpclib.client.Channel:
         if self._closed:
             raise RpcError(Code.UNAVAILABLE, f"channel to {self.address} is closed")
         if self._channel is None:
-            self._channel = grpclib.client.Channel(self._host, self._port, codec=_RawCodec())
+            self._channel = new_grpclib_channel(self._host, self._port)
         return self._channel
 
     async def aclose(self) -> None:
