@@ -40,7 +40,9 @@ def _classes(module: types.ModuleType, base: type) -> dict[str, type]:
     return {
         name: value
         for name, value in vars(module).items()
-        if isinstance(value, type) and issubclass(value, base) and value.__module__ == module.__name__
+        if isinstance(value, type)
+        and issubclass(value, base)
+        and value.__module__ == module.__name__
     }
 
 
@@ -127,7 +129,8 @@ def test_the_same_classes_fields_and_enums(
         assert compact_cls.__repr__ is betterproto2.Message.__repr__  # repr=False
         raw_url = raw.default_message_pool.type_to_url[raw_cls]
         assert default_message_pool.type_to_url[compact_cls] == raw_url
-    raw_enums, compact_enums = _classes(raw, betterproto2.Enum), _classes(compact, betterproto2.Enum)
+    raw_enums = _classes(raw, betterproto2.Enum)
+    compact_enums = _classes(compact, betterproto2.Enum)
     assert compact_enums.keys() == raw_enums.keys()
     for name, raw_enum in raw_enums.items():
         compact_enum = compact_enums[name]
@@ -217,9 +220,11 @@ def _data(cls: type[betterproto2.Message], depth: int) -> st.SearchStrategy[dict
         )
         for members in groups.values()
     ]
-    return st.tuples(st.fixed_dictionaries(plain), st.tuples(*chosen)).map(
-        lambda parts: {**parts[0], **dict(c for c in parts[1] if c is not None and c[1] is not None)}
-    )
+    def merged(parts: tuple[dict[str, Any], tuple[Any, ...]]) -> dict[str, Any]:
+        one_ofs = dict(c for c in parts[1] if c is not None and c[1] is not None)
+        return {**parts[0], **one_ofs}
+
+    return st.tuples(st.fixed_dictionaries(plain), st.tuples(*chosen)).map(merged)
 
 
 def _build(cls: type[betterproto2.Message], data: dict[str, Any]) -> betterproto2.Message:
