@@ -36,14 +36,21 @@ class DurableChecks(CheckerBase):
         return frozenset((q[2], q[3]) for q, seen in self.max_seen.items()
                          if q[0] == name and q[1] == shard and len(seen) > 1)
 
-    def resync_shard(self, host: Any, shard: int, img: ShardImage, where: str) -> None:
-        """After a crash: check the durable image against the model, then adopt it."""
+    def _audit_passes(self, host: Any, shard: int, img: ShardImage, where: str) -> bool:
+        """Audit a durable image on its own; on problems, fail with the first (and up to three
+        more as evidence). False when the run has failed, now or earlier."""
         if self.failed is not None:
-            return
+            return False
         problems = audit_image(img, where, self._max_changed(host, shard))
         if problems:
             inv, msg = problems[0]
             self.fail(inv, msg, *[m for _, m in problems[1:4]])
+            return False
+        return True
+
+    def resync_shard(self, host: Any, shard: int, img: ShardImage, where: str) -> None:
+        """After a crash: check the durable image against the model, then adopt it."""
+        if not self._audit_passes(host, shard, img, where):
             return
         mine = {k: j for k, j in self.jobs.items() if j.host is host and j.shard == shard}
         for key, j in sorted(mine.items()):
@@ -127,12 +134,7 @@ class DurableChecks(CheckerBase):
 
     def final_shard(self, host: Any, shard: int, img: ShardImage, where: str) -> None:
         """After a clean stop: the durable image must pass the audit and equal the model."""
-        if self.failed is not None:
-            return
-        problems = audit_image(img, where, self._max_changed(host, shard))
-        if problems:
-            inv, msg = problems[0]
-            self.fail(inv, msg, *[m for _, m in problems[1:4]])
+        if not self._audit_passes(host, shard, img, where):
             return
         for key, j in sorted(self.jobs.items()):
             if j.host is not host or j.shard != shard:
