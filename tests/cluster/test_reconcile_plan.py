@@ -32,7 +32,7 @@ def test_nodes_acquire_only_their_targets_and_together_cover_the_map() -> None:
     t = targets(view("a", live, {}))
     for n, ss in wanted.items():
         assert all(t[s] == n for s in ss)
-        assert len(ss) <= -(-8 // 3) + 1
+        assert len(ss) <= -(-8 // 3)
 
 
 def test_a_restarted_node_reopens_the_shards_it_still_holds() -> None:
