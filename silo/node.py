@@ -495,7 +495,7 @@ async def _open_cluster_node(
         membership_ttl_s=cluster.membership_ttl_s, interval_s=cluster.reconcile_interval_s,
         sticky=cluster.sticky,
     )
-    node.reconciler = Reconciler(coordinator, node, settings)
+    node.reconciler = Reconciler(coordinator, node, settings, faults=runtime.faults)
     async with trio.open_nursery() as nursery:
         node._nursery = nursery
         try:

@@ -20,6 +20,7 @@ Rules (DESIGN §6):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from silo.cluster.layout import MemberInfo
 from silo.cluster.placement import assign
 from silo.cluster.shard_map import ShardMap
 from silo.errors import SiloError
+from silo.runtime.faults import NO_FAULTS, Faults
 
 log = logging.getLogger("silo.cluster.reconcile")
 
@@ -171,8 +173,9 @@ class Reconciler:
     no two effects overlap."""
 
     def __init__(self, coordinator: Coordinator, host: ShardHost,
-                 settings: ReconcileSettings) -> None:
+                 settings: ReconcileSettings, *, faults: Faults = NO_FAULTS) -> None:
         self.coordinator = coordinator
+        self.faults = faults
         self.host = host
         self.settings = settings
         self.stats = ReconcileStats()
@@ -271,6 +274,10 @@ class Reconciler:
             view = await self.read_view()
             self.view = view
             self.host.observe_view(view)
+            if self.faults.mutation("split-brain"):
+                # Planted bug for the simulator: other nodes' ownership keys are not looked at.
+                view = dataclasses.replace(view, owners={
+                    s: o for s, o in view.owners.items() if o == self.node_id})
             actions = plan(view)
             for action in actions:
                 async with self._lock:
@@ -293,10 +300,13 @@ class Reconciler:
         if kind in (Kind.MOVE_OUT, Kind.STOP):
             self.host.pause(shard, "moving")
             try:
+                if kind is Kind.MOVE_OUT and self.faults.mutation("release-before-close"):
+                    await coord.release(shard)  # planted bug for the simulator
                 await self.host.close_shard(shard)
                 self.stats.closed += 1
-                if kind is Kind.MOVE_OUT:
+                if kind is Kind.MOVE_OUT and not self.faults.mutation("release-before-close"):
                     await coord.release(shard)
+                if kind is Kind.MOVE_OUT:
                     self.stats.released += 1
             finally:
                 self.host.resume(shard)
@@ -308,7 +318,7 @@ class Reconciler:
         else:
             if kind is Kind.ACQUIRE:
                 ownership = await coord.acquire(shard)
-                if not ownership.acquired:
+                if not ownership.acquired and not self.faults.mutation("split-brain"):
                     return
                 self.stats.acquired += 1
             await self._open(shard)
