@@ -24,7 +24,7 @@ import trio
 from silo.cluster.coordinator import EtcdCoordinator
 from silo.cluster.etcd import EtcdClient, EtcdRetry
 from silo.cluster.layout import ClusterKeys
-from silo.cluster.reconcile import ClusterView, ReconcileSettings, Reconciler
+from silo.cluster.reconcile import ClusterView, Reconciler, ReconcileSettings
 from silo.runtime import RandomSource
 from sim.invariants import Invariant
 
