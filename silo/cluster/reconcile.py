@@ -82,9 +82,31 @@ class ClusterView:
 
 
 def targets(view: ClusterView) -> dict[int, str]:
-    """Where placement wants each shard of the map (bounded-load rendezvous on live members)."""
+    """Where placement wants each shard of the map: bounded-load rendezvous over the live
+    members plus the nodes that are down but still hold ownership keys. A node that is down
+    (restarting, or waiting for a force-release) keeps its place, so the survivors do not
+    reshuffle their own shards around the ones it holds and shuffle them back when it returns;
+    a shard whose turn falls to a down node goes to a live one if nobody holds it."""
     shard_ids = [s.shard_id for s in view.shard_map.shards]
-    return assign(shard_ids, sorted(view.members), slack=PLACEMENT_SLACK)
+    live = sorted(view.members)
+    down = sorted({o for o in view.owners.values() if o not in view.members})
+    pinned = assign(shard_ids, live + down, slack=PLACEMENT_SLACK)
+    fallback: dict[int, str] | None = None
+    out: dict[int, str] = {}
+    for shard in sorted(shard_ids):
+        target = pinned.get(shard)
+        if target is None or target in view.members:
+            if target is not None:
+                out[shard] = target
+            continue
+        if shard in view.owners:
+            out[shard] = view.owners[shard]
+            continue
+        if fallback is None:
+            fallback = assign(shard_ids, live, slack=PLACEMENT_SLACK)
+        if shard in fallback:
+            out[shard] = fallback[shard]
+    return out
 
 
 def plan(view: ClusterView) -> list[Action]:

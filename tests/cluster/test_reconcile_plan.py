@@ -120,3 +120,31 @@ def test_plan_only_touches_own_or_free_shards(live, owner_of, serving, sticky) -
             assert not gave_up, "give-ups come before takes"
     if sticky:
         assert not any(a.kind in (Kind.MOVE_OUT, Kind.RELEASE) for a in acts)
+
+
+def test_survivors_do_not_reshuffle_while_a_node_is_down() -> None:
+    live = ("a", "b", "c")
+    owners = dict(targets(view("a", live, {})))
+    for survivor in ("a", "b"):
+        serving = {s for s, o in owners.items() if o == survivor}
+        assert plan(view(survivor, ("a", "b"), owners, serving)) == []
+    # Once the down node's shards are force-released, the survivors take them.
+    freed = {s: o for s, o in owners.items() if o != "c"}
+    taken = [a for n in ("a", "b") for a in plan(view(n, ("a", "b"), freed,
+                                                     {s for s, o in freed.items() if o == n}))
+             if a.kind is Kind.ACQUIRE]
+    assert sorted(a.shard_id for a in taken) == sorted(s for s, o in owners.items() if o == "c")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    live=st.lists(st.sampled_from("abcde"), min_size=1, max_size=5, unique=True),
+    owner_of=st.lists(st.sampled_from(["", "a", "b", "c", "d", "e", "x"]), min_size=8,
+                      max_size=8),
+)
+def test_every_unowned_shard_has_a_live_target(live, owner_of) -> None:
+    owners = {s: o for s, o in enumerate(owner_of) if o}
+    t = targets(view(live[0], tuple(live), owners))
+    for s in range(8):
+        if s not in owners:
+            assert t[s] in live
