@@ -232,18 +232,24 @@ class Reconciler:
                 ) as membership:
                     self.membership = membership
                     self.stats.memberships += 1
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._fail_closed_on_loss, membership,
-                                           nursery.cancel_scope)
-                        while membership.alive:
-                            await self.reconcile_once(membership)
-                            if not started:
-                                started = True
-                                task_status.started()
-                            with trio.move_on_after(self.settings.interval_s):
-                                await self._wake.wait()
-                            self._wake = trio.Event()
-                        nursery.cancel_scope.cancel()
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(self._fail_closed_on_loss, membership,
+                                               nursery.cancel_scope)
+                            while membership.alive:
+                                await self.reconcile_once(membership)
+                                if not started:
+                                    started = True
+                                    task_status.started()
+                                with trio.move_on_after(self.settings.interval_s):
+                                    await self._wake.wait()
+                                self._wake = trio.Event()
+                            nursery.cancel_scope.cancel()
+                    finally:
+                        # Close every shard before the membership lease is revoked.
+                        self.membership = None
+                        with trio.CancelScope(shield=True):
+                            await self._close_all("leaving the cluster")
             except SiloError as exc:
                 self.stats.note_error(str(exc))
                 log.warning("node %s: cluster membership failed: %s", self.node_id, exc)
