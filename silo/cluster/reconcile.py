@@ -187,6 +187,9 @@ class ReconcileSettings:
     interval_s: float = 1.0
     sticky: bool = False
     rejoin_backoff_s: float = 0.5
+    watch: bool = True
+    """Also run a pass as soon as any cluster key changes (etcd watch), not only every
+    ``interval_s``: a released shard is taken, and a joining node seen, at once."""
 
 
 class Reconciler:
@@ -236,6 +239,8 @@ class Reconciler:
                         async with trio.open_nursery() as nursery:
                             nursery.start_soon(self._fail_closed_on_loss, membership,
                                                nursery.cancel_scope)
+                            if self.settings.watch:
+                                nursery.start_soon(self._wake_on_changes)
                             while membership.alive:
                                 await self.reconcile_once(membership)
                                 if not started:
@@ -260,6 +265,18 @@ class Reconciler:
             if not started:
                 started = True
                 task_status.started()
+            await trio.sleep(self.settings.rejoin_backoff_s)
+
+    async def _wake_on_changes(self) -> None:
+        """Wake the loop whenever a key of the cluster changes; the interval is the fallback
+        while the watch is broken (it is reopened after ``rejoin_backoff_s``)."""
+        while True:
+            try:
+                async with self.coordinator.watch(0) as watch:
+                    async for _revision, _events in watch:
+                        self.wake()
+            except SiloError as exc:
+                log.info("node %s: cluster watch ended (%s); reopening", self.node_id, exc)
             await trio.sleep(self.settings.rejoin_backoff_s)
 
     async def _fail_closed_on_loss(self, membership: Membership,

@@ -243,19 +243,25 @@ async def test_force_release_of_a_dead_node_and_a_fourth_node_joining(make_node:
                                     "previous_owner": "n2"}
                 for shard in theirs[1:]:
                     siloctl(live, "shard", "force-release", str(shard))
+                released_at = trio.current_time()
                 await wait_until(lambda: _placed(client, 2), timeout=10,
                                  what="n0 and n1 to serve every shard")
+                taken_s = trio.current_time() - released_at
                 await load.enqueue(1000, 80, pace_s=0)
                 joiner = make_node("n3")
+                join_at = trio.current_time()
                 await joiner.start()
                 await wait_until(lambda: _placed(client, 3, must=("n3",)), timeout=15,
                                  what="the fourth node to take its share")
+                rebalanced_s = trio.current_time() - join_at
                 await load.enqueue(2000, 80, pace_s=0)
                 summary = await load.check_all_succeeded_once(timeout=25)
                 for w in load.workers:
                     w.stop(2)
             final = await placement(client)
-            print(f"after force-release and join: {final}; {summary}")
+            print(f"force-released shards served again after {taken_s:.2f}s; fourth node "
+                  f"started and rebalanced in {rebalanced_s:.2f}s; placement {final}; "
+                  f"{summary}")
             assert set(final) == {"n0", "n1", "n3"}
             assert max(len(v) for v in final.values()) <= -(-SHARDS // 3)
 
