@@ -7,9 +7,10 @@ Invariant 10 is checked on every open and release; after the faults every shard 
 by a live member that holds its ownership key.
 
 Parameters: 2-3 members at the start, 1-2 joining during a 15-35 s fault phase (at least one),
-8-16 shards, membership TTL 1-3 s, reconcile interval 0.1-0.5 s, a fault every 1-4 s (crash and
-restart after 0.2-4 s, a partition from etcd for 0.5-5 s, or a join); in half the runs one
-member crashes for good and an operator force-releases its shards once its membership expired.
+8-16 shards, membership TTL 1-3 s, reconcile interval 0.1-0.5 s, a fault every 1-4 s (a crash
+or a clean stop and a restart after 0.2-4 s, a partition from etcd for 0.5-5 s, or a join); in
+half the runs one member crashes for good and an operator force-releases its shards once its
+membership expired.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ async def run(sim: Simulator, rng: random.Random) -> None:
                 sim.count("cluster.gone")
             else:
                 sim.spawn(_restart_later, victim, rng.uniform(0.2, 4.0))
+        elif roll < 0.72 and live:
+            victim = rng.choice(live)
+            victim.stop()
+            sim.count("cluster.stop")
+            sim.spawn(_restart_later, victim, rng.uniform(0.2, 4.0))
         elif live:
             victim = rng.choice(live)
             victim.cut_off()

@@ -202,6 +202,16 @@ class ClusterMember:
         assert self._scope is not None
         self._scope.cancel()
 
+    def stop(self) -> None:
+        """A clean stop: the loop closes every shard, then revokes its membership lease (the
+        ownership keys stay)."""
+        if not self.running:
+            return
+        self.running = False
+        self.sim.trace.record(f"cluster {self.name} stop gen={self.generation}")
+        assert self._scope is not None
+        self._scope.cancel()
+
     def cut_off(self) -> None:
         """A partition between this member and etcd (it must fail closed)."""
         self.sim.trace.record(f"cluster {self.name} cut off from etcd")
