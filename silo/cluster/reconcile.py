@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -382,14 +382,11 @@ class Reconciler:
 
 
 def owners_by_node(owners: Mapping[int, str]) -> dict[str, list[int]]:
+    """Shard ids by owning node (both sorted)."""
     out: dict[str, list[int]] = {}
     for shard in sorted(owners):
         out.setdefault(owners[shard], []).append(shard)
     return dict(sorted(out.items()))
-
-
-def live_members(members: Mapping[str, MemberInfo]) -> Sequence[str]:
-    return sorted(members)
 
 
 __all__ = ["Action", "ClusterView", "Kind", "ReconcileSettings", "ReconcileStats",
