@@ -40,6 +40,24 @@ class ServerConfig:
     log_format: str = "text"
     """"text" (key=value lines) or "json" (one JSON object per line)."""
     limits: ShardLimits = field(default_factory=ShardLimits)
+    coordination: str = "none"
+    """"none" (this node owns every shard) or "etcd" (a cluster: membership, ownership and the
+    shard map in etcd; ``data_dir`` is then the data root every node can open)."""
+    etcd: str = "127.0.0.1:2379"
+    """The etcd endpoint (host:port) with coordination etcd."""
+    etcd_prefix: str = "/silo"
+    """The key prefix of this cluster in etcd."""
+    placement: str = "balanced"
+    """"balanced" (shards rebalance over the live members) or "sticky" (a shard stays with
+    the node holding it; only unowned shards are placed)."""
+    membership_ttl_s: int = 5
+    """TTL of the membership lease: a node that stops renewing it is gone after this long."""
+    reconcile_interval_s: float = 1.0
+    """How often the reconcile loop reads the cluster and acts."""
+
+
+ALIASES = {"data_root": "data_dir"}
+"""Settings also accepted under another name."""
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -88,6 +106,7 @@ def from_mapping(data: Mapping[str, Any], base: ServerConfig | None = None) -> S
     known = {f.name: f for f in dataclasses.fields(ServerConfig)}
     changes: dict[str, Any] = {}
     for name, value in data.items():
+        name = ALIASES.get(name, name)
         if name not in known:
             raise ConfigError(f"unknown setting {name!r}")
         if name == "limits":
@@ -135,6 +154,21 @@ def validate(config: ServerConfig) -> ServerConfig:
             raise ConfigError(f"{name} must look like HOST:PORT (got {value!r})")
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level must be one of debug, info, warning, error")
+    if config.coordination not in ("none", "etcd"):
+        raise ConfigError(f"coordination must be none or etcd (got {config.coordination!r})")
+    if config.placement not in ("balanced", "sticky"):
+        raise ConfigError(f"placement must be balanced or sticky (got {config.placement!r})")
+    if not 1 <= config.membership_ttl_s <= 300:
+        raise ConfigError("membership_ttl_s must be within 1..300")
+    if not 0.01 <= config.reconcile_interval_s <= 60:
+        raise ConfigError("reconcile_interval_s must be within 0.01..60")
+    if config.coordination == "etcd":
+        host, sep, port = config.etcd.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError(f"etcd must look like HOST:PORT (got {config.etcd!r})")
+        if not config.etcd_prefix.startswith("/") or config.etcd_prefix.endswith("/"):
+            raise ConfigError(f"etcd_prefix must start and not end with / "
+                              f"(got {config.etcd_prefix!r})")
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be text or json (got {config.log_format!r})")
     return config

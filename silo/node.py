@@ -3,6 +3,13 @@
 With coordination ``none`` (the embedded default) one node owns every shard; the map is created
 on first start (``shards`` equal ranges) and kept in the data directory, so a restart finds the
 same shards and their data.
+
+With a :class:`~silo.cluster.coordinator.Coordinator` (coordination ``etcd``) the node is one
+member of a cluster: its :class:`~silo.cluster.reconcile.Reconciler` alone opens and closes
+shards, and the node serves a shard only while the reconciler says its membership is alive. A
+request for a shard another live member owns answers NOT_FOUND "shard not found" with that
+owner's address in the metadata; one for a shard with no live owner, or one this node is
+acquiring or handing over, answers UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from silo.cluster.coordinator import Coordinator
+from silo.cluster.reconcile import ClusterView, Reconciler, ReconcileSettings
 from silo.cluster.shard_map import ShardMap
 from silo.errors import InvalidArgument, NotFound, Unavailable
 from silo.model import LeasedTask
@@ -88,6 +97,39 @@ class SiloNode:
         from silo.cluster.splitting import LocalSplitCoordination, Splitter
 
         self.splitter = Splitter(self, LocalSplitCoordination(runtime, config.data_dir))
+        self.reconciler: Reconciler | None = None
+        """Set with coordination etcd: the loop that decides which shards this node serves."""
+        self.view: ClusterView | None = None
+        """The reconciler's latest reading of the cluster (coordination etcd)."""
+
+    # -- cluster (coordination etcd) --------------------------------------------------------
+
+    @property
+    def clustered(self) -> bool:
+        return self.reconciler is not None
+
+    @property
+    def may_serve(self) -> bool:
+        """False while a clustered node's membership lease is not known alive (fail closed)."""
+        return self.reconciler is None or self.reconciler.alive
+
+    async def join_cluster(self, address: str | None = None) -> None:
+        """Start the reconcile loop (once the node's gRPC address is known: it is published
+        in the membership record); returns after its first pass."""
+        assert self.reconciler is not None and self._nursery is not None
+        if address:
+            self.advertise_address = address
+            self.reconciler.settings = dataclasses.replace(self.reconciler.settings,
+                                                           address=address)
+        await self._nursery.start(self.reconciler.run)
+
+    def serving(self) -> frozenset[int]:
+        return frozenset(self.shards)
+
+    def observe_view(self, view: ClusterView) -> None:
+        self.view = view
+        if view.shard_map.version >= self.shard_map.version:
+            self.shard_map = view.shard_map
 
     def shard_path(self, shard_id: int) -> str:
         return f"{self.config.data_dir}/shards/{shard_id}"
@@ -175,13 +217,33 @@ class SiloNode:
         reason = self.paused.get(shard_id)
         if reason is not None:
             raise Unavailable(f"shard {shard_id} is {reason}")
+        if not self.may_serve:
+            raise Unavailable(f"node {self.config.node_id} is not a live cluster member")
         shard = self.shards.get(shard_id)
+        if shard is None and self.reconciler is not None:
+            self._not_here(shard_id)
         if shard is None:
             meta = {}
             if self.shard_map.get(shard_id) is not None and self.advertise_address:
                 meta[SHARD_OWNER_METADATA] = self.advertise_address
             raise NotFound(f"shard not found: {shard_id}", metadata=meta)
         return shard
+
+    def _not_here(self, shard_id: int) -> None:
+        """Raise the answer for a shard a clustered node does not serve."""
+        view = self.view
+        if view is None or view.shard_map.get(shard_id) is None:
+            raise NotFound(f"shard not found: {shard_id}")
+        owner = view.owners.get(shard_id)
+        address = view.owner_address(shard_id)
+        if owner is None:
+            raise Unavailable(f"shard {shard_id} has no owner yet")
+        if owner == self.config.node_id or address is None:
+            state = "being acquired" if owner == self.config.node_id else (
+                f"owned by {owner}, which is not a live member")
+            raise Unavailable(f"shard {shard_id} is {state}")
+        raise NotFound(f"shard not found: {shard_id} (owned by {owner})",
+                       metadata={SHARD_OWNER_METADATA: address})
 
     def shard_for_tenant(self, tenant: str) -> JobShard:
         return self.shard(self.shard_map.shard_for_tenant(tenant).shard_id)
@@ -281,6 +343,8 @@ class SiloNode:
     async def apply_acks(self, worker_id: str, acks: Mapping[int, Sequence[str]]) -> None:
         """Acknowledge ``acks`` on their shards (a shard that fails is logged and skipped: its
         leases are then acknowledged by their heartbeats)."""
+        if not self.may_serve:
+            return
         for shard_id, task_ids in acks.items():
             shard = self.shards.get(shard_id)
             if shard is None or not task_ids:
@@ -310,6 +374,8 @@ class SiloNode:
         return min(best, 1.0)
 
     def _ordered_shards(self) -> list[JobShard]:
+        if not self.may_serve:
+            return []
         return [self.shards[i] for i in sorted(self.shards) if i not in self.paused]
 
     async def _lease_round(
@@ -374,14 +440,36 @@ async def load_or_create_shard_map(runtime: Runtime, data_dir: str, shards: int)
     return shard_map
 
 
+@dataclass(frozen=True)
+class ClusterSettings:
+    """How a clustered node takes part (see :class:`~silo.cluster.reconcile.ReconcileSettings`)."""
+
+    membership_ttl_s: int = 5
+    reconcile_interval_s: float = 1.0
+    sticky: bool = False
+
+
 @asynccontextmanager
-async def open_node(runtime: Runtime, config: NodeConfig) -> AsyncIterator[SiloNode]:
+async def open_node(
+    runtime: Runtime, config: NodeConfig, coordinator: Coordinator | None = None,
+    cluster: ClusterSettings | None = None,
+) -> AsyncIterator[SiloNode]:
     """Open every shard of the map and serve them until exit; on exit every shard is flushed and
     closed. Splits a crash interrupted are finished (committed) or undone (not committed)
-    first (see :mod:`silo.cluster.splitting`)."""
+    first (see :mod:`silo.cluster.splitting`).
+
+    With a ``coordinator`` the node is a cluster member instead: it serves nothing until
+    :meth:`SiloNode.join_cluster` starts its reconcile loop, which alone opens and closes
+    shards from then on; leaving the block closes every shard and leaves the cluster (the
+    ownership keys stay: a restart with the same node id reclaims the shards)."""
     if runtime.faults.mutation("unchecked-name-lengths"):
         config = dataclasses.replace(config, shard=dataclasses.replace(
             config.shard, limits=without_name_bounds(config.shard.limits)))
+    if coordinator is not None:
+        async with _open_cluster_node(runtime, config, coordinator,
+                                      cluster or ClusterSettings()) as node:
+            yield node
+        return
     shard_map = await load_or_create_shard_map(runtime, config.data_dir, config.shards)
     node = SiloNode(runtime, config, shard_map)
     todo = await node.splitter.recover_before_open()
@@ -391,6 +479,26 @@ async def open_node(runtime: Runtime, config: NodeConfig) -> AsyncIterator[SiloN
             for rng in shard_map.shards:
                 await node.open_shard(rng.shard_id)
             await node.splitter.recover_after_open(todo)
+            yield node
+        finally:
+            node.closing = True
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _open_cluster_node(
+    runtime: Runtime, config: NodeConfig, coordinator: Coordinator, cluster: ClusterSettings
+) -> AsyncIterator[SiloNode]:
+    node = SiloNode(runtime, config, ShardMap.even(config.shards, version=0))
+    settings = ReconcileSettings(
+        address=config.advertise_address, initial_shards=config.shards,
+        membership_ttl_s=cluster.membership_ttl_s, interval_s=cluster.reconcile_interval_s,
+        sticky=cluster.sticky,
+    )
+    node.reconciler = Reconciler(coordinator, node, settings, faults=runtime.faults)
+    async with trio.open_nursery() as nursery:
+        node._nursery = nursery
+        try:
             yield node
         finally:
             node.closing = True

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 
+from silo.cluster.coordinator import Coordinator
 from silo.config import ServerConfig
 from silo.http.app import serve_http
 from silo.http.metrics import Metrics, instrument
-from silo.node import NodeConfig, open_node
+from silo.node import ClusterSettings, NodeConfig, open_node
 from silo.reply_size import max_reply_bytes
-from silo.runtime import real_runtime
+from silo.runtime import Runtime, real_runtime
 from silo.service import SiloService
 from silo.shard import ShardConfig
 
@@ -34,6 +37,24 @@ def node_config(config: ServerConfig) -> NodeConfig:
     )
 
 
+@asynccontextmanager
+async def open_coordinator(config: ServerConfig, runtime: Runtime
+                           ) -> AsyncIterator[Coordinator | None]:
+    """The cluster's coordinator for coordination etcd (None for none)."""
+    if config.coordination != "etcd":
+        yield None
+        return
+    from silo.cluster.coordinator import EtcdCoordinator
+    from silo.cluster.etcd import EtcdClient
+    from silo.cluster.layout import ClusterKeys
+    from silo.transport.grpc import GrpcConnector
+
+    async with GrpcConnector.open() as connector:
+        channel = await connector.connect(config.etcd)
+        client = EtcdClient(channel, rng=runtime.random.stream("etcd"), address=config.etcd)
+        yield EtcdCoordinator(client, ClusterKeys(config.etcd_prefix), config.node_id)
+
+
 async def serve(
     config: ServerConfig,
     *,
@@ -49,7 +70,16 @@ async def serve(
     http_host, http_port = parse_address(config.http_addr, allow_zero=True)
     runtime = real_runtime(config.node_id)
     metrics = Metrics()
-    async with open_asyncio_loop(), open_node(runtime, node_config(config)) as node:
+    cluster = ClusterSettings(
+        membership_ttl_s=config.membership_ttl_s,
+        reconcile_interval_s=config.reconcile_interval_s,
+        sticky=config.placement == "sticky",
+    )
+    async with (
+        open_asyncio_loop(),
+        open_coordinator(config, runtime) as coordinator,
+        open_node(runtime, node_config(config), coordinator, cluster) as node,
+    ):
         metrics.attach(node)
         server = GrpcServer(
             instrument(SiloService(node).handlers(), metrics),
@@ -61,6 +91,10 @@ async def serve(
             bound_grpc = await nursery.start(server.serve, grpc_host, grpc_port)
             if not config.advertise_addr:
                 node.advertise_address = f"{grpc_host}:{bound_grpc}"
+            if node.clustered:
+                await node.join_cluster(node.advertise_address)
+                log.info("silo node %s joined the cluster at etcd %s (prefix %s): %d shards",
+                         config.node_id, config.etcd, config.etcd_prefix, len(node.shards))
             bound_http = await nursery.start(serve_http, node, metrics, http_host, http_port)
             log.info(
                 "silo node %s serving gRPC on %s:%d, HTTP on %s:%d, data in %s",

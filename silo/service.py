@@ -10,8 +10,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from silo.cluster.layout import check_node_id
+from silo.cluster.reconcile import owners_by_node
 from silo.cluster.splitting import SplitStatus
-from silo.errors import Code, InvalidArgument, SiloError, Unavailable, quote
+from silo.errors import (
+    Code,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SiloError,
+    Unavailable,
+    quote,
+)
 from silo.model import ENQUEUE_DELETED_SINCE, ENQUEUE_HELD_BACK, NewJob
 from silo.node import SiloNode
 from silo.rpc import CallContext, Handler, method_path
@@ -66,6 +76,7 @@ class SiloService:
             "GetClusterInfo": (pb.GetClusterInfoRequest, self.get_cluster_info),
             "SplitShard": (pb.SplitShardRequest, self.split_shard),
             "GetSplitStatus": (pb.GetSplitStatusRequest, self.get_split_status),
+            "ForceReleaseShard": (pb.ForceReleaseShardRequest, self.force_release_shard),
         }
         return {method_path(name): _handler(name, t, fn) for name, (t, fn) in table.items()}
 
@@ -314,6 +325,8 @@ class SiloService:
         answers once both children serve."""
         if req.at_hash >= HASH_END:
             raise InvalidArgument(f"at_hash {req.at_hash} is not below 2**64")
+        if self.node.clustered:
+            raise FailedPrecondition("splitting shards needs coordination none on this version")
         record = await self.node.splitter.request(req.shard, req.at_hash or None)
         return pb.SplitShardResponse(
             split=split_status_to_pb(self.node.splitter.status(record.parent)[0]))
@@ -324,8 +337,39 @@ class SiloService:
         return pb.GetSplitStatusResponse(
             splits=[split_status_to_pb(s) for s in self.node.splitter.status(req.shard)])
 
+    async def force_release_shard(
+        self, req: pb.ForceReleaseShardRequest
+    ) -> pb.ForceReleaseShardResponse:
+        """Delete ``req.shard``'s ownership key (only if it names ``req.owner``, when given) so
+        that a live node takes the shard: for a node that is gone for good. Refused for a shard
+        whose owner is a live member (it would be served twice until that node noticed)."""
+        node = self.node
+        if node.reconciler is None:
+            raise FailedPrecondition("force-release needs coordination etcd")
+        if req.owner:
+            check_node_id(req.owner)
+        coord = node.reconciler.coordinator
+        current = await coord.read_shard_map()
+        if current.map is None or current.map.get(req.shard) is None:
+            raise NotFound(f"shard not found: {req.shard} is not in the shard map")
+        owners = await coord.owners()
+        owner = owners.get(req.shard)
+        if owner is None:
+            return pb.ForceReleaseShardResponse(released=False)
+        if req.owner and owner != req.owner:
+            raise FailedPrecondition(f"shard {req.shard} is owned by {owner}, not {req.owner}")
+        members = await coord.members()
+        if owner in members:
+            raise FailedPrecondition(
+                f"shard {req.shard} is owned by {owner}, a live member; stop that node first")
+        released = await coord.force_release(req.shard, owner)
+        node.reconciler.wake()
+        return pb.ForceReleaseShardResponse(released=released, previous_owner=owner)
+
     async def get_cluster_info(self, req: pb.GetClusterInfoRequest) -> pb.GetClusterInfoResponse:
         node = self.node
+        if node.clustered:
+            return self._clustered_info()
         shards = []
         for rng in node.shard_map.shards:
             local = rng.shard_id in node.shards
@@ -340,7 +384,33 @@ class SiloService:
                 )
             )
         return pb.GetClusterInfoResponse(
-            map_version=node.shard_map.version, shards=shards, node_id=node.config.node_id
+            map_version=node.shard_map.version, shards=shards, node_id=node.config.node_id,
+            nodes=[pb.NodeInfo(node_id=node.config.node_id, address=node.advertise_address,
+                               shards=sorted(node.shards))],
+            coordination="none",
+        )
+
+    def _clustered_info(self) -> pb.GetClusterInfoResponse:
+        """The cluster as this node's reconcile loop last read it (UNAVAILABLE before the
+        first reading)."""
+        node = self.node
+        view = node.view
+        if view is None:
+            raise Unavailable(f"node {node.config.node_id} has not read the cluster yet")
+        shards = []
+        for rng in view.shard_map.shards:
+            owner = view.owners.get(rng.shard_id, "")
+            shards.append(pb.ShardInfo(
+                id=rng.shard_id, range_start=rng.start, range_end=rng.end % HASH_END,
+                range_end_max=rng.end == HASH_END, owner_node=owner,
+                owner_address=view.owner_address(rng.shard_id) or "",
+            ))
+        held = owners_by_node(view.owners)
+        nodes = [pb.NodeInfo(node_id=m, address=info.address, shards=held.get(m, []))
+                 for m, info in sorted(view.members.items())]
+        return pb.GetClusterInfoResponse(
+            map_version=view.shard_map.version, shards=shards, node_id=node.config.node_id,
+            nodes=nodes, coordination="etcd",
         )
 
 

@@ -271,6 +271,7 @@ class SimWorker:
                     max_concurrent_tasks=self.concurrency, worker_id=self.worker_id,
                     lease_wait_ms=self.lease_wait_ms, refresh_handler=self.refresh_handler,
                     heartbeat_fraction=self.heartbeat_fraction, faults=self.faults,
+                    discover_interval_s=None,  # one node: nothing to discover
                 )
                 await self.worker.run()
         finally:

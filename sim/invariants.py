@@ -19,6 +19,7 @@ class Invariant(IntEnum):
     LIVENESS = 7
     REAP_AND_CANCEL = 8
     PRIORITY = 9
+    SINGLE_OWNER = 10
     SPLITS = 11
     COUNTERS = 12
     NOT_BEFORE_DUE = 13
@@ -60,6 +61,8 @@ DESCRIPTIONS: dict[Invariant, str] = {
     Invariant.REAP_AND_CANCEL: "an expired lease is reaped and retried; a cancel is seen by the "
                                "worker",
     Invariant.PRIORITY: "a lease never skips a due, higher-priority task of its task group",
+    Invariant.SINGLE_OWNER: "at most one node serves a shard at any instant, only while it holds "
+                            "the ownership key; a shard is closed before its key is released",
     Invariant.SPLITS: "splits lose no job; ranges never overlap and always cover; cleanup "
                       "never deletes an in-range key",
     Invariant.COUNTERS: "counters equal a recount of the data",

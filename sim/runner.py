@@ -65,6 +65,10 @@ MUTATIONS: dict[str, str] = {
                           "and lease forever",
     "no-empty-lease-backoff": "with lease_wait_ms below 1 s the worker asks again at once after "
                               "an empty lease reply",
+    "split-brain": "the reconcile loop ignores other nodes' ownership keys and opens the shards "
+                   "placement gives it even when its acquire fails",
+    "release-before-close": "a shard moving away has its ownership key released before the "
+                            "old owner closes it",
 }
 
 STALL_STEPS = 100_000

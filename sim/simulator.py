@@ -503,8 +503,10 @@ class Simulator:
         """Through the API, on the live shards, then directly on each node's disk."""
         if not await self._wait_split_cleanups(CLEANUP_BOUND_S):
             return
-        auditor = self.add_host("auditor").client()
-        for key, j in sorted(self.checker.jobs.items()):
+        jobs = sorted(self.checker.jobs.items())
+        auditor = self.add_host("auditor").client() if jobs else None
+        for key, j in jobs:
+            assert auditor is not None
             try:
                 job = await auditor.job(j.job_id, j.tenant).get()
                 status: str | None = job.status.name

@@ -86,6 +86,35 @@ def test_config_errors_name_the_file_or_the_flag(tmp_path):
         build_config(serve_args("--shards", "0"), env={})
 
 
+def test_cluster_settings_from_flags_and_file(tmp_path):
+    path = tmp_path / "cluster.toml"
+    path.write_text(
+        'coordination = "etcd"\n'
+        'etcd = "10.0.0.5:2379"\n'
+        'data_root = "/shared/silo"\n'
+        'placement = "sticky"\n'
+        "membership_ttl_s = 7\n"
+        "reconcile_interval_s = 0.5\n"
+    )
+    from_file = build_config(serve_args("--config", str(path)), env={})
+    assert (from_file.coordination, from_file.etcd, from_file.data_dir) == (
+        "etcd", "10.0.0.5:2379", "/shared/silo")
+    assert (from_file.placement, from_file.membership_ttl_s,
+            from_file.reconcile_interval_s) == ("sticky", 7, 0.5)
+    flags = build_config(serve_args(
+        "--coordination", "etcd", "--etcd", "127.0.0.1:2379", "--node-id", "n2",
+        "--data-root", "/root", "--placement", "balanced", "--etcd-prefix", "/prod"), env={})
+    assert (flags.coordination, flags.etcd, flags.node_id, flags.data_dir, flags.placement,
+            flags.etcd_prefix) == ("etcd", "127.0.0.1:2379", "n2", "/root", "balanced", "/prod")
+    with pytest.raises(ConfigError, match="etcd must look like HOST:PORT"):
+        build_config(serve_args("--coordination", "etcd", "--etcd", "nowhere"), env={})
+    with pytest.raises(ConfigError, match="etcd_prefix must start"):
+        build_config(serve_args("--coordination", "etcd", "--etcd-prefix", "silo/"), env={})
+    path.write_text('placement = "random"\n')
+    with pytest.raises(ConfigError, match="placement must be balanced or sticky"):
+        build_config(serve_args("--config", str(path)), env={})
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

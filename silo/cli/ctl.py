@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _connection_flags(parser, root=True)
-    top = parser.add_subparsers(dest="area", metavar="{job,queue,cluster,shard}",
+    top = parser.add_subparsers(dest="area", metavar="{job,queue,cluster,shard,tenant}",
                                 required=True)
 
     job = top.add_parser("job", help="enqueue and manage jobs",
@@ -240,6 +240,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the split of this parent shard")
     _connection_flags(p, root=False)
     p.set_defaults(fn=cmd_shard_split_status)
+    p = shards.add_parser(
+        "force-release", help="release the shard of a node that is gone for good",
+        description="Delete SHARD's ownership key (coordination etcd) so that a live node "
+                    "takes it over. Refused while the owner is a live member.")
+    p.add_argument("shard", metavar="SHARD", type=int)
+    p.add_argument("--owner", default="", metavar="NODE",
+                   help="only if NODE holds it (default: whoever holds it)")
+    _connection_flags(p, root=False)
+    p.set_defaults(fn=cmd_shard_force_release)
+
+    tenant = top.add_parser("tenant", help="find where tenants live",
+                            description="Find where tenants live.")
+    tenants = tenant.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = tenants.add_parser("locate", help="show a tenant's hash, shard and owner",
+                           description="Show the shard a tenant routes to and its owner.")
+    p.add_argument("tenant", metavar="TENANT")
+    _connection_flags(p, root=False)
+    p.set_defaults(fn=cmd_tenant_locate)
     return parser
 
 
@@ -575,8 +593,11 @@ async def cmd_cluster_info(client: SiloClient, args: argparse.Namespace, out: Ou
         }
         for s in info.shards
     ]
+    members = [{"node_id": n.node_id, "address": n.address, "shards": list(n.shards)}
+               for n in info.nodes]
     if out.json:
         out.emit_json({"node_id": info.node_id, "map_version": info.map_version,
+                       "coordination": info.coordination or "none", "nodes": members,
                        "shards": shards})
         return EXIT_OK
     from rich.table import Table
@@ -584,6 +605,9 @@ async def cmd_cluster_info(client: SiloClient, args: argparse.Namespace, out: Ou
     nodes = sorted({(s["owner_node"] or "-", s["owner_address"] or "-") for s in shards})
     out.line(f"answered by node {info.node_id}; shard map version {info.map_version}; "
              f"{len(shards)} shards on {len(nodes)} node(s)")
+    for m in members:
+        held = ", ".join(str(x) for x in m["shards"]) or "none"
+        out.line(f"node {m['node_id']} at {m['address']}: shards {held}")
     table = Table()
     table.add_column("shard", justify="right")
     table.add_column("hash range")
@@ -598,6 +622,44 @@ async def cmd_cluster_info(client: SiloClient, args: argparse.Namespace, out: Ou
 
 
 SPLIT_TIMEOUT_S = 600.0
+
+
+async def cmd_shard_force_release(client: SiloClient, args: argparse.Namespace,
+                                  out: Output) -> int:
+    from silo.wire import pb
+
+    resp = await client.call(
+        "ForceReleaseShard", pb.ForceReleaseShardRequest(shard=args.shard, owner=args.owner),
+        pb.ForceReleaseShardResponse)
+    if out.json:
+        out.emit_json({"shard": args.shard, "released": resp.released,
+                       "previous_owner": resp.previous_owner or None})
+        return EXIT_OK
+    if resp.released:
+        out.line(f"shard {args.shard} released (was owned by {resp.previous_owner}); a live "
+                 "node takes it over")
+    else:
+        out.line(f"shard {args.shard} had no owner; nothing released")
+    return EXIT_OK
+
+
+async def cmd_tenant_locate(client: SiloClient, args: argparse.Namespace, out: Output) -> int:
+    from silo.cluster.shard_map import tenant_hash
+
+    info = await client.cluster_info()
+    h = tenant_hash(args.tenant)
+    assert client.shard_map is not None
+    rng = client.shard_map.shard_for_hash(h)
+    shard = next(s for s in info.shards if s.id == rng.shard_id)
+    found = {"tenant": args.tenant, "hash": h, "shard": rng.shard_id,
+             "range_start": rng.start, "range_end": None if rng.end == 1 << 64 else rng.end,
+             "owner_node": shard.owner_node or None, "owner_address": shard.owner_address or None}
+    if out.json:
+        out.emit_json(found)
+        return EXIT_OK
+    out.line(f"tenant {args.tenant!r}: hash {h:#018x}, shard {rng.shard_id}, owner "
+             f"{shard.owner_node or '-'} at {shard.owner_address or '-'}")
+    return EXIT_OK
 
 
 def split_to_dict(s: Any) -> dict[str, Any]:

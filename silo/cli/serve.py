@@ -39,6 +39,12 @@ FLAG_SETTINGS = {
     "node_id": "node_id",
     "log_level": "log_level",
     "log_format": "log_format",
+    "data_root": "data_dir",
+    "coordination": "coordination",
+    "etcd": "etcd",
+    "etcd_prefix": "etcd_prefix",
+    "placement": "placement",
+    "advertise_addr": "advertise_addr",
 }
 
 
@@ -63,6 +69,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, metavar="N", help=f"number of shards (default {d.shards})")
     p.add_argument("--token", help="require this bearer token on every RPC (default: none)")
     p.add_argument("--node-id", metavar="ID", help=f"this node's id (default {d.node_id})")
+    p.add_argument("--coordination", choices=("none", "etcd"),
+                   help="none: this node owns every shard (default); etcd: join a cluster")
+    p.add_argument("--etcd", metavar="HOST:PORT",
+                   help=f"etcd endpoint with --coordination etcd (default {d.etcd})")
+    p.add_argument("--etcd-prefix", metavar="PREFIX",
+                   help=f"the cluster's key prefix in etcd (default {d.etcd_prefix})")
+    p.add_argument("--data-root", metavar="DIR",
+                   help="the shards' data root, shared by every node that may own them "
+                        "(the same setting as --data-dir)")
+    p.add_argument("--placement", choices=("balanced", "sticky"),
+                   help="balanced: shards rebalance over live nodes (default); sticky: a shard "
+                        "stays with the node that holds it")
+    p.add_argument("--advertise-addr", metavar="HOST:PORT",
+                   help="the address clients use for this node (default: the gRPC address)")
     add_logging_flags(p, default_level=None)
     p.set_defaults(run=run)
     return p

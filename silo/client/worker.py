@@ -55,7 +55,7 @@ from silo.client.leases import HeldLease
 from silo.client.reporter import Reporter, ReporterStats
 from silo.client.slots import Slot, SlotPool
 from silo.client.types import Cancel, Fail, pack, unpack
-from silo.errors import Code
+from silo.errors import Code, SiloError
 from silo.model import Cancelled, Failure, Outcome, OutcomeReport, Success
 from silo.node import SHARD_OWNER_METADATA
 from silo.rpc import RpcError
@@ -71,6 +71,9 @@ log = logging.getLogger("silo.worker")
 
 HANDLER_ERROR = "HANDLER_ERROR"
 TIMEOUT = "TIMEOUT"
+DISCOVER_INTERVAL_S = 5.0
+"""Default of :attr:`Worker.discover_interval_s`."""
+
 LEASE_WAIT_MS = 5_000
 EMPTY_POLL_WAIT_MS = 1_000
 """With ``lease_wait_ms`` below this, empty lease replies back off up to this long."""
@@ -121,6 +124,7 @@ class Worker:
         faults: Faults = NO_FAULTS,
         default_timeout_ms: int | None = None,
         on_report_dropped: Callable[[pb.Task, pb.Outcome, str], None] | None = None,
+        discover_interval_s: float | None = DISCOVER_INTERVAL_S,
     ) -> None:
         _check_int("max_concurrent_tasks", max_concurrent_tasks, 1, MAX_CONCURRENT_TASKS_MAX)
         _check_int("lease_wait_ms", lease_wait_ms, 0, LEASE_WAIT_MS_MAX)
@@ -131,6 +135,13 @@ class Worker:
             raise ValueError(
                 f"heartbeat_fraction {heartbeat_fraction} is outside (0, {HEARTBEAT_FRACTION_MAX}]"
             )
+        if discover_interval_s is not None and not 0 < discover_interval_s <= 3600:
+            raise ValueError(f"discover_interval_s {discover_interval_s} is outside (0, 3600]")
+        self.discover_interval_s = discover_interval_s
+        """How often the worker fetches the cluster info to lease from nodes that gained
+        shards (and stop leasing from nodes that have none); None: only the nodes known at
+        :meth:`run`'s start."""
+        self._discover_now = trio.Event()
         self.client = client
         self.task_group = task_group
         self.handler = handler
@@ -188,8 +199,7 @@ class Worker:
             outer.start_soon(self._reporter.run)
             async with trio.open_nursery() as tasks:
                 async with trio.open_nursery() as leasers:
-                    for address in self.client.owner_addresses():
-                        leasers.start_soon(self._lease_loop, address, tasks)
+                    leasers.start_soon(self._follow_nodes, leasers, tasks)
                     await self._stopping.wait()
                     leasers.cancel_scope.cancel()
                 with trio.move_on_at(self._stop_deadline):
@@ -206,11 +216,35 @@ class Worker:
 
     # -- leasing ----------------------------------------------------------------------------
 
-    async def _lease_loop(self, address: str, tasks: trio.Nursery) -> None:
+    async def _follow_nodes(self, leasers: trio.Nursery, tasks: trio.Nursery) -> None:
+        """One lease loop per node that owns shards: started when a node appears in the
+        cluster info, retired (at its next call boundary) when it no longer owns any."""
+        retired: dict[str, list[bool]] = {}
+        while True:
+            addresses = self.client.owner_addresses()
+            for address in addresses:
+                if address not in retired:
+                    flag = retired[address] = [False]
+                    leasers.start_soon(self._lease_loop, address, tasks, flag)
+            for address in sorted(retired):
+                if address not in addresses:
+                    retired.pop(address)[0] = True
+            if self.discover_interval_s is None:
+                return
+            with trio.move_on_after(self.discover_interval_s):
+                await self._discover_now.wait()
+            self._discover_now = trio.Event()
+            try:
+                await self.client.refresh_shard_map(force=True)
+            except SiloError as exc:
+                log.info("refreshing the cluster info failed (%s); keeping the known nodes", exc)
+
+    async def _lease_loop(self, address: str, tasks: trio.Nursery,
+                          retired: list[bool] | None = None) -> None:
         failures = 0
         empty_replies = 0
         acks: list[pb.TaskAck] = []
-        while True:
+        while not (retired and retired[0]):
             if (empty_replies and self.lease_wait_ms < EMPTY_POLL_WAIT_MS
                     and not self.faults.mutation("no-empty-lease-backoff")):
                 # The server answers at once when asked not to wait: back off instead of
@@ -242,6 +276,8 @@ class Worker:
                     self._heartbeats.acknowledged([a.task_id for a in sent_acks])
                 except RpcError as exc:
                     failures += 1
+                    if failures == 2:
+                        self._discover_now.set()  # the node may be gone or its shards moved
                     if exc.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
                         log.info("lease from %s failed (%s); retrying", address, exc)
                     else:

@@ -1,7 +1,9 @@
 """The HTTP endpoints of a node, served by hypercorn's trio worker beside the gRPC server.
 
-- ``GET /healthz``: 200 ``{"status": "ok", "node_id": ..., "shards": N}`` while every shard of the
-  node is open, 503 (``"status": "unavailable"`` and the ids of the closing shards) otherwise.
+- ``GET /healthz``: 200 ``{"status": "ok", "node_id": ..., "shards": N, "shard_ids": [...]}``
+  while every shard of the node is open (and, with coordination etcd, its membership is alive:
+  ``"member": true``), 503 (``"status": "unavailable"`` and the ids of the closing shards, or
+  ``"member": false``) otherwise.
 - ``GET /metrics``: the Prometheus exposition of the node's :class:`~silo.http.metrics.Metrics`
   (the classic text format, or OpenMetrics when the scraper's ``Accept`` asks for it).
 
@@ -42,14 +44,19 @@ def build_app(node: Any, metrics: Metrics) -> Starlette:
     async def healthz(request: Request) -> Response:
         shards = node.shards
         closing = [i for i in sorted(shards) if not _shard_is_open(shards[i])]
+        member = getattr(node, "may_serve", True)
+        bad = bool(closing) or not member
         body: dict[str, Any] = {
-            "status": "unavailable" if closing else "ok",
+            "status": "unavailable" if bad else "ok",
             "node_id": node.config.node_id,
             "shards": len(shards),
+            "shard_ids": sorted(shards),
         }
+        if getattr(node, "clustered", False):
+            body["member"] = member
         if closing:
             body["closing_shards"] = closing
-        return JSONResponse(body, status_code=503 if closing else 200)
+        return JSONResponse(body, status_code=503 if bad else 200)
 
     async def prometheus(request: Request) -> Response:
         body, content_type = metrics.exposition(request.headers.get("accept"))

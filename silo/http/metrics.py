@@ -78,7 +78,35 @@ class ShardCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         shards = self.node.shards
         stats = [shards[i].statistics() for i in sorted(shards)]
-        return [*_shard_families(stats), *_split_families(self.node)]
+        return [*_shard_families(stats), *_split_families(self.node),
+                *_cluster_families(self.node)]
+
+
+OWNERSHIP_CHANGES = ("acquired", "released", "opened", "closed", "fail_closed")
+
+
+def _cluster_families(node: Any) -> Iterator[Metric]:
+    """The reconcile loop's counters (coordination etcd only)."""
+    reconciler = getattr(node, "reconciler", None)
+    if reconciler is None:
+        return
+    stats = reconciler.stats
+    passes = CounterMetricFamily("silo_reconcile_passes", "Reconcile passes run, by result.",
+                                 labels=["result"])
+    passes.add_metric(["ok"], stats.passes - stats.failed_passes)
+    passes.add_metric(["failed"], stats.failed_passes)
+    yield passes
+    changes = CounterMetricFamily(
+        "silo_ownership_changes",
+        "Shard ownership changes made by this node: keys acquired and released, shards "
+        "opened and closed, and fail-closed events (membership lost).", labels=["change"])
+    for change in OWNERSHIP_CHANGES:
+        changes.add_metric([change], getattr(stats, change))
+    yield changes
+    member = GaugeMetricFamily("silo_cluster_member",
+                               "1 while this node's membership lease is known alive.")
+    member.add_metric([], 1 if reconciler.alive else 0)
+    yield member
 
 
 SPLIT_PHASES = ("requested", "paused", "cloned", "committed", "children_open", "cleanup_done",

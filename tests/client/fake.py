@@ -61,6 +61,10 @@ class FakeCluster:
     def owner_addresses(self) -> list[str]:
         return list(self.addresses)
 
+    async def refresh_shard_map(self, *, force: bool = False) -> None:
+        """The worker's periodic discovery: the nodes are :attr:`addresses` (tests change it)."""
+        self.calls.append(Call(trio.current_time(), self.addresses[0], "GetClusterInfo", None))
+
     async def owner_address(self, shard_id: int, *, stale: str | None = None,
                             hint: str | None = None) -> str:
         if hint and hint != stale:

@@ -289,3 +289,27 @@ async def test_report_given_up_when_its_lease_would_have_expired(
     assert trio.current_time() < 3
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any("j1" in m and "lease would have expired" in m for m in messages)
+
+
+async def test_the_worker_leases_from_nodes_that_join_and_stops_on_nodes_that_leave(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Shards moved to a new node: the periodic cluster-info refresh starts a lease loop for
+    it, and the loop of a node that owns nothing any more ends."""
+    cluster = FakeCluster()
+
+    async def handler(ctx: TaskContext) -> str:
+        return "done"
+
+    worker = worker_for(cluster, handler, discover_interval_s=1.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker.run)
+        await trio.sleep(2.5)
+        assert {c.address for c in cluster.calls_of("LeaseTasks")} == {ADDRESS}
+        cluster.addresses = [OTHER]
+        await trio.sleep(2.5)
+        assert OTHER in {c.address for c in cluster.calls_of("LeaseTasks")}
+        seen = len([c for c in cluster.calls_of("LeaseTasks") if c.address == ADDRESS])
+        await trio.sleep(3)
+        assert len([c for c in cluster.calls_of("LeaseTasks") if c.address == ADDRESS]) == seen
+        worker.stop(1)

@@ -291,7 +291,8 @@ async def test_serve_http_health_and_metrics_on_port_zero() -> None:
         health = await http_get(port, "/healthz")
         assert health.status == 200
         assert health.headers["content-type"] == "application/json"
-        assert health.json() == {"status": "ok", "node_id": "node-7", "shards": 2}
+        assert health.json() == {"status": "ok", "node_id": "node-7", "shards": 2,
+                                 "shard_ids": [0, 1]}
 
         node.shards[1].closing = True
         health = await http_get(port, "/healthz")
@@ -334,7 +335,8 @@ async def test_real_node_health_and_metrics(tmp_path: Any) -> None:
 
         health = await http_get(http_port, "/healthz")
         assert health.status == 200
-        assert health.json() == {"status": "ok", "node_id": config.node_id, "shards": 2}
+        assert health.json() == {"status": "ok", "node_id": config.node_id, "shards": 2,
+                                 "shard_ids": [0, 1]}
 
         before = (await http_get(http_port, "/metrics")).body
         assert total(before, "silo_jobs_enqueued_total") == 0

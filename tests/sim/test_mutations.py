@@ -56,6 +56,11 @@ CASES = {
     "cleanup-deletes-in-range": ("split", Invariant.SPLITS, "inside its range"),
     "split-at-tenant-string": ("split", Invariant.SPLITS, "inside its range"),
     "skip-split-pause": ("split", Invariant.SPLITS, "split"),
+    # Invariant 10 (cluster ownership): a joining or restarted member takes shards another
+    # still serves; a moving shard's key is free while its old owner still has it open.
+    "split-brain": ("cluster_membership", Invariant.SINGLE_OWNER, "ownership key names"),
+    "release-before-close": ("cluster_membership", Invariant.SINGLE_OWNER,
+                             "while it still has it open"),
 }
 FIRST_SEEDS: dict[str, int] = {
     # mutation: its first failing seed when past MAX_SEEDS (only that seed is run, to stay

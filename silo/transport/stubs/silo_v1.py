@@ -29,6 +29,7 @@ SILO = Service("silo.v1.Silo",
     Rpc("get_cluster_info", "GetClusterInfo", pb.GetClusterInfoRequest, pb.GetClusterInfoResponse, Cardinality.UNARY_UNARY),
     Rpc("split_shard", "SplitShard", pb.SplitShardRequest, pb.SplitShardResponse, Cardinality.UNARY_UNARY),
     Rpc("get_split_status", "GetSplitStatus", pb.GetSplitStatusRequest, pb.GetSplitStatusResponse, Cardinality.UNARY_UNARY),
+    Rpc("force_release_shard", "ForceReleaseShard", pb.ForceReleaseShardRequest, pb.ForceReleaseShardResponse, Cardinality.UNARY_UNARY),
 )
 
 

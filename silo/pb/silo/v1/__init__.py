@@ -3,7 +3,7 @@
 # ruff: noqa
 """Messages and enums of the protobuf package ``silo.v1``."""
 
-__all__ = ("Attempt", "AttemptState", "Cancelled", "ConcurrencyLimit", "EnqueueBatchRequest", "EnqueueBatchResponse", "EnqueueRequest", "EnqueueResponse", "EnqueueResult", "Failure", "FloatingConcurrencyLimit", "GetClusterInfoRequest", "GetClusterInfoResponse", "GetJobRequest", "GetJobResponse", "GetJobResultRequest", "GetJobResultResponse", "GetQueueRequest", "GetQueueResponse", "GetSplitStatusRequest", "GetSplitStatusResponse", "HeartbeatRequest", "HeartbeatResponse", "Job", "JobActionRequest", "JobActionResponse", "JobRef", "JobSpec", "JobStatus", "LeaseTasksRequest", "LeaseTasksResponse", "Limit", "Outcome", "OutcomeStatus", "RateLimit", "RefreshInfo", "ReportOutcomeRequest", "ReportOutcomeResponse", "ReportOutcomesRequest", "ReportOutcomesResponse", "ReportRefreshRequest", "ReportRefreshResponse", "RetryPolicy", "ShardInfo", "SplitChildStatus", "SplitShardRequest", "SplitShardResponse", "SplitStatus", "Task", "TaskAck", "WaitingRequest")
+__all__ = ("Attempt", "AttemptState", "Cancelled", "ConcurrencyLimit", "EnqueueBatchRequest", "EnqueueBatchResponse", "EnqueueRequest", "EnqueueResponse", "EnqueueResult", "Failure", "FloatingConcurrencyLimit", "ForceReleaseShardRequest", "ForceReleaseShardResponse", "GetClusterInfoRequest", "GetClusterInfoResponse", "GetJobRequest", "GetJobResponse", "GetJobResultRequest", "GetJobResultResponse", "GetQueueRequest", "GetQueueResponse", "GetSplitStatusRequest", "GetSplitStatusResponse", "HeartbeatRequest", "HeartbeatResponse", "Job", "JobActionRequest", "JobActionResponse", "JobRef", "JobSpec", "JobStatus", "LeaseTasksRequest", "LeaseTasksResponse", "Limit", "NodeInfo", "Outcome", "OutcomeStatus", "RateLimit", "RefreshInfo", "ReportOutcomeRequest", "ReportOutcomeResponse", "ReportOutcomesRequest", "ReportOutcomesResponse", "ReportRefreshRequest", "ReportRefreshResponse", "RetryPolicy", "ShardInfo", "SplitChildStatus", "SplitShardRequest", "SplitShardResponse", "SplitStatus", "Task", "TaskAck", "WaitingRequest")
 
 import betterproto2
 from betterproto2 import TYPE_BOOL, TYPE_BYTES, TYPE_DOUBLE, TYPE_ENUM, TYPE_MAP, TYPE_MESSAGE, TYPE_STRING, TYPE_UINT32, TYPE_UINT64, field, map_meta
@@ -62,10 +62,21 @@ class Failure(Message, package="silo.v1"): code: "str" = field(1, TYPE_STRING); 
 class FloatingConcurrencyLimit(Message, package="silo.v1"): key: "str" = field(1, TYPE_STRING); default_max_concurrency: "int" = field(2, TYPE_UINT32); refresh_interval_ms: "int" = field(3, TYPE_UINT64); metadata: "dict[str, str]" = field(4, TYPE_MAP, map_meta=map_meta(TYPE_STRING, TYPE_STRING))
 
 
+# Operator release of a shard whose owner is gone for good (DESIGN §6): deletes the shard's
+# ownership key so that a live node takes it. Only with coordination etcd.
+# owner: release only if this node holds it ("" = whoever holds it)
+class ForceReleaseShardRequest(Message, package="silo.v1"): shard: "int" = field(1, TYPE_UINT32); owner: "str" = field(2, TYPE_STRING)
+
+
+class ForceReleaseShardResponse(Message, package="silo.v1"): released: "bool" = field(1, TYPE_BOOL); previous_owner: "str" = field(2, TYPE_STRING)
+
+
 class GetClusterInfoRequest(Message, package="silo.v1"): pass
 
 
-class GetClusterInfoResponse(Message, package="silo.v1"): map_version: "int" = field(1, TYPE_UINT64); shards: "list[ShardInfo]" = field(2, TYPE_MESSAGE, repeated=True); node_id: "str" = field(3, TYPE_STRING)
+# nodes: the live members (coordination etcd), or this node
+# coordination: "none" or "etcd"
+class GetClusterInfoResponse(Message, package="silo.v1"): map_version: "int" = field(1, TYPE_UINT64); shards: "list[ShardInfo]" = field(2, TYPE_MESSAGE, repeated=True); node_id: "str" = field(3, TYPE_STRING); nodes: "list[NodeInfo]" = field(4, TYPE_MESSAGE, repeated=True); coordination: "str" = field(5, TYPE_STRING)
 
 
 # max_attempts: newest first; 0 = the server's default (100)
@@ -140,6 +151,10 @@ class LeaseTasksResponse(Message, package="silo.v1"): tasks: "list[Task]" = fiel
 # Oneofs:
 #     - kind:
 class Limit(Message, package="silo.v1"): concurrency: "ConcurrencyLimit | None" = field(1, TYPE_MESSAGE, optional=True, group="kind"); floating: "FloatingConcurrencyLimit | None" = field(2, TYPE_MESSAGE, optional=True, group="kind"); rate: "RateLimit | None" = field(3, TYPE_MESSAGE, optional=True, group="kind")
+
+
+# shards: the shards whose ownership key names this node
+class NodeInfo(Message, package="silo.v1"): node_id: "str" = field(1, TYPE_STRING); address: "str" = field(2, TYPE_STRING); shards: "list[int]" = field(3, TYPE_UINT32, repeated=True)
 
 
 # Oneofs:
