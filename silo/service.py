@@ -38,6 +38,7 @@ from silo.shard.validation import (
 )
 from silo.wire import (
     check_wire_format,
+    encode_enqueue_batch_response,
     job_to_pb,
     leased_task_to_pb,
     new_job_from_pb,
@@ -120,7 +121,9 @@ class SiloService:
         shard = self._tenant_shard(req.shard, job.tenant)
         return pb.EnqueueResponse(id=await shard.enqueue(job, request_id=req.request_id))
 
-    async def enqueue_batch(self, req: pb.EnqueueBatchRequest) -> pb.EnqueueBatchResponse:
+    async def enqueue_batch(
+        self, req: pb.EnqueueBatchRequest
+    ) -> pb.EnqueueBatchResponse | bytes:
         """Per-job results, atomically: a job refused here (malformed, wrong shard) or by the
         shard holds back the whole batch (the others answer ABORTED, "not written")."""
         check_request_id(self._limits, req.request_id)
@@ -155,6 +158,13 @@ class SiloService:
                        for r, spec in zip(refused, req.jobs, strict=True)]
             return pb.EnqueueBatchResponse(ids=[""] * len(results), results=results)
         outcomes = await shard.enqueue_each(jobs, request_id=req.request_id)
+        if all(o.error is None for o in outcomes):
+            # The common answer, encoded directly (the reply is then already bytes).
+            return encode_enqueue_batch_response(
+                [o.job_id for o in outcomes],
+                [(o.job_id, ENQUEUE_DELETED_SINCE if o.deleted else "", o.existed, o.deleted)
+                 for o in outcomes],
+            )
         results = [
             pb.EnqueueResult(id=o.job_id, existed=o.existed, deleted=o.deleted,
                              message=ENQUEUE_DELETED_SINCE if o.deleted else "")

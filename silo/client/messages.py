@@ -79,13 +79,60 @@ def enqueue_request(shard_id: int, job: NewJob, request_id: str) -> pb.EnqueueRe
     return pb.EnqueueRequest(shard=shard_id, job=new_job_to_pb(job), request_id=request_id)
 
 
+class EncodedBatchRequest:
+    """An EnqueueBatchRequest whose encoding was built from its jobs' encodings, each made once
+    (they are needed anyway to size the chunks). ``bytes(request)`` is exactly what
+    ``bytes(pb.EnqueueBatchRequest(shard=..., jobs=..., request_id=...))`` would give."""
+
+    __slots__ = ("shard", "jobs", "request_id", "_data")
+
+    def __init__(
+        self, shard: int, jobs: list[pb.JobSpec], encoded: list[bytes], request_id: str
+    ) -> None:
+        self.shard = shard
+        self.jobs = jobs
+        self.request_id = request_id
+        # Fields in number order, as the generated encoder writes them: shard (1), the jobs
+        # (2, each tag 0x12 + length + body), request_id (4).
+        parts = [bytes(pb.EnqueueBatchRequest(shard=shard))]
+        for body in encoded:
+            parts.append(_JOBS_TAG + _varint(len(body)))
+            parts.append(body)
+        parts.append(bytes(pb.EnqueueBatchRequest(request_id=request_id)))
+        self._data = b"".join(parts)
+
+    def __bytes__(self) -> bytes:
+        return self._data
+
+
+_JOBS_TAG = b"\x12"
+"""Field 2 (``jobs``) of EnqueueBatchRequest, length-delimited."""
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def enqueue_batch_requests(
     shard_id: int, jobs: Sequence[NewJob], request_id: str, max_jobs: int, max_bytes: int,
-) -> list[pb.EnqueueBatchRequest]:
-    """The EnqueueBatch calls that carry ``jobs`` of one shard (see :func:`batch_chunks`)."""
+) -> list[EncodedBatchRequest]:
+    """The EnqueueBatch calls that carry ``jobs`` of one shard (see :func:`batch_chunks`);
+    every job is encoded once."""
     specs = [new_job_to_pb(j) for j in jobs]
-    return [pb.EnqueueBatchRequest(shard=shard_id, jobs=chunk, request_id=request_id)
-            for chunk in batch_chunks(specs, max_jobs, max_bytes)]
+    encoded = [bytes(spec) for spec in specs]
+    requests: list[EncodedBatchRequest] = []
+    start = 0
+    for end in _chunk_ends([len(e) for e in encoded], max_jobs, max_bytes):
+        requests.append(
+            EncodedBatchRequest(shard_id, specs[start:end], encoded[start:end], request_id)
+        )
+        start = end
+    return requests
 
 
 def batch_chunks(
@@ -94,18 +141,27 @@ def batch_chunks(
     """``specs`` in order, cut into runs of at most ``max_jobs`` jobs and ``max_bytes`` encoded
     bytes (a job larger than ``max_bytes`` alone makes a run)."""
     chunks: list[list[pb.JobSpec]] = []
-    current: list[pb.JobSpec] = []
-    size = 0
-    for spec in specs:
-        n = len(bytes(spec)) + 8  # the field tag and length prefix of a repeated message
-        if current and (len(current) >= max_jobs or size + n > max_bytes):
-            chunks.append(current)
-            current, size = [], 0
-        current.append(spec)
-        size += n
-    if current:
-        chunks.append(current)
+    start = 0
+    for end in _chunk_ends([len(bytes(spec)) for spec in specs], max_jobs, max_bytes):
+        chunks.append(list(specs[start:end]))
+        start = end
     return chunks
+
+
+def _chunk_ends(sizes: Sequence[int], max_jobs: int, max_bytes: int) -> list[int]:
+    """Where each run of :func:`batch_chunks` ends, given the jobs' encoded sizes."""
+    ends: list[int] = []
+    count = size = 0
+    for i, encoded_size in enumerate(sizes):
+        n = encoded_size + 8  # the field tag and length prefix of a repeated message
+        if count and (count >= max_jobs or size + n > max_bytes):
+            ends.append(i)
+            count, size = 0, 0
+        count += 1
+        size += n
+    if count:
+        ends.append(len(sizes))
+    return ends
 
 
 def raise_refused(specs: Sequence[pb.JobSpec], resp: pb.EnqueueBatchResponse) -> None:

@@ -78,6 +78,7 @@ from grpclib.metadata import encode_metadata
 from silo.errors import Code, SiloError
 from silo.rpc import CallContext, Handler, RpcError
 from silo.transport.aio import current_asyncio_loop, open_asyncio_loop
+from silo.transport.coalesce import coalesce_writes
 from silo.transport.grpclib_calls import (
     RawCodec,
     check_request_size,
@@ -223,7 +224,7 @@ class _TrackingServer(grpclib.server.Server):
         )
 
     def _protocol_factory(self) -> Any:
-        protocol = super()._protocol_factory()
+        protocol = coalesce_writes(super()._protocol_factory())
         self._protocols.add(protocol)
         return protocol
 

@@ -25,6 +25,7 @@ from grpclib.metadata import encode_metadata
 
 from silo.errors import Code
 from silo.rpc import RpcError
+from silo.transport.coalesce import coalesce_writes
 
 __all__ = [
     "RawCodec",
@@ -102,8 +103,14 @@ def check_request_size(request: bytes, max_message_bytes: int) -> None:
 
 
 def new_grpclib_channel(host: str, port: int) -> grpclib.client.Channel:
-    """A grpclib channel with the pass-through codec (connects on its first request)."""
-    return grpclib.client.Channel(host, port, codec=RawCodec())
+    """A grpclib channel with the pass-through codec (connects on its first request); its
+    connection coalesces the writes of one event-loop pass into one ``send()``."""
+    return _CoalescingChannel(host, port, codec=RawCodec())
+
+
+class _CoalescingChannel(grpclib.client.Channel):
+    def _protocol_factory(self) -> Any:
+        return coalesce_writes(super()._protocol_factory())
 
 
 async def unary_call(

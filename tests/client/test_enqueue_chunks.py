@@ -41,3 +41,20 @@ def test_refusal_raises_the_cause_not_a_held_back_job() -> None:
         raise_refused(batch, resp)
     ok = pb.EnqueueBatchResponse(results=[pb.EnqueueResult(id=f"c-{i}") for i in range(3)])
     raise_refused(batch, ok)
+
+
+def test_encoded_batch_requests_match_the_generated_encoding() -> None:
+    from silo.client.messages import enqueue_batch_requests
+    from silo.model import NewJob
+
+    jobs = [NewJob("t", b"x" * (i * 40), job_id=f"job-{i}") for i in range(30)]
+    jobs.append(NewJob("t", b""))
+    for max_jobs, max_bytes in [(1000, 10**9), (7, 10**9), (1000, 300)]:
+        requests = enqueue_batch_requests(3, jobs, "req-1", max_jobs, max_bytes)
+        assert sum(len(r.jobs) for r in requests) == len(jobs)
+        for r in requests:
+            expected = pb.EnqueueBatchRequest(shard=3, jobs=r.jobs, request_id="req-1")
+            assert bytes(r) == bytes(expected)
+            assert pb.EnqueueBatchRequest.parse(bytes(r)) == expected
+    assert bytes(enqueue_batch_requests(0, jobs[:1], "", 10, 10**9)[0]) == bytes(
+        pb.EnqueueBatchRequest(jobs=[new_job_to_pb(jobs[0])]))
