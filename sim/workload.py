@@ -681,20 +681,52 @@ async def run_workload(
 
 
 def work_bound_s(w: Workload, jobs: list[JobPlan]) -> float:
-    """Extra liveness time for a run's own work: twice the handler time (plus 0.5 s of RPCs,
-    which message loss stretches) of every planned attempt spread over all worker slots, or of
-    the longest job's attempts one after another if longer, plus lease expiries the actors
-    cause."""
-    chains = [
-        ((p.payload or {}).get("k", 0) + 1) * ((p.payload or {}).get("d", 0) / 1000 + 0.5)
-        for p in jobs
-    ]
+    """Extra liveness time for a run's own work: twice the slot time of every planned attempt
+    (its handler time plus 0.5 s of RPCs, which message loss stretches; a hung first attempt
+    holds its slot until its timeout) spread over all worker slots, or over the slots of the
+    busiest concurrency queue (whose jobs run at most its max at a time, one after another for
+    a max of 1), or of the longest job's attempts one after another, whichever is longest; plus
+    lease expiries the actors cause."""
+    chains = [job_slot_s(p) for p in jobs]
     slots = max(1, max(w.workers, w.task_groups) * w.concurrency)
     per_task_group = max(1, w.task_groups) if w.task_groups > w.workers else 1
-    extra = 2 * max(sum(chains) * per_task_group / slots, max(chains, default=0.0))
+    extra = 2 * max(
+        sum(chains) * per_task_group / slots, max(chains, default=0.0),
+        max(queue_work_s(jobs, chains).values(), default=0.0),
+    )
     if w.zombie or w.vanisher or w.slow_worker:
         extra += 4 * (w.lease_ms / 1000 + 5.0)
     return round(extra, 3)
+
+
+def job_slot_s(p: JobPlan) -> float:
+    """How long a job's planned attempts hold a worker slot (and their concurrency slots), one
+    after another: each attempt's handler time plus 0.5 s of RPCs, and a hung first attempt its
+    whole timeout (only the worker's timeout ends it)."""
+    plan = p.payload or {}
+    attempts = plan.get("k", 0) + 1
+    s = attempts * (plan.get("d", 0) / 1000 + 0.5)
+    if plan.get("h"):
+        s += p.timeout_ms / 1000 + 0.5
+    return s
+
+
+def queue_work_s(jobs: list[JobPlan], chains: list[float]) -> dict[tuple[str, str], float]:
+    """Per concurrency queue ``(tenant, key)``: the slot time of the jobs holding it divided by
+    its max (the smallest any of them gives; a floating queue counts as max 1, the least a
+    refresh may set it to), i.e. how long those jobs take at best when only the queue limits
+    them."""
+    work: dict[tuple[str, str], float] = {}
+    least: dict[tuple[str, str], int] = {}
+    for p, s in zip(jobs, chains, strict=True):
+        for limit in p.limits:
+            if isinstance(limit, RateLimit):
+                continue
+            q = (p.tenant, limit.key)
+            m = limit.max_concurrency if isinstance(limit, ConcurrencyLimit) else 1
+            least[q] = max(1, min(least.get(q, m), m))
+            work[q] = work.get(q, 0.0) + s
+    return {q: work[q] / least[q] for q in work}
 
 
 def concurrency_mix(maxes: list[int], limited_prob: float, *, max_per_job: int = 1,

@@ -7,16 +7,19 @@ import random
 import pytest
 
 from silo.client.types import pack
+from silo.model import ConcurrencyLimit, FloatingConcurrencyLimit, Limit, RetryPolicy
 from silo.shard.validation import ShardLimits, check_job_limits, check_retry
 from sim.workload import (
     GATED_EDGES,
     KNOBS,
     TYPICAL_PROB,
+    JobPlan,
     Span,
     Workload,
     _model_has_timeouts,
     gated,
     plan_jobs,
+    work_bound_s,
 )
 
 LIMITS = ShardLimits()
@@ -123,3 +126,37 @@ def test_odd_names_are_unique_and_maximal() -> None:
     assert all(len(g) == LIMITS.task_group_max_chars for g in w.task_group_names)
     assert any(ord(c) > 0xFFFF for t in w.tenant_names for c in t) or any(
         not c.isascii() for t in w.tenant_names for c in t)
+
+
+def _job(n: int, *, hung_ms: int = 0, limits: tuple[Limit, ...] = (), tenant: str = "t") -> JobPlan:
+    payload: dict[str, object] = {"k": 0, "d": 10}
+    if hung_ms:
+        payload["h"] = 1
+    return JobPlan(tenant, f"j{n}", "g", 0, 0, RetryPolicy(retry_count=1), payload,
+                   limits=limits, timeout_ms=hung_ms)
+
+
+def test_work_bound_counts_hung_handlers_until_their_timeout() -> None:
+    w = Workload(workers=4, concurrency=4)
+    plain = work_bound_s(w, [_job(0)])
+    hung = work_bound_s(w, [_job(0, hung_ms=20_000)])
+    assert hung >= plain + 2 * 20.0
+
+
+def test_work_bound_serialises_the_jobs_of_a_queue_by_its_max() -> None:
+    """grant_race seeds 3965647 and 817401840: every job on one queue of max 1, a third of them
+    hung for up to 20 s; they run one after another whatever the number of worker slots."""
+    w = Workload(workers=8, concurrency=4)
+    q1 = (ConcurrencyLimit("q", 1),)
+    jobs = [_job(n, hung_ms=10_000, limits=q1) for n in range(20)]
+    assert work_bound_s(w, jobs) >= 2 * 20 * 10.0
+    q2 = (ConcurrencyLimit("q", 2),)
+    half = work_bound_s(w, [_job(n, hung_ms=10_000, limits=q2) for n in range(20)])
+    assert 2 * 10 * 10.0 <= half < work_bound_s(w, jobs)
+    # Per tenant: each tenant's queue of max 1 runs its own jobs in parallel with the other's.
+    split = [_job(n, hung_ms=10_000, limits=q1, tenant=f"t{n % 2}") for n in range(20)]
+    assert work_bound_s(w, split) == pytest.approx(half)
+    # A floating queue counts as max 1 (a refresh may set it that low).
+    floating = (FloatingConcurrencyLimit("f", 3, 1000),)
+    assert work_bound_s(w, [_job(n, hung_ms=10_000, limits=floating) for n in range(20)]) == (
+        pytest.approx(work_bound_s(w, jobs)))
