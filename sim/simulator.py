@@ -75,8 +75,6 @@ class Simulator:
         self.board.choose_buggify(self.random.stream("buggify"))
         self.net = SimNetwork(self, self.random.stream("net"), self.board, self.trace)
         self.checker = Checker(self._on_violation, probe=self._probe, now=self._now)
-        self.checker.write_errors = lambda: sum(
-            self.board.fired.get(p, 0) for p in ("disk.write.error", "shard.write.error"))
         self.nodes: dict[str, NodeHost] = {}
         self.hosts: dict[str, ClientHost] = {}
         self.workers: dict[str, SimWorker] = {}

@@ -166,8 +166,11 @@ class CommitProtocol:
             raise Unavailable(f"shard {self._shard_id} is closing")
 
     async def load(self) -> None:
-        """Rebuild the in-memory mirror from the store."""
-        await self._mirror.load(self._store.kv)
+        """Rebuild the in-memory mirror from the store (after a failed write: the batches
+        after the last durable one all failed, see :meth:`ShardMirror.load`)."""
+        await self._mirror.load(
+            self._store.kv, self._store.durable_seq if self._store.broken else None
+        )
 
     async def begin(self) -> Txn:
         """Called with the lock held: repair after a failed write, then start a transaction.
@@ -212,7 +215,8 @@ class CommitProtocol:
             # An earlier write failed while this operation was reading: it fails too, and
             # (like any failed write) only once the in-memory state has been rebuilt.
             return _Commit(None, self, exc)
-        self._mirror.apply(ops, None if txn.mono is None else (txn.now, txn.mono))
+        self._mirror.apply(ops, None if txn.mono is None else (txn.now, txn.mono), ticket.seq)
+        self._mirror.forget_durable(self._store.durable_seq)
         return _Commit(ticket, self)
 
     async def repair(self) -> None:

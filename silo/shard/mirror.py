@@ -97,13 +97,20 @@ class ShardMirror:
             return 0, 0
         return self.clock.now_ms(), self.clock.monotonic_ms()
 
-    async def load(self, kv: KVStore) -> None:
+    async def load(self, kv: KVStore, durable_seq: int | None = None) -> None:
         """Rebuild every mirror from the stored tables. A timer or lease expiry that was already
-        indexed keeps its monotonic deadline; the others are re-based on the clock now."""
+        indexed keeps its monotonic deadline; the others are re-based on the clock now.
+
+        ``durable_seq`` (after a failed write): the last batch known to be durable; every
+        later one failed, and the deadlines they replaced are restored first (see
+        :mod:`silo.shard.deadlines`), so a row they deleted keeps the deadline it had."""
         callbacks = (self.on_timer_added, self.on_expiry_added, self.on_ready_added)
         clock, timer_deadlines, expiry_deadlines = (
             self.clock, self.timer_deadlines, self.expiry_deadlines
         )
+        if durable_seq is not None:
+            timer_deadlines.roll_back(durable_seq)
+            expiry_deadlines.roll_back(durable_seq)
         self.clear()
         self.on_timer_added, self.on_expiry_added, self.on_ready_added = callbacks
         self.clock = clock
@@ -148,11 +155,14 @@ class ShardMirror:
         self,
         ops: list[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes]],
         clock_ref: tuple[int, int] | None = None,
+        batch: int | None = None,
     ) -> None:
         """Apply the puts and deletes of one batch (or rows of a scan) to the mirrors.
 
         ``clock_ref`` is ``(wall ms, monotonic ms)`` as read by the operation that built the
-        batch (default: read now); its timer and expiry rows are indexed on it.
+        batch (default: read now); its timer and expiry rows are indexed on it. ``batch`` is
+        the batch's sequence number in the store: the deadlines it replaces are kept until
+        :meth:`forget_durable` says it is durable (a reload after a failed write restores them).
         """
         for k, v in ops:
             p = k[:1]
@@ -161,12 +171,12 @@ class ShardMirror:
             elif p == _TIMER:
                 if v is None:
                     self.timers.pop(k, None)
-                    self.timer_deadlines.discard(k)
+                    self.timer_deadlines.discard(k, batch=batch)
                 else:
                     self.timers[k] = Task.decode(k, v)
                     if not self._loading:
                         clock_ref = clock_ref or self.clock_readings()
-                        if self._index(self.timer_deadlines, k, clock_ref):
+                        if self._index(self.timer_deadlines, k, clock_ref, batch):
                             self.on_timer_added()
             elif p == _LEASE:
                 _, (task_id,) = keys.parse(k)
@@ -177,13 +187,13 @@ class ShardMirror:
             elif p == _EXPIRY:
                 if v is None:
                     self.expiries.pop(k, None)
-                    self.expiry_deadlines.discard(k)
+                    self.expiry_deadlines.discard(k, batch=batch)
                 else:
                     _, (_, task_id) = keys.parse(k)
                     self.expiries[k] = task_id
                     if not self._loading:
                         clock_ref = clock_ref or self.clock_readings()
-                        if self._index(self.expiry_deadlines, k, clock_ref):
+                        if self._index(self.expiry_deadlines, k, clock_ref, batch):
                             self.on_expiry_added()
             elif p == _REQUEST:
                 self._apply_request(k, v)
@@ -206,10 +216,17 @@ class ShardMirror:
                     self.counters[k] = decode_int(k, v)
 
     @staticmethod
-    def _index(index: DeadlineIndex, k: bytes, clock_ref: tuple[int, int]) -> bool:
+    def _index(
+        index: DeadlineIndex, k: bytes, clock_ref: tuple[int, int], batch: int | None
+    ) -> bool:
         """Index ``k`` on ``clock_ref``; True when it is now the earliest deadline."""
-        index.put(k, *clock_ref)
+        index.put(k, *clock_ref, batch=batch)
         return index.first_ms() == index.get(k)
+
+    def forget_durable(self, durable_seq: int) -> None:
+        """Batches up to ``durable_seq`` are durable: drop the deadlines they replaced."""
+        self.timer_deadlines.forget_durable(durable_seq)
+        self.expiry_deadlines.forget_durable(durable_seq)
 
     def _apply_bucket(self, k: bytes, v: bytes | None) -> None:
         old = self._bucket_full.pop(k, None)

@@ -202,6 +202,12 @@ class ShardStore:
     def last_submitted_seq(self) -> int:
         return self._seq
 
+    @property
+    def durable_seq(self) -> int:
+        """The last batch known to be durable (every earlier one is too). While the store is
+        :attr:`broken`, every later batch failed."""
+        return self._durable_seq
+
     async def wait_durable(self, seq: int) -> None:
         """Return once every batch up to ``seq`` is durable (or raise if the store broke)."""
         while self._durable_seq < seq:

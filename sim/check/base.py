@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from silo.model import Task
+from silo.model import TIMER, Task
 from silo.shard.tables import ready_key, timer_key
 from sim import events
 from sim.audit import JobKey
@@ -36,8 +36,6 @@ class CheckerBase:
         self._report = report
         self._probe = probe
         self._now = now
-        self.write_errors: Callable[[], int] = lambda: 0
-        """How many write errors were injected so far (set by the simulator)."""
         self.jobs: dict[JobKey, JobModel] = {}
         self.live_leases: dict[str, JobKey] = {}
         self.acked: dict[JobKey, float] = {}
@@ -106,6 +104,37 @@ class CheckerBase:
         name = _host_name(host)
         self.clock_steps[name] = self.clock_steps.get(name, 0) + 1
         self.last_step_s[name] = self._now()
+
+    def _on_shard_opened(self, host: Any, f: events.ShardOpened) -> None:
+        """A shard opened (its node started, or took it over): the node indexed every stored
+        timer and lease expiry on its monotonic clock from the wall clock of this moment
+        (DESIGN §4 "Deadlines": re-based when a shard opens; the event follows the load with
+        no wait in between). Re-base the model's deadlines of that shard the same way: a wall
+        step taken before the open does move them, unlike one taken while the shard is open.
+
+        Only timers are re-based: a ready or parked task has no deadline on the node (its
+        :attr:`Queued.steps_at` and :attr:`Queued.gen_at` stay, so invariant 13 leaves it
+        alone after a step)."""
+        clock = getattr(host, "clock", None)
+        if clock is None:
+            return
+        name = _host_name(host)
+        offset = clock.now_ms() - clock.monotonic_ms()
+        steps = self.clock_steps.get(name, 0)
+        gen = getattr(host, "generation", 0)
+        for _, j in sorted(self.jobs.items()):
+            if j.host is not host or j.shard != f.shard or j.deleted:
+                continue
+            task = j.task
+            if task is not None and task.where == TIMER:
+                task.due_mono_ms = task.due_ms - offset
+                task.exact_due = True  # the stored due time, re-based exactly as the node did
+                task.steps_at, task.gen_at = steps, gen
+            lease = j.lease
+            if lease is not None:
+                lease.deadline_s = self._now() + (lease.expiry_ms - clock.now_ms()) / 1000
+                lease.overdue_since = None
+                lease.gen, lease.steps = gen, steps
 
     def _set_task(self, j: JobModel, task: Queued | None) -> None:
         name = _host_name(j.host)

@@ -67,7 +67,7 @@ class LeaseChecks(CheckerBase):
             return
         lease = LeaseModel(tid, attempt, f.worker_id, f.expiry_ms, host,
                            self._now() + (f.expiry_ms - f.at_ms) / 1000,
-                           gen=getattr(host, "generation", 0), write_errors=self.write_errors(),
+                           gen=getattr(host, "generation", 0),
                            steps=self.clock_steps.get(_host_name(host), 0))
         j.lease = lease
         j.last_task_id = tid
@@ -147,7 +147,6 @@ class LeaseChecks(CheckerBase):
         lease.overdue_since = None
         if lease.gen is not None:
             lease.gen = getattr(host, "generation", 0)
-            lease.write_errors = self.write_errors()
             lease.steps = self.clock_steps.get(_host_name(host), 0)
 
     def _on_lease_ended(self, host: Any, f: events.LeaseEnded) -> None:
@@ -203,11 +202,7 @@ class LeaseChecks(CheckerBase):
         if lease is not None and lease.steps == self.clock_steps.get(_host_name(host), 0):
             return
         if lease is None or lease.gen is None or lease.gen != getattr(host, "generation", 0):
-            return  # re-based on the wall clock by a restart since: not exact
-        if self.write_errors() != lease.write_errors:
-            # Not exact after a reload either (chaos seed 88 shows an early reap after a
-            # write error and a forward wall step; see the README's open items).
-            return
+            return  # re-synced after a crash, not yet re-based by its shard's open: not exact
         early_s = lease.deadline_s - self._now()
         if early_s > EARLY_REAP_SLACK_S:
             self.fail(Invariant.REAP_AND_CANCEL,

@@ -84,7 +84,8 @@ class Queued:
     exact_due: bool = True
     """Whether :attr:`due_mono_ms` is exactly the node's own deadline (invariant 13 is checked
     only then): False after a crash re-sync, or when the node's wall clock stepped since the
-    task was queued (a node re-bases timers on the wall clock when a shard reopens)."""
+    task was queued (a node re-bases timers on the wall clock when a shard reopens); a timer is
+    exact again once its shard opened (``shard_opened``: re-based as the node does)."""
     steps_at: int = -1
     """How many wall-clock steps its node had taken when the task was queued (-1: unset)."""
     gen_at: int = -1
@@ -132,13 +133,11 @@ class LeaseModel:
     after a restart, the node's wall time when it re-based its leases)."""
     overdue_since: float | None = None
     gen: int | None = None
-    """The node's generation when :attr:`deadline_s` was last set from an event (None: re-synced
-    after a crash, so the deadline is only approximate)."""
+    """The node's generation when :attr:`deadline_s` was last set from an event or re-based on
+    its shard's open (None: re-synced after a crash and not re-based yet, so the deadline is
+    only approximate)."""
     steps: int = 0
     """Wall-clock steps of its node when :attr:`deadline_s` was last set."""
-    write_errors: int = 0
-    """Write errors injected in the run when :attr:`deadline_s` was last set: a shard reloads
-    its tables after one, and the early-reap check is skipped from then on."""
 
 
 EARLY_REAP_SLACK_S = 0.5

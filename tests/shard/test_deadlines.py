@@ -7,9 +7,11 @@ time with it, which is what wakes the shard's reaper and timer loops.
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
+from silo.errors import Unavailable
 from silo.model import DEFAULT_TENANT as T
 from silo.model import WORKER_CRASHED, Failure, JobStatus, Success
 from tests.shard.support import (
@@ -95,3 +97,53 @@ async def test_a_forward_wall_step_does_not_cut_a_retry_backoff_short(world: Wor
         world.advance(1)
         await _settle()
         assert (await lease_one(shard)).attempt == 2
+
+
+# -- a failed write keeps the deadlines of the rows it did not change --------------------------
+#
+# A batch changes the in-memory deadline index when it is submitted, before it is durable. If
+# its write fails, the shard reloads its tables: the rows that batch deleted (a promoted timer,
+# the old expiry row of a heartbeat) are on disk again and must get back the monotonic deadline
+# they had, not one re-based on the wall clock of the reload, which a wall step since would move.
+
+
+async def test_a_failed_promotion_keeps_the_timer_due_after_a_backward_wall_step(
+    tmp_path,  # noqa: ANN001
+) -> None:
+    world = World("memory", str(tmp_path), trio_follows=False)
+    async with world.open() as shard:
+        await shard.enqueue(new_job("j", start_at_ms=world.now_ms() + 10_000))
+        assert await where_is(shard, "j") == "TIMER"
+        world.step_wall_ms(-5_000)
+        world.advance(10_000)  # due now on the monotonic clock
+        world.faults.rates["disk.write.error"] = 1.0
+        with pytest.raises(Unavailable):
+            await shard.promote_due()  # the promotion's write fails; the shard reloads
+        world.faults.rates.clear()
+        assert await where_is(shard, "j") == "TIMER"
+        assert shard._mirror.next_timer_deadline_ms() == world.monotonic_ms()
+        assert (await lease_one(shard)).job_id == "j"  # not 5 s later
+        await check_counters(shard)
+
+
+async def test_a_failed_heartbeat_keeps_the_lease_deadline_after_a_forward_wall_step(
+    tmp_path,  # noqa: ANN001
+) -> None:
+    world = World("memory", str(tmp_path), trio_follows=False)
+    async with world.open() as shard:
+        await shard.enqueue(new_job("j"))
+        task = await lease_one(shard)
+        await shard.acknowledge(WORKER, [task.task_id])
+        world.step_wall_ms(LEASE_MS // 2)
+        world.advance(1_000)
+        world.faults.rates["disk.write.error"] = 1.0
+        with pytest.raises(Unavailable):
+            await shard.heartbeat(WORKER, task.task_id)  # moves the expiry row; fails
+        world.faults.rates.clear()
+        assert shard._mirror.next_expiry_deadline_ms() == LEASE_MS
+        world.advance(LEASE_MS - 1_000 - 1)
+        assert await shard.reap_expired() == 0  # not reaped half a lease early
+        assert await status_of(shard, "j") == S.RUNNING
+        world.advance(1)
+        assert await shard.reap_expired() == 1
+        await check_counters(shard)

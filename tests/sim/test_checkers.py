@@ -40,9 +40,11 @@ T0 = 1_000_000
 @dataclass
 class FakeClock:
     now: int = T0
+    offset: int = 0
+    """Wall-clock steps so far (they move ``now_ms`` but not ``monotonic_ms``)."""
 
     def now_ms(self) -> int:
-        return self.now
+        return self.now + self.offset
 
     def monotonic_ms(self) -> int:
         return self.now - T0
@@ -544,6 +546,53 @@ def test_inv9_parked_and_token_waiting_tasks_are_not_due() -> None:
     h.ev("task_moved", job_id="parked", attempt=1, due_ms=T0, where=READY, limits_left=0,
          at_ms=T0 + 20)
     h.lease("low2", "t2", priority=60, at=T0 + 30)
+    assert h.invariant == Invariant.PRIORITY
+
+
+def _high_timer_then_back_step(h: Harness) -> None:
+    """``high`` (priority 10) waits in the timer index, due at T0+3000 (monotonic 3000); at
+    monotonic 1000 the node's wall clock steps back 2.5 s."""
+    h.ev("job_enqueued", job_id="high", task_group="g", priority=10, due_ms=T0 + 3000)
+    h.ev("status_changed", job_id="high", old=None, new="SCHEDULED", attempt=1, at_ms=T0,
+         task_group="g", priority=10, due_ms=T0 + 3000, where=TIMER, limits_left=0, mono_ms=0)
+    h.host.clock.now = T0 + 1000
+    h.host.clock.offset = -2500
+    h.checker.on_clock_step(h.host)
+
+
+def _lease_ready(h: Harness, job: str, task: str, mono: int) -> None:
+    """Queue ``job`` (priority 60) ready now and lease it, at monotonic ``mono``."""
+    h.host.clock.now = T0 + mono
+    wall = h.host.clock.now_ms()
+    h.ev("job_enqueued", job_id=job, task_group="g", priority=60, due_ms=wall)
+    h.ev("status_changed", job_id=job, old=None, new="SCHEDULED", attempt=1, at_ms=wall,
+         task_group="g", priority=60, due_ms=wall, where=READY, limits_left=0, mono_ms=mono)
+    h.ev("task_leased", job_id=job, task_id=task, attempt=1, worker_id="w", task_group="g",
+         priority=60, due_ms=wall, expiry_ms=wall + 1000, at_ms=wall, mono_ms=mono)
+
+
+def test_inv9_a_wall_step_moves_no_timer_of_a_running_shard() -> None:
+    """Timers fall due by the monotonic clock (DESIGN §4): a backward wall step does not delay
+    ``high``, so a lower-priority lease at monotonic 4000 skips it."""
+    h = Harness()
+    _high_timer_then_back_step(h)
+    _lease_ready(h, "low", "t1", 4000)
+    assert h.invariant == Invariant.PRIORITY
+
+
+def test_inv9_timers_are_re_based_when_their_shard_reopens() -> None:
+    """A shard that opens (here after a restart) re-bases its stored timers on the wall clock
+    of the moment (DESIGN §4), so after the backward step ``high`` falls due at monotonic
+    3000 + 2500: a lower-priority lease before that is legal, one after it is not (chaos seed
+    817402018)."""
+    h = Harness()
+    _high_timer_then_back_step(h)
+    h.host.generation = 2  # type: ignore[attr-defined]  # the node restarted
+    h.host.clock.now = T0 + 1500
+    h.ev("shard_opened", node="n1")
+    _lease_ready(h, "low", "t1", 4000)
+    assert h.violations == []
+    _lease_ready(h, "low2", "t2", 5500)
     assert h.invariant == Invariant.PRIORITY
 
 
