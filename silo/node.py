@@ -141,14 +141,20 @@ class SiloNode:
         if self._nursery is not None and not self.closing:
             self._nursery.start_soon(fn, *args)
 
-    async def open_shard(self, shard_id: int) -> JobShard:
+    async def open_shard(self, shard_id: int, *, recover: bool = True) -> JobShard:
         """Open ``shard_id`` (its directory under the data dir) and serve it until
-        :meth:`close_shard` or the node's exit."""
+        :meth:`close_shard` or the node's exit. In a cluster, first finish or undo a split a
+        crash left touching it (:meth:`~silo.cluster.splitting.Splitter.prepare_open`; not
+        when the split itself opens its children: ``recover=False``)."""
         if shard_id in self.shards:
             return self.shards[shard_id]
         if self._nursery is None or self.closing:
             raise Unavailable("the node is shutting down")
+        if self.clustered and recover:
+            await self.splitter.prepare_open(shard_id)
         shard: JobShard = await self._nursery.start(self._serve_shard, shard_id)
+        if self.clustered:
+            self.splitter.after_open(shard_id)
         return shard
 
     async def _serve_shard(self, shard_id: int, task_status: trio.TaskStatus[JobShard]) -> None:
@@ -496,6 +502,10 @@ async def _open_cluster_node(
         sticky=cluster.sticky,
     )
     node.reconciler = Reconciler(coordinator, node, settings, faults=runtime.faults)
+    from silo.cluster.etcd_splits import EtcdSplitCoordination
+    from silo.cluster.splitting import Splitter
+
+    node.splitter = Splitter(node, EtcdSplitCoordination(coordinator))
     async with trio.open_nursery() as nursery:
         node._nursery = nursery
         try:
