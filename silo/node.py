@@ -128,6 +128,9 @@ class SiloNode:
 
     def observe_view(self, view: ClusterView) -> None:
         self.view = view
+        if view.shard_map.version > self.shard_map.version and self.shard_map.version > 0:
+            # The map changed (a split, perhaps elsewhere): learn which old ids it retired.
+            self.spawn(self.splitter.refresh_lineage)
         if view.shard_map.version >= self.shard_map.version:
             self.shard_map = view.shard_map
 
@@ -211,7 +214,22 @@ class SiloNode:
         for child in children:
             if self.shards[child].holds_lease(task_id):
                 return self.shards[child]
+        if self.clustered:
+            elsewhere = self._remote_descendant(shard_id, children)
+            if elsewhere is not None:
+                return self.shard(elsewhere)  # "shard not found" with its owner's address
         return self.shard(children[0] if children else shard_id)
+
+    def _remote_descendant(self, shard_id: int, local: list[int]) -> int | None:
+        """Cluster: the split descendant of ``shard_id`` (a shard of the map now) that a
+        lease-addressed request (no tenant) tries next when no local descendant holds the lease:
+        the smallest one not open here above every local one. Each hop goes to a higher id, so
+        following the hints ends (at the holder, or at "lease not found")."""
+        floor = max(local, default=-1)
+        for leaf in self.splitter.leaves(shard_id):
+            if leaf > floor and leaf not in self.shards and self.shard_map.get(leaf):
+                return leaf
+        return None
 
     @property
     def lease_ms(self) -> int:

@@ -511,6 +511,33 @@ class Splitter:
             frontier.extend(self.lineage.get(s, ()))
         return False
 
+    async def refresh_lineage(self) -> None:
+        """Learn committed splits recorded by any node (cluster: old ids are forwarded)."""
+        try:
+            records = await self.coordination.records()
+        except SiloError as exc:
+            log.info("reading the split records failed: %s", exc)
+            return
+        for parent, record in sorted(records.items()):
+            if record.phase.committed:
+                self.lineage[parent] = (record.left, record.right)
+
+    def leaves(self, shard_id: int) -> list[int]:
+        """The shards ``shard_id`` split into, down to those not split (itself if never
+        split), in id order."""
+        out: list[int] = []
+        frontier = [shard_id]
+        seen = 0
+        while frontier and seen < 10_000:
+            seen += 1
+            s = frontier.pop()
+            children = self.lineage.get(s)
+            if children is None:
+                out.append(s)
+            else:
+                frontier.extend(children)
+        return sorted(out)
+
     def descendants(self, shard_id: int) -> list[int]:
         """Open shards descending from ``shard_id`` (itself when open), in id order."""
         out: list[int] = []
