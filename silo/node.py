@@ -221,13 +221,14 @@ class SiloNode:
         return self.shard(children[0] if children else shard_id)
 
     def _remote_descendant(self, shard_id: int, local: list[int]) -> int | None:
-        """Cluster: the split descendant of ``shard_id`` (a shard of the map now) that a
-        lease-addressed request (no tenant) tries next when no local descendant holds the lease:
-        the smallest one not open here above every local one. Each hop goes to a higher id, so
-        following the hints ends (at the holder, or at "lease not found")."""
-        floor = max(local, default=-1)
+        """Cluster: the split descendant of ``shard_id`` (a shard of the map now, not open here)
+        that a lease-addressed request (it names no tenant) is sent on to when no local
+        descendant holds the lease: the smallest such id; None when every descendant is local
+        (the lease is then truly gone). A lease that no descendant holds any more (expired)
+        makes the hints go round until the client's retries run out; its job was retried by
+        the reaper either way."""
         for leaf in self.splitter.leaves(shard_id):
-            if leaf > floor and leaf not in self.shards and self.shard_map.get(leaf):
+            if leaf not in local and leaf not in self.shards and self.shard_map.get(leaf):
                 return leaf
         return None
 

@@ -19,7 +19,7 @@ from silo.wire import pb
 from sim.disk import MemoryDisk
 from tests.cluster.conftest import EtcdEnv
 from tests.cluster.test_node_cluster import SHARDS, member, settled
-from tests.shard.support import new_job
+from tests.shard.support import GROUP, new_job
 
 TENANTS = [f"tenant-{i}" for i in range(16)]
 
@@ -86,6 +86,26 @@ async def test_the_owner_splits_and_the_children_become_ordinary_shards(
         await _until(lambda: _all_served([a, b], SHARDS + 1), "every shard served")
         await _jobs_readable([a, b], jobs)
         assert not await disk.exists(a.shard_path(parent))
+        await _lease_requests_for_the_parent_find_the_holder([a, b], parent, (left, right))
+
+
+async def _lease_requests_for_the_parent_find_the_holder(
+        nodes: list[SiloNode], parent: int, children: tuple[int, int]) -> None:
+    """A heartbeat or report naming the old parent id (it names no tenant) is answered by the
+    child holding the lease, or sent on to a child served elsewhere (owner hint)."""
+    for child in children:
+        holder = next(n for n in nodes if child in n.shards)
+        leased = await holder.shards[child].lease_tasks("w", GROUP, 1)
+        assert leased, child
+        task_id = leased[0].task_id
+        for n in nodes:
+            await n.splitter.refresh_lineage()
+            if n is holder:
+                assert n.shard_for_task(parent, task_id).shard_id == child
+            else:
+                with pytest.raises(NotFound, match="shard not found") as caught:
+                    n.shard_for_task(parent, task_id)
+                assert caught.value.metadata[SHARD_OWNER_METADATA] == holder.advertise_address
 
 
 async def _all_served(nodes: list[SiloNode], count: int) -> bool:
