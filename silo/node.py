@@ -128,7 +128,7 @@ class SiloNode:
 
     def observe_view(self, view: ClusterView) -> None:
         self.view = view
-        if view.shard_map.version > self.shard_map.version and self.shard_map.version > 0:
+        if view.shard_map.version > self.shard_map.version:
             # The map changed (a split, perhaps elsewhere): learn which old ids it retired.
             self.spawn(self.splitter.refresh_lineage)
         if view.shard_map.version >= self.shard_map.version:

@@ -209,6 +209,7 @@ class Splitter:
             async with reconciler.exclusive():
                 # Cluster: the loop opens, closes, acquires and releases nothing meanwhile.
                 self.node.shard_map = await self.coordination.read_map()
+                await self.load()  # the records as etcd has them (their revisions too)
                 try:
                     return await self._split(parent, at_hash)
                 finally:
