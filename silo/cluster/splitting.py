@@ -388,10 +388,13 @@ class Splitter:
         never meets a split in progress on this node; a split elsewhere cannot commit without
         owning the parent (the commit txn checks)."""
         await self.load()
+        touching = [r for _, r in sorted(self.records.items()) if not r.phase.finished
+                    and shard_id in (r.parent, r.left, r.right)]
+        if not touching:
+            return
         current = await self.coordination.read_map()
-        for parent, record in sorted(self.records.items()):
-            if record.phase.finished:
-                continue
+        for record in touching:
+            parent = record.parent
             has_children = map_has_children(current, record)
             if parent == shard_id and not has_children and not record.phase.committed:
                 for child in record.children:
