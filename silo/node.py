@@ -128,6 +128,9 @@ class SiloNode:
 
     def observe_view(self, view: ClusterView) -> None:
         self.view = view
+        if view.shard_map.version > self.shard_map.version:
+            # The map changed (a split, perhaps elsewhere): learn which old ids it retired.
+            self.spawn(self.splitter.refresh_lineage)
         if view.shard_map.version >= self.shard_map.version:
             self.shard_map = view.shard_map
 
@@ -141,14 +144,20 @@ class SiloNode:
         if self._nursery is not None and not self.closing:
             self._nursery.start_soon(fn, *args)
 
-    async def open_shard(self, shard_id: int) -> JobShard:
+    async def open_shard(self, shard_id: int, *, recover: bool = True) -> JobShard:
         """Open ``shard_id`` (its directory under the data dir) and serve it until
-        :meth:`close_shard` or the node's exit."""
+        :meth:`close_shard` or the node's exit. In a cluster, first finish or undo a split a
+        crash left touching it (:meth:`~silo.cluster.splitting.Splitter.prepare_open`; not
+        when the split itself opens its children: ``recover=False``)."""
         if shard_id in self.shards:
             return self.shards[shard_id]
         if self._nursery is None or self.closing:
             raise Unavailable("the node is shutting down")
+        if self.clustered and recover:
+            await self.splitter.prepare_open(shard_id)
         shard: JobShard = await self._nursery.start(self._serve_shard, shard_id)
+        if self.clustered:
+            self.splitter.after_open(shard_id)
         return shard
 
     async def _serve_shard(self, shard_id: int, task_status: trio.TaskStatus[JobShard]) -> None:
@@ -205,7 +214,23 @@ class SiloNode:
         for child in children:
             if self.shards[child].holds_lease(task_id):
                 return self.shards[child]
+        if self.clustered:
+            elsewhere = self._remote_descendant(shard_id, children)
+            if elsewhere is not None:
+                return self.shard(elsewhere)  # "shard not found" with its owner's address
         return self.shard(children[0] if children else shard_id)
+
+    def _remote_descendant(self, shard_id: int, local: list[int]) -> int | None:
+        """Cluster: the split descendant of ``shard_id`` (a shard of the map now, not open here)
+        that a lease-addressed request (it names no tenant) is sent on to when no local
+        descendant holds the lease: the smallest such id; None when every descendant is local
+        (the lease is then truly gone). A lease that no descendant holds any more (expired)
+        makes the hints go round until the client's retries run out; its job was retried by
+        the reaper either way."""
+        for leaf in self.splitter.leaves(shard_id):
+            if leaf not in local and leaf not in self.shards and self.shard_map.get(leaf):
+                return leaf
+        return None
 
     @property
     def lease_ms(self) -> int:
@@ -496,6 +521,10 @@ async def _open_cluster_node(
         sticky=cluster.sticky,
     )
     node.reconciler = Reconciler(coordinator, node, settings, faults=runtime.faults)
+    from silo.cluster.etcd_splits import EtcdSplitCoordination
+    from silo.cluster.splitting import Splitter
+
+    node.splitter = Splitter(node, EtcdSplitCoordination(coordinator))
     async with trio.open_nursery() as nursery:
         node._nursery = nursery
         try:

@@ -332,11 +332,12 @@ class SiloService:
 
     async def split_shard(self, req: pb.SplitShardRequest) -> pb.SplitShardResponse:
         """Split ``req.shard`` at ``req.at_hash`` (0: the median tenant hash of its data);
-        answers once both children serve."""
+        answers once both children serve. In a cluster only the parent's owner splits it
+        (another node answers "shard not found" with the owner's address)."""
         if req.at_hash >= HASH_END:
             raise InvalidArgument(f"at_hash {req.at_hash} is not below 2**64")
-        if self.node.clustered:
-            raise FailedPrecondition("splitting shards needs coordination none on this version")
+        if self.node.clustered and req.shard not in self.node.shards:
+            self.node.shard(req.shard)  # raises the routing answer
         record = await self.node.splitter.request(req.shard, req.at_hash or None)
         return pb.SplitShardResponse(
             split=split_status_to_pb(self.node.splitter.status(record.parent)[0]))
@@ -344,6 +345,8 @@ class SiloService:
     async def get_split_status(
         self, req: pb.GetSplitStatusRequest
     ) -> pb.GetSplitStatusResponse:
+        if self.node.clustered:
+            await self.node.splitter.load()  # the records are the cluster's, in etcd
         return pb.GetSplitStatusResponse(
             splits=[split_status_to_pb(s) for s in self.node.splitter.status(req.shard)])
 

@@ -108,6 +108,15 @@ class Coordinator(Protocol):
         it since: ``(installed, map now)``."""
         ...
 
+    async def commit_split(
+        self, expected: VersionedShardMap, new: ShardMap, parent: int,
+        children: tuple[int, int],
+    ) -> tuple[bool, VersionedShardMap]:
+        """A split's commit point, one txn: if the map is still ``expected``, this node still
+        owns ``parent`` and nobody owns either child, install ``new`` and take both children's
+        ownership keys. ``(installed, map now)``, read like :meth:`cas_shard_map`."""
+        ...
+
     async def owners(self) -> dict[int, str]:
         """Shard id -> owning node id, for every shard with an ownership key."""
         ...
@@ -193,6 +202,21 @@ class EtcdCoordinator:
     ) -> tuple[bool, VersionedShardMap]:
         check_successor(expected.map, new)
         return await self._cas_map(expected.mod_revision, new)
+
+    async def commit_split(
+        self, expected: VersionedShardMap, new: ShardMap, parent: int,
+        children: tuple[int, int],
+    ) -> tuple[bool, VersionedShardMap]:
+        check_successor(expected.map, new)
+        key = self.keys.shard_map
+        proposed = new.encode()
+        me = self.node_id.encode()
+        compares = [Compare.mod_revision(key, expected.mod_revision),
+                    Compare.value_equals(self.keys.owner(parent), me)]
+        compares += [Compare.absent(self.keys.owner(c)) for c in children]
+        puts = [Put(key, proposed)] + [Put(self.keys.owner(c), me) for c in children]
+        result = await self.client.txn(compares, puts, [Get(key)])
+        return cas_outcome(proposed, result)
 
     async def _cas_map(self, mod_revision: int, new: ShardMap) -> tuple[bool, VersionedShardMap]:
         key = self.keys.shard_map

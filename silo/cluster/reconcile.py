@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -208,6 +209,9 @@ class Reconciler:
         self.view: ClusterView | None = None
         self._lock = trio.Lock()
         self._wake = trio.Event()
+        self._generation = 0
+        """Bumped by every :meth:`exclusive` block: a pass planned before one stops (the next
+        pass plans again from a fresh reading)."""
 
     @property
     def node_id(self) -> str:
@@ -218,6 +222,17 @@ class Reconciler:
         """Whether this node may serve: its membership lease is known alive."""
         m = self.membership
         return m is not None and m.alive
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold off the loop's effects while the block runs (a split changes the map and the
+        ownership of the shards it touches); the loop re-plans afterwards."""
+        async with self._lock:
+            try:
+                yield
+            finally:
+                self._generation += 1
+                self.wake()
 
     def wake(self) -> None:
         """Run the next pass now instead of at the next interval."""
@@ -316,6 +331,7 @@ class Reconciler:
         """One pass: read, decide, act. Errors end the pass (the next one retries)."""
         self.stats.passes += 1
         try:
+            generation = self._generation
             view = await self.read_view()
             self.view = view
             self.host.observe_view(view)
@@ -326,7 +342,7 @@ class Reconciler:
             actions = plan(view)
             for action in actions:
                 async with self._lock:
-                    if not membership.alive:
+                    if not membership.alive or generation != self._generation:
                         return actions
                     await self._apply(action)
             if actions:

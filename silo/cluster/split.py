@@ -113,6 +113,9 @@ class SplitRecord:
     changed_at_ms: int = 0
     reason: str = ""
     """Why it was aborted (empty otherwise)."""
+    cleaned: tuple[int, ...] = ()
+    """Children whose cleanup finished, as recorded by whichever node serves them (cluster
+    mode, where the two children may be served by different nodes)."""
 
     def __post_init__(self) -> None:
         check_split_hash(ShardRange(self.parent, self.parent_start, self.parent_end),
@@ -137,22 +140,39 @@ class SplitRecord:
                 f"legal transition")
         return replace(self, phase=phase, changed_at_ms=now_ms, reason=reason)
 
+    def with_cleaned(self, child: int) -> SplitRecord:
+        """The record noting that ``child``'s cleanup finished."""
+        if child not in (self.left, self.right):
+            raise ValueError(f"shard {child} is not a child of shard {self.parent}")
+        return replace(self, cleaned=tuple(sorted({*self.cleaned, child})))
+
     def encode(self) -> list[object]:
-        return [1, self.parent, self.parent_start, self.parent_end - 1, self.split_hash,
-                self.left, self.right, self.map_version, int(self.phase),
-                self.requested_at_ms, self.changed_at_ms, self.reason]
+        row: list[object] = [
+            1, self.parent, self.parent_start, self.parent_end - 1, self.split_hash,
+            self.left, self.right, self.map_version, int(self.phase),
+            self.requested_at_ms, self.changed_at_ms, self.reason]
+        if self.cleaned:
+            row[0] = 2
+            row.append(list(self.cleaned))
+        return row
 
     @classmethod
     def decode(cls, row: object) -> SplitRecord:
         try:
             assert isinstance(row, list | tuple)
-            (fmt, parent, start, last, h, left, right, version, phase, req, changed,
-             reason) = row
-            if fmt != 1:
+            fmt = row[0]
+            if fmt not in (1, 2):
                 raise ValueError(f"unknown split record format {fmt}")
+            (_, parent, start, last, h, left, right, version, phase, req, changed,
+             reason) = row[:12]
+            cleaned: tuple[int, ...] = ()
+            if fmt == 2:
+                (extra,) = row[12:]
+                assert isinstance(extra, list | tuple) and len(extra) <= 2
+                cleaned = tuple(sorted({int(c) for c in extra}))
             return cls(int(parent), int(start), int(last) + 1, int(h), int(left), int(right),
                        int(version), SplitPhase(int(phase)), int(req), int(changed),
-                       str(reason))
+                       str(reason), cleaned)
         except (AssertionError, ValueError, TypeError) as exc:
             raise ValueError(f"unreadable split record: {exc}") from exc
 

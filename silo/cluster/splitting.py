@@ -17,8 +17,14 @@ acting on it, so that :meth:`Splitter.recover` can finish or undo whatever a cra
 - CLEANUP_DONE: both children finished their cleanup (marker ``done``).
 
 With coordination ``none`` the map file and a records file in the data directory are the
-coordination (:class:`LocalSplitCoordination`); an etcd coordinator plugs in by implementing
-:class:`SplitCoordination` over ``cas_shard_map`` and the split records.
+coordination (:class:`LocalSplitCoordination`). With coordination ``etcd``
+(:class:`~silo.cluster.etcd_splits.EtcdSplitCoordination`) the node that owns the parent splits
+it while holding off its reconcile loop (:meth:`~silo.cluster.reconcile.Reconciler.exclusive`);
+the commit txn also takes both children's ownership keys, the children open on this node, and
+then the parent's key is released. Whatever a crash interrupts, the loop finishes or undoes when
+it next opens the parent or a child (:meth:`Splitter.prepare_open`); from then on the children
+are ordinary shards that placement may move, and each child's cleanup, wherever it finishes,
+is noted in the record (CLEANUP_DONE once both are).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -42,7 +49,7 @@ from silo.cluster.split import (
     split_map,
     tenant_position,
 )
-from silo.errors import Aborted, FailedPrecondition, InvalidArgument, Unavailable
+from silo.errors import Aborted, FailedPrecondition, InvalidArgument, SiloError, Unavailable
 from silo.keys import parse
 from silo.runtime import Runtime
 from silo.shard.cleanup import SplitMarker, write_marker
@@ -63,9 +70,11 @@ class SplitCoordination(Protocol):
 
     async def read_map(self) -> ShardMap: ...
 
-    async def commit_map(self, expected: ShardMap, new: ShardMap) -> ShardMap:
-        """Install ``new`` if the map in force is still ``expected``; returns the map in force
-        afterwards (the caller checks whether it holds the children)."""
+    async def commit_map(self, expected: ShardMap, new: ShardMap,
+                         record: SplitRecord) -> ShardMap:
+        """Install ``new`` (``record``'s committed map) if the map in force is still
+        ``expected``; returns the map in force afterwards (the caller checks whether it holds
+        the children)."""
         ...
 
     async def records(self) -> dict[int, SplitRecord]: ...
@@ -89,7 +98,8 @@ class LocalSplitCoordination:
             raise FailedPrecondition("no shard map in the data directory")
         return ShardMap.decode(raw)
 
-    async def commit_map(self, expected: ShardMap, new: ShardMap) -> ShardMap:
+    async def commit_map(self, expected: ShardMap, new: ShardMap,
+                         record: SplitRecord) -> ShardMap:
         current = await self.read_map()
         if current != expected:
             return current
@@ -193,14 +203,29 @@ class Splitter:
         if self._lock.locked():
             raise FailedPrecondition("another split is in progress on this node")
         async with self._lock:
-            if self.node.shard_map.get(parent) is None:
-                raise InvalidArgument(f"shard {parent} is not in the shard map")
-            if parent not in self.node.shards:
-                raise FailedPrecondition(f"shard {parent} is not served by this node")
-            h = self.default_point(parent) if at_hash is None else at_hash
-            record = plan_split(self.node.shard_map, parent, h, self.runtime.clock.now_ms())
-            record = await self._save(record)
-            return await self._run(record)
+            reconciler = self.node.reconciler
+            if reconciler is None:
+                return await self._split(parent, at_hash)
+            async with reconciler.exclusive():
+                # Cluster: the loop opens, closes, acquires and releases nothing meanwhile.
+                self.node.shard_map = await self.coordination.read_map()
+                await self.load()  # the records as etcd has them (their revisions too)
+                try:
+                    return await self._split(parent, at_hash)
+                finally:
+                    # Whatever the outcome, the loop takes it from here (it reopens an
+                    # interrupted parent, or opens committed children, finishing the record).
+                    self.node.resume(parent)
+
+    async def _split(self, parent: int, at_hash: int | None) -> SplitRecord:
+        if self.node.shard_map.get(parent) is None:
+            raise InvalidArgument(f"shard {parent} is not in the shard map")
+        if parent not in self.node.shards:
+            raise FailedPrecondition(f"shard {parent} is not served by this node")
+        h = self.default_point(parent) if at_hash is None else at_hash
+        record = plan_split(self.node.shard_map, parent, h, self.runtime.clock.now_ms())
+        record = await self._save(record)
+        return await self._run(record)
 
     async def request(self, parent: int, at_hash: int | None = None) -> SplitRecord:
         """:meth:`split` in the node's own task group, so that a caller that gives up (an RPC
@@ -238,7 +263,7 @@ class Splitter:
             record = await self._advance(record, SplitPhase.CLONED)
             expected = node.shard_map
             new = split_map(expected, record)
-            installed = await self.coordination.commit_map(expected, new)
+            installed = await self.coordination.commit_map(expected, new, record)
         except Exception as exc:
             # Not on cancellation (the node is stopping or its process died): the record
             # stays where it is and the next open finishes or undoes the split.
@@ -272,8 +297,9 @@ class Splitter:
         log.warning("split of shard %d undone: %s", record.parent, reason)
         for child in record.children:
             await self.runtime.disk.destroy(self.node.shard_path(child.shard_id))
-        if record.parent not in self.node.shards and not self.node.closing:
-            await self.node.open_shard(record.parent)
+        if (record.parent not in self.node.shards and not self.node.closing
+                and not self.node.clustered):
+            await self.node.open_shard(record.parent)  # in a cluster, the reconcile loop does
         self.node.resume(record.parent)
         await self._advance(record, SplitPhase.ABORTED, reason)
 
@@ -281,13 +307,23 @@ class Splitter:
         async with trio.open_nursery() as nursery:  # both children load at once
             for child in record.children:
                 if child.shard_id not in self.node.shards:
-                    nursery.start_soon(self.node.open_shard, child.shard_id)
+                    nursery.start_soon(partial(self.node.open_shard, child.shard_id,
+                                               recover=False))
         # Closed since the pause; only the planted bug skip-split-pause still serves it here.
         await self.node.close_shard(record.parent)
         self.node.resume(record.parent)
         if record.phase == SplitPhase.COMMITTED:
             record = await self._advance(record, SplitPhase.CHILDREN_OPEN)
         await self.runtime.disk.destroy(self.node.shard_path(record.parent))
+        reconciler = self.node.reconciler
+        if reconciler is not None:
+            # The children are owned (the commit took their keys) and open: give the parent up.
+            # If this fails, the reconcile loop releases it (a key for a shard not in the map).
+            try:
+                await reconciler.coordinator.release(record.parent)
+            except SiloError as exc:
+                log.warning("split of shard %d: releasing the parent failed: %s",
+                            record.parent, exc)
         self.check_cleanup(record.parent)
         return self.records[record.parent]
 
@@ -295,13 +331,95 @@ class Splitter:
 
     def on_cleanup_done(self, shard_id: int) -> None:
         """A child finished its cleanup: record CLEANUP_DONE once both have."""
+        if self.node.clustered:
+            self.node.spawn(self._note_cleaned, shard_id)
+            return
         for parent, record in sorted(self.records.items()):
             if record.phase == SplitPhase.CHILDREN_OPEN and shard_id in (record.left,
                                                                           record.right):
                 self.node.spawn(self._finish_cleanup, parent)
 
     def check_cleanup(self, parent: int) -> None:
+        if self.node.clustered:
+            record = self.records.get(parent)
+            for child in () if record is None else (record.left, record.right):
+                shard = self.node.shards.get(child)
+                marker = None if shard is None else shard.split_marker()
+                if marker is not None and marker.done:
+                    self.node.spawn(self._note_cleaned, child)
+            return
         self.node.spawn(self._finish_cleanup, parent)
+
+    async def _note_cleaned(self, child: int) -> None:
+        """Cluster: note in the record that ``child``'s cleanup finished (the other child may
+        be served by another node); CLEANUP_DONE once both are noted. Retried a few times on a
+        conflicting write or an unreachable etcd; a child that opens with its cleanup done
+        notes it again."""
+        for _attempt in range(5):
+            try:
+                async with self._lock:
+                    await self.load()
+                    for _parent, record in sorted(self.records.items()):
+                        if (record.phase != SplitPhase.CHILDREN_OPEN
+                                or child not in (record.left, record.right)):
+                            continue
+                        if child not in record.cleaned:
+                            record = record.with_cleaned(child)
+                            await self.coordination.save_record(record)
+                            self.records[record.parent] = record
+                        if set(record.cleaned) == {record.left, record.right}:
+                            await self._advance(record, SplitPhase.CLEANUP_DONE)
+                return
+            except SiloError as exc:
+                log.info("noting the cleanup of shard %d failed (%s); retrying", child, exc)
+                await trio.sleep(0.5)
+
+    async def prepare_open(self, shard_id: int) -> None:
+        """Cluster: before the reconcile loop opens ``shard_id`` (holding its ownership key),
+        finish or undo what a crash left of a split touching it:
+
+        - ``shard_id`` is the parent of a split that never committed (the map still holds the
+          parent): discard the clones, record ABORTED; the parent opens intact;
+        - ``shard_id`` is a child of a committed split (the map holds the children): record
+          COMMITTED if the crash came between the commit and the record, delete the parent's
+          directory (closed before it was cloned; nobody serves it), record CHILDREN_OPEN.
+
+        Runs under the loop's lock, like every split (:meth:`split` holds it throughout), so it
+        never meets a split in progress on this node; a split elsewhere cannot commit without
+        owning the parent (the commit txn checks)."""
+        await self.load()
+        touching = [r for _, r in sorted(self.records.items()) if not r.phase.finished
+                    and shard_id in (r.parent, r.left, r.right)]
+        if not touching:
+            return
+        current = await self.coordination.read_map()
+        for record in touching:
+            parent = record.parent
+            has_children = map_has_children(current, record)
+            if parent == shard_id and not has_children and not record.phase.committed:
+                for child in record.children:
+                    await self.runtime.disk.destroy(self.node.shard_path(child.shard_id))
+                await self._advance(record, SplitPhase.ABORTED,
+                                    "interrupted before the commit (undone by the parent's "
+                                    "next owner)")
+            elif shard_id in (record.left, record.right) and has_children:
+                if not record.phase.committed:
+                    if record.phase != SplitPhase.CLONED:
+                        raise FailedPrecondition(
+                            f"split of shard {parent}: the map holds its children but the "
+                            f"record is only {record.phase.label}")
+                    record = await self._advance(record, SplitPhase.COMMITTED)
+                if record.phase == SplitPhase.COMMITTED:
+                    await self.runtime.disk.destroy(self.node.shard_path(parent))
+                    await self._advance(record, SplitPhase.CHILDREN_OPEN)
+
+    def after_open(self, shard_id: int) -> None:
+        """Cluster: a shard opened; if it is a split child whose cleanup already finished,
+        make sure the record says so."""
+        shard = self.node.shards.get(shard_id)
+        marker = None if shard is None else shard.split_marker()
+        if marker is not None and marker.done:
+            self.node.spawn(self._note_cleaned, shard_id)
 
     async def _finish_cleanup(self, parent: int) -> None:
         async with self._lock:
@@ -369,7 +487,9 @@ class Splitter:
                 shard = self.node.shards.get(child)
                 marker = None if shard is None else shard.split_marker()
                 if marker is None:
-                    stage = "done" if record.phase == SplitPhase.CLEANUP_DONE else (
+                    finished = (record.phase == SplitPhase.CLEANUP_DONE
+                                or child in record.cleaned)
+                    stage = "done" if finished else (
                         "not started" if not record.phase.committed else "closed")
                     children.append(ChildCleanup(child, stage, 0, 0, shard is not None))
                 else:
@@ -394,6 +514,33 @@ class Splitter:
                 return True
             frontier.extend(self.lineage.get(s, ()))
         return False
+
+    async def refresh_lineage(self) -> None:
+        """Learn committed splits recorded by any node (cluster: old ids are forwarded)."""
+        try:
+            records = await self.coordination.records()
+        except SiloError as exc:
+            log.info("reading the split records failed: %s", exc)
+            return
+        for parent, record in sorted(records.items()):
+            if record.phase.committed:
+                self.lineage[parent] = (record.left, record.right)
+
+    def leaves(self, shard_id: int) -> list[int]:
+        """The shards ``shard_id`` split into, down to those not split (itself if never
+        split), in id order."""
+        out: list[int] = []
+        frontier = [shard_id]
+        seen = 0
+        while frontier and seen < 10_000:
+            seen += 1
+            s = frontier.pop()
+            children = self.lineage.get(s)
+            if children is None:
+                out.append(s)
+            else:
+                frontier.extend(children)
+        return sorted(out)
 
     def descendants(self, shard_id: int) -> list[int]:
         """Open shards descending from ``shard_id`` (itself when open), in id order."""
