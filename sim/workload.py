@@ -502,8 +502,9 @@ AMBIGUOUS = frozenset({Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.INTERNAL})
 ENQUEUE_TRIES = 12
 
 
-async def _enqueue_group(client: Any, host: ClientHost, group: list[JobPlan]) -> None:
-    now = host.clock.now_ms()
+async def _enqueue_group(client: Any, group: list[JobPlan], now: int) -> None:
+    """Send ``group`` as of ``now`` (ms): every try of one group sends the same jobs, start
+    times included, so a retry is recognised as the same request."""
     if len(group) == 1:
         p = group[0]
         extra: dict[str, Any] = {}
@@ -531,14 +532,18 @@ async def produce(
             ids = [p.job_id for p in group]
             tries = ENQUEUE_TRIES if retrying else 1
             acked = False
+            now = host.clock.now_ms()
             for attempt in range(tries):
                 try:
-                    await _enqueue_group(client, host, group)
+                    await _enqueue_group(client, group, now)
                     acked = True
                     break
                 except SiloError as exc:
                     sim.trace.record(f"enqueue failed {ids} try {attempt + 1}: {exc}")
-                    if attempt and exc.code == Code.ALREADY_EXISTS:
+                    # A group over several shards is several calls, and the client stops at
+                    # the first refusal: ALREADY_EXISTS then vouches for one call's jobs only,
+                    # not for those of the calls never sent, so the group stays unknown.
+                    if attempt and exc.code == Code.ALREADY_EXISTS and len(group) == 1:
                         sim.count("enqueue.retry_already_exists", len(group))
                         acked = True
                         break
