@@ -204,6 +204,9 @@ class PoisonItem(Event):
 @dataclass(frozen=True, slots=True)
 class ShardOpened(Event):
     node: str = ""
+    at_ms: int | None = None
+    mono_ms: int | None = None
+    """The node's wall and monotonic readings its stored deadlines were re-based on."""
 
 
 @dataclass(frozen=True, slots=True)

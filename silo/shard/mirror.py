@@ -87,6 +87,8 @@ class ShardMirror:
         self.corrupt: list[tuple[bytes, bytes]] = []
         """Rows the last :meth:`load` could not decode (left out of the mirrors; the shard
         quarantines them)."""
+        self.loaded_at: tuple[int, int] | None = None
+        """``(wall ms, monotonic ms)`` the last :meth:`load` re-based new deadlines on."""
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -120,6 +122,7 @@ class ShardMirror:
         finally:
             self._loading = False
             wall, mono = self.clock_readings()
+            self.loaded_at = (wall, mono)
             timer_deadlines.rebase(self.timers.keys(), wall, mono)
             expiry_deadlines.rebase(self.expiries.keys(), wall, mono)
             self.timer_deadlines, self.expiry_deadlines = timer_deadlines, expiry_deadlines

@@ -502,7 +502,10 @@ async def open_shard(
             nursery.start_soon(shard._loops.reaper_loop)
             if shard.cleanup is not None and not shard.cleanup.marker.done:
                 nursery.start_soon(shard.cleanup.run)
-            runtime.events("shard_opened", {"shard": shard_id, "node": runtime.node_id})
+            # With the clock readings its timers and lease expiries were re-based on.
+            wall, mono = shard._mirror.loaded_at or (None, None)
+            runtime.events("shard_opened", {"shard": shard_id, "node": runtime.node_id,
+                                            "at_ms": wall, "mono_ms": mono})
             try:
                 yield shard
             finally:

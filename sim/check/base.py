@@ -107,19 +107,19 @@ class CheckerBase:
 
     def _on_shard_opened(self, host: Any, f: events.ShardOpened) -> None:
         """A shard opened (its node started, or took it over): the node indexed every stored
-        timer and lease expiry on its monotonic clock from the wall clock of this moment
-        (DESIGN §4 "Deadlines": re-based when a shard opens; the event follows the load with
-        no wait in between). Re-base the model's deadlines of that shard the same way: a wall
-        step taken before the open does move them, unlike one taken while the shard is open.
+        timer and lease expiry on its monotonic clock from the wall clock read at the end of
+        its load (DESIGN §4 "Deadlines": re-based when a shard opens; the event carries those
+        readings). Re-base the model's deadlines of that shard the same way: a wall step taken
+        before the open does move them, unlike one taken while the shard is open.
 
         Only timers are re-based: a ready or parked task has no deadline on the node (its
         :attr:`Queued.steps_at` and :attr:`Queued.gen_at` stay, so invariant 13 leaves it
         alone after a step)."""
-        clock = getattr(host, "clock", None)
-        if clock is None:
+        wall, mono = f.at_ms, f.mono_ms
+        if wall is None or mono is None:
             return
         name = _host_name(host)
-        offset = clock.now_ms() - clock.monotonic_ms()
+        offset = wall - mono
         steps = self.clock_steps.get(name, 0)
         gen = getattr(host, "generation", 0)
         for _, j in sorted(self.jobs.items()):
@@ -132,7 +132,7 @@ class CheckerBase:
                 task.steps_at, task.gen_at = steps, gen
             lease = j.lease
             if lease is not None:
-                lease.deadline_s = self._now() + (lease.expiry_ms - clock.now_ms()) / 1000
+                lease.deadline_s = self._now() + (lease.expiry_ms - wall) / 1000
                 lease.overdue_since = None
                 lease.gen, lease.steps = gen, steps
 

@@ -589,7 +589,7 @@ def test_inv9_timers_are_re_based_when_their_shard_reopens() -> None:
     _high_timer_then_back_step(h)
     h.host.generation = 2  # type: ignore[attr-defined]  # the node restarted
     h.host.clock.now = T0 + 1500
-    h.ev("shard_opened", node="n1")
+    h.ev("shard_opened", node="n1", at_ms=h.host.clock.now_ms(), mono_ms=1500)
     _lease_ready(h, "low", "t1", 4000)
     assert h.violations == []
     _lease_ready(h, "low2", "t2", 5500)
