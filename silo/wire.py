@@ -386,7 +386,8 @@ def _oneof(o: pb.Outcome) -> tuple[str | None, object]:
         return None, None
 
 
-def _encode_varint(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
+    """``n`` (>= 0) as a protobuf base-128 varint."""
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -396,7 +397,7 @@ def _encode_varint(n: int) -> bytes:
 
 
 def _length_delimited(tag: bytes, body: bytes) -> bytes:
-    return tag + _encode_varint(len(body)) + body
+    return tag + encode_varint(len(body)) + body
 
 
 def encode_enqueue_batch_response(

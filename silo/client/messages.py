@@ -15,7 +15,14 @@ from typing import Any
 from silo.client.types import Job, JobCancelled, JobFailed, pack, unpack
 from silo.errors import Code, InvalidArgument, SiloError, error_for_code, quote
 from silo.model import DEFAULT_PRIORITY, DEFAULT_TENANT, JobStatus, Limit, NewJob, RetryPolicy
-from silo.wire import attempt_from_pb, limit_from_pb, new_job_to_pb, pb, retry_from_pb
+from silo.wire import (
+    attempt_from_pb,
+    encode_varint,
+    limit_from_pb,
+    new_job_to_pb,
+    pb,
+    retry_from_pb,
+)
 
 ENQUEUE_BATCH_MAX_JOBS = 1000
 """Jobs per EnqueueBatch call (the server's default ``max_jobs_per_batch``)."""
@@ -96,7 +103,7 @@ class EncodedBatchRequest:
         # (2, each tag 0x12 + length + body), request_id (4).
         parts = [bytes(pb.EnqueueBatchRequest(shard=shard))]
         for body in encoded:
-            parts.append(_JOBS_TAG + _varint(len(body)))
+            parts.append(_JOBS_TAG + encode_varint(len(body)))
             parts.append(body)
         parts.append(bytes(pb.EnqueueBatchRequest(request_id=request_id)))
         self._data = b"".join(parts)
@@ -109,13 +116,6 @@ _JOBS_TAG = b"\x12"
 """Field 2 (``jobs``) of EnqueueBatchRequest, length-delimited."""
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def enqueue_batch_requests(
