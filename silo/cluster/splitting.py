@@ -65,6 +65,9 @@ MAX_FINISHED_RECORDS = 64
 committed splits also keep the parent -> children lineage that forwards old shard ids."""
 
 
+LINEAGE_WALK_MAX = 10_000
+"""Most shards one lineage walk visits."""
+
 class SplitCoordination(Protocol):
     """Where the shard map and split records live (the commit point of a split)."""
 
@@ -526,35 +529,25 @@ class Splitter:
             if record.phase.committed:
                 self.lineage[parent] = (record.left, record.right)
 
+    def _lineage_of(self, shard_id: int) -> list[int]:
+        """``shard_id`` and every shard descending from it by recorded splits (bounded to
+        ``LINEAGE_WALK_MAX`` shards, so a corrupt lineage cannot loop forever)."""
+        out: list[int] = []
+        frontier = [shard_id]
+        while frontier and len(out) < LINEAGE_WALK_MAX:
+            s = frontier.pop()
+            out.append(s)
+            frontier.extend(self.lineage.get(s, ()))
+        return out
+
     def leaves(self, shard_id: int) -> list[int]:
         """The shards ``shard_id`` split into, down to those not split (itself if never
         split), in id order."""
-        out: list[int] = []
-        frontier = [shard_id]
-        seen = 0
-        while frontier and seen < 10_000:
-            seen += 1
-            s = frontier.pop()
-            children = self.lineage.get(s)
-            if children is None:
-                out.append(s)
-            else:
-                frontier.extend(children)
-        return sorted(out)
+        return sorted(s for s in self._lineage_of(shard_id) if s not in self.lineage)
 
     def descendants(self, shard_id: int) -> list[int]:
         """Open shards descending from ``shard_id`` (itself when open), in id order."""
-        out: list[int] = []
-        frontier = [shard_id]
-        seen = 0
-        while frontier and seen < 10_000:
-            seen += 1
-            s = frontier.pop()
-            if s in self.node.shards:
-                out.append(s)
-            frontier.extend(self.lineage.get(s, ()))
-        return sorted(out)
-
+        return sorted(s for s in self._lineage_of(shard_id) if s in self.node.shards)
 
 __all__ = [
     "ChildCleanup",
