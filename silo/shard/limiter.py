@@ -44,6 +44,8 @@ Contract:
   rate reservation is deleted by the timer loop ``per_ms`` after its slot, when it can no
   longer constrain a reservation (:meth:`Limiter.forget_expired_reservations`; token-bucket
   rows of earlier versions are deleted once refilled, :meth:`Limiter.forget_full_buckets`).
+  What the deleted rows still say should the wall clock step back is one row per shard, the
+  rate floor (:mod:`silo.shard.reservations`).
 
 Invariant: a queue never has more holders than its max at the time of each grant; a slot is
 granted to a task at most once (its holder row is keyed by the task id); a job waiting for a
