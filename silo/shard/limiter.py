@@ -451,6 +451,11 @@ class Limiter:
             # Planted bug: the slot is given back but the latest job keeps its later time,
             # so the next reservation lands on it (the count-only bucket of earlier versions).
             return theirs
+        if slot_ms == due_ms:
+            # The freed slot is the latest job's own time (several tokens share a slot): it
+            # keeps its timer as indexed. Rewriting the row would re-index it on the wall
+            # clock now, moving its monotonic deadline by every wall step since it was queued.
+            return theirs
         txn.delete(tk)
         moved = replace(task, due_ms=slot_ms)
         txn.put(timer_key(moved), moved.encode())
