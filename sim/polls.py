@@ -12,12 +12,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from silo.client.worker import EMPTY_POLL_WAIT_MS, empty_reply_backoff_s
 from silo.wire import pb
 
+
+def backoff_ramp() -> int:
+    """How many empty replies one lease loop can get, counting from a reset of its backoff (a
+    reply with tasks, or the loop's start), before its sleeps reach :data:`EMPTY_POLL_WAIT_MS`.
+
+    The ``k``-th empty reply after a reset comes at least ``sum(empty_reply_backoff_s(i) for i
+    in 1..k-1)`` after it (server waits and latency only add time). The sleeps grow 10, 20,
+    ..., 640 ms (7 replies, 1.27 s in all) and then stay at 1 s, so within ``g`` seconds of a
+    reset a loop gets at most ``ramp + g`` empty replies: the ramp, then at most one per second
+    (the first of those not before 1.27 s). A worker that gets a task every few hundred ms (a
+    rate-limited job retried at once, say) thus legally sees 3-5 empty replies per task.
+    """
+    plateau_s = EMPTY_POLL_WAIT_MS / 1000
+    ramp, ramp_s = 0, 0.0
+    while empty_reply_backoff_s(ramp + 1) < plateau_s:
+        ramp += 1
+        ramp_s += empty_reply_backoff_s(ramp)
+    assert ramp_s >= plateau_s, "the proof above needs the ramp to last a plateau sleep"
+    return ramp
+
+
 EMPTY_PER_S = 3.0
-"""Empty replies allowed per simulated second (the SDK's backoff gives about one)."""
-EMPTY_PER_BUSY = 2
-"""Empty replies allowed per non-empty one (a reply with tasks resets the backoff)."""
+"""Empty replies allowed per simulated second (the SDK's backoff gives one per lease loop, and
+a worker runs one loop per node address it leases from)."""
+EMPTY_PER_BUSY = backoff_ramp()
+"""Empty replies allowed per non-empty one: a reply with tasks resets the backoff, and the
+ramp that follows is :func:`backoff_ramp` replies long. (A bound of 2 per reply failed a legal
+run: ``priority --seed 250`` in tests/sim/test_regressions.py.)"""
 EMPTY_SLACK = 30
 """Empty replies allowed per worker id besides (the backoff's first doublings)."""
 SMALL_REPLY_BYTES = 200

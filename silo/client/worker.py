@@ -77,6 +77,8 @@ DISCOVER_INTERVAL_S = 5.0
 LEASE_WAIT_MS = 5_000
 EMPTY_POLL_WAIT_MS = 1_000
 """With ``lease_wait_ms`` below this, empty lease replies back off up to this long."""
+EMPTY_BACKOFF_FIRST_S = 0.01
+"""The backoff after the first empty lease reply; it doubles with each further one."""
 LEASE_WAIT_MS_MAX = 30_000
 """The server's bound on LeaseTasks ``wait_ms``."""
 MAX_CONCURRENT_TASKS_MAX = 1000
@@ -88,6 +90,15 @@ REPORT_DRAIN_MIN_S = 1.0
 ACKS_MAX = 1000
 """Acknowledgements carried by one LeaseTasks request (older ones are left to heartbeats)."""
 REFRESH_REPORT_TRIES = 10
+
+
+def empty_reply_backoff_s(empty_replies: int) -> float:
+    """How long the worker sleeps before its next LeaseTasks after ``empty_replies`` (>= 1)
+    empty replies in a row, when ``lease_wait_ms`` is below :data:`EMPTY_POLL_WAIT_MS`:
+    10 ms doubling to :data:`EMPTY_POLL_WAIT_MS`. Non-decreasing in ``empty_replies``; a reply
+    with tasks starts the count again."""
+    return min(EMPTY_BACKOFF_FIRST_S * 2 ** min(empty_replies - 1, 10),
+               EMPTY_POLL_WAIT_MS / 1000)
 
 
 @dataclass
@@ -249,8 +260,7 @@ class Worker:
                     and not self.faults.mutation("no-empty-lease-backoff")):
                 # The server answers at once when asked not to wait: back off instead of
                 # asking again in a busy loop (10 ms doubling to EMPTY_POLL_WAIT_MS).
-                await trio.sleep(min(0.01 * 2 ** min(empty_replies - 1, 10),
-                                     EMPTY_POLL_WAIT_MS / 1000))
+                await trio.sleep(empty_reply_backoff_s(empty_replies))
             slots = [await self._slots.acquire()]
             try:
                 while len(slots) < self.max_concurrent_tasks:

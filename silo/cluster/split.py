@@ -24,9 +24,9 @@ Which keys a child deletes (:func:`key_owner`), per table (:class:`~silo.keys.Pr
   tenant, the reaper drops it as it would in the parent);
 - quarantine ``(original key hex)``: the tenant of the original key if it has one, else kept in
   both children (an operator-only table; a duplicate there is harmless, a deletion is not);
-- shard meta (counters, the split marker, cleanup progress): never deleted by the key sweep;
-  the counters are recounted from the data when the cleanup ends (per-tenant counters of
-  tenants outside the range disappear then);
+- shard meta (counters, the split marker, cleanup progress, the rate floor): never deleted by
+  the key sweep; the counters are recounted from the data when the cleanup ends (per-tenant
+  counters of tenants outside the range disappear then);
 - any key that does not parse, or an unknown prefix: kept (cleanup never deletes what it cannot
   attribute to a tenant outside the range).
 """

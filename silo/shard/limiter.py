@@ -44,6 +44,8 @@ Contract:
   rate reservation is deleted by the timer loop ``per_ms`` after its slot, when it can no
   longer constrain a reservation (:meth:`Limiter.forget_expired_reservations`; token-bucket
   rows of earlier versions are deleted once refilled, :meth:`Limiter.forget_full_buckets`).
+  What the deleted rows still say should the wall clock step back is one row per shard, the
+  rate floor (:mod:`silo.shard.reservations`).
 
 Invariant: a queue never has more holders than its max at the time of each grant; a slot is
 granted to a task at most once (its holder row is keyed by the task id); a job waiting for a
@@ -448,6 +450,11 @@ class Limiter:
         if self._faults.mutation("rate-token-returned-in-place"):
             # Planted bug: the slot is given back but the latest job keeps its later time,
             # so the next reservation lands on it (the count-only bucket of earlier versions).
+            return theirs
+        if slot_ms == due_ms:
+            # The freed slot is the latest job's own time (several tokens share a slot): it
+            # keeps its timer as indexed. Rewriting the row would re-index it on the wall
+            # clock now, moving its monotonic deadline by every wall step since it was queued.
             return theirs
         txn.delete(tk)
         moved = replace(task, due_ms=slot_ms)

@@ -26,6 +26,7 @@ from silo.model import (
 from silo.runtime.clock import Clock
 from silo.runtime.disk import KVStore
 from silo.shard.deadlines import DeadlineIndex
+from silo.shard.tables import RATE_FLOOR_KEY
 
 _READY = bytes((Prefix.READY,))
 _TIMER = bytes((Prefix.TIMER,))
@@ -81,6 +82,8 @@ class ShardMirror:
         self.reservations: SortedDict = SortedDict()
         self.reservation_expiry: SortedList = SortedList()  # (expires_ms, reservation key)
         self._reservation_expires: dict[bytes, int] = {}
+        self.rate_floor_ms = 0
+        """No reservation goes before this (the stored ``RATE_FLOOR_KEY``; 0: none stored)."""
         self.on_timer_added: Callable[[], None] = lambda: None
         self.on_expiry_added: Callable[[], None] = lambda: None
         self.on_ready_added: Callable[[str], None] = lambda task_group: None
@@ -144,6 +147,7 @@ class ShardMirror:
                     break
                 start = rows[-1][0] + b"\x00"
         self._load_rows(await kv.scan(COUNTER_PREFIX, keys.successor(COUNTER_PREFIX)))
+        self._load_rows(await kv.scan(RATE_FLOOR_KEY, keys.successor(RATE_FLOOR_KEY)))
 
     def _load_rows(self, rows: list[tuple[bytes, bytes]]) -> None:
         """Apply loaded rows one by one: a row that cannot be decoded is set aside in
@@ -217,6 +221,8 @@ class ShardMirror:
                     self.counters.pop(k, None)
                 else:
                     self.counters[k] = decode_int(k, v)
+            elif k == RATE_FLOOR_KEY:
+                self.rate_floor_ms = 0 if v is None else decode_int(k, v)
 
     @staticmethod
     def _index(

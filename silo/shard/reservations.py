@@ -4,13 +4,27 @@ A bucket (tenant, name, key) is the set of its reservation rows, one per token g
 ``(tenant, name, key, slot_ms, job_id, attempt)``: the time the token is (or was) granted and the
 attempt that holds it. A job with limit ``L`` per ``P`` ms reserves at
 
-    slot = max(now, latest slot, L-th latest slot + P)
+    slot = max(now, latest slot, L-th latest slot + P, floor)
 
 so slots never decrease and any ``L + 1`` consecutive slots span at least ``P`` ms: no window of
-``P`` ms (``[t, t + P)``) ever holds more than ``L`` slots. A row is kept until ``slot + P``, then
-deleted (:meth:`RateWindows.forget_expired`): from then on it cannot constrain a later
-reservation. (Jobs naming one bucket are expected to agree on its limit; each reservation is
-checked against the limit of the job making it.)
+``P`` ms (``[t, t + P)``) of stored slots ever holds more than ``L`` of them. A row is kept until
+the wall clock reaches ``slot + P``, then deleted (:meth:`RateWindows.forget_expired`), and the
+deletion raises the shard's *floor* (the stored row ``RATE_FLOOR_KEY``, in the same batch) to at
+least ``slot + P``. While the wall clock only moves forward the floor is never above ``now``; it
+is what keeps the window once the wall clock steps back: a later reservation at the stepped-back
+``now`` would otherwise fall within ``P`` of deleted slots (slots are stored wall times, so the
+window is judged on them, across restarts and moves between nodes whose clocks differ; the
+timer that waits for a slot follows the monotonic clock, DESIGN §4). So a backward step of
+``S`` ms delays the shard's next reservations by at most ``S``, and never lets a window hold
+more than ``L``. The floor is one row per shard, not per bucket, so an idle bucket still keeps no
+row. (Jobs naming one bucket are expected to agree on its limit; each reservation is checked
+against the limit of the job making it.)
+
+Why the floor is enough: take ``L + 1`` consecutive slots ``s_0 <= ... <= s_L`` of a bucket.
+When ``s_L`` was reserved, either every row from ``s_0`` on was still kept, and the ``L``-th
+latest slot was ``s_0`` (``s_L >= s_0 + P``), or one of them, ``s_i >= s_0``, was deleted, and
+then ``s_L >= floor >= s_i + P >= s_0 + P``. Slots never decrease: ``s_L`` is at least the
+latest kept slot, and at least the floor, which exceeds every deleted slot.
 
 Giving a token back (:meth:`RateWindows.give_back`): the cancelled attempt's slot goes to the
 attempt holding the bucket's latest reservation, which the caller moves into it; the bucket's
@@ -32,8 +46,8 @@ from typing import TYPE_CHECKING
 from sortedcontainers import SortedList
 
 from silo import keys
-from silo.model import RateLimit, RateReservation
-from silo.shard.tables import reservation_key, reservation_range
+from silo.model import RateLimit, RateReservation, decode_int, encode_int
+from silo.shard.tables import RATE_FLOOR_KEY, reservation_key, reservation_range
 from silo.shard.txn import Txn
 
 if TYPE_CHECKING:
@@ -105,7 +119,14 @@ class RateWindows:
             slot = max(slot, self._slot_at(d, n - 1))
         if n >= limit.limit:
             slot = max(slot, self._slot_at(d, n - limit.limit) + limit.per_ms)
-        return slot
+        return max(slot, self.floor_ms(txn))
+
+    def floor_ms(self, txn: Txn) -> int:
+        """The shard's rate floor as ``txn`` sees it (see the module docstring)."""
+        raw = txn.ops.get(RATE_FLOOR_KEY)
+        if raw is not None:
+            return decode_int(RATE_FLOOR_KEY, raw)
+        return self._mirror.rate_floor_ms
 
     def reserve(self, txn: Txn, tenant: str, limit: RateLimit, job_id: str, attempt: int) -> int:
         """Reserve the next token for the attempt; returns its slot (``<= now``: at once)."""
@@ -179,6 +200,7 @@ class RateWindows:
         timer is kept: its attempt may still wait for it (a promotion running late)."""
         first_timer = self._mirror.next_timer_due_ms()
         n = 0
+        floor = self.floor_ms(txn)
         for i, (expires_ms, k) in enumerate(self._mirror.reservation_expiry):
             if expires_ms > txn.now or i >= max_rows:
                 break
@@ -187,5 +209,8 @@ class RateWindows:
             if first_timer is not None and self._mirror.reservations[k] >= first_timer:
                 continue
             txn.delete(k)
+            floor = max(floor, expires_ms)
             n += 1
+        if floor > self.floor_ms(txn):
+            txn.put(RATE_FLOOR_KEY, encode_int(floor))
         return n

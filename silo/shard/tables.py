@@ -53,6 +53,11 @@ reservation            slot_ms, job_id,            reserved it: one row per rate
 Counter rows (``META "counter" ...``) hold non-zero values only: a counter that reaches zero is
 deleted.
 
+``META "rate_floor"`` (:data:`RATE_FLOOR_KEY`): the latest ``slot_ms + per_ms`` of the rate
+reservations the shard has deleted, an integer; every later reservation goes no earlier (see
+:mod:`silo.shard.reservations`). Written with the deletions; never deleted (one row per shard;
+a split's children keep their parent's).
+
 ``META "split"`` (only in a shard created by a split) is the child's split marker: its parent,
 its hash range and how far its cleanup of other tenants' rows has come
 (:class:`silo.shard.cleanup.SplitMarker`; which rows belong to whom is
@@ -130,6 +135,10 @@ def reservation_key(
 def reservation_range(tenant: str, name: str, bucket: str) -> tuple[bytes, bytes | None]:
     """The key range of one bucket's reservations."""
     return prefix_range(Prefix.RATE_RESERVATION, tenant, name, bucket)
+
+
+RATE_FLOOR_KEY = key(Prefix.META, "rate_floor")
+"""The shard's rate floor: see the module docstring and :mod:`silo.shard.reservations`."""
 
 
 def attempt_high_water_key(tenant: str, job_id: str) -> bytes:

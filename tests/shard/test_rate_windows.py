@@ -224,3 +224,57 @@ async def test_a_forward_wall_step_keeps_a_waiting_jobs_reservation_and_idles_th
         assert (await lease_one(shard)).job_id == "j1"
         await shard.promote_due()
         assert shard._mirror.reservations == {}  # both a period past their slots (wall time)
+
+
+async def test_a_backward_wall_step_after_rows_are_forgotten_keeps_the_window(
+    world: World,
+) -> None:
+    """A reservation's row goes once the wall clock passes ``slot + per_ms``; if the wall clock
+    then steps back, a new reservation must still not fall within ``per_ms`` of the forgotten
+    slots (chaos seed 110): the shard's stored floor keeps it out, across a reopen too."""
+    rate = RateLimit("api", "k", 2, 1000)
+    async with world.open() as shard:
+        t0 = world.now_ms()
+        await shard.enqueue_batch([limited_job(f"j{i}", rate) for i in range(2)])
+        assert sorted(t.job_id for t in await lease(shard)) == ["j0", "j1"]
+        world.advance(1100)
+        await shard.promote_due()
+        assert shard._mirror.reservations == {}  # both forgotten: a period past their slots
+        assert shard._mirror.rate_floor_ms == t0 + 1000
+        world.step_wall_ms(-1500)  # the wall clock reads t0 - 400
+        await shard.enqueue(limited_job("j2", rate))
+        assert await where_is(shard, "j2") == "TIMER"
+        assert (await shard.get_job(T, "j2")).state.next_attempt_at_ms == t0 + 1000
+    async with world.open() as shard:
+        assert shard._mirror.rate_floor_ms == t0 + 1000
+        await shard.enqueue(limited_job("j3", rate))
+        assert (await shard.get_job(T, "j3")).state.next_attempt_at_ms == t0 + 1000
+        world.advance(1399)
+        assert await lease(shard) == []
+        world.advance(1)
+        assert sorted(t.job_id for t in await lease(shard)) == ["j2", "j3"]
+        assert audit_image(ShardImage.parse(await store_items(shard)), "shard") == []
+        await check_counters(shard)
+
+
+async def test_a_token_given_back_at_the_latest_jobs_own_slot_keeps_its_deadline(
+    world: World,
+) -> None:
+    """Two jobs wait for tokens at the same slot; cancelling the earlier one moves the latest
+    "into" its own time. Its timer must keep the monotonic deadline it has, whatever the wall
+    clock did since (rate_limits seed 127: re-indexed after a forward step, it ran early)."""
+    rate = RateLimit("api", "k", 2, 1000)
+    async with world.open() as shard:
+        t0 = world.now_ms()
+        await shard.enqueue_batch([limited_job(f"j{i}", rate) for i in range(4)])
+        assert sorted(t.job_id for t in await lease(shard)) == ["j0", "j1"]
+        due = {j: (await shard.get_job(T, j)).state.next_attempt_at_ms for j in ("j2", "j3")}
+        assert due == {"j2": t0 + 1000, "j3": t0 + 1000}
+        world.step_wall_ms(500)
+        await shard.cancel(T, "j2")
+        assert (await shard.get_job(T, "j3")).state.next_attempt_at_ms == t0 + 1000
+        world.advance(999)
+        assert await lease(shard) == []
+        world.advance(1)
+        assert (await lease_one(shard)).job_id == "j3"
+        assert audit_image(ShardImage.parse(await store_items(shard)), "shard") == []

@@ -44,6 +44,19 @@ REGRESSIONS = [
     # the one its lost-answer try had created (ALREADY_EXISTS), and it counted that refusal as
     # acknowledging its whole group, though the group's other shard was never sent.
     ("chaos", 1919606572, "producer-retry-resends-a-different-job"),
+    # A rate bucket forgot a reservation once the wall clock passed its slot + per_ms; the wall
+    # clock then stepped back and the next reservation went at the stepped-back now, so three
+    # tokens of a limit of two fell within one window of stored slots (invariant 13).
+    ("chaos", 110, "rate-window-forgotten-before-backward-step"),
+    # A poison job (zero backoff, a rate limit of 2 per 867 ms) kept the only worker busy one
+    # task every 0.3-0.6 s for 440 s; after each task the SDK's backoff starts again at 10 ms,
+    # about 4 empty replies per task, which the idle-polls bound (2 per task) did not allow.
+    ("priority", 250, "idle-poll-bound-ignores-backoff-ramp"),
+    # A cancelled job gave back a token whose slot equalled that of the bucket's latest
+    # reservation; moving the latest job "into" it rewrote its timer row unchanged, and the
+    # rewrite re-indexed the timer on the wall clock, which had stepped forward 1.3 s since:
+    # the job was leased 1.3 s early on the monotonic clock (invariant 13).
+    ("rate_limits", 127, "same-slot-token-move-rebases-timer"),
 ]
 
 
