@@ -10,7 +10,9 @@ Parameters: 2-3 nodes at the start, 4-10 shards, membership TTL 1-3 s, reconcile
 0.1-0.5 s, workers rediscovering the nodes every 0.5-3 s, a cluster move every 1.5-5 s during a
 15-30 s fault phase (a join, at most two; a graceful leave and a return after 0.5-4 s; in half
 the runs one decommission, whose shards the operator force-releases), message loss 0-1%,
-lease 1-5 s, jobs 20-60.
+lease 1-5 s, jobs 20-60, worker concurrency 2-8 and narrow retry policies (a worker runs one
+lease loop per node, and each holds a slot while it long-polls: with one slot and several nodes
+a job's attempts wait for the slot's turn, too slow for the 1,000 attempts of a poison job).
 
 Every other knob is drawn by ``Workload.draw`` (typical, or at an edge).
 """
@@ -32,7 +34,8 @@ async def run(sim: Simulator, rng: random.Random) -> None:
     knobs = draw_cluster(rng, p, nodes=(2, 3))
     w = Workload.draw(
         rng, p, shards=Span(4, 10), lease_ms=Span(1000, 5000), jobs=Span(20, 60),
-        workers=Span(1, 4), fault_s=Span(15.0, 30.0), bound_s=150.0,
+        workers=Span(1, 4), concurrency=Span(2, 8), retry_mode="narrow",
+        fault_s=Span(15.0, 30.0), bound_s=150.0,
     )
     every_s = p("move_every_s", round(rng.uniform(1.5, 5.0), 3))
     decommission = p("decommission", rng.random() < 0.5)

@@ -299,8 +299,10 @@ class ClusterNodeHost(NodeHost):
                     self.handler_nursery = hn
                     self.serving = True
                     self.started_at = trio.current_time()
-                    await node.join_cluster(self.address)
                     task_status.started()
+                    # Serving RPCs (UNAVAILABLE until the reconcile loop opens shards), as the
+                    # real server does while it joins.
+                    await node.join_cluster(self.address)
                     await trio.sleep_forever()
         except Exception:
             if not (self.crashed and gen == self.generation):
@@ -316,7 +318,7 @@ class ClusterNodeHost(NodeHost):
         """Crash now: the stores this node has open lose their unsynced writes (the other
         nodes' stores are untouched); its membership lease expires by itself in etcd and its
         ownership keys stay."""
-        if not self.serving and self.node is None:
+        if not self.serving:
             return
         self.crashed = True
         self.serving = False

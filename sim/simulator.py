@@ -174,7 +174,8 @@ class Simulator:
         if name in ("ReportOutcome", "ReportOutcomes"):
             return (name, self.checker.on_report_start(name, request))
         if name == "LeaseTasks":
-            return (name, self.polls.on_request(request))
+            return (name, self.polls.on_request(
+                request, server.name if self.cluster is not None else ""))
         return (name, None)
 
     def on_serve_end(self, token: Any, response: bytes | None, error: Any) -> None:
