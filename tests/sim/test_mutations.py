@@ -67,7 +67,8 @@ CLUSTER_CASES = {
     # (sim/cluster_nodes.py): (mutation, scenario) -> (expected invariant, text).
     (m, scenario): CASES[m][1:]
     for m in ("split-brain", "release-before-close")
-    for scenario in ("rebalance_under_load", "partition_owner", "etcd_outage", "stale_routing")
+    for scenario in ("rebalance_under_load", "partition_owner", "etcd_outage", "stale_routing",
+                     "cluster_traffic")
 }
 FIRST_SEEDS: dict[str, int] = {
     # mutation: its first failing seed when past MAX_SEEDS (only that seed is run, to stay
