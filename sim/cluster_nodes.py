@@ -286,7 +286,8 @@ class ClusterNodeHost(NodeHost):
             with self._scope:
                 channel = await self.sim.net.connector(self.name).connect(
                     self.world.etcd.address)
-                client = EtcdClient(channel, rng=self.random.stream("etcd"), retry=ETCD_RETRY)
+                client = EtcdClient(channel, rng=self.random.stream("etcd"), retry=ETCD_RETRY,
+                                    faults=self.faults)
                 coordinator = CheckedCoordinator(
                     EtcdCoordinator(client, self.world.keys, self.name), self)
                 async with (

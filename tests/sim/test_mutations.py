@@ -61,6 +61,9 @@ CASES = {
     "split-brain": ("cluster_membership", Invariant.SINGLE_OWNER, "ownership key names"),
     "release-before-close": ("cluster_membership", Invariant.SINGLE_OWNER,
                              "while it still has it open"),
+    # Fail closed: a node cut off from etcd must stop serving before etcd drops its membership.
+    "trust-lease-past-ttl": ("partition_owner", Invariant.SINGLE_OWNER,
+                             "still considered it alive"),
 }
 CLUSTER_CASES = {
     # The cluster's planted bugs in the scenarios of real nodes with real shards and traffic
@@ -69,7 +72,8 @@ CLUSTER_CASES = {
     for m in ("split-brain", "release-before-close")
     for scenario in ("rebalance_under_load", "partition_owner", "etcd_outage", "stale_routing",
                      "cluster_traffic")
-}
+} | {("trust-lease-past-ttl", "etcd_outage"): (Invariant.SINGLE_OWNER,
+                                               "still considers its membership alive")}
 FIRST_SEEDS: dict[str, int] = {
     # mutation: its first failing seed when past MAX_SEEDS (only that seed is run, to stay
     # cheap). None today: every planted bug is caught within MAX_SEEDS.
