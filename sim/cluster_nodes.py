@@ -242,7 +242,9 @@ class ClusterNodeHost(NodeHost):
     def _on_store_open(self, path: str) -> None:
         shard = shard_of_store(path)
         if shard is not None:
-            self.ownership.check_open(self, shard)
+            shard_map = self.world.site.shard_map()
+            mapped = shard_map is None or shard_map.get(shard) is not None
+            self.ownership.check_open(self, shard, mapped=mapped)
 
     def _on_store_opened(self, path: str) -> None:
         shard = shard_of_store(path)
