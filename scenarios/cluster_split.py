@@ -6,8 +6,8 @@ other nodes afterwards. Invariant 11, invariant 10 and every other invariant hol
 Runs the standard workload on a cluster of real nodes with coordination etcd over one shared
 data root (sim/cluster_nodes.py); the split request goes straight to the shard's owner.
 
-Parameters: 2-3 nodes, 2-4 shards, membership TTL 1-3 s, reconcile interval 0.1-0.5 s, workers
-rediscovering the nodes every 0.5-3 s, 1-3 splits during a 12-25 s fault phase, the first after
+Parameters: 2-3 nodes, 2-4 shards, membership TTL 1-3 s, reconcile interval 0.3-1 s, workers
+rediscovering the nodes every 0.5-3 s, 1-3 splits during a 10-20 s fault phase, the first after
 1-6 s; the crash point (one of ``sim.splits.CRASH_POINTS``); split points at the median tenant
 hash in 70% of the requests, else a random hash in the range; 4-12 tenants, single jobs per
 enqueue; in half the runs a node joins during the fault phase.
@@ -37,7 +37,7 @@ async def run(sim: Simulator, rng: random.Random) -> None:
     w = Workload.draw(
         rng, p, shards=Span(2, 4), tenants=Span(4, 12), jobs=Span(30, 80), batch_prob=0.0,
         workers=Span(1, 4), concurrency=Span(2, 8), retry_mode="narrow",
-        fault_s=Span(12.0, 25.0), bound_s=150.0,
+        fault_s=Span(10.0, 20.0), bound_s=150.0,
     )
     crash_at = p("split_crash_at", rng.choice(CRASH_POINTS))
     splits = p("splits", rng.randint(1, 3))

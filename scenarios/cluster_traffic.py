@@ -7,8 +7,8 @@ data root (sim/cluster_nodes.py); every invariant is checked, invariant 10 on ev
 and key release; after healing every shard must be served and every job terminal.
 
 Parameters: 2-3 nodes at the start, 1-2 joining (at least one), 4-10 shards, membership TTL
-1-3 s, reconcile interval 0.1-0.5 s, workers rediscovering the nodes every 0.5-3 s, a cluster
-fault every 1-4 s during a 15-30 s fault phase (a crash with a restart after 0.2-4 s, a graceful
+1-3 s, reconcile interval 0.3-1 s, workers rediscovering the nodes every 0.5-3 s, a cluster
+fault every 1-4 s during a 10-20 s fault phase (a crash with a restart after 0.2-4 s, a graceful
 leave and a return after 0.2-4 s, a partition from etcd for 0.5-5 s, or a join), message loss
 0-1%, lease 1-5 s, jobs 20-60, worker concurrency 2-8, narrow retry policies.
 
@@ -33,7 +33,7 @@ async def run(sim: Simulator, rng: random.Random) -> None:
     w = Workload.draw(
         rng, p, shards=Span(4, 10), lease_ms=Span(1000, 5000), jobs=Span(20, 60),
         workers=Span(1, 4), concurrency=Span(2, 8), retry_mode="narrow",
-        fault_s=Span(15.0, 30.0), bound_s=150.0,
+        fault_s=Span(10.0, 20.0), bound_s=150.0,
     )
     joins = p("joins", rng.randint(1, 2))
     every_s = p("fault_every_s", round(rng.uniform(1.0, 4.0), 3))

@@ -6,8 +6,8 @@ Runs the standard workload on a cluster of real nodes with coordination etcd
 alive once an outage has lasted its membership TTL (no renewal can have been confirmed), and
 every shard is served again within a bound after each outage.
 
-Parameters: 2-3 nodes, 4-10 shards, membership TTL 1-3 s, reconcile interval 0.1-0.5 s, workers
-rediscovering the nodes every 0.5-3 s, 1-3 outages during a 15-30 s fault phase (1-5 s apart,
+Parameters: 2-3 nodes, 4-10 shards, membership TTL 1-3 s, reconcile interval 0.3-1 s, workers
+rediscovering the nodes every 0.5-3 s, 1-3 outages during a 10-20 s fault phase (1-5 s apart,
 each 0.3-8 s long; etcd answering UNAVAILABLE "no leader", or down), message loss 0-1%, lease
 1-5 s, jobs 20-60, worker concurrency 2-8, narrow retry policies.
 
@@ -35,7 +35,7 @@ async def run(sim: Simulator, rng: random.Random) -> None:
     w = Workload.draw(
         rng, p, shards=Span(4, 10), lease_ms=Span(1000, 5000), jobs=Span(20, 60),
         workers=Span(1, 4), concurrency=Span(2, 8), retry_mode="narrow",
-        fault_s=Span(15.0, 30.0), bound_s=150.0,
+        fault_s=Span(10.0, 20.0), bound_s=150.0,
     )
     outages = p("outages", rng.randint(1, 3))
     loss = p("message_loss", round(rng.uniform(0.0, 0.01), 4))

@@ -7,8 +7,8 @@ Runs the standard workload on a cluster of real nodes with coordination etcd
 etcd drops the cut-off node's membership the node must already consider it lost (it may not
 serve past its lease), and its shards must be served elsewhere soon after the force-release.
 
-Parameters: 3-4 nodes, 4-10 shards, membership TTL 1-3 s, reconcile interval 0.1-0.5 s,
-workers rediscovering the nodes every 0.5-3 s, 1-2 partitions of an owner during a 15-30 s fault
+Parameters: 3-4 nodes, 4-10 shards, membership TTL 1-3 s, reconcile interval 0.3-1 s,
+workers rediscovering the nodes every 0.5-3 s, 1-2 partitions of an owner during a 10-20 s fault
 phase (1-3 s apart, each healed 0-3 s after the takeover), message loss 0-1%, lease 1-5 s, jobs
 20-60, worker concurrency 2-8, narrow retry policies.
 
@@ -37,7 +37,7 @@ async def run(sim: Simulator, rng: random.Random) -> None:
     w = Workload.draw(
         rng, p, shards=Span(4, 10), lease_ms=Span(1000, 5000), jobs=Span(20, 60),
         workers=Span(1, 4), concurrency=Span(2, 8), retry_mode="narrow",
-        fault_s=Span(15.0, 30.0), bound_s=150.0,
+        fault_s=Span(10.0, 20.0), bound_s=150.0,
     )
     partitions = p("partitions", rng.randint(1, 2))
     clients_too = p("cut_clients_too", rng.random() < 0.5)

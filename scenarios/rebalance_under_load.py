@@ -7,8 +7,8 @@ checker) on a cluster of real nodes with coordination etcd (sim/cluster_nodes.py
 shard must be served again and every job terminal.
 
 Parameters: 2-3 nodes at the start, 4-10 shards, membership TTL 1-3 s, reconcile interval
-0.1-0.5 s, workers rediscovering the nodes every 0.5-3 s, a cluster move every 1.5-5 s during a
-15-30 s fault phase (a join, at most two; a graceful leave and a return after 0.5-4 s; in half
+0.3-1 s, workers rediscovering the nodes every 0.5-3 s, a cluster move every 1.5-5 s during a
+10-20 s fault phase (a join, at most two; a graceful leave and a return after 0.5-4 s; in half
 the runs one decommission, whose shards the operator force-releases), message loss 0-1%,
 lease 1-5 s, jobs 20-60, worker concurrency 2-8 and narrow retry policies (a worker runs one
 lease loop per node, and each holds a slot while it long-polls: with one slot and several nodes
@@ -35,7 +35,7 @@ async def run(sim: Simulator, rng: random.Random) -> None:
     w = Workload.draw(
         rng, p, shards=Span(4, 10), lease_ms=Span(1000, 5000), jobs=Span(20, 60),
         workers=Span(1, 4), concurrency=Span(2, 8), retry_mode="narrow",
-        fault_s=Span(15.0, 30.0), bound_s=150.0,
+        fault_s=Span(10.0, 20.0), bound_s=150.0,
     )
     every_s = p("move_every_s", round(rng.uniform(1.5, 5.0), 3))
     decommission = p("decommission", rng.random() < 0.5)

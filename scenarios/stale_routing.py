@@ -8,7 +8,7 @@ heartbeats and reports work from a stale view for most of the run. A spare node 
 leaves gracefully again and again (each time some shards move to it and back).
 
 Parameters: 2 nodes at the start plus 1-2 spares, 4-10 shards, membership TTL 1-3 s, reconcile
-interval 0.1-0.5 s, a spare joining or leaving every 1-4 s during a 15-30 s fault phase, message
+interval 0.3-1 s, a spare joining or leaving every 1-4 s during a 10-20 s fault phase, message
 loss 0-1%, lease 1-5 s, jobs 20-60, worker concurrency 2-8, narrow retry policies.
 
 Every other knob is drawn by ``Workload.draw`` (typical, or at an edge).
@@ -32,7 +32,7 @@ async def run(sim: Simulator, rng: random.Random) -> None:
     w = Workload.draw(
         rng, p, shards=Span(4, 10), lease_ms=Span(1000, 5000), jobs=Span(20, 60),
         workers=Span(1, 4), concurrency=Span(2, 8), retry_mode="narrow",
-        fault_s=Span(15.0, 30.0), bound_s=150.0,
+        fault_s=Span(10.0, 20.0), bound_s=150.0,
     )
     spares = p("spares", rng.randint(1, 2))
     every_s = p("move_every_s", round(rng.uniform(1.0, 4.0), 3))
