@@ -12,7 +12,8 @@ rediscovering the nodes every 0.5-3 s, 1-3 splits during a 10-20 s fault phase, 
 hash in 70% of the requests, else a random hash in the range; 4-12 tenants, single jobs per
 enqueue; in half the runs a node joins during the fault phase.
 
-Every other knob is drawn by ``Workload.draw`` (typical, or at an edge).
+Workers long-poll 2 s (``sim.cluster_workload.LEASE_WAIT_MS``). Every other knob is drawn by
+``Workload.draw`` (typical, or at an edge).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from silo.errors import SiloError
 from silo.rpc import RpcError
 from silo.wire import pb
 from sim.cluster_nodes import ClusterWorld
-from sim.cluster_workload import Moves, draw_cluster, run_cluster_workload
+from sim.cluster_workload import Moves, draw_cluster, run_cluster_workload, workload_overrides
 from sim.simulator import FaultPlan, Simulator
 from sim.splits import CRASH_POINTS, arm_crash, tune_cleanup
 from sim.workload import Span, Workload
@@ -37,7 +38,7 @@ async def run(sim: Simulator, rng: random.Random) -> None:
     w = Workload.draw(
         rng, p, shards=Span(2, 4), tenants=Span(4, 12), jobs=Span(30, 80), batch_prob=0.0,
         workers=Span(1, 4), concurrency=Span(2, 8), retry_mode="narrow",
-        fault_s=Span(10.0, 20.0), bound_s=150.0,
+        fault_s=Span(10.0, 20.0), bound_s=150.0, **workload_overrides(),
     )
     crash_at = p("split_crash_at", rng.choice(CRASH_POINTS))
     splits = p("splits", rng.randint(1, 3))

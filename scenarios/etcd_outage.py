@@ -11,7 +11,8 @@ rediscovering the nodes every 0.5-3 s, 1-3 outages during a 10-20 s fault phase 
 each 0.3-8 s long; etcd answering UNAVAILABLE "no leader", or down), message loss 0-1%, lease
 1-5 s, jobs 20-60, worker concurrency 2-8, narrow retry policies.
 
-Every other knob is drawn by ``Workload.draw`` (typical, or at an edge).
+Workers long-poll 2 s (``sim.cluster_workload.LEASE_WAIT_MS``). Every other knob is drawn by
+``Workload.draw`` (typical, or at an edge).
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ import random
 import trio
 
 from sim.cluster_nodes import ClusterWorld
-from sim.cluster_workload import draw_cluster, run_cluster_workload, wait_served
+from sim.cluster_workload import (
+    draw_cluster,
+    run_cluster_workload,
+    wait_served,
+    workload_overrides,
+)
 from sim.invariants import Invariant
 from sim.simulator import FaultPlan, Simulator
 from sim.workload import Span, Workload
@@ -35,7 +41,7 @@ async def run(sim: Simulator, rng: random.Random) -> None:
     w = Workload.draw(
         rng, p, shards=Span(4, 10), lease_ms=Span(1000, 5000), jobs=Span(20, 60),
         workers=Span(1, 4), concurrency=Span(2, 8), retry_mode="narrow",
-        fault_s=Span(10.0, 20.0), bound_s=150.0,
+        fault_s=Span(10.0, 20.0), bound_s=150.0, **workload_overrides(),
     )
     outages = p("outages", rng.randint(1, 3))
     loss = p("message_loss", round(rng.uniform(0.0, 0.01), 4))

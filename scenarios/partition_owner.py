@@ -12,7 +12,8 @@ workers rediscovering the nodes every 0.5-3 s, 1-2 partitions of an owner during
 phase (1-3 s apart, each healed 0-3 s after the takeover), message loss 0-1%, lease 1-5 s, jobs
 20-60, worker concurrency 2-8, narrow retry policies.
 
-Every other knob is drawn by ``Workload.draw`` (typical, or at an edge).
+Workers long-poll 2 s (``sim.cluster_workload.LEASE_WAIT_MS``). Every other knob is drawn by
+``Workload.draw`` (typical, or at an edge).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import random
 import trio
 
 from sim.cluster_nodes import ClusterNodeHost, ClusterWorld
-from sim.cluster_workload import Moves, draw_cluster, run_cluster_workload
+from sim.cluster_workload import Moves, draw_cluster, run_cluster_workload, workload_overrides
 from sim.invariants import Invariant
 from sim.simulator import FaultPlan, Simulator
 from sim.workload import Span, Workload
@@ -37,7 +38,7 @@ async def run(sim: Simulator, rng: random.Random) -> None:
     w = Workload.draw(
         rng, p, shards=Span(4, 10), lease_ms=Span(1000, 5000), jobs=Span(20, 60),
         workers=Span(1, 4), concurrency=Span(2, 8), retry_mode="narrow",
-        fault_s=Span(10.0, 20.0), bound_s=150.0,
+        fault_s=Span(10.0, 20.0), bound_s=150.0, **workload_overrides(),
     )
     partitions = p("partitions", rng.randint(1, 2))
     clients_too = p("cut_clients_too", rng.random() < 0.5)

@@ -14,7 +14,8 @@ lease 1-5 s, jobs 20-60, worker concurrency 2-8 and narrow retry policies (a wor
 lease loop per node, and each holds a slot while it long-polls: with one slot and several nodes
 a job's attempts wait for the slot's turn, too slow for the 1,000 attempts of a poison job).
 
-Every other knob is drawn by ``Workload.draw`` (typical, or at an edge).
+Workers long-poll 2 s (``sim.cluster_workload.LEASE_WAIT_MS``). Every other knob is drawn by
+``Workload.draw`` (typical, or at an edge).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import random
 import trio
 
 from sim.cluster_nodes import ClusterWorld
-from sim.cluster_workload import Moves, draw_cluster, run_cluster_workload
+from sim.cluster_workload import Moves, draw_cluster, run_cluster_workload, workload_overrides
 from sim.simulator import FaultPlan, Simulator
 from sim.workload import Span, Workload
 
@@ -35,7 +36,7 @@ async def run(sim: Simulator, rng: random.Random) -> None:
     w = Workload.draw(
         rng, p, shards=Span(4, 10), lease_ms=Span(1000, 5000), jobs=Span(20, 60),
         workers=Span(1, 4), concurrency=Span(2, 8), retry_mode="narrow",
-        fault_s=Span(10.0, 20.0), bound_s=150.0,
+        fault_s=Span(10.0, 20.0), bound_s=150.0, **workload_overrides(),
     )
     every_s = p("move_every_s", round(rng.uniform(1.5, 5.0), 3))
     decommission = p("decommission", rng.random() < 0.5)

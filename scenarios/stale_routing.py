@@ -11,7 +11,8 @@ Parameters: 2 nodes at the start plus 1-2 spares, 4-10 shards, membership TTL 1-
 interval 0.3-1 s, a spare joining or leaving every 1-4 s during a 10-20 s fault phase, message
 loss 0-1%, lease 1-5 s, jobs 20-60, worker concurrency 2-8, narrow retry policies.
 
-Every other knob is drawn by ``Workload.draw`` (typical, or at an edge).
+Workers long-poll 2 s (``sim.cluster_workload.LEASE_WAIT_MS``). Every other knob is drawn by
+``Workload.draw`` (typical, or at an edge).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import random
 import trio
 
 from sim.cluster_nodes import ClusterNodeHost, ClusterWorld
-from sim.cluster_workload import Moves, draw_cluster, run_cluster_workload
+from sim.cluster_workload import Moves, draw_cluster, run_cluster_workload, workload_overrides
 from sim.simulator import FaultPlan, Simulator
 from sim.workload import Span, Workload
 
@@ -32,7 +33,7 @@ async def run(sim: Simulator, rng: random.Random) -> None:
     w = Workload.draw(
         rng, p, shards=Span(4, 10), lease_ms=Span(1000, 5000), jobs=Span(20, 60),
         workers=Span(1, 4), concurrency=Span(2, 8), retry_mode="narrow",
-        fault_s=Span(10.0, 20.0), bound_s=150.0,
+        fault_s=Span(10.0, 20.0), bound_s=150.0, **workload_overrides(),
     )
     spares = p("spares", rng.randint(1, 2))
     every_s = p("move_every_s", round(rng.uniform(1.0, 4.0), 3))
