@@ -11,6 +11,10 @@ trio's deterministic scheduling seeded from the scenario seed, so one seed is on
 - :mod:`sim.faults`: named fault points, rates and counts; the run's BUGGIFY points and probes;
 - :mod:`sim.hosts`: node hosts (start, crash, clean stop, restart on the same disk and node id),
   client hosts, workers;
+- :mod:`sim.cluster_nodes`: a cluster of real nodes (coordination etcd, the etcd model of
+  :mod:`sim.etcd`) over one shared data root, and invariant 10 on their store opens;
+  :mod:`sim.cluster_workload`: the standard workload on such a cluster, with cluster moves;
+  :mod:`sim.cluster`: the reconcile loops of ``cluster_membership`` with stand-in shards;
 - :mod:`sim.checkers` and :mod:`sim.audit`: invariant checkers fed by the durable event stream,
   and the audit of durable shard images;
 - :mod:`sim.simulator`: the world of one run, its fault phase, healing, liveness phase and final

@@ -21,6 +21,9 @@ DESIGN §2, driven only by the ``random.Random`` handed in at construction:
   the disk ready to be opened again, as a restarted process would find it.
 - A clean :meth:`MemoryStore.close` makes everything written so far durable.
 - Files written with ``write_file`` and directories made with ``makedirs`` are always durable.
+- :meth:`MemoryDisk.host_view` makes the disk a shared data root: each host gets a view with its
+  own crash rng, faults and latency over the same stores; a store is open at most once across
+  the views (LevelDB's LOCK), and a view's crash loses only its own stores' unsynced writes.
 - When ``faults.fire("disk.write.error")`` is true at the start of a store write, the write raises
   :class:`DiskError` and changes nothing.
 
@@ -327,7 +330,17 @@ class MemoryDisk:
         self._files: SortedDict = SortedDict()  # path -> bytes
         self._dirs: SortedSet = SortedSet()
         self._open: dict[str, MemoryStore] = {}  # insertion order: deterministic crash order
+        self._locks: dict[str, MemoryStore] = self._open
+        """Every store open on the shared root, by any host's view (LevelDB's LOCK file): the
+        same dict as ``_open`` for a disk of its own, shared by the views of :meth:`host_view`."""
         self.crashes = 0
+        self.on_open: Callable[[str], None] | None = None
+        """Called with the path when this disk opens a store, before the lock check (the
+        simulator's ownership checks)."""
+        self.on_opened: Callable[[str], None] | None = None
+        """Called with the path once this disk has opened a store."""
+        self.on_close: Callable[[str], None] | None = None
+        """Called with the path once a store this disk opened is closed or crashed."""
         self.before_write: Callable[[str], None] | None = None
         """Called with the store path at the start of every store write (simulation hook)."""
 
@@ -336,6 +349,28 @@ class MemoryDisk:
     def _release(self, store: MemoryStore) -> None:
         if self._open.get(store.path) is store:
             del self._open[store.path]
+        if self._locks.get(store.path) is store:
+            del self._locks[store.path]
+        if self.on_close is not None:
+            self.on_close(store.path)
+
+    def host_view(
+        self, rng: random.Random, faults: Faults | None = None, *, write_latency: float = 0.0
+    ) -> MemoryDisk:
+        """One host's view of this disk as a shared data root (DESIGN §6: storage follows the
+        shard; any node opens a shard's directory from the shared root).
+
+        Every view reads and writes the same stores, files and directories, and one store is
+        open at most once across all views (LevelDB's LOCK: a second open fails). Each view
+        has its own crash rng, faults, write latency and hooks, and :meth:`crash` of a view
+        loses only the unsynced writes of the stores that view opened: the other hosts' stores
+        stay open and keep what they wrote."""
+        view = MemoryDisk(rng, faults, write_latency=write_latency)
+        view._images = self._images
+        view._files = self._files
+        view._dirs = self._dirs
+        view._locks = self._locks
+        return view
 
     def _has_children(self, path: str) -> bool:
         return any(
@@ -355,7 +390,7 @@ class MemoryDisk:
             parent = posixpath.dirname(parent)
 
     def _open_under(self, path: str) -> list[str]:
-        return [p for p in self._open if p == path or p.startswith(path.rstrip("/") + "/")]
+        return [p for p in self._locks if p == path or p.startswith(path.rstrip("/") + "/")]
 
     # -- Disk protocol -----------------------------------------------------------------------
 
@@ -366,7 +401,9 @@ class MemoryDisk:
         """
         await trio.lowlevel.checkpoint()
         p = _norm(path)
-        if p in self._open:
+        if self.on_open is not None:
+            self.on_open(p)
+        if p in self._locks:
             raise DiskError(f"cannot open {p}: lock already held")
         if p in self._files:
             raise DiskError(f"cannot open {p}: is a file")
@@ -376,6 +413,9 @@ class MemoryDisk:
             image = self._images[p] = SortedDict()
         store = MemoryStore(self, p, image)
         self._open[p] = store
+        self._locks[p] = store
+        if self.on_opened is not None:
+            self.on_opened(p)
         return store
 
     async def clone(self, src_path: str, dst_path: str) -> None:
@@ -467,10 +507,16 @@ class MemoryDisk:
         for each store that was open, in the order they were opened.
         """
         report: dict[str, tuple[int, int]] = {}
-        for path, store in self._open.items():
+        crashed = list(self._open.items())
+        for path, store in crashed:
             report[path] = store._crash(self._rng)
+            if self._locks.get(path) is store:
+                del self._locks[path]
         self._open.clear()
         self.crashes += 1
+        if self.on_close is not None:
+            for path, _ in crashed:
+                self.on_close(path)
         return report
 
     def durable_file(self, path: str) -> bytes | None:

@@ -229,6 +229,9 @@ class SimWorker:
         self.incarnation = 0
         self.heartbeat_fraction = 1 / 3
         """A fraction above 1 makes a slow worker: its leases lapse between heartbeats."""
+        self.discover_interval_s: float | None = sim.worker_discover_interval_s
+        """How often the worker looks for nodes that gained shards (None: only the nodes known
+        at its start; one node has nothing to discover)."""
         self.faults = sim.board.faults_for(self.host.random.stream("faults"), sim.mutations, name)
         self.worker: Worker | None = None
         self.running = False
@@ -271,7 +274,7 @@ class SimWorker:
                     max_concurrent_tasks=self.concurrency, worker_id=self.worker_id,
                     lease_wait_ms=self.lease_wait_ms, refresh_handler=self.refresh_handler,
                     heartbeat_fraction=self.heartbeat_fraction, faults=self.faults,
-                    discover_interval_s=None,  # one node: nothing to discover
+                    discover_interval_s=self.discover_interval_s,
                 )
                 await self.worker.run()
         finally:

@@ -63,8 +63,11 @@ class IdlePolls:
     def __init__(self) -> None:
         self.by_worker: dict[str, PollCounts] = {}
 
-    def on_request(self, request: bytes) -> str:
-        return pb.LeaseTasksRequest.parse(request).worker_id
+    def on_request(self, request: bytes, node: str = "") -> str:
+        """The poller a LeaseTasks request counts for: its worker id, and in a cluster the
+        node it asks (a worker runs one lease loop per node that owns shards)."""
+        worker_id = pb.LeaseTasksRequest.parse(request).worker_id
+        return f"{worker_id} (asking {node})" if node else worker_id
 
     def on_reply(self, worker_id: str, response: bytes | None) -> None:
         if response is None:

@@ -69,6 +69,8 @@ MUTATIONS: dict[str, str] = {
                    "placement gives it even when its acquire fails",
     "release-before-close": "a shard moving away has its ownership key released before the "
                             "old owner closes it",
+    "trust-lease-past-ttl": "a confirmed membership renewal is trusted for twice its TTL, so a "
+                            "node cut off from etcd serves past its lease's expiry",
 }
 
 STALL_STEPS = 100_000

@@ -97,6 +97,10 @@ class Simulator:
         self.zombie_calls: list[Any] = []
         """Every heartbeat and report a zombie made (sim.actors.ZombieCall)."""
         self.plan = FaultPlan()
+        self.worker_discover_interval_s: float | None = None
+        """Workers' ``discover_interval_s`` (a cluster's scenario sets it)."""
+        self.cluster: Any = None
+        """The :class:`sim.cluster_nodes.ClusterWorld` of a multi-node run (None: one node)."""
 
     # -- parameters and bookkeeping ---------------------------------------------------------
 
@@ -145,9 +149,12 @@ class Simulator:
 
     # -- hooks from hosts and network -------------------------------------------------------
 
-    def on_event(self, host: NodeHost, kind: str, fields: dict[str, Any]) -> None:
-        """The node's event sink: typed here (see :mod:`sim.events`), then checked."""
-        self.trace.record(f"ev {host.name} {kind} {format_fields(fields)}")
+    def on_event(self, host: Any, kind: str, fields: dict[str, Any],
+                 origin: str | None = None) -> None:
+        """The node's event sink: typed here (see :mod:`sim.events`), then checked. ``host`` is
+        what the checkers see (the node, or a cluster's shared data root); ``origin`` the node
+        that emitted it, when that differs."""
+        self.trace.record(f"ev {origin or host.name} {kind} {format_fields(fields)}")
         try:
             ev = events.parse(kind, fields)
         except events.UnknownEvent as exc:
@@ -167,7 +174,8 @@ class Simulator:
         if name in ("ReportOutcome", "ReportOutcomes"):
             return (name, self.checker.on_report_start(name, request))
         if name == "LeaseTasks":
-            return (name, self.polls.on_request(request))
+            return (name, self.polls.on_request(
+                request, server.name if self.cluster is not None else ""))
         return (name, None)
 
     def on_serve_end(self, token: Any, response: bytes | None, error: Any) -> None:
@@ -185,7 +193,7 @@ class Simulator:
         else:
             self.checker.on_enqueue_end(name, data, error, response)
 
-    def _probe(self, host: NodeHost, shard: int, key: bytes) -> bytes | None:
+    def _probe(self, host: Any, shard: int, key: bytes) -> bytes | None:
         return host.disk.durable_get(f"{host.config.data_dir}/shards/{shard}", key)
 
     # -- building the world -----------------------------------------------------------------
@@ -197,13 +205,35 @@ class Simulator:
         self, name: str, *, shards: int, lease_ms: int, write_latency_s: float = 0.001
     ) -> NodeHost:
         if self.nodes:
-            # Coordination "none": each node owns every shard. Several nodes need the cluster
-            # layer (later issue); until then a run has exactly one node.
-            raise ValueError("a simulated cluster has exactly one node for now")
+            # Coordination "none": one node owns every shard. Several nodes are a cluster
+            # (coordination etcd): see start_cluster.
+            raise ValueError("a run without a cluster has exactly one node")
         host = NodeHost(self, name, shards=shards, lease_ms=lease_ms,
                         write_latency_s=write_latency_s)
         self.nodes[name] = host
         await host.start()
+        return host
+
+    async def start_cluster(
+        self, *, shards: int, ttl_s: int, interval_s: float, lease_ms: int,
+        write_latency_s: float = 0.001,
+    ) -> Any:
+        """Start etcd and the shared data root of a multi-node run (coordination etcd); nodes
+        are added with :meth:`add_cluster_node`. Returns the
+        :class:`sim.cluster_nodes.ClusterWorld`."""
+        from sim.cluster_nodes import ClusterWorld
+
+        if self.nodes or self.cluster is not None:
+            raise ValueError("the cluster must be started before any node")
+        self.cluster = ClusterWorld(self, shards=shards, ttl_s=ttl_s, interval_s=interval_s,
+                                    lease_ms=lease_ms, write_latency_s=write_latency_s)
+        await self.cluster.start()
+        return self.cluster
+
+    async def add_cluster_node(self, name: str) -> NodeHost:
+        """A real node with coordination etcd, its disk a view of the shared data root."""
+        assert self.cluster is not None, "start_cluster first"
+        host: NodeHost = await self.cluster.add_node(name)
         return host
 
     def add_host(self, name: str) -> ClientHost:
@@ -283,6 +313,9 @@ class Simulator:
             n += 1
             if n % WAIT_FOR_EVERY_TICKS == 0:
                 self._check_wait_for()
+            if self.cluster is not None:
+                for node in self.cluster.nodes():
+                    node.check_served_alone()
 
     def _check_wait_for(self) -> None:
         """Invariant 16 on every serving node's durable shard images: no wait-for cycle among
@@ -431,10 +464,13 @@ class Simulator:
         self.net.heal_all()
         self.healed_at = trio.current_time()
         self.trace.record("heal")
+        if self.cluster is not None:
+            await self.cluster.heal()
         for _, node in sorted(self.nodes.items()):
             node.disk.before_write = None
         for _, node in sorted(self.nodes.items()):
-            await node.start()
+            if self.cluster is None or node.name not in self.cluster.gone:
+                await node.start()
         for _, w in sorted(self.workers.items()):
             await w.start()
 
@@ -462,6 +498,8 @@ class Simulator:
             lines.append(f"acknowledged but never seen durable: {missing[:5]}")
         if not done():
             lines.append("the scenario's own work (producers) did not finish")
+        if self.cluster is not None and not self.cluster.all_served():
+            lines.append(self.cluster.liveness_report())
         if self.checker.live_leases:
             lines.append(f"live leases: {sorted(self.checker.live_leases)[:5]}")
         if self.ok:
@@ -532,7 +570,9 @@ class Simulator:
         if not self.ok:
             return
         for _, node in sorted(self.nodes.items()):
-            assert node.node is not None
+            if node.node is None:
+                assert self.cluster is not None and node.name in self.cluster.gone
+                continue
             for sid, shard in sorted(node.node.shards.items()):
                 counters, recount = shard.counters(), await shard.recount()
                 diff = diff_counters(counters, recount)
@@ -543,10 +583,13 @@ class Simulator:
                     return
         for _, node in sorted(self.nodes.items()):
             await node.stop()
-            for path in node.shard_paths():
-                img = node.shard_image(path)
-                self.checker.final_shard(node, node.shard_of_path(path), img,
-                                         f"{node.name}:{path}")
+        audited: list[Any] = [self.cluster.site] if self.cluster is not None else [
+            node for _, node in sorted(self.nodes.items())]
+        for host in audited:
+            for path in host.shard_paths():
+                img = host.shard_image(path)
+                self.checker.final_shard(host, host.shard_of_path(path), img,
+                                         f"{host.name}:{path}")
                 if not self.ok:
                     return
         self.trace.record("audit passed")

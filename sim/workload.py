@@ -630,11 +630,18 @@ def plan_jobs(
 
 async def run_workload(
     sim: Simulator, rng: random.Random, w: Workload, faults: FaultPlan,
-    durations: dict[str, tuple[int, int]] | None = None,
+    durations: dict[str, tuple[int, int]] | None = None, *,
+    start_nodes: Callable[[], Any] | None = None,
+    after_heal: Callable[[], Any] | None = None,
+    nodes_done: Callable[[], bool] | None = None,
 ) -> None:
     """The standard run: one node, workers, producers (and an operator, and the actors the
     workload asks for), a fault phase of ``w.fault_s`` seconds, healing, and a liveness phase
-    bounded by ``w.bound_s``. ``durations`` overrides the handler duration range per tenant."""
+    bounded by ``w.bound_s``. ``durations`` overrides the handler duration range per tenant.
+
+    A cluster run (:mod:`sim.cluster_workload`) passes ``start_nodes`` (an async function that
+    builds the cluster instead of the one node), ``after_heal`` (awaited right after healing)
+    and ``nodes_done`` (what the liveness phase also waits for, e.g. every shard served)."""
     from sim import actors
 
     plans = plan_jobs(rng, w, durations)
@@ -649,8 +656,11 @@ async def run_workload(
         f"{sum(1 for p in jobs if p.payload and p.payload.get('h'))} hanging"
     ))
     sim.set_network(NetConfig(latency_ms=w.latency_ms, reorder_ms=w.reorder_ms))
-    await sim.add_node("n1", shards=w.shards, lease_ms=w.lease_ms,
-                       write_latency_s=w.write_latency_ms / 1000)
+    if start_nodes is None:
+        await sim.add_node("n1", shards=w.shards, lease_ms=w.lease_ms,
+                           write_latency_s=w.write_latency_ms / 1000)
+    else:
+        await start_nodes()
     handler = make_handler(sim)
 
     async def add_workers(after_s: float) -> None:
@@ -679,10 +689,13 @@ async def run_workload(
     actors.start_actors(sim, w)
     await trio.sleep(w.fault_s)
     await sim.heal()
+    if after_heal is not None:
+        await after_heal()
     far = sorted({(p.tenant, p.job_id) for p in jobs if p.far})
     if far:
         sim.spawn(expedite_far, sim, sim.add_host("op-far"), far)
-    await sim.settle(w.bound_s + work_bound_s(w, jobs), lambda: done[0] == len(plans))
+    await sim.settle(w.bound_s + work_bound_s(w, jobs), lambda: done[0] == len(plans) and (
+        nodes_done is None or nodes_done()))
 
 
 def work_bound_s(w: Workload, jobs: list[JobPlan]) -> float:

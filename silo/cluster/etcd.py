@@ -45,6 +45,7 @@ from silo.errors import Code, InvalidArgument, NotFound, SiloError, Unavailable
 from silo.pb import etcdserverpb as pb
 from silo.pb import mvccpb
 from silo.rpc import ClientStream, RpcError, StreamingChannel
+from silo.runtime.faults import NO_FAULTS, Faults
 
 __all__ = [
     "CompareOp",
@@ -317,9 +318,11 @@ class EtcdClient:
 
     def __init__(
         self, channel: StreamingChannel, *, rng: random.Random, retry: EtcdRetry | None = None,
-        address: str = "etcd",
+        address: str = "etcd", faults: Faults = NO_FAULTS,
     ) -> None:
         self.channel = channel
+        self.faults = faults
+        """Planted simulator mutations (none in production)."""
         self.retry = retry or EtcdRetry()
         self.address = address
         self._rng = rng
@@ -571,6 +574,8 @@ class LeaseKeeper:
                     return
                 failures = 0
                 self.renewals += 1
+                if self.client.faults.mutation("trust-lease-past-ttl"):
+                    ttl *= 2  # planted bug for the simulator: a renewal trusted for two TTLs
                 self.known_alive_until = max(self.known_alive_until, sent + ttl)
                 guard.deadline = self.safe_until
         if guard.cancelled_caught:

@@ -282,7 +282,8 @@ class LeaseChecks(CheckerBase):
             lease = j.lease
             assert lease is not None
             host = lease.host
-            if not getattr(host, "serving", True):
+            serves = getattr(host, "serves", None)  # a cluster's shared root: per shard
+            if not (serves(j.shard) if serves is not None else getattr(host, "serving", True)):
                 lease.overdue_since = None
                 continue
             if now_s <= lease.deadline_s:

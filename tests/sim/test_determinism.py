@@ -13,7 +13,9 @@ import pytest
 from sim.runner import run_one
 
 
-@pytest.mark.parametrize("scenario", ["happy", "chaos", "crash_restart"])
+@pytest.mark.parametrize("scenario", ["happy", "chaos", "crash_restart", "rebalance_under_load",
+                                      "partition_owner", "etcd_outage", "stale_routing",
+                                      "cluster_traffic"])
 def test_same_seed_same_digest(scenario: str) -> None:
     a = run_one(scenario, 11)
     b = run_one(scenario, 11)

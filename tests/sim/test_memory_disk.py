@@ -361,3 +361,55 @@ async def test_misuse_of_open_stores_and_paths_is_an_error() -> None:
     await store.close()
     with pytest.raises(DiskError, match="store is closed"):
         await store.get(b"k")
+
+
+# -- a shared data root: one view per host --------------------------------------------------------
+
+
+async def test_host_views_share_stores_and_lock_them_across_hosts() -> None:
+    root = MemoryDisk(random.Random(0))
+    a, b = root.host_view(random.Random(1)), root.host_view(random.Random(2))
+    store = await a.open("shards/1")
+    await store.write(put((b"k", b"from a")), sync=True)
+    with pytest.raises(DiskError, match="lock already held"):
+        await b.open("shards/1")
+    await store.close()
+    assert await contents(b, "shards/1") == [(b"k", b"from a")]
+    assert root.durable_get("shards/1", b"k") == b"from a"
+
+
+async def test_a_host_crash_loses_only_its_own_unsynced_writes() -> None:
+    for seed in SEEDS:
+        root = MemoryDisk(random.Random(seed))
+        a = root.host_view(random.Random(seed + 1000))
+        b = root.host_view(random.Random(seed + 2000))
+        sa, sb = await a.open("shards/1"), await b.open("shards/2")
+        for i in range(3):
+            await sa.write(put((key(i), b"a")), sync=False)
+            await sb.write(put((key(i), b"b")), sync=False)
+        report = a.crash()
+        assert list(report) == ["shards/1"]
+        assert b.open_paths() == ["shards/2"]
+        assert await sb.get(key(2)) == b"b"  # b's store is still open, with all it wrote
+        kept = report["shards/1"][0]
+        assert await contents(b, "shards/1") == [(key(i), b"a") for i in range(kept)]
+        await sb.close()
+        assert await contents(a, "shards/2") == [(key(i), b"b") for i in range(3)]
+
+
+async def test_host_view_hooks_see_opens_and_closes() -> None:
+    root = MemoryDisk(random.Random(0))
+    a, b = root.host_view(random.Random(1)), root.host_view(random.Random(2))
+    seen: list[str] = []
+    for view, name in ((a, "a"), (b, "b")):
+        view.on_open = lambda p, n=name: seen.append(f"{n} open {p}")
+        view.on_opened = lambda p, n=name: seen.append(f"{n} opened {p}")
+        view.on_close = lambda p, n=name: seen.append(f"{n} closed {p}")
+    store = await a.open("s")
+    with pytest.raises(DiskError):
+        await b.open("s")
+    await store.close()
+    await b.open("s")
+    b.crash()
+    assert seen == ["a open s", "a opened s", "b open s", "a closed s", "b open s", "b opened s",
+                    "b closed s"]

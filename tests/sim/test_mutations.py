@@ -61,7 +61,19 @@ CASES = {
     "split-brain": ("cluster_membership", Invariant.SINGLE_OWNER, "ownership key names"),
     "release-before-close": ("cluster_membership", Invariant.SINGLE_OWNER,
                              "while it still has it open"),
+    # Fail closed: a node cut off from etcd must stop serving before etcd drops its membership.
+    "trust-lease-past-ttl": ("partition_owner", Invariant.SINGLE_OWNER,
+                             "still considered it alive"),
 }
+CLUSTER_CASES = {
+    # The cluster's planted bugs in the scenarios of real nodes with real shards and traffic
+    # (sim/cluster_nodes.py): (mutation, scenario) -> (expected invariant, text).
+    (m, scenario): CASES[m][1:]
+    for m in ("split-brain", "release-before-close")
+    for scenario in ("rebalance_under_load", "partition_owner", "etcd_outage", "stale_routing",
+                     "cluster_traffic")
+} | {("trust-lease-past-ttl", "etcd_outage"): (Invariant.SINGLE_OWNER,
+                                               "still considers its membership alive")}
 FIRST_SEEDS: dict[str, int] = {
     # mutation: its first failing seed when past MAX_SEEDS (only that seed is run, to stay
     # cheap). None today: every planted bug is caught within MAX_SEEDS.
@@ -96,3 +108,17 @@ def test_mutation_is_caught(mutation: str) -> None:
         assert r.replay == f"silo-sim run {scenario} --seed {seed} --mutation {mutation}"
         return
     pytest.fail(f"{mutation} not caught in seeds {seeds} of {scenario}")
+
+
+@pytest.mark.parametrize(("mutation", "scenario"), sorted(CLUSTER_CASES))
+def test_cluster_mutation_is_caught_with_real_nodes(mutation: str, scenario: str) -> None:
+    invariant, text = CLUSTER_CASES[(mutation, scenario)]
+    for seed in range(MAX_SEEDS):
+        r = run_one(scenario, seed, mutation)
+        if r.exit_code == 0:
+            continue
+        assert r.exit_code == 1, r.message
+        assert r.invariant == invariant, f"seed {seed}: {r.message}"
+        assert text in r.message, r.message
+        return
+    pytest.fail(f"{mutation} not caught in {MAX_SEEDS} seeds of {scenario}")

@@ -21,6 +21,16 @@ EXPECTED_FAULTS = {
 
 CLUSTER_SCENARIOS = ("cluster_membership",)
 
+NODE_CLUSTER_SCENARIOS = {
+    # A cluster of real nodes with traffic (sim/cluster_nodes.py): the stats that show it did
+    # what it is about, besides running jobs.
+    "rebalance_under_load": ("cluster.moves",),
+    "partition_owner": ("cluster.partition_owner",),
+    "etcd_outage": ("cluster.etcd_outage",),
+    "stale_routing": ("cluster.moves",),
+    "cluster_traffic": ("cluster.moves",),
+}
+
 LIMITS_SCENARIOS = ("concurrency", "grant_race", "retry_releases", "cancel_releases", "floating",
                     "rate_limits", "head_of_line")
 
@@ -37,6 +47,8 @@ def test_scenario_passes(scenario: str, seed: int) -> None:
             r.stats
     else:
         assert r.events > 0
+    for stat in NODE_CLUSTER_SCENARIOS.get(scenario, ()):
+        assert r.stats.get(stat, 0) > 0, r.stats
     expected = EXPECTED_FAULTS.get(scenario)
     if expected:
         assert any(r.fired.get(point) for point in expected), r.fired
