@@ -27,12 +27,12 @@ from sim.invariants import Invariant
 from sim.simulator import FaultPlan, Simulator
 from sim.workload import Workload, run_workload
 
-LEASE_WAIT_MS: int | None = 2000
-"""The workers' ``lease_wait_ms`` in the cluster scenarios (None: drawn like any knob). A worker
-runs one lease loop per node and each loop holds its slots through its long poll, so with fewer
-slots than nodes the loops of nodes without work keep the slots for a whole ``lease_wait_ms``
-while due tasks on another node wait (the 30 s edge leaves them waiting past the liveness
-bound: ``tests/sim/test_regressions.py``, stale_routing seed 2008, an open defect of the worker)."""
+LEASE_WAIT_MS: int | None = None
+"""The workers' ``lease_wait_ms`` in the cluster scenarios (None: drawn like any knob, up to its
+30 s edge). A worker runs one lease loop per node; while there are several, each poll takes a
+share of the slots and waits at most ``silo.client.worker.SHARED_LEASE_WAIT_MS``, so the loops of
+nodes without work cannot keep the slots from a node with due tasks (stale_routing seed 2008 in
+``tests/sim/test_regressions.py``; mutation ``hoard-slots-across-nodes``)."""
 
 SERVED_BOUND_S = 60.0
 """Simulated seconds the cluster gets to serve every shard once its nodes started."""

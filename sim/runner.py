@@ -71,6 +71,8 @@ MUTATIONS: dict[str, str] = {
                             "old owner closes it",
     "trust-lease-past-ttl": "a confirmed membership renewal is trusted for twice its TTL, so a "
                             "node cut off from etcd serves past its lease's expiry",
+    "hoard-slots-across-nodes": "a worker leasing from several nodes lets each node's long poll "
+                                "take every free slot for the whole lease_wait_ms",
 }
 
 STALL_STEPS = 100_000

@@ -79,6 +79,10 @@ EMPTY_POLL_WAIT_MS = 1_000
 """With ``lease_wait_ms`` below this, empty lease replies back off up to this long."""
 EMPTY_BACKOFF_FIRST_S = 0.01
 """The backoff after the first empty lease reply; it doubles with each further one."""
+SHARED_LEASE_WAIT_MS = 250
+"""While the worker leases from several nodes, no LeaseTasks waits longer than this: the slots a
+long poll holds cannot serve another node's work, so one idle node must not keep them for a
+whole ``lease_wait_ms`` while another has tasks."""
 LEASE_WAIT_MS_MAX = 30_000
 """The server's bound on LeaseTasks ``wait_ms``."""
 MAX_CONCURRENT_TASKS_MAX = 1000
@@ -178,6 +182,8 @@ class Worker:
         self.lease_wait_ms = lease_wait_ms
         self.stats = WorkerStats()
         self._slots = SlotPool(max_concurrent_tasks, on_stuck=self._stuck_changed)
+        self._lease_loops = 0
+        """Lease loops running (one per node leased from)."""
         self._running: dict[str, HeldLease] = {}
         """Leases whose handler is running, by task id."""
         self._handler_done = trio.Event()
@@ -252,18 +258,38 @@ class Worker:
 
     async def _lease_loop(self, address: str, tasks: trio.Nursery,
                           retired: list[bool] | None = None) -> None:
+        self._lease_loops += 1
+        try:
+            await self._lease_from(address, tasks, retired)
+        finally:
+            self._lease_loops -= 1
+
+    def _poll_shape(self) -> tuple[int, int]:
+        """``(wait_ms, most slots)`` for the next LeaseTasks of one lease loop. One loop: the
+        configured wait and every free slot. Several (one per node): each takes at most its
+        share of the slots and waits at most :data:`SHARED_LEASE_WAIT_MS`, so a node with work
+        gets a slot within that long of one freeing, whatever the other nodes hold back."""
+        loops = max(1, self._lease_loops)
+        if loops == 1 or self.faults.mutation("hoard-slots-across-nodes"):
+            return self.lease_wait_ms, self.max_concurrent_tasks
+        share = -(-self.max_concurrent_tasks // loops)
+        return min(self.lease_wait_ms, SHARED_LEASE_WAIT_MS), share
+
+    async def _lease_from(self, address: str, tasks: trio.Nursery,
+                          retired: list[bool] | None) -> None:
         failures = 0
         empty_replies = 0
         acks: list[pb.TaskAck] = []
         while not (retired and retired[0]):
-            if (empty_replies and self.lease_wait_ms < EMPTY_POLL_WAIT_MS
+            wait_ms, most_slots = self._poll_shape()
+            if (empty_replies and wait_ms < EMPTY_POLL_WAIT_MS
                     and not self.faults.mutation("no-empty-lease-backoff")):
                 # The server answers at once when asked not to wait: back off instead of
                 # asking again in a busy loop (10 ms doubling to EMPTY_POLL_WAIT_MS).
                 await trio.sleep(empty_reply_backoff_s(empty_replies))
             slots = [await self._slots.acquire()]
             try:
-                while len(slots) < self.max_concurrent_tasks:
+                while len(slots) < most_slots:
                     try:
                         slots.append(self._slots.acquire_nowait())
                     except trio.WouldBlock:
@@ -275,11 +301,11 @@ class Worker:
                         "LeaseTasks",
                         pb.LeaseTasksRequest(
                             worker_id=self.worker_id, task_group=self.task_group,
-                            max_tasks=len(slots), all_shards=True, wait_ms=self.lease_wait_ms,
+                            max_tasks=len(slots), all_shards=True, wait_ms=wait_ms,
                             acks=sent_acks,
                         ),
                         pb.LeaseTasksResponse,
-                        timeout=self.lease_wait_ms / 1000 + self.client.retry.call_timeout_s,
+                        timeout=wait_ms / 1000 + self.client.retry.call_timeout_s,
                     )
                     failures = 0
                     acks = []

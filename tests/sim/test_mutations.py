@@ -64,6 +64,8 @@ CASES = {
     # Fail closed: a node cut off from etcd must stop serving before etcd drops its membership.
     "trust-lease-past-ttl": ("partition_owner", Invariant.SINGLE_OWNER,
                              "still considered it alive"),
+    # Only a draw with fewer slots than nodes and a long lease_wait_ms starves a node.
+    "hoard-slots-across-nodes": ("stale_routing", Invariant.LIVENESS, "not terminal"),
 }
 CLUSTER_CASES = {
     # The cluster's planted bugs in the scenarios of real nodes with real shards and traffic
@@ -76,7 +78,8 @@ CLUSTER_CASES = {
                                                "still considers its membership alive")}
 FIRST_SEEDS: dict[str, int] = {
     # mutation: its first failing seed when past MAX_SEEDS (only that seed is run, to stay
-    # cheap). None today: every planted bug is caught within MAX_SEEDS.
+    # cheap).
+    "hoard-slots-across-nodes": 64,
 }
 ALSO = {
     # mutation: another (invariant, text) that rightly catches it

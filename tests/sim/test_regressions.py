@@ -94,15 +94,13 @@ async def test_already_exists_is_answered_only_once_durable(autojump_clock: obje
     assert answered[1] >= 0.05
 
 
-@pytest.mark.xfail(strict=True, reason="open defect of the worker: its per-node lease loops "
-                   "each hold slots through a long poll, starving the node that has the work")
 def test_worker_lease_loops_starve_the_node_with_work(monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by stale_routing seed 2008 with the workers' lease_wait_ms drawn (its 30 s edge):
     a worker follows four nodes with two slots; the loops long-polling the three nodes without
     the tenant's shard hold both slots for 30 s at a time, so the node serving it is asked about
-    once per 30 s and 17 jobs are still not terminal 339 s after healing (invariant 7). The
-    cluster scenarios fix lease_wait_ms at 2 s until the worker shares its slots across loops
-    (``sim.cluster_workload.LEASE_WAIT_MS``); this test flips to XPASS, and fails, once fixed."""
+    once per 30 s and 17 jobs are still not terminal 339 s after healing (invariant 7). Fixed:
+    with several lease loops each poll takes a share of the slots and waits at most
+    ``SHARED_LEASE_WAIT_MS`` (mutation ``hoard-slots-across-nodes`` puts the old way back)."""
     import sim.cluster_workload
 
     monkeypatch.setattr(sim.cluster_workload, "LEASE_WAIT_MS", None)
