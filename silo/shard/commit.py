@@ -173,7 +173,8 @@ class CommitProtocol:
         )
 
     async def begin(self) -> Txn:
-        """Called with the lock held: repair after a failed write, then start a transaction.
+        """Called with the lock held: repair after a failed write, page timers in or out
+        (:meth:`ShardMirror.page_timers`), then start a transaction.
 
         A disk error while reloading is UNAVAILABLE (the next operation retries the repair).
         """
@@ -186,6 +187,10 @@ class CommitProtocol:
                     f"shard {self._shard_id}: reloading after a failed write: {exc}"
                 ) from exc
             self._store.repaired()
+        try:
+            await self._mirror.page_timers(self._store)
+        except DiskError as exc:
+            raise Unavailable(f"shard {self._shard_id}: reading timers: {exc}") from exc
         txn = self.new_txn()
         if self._mirror.corrupt and self.after_load is not None:
             await self.after_load(txn)
