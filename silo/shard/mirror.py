@@ -108,6 +108,8 @@ class ShardMirror:
         """Timer rows put beyond the frontier by batches maybe not yet durable: key -> (batch,
         wall ms, monotonic ms) of the operation that wrote it (dropped once durable)."""
         self.on_timers_paged: PagedTimers = lambda before, after, wall_ms, mono_ms: None
+        self.timer_rows = 0
+        """How many timer rows are stored (pending batches included), in memory or not."""
         self.mutation: Callable[[str], bool] = lambda name: False
         """Planted bugs for the simulator (``Faults.mutation``)."""
         self.timer_deadlines = DeadlineIndex(_first_int)
@@ -213,14 +215,27 @@ class ShardMirror:
                 rows = await kv.scan(start, end, limit=10_000)
                 self._load_rows(rows)
                 if len(rows) < 10_000:
-                    return
+                    break
                 start = rows[-1][0] + b"\x00"
-        wall_ms = self.clock_readings()[0]
-        while self._wants_page(wall_ms):
-            start = self.timer_frontier + b"\x00"
-            rows = await kv.scan(start, _TIMERS_END, limit=page)
-            self.timer_frontier = rows[-1][0] if len(rows) >= page else None
-            self._load_rows(rows)
+        else:
+            wall_ms = self.clock_readings()[0]
+            while self._wants_page(wall_ms):
+                start = self.timer_frontier + b"\x00"
+                rows = await kv.scan(start, _TIMERS_END, limit=page)
+                self.timer_frontier = rows[-1][0] if len(rows) >= page else None
+                self._load_rows(rows)
+        # The rows on disk only are counted, not kept.
+        frontier = self.timer_frontier
+        self.timer_rows = len(self.timers)
+        if frontier is None:
+            return
+        start = frontier + b"\x00"
+        while True:
+            rows = await kv.scan(start, _TIMERS_END, limit=10_000)
+            self.timer_rows += len(rows)
+            if len(rows) < 10_000:
+                return
+            start = rows[-1][0] + b"\x00"
 
     def _wants_page(self, wall_ms: int) -> bool:
         """More timer rows are on disk and fewer than a page are in memory, or the frontier is
@@ -287,6 +302,7 @@ class ShardMirror:
                 task = Task.decode(k, v)
             except (CorruptRecord, ValueError):
                 self.corrupt.append((k, v))
+                self.timer_rows -= 1  # as at a load: a row set aside is not counted
                 continue
             self.timers[k] = task
             own = self._beyond.get(k)
@@ -347,11 +363,19 @@ class ShardMirror:
             except (CorruptRecord, ValueError):  # ValueError: a malformed key
                 self.corrupt.append(row)
 
+    def timer_keys_beyond(self, ops: list[tuple[bytes, bytes | None]]) -> list[bytes]:
+        """The timer keys of ``ops`` beyond the frontier: :meth:`apply` needs to be told which
+        of them are stored (``beyond_stored``) to keep :attr:`timer_rows`."""
+        if self.timer_frontier is None:
+            return []
+        return [k for k, _ in ops if k[:1] == _TIMER and not self.timer_mirrored(k)]
+
     def apply(
         self,
         ops: list[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes]],
         clock_ref: tuple[int, int] | None = None,
         batch: int | None = None,
+        beyond_stored: frozenset[bytes] | set[bytes] = frozenset(),
     ) -> None:
         """Apply the puts and deletes of one batch (or rows of a scan) to the mirrors.
 
@@ -359,6 +383,7 @@ class ShardMirror:
         batch (default: read now); its timer and expiry rows are indexed on it. ``batch`` is
         the batch's sequence number in the store: the deadlines it replaces are kept until
         :meth:`forget_durable` says it is durable (a reload after a failed write restores them).
+        ``beyond_stored``: which of :meth:`timer_keys_beyond` are stored before the batch.
         """
         for k, v in ops:
             p = k[:1]
@@ -366,12 +391,19 @@ class ShardMirror:
                 self._apply_ready(k, v)
             elif p == _TIMER:
                 if not self.timer_mirrored(k):
+                    if not self._loading:
+                        stored = k in beyond_stored
+                        self.timer_rows += (v is not None) - stored
                     self._apply_beyond(k, v, clock_ref, batch)
                 elif v is None:
-                    self.timers.pop(k, None)
+                    if self.timers.pop(k, None) is not None:
+                        self.timer_rows -= 1
                     self.timer_deadlines.discard(k, batch=batch)
                 else:
-                    self.timers[k] = Task.decode(k, v)
+                    task = Task.decode(k, v)
+                    if k not in self.timers:
+                        self.timer_rows += 1
+                    self.timers[k] = task
                     if not self._loading:
                         clock_ref = clock_ref or self.clock_readings()
                         if self._index(self.timer_deadlines, k, clock_ref, batch):

@@ -89,6 +89,7 @@ async def test_an_open_reads_one_page(tmp_path) -> None:  # noqa: ANN001
         m = shard._mirror
         assert len(m.timers) == PAGED.timer_page_rows
         assert m.timer_frontier == m.timers.peekitem(-1)[0]
+        assert shard.statistics().scheduled_future_tasks == N  # counted, not held
         await _check_pages(shard)
         await _lease_in_due_order(world, shard)
         await check_counters(shard)
@@ -118,6 +119,7 @@ async def test_writes_beyond_the_frontier(tmp_path) -> None:  # noqa: ANN001
         await shard.enqueue(new_job("late", start_at_ms=world.now_ms() + 100_000))
         assert m.timer_frontier == frontier and len(m.timers) == PAGED.timer_page_rows
         assert await where_is(shard, "late") == "TIMER"
+        assert shard.statistics().scheduled_future_tasks == N + 1
         await shard.cancel(T, "j09")  # its timer is beyond the frontier: read from disk
         assert await status_of(shard, "j09") == JobStatus.CANCELLED
         await shard.expedite(T, "j10")
@@ -253,12 +255,13 @@ def test_a_paged_mirror_agrees_with_an_unpaged_one(
         await plain.load(store)  # type: ignore[arg-type]
 
         def write(k: bytes, v: bytes | None) -> None:
+            stored = {b for b in paged.timer_keys_beyond([(k, v)]) if b in store.rows}
+            plain.apply([(k, v)])
+            paged.apply([(k, v)], beyond_stored=stored)
             if v is None:
                 store.rows.pop(k, None)
             else:
                 store.rows[k] = v
-            for m in (paged, plain):
-                m.apply([(k, v)])
 
         for op, a, b in ops:
             await paged.page_timers(store)  # type: ignore[arg-type]
@@ -275,6 +278,7 @@ def test_a_paged_mirror_agrees_with_an_unpaged_one(
                 assert paged.due_timers(clock.ms, a) == due  # the same tasks, in the same order
                 for t in due:
                     write(timer_key(t), None)
+            assert paged.timer_rows == len(plain.timers) == plain.timer_rows
             # Paged: exactly the unpaged rows up to the frontier, with the same deadlines.
             inside = [k for k in plain.timers if paged.timer_mirrored(k)]
             assert list(paged.timers) == inside
