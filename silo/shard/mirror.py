@@ -229,13 +229,7 @@ class ShardMirror:
         self.timer_rows = len(self.timers)
         if frontier is None:
             return
-        start = frontier + b"\x00"
-        while True:
-            rows = await kv.scan(start, _TIMERS_END, limit=10_000)
-            self.timer_rows += len(rows)
-            if len(rows) < 10_000:
-                return
-            start = rows[-1][0] + b"\x00"
+        self.timer_rows += await kv.count_keys(frontier + b"\x00", _TIMERS_END)
 
     def _wants_page(self, wall_ms: int) -> bool:
         """More timer rows are on disk and fewer than a page are in memory, or the frontier is
