@@ -210,6 +210,14 @@ class MemoryStore:
         self._check_usable()
         return _scan(self._visible, start, end, reverse, limit)
 
+    async def count_keys(self, start: bytes, end: bytes | None) -> int:
+        await trio.lowlevel.checkpoint()
+        self._check_usable()
+        _check_key(start)
+        if end is not None:
+            _check_key(end)
+        return sum(1 for _ in self._visible.irange(start, end, inclusive=(True, False)))
+
     async def compact_range(self, start: bytes | None, end: bytes | None) -> None:
         """Nothing to reclaim in memory: a checkpoint, then the usual checks."""
         await trio.lowlevel.checkpoint()

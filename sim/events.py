@@ -207,6 +207,22 @@ class ShardOpened(Event):
     at_ms: int | None = None
     mono_ms: int | None = None
     """The node's wall and monotonic readings its stored deadlines were re-based on."""
+    timers_to: str | None = None
+    """The node's timer frontier (hex key): only timer rows up to it are in its memory (None:
+    all of them)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimersPaged(Event):
+    """The node's timer frontier moved from ``before`` to ``after`` (hex keys, None: past the
+    last row): rows paged in were re-based on ``(at_ms, mono_ms)``; rows paged out (``after``
+    below ``before``) are on disk only again."""
+
+    node: str = ""
+    before: str | None = None
+    after: str | None = None
+    at_ms: int = 0
+    mono_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +284,7 @@ KINDS: dict[str, type[Event]] = {
     "refresh_ended": RefreshEnded,
     "poison_item": PoisonItem,
     "shard_opened": ShardOpened,
+    "timers_paged": TimersPaged,
     "shard_closed": ShardClosed,
     "split_phase": SplitPhaseRecorded,
     "split_cleanup": SplitCleanup,

@@ -7,6 +7,7 @@ its :class:`~sim.disk.MemoryDisk` across crashes and restarts, and restarts with
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,16 @@ if TYPE_CHECKING:
 DATA_DIR = "data"
 
 
+def _timer_paging(rng: random.Random) -> dict[str, int]:
+    """Tiny timer pages, so that the shard pages timers in and out in every run."""
+    page = rng.choice((1, 1, 2, 3))
+    return {
+        "timer_page_rows": page,
+        "timer_memory_rows": 2 * page + rng.randrange(3),
+        "timer_lookahead_ms": rng.choice((0, 20, 200, 2000)),
+    }
+
+
 class NodeHost:
     """One silo node on the simulated runtime."""
 
@@ -52,7 +63,7 @@ class NodeHost:
         )
         self.config = NodeConfig(
             data_dir=DATA_DIR, shards=shards, node_id=name, advertise_address=self.address,
-            shard=ShardConfig(lease_ms=lease_ms),
+            shard=ShardConfig(lease_ms=lease_ms, **_timer_paging(self.random.stream("paging"))),
         )
         self.generation = 0
         self.serving = False

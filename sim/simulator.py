@@ -593,6 +593,7 @@ class Simulator:
                 if not self.ok:
                     return
         self.trace.record("audit passed")
+        self.stats["timers.paged"] = self.checker.timer_pages
         self.stats["slots.granted"] = self.checker.grants
         self.stats["slots.released"] = self.checker.releases
         self.stats["slots.granted_during_backoff"] = self.checker.grants_during_backoff

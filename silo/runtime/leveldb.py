@@ -78,6 +78,14 @@ def _scan_sync(
     return out
 
 
+def _count_sync(reader, start: bytes, end: bytes | None) -> int:
+    it = reader.iterator(start=start, stop=end, include_value=False)
+    try:
+        return sum(1 for _ in it)
+    finally:
+        it.close()
+
+
 class LevelDBSnapshot:
     def __init__(self, snap) -> None:
         self._snap = snap
@@ -121,6 +129,11 @@ class LevelDBStore:
             return _read(_scan_sync, self._db, start, end, reverse, limit)
         return await trio.to_thread.run_sync(
             _read, _scan_sync, self._db, start, end, reverse, limit, limiter=_LIMITER
+        )
+
+    async def count_keys(self, start: bytes, end: bytes | None) -> int:
+        return await trio.to_thread.run_sync(
+            _read, _count_sync, self._db, start, end, limiter=_LIMITER
         )
 
     def _write_sync(self, ops: list[tuple[bytes, bytes | None]], sync: bool) -> None:

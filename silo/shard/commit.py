@@ -173,7 +173,8 @@ class CommitProtocol:
         )
 
     async def begin(self) -> Txn:
-        """Called with the lock held: repair after a failed write, then start a transaction.
+        """Called with the lock held: repair after a failed write, page timers in or out
+        (:meth:`ShardMirror.page_timers`), then start a transaction.
 
         A disk error while reloading is UNAVAILABLE (the next operation retries the repair).
         """
@@ -186,6 +187,10 @@ class CommitProtocol:
                     f"shard {self._shard_id}: reloading after a failed write: {exc}"
                 ) from exc
             self._store.repaired()
+        try:
+            await self._mirror.page_timers(self._store)
+        except DiskError as exc:
+            raise Unavailable(f"shard {self._shard_id}: reading timers: {exc}") from exc
         txn = self.new_txn()
         if self._mirror.corrupt and self.after_load is not None:
             await self.after_load(txn)
@@ -207,6 +212,14 @@ class CommitProtocol:
         if not txn.ops:
             return None
         ops = list(txn.ops.items())
+        beyond = self._mirror.timer_keys_beyond(ops)
+        stored: set[bytes] = set()
+        if beyond:  # timer rows on disk only: whether they exist, to keep the count
+            try:
+                found = await self._store.get_many(beyond)
+            except DiskError as exc:
+                return _Commit(None, self, Unavailable(f"shard {self._shard_id}: {exc}"))
+            stored = {k for k, v in zip(beyond, found, strict=True) if v is not None}
         try:
             ticket = self._store.submit(
                 ops, txn.events, ack_before_durable=self._rt.faults.mutation("ack-before-durable")
@@ -215,7 +228,9 @@ class CommitProtocol:
             # An earlier write failed while this operation was reading: it fails too, and
             # (like any failed write) only once the in-memory state has been rebuilt.
             return _Commit(None, self, exc)
-        self._mirror.apply(ops, None if txn.mono is None else (txn.now, txn.mono), ticket.seq)
+        self._mirror.apply(
+            ops, None if txn.mono is None else (txn.now, txn.mono), ticket.seq, stored
+        )
         self._mirror.forget_durable(self._store.durable_seq)
         return _Commit(ticket, self)
 

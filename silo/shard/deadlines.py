@@ -84,7 +84,7 @@ class DeadlineIndex:
         while undo:
             batch, k, old = undo.pop()
             if batch <= durable_seq:
-                break
+                continue  # durable (entries are mostly, not strictly, in batch order)
             known = self._by_key.pop(k, None)
             if known is not None:
                 self._order.remove((known, k))

@@ -444,7 +444,7 @@ class Limiter:
             raw = txn.ops[tk]
             task = None if raw is None else Task.decode(tk, raw)
         else:
-            task = self._mirror.timers.get(tk)
+            task = await self._timer(txn, tk)
         if task is None:
             return None
         if self._faults.mutation("rate-token-returned-in-place"):
@@ -546,6 +546,15 @@ class Limiter:
         if self._queue_has_work(txn, lease.tenant, queue):
             self.ensure_refresh(txn, lease.tenant, queue)
 
+    async def _timer(self, txn: Txn, k: bytes) -> Task | None:
+        """Timer ``k`` as stored before this transaction: from the mirror, or from the store
+        when ``k`` is beyond the mirror's timer frontier (paged out)."""
+        found = self._mirror.timer_lookup(k)
+        if found is not False:
+            return found  # type: ignore[return-value]
+        raw = await txn.get(k)
+        return None if raw is None else Task.decode(k, raw)
+
     # -- unqueue ----------------------------------------------------------------------------
 
     async def unqueue_task(self, txn: Txn, info: JobInfo, state: JobState) -> Task | None:
@@ -561,7 +570,7 @@ class Limiter:
             task = self._mirror.ready.get(k)
         elif where == TIMER:
             k = timer_key(probe)
-            task = self._mirror.timers.get(k)
+            task = await self._timer(txn, k)
         else:
             queue = concurrency_key(info.limits[state.held])
             assert queue is not None

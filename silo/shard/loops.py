@@ -87,7 +87,8 @@ class ShardLoops:
         (wall times, taken relative to now)."""
         due = self._mirror.next_timer_deadline_ms()
         for wall_ms in (
-            self._mirror.next_reservation_expiry_ms(), self._mirror.next_bucket_full_ms()
+            self._mirror.next_reservation_expiry_ms(), self._mirror.next_bucket_full_ms(),
+            self._mirror.next_page_wall_ms(),
         ):
             if wall_ms is not None:
                 at = self._rt.clock.monotonic_ms() + max(0, wall_ms - self._rt.clock.now_ms())

@@ -9,6 +9,7 @@ intentions, they cannot drift from the stored tables.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sortedcontainers import SortedDict, SortedList
 
@@ -26,6 +27,7 @@ from silo.model import (
 from silo.runtime.clock import Clock
 from silo.runtime.disk import KVStore
 from silo.shard.deadlines import DeadlineIndex
+from silo.shard.store import ShardStore
 from silo.shard.tables import RATE_FLOOR_KEY
 
 _READY = bytes((Prefix.READY,))
@@ -46,6 +48,32 @@ def _first_int(k: bytes) -> int:
     return int(keys.parse(k)[1][0])
 
 
+_TIMERS_END = keys.successor(_TIMER)
+
+
+@dataclass(frozen=True)
+class TimerPaging:
+    """How many timer rows the mirror holds (see :class:`ShardMirror`, "Timer pages").
+
+    ``page_rows``: rows one page-in reads; fewer than this in memory (with more on disk) reads
+    the next page. ``memory_rows``: past this many, the latest timers are paged out down to
+    ``memory_rows - page_rows``. ``lookahead_ms``: every timer due (wall time) within this of
+    now is in memory whenever an operation starts.
+    """
+
+    page_rows: int
+    memory_rows: int
+    lookahead_ms: int
+
+    def __post_init__(self) -> None:
+        if self.page_rows < 1 or self.memory_rows < 2 * self.page_rows or self.lookahead_ms < 0:
+            raise ValueError(f"invalid timer paging {self}")
+
+
+PagedTimers = Callable[[bytes | None, bytes | None, int, int], None]
+"""``(frontier before, frontier after, wall ms, monotonic ms)`` of a page-in or page-out."""
+
+
 class ShardMirror:
     """Ready queue, timers, leases, lease expiries and counters, kept in memory.
 
@@ -54,10 +82,37 @@ class ShardMirror:
     operation that wrote them (``clock_ref`` in :meth:`apply`), loaded rows are re-based on the
     readings taken when the load ends. Without a clock, monotonic deadlines equal the stored
     wall-clock ones.
+
+    Timer pages (with ``paging``): the timer mirror holds only the timer rows up to
+    :attr:`timer_frontier` (timer keys sort by wall due time), i.e. exactly the stored rows
+    (pending batches included) with key <= frontier; the others are on disk only. A put beyond
+    the frontier is not mirrored, a delete beyond it changes nothing in memory. Whenever an
+    operation starts (:meth:`page_timers`, shard lock held) the mirror pages in until every
+    timer due within ``lookahead_ms`` of the wall clock and at least ``page_rows`` rows are in
+    memory (or none is left on disk), and pages the latest rows out when it holds more than
+    ``memory_rows``; so a timer on disk only is never due by the wall clock at the start of an
+    operation. A paged-in row is re-based like a row loaded at open: from its stored wall time
+    on the clock readings of the page-in (DESIGN §4 "Deadlines"), except a row written by a
+    batch not yet durable, which keeps the readings of its operation (as an unpaged mirror
+    would have indexed it). Each page-in and page-out calls :attr:`on_timers_paged` with the
+    frontier before and after and those readings. A reload after a failed write keeps the
+    frontier (it reloads exactly the rows up to it, all of them indexed before).
     """
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, paging: TimerPaging | None = None) -> None:
         self.clock = clock
+        self.paging = paging
+        self.timer_frontier: bytes | None = None if paging is None else _TIMER
+        """The last timer key held in memory (None: every timer row is; the bare prefix:
+        none is, before the first load)."""
+        self._beyond: dict[bytes, tuple[int | None, int, int]] = {}
+        """Timer rows put beyond the frontier by batches maybe not yet durable: key -> (batch,
+        wall ms, monotonic ms) of the operation that wrote it (dropped once durable)."""
+        self.on_timers_paged: PagedTimers = lambda before, after, wall_ms, mono_ms: None
+        self.timer_rows = 0
+        """How many timer rows are stored (pending batches included), in memory or not."""
+        self.mutation: Callable[[str], bool] = lambda name: False
+        """Planted bugs for the simulator (``Faults.mutation``)."""
         self.timer_deadlines = DeadlineIndex(_first_int)
         """Timer key -> monotonic due time."""
         self.expiry_deadlines = DeadlineIndex(_first_int)
@@ -94,7 +149,11 @@ class ShardMirror:
         """``(wall ms, monotonic ms)`` the last :meth:`load` re-based new deadlines on."""
 
     def clear(self) -> None:
-        self.__init__()  # type: ignore[misc]
+        """Forget every mirrored row (the clock, paging settings and frontier stay)."""
+        clock, paging, frontier = self.clock, self.paging, self.timer_frontier
+        paged, mutation = self.on_timers_paged, self.mutation
+        self.__init__(clock, paging)  # type: ignore[misc]
+        self.timer_frontier, self.on_timers_paged, self.mutation = frontier, paged, mutation
 
     def clock_readings(self) -> tuple[int, int]:
         """``(wall ms, monotonic ms)`` read now (both the wall clock without a clock)."""
@@ -110,15 +169,12 @@ class ShardMirror:
         later one failed, and the deadlines they replaced are restored first (see
         :mod:`silo.shard.deadlines`), so a row they deleted keeps the deadline it had."""
         callbacks = (self.on_timer_added, self.on_expiry_added, self.on_ready_added)
-        clock, timer_deadlines, expiry_deadlines = (
-            self.clock, self.timer_deadlines, self.expiry_deadlines
-        )
+        timer_deadlines, expiry_deadlines = self.timer_deadlines, self.expiry_deadlines
         if durable_seq is not None:
             timer_deadlines.roll_back(durable_seq)
             expiry_deadlines.roll_back(durable_seq)
         self.clear()
         self.on_timer_added, self.on_expiry_added, self.on_ready_added = callbacks
-        self.clock = clock
         self._loading = True
         try:
             await self._load_tables(kv)
@@ -140,6 +196,9 @@ class ShardMirror:
         ):
             end = keys.successor(prefix)
             start = prefix
+            if prefix == _TIMER and self.timer_frontier is not None:
+                await self._load_timer_pages(kv)
+                continue
             while True:
                 rows = await kv.scan(start, end, limit=10_000)
                 self._load_rows(rows)
@@ -148,6 +207,150 @@ class ShardMirror:
                 start = rows[-1][0] + b"\x00"
         self._load_rows(await kv.scan(COUNTER_PREFIX, keys.successor(COUNTER_PREFIX)))
         self._load_rows(await kv.scan(RATE_FLOOR_KEY, keys.successor(RATE_FLOOR_KEY)))
+
+    async def _load_timer_pages(self, kv: KVStore) -> None:
+        """Load the timer rows up to the frontier (after a failed write), or at open as many
+        pages as :meth:`_wants_page` asks for on the wall clock now."""
+        assert self.paging is not None and self.timer_frontier is not None
+        page = self.paging.page_rows
+        if self.timer_frontier != _TIMER:  # a reload: exactly the rows up to the frontier
+            start, end = _TIMER, self.timer_frontier + b"\x00"
+            while True:
+                rows = await kv.scan(start, end, limit=10_000)
+                self._load_rows(rows)
+                if len(rows) < 10_000:
+                    break
+                start = rows[-1][0] + b"\x00"
+        else:
+            wall_ms = self.clock_readings()[0]
+            while self._wants_page(wall_ms):
+                start = self.timer_frontier + b"\x00"
+                rows = await kv.scan(start, _TIMERS_END, limit=page)
+                self.timer_frontier = rows[-1][0] if len(rows) >= page else None
+                self._load_rows(rows)
+        # The rows on disk only are counted, not kept.
+        frontier = self.timer_frontier
+        self.timer_rows = len(self.timers)
+        if frontier is None:
+            return
+        self.timer_rows += await kv.count_keys(frontier + b"\x00", _TIMERS_END)
+
+    def _wants_page(self, wall_ms: int) -> bool:
+        """More timer rows are on disk and fewer than a page are in memory, or the frontier is
+        due within the lookahead of ``wall_ms``."""
+        frontier, paging = self.timer_frontier, self.paging
+        if frontier is None or paging is None:
+            return False
+        if frontier == _TIMER or len(self.timers) < paging.page_rows:
+            return True
+        return _first_int(frontier) <= wall_ms + paging.lookahead_ms
+
+    def timer_mirrored(self, k: bytes) -> bool:
+        """Whether timer key ``k`` is within the frontier (its row, if stored, is in memory)."""
+        return self.timer_frontier is None or k <= self.timer_frontier
+
+    def timer_lookup(self, k: bytes) -> Task | None | bool:
+        """The mirrored timer ``k``; None when there is surely none; False when ``k`` is beyond
+        the frontier (read the store)."""
+        if not self.timer_mirrored(k):
+            return False
+        return self.timers.get(k)
+
+    async def page_timers(self, store: ShardStore) -> None:
+        """Page timers in (and the latest ones out) as the class docstring says. Call with the
+        shard lock held, where an operation starts; ``store`` gives the rows as of now (pending
+        batches included) and which batches are durable."""
+        if self.paging is None:
+            return
+        while self._wants_page(self.clock_readings()[0]):
+            await self._page_in(store)
+        self._page_out(store)
+
+    async def _page_in(self, store: ShardStore) -> None:
+        assert self.paging is not None and self.timer_frontier is not None
+        before = self.timer_frontier
+        start = before + b"\x00"
+        pending = store.pending(start, _TIMERS_END)
+        base = await store.kv.scan(start, _TIMERS_END, limit=self.paging.page_rows)
+        # Batches submitted during the scan are newer than what it read; an entry made durable
+        # meanwhile keeps its newest value here.
+        pending.update(store.pending(start, _TIMERS_END))
+        after = base[-1][0] if len(base) >= self.paging.page_rows else None
+        rows: dict[bytes, bytes] = dict(base)
+        deleted: list[tuple[bytes, int]] = []
+        written: dict[bytes, int] = {}
+        for k, (seq, v) in sorted(pending.items()):
+            if after is not None and k > after:
+                continue
+            if v is None:
+                if rows.pop(k, None) is not None:
+                    deleted.append((k, seq))
+            else:
+                rows[k] = v
+                written[k] = seq
+        wall, mono = self.clock_readings()
+        durable = store.durable_seq
+        self.timer_frontier = after
+        first = self.timer_deadlines.first_ms()
+        if rows and self.mutation("timer-page-skips-row"):
+            # Planted bug for the simulator: the page's first row is never read into memory.
+            del rows[min(rows)]
+        for k, v in sorted(rows.items()):
+            try:
+                task = Task.decode(k, v)
+            except (CorruptRecord, ValueError):
+                self.corrupt.append((k, v))
+                self.timer_rows -= 1  # as at a load: a row set aside is not counted
+                continue
+            self.timers[k] = task
+            own = self._beyond.get(k)
+            seq = written.get(k)
+            if seq is not None and seq > durable and own is not None and own[0] == seq:
+                self.timer_deadlines.put(k, own[1], own[2])
+            else:
+                self.timer_deadlines.put(k, wall, mono)
+        for k, seq in deleted:
+            if seq > durable:
+                # Durable on disk, deleted by a batch still being written: indexed as paged in
+                # and deleted by that batch, so a failed write restores it with this deadline.
+                self.timer_deadlines.put(k, wall, mono)
+                self.timer_deadlines.discard(k, batch=seq)
+        for k in [k for k in self._beyond if after is None or k <= after]:
+            del self._beyond[k]
+        self.on_timers_paged(before, after, wall, mono)
+        new_first = self.timer_deadlines.first_ms()
+        if new_first is not None and (first is None or new_first < first):
+            self.on_timer_added()
+
+    def _page_out(self, store: ShardStore) -> None:
+        """Drop the latest timers from memory while more than ``memory_rows`` are held (only
+        rows due after the lookahead: the frontier stays beyond it)."""
+        paging = self.paging
+        assert paging is not None
+        if len(self.timers) <= paging.memory_rows:
+            return
+        wall, mono = self.clock_readings()
+        # The frontier (the last row kept) must be due after the lookahead.
+        keep = max(
+            paging.memory_rows - paging.page_rows,
+            self.timers.bisect_left(keys.key(Prefix.TIMER, wall + paging.lookahead_ms + 1)) + 1,
+        )
+        if keep >= len(self.timers):
+            return
+        before = self.timer_frontier
+        after = self.timers.peekitem(keep - 1)[0] if keep else _TIMER
+        durable = store.durable_seq
+        for k in list(self.timers.irange(after, inclusive=(False, True))):
+            del self.timers[k]
+            deadline = self.timer_deadlines.get(k)
+            seq = store.pending_seq(k)
+            if deadline is not None and seq is not None and seq > durable:
+                # Written by a batch still being written: it keeps its deadline if paged in
+                # again before that batch is durable.
+                self._beyond[k] = (seq, _first_int(k), deadline)
+            self.timer_deadlines.discard(k)
+        self.timer_frontier = after
+        self.on_timers_paged(before, after, wall, mono)
 
     def _load_rows(self, rows: list[tuple[bytes, bytes]]) -> None:
         """Apply loaded rows one by one: a row that cannot be decoded is set aside in
@@ -158,11 +361,19 @@ class ShardMirror:
             except (CorruptRecord, ValueError):  # ValueError: a malformed key
                 self.corrupt.append(row)
 
+    def timer_keys_beyond(self, ops: list[tuple[bytes, bytes | None]]) -> list[bytes]:
+        """The timer keys of ``ops`` beyond the frontier: :meth:`apply` needs to be told which
+        of them are stored (``beyond_stored``) to keep :attr:`timer_rows`."""
+        if self.timer_frontier is None:
+            return []
+        return [k for k, _ in ops if k[:1] == _TIMER and not self.timer_mirrored(k)]
+
     def apply(
         self,
         ops: list[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes]],
         clock_ref: tuple[int, int] | None = None,
         batch: int | None = None,
+        beyond_stored: frozenset[bytes] | set[bytes] = frozenset(),
     ) -> None:
         """Apply the puts and deletes of one batch (or rows of a scan) to the mirrors.
 
@@ -170,17 +381,27 @@ class ShardMirror:
         batch (default: read now); its timer and expiry rows are indexed on it. ``batch`` is
         the batch's sequence number in the store: the deadlines it replaces are kept until
         :meth:`forget_durable` says it is durable (a reload after a failed write restores them).
+        ``beyond_stored``: which of :meth:`timer_keys_beyond` are stored before the batch.
         """
         for k, v in ops:
             p = k[:1]
             if p == _READY:
                 self._apply_ready(k, v)
             elif p == _TIMER:
-                if v is None:
-                    self.timers.pop(k, None)
+                if not self.timer_mirrored(k):
+                    if not self._loading:
+                        stored = k in beyond_stored
+                        self.timer_rows += (v is not None) - stored
+                    self._apply_beyond(k, v, clock_ref, batch)
+                elif v is None:
+                    if self.timers.pop(k, None) is not None:
+                        self.timer_rows -= 1
                     self.timer_deadlines.discard(k, batch=batch)
                 else:
-                    self.timers[k] = Task.decode(k, v)
+                    task = Task.decode(k, v)
+                    if k not in self.timers:
+                        self.timer_rows += 1
+                    self.timers[k] = task
                     if not self._loading:
                         clock_ref = clock_ref or self.clock_readings()
                         if self._index(self.timer_deadlines, k, clock_ref, batch):
@@ -224,6 +445,17 @@ class ShardMirror:
             elif k == RATE_FLOOR_KEY:
                 self.rate_floor_ms = 0 if v is None else decode_int(k, v)
 
+    def _apply_beyond(
+        self, k: bytes, v: bytes | None, clock_ref: tuple[int, int] | None, batch: int | None
+    ) -> None:
+        """A timer write beyond the frontier: nothing in memory but the readings of a put,
+        until its batch is durable (see :meth:`_page_in`)."""
+        if v is None or self._loading:
+            self._beyond.pop(k, None)
+            return
+        wall, mono = clock_ref or self.clock_readings()
+        self._beyond[k] = (batch, wall, mono)
+
     @staticmethod
     def _index(
         index: DeadlineIndex, k: bytes, clock_ref: tuple[int, int], batch: int | None
@@ -236,6 +468,9 @@ class ShardMirror:
         """Batches up to ``durable_seq`` are durable: drop the deadlines they replaced."""
         self.timer_deadlines.forget_durable(durable_seq)
         self.expiry_deadlines.forget_durable(durable_seq)
+        if self._beyond:
+            for k in [k for k, (b, _, _) in self._beyond.items() if b is None or b <= durable_seq]:
+                del self._beyond[k]
 
     def _apply_bucket(self, k: bytes, v: bytes | None) -> None:
         old = self._bucket_full.pop(k, None)
@@ -329,9 +564,24 @@ class ShardMirror:
         return [(k, str(self.expiries[k])) for k in self.expiry_deadlines.due(mono_now_ms, limit)]
 
     def next_timer_due_ms(self) -> int | None:
-        if not self.timers:
+        """Wall due time of the earliest timer, or a lower bound of it (the frontier's, when
+        none is in memory and some are on disk only). None: no timer."""
+        if self.timers:
+            return int(self.timers.peekitem(0)[1].due_ms)
+        frontier = self.timer_frontier
+        if frontier is None:
             return None
-        return self.timers.peekitem(0)[1].due_ms
+        return 0 if frontier == _TIMER else _first_int(frontier)
+
+    def next_page_wall_ms(self) -> int | None:
+        """Wall time at which the frontier comes within the lookahead (the next page-in is
+        due then; None: nothing on disk only)."""
+        frontier, paging = self.timer_frontier, self.paging
+        if frontier is None or paging is None:
+            return None
+        if frontier == _TIMER or len(self.timers) < paging.page_rows:
+            return 0
+        return _first_int(frontier) - paging.lookahead_ms
 
     def next_bucket_full_ms(self) -> int | None:
         """When the earliest rate bucket will have refilled (its row can then go)."""

@@ -145,7 +145,7 @@ class ShardReads(ShardRoom):
             jobs_by_status=by_status,
             leases_held=len(self._mirror.leases),
             due_tasks_per_task_group=dict(sorted(self._mirror.ready_per_group.items())),
-            scheduled_future_tasks=len(self._mirror.timers),
+            scheduled_future_tasks=self._mirror.timer_rows,
             parked_requests=len(self._mirror.requests),
             slots_held=len(self._mirror.holder_keys),
             enqueued=self._stats["enqueued"],

@@ -63,7 +63,7 @@ from silo.shard.fingerprint import job_fingerprint
 from silo.shard.leasing import HeartbeatResult, Leasing
 from silo.shard.limiter import Limiter, acquisition_order
 from silo.shard.loops import ShardLoops
-from silo.shard.mirror import COUNTER_PREFIX, ShardMirror
+from silo.shard.mirror import COUNTER_PREFIX, ShardMirror, TimerPaging
 from silo.shard.operations import OperatorOps
 from silo.shard.quarantine import PoisonItems
 from silo.shard.reads import ShardReads, ShardStatistics
@@ -83,6 +83,19 @@ class ShardConfig:
     """The most rows one batch of a split child's cleanup examines (and so deletes)."""
     cleanup_pause_s: float = 0.0
     """How long a split child's cleanup waits between batches (0: only yields)."""
+    timer_page_rows: int = 10_000
+    """Timer rows read from disk at once when paging timers in (0: every timer row is kept
+    in memory, no paging). Fewer than this many in memory reads the next page."""
+    timer_memory_rows: int = 50_000
+    """The most timers kept in memory: past it, the latest ones (due after the lookahead) are
+    dropped from memory down to this minus a page (at least twice ``timer_page_rows``)."""
+    timer_lookahead_ms: int = 60_000
+    """Every timer due (wall time) within this of now is in memory when an operation starts."""
+
+    def timer_paging(self) -> TimerPaging | None:
+        if self.timer_page_rows == 0:
+            return None
+        return TimerPaging(self.timer_page_rows, self.timer_memory_rows, self.timer_lookahead_ms)
 
 
 class JobShard:
@@ -94,7 +107,9 @@ class JobShard:
         self.shard_id = shard_id
         self.config = config
         self._limits = config.limits
-        self._mirror = ShardMirror(runtime.clock)
+        self._mirror = ShardMirror(runtime.clock, config.timer_paging())
+        self._mirror.on_timers_paged = self._timers_paged
+        self._mirror.mutation = runtime.faults.mutation
         store.shard_id = shard_id
         self._rng = runtime.random.stream(f"shard/{shard_id}")
         self._rows = JobRows(shard_id, config.limits, self._rng)
@@ -134,6 +149,18 @@ class JobShard:
 
     def _ready_added(self, task_group: str) -> None:
         self.on_ready(self.shard_id, task_group)
+
+    def _timers_paged(
+        self, before: bytes | None, after: bytes | None, wall_ms: int, mono_ms: int
+    ) -> None:
+        """The timer frontier moved (see :class:`ShardMirror`): rows paged in were re-based on
+        ``(wall_ms, mono_ms)`` (pending rows excepted)."""
+        self._rt.events("timers_paged", {
+            "shard": self.shard_id, "node": self._rt.node_id,
+            "before": None if before is None else before.hex(),
+            "after": None if after is None else after.hex(),
+            "at_ms": wall_ms, "mono_ms": mono_ms,
+        })
 
     @property
     def closing(self) -> bool:
@@ -504,8 +531,11 @@ async def open_shard(
                 nursery.start_soon(shard.cleanup.run)
             # With the clock readings its timers and lease expiries were re-based on.
             wall, mono = shard._mirror.loaded_at or (None, None)
-            runtime.events("shard_opened", {"shard": shard_id, "node": runtime.node_id,
-                                            "at_ms": wall, "mono_ms": mono})
+            frontier = shard._mirror.timer_frontier
+            runtime.events("shard_opened", {
+                "shard": shard_id, "node": runtime.node_id, "at_ms": wall, "mono_ms": mono,
+                "timers_to": None if frontier is None else frontier.hex(),
+            })
             try:
                 yield shard
             finally:

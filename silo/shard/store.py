@@ -175,6 +175,16 @@ class ShardStore:
                 return rows
         raise AssertionError("unreachable: the last attempt scans the whole range")
 
+    def pending(self, start: bytes, end: bytes) -> dict[bytes, tuple[int, bytes | None]]:
+        """The writes in ``[start, end)`` of batches not yet durable: key -> (batch sequence
+        number, value or None for a delete), newest per key."""
+        return {k: hit for k, hit in self._overlay.items() if start <= k < end}
+
+    def pending_seq(self, k: bytes) -> int | None:
+        """The batch not yet durable that last wrote ``k`` (None: none did)."""
+        hit = self._overlay.get(k)
+        return None if hit is None else hit[0]
+
     # -- writes -----------------------------------------------------------------------------
 
     def submit(

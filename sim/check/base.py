@@ -82,6 +82,11 @@ class CheckerBase:
         """Every task id ever leased -> who owns it (a task id is leased once, to one worker)."""
         self.fenced = 0
         """Heartbeats and reports from a worker that does not own the lease, refused."""
+        self.timer_frontier: dict[tuple[str, int], bytes | None] = {}
+        """(node, shard) -> the node's timer frontier (``shard_opened``, ``timers_paged``):
+        its timer rows beyond it are on disk only (absent: all in memory)."""
+        self.timer_pages = 0
+        """Page-ins and page-outs of timer rows seen."""
 
     def fail(self, invariant: Invariant, message: str, *evidence: str) -> None:
         if self.failed is not None:
@@ -119,22 +124,66 @@ class CheckerBase:
         if wall is None or mono is None:
             return
         name = _host_name(host)
-        offset = wall - mono
         steps = self.clock_steps.get(name, 0)
         gen = getattr(host, "generation", 0)
+        frontier = None if f.timers_to is None else bytes.fromhex(f.timers_to)
+        self.timer_frontier[(name, f.shard)] = frontier
         for _, j in sorted(self.jobs.items()):
             if j.host is not host or j.shard != f.shard or j.deleted:
                 continue
             task = j.task
             if task is not None and task.where == TIMER:
-                task.due_mono_ms = task.due_ms - offset
-                task.exact_due = True  # the stored due time, re-based exactly as the node did
-                task.steps_at, task.gen_at = steps, gen
+                k = self._timer_key(j, task)
+                if frontier is None or k <= frontier:
+                    self._rebase_timer(j, task, wall, mono)
             lease = j.lease
             if lease is not None:
                 lease.deadline_s = self._now() + (lease.expiry_ms - wall) / 1000
                 lease.overdue_since = None
                 lease.gen, lease.steps = gen, steps
+
+    def _on_timers_paged(self, host: Any, f: events.TimersPaged) -> None:
+        """The node paged timers in or out (see :class:`silo.shard.mirror.ShardMirror`, "Timer
+        pages"). Rows paged in were re-based on the event's readings, as at an open (a row
+        still being written keeps its own, which its event, not yet seen, brings)."""
+        self.timer_pages += 1
+        name = _host_name(host)
+        before = None if f.before is None else bytes.fromhex(f.before)
+        after = None if f.after is None else bytes.fromhex(f.after)
+        self.timer_frontier[(name, f.shard)] = after
+        if before is None or (after is not None and after <= before):
+            return  # paged out: those rows are judged on the wall clock again
+        for _, j in sorted(self.jobs.items()):
+            if j.host is not host or j.shard != f.shard or j.deleted:
+                continue
+            task = j.task
+            if task is not None and task.where == TIMER:
+                k = self._timer_key(j, task)
+                if before < k and (after is None or k <= after):
+                    self._rebase_timer(j, task, f.at_ms, f.mono_ms)
+
+    def _rebase_timer(self, j: JobModel, task: Queued, wall: int, mono: int) -> None:
+        """The node indexed the stored due time of ``task`` on readings ``(wall, mono)``."""
+        task.due_mono_ms = task.due_ms - (wall - mono)
+        task.exact_due = True  # the stored due time, re-based exactly as the node did
+        task.steps_at = self.clock_steps.get(_host_name(j.host), 0)
+        task.gen_at = getattr(j.host, "generation", 0)
+
+    @staticmethod
+    def _timer_key(j: JobModel, task: Queued) -> bytes:
+        return timer_key(Task("", j.tenant, j.job_id, task.attempt, j.task_group, j.priority,
+                              task.due_ms))
+
+    def timer_on_disk_only(self, j: JobModel) -> bool:
+        """Whether the timer of ``j`` is beyond its node's timer frontier: not in the node's
+        memory, so not indexed on its monotonic clock. It is judged on the wall clock of
+        the moment (it will be re-based on it when paged in), and the node must have paged it
+        in before that makes it due."""
+        task = j.task
+        if task is None or task.where != TIMER:
+            return False
+        frontier = self.timer_frontier.get((_host_name(j.host), j.shard))
+        return frontier is not None and self._timer_key(j, task) > frontier
 
     def _set_task(self, j: JobModel, task: Queued | None) -> None:
         name = _host_name(j.host)

@@ -109,7 +109,9 @@ class LeaseChecks(CheckerBase):
         for other in q.values():
             if other is j or other.task is None:
                 continue
-            if other.task.leasable(at, f.mono_ms) and other.priority < j.priority:
+            # A timer on the node's disk only is due by the wall clock of the lease.
+            mono = None if self.timer_on_disk_only(other) else f.mono_ms
+            if other.task.leasable(at, mono) and other.priority < j.priority:
                 self.fail(
                     Invariant.PRIORITY,
                     f"shard {j.shard} task group {j.task_group!r}: leased job {j.key} "

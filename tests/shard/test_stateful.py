@@ -131,6 +131,7 @@ def after_cancel(job: MJob) -> MJob | None:
 
 class ShardMachine(RuleBasedStateMachine):
     FAULT_RATE = 0.0
+    CONFIG = CONFIG
 
     def __init__(self) -> None:
         super().__init__()
@@ -151,7 +152,7 @@ class ShardMachine(RuleBasedStateMachine):
 
     def session(self, body, *, crash: bool = False) -> None:  # noqa: ANN001
         async def main() -> None:
-            async with open_shard(self.runtime, PATH, config=CONFIG) as shard:
+            async with open_shard(self.runtime, PATH, config=self.CONFIG) as shard:
                 await self.check_shard(shard)
                 await body(shard)
 
@@ -530,3 +531,13 @@ class FaultyShardMachine(ShardMachine):
 
 TestFaultyShardMachine = FaultyShardMachine.TestCase
 TestFaultyShardMachine.settings = SETTINGS
+
+
+class PagedShardMachine(FaultyShardMachine):
+    """The faulty programs with timers paged a row at a time (at most 2 or 3 in memory)."""
+
+    CONFIG = replace(CONFIG, timer_page_rows=1, timer_memory_rows=3, timer_lookahead_ms=0)
+
+
+TestPagedShardMachine = PagedShardMachine.TestCase
+TestPagedShardMachine.settings = SETTINGS

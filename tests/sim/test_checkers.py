@@ -28,7 +28,7 @@ from silo.model import (
     encode_int,
 )
 from silo.pb.silo import v1 as pb
-from silo.shard.tables import JOBS_TERMINAL, JOBS_TOTAL, ready_key, status_counter
+from silo.shard.tables import JOBS_TERMINAL, JOBS_TOTAL, ready_key, status_counter, timer_key
 from sim import events
 from sim.audit import ShardImage, audit_holders, audit_image, wait_for_cycle
 from sim.checkers import REAP_SLACK_S, Checker, Violation, reachable
@@ -593,6 +593,58 @@ def test_inv9_timers_are_re_based_when_their_shard_reopens() -> None:
     _lease_ready(h, "low", "t1", 4000)
     assert h.violations == []
     _lease_ready(h, "low2", "t2", 5500)
+    assert h.invariant == Invariant.PRIORITY
+
+
+def _high_key() -> bytes:
+    return timer_key(Task("", "t", "high", 1, "g", 10, T0 + 3000))
+
+
+def test_inv9_a_timer_on_disk_only_is_judged_on_the_wall_clock() -> None:
+    """A timer beyond the node's timer frontier is not in its memory (paged out): it is re-based
+    when read back, so until then the backward step does delay it (a lease at monotonic 4000
+    is legal), but the node must have read it back once the wall clock reaches its due time."""
+    h = Harness()
+    _high_timer_then_back_step(h)
+    h.ev("timers_paged", node="n1", before=None, after=bytes((Prefix.TIMER,)).hex(),
+         at_ms=h.host.clock.now_ms(), mono_ms=1000)  # paged out
+    _lease_ready(h, "low", "t1", 4000)
+    assert h.violations == []
+    _lease_ready(h, "low2", "t2", 5500)  # wall T0 + 3000: due, still on disk only
+    assert h.invariant == Invariant.PRIORITY
+
+
+def test_inv9_a_timer_read_back_is_re_based_on_the_readings_of_its_page_in() -> None:
+    """Read back (``timers_paged`` covering its key) after the backward step, ``high`` falls
+    due at monotonic 3000 + 2500, on the monotonic clock from then on."""
+    h = Harness()
+    _high_timer_then_back_step(h)
+    h.ev("timers_paged", node="n1", before=None, after=bytes((Prefix.TIMER,)).hex(),
+         at_ms=T0 + 1000 - 2500, mono_ms=1000)
+    h.ev("timers_paged", node="n1", before=bytes((Prefix.TIMER,)).hex(), after=_high_key().hex(),
+         at_ms=T0 + 1200 - 2500, mono_ms=1200)  # read back: due at monotonic 5500
+    h.host.clock.offset = 0  # a forward step once it is in memory moves nothing
+    h.checker.on_clock_step(h.host)
+    _lease_ready(h, "low", "t1", 5499)
+    assert h.violations == []
+    _lease_ready(h, "low2", "t2", 5500)
+    assert h.invariant == Invariant.PRIORITY
+
+
+def test_inv9_an_open_re_bases_only_the_timers_it_reads() -> None:
+    """``shard_opened`` names the frontier: a timer beyond it is on disk only, not re-based by
+    the open, so a later forward step makes it due (the node must read it back then)."""
+    h = Harness()
+    _high_timer_then_back_step(h)
+    h.host.generation = 2  # type: ignore[attr-defined]
+    h.host.clock.now = T0 + 1500
+    h.ev("shard_opened", node="n1", at_ms=h.host.clock.now_ms(), mono_ms=1500,
+         timers_to=bytes((Prefix.TIMER,)).hex())
+    h.host.clock.offset = 0  # forward again: the wall clock reads T0 + 3000 at monotonic 3000
+    h.checker.on_clock_step(h.host)
+    _lease_ready(h, "low", "t1", 2999)
+    assert h.violations == []
+    _lease_ready(h, "low2", "t2", 3000)
     assert h.invariant == Invariant.PRIORITY
 
 
