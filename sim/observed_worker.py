@@ -33,6 +33,9 @@ class ObservedWorker(Worker):
         self._checker = checker
         super().__init__(*args, **kwargs, on_report_dropped=self._dropped)
 
+    def _task_started(self, task: pb.Task) -> None:
+        self._checker.on_handler_started(self.worker_id, task.task_id)
+
     def _task_finished(self, ctx: TaskContext, outcome: Outcome | None,
                        elapsed_s: float) -> None:
         if outcome is not None:

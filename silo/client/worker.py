@@ -1,9 +1,17 @@
 """Worker: leases tasks of one task group, runs a handler on each, heartbeats, reports.
 
 Contract:
-- at most ``max_concurrent_tasks`` handlers run at once; leasing asks for exactly the free slots
-  and long-polls, so an idle worker costs one RPC per poll window, not a busy loop. A slot stays
-  taken until its handler has really stopped (see :mod:`silo.client.slots`);
+- at most ``max_concurrent_tasks`` handlers run at once, and at most ``prefetch`` more tasks are
+  held leased but unstarted: leasing asks for the free slots plus the free prefetch room and
+  long-polls, so an idle worker costs one RPC per poll window, not a busy loop, and a slot that
+  frees starts the next prefetched task at once instead of waiting a round trip. Tasks start in
+  the order they were leased (each reply is in priority order). A slot stays taken until its
+  handler has really stopped (see :mod:`silo.client.slots`);
+- prefetched tasks are acknowledged and heartbeated like running ones, so their leases cannot
+  lapse while they wait. One whose job is cancelled while it waits, and every one still waiting
+  at :meth:`Worker.stop`, is handed back (reported ``released``): the server re-queues it at
+  once without charging an attempt (DESIGN §4 "Delivery"), or ends it CANCELLED. A floating-limit
+  refresh task cannot be handed back: one still waiting at stop is left to its lease expiry;
 - delivery: every task received is acknowledged (``TaskAck``) on the next LeaseTasks call to the
   node it came from, and heartbeated first soon after it arrives, so a busy worker that does not
   lease again still acknowledges it within a small fraction of the lease;
@@ -23,7 +31,8 @@ Contract:
   re-routed; a dropped report is logged at ERROR and counted in ``stats.reports_dropped``);
 - ``stop(timeout)`` stops leasing at once: a LeaseTasks call in flight is cancelled, and the
   tasks it may have leased are neither run nor acknowledged (the server puts them back as
-  undelivered, without charging their retry budget). Running handlers get ``timeout`` seconds to
+  undelivered, without charging their retry budget); no waiting task starts any more, and the
+  waiting ones are handed back (above). Running handlers get ``timeout`` seconds to
   finish, then are abandoned (their leases expire and the jobs are retried elsewhere); pending
   reports are sent within the same ``timeout`` (at least ``REPORT_DRAIN_MIN_S``), and any still
   unacknowledged then are dropped (logged and counted).
@@ -56,7 +65,7 @@ from silo.client.reporter import Reporter, ReporterStats
 from silo.client.slots import Slot, SlotPool
 from silo.client.types import Cancel, Fail, pack, unpack
 from silo.errors import Code, SiloError
-from silo.model import Cancelled, Failure, Outcome, OutcomeReport, Success
+from silo.model import Cancelled, Failure, Outcome, OutcomeReport, Released, Success
 from silo.node import SHARD_OWNER_METADATA
 from silo.rpc import RpcError
 from silo.runtime.faults import NO_FAULTS, Faults
@@ -81,6 +90,9 @@ LEASE_WAIT_MS_MAX = 30_000
 """The server's bound on LeaseTasks ``wait_ms``."""
 MAX_CONCURRENT_TASKS_MAX = 1000
 """The server's default ``max_tasks_per_lease``: a worker asks for up to this many at once."""
+PREFETCH_MAX = 1000
+"""Bound on :attr:`Worker.prefetch` (one LeaseTasks call asks for at most
+``MAX_CONCURRENT_TASKS_MAX`` tasks whatever the prefetch)."""
 TIMEOUT_MS_MAX = 24 * 3600 * 1000
 HEARTBEAT_FRACTION_MAX = 100.0
 CANCEL_GRACE_S = 5.0
@@ -102,6 +114,10 @@ class WorkerStats(ReporterStats):
     """Abandoned handlers whose thread or asyncio task is still running (each holds a slot)."""
     all_slots_stuck: int = 0
     """How many times every slot became held by a stuck handler."""
+    prefetched: int = 0
+    """Tasks that arrived while no slot was free (or others waited) and waited for one."""
+    handed_back: int = 0
+    """Prefetched tasks handed back unstarted (reported ``released``)."""
 
 
 class Worker:
@@ -115,6 +131,7 @@ class Worker:
         handler: HandlerFn,
         *,
         max_concurrent_tasks: int = 10,
+        prefetch: int | None = None,
         worker_id: str | None = None,
         heartbeat_fraction: float = 1 / 3,
         lease_wait_ms: int = LEASE_WAIT_MS,
@@ -127,6 +144,9 @@ class Worker:
         discover_interval_s: float | None = DISCOVER_INTERVAL_S,
     ) -> None:
         _check_int("max_concurrent_tasks", max_concurrent_tasks, 1, MAX_CONCURRENT_TASKS_MAX)
+        if prefetch is None:
+            prefetch = default_prefetch(max_concurrent_tasks)
+        _check_int("prefetch", prefetch, 0, PREFETCH_MAX)
         _check_int("lease_wait_ms", lease_wait_ms, 0, LEASE_WAIT_MS_MAX)
         if default_timeout_ms is not None:
             _check_int("default_timeout_ms", default_timeout_ms, 1, TIMEOUT_MS_MAX)
@@ -149,6 +169,9 @@ class Worker:
         if self.kind not in ("trio", "asyncio", "sync"):
             raise ValueError(f"unknown handler kind {self.kind!r}")
         self.max_concurrent_tasks = max_concurrent_tasks
+        self.prefetch = prefetch
+        """Tasks leased beyond the free slots, waiting unstarted for one (0: lease only for free
+        slots; default :func:`default_prefetch`)."""
         self.faults = faults
         """Forced rare paths and probes (silo.runtime.points); the simulator's, or none."""
         self.default_timeout_ms = default_timeout_ms
@@ -166,9 +189,13 @@ class Worker:
         self.heartbeat_fraction = heartbeat_fraction
         self.lease_wait_ms = lease_wait_ms
         self.stats = WorkerStats()
-        self._slots = SlotPool(max_concurrent_tasks, on_stuck=self._stuck_changed)
+        self._slots = SlotPool(max_concurrent_tasks, on_stuck=self._stuck_changed,
+                               prefetch=prefetch, on_run_free=self._start_waiting)
         self._running: dict[str, HeldLease] = {}
         """Leases whose handler is running, by task id."""
+        self._waiting: dict[str, tuple[HeldLease, Slot]] = {}
+        """Leased tasks waiting for a run slot, by task id, in lease order (dict order)."""
+        self._tasks: trio.Nursery | None = None
         self._handler_done = trio.Event()
         self._stopping = trio.Event()
         self._stop_deadline = math.inf
@@ -198,10 +225,12 @@ class Worker:
             outer.start_soon(self._heartbeats.run)
             outer.start_soon(self._reporter.run)
             async with trio.open_nursery() as tasks:
+                self._tasks = tasks
                 async with trio.open_nursery() as leasers:
                     leasers.start_soon(self._follow_nodes, leasers, tasks)
                     await self._stopping.wait()
                     leasers.cancel_scope.cancel()
+                self._hand_back_waiting()
                 with trio.move_on_at(self._stop_deadline):
                     while self._running:
                         await self._handler_done.wait()
@@ -253,7 +282,7 @@ class Worker:
                                      EMPTY_POLL_WAIT_MS / 1000))
             slots = [await self._slots.acquire()]
             try:
-                while len(slots) < self.max_concurrent_tasks:
+                while len(slots) < min(self._slots.credits, MAX_CONCURRENT_TASKS_MAX):
                     try:
                         slots.append(self._slots.acquire_nowait())
                     except trio.WouldBlock:
@@ -307,7 +336,7 @@ class Worker:
                     if not _is_refresh(task):
                         # Refresh tasks are short and acknowledged by their report alone.
                         self._heartbeats.add(lease)
-                    tasks.start_soon(self._run_task, lease, slot)
+                    self._admit(lease, slot)
             finally:
                 for slot in slots:
                     slot.finish()
@@ -315,6 +344,53 @@ class Worker:
     @property
     def _lease_s(self) -> float:
         return self._heartbeats.lease_s
+
+    # -- prefetched tasks -------------------------------------------------------------------
+
+    def _admit(self, lease: HeldLease, slot: Slot) -> None:
+        """Start a task just leased, or queue it behind the tasks already waiting."""
+        if not self._waiting and not self._stopping.is_set() and self._slots.try_start(slot):
+            self._start(lease, slot)
+            return
+        self.stats.prefetched += 1
+        self._waiting[lease.task_id] = (lease, slot)
+
+    def _start(self, lease: HeldLease, slot: Slot) -> None:
+        assert self._tasks is not None
+        self._tasks.start_soon(self._run_task, lease, slot)
+
+    def _start_waiting(self) -> None:
+        """A run slot freed: start waiting tasks in lease order while slots are free."""
+        if self._stopping.is_set():
+            return
+        while self._waiting:
+            task_id = next(iter(self._waiting))
+            lease, slot = self._waiting[task_id]
+            if not self._slots.try_start(slot):
+                return
+            del self._waiting[task_id]
+            self._start(lease, slot)
+
+    def _hand_back_waiting(self) -> None:
+        """The worker is stopping: hand back every task still waiting for a slot."""
+        waiting = list(self._waiting.values())
+        self._waiting.clear()
+        for lease, slot in waiting:
+            slot.finish()
+            self._hand_back(lease)
+
+    def _hand_back(self, lease: HeldLease) -> None:
+        """Report an unstarted task ``released``: the server re-queues it without charging an
+        attempt (or ends it CANCELLED if its job was cancelled)."""
+        task = lease.task
+        if _is_refresh(task):
+            log.info("refresh task %s was not started; its lease is left to expire", task.task_id)
+            return
+        self.faults.sometimes("worker.prefetch.released")
+        self.stats.handed_back += 1
+        report = OutcomeReport(self.worker_id, task.task_id, Released(), task.tenant,
+                               task.job_id, task.attempt)
+        self._reporter.submit(lease, outcome_to_pb(task.shard, report))
 
     # -- running ----------------------------------------------------------------------------
 
@@ -325,6 +401,7 @@ class Worker:
 
     async def _run_task(self, lease: HeldLease, slot: Slot) -> None:
         task = lease.task
+        self._task_started(task)
         if _is_refresh(task):
             try:
                 await self._run_refresh(lease, slot)
@@ -401,6 +478,9 @@ class Worker:
                     "traceback": traceback.format_exc(limit=20)}
             return Failure(HANDLER_ERROR, pack(data))
 
+    def _task_started(self, task: pb.Task) -> None:
+        """Hook: the handler of ``task`` is about to run (it has a run slot)."""
+
     def _task_finished(self, ctx: TaskContext, outcome: Outcome | None,
                        elapsed_s: float) -> None:
         """Hook: ``ctx``'s handler ended with ``outcome`` after ``elapsed_s`` seconds (None:
@@ -469,6 +549,12 @@ class Worker:
 
     def _cancel_requested(self, lease: HeldLease) -> None:
         self.faults.sometimes("worker.heartbeat.cancel_seen")
+        waiting = self._waiting.pop(lease.task_id, None)
+        if waiting is not None:
+            # Not started yet: hand it back, and the server ends it CANCELLED.
+            waiting[1].finish()
+            self._hand_back(lease)
+            return
         ctx = lease.ctx
         if ctx is None or ctx.cancelled.is_set() or not lease.handler_running:
             return
@@ -478,6 +564,12 @@ class Worker:
     def _lease_lost(self, lease: HeldLease, error: RpcError) -> None:
         self.faults.sometimes("worker.heartbeat.lease_lost")
         self.stats.leases_lost += 1
+        waiting = self._waiting.pop(lease.task_id, None)
+        if waiting is not None:
+            log.info("lease lost for waiting task %s of job %s (%s)", lease.task_id,
+                     lease.task.job_id, error)
+            waiting[1].finish()
+            return
         if lease.handler_running:
             log.warning("lease lost for task %s of job %s (%s): its handler is given up",
                         lease.task_id, lease.task.job_id, error)
@@ -496,6 +588,13 @@ class Worker:
         self.stats.stuck_handlers = stuck
         if self.observer is not None:
             self.observer("stuck", stuck)
+
+
+def default_prefetch(max_concurrent_tasks: int) -> int:
+    """The default :attr:`Worker.prefetch`: as many tasks as there are slots, so a full worker
+    has a next task ready for each slot when its handler returns (bounded by
+    :data:`PREFETCH_MAX`)."""
+    return min(max_concurrent_tasks, PREFETCH_MAX)
 
 
 def _is_refresh(task: pb.Task) -> bool:

@@ -40,6 +40,7 @@ from silo.model import (
     INTERNAL_ERROR,
     MAX_UNDELIVERED,
     READY,
+    RELEASED,
     TASK_TOO_LARGE,
     TIMER,
     WORKER_CRASHED,
@@ -54,6 +55,7 @@ from silo.model import (
     Outcome,
     OutcomeReport,
     RefreshRequest,
+    Released,
     Success,
     Task,
     concurrency_key,
@@ -457,8 +459,8 @@ class Leasing(ShardRoom):
             lim.check_bytes(
                 outcome.data, "error data", "error_data_max_bytes", L.error_data_max_bytes
             )
-        elif not isinstance(outcome, Cancelled):
-            raise InvalidArgument("outcome must be success, failure or cancelled")
+        elif not isinstance(outcome, (Cancelled, Released)):
+            raise InvalidArgument("outcome must be success, failure, cancelled or released")
 
     async def _report_one(self, txn: Txn, report: OutcomeReport) -> None:
         lease = self._mirror.leases.get(report.task_id)
@@ -516,7 +518,13 @@ class Leasing(ShardRoom):
         A reaped lease that was never acknowledged is undelivered: unless the job was cancelled
         or already had ``MAX_UNDELIVERED`` of them this run, its attempt ends UNDELIVERED and
         the job is re-queued at once (limits released and re-acquired, a new attempt number
-        and task id, no backoff) with its retry budget untouched."""
+        and task id, no backoff) with its retry budget untouched.
+
+        A lease its worker hands back unstarted (:class:`Released`) is not an attempt either:
+        its row ends UNDELIVERED (error code ``RELEASED``) and the job is re-queued the same way,
+        whether or not the lease was acknowledged, without counting in ``undelivered``. A
+        cancelled job ends CANCELLED instead, and a job at ``max_attempts_per_job`` ends FAILED
+        ``RELEASED``."""
         info = await self._rows.info(txn, lease.tenant, lease.job_id)
         state = await self._rows.state(txn, lease.tenant, lease.job_id)
         if info is None or state is None:
@@ -528,7 +536,13 @@ class Leasing(ShardRoom):
         raw = await txn.get(ak)
         started = Attempt.decode(ak, raw).started_at_ms if raw is not None else lease.leased_at_ms
         now = txn.now
-        undelivered = (
+        released = False
+        if isinstance(outcome, Released):
+            released = (not reaped and cancelled_at is None
+                        and state.attempt_rows < self._limits.max_attempts_per_job)
+            if not released:
+                outcome = Cancelled() if cancelled_at is not None else Failure(RELEASED)
+        undelivered = not released and (
             reaped
             and not lease.acked
             and cancelled_at is None
@@ -536,9 +550,10 @@ class Leasing(ShardRoom):
             # A job at max_attempts_per_job gets no further attempt: the expiry is a failure.
             and state.attempt_rows < self._limits.max_attempts_per_job
         )
-        if undelivered:
+        if undelivered or released:
             attempt = Attempt(lease.attempt, lease.task_id, AttemptState.UNDELIVERED,
-                              lease.worker_id, started, now)
+                              lease.worker_id, started, now,
+                              error_code=RELEASED if released else None)
         elif isinstance(outcome, Success):
             attempt = Attempt(lease.attempt, lease.task_id, AttemptState.SUCCEEDED,
                               lease.worker_id, started, now, result=outcome.result)
@@ -557,7 +572,11 @@ class Leasing(ShardRoom):
         txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, lease.task_id))
         self._limiter.release(txn, info, state.held, lease.task_id)
 
-        if undelivered:
+        if released:
+            new = transitions.released(state, now)
+            await self._limiter.queue_attempt(txn, info, new, now)
+            self._rt.faults.sometimes("shard.lease.released_requeued")
+        elif undelivered:
             new = transitions.undelivered(state, now)
             if self._rt.faults.mutation("charge-undelivered"):
                 new.run_attempts = state.run_attempts  # planted bug: the budget is charged
@@ -586,7 +605,8 @@ class Leasing(ShardRoom):
                 new = transitions.attempt_ended(state, now, Event.RETRY)
                 await self._limiter.queue_attempt(txn, info, new, now + delay)
                 self._stats["retried"] += 1
-        kind = "undelivered" if undelivered else "reaped" if reaped else attempt.state.name.lower()
+        kind = ("released" if released else "undelivered" if undelivered
+                else "reaped" if reaped else attempt.state.name.lower())
         txn.emit(
             "lease_ended", shard=self.shard_id, task_id=lease.task_id, tenant=lease.tenant,
             job_id=lease.job_id, attempt=lease.attempt, outcome=kind, at_ms=now,
@@ -635,6 +655,8 @@ def _attempt_state_for(outcome: Outcome) -> AttemptState:
         return AttemptState.SUCCEEDED
     if isinstance(outcome, Failure):
         return AttemptState.FAILED
+    if isinstance(outcome, Released):
+        return AttemptState.UNDELIVERED
     return AttemptState.CANCELLED
 
 

@@ -192,6 +192,19 @@ class LeaseChecks(CheckerBase):
             if j.attempts[a] == "UNDELIVERED":
                 j.undelivered += 1
                 j.run_attempts -= 1  # the retry budget is charged only for delivered leases
+        if f.outcome == "released":
+            # Handed back unstarted by its worker: not an attempt, and not one of the job's
+            # MAX_UNDELIVERED expiries either (DESIGN §4 "Delivery").
+            self.released += 1
+            if j.attempts[a] != "UNDELIVERED":
+                self.fail(Invariant.ATTEMPTS, f"released attempt {a} of job {j.key} recorded as "
+                             f"{j.attempts[a]}", j.describe(), ev)
+                return
+            if tid in self.started_handlers:
+                self.fail(Invariant.ATTEMPTS, f"attempt {a} of job {j.key} was handed back as "
+                             f"unstarted, but its handler had started", j.describe(), ev)
+                return
+            j.run_attempts -= 1
         j.lease = None
 
     def _check_not_reaped_early(self, j: JobModel, host: Any, f: events.LeaseEnded) -> None:

@@ -3,7 +3,7 @@
 # ruff: noqa
 """Messages and enums of the protobuf package ``silo.v1``."""
 
-__all__ = ("Attempt", "AttemptState", "Cancelled", "ConcurrencyLimit", "EnqueueBatchRequest", "EnqueueBatchResponse", "EnqueueRequest", "EnqueueResponse", "EnqueueResult", "Failure", "FloatingConcurrencyLimit", "ForceReleaseShardRequest", "ForceReleaseShardResponse", "GetClusterInfoRequest", "GetClusterInfoResponse", "GetJobRequest", "GetJobResponse", "GetJobResultRequest", "GetJobResultResponse", "GetQueueRequest", "GetQueueResponse", "GetSplitStatusRequest", "GetSplitStatusResponse", "HeartbeatRequest", "HeartbeatResponse", "Job", "JobActionRequest", "JobActionResponse", "JobRef", "JobSpec", "JobStatus", "LeaseTasksRequest", "LeaseTasksResponse", "Limit", "NodeInfo", "Outcome", "OutcomeStatus", "RateLimit", "RefreshInfo", "ReportOutcomeRequest", "ReportOutcomeResponse", "ReportOutcomesRequest", "ReportOutcomesResponse", "ReportRefreshRequest", "ReportRefreshResponse", "RetryPolicy", "ShardInfo", "SplitChildStatus", "SplitShardRequest", "SplitShardResponse", "SplitStatus", "Task", "TaskAck", "WaitingRequest")
+__all__ = ("Attempt", "AttemptState", "Cancelled", "ConcurrencyLimit", "EnqueueBatchRequest", "EnqueueBatchResponse", "EnqueueRequest", "EnqueueResponse", "EnqueueResult", "Failure", "FloatingConcurrencyLimit", "ForceReleaseShardRequest", "ForceReleaseShardResponse", "GetClusterInfoRequest", "GetClusterInfoResponse", "GetJobRequest", "GetJobResponse", "GetJobResultRequest", "GetJobResultResponse", "GetQueueRequest", "GetQueueResponse", "GetSplitStatusRequest", "GetSplitStatusResponse", "HeartbeatRequest", "HeartbeatResponse", "Job", "JobActionRequest", "JobActionResponse", "JobRef", "JobSpec", "JobStatus", "LeaseTasksRequest", "LeaseTasksResponse", "Limit", "NodeInfo", "Outcome", "OutcomeStatus", "RateLimit", "RefreshInfo", "Released", "ReportOutcomeRequest", "ReportOutcomeResponse", "ReportOutcomesRequest", "ReportOutcomesResponse", "ReportRefreshRequest", "ReportRefreshResponse", "RetryPolicy", "ShardInfo", "SplitChildStatus", "SplitShardRequest", "SplitShardResponse", "SplitStatus", "Task", "TaskAck", "WaitingRequest")
 
 import betterproto2
 from betterproto2 import TYPE_BOOL, TYPE_BYTES, TYPE_DOUBLE, TYPE_ENUM, TYPE_MAP, TYPE_MESSAGE, TYPE_STRING, TYPE_UINT32, TYPE_UINT64, field, map_meta
@@ -159,7 +159,7 @@ class NodeInfo(Message, package="silo.v1"): node_id: "str" = field(1, TYPE_STRIN
 
 # Oneofs:
 #     - result:
-class Outcome(Message, package="silo.v1"): shard: "int" = field(1, TYPE_UINT32); worker_id: "str" = field(2, TYPE_STRING); task_id: "str" = field(3, TYPE_STRING); tenant: "str" = field(4, TYPE_STRING); job_id: "str" = field(5, TYPE_STRING); attempt: "int" = field(6, TYPE_UINT32); success: "bytes | None" = field(7, TYPE_BYTES, optional=True, group="result"); failure: "Failure | None" = field(8, TYPE_MESSAGE, optional=True, group="result"); cancelled: "Cancelled | None" = field(9, TYPE_MESSAGE, optional=True, group="result")
+class Outcome(Message, package="silo.v1"): shard: "int" = field(1, TYPE_UINT32); worker_id: "str" = field(2, TYPE_STRING); task_id: "str" = field(3, TYPE_STRING); tenant: "str" = field(4, TYPE_STRING); job_id: "str" = field(5, TYPE_STRING); attempt: "int" = field(6, TYPE_UINT32); success: "bytes | None" = field(7, TYPE_BYTES, optional=True, group="result"); failure: "Failure | None" = field(8, TYPE_MESSAGE, optional=True, group="result"); cancelled: "Cancelled | None" = field(9, TYPE_MESSAGE, optional=True, group="result"); released: "Released | None" = field(10, TYPE_MESSAGE, optional=True, group="result")
 
 
 # code: gRPC status code of this one report; 0 = OK
@@ -172,6 +172,11 @@ class RateLimit(Message, package="silo.v1"): name: "str" = field(1, TYPE_STRING)
 # queue: the floating concurrency queue to refresh
 # metadata: the limit's metadata, for the refresh handler
 class RefreshInfo(Message, package="silo.v1"): queue: "str" = field(1, TYPE_STRING); current_max: "int" = field(2, TYPE_UINT32); metadata: "dict[str, str]" = field(3, TYPE_MAP, map_meta=map_meta(TYPE_STRING, TYPE_STRING))
+
+
+# The worker hands the lease back without having started its handler (a prefetched task it
+# will not run). Not an attempt: the job is re-queued at once with its retry budget intact.
+class Released(Message, package="silo.v1"): pass
 
 
 class ReportOutcomeRequest(Message, package="silo.v1"): outcome: "Outcome | None" = field(1, TYPE_MESSAGE, optional=True)
