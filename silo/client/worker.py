@@ -27,8 +27,9 @@ Contract:
   and the attempt is reported failed with code ``TIMEOUT``;
 - a handler's return value is the result; ``raise Fail(code, data)`` fails with that code; any
   other exception fails with ``HANDLER_ERROR``; ``raise Cancel()`` reports a cancellation;
-- outcomes are reported by :mod:`silo.client.reporter` (batched by count and bytes, retried,
-  re-routed; a dropped report is logged at ERROR and counted in ``stats.reports_dropped``);
+- outcomes are reported by :mod:`silo.client.reporter` (batched by count and bytes with a
+  ``report_linger_ms`` linger, retried, re-routed; a dropped report is logged at ERROR and
+  counted in ``stats.reports_dropped``);
 - ``stop(timeout)`` stops leasing at once: a LeaseTasks call in flight is cancelled, and the
   tasks it may have leased are neither run nor acknowledged (the server puts them back as
   undelivered, without charging their retry budget); no waiting task starts any more, and the
@@ -61,7 +62,7 @@ from silo.client.handlers import (
 )
 from silo.client.heartbeats import Heartbeater, is_shard_not_found
 from silo.client.leases import HeldLease
-from silo.client.reporter import Reporter, ReporterStats
+from silo.client.reporter import LINGER_MS, Reporter, ReporterStats
 from silo.client.slots import Slot, SlotPool
 from silo.client.types import Cancel, Fail, pack, unpack
 from silo.errors import Code, SiloError
@@ -142,6 +143,7 @@ class Worker:
         default_timeout_ms: int | None = None,
         on_report_dropped: Callable[[pb.Task, pb.Outcome, str], None] | None = None,
         discover_interval_s: float | None = DISCOVER_INTERVAL_S,
+        report_linger_ms: float = LINGER_MS,
     ) -> None:
         _check_int("max_concurrent_tasks", max_concurrent_tasks, 1, MAX_CONCURRENT_TASKS_MAX)
         if prefetch is None:
@@ -205,7 +207,9 @@ class Worker:
         )
         self._reporter = Reporter(client, self.stats, on_settled=self._report_settled,
                                   observer=observer, on_dropped=on_report_dropped,
-                                  faults=faults)
+                                  faults=faults, linger_ms=report_linger_ms)
+        self.report_linger_ms = report_linger_ms
+        """How long a report waits for others to share its ReportOutcomes call (at most)."""
         self.completed = 0
         self.failed = 0
         self.abandoned = 0
