@@ -227,6 +227,8 @@ class SimWorker:
         self.concurrency = concurrency
         self.lease_wait_ms = lease_wait_ms
         self.incarnation = 0
+        self.prefetch: int | None = None
+        """The worker's ``prefetch`` (None: its default)."""
         self.heartbeat_fraction = 1 / 3
         """A fraction above 1 makes a slow worker: its leases lapse between heartbeats."""
         self.faults = sim.board.faults_for(self.host.random.stream("faults"), sim.mutations, name)
@@ -268,7 +270,8 @@ class SimWorker:
                         await trio.sleep(0.5)
                 self.worker = ObservedWorker(
                     self.sim.checker, client, self.task_group, self.handler,
-                    max_concurrent_tasks=self.concurrency, worker_id=self.worker_id,
+                    max_concurrent_tasks=self.concurrency, prefetch=self.prefetch,
+                    worker_id=self.worker_id,
                     lease_wait_ms=self.lease_wait_ms, refresh_handler=self.refresh_handler,
                     heartbeat_fraction=self.heartbeat_fraction, faults=self.faults,
                     discover_interval_s=None,  # one node: nothing to discover

@@ -382,6 +382,12 @@ class Worker:
         for lease, slot in waiting:
             slot.finish()
             self._hand_back(lease)
+        if self.faults.mutation("release-started"):
+            # Planted bug for the simulator: running tasks are handed back as if unstarted.
+            for lease in list(self._running.values()):
+                lease.abandoned = True
+                lease.scope.cancel()
+                self._hand_back(lease)
 
     def _hand_back(self, lease: HeldLease) -> None:
         """Report an unstarted task ``released``: the server re-queues it without charging an

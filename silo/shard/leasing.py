@@ -574,6 +574,8 @@ class Leasing(ShardRoom):
 
         if released:
             new = transitions.released(state, now)
+            if self._rt.faults.mutation("charge-released"):
+                new.run_attempts = state.run_attempts  # planted bug: the budget is charged
             await self._limiter.queue_attempt(txn, info, new, now)
             self._rt.faults.sometimes("shard.lease.released_requeued")
         elif undelivered:

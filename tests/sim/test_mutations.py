@@ -35,6 +35,9 @@ CASES = {
     "no-fencing": ("zombie", Invariant.FENCING, "does not own"),
     "lease-before-due": ("happy", Invariant.NOT_BEFORE_DUE, "before it was due"),
     "charge-undelivered": ("lease_expiry", Invariant.RETRY_BUDGET, "charged to its retry budget"),
+    # Stopping workers hand back the tasks they prefetched and never started.
+    "charge-released": ("worker_stops", Invariant.RETRY_BUDGET, "charged to its retry budget"),
+    "release-started": ("worker_stops", Invariant.ATTEMPTS, "but its handler had started"),
     # Invariant 17 fails the run as a crash of the code under test (exit 3).
     "poison-retry-overflow": ("retry_extremes", Invariant.NO_NODE_DEATH, "poison item"),
     # High latency makes workers batch their reports; the lost report's lease is reaped.
