@@ -228,20 +228,24 @@ class Worker:
         async with trio.open_nursery() as outer:
             outer.start_soon(self._heartbeats.run)
             outer.start_soon(self._reporter.run)
-            async with trio.open_nursery() as tasks:
-                self._tasks = tasks
-                async with trio.open_nursery() as leasers:
-                    leasers.start_soon(self._follow_nodes, leasers, tasks)
-                    await self._stopping.wait()
-                    leasers.cancel_scope.cancel()
-                self._hand_back_waiting()
-                with trio.move_on_at(self._stop_deadline):
-                    while self._running:
-                        await self._handler_done.wait()
-                        self._handler_done = trio.Event()
-                for lease in list(self._running.values()):
-                    lease.abandoned = True
-                    lease.scope.cancel()
+            try:
+                async with trio.open_nursery() as tasks:
+                    self._tasks = tasks
+                    async with trio.open_nursery() as leasers:
+                        leasers.start_soon(self._follow_nodes, leasers, tasks)
+                        await self._stopping.wait()
+                        leasers.cancel_scope.cancel()
+                    self._hand_back_waiting()
+                    with trio.move_on_at(self._stop_deadline):
+                        while self._running:
+                            await self._handler_done.wait()
+                            self._handler_done = trio.Event()
+                    for lease in list(self._running.values()):
+                        lease.abandoned = True
+                        lease.scope.cancel()
+            finally:
+                # A stuck body that returns later frees its slot: nothing may start then.
+                self._tasks = None
             drain_until = max(self._stop_deadline, trio.current_time() + REPORT_DRAIN_MIN_S)
             await self._reporter.drain(drain_until)
             self._reporter.close("the worker stopped before the server acknowledged it")
@@ -365,7 +369,7 @@ class Worker:
 
     def _start_waiting(self) -> None:
         """A run slot freed: start waiting tasks in lease order while slots are free."""
-        if self._stopping.is_set():
+        if self._stopping.is_set() or self._tasks is None:
             return
         while self._waiting:
             task_id = next(iter(self._waiting))
