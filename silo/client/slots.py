@@ -45,11 +45,18 @@ class SlotPool:
         """Run slots taken (handlers started and not yet really stopped)."""
         self.stuck = 0
         """Slots held by abandoned handlers whose body is still running."""
+        self._not_all_stuck = trio.Event()
+        self._not_all_stuck.set()
 
     @property
     def credits(self) -> int:
         """Tasks the worker may hold at once (``size + prefetch``)."""
         return self.size + self.prefetch
+
+    async def wait_not_all_stuck(self) -> None:
+        """Wait while every run slot is held by a stuck handler (nothing leased could run)."""
+        while self.stuck >= self.size:
+            await self._not_all_stuck.wait()
 
     async def acquire(self) -> Slot:
         """A slot holding a lease credit (waits for one)."""
@@ -88,6 +95,10 @@ class SlotPool:
 
     def _stuck_changed(self, delta: int) -> None:
         self.stuck += delta
+        if self.stuck >= self.size:
+            self._not_all_stuck = trio.Event()
+        else:
+            self._not_all_stuck.set()
         if delta > 0 and self.stuck >= self.size:
             log.warning(
                 "all %d slots are held by abandoned handlers that are still running; this "

@@ -8,10 +8,11 @@ Contract:
   the order they were leased (each reply is in priority order). A slot stays taken until its
   handler has really stopped (see :mod:`silo.client.slots`);
 - prefetched tasks are acknowledged and heartbeated like running ones, so their leases cannot
-  lapse while they wait. One whose job is cancelled while it waits, and every one still waiting
-  at :meth:`Worker.stop`, is handed back (reported ``released``): the server re-queues it at
-  once without charging an attempt (DESIGN §4 "Delivery"), or ends it CANCELLED. A floating-limit
-  refresh task cannot be handed back: one still waiting at stop is left to its lease expiry;
+  lapse while they wait. One whose job is cancelled while it waits, every one still waiting
+  at :meth:`Worker.stop`, and all of them when every slot becomes stuck, are handed back
+  (reported ``released``): the server re-queues them at once without charging an attempt
+  (DESIGN §4 "Delivery"), or ends a cancelled job CANCELLED. A floating-limit refresh task
+  cannot be handed back: one still waiting then is left to its lease expiry;
 - delivery: every task received is acknowledged (``TaskAck``) on the next LeaseTasks call to the
   node it came from, and heartbeated first soon after it arrives, so a busy worker that does not
   lease again still acknowledges it within a small fraction of the lease;
@@ -288,6 +289,7 @@ class Worker:
                 # asking again in a busy loop (10 ms doubling to EMPTY_POLL_WAIT_MS).
                 await trio.sleep(min(0.01 * 2 ** min(empty_replies - 1, 10),
                                      EMPTY_POLL_WAIT_MS / 1000))
+            await self._slots.wait_not_all_stuck()
             slots = [await self._slots.acquire()]
             try:
                 while len(slots) < min(self._slots.credits, MAX_CONCURRENT_TASKS_MAX):
@@ -360,6 +362,11 @@ class Worker:
         if not self._waiting and not self._stopping.is_set() and self._slots.try_start(slot):
             self._start(lease, slot)
             return
+        if self._slots.stuck >= self._slots.size and not self._stopping.is_set():
+            # Leased while the last slot got stuck: it could not start, so it goes back.
+            slot.finish()
+            self._hand_back(lease)
+            return
         self.stats.prefetched += 1
         self._waiting[lease.task_id] = (lease, slot)
 
@@ -380,13 +387,14 @@ class Worker:
             self._start(lease, slot)
 
     def _hand_back_waiting(self) -> None:
-        """The worker is stopping: hand back every task still waiting for a slot."""
+        """Hand back every task still waiting for a slot (the worker is stopping, or every
+        slot is stuck)."""
         waiting = list(self._waiting.values())
         self._waiting.clear()
         for lease, slot in waiting:
             slot.finish()
             self._hand_back(lease)
-        if self.faults.mutation("release-started"):
+        if self._stopping.is_set() and self.faults.mutation("release-started"):
             # Planted bug for the simulator: running tasks are handed back as if unstarted.
             for lease in list(self._running.values()):
                 lease.abandoned = True
@@ -599,6 +607,11 @@ class Worker:
     def _stuck_changed(self, stuck: int) -> None:
         if stuck >= self.max_concurrent_tasks and stuck > self.stats.stuck_handlers:
             self.stats.all_slots_stuck += 1
+            if self._waiting and not self._stopping.is_set():
+                # None of them could start until a stuck body returns: let others run them.
+                log.warning("handing back %d waiting tasks: every slot is stuck",
+                            len(self._waiting))
+                self._hand_back_waiting()
         self.stats.stuck_handlers = stuck
         if self.observer is not None:
             self.observer("stuck", stuck)

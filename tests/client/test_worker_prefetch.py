@@ -4,6 +4,7 @@ back on stop, cancel and lost leases while waiting, settings."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -270,3 +271,38 @@ async def test_a_lone_report_waits_at_most_the_linger(autojump_clock: trio.abc.C
         worker.stop(5)
     (call,) = cluster.calls_of("ReportOutcomes")
     assert 0.002 - 1e-9 <= call.at - ended[0] <= 0.0021
+
+
+async def test_when_every_slot_is_stuck_the_waiting_tasks_are_handed_back(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A stuck thread holds the only slot: the prefetched tasks could not start, so they go
+    back to the server, and the worker leases nothing until the thread returns."""
+    cluster = FakeCluster(lease_ms=30_000, to_lease=[make_task(n) for n in range(1, 4)])
+    gate = threading.Event()
+    ran: list[str] = []
+
+    def handler(ctx: TaskContext) -> str:
+        ran.append(ctx.task_id)
+        if ctx.task_id == "t1":
+            gate.wait(30)
+        return "done"
+
+    worker = worker_for(cluster, handler, max_concurrent_tasks=1, prefetch=2,
+                        default_timeout_ms=300)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker.run)
+        await wait_for(lambda: len(cluster.recorded) == 3)  # TIMEOUT + 2 released
+        assert {t: which(o) for t, o in cluster.recorded.items()} == {
+            "t1": "failure", "t2": "released", "t3": "released"}
+        assert worker.stats.stuck_handlers == 1 and worker.stats.handed_back == 2
+        await trio.sleep(1)  # a long poll in flight when t1 got stuck has ended by now
+        leases = len(cluster.calls_of("LeaseTasks"))
+        cluster.to_lease = [make_task(4)]
+        await trio.sleep(5)
+        assert len(cluster.calls_of("LeaseTasks")) == leases  # nothing could run: no lease
+        gate.set()
+        await wait_for(lambda: "t4" in cluster.recorded)
+        worker.stop(5)
+    assert which(cluster.recorded["t4"]) == "success", cluster.recorded["t4"]
+    assert ran == ["t1", "t4"]
