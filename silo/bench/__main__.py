@@ -3,6 +3,7 @@
 ``python -m silo.bench split [--jobs N]`` (split a shard of N jobs; its cleanup rate),
 ``python -m silo.bench latency`` (enqueue-to-handler-start latency at half the peak rate, from
 the trio, asyncio and blocking clients, against ``silo worker`` processes at their defaults),
+``python -m silo.bench memory`` (RSS, open time and first lease of a shard of 1.1M jobs),
 ``python -m silo.bench peers`` (silo side by side with pgqueuer on PostgreSQL 15; needs the
 ``bench`` extra and Debian's ``postgresql-15``) and ``python -m silo.bench plot`` (the peers
 ratios over commits as a PNG)."""
@@ -95,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     lat.add_argument("--prefetch", type=int, default=None,
                      help="pass --prefetch N to the workers (default: the CLI's default)")
     lat.add_argument("--json", action="store_true", help="print the result as JSON")
+    mem = sub.add_parser("memory", help="RSS, open time and first lease of a shard of many jobs")
+    mem.add_argument("--scheduled", type=int, default=1_000_000,
+                     help="jobs scheduled over the next day (default 1,000,000)")
+    mem.add_argument("--ready", type=int, default=100_000,
+                     help="jobs due now (default 100,000)")
+    mem.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     ew = sub.add_parser("e2e-worker", help=argparse.SUPPRESS)
     ew.add_argument("--address", required=True)
     ew.add_argument("--out", required=True)
@@ -141,6 +148,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs < 1 or args.tenants < 2 or not 1 <= args.batch_keys <= 100_000:
             parser.error("--jobs must be positive, --tenants at least 2, --batch-keys 1..100000")
         print_split(run_split(args.jobs, args.tenants, args.batch_keys))
+        return 0
+    if args.bench == "memory":
+        import json
+
+        from silo.bench.memory import asdict, print_memory, run_memory
+
+        if args.scheduled < 0 or args.ready < 1:
+            parser.error("--scheduled must be >= 0 and --ready >= 1")
+        memory = run_memory(args.scheduled, args.ready, progress=not args.json)
+        if args.json:
+            print(json.dumps(asdict(memory)))
+        else:
+            print_memory(memory)
         return 0
     if args.bench == "e2e-worker":
         from silo.bench.e2e import worker_main
