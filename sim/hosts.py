@@ -232,7 +232,7 @@ class SimWorker:
         self.heartbeat_fraction = 1 / 3
         """A fraction above 1 makes a slow worker: its leases lapse between heartbeats."""
         self.faults = sim.board.faults_for(self.host.random.stream("faults"), sim.mutations, name)
-        self.worker: Worker | None = None
+        self.worker: ObservedWorker | None = None
         self.running = False
         self._scope: trio.CancelScope | None = None
         self._done = trio.Event()
@@ -284,6 +284,8 @@ class SimWorker:
     def crash(self) -> None:
         if self.running and self._scope is not None:
             self.sim.trace.record(f"worker {self.worker_id} crash")
+            if self.worker is not None:
+                self.worker.killed = True
             self._scope.cancel()
 
     async def stop(self, timeout: float = 5.0) -> None:

@@ -30,6 +30,10 @@ class ResultChecks(CheckerBase):
                       f"{_host_name(host)} shard {shard} counted {n} poison item(s) (an item or "
                       f"a background-loop round raised) in a run without corrupt records")
 
+    def on_worker_created(self, worker_id: str) -> None:
+        """An SDK worker (which reports its handler starts) came up under ``worker_id``."""
+        self.sdk_workers.add(worker_id)
+
     def on_handler_started(self, worker_id: str, task_id: str) -> None:
         """A worker started the handler of ``task_id``."""
         self.started_handlers.add(task_id)

@@ -44,6 +44,10 @@ REGRESSIONS = [
     # the one its lost-answer try had created (ALREADY_EXISTS), and it counted that refusal as
     # acknowledging its whole group, though the group's other shard was never sent.
     ("chaos", 1919606572, "producer-retry-resends-a-different-job"),
+    # A worker acknowledged (and heartbeated as delivered) the tasks it prefetched before their
+    # handlers started; killed while holding them, it left them to expire WORKER_CRASHED,
+    # charged to their retry budget: with retry_count 0 a job failed without ever running.
+    ("worker_stops", 10, "prefetched-task-acknowledged-before-it-started"),
 ]
 
 
