@@ -4,8 +4,9 @@ attempt; a killed worker's prefetched tasks were never delivered (DESIGN §4 "De
 their expiry is undelivered, not a ``WORKER_CRASHED`` failure.
 
 Parameters: a clean worker stop every 0.5-2.5 s (running handlers get 0.1-2 s, then are
-abandoned; restart after 0.1-1 s), a worker kill every 1-5 s, prefetch 0-8 typical (edges 0, 64, 1000), concurrency 1-3,
-handlers of 300-1500 ms, jobs 60-150 over 1-4 s, lease 1.5-4 s, workers 1-3.
+abandoned; restart after 0.1-1 s), a worker kill every 1-5 s, prefetch 0-8 typical (edges 0,
+64, 1000), concurrency 1-3, handlers of 300-1500 ms, jobs 60-150 over 1-4 s, lease 1.5-4 s,
+workers 1-3.
 
 Every other knob is drawn by ``Workload.draw`` (typical, or at an edge).
 """

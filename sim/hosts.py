@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from silo.client.client import RetrySettings, SiloClient
-from silo.client.worker import TaskContext, Worker
+from silo.client.worker import TaskContext
 from silo.cluster.shard_map import ShardMap
 from silo.errors import SiloError
 from silo.node import NodeConfig, SiloNode, open_node
