@@ -7,15 +7,19 @@ Contract:
   frees starts the next prefetched task at once instead of waiting a round trip. Tasks start in
   the order they were leased (each reply is in priority order). A slot stays taken until its
   handler has really stopped (see :mod:`silo.client.slots`);
-- prefetched tasks are acknowledged and heartbeated like running ones, so their leases cannot
-  lapse while they wait. One whose job is cancelled while it waits, every one still waiting
+- a prefetched task counts as delivered only once its handler starts (DESIGN §4 "Delivery"):
+  while it waits it is heartbeated with ``waiting`` set, which keeps its lease alive without
+  acknowledging it, so a worker killed while holding prefetched tasks leaves them undelivered
+  (re-queued without charging an attempt), never ``WORKER_CRASHED``. One whose job is
+  cancelled while it waits, every one still waiting
   at :meth:`Worker.stop`, and all of them when every slot becomes stuck, are handed back
   (reported ``released``): the server re-queues them at once without charging an attempt
   (DESIGN §4 "Delivery"), or ends a cancelled job CANCELLED. A floating-limit refresh task
   cannot be handed back: one still waiting then is left to its lease expiry;
-- delivery: every task received is acknowledged (``TaskAck``) on the next LeaseTasks call to the
-  node it came from, and heartbeated first soon after it arrives, so a busy worker that does not
-  lease again still acknowledges it within a small fraction of the lease;
+- delivery: every task whose handler starts is acknowledged (``TaskAck``) on the next LeaseTasks
+  call to the node it came from, and heartbeated (acknowledging it) soon after it starts, so a
+  busy worker that does not lease again still acknowledges it within a small fraction of the
+  lease;
 - every task is heartbeated (see :mod:`silo.client.heartbeats`) from its arrival until its
   report is acknowledged, so its lease cannot lapse while the report waits or is retried
   (floating-limit refresh tasks excepted: they are short and their report acknowledges them). A
@@ -198,6 +202,9 @@ class Worker:
         """Leases whose handler is running, by task id."""
         self._waiting: dict[str, tuple[HeldLease, Slot]] = {}
         """Leased tasks waiting for a run slot, by task id, in lease order (dict order)."""
+        self._acks: dict[str, list[pb.TaskAck]] = {}
+        """Delivery acks of started tasks, by the address of the node to carry them (the lease
+        loop of that node sends them on its next LeaseTasks call)."""
         self._tasks: trio.Nursery | None = None
         self._handler_done = trio.Event()
         self._stopping = trio.Event()
@@ -281,7 +288,7 @@ class Worker:
                           retired: list[bool] | None = None) -> None:
         failures = 0
         empty_replies = 0
-        acks: list[pb.TaskAck] = []
+        acks = self._acks.setdefault(address, [])
         while not (retired and retired[0]):
             if (empty_replies and self.lease_wait_ms < EMPTY_POLL_WAIT_MS
                     and not self.faults.mutation("no-empty-lease-backoff")):
@@ -297,7 +304,9 @@ class Worker:
                         slots.append(self._slots.acquire_nowait())
                     except trio.WouldBlock:
                         break
+                # Tasks start while the call waits (long poll): their acks go on the next one.
                 sent_acks = acks[-ACKS_MAX:]
+                acks.clear()
                 try:
                     resp = await self.client.call_address(
                         address,
@@ -311,18 +320,18 @@ class Worker:
                         timeout=self.lease_wait_ms / 1000 + self.client.retry.call_timeout_s,
                     )
                     failures = 0
-                    acks = []
                     self._heartbeats.acknowledged([a.task_id for a in sent_acks])
                 except RpcError as exc:
                     failures += 1
                     if failures == 2:
                         self._discover_now.set()  # the node may be gone or its shards moved
                     if exc.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
+                        acks[:0] = sent_acks  # sent again on the next call
+                        del acks[:-ACKS_MAX]
                         log.info("lease from %s failed (%s); retrying", address, exc)
                     else:
                         # Heartbeats acknowledge the tasks too; acks that a server refuses must
-                        # not keep every later lease call failing.
-                        acks = []
+                        # not keep every later lease call failing: they are dropped.
                         log.warning("lease from %s refused (%s); retrying", address, exc)
                     for slot in slots:
                         slot.finish()
@@ -340,9 +349,13 @@ class Worker:
                     self.observer("leased", min(len(resp.tasks), len(slots)))
                 for task, slot in zip(resp.tasks, list(slots), strict=False):
                     slots.remove(slot)
-                    acks.append(pb.TaskAck(shard=task.shard, task_id=task.task_id))
                     lease = HeldLease(task, address, deadline=received_at + self._lease_s,
                                       next_heartbeat_at=received_at, received_at=received_at)
+                    if self.faults.mutation("ack-waiting"):
+                        # Planted bug for the simulator: every task is acknowledged on
+                        # arrival, so one that waits unstarted counts as delivered.
+                        lease.waiting = False
+                        self._ack(lease)
                     if not _is_refresh(task):
                         # Refresh tasks are short and acknowledged by their report alone.
                         self._heartbeats.add(lease)
@@ -371,8 +384,22 @@ class Worker:
         self._waiting[lease.task_id] = (lease, slot)
 
     def _start(self, lease: HeldLease, slot: Slot) -> None:
+        """Start ``lease``'s handler: only now is the task delivered, so only now is it
+        acknowledged (its next heartbeat, or the next LeaseTasks call, carries the ack)."""
         assert self._tasks is not None
+        if lease.waiting:
+            self._heartbeats.started(lease)
+            self._ack(lease)
         self._tasks.start_soon(self._run_task, lease, slot)
+
+    def _ack(self, lease: HeldLease) -> None:
+        """Queue the delivery ack of ``lease`` for the next LeaseTasks call to its node (when
+        no lease loop serves that node, its heartbeats acknowledge it instead)."""
+        acks = self._acks.get(lease.address)
+        if acks is None:
+            return
+        acks.append(pb.TaskAck(shard=lease.shard, task_id=lease.task_id))
+        del acks[:-ACKS_MAX]  # the oldest are left to their heartbeats
 
     def _start_waiting(self) -> None:
         """A run slot freed: start waiting tasks in lease order while slots are free."""

@@ -9,10 +9,11 @@ Contract:
   reap): it records the attempt, drops the lease, releases the job's slots and applies the
   job's next state (see :mod:`silo.shard.transitions`).
 - Delivery (DESIGN §4): a lease is committed unacknowledged; an ack on a later lease call (in
-  that call's batch), a heartbeat or a report acknowledges it. The reaper turns an expired
-  unacknowledged lease into an UNDELIVERED attempt and re-queues the job with its retry budget
-  intact, at most ``MAX_UNDELIVERED`` times per run; after that, and for any acknowledged
-  lease, an expiry is a ``WORKER_CRASHED`` failure.
+  that call's batch), a heartbeat or a report acknowledges it, except a heartbeat marked
+  ``waiting`` (a task the worker holds unstarted), which only extends it. The reaper turns an
+  expired unacknowledged lease into an UNDELIVERED attempt and re-queues the job with its retry
+  budget intact, at most ``MAX_UNDELIVERED`` times per run; after that, and for any
+  acknowledged lease, an expiry is a ``WORKER_CRASHED`` failure.
 - A lease reply is sized while tasks are picked (:mod:`silo.reply_size`): no lease is committed
   that the reply cannot carry; a task too large for any reply fails its job
   ``TASK_TOO_LARGE``.
@@ -347,9 +348,12 @@ class Leasing(ShardRoom):
             )
         return lease
 
-    async def heartbeat(self, worker_id: str, task_id: str) -> HeartbeatResult:
-        """Extend a lease (and acknowledge its delivery); reports whether the job has been
-        cancelled."""
+    async def heartbeat(self, worker_id: str, task_id: str, *,
+                        waiting: bool = False) -> HeartbeatResult:
+        """Extend a lease and acknowledge its delivery; reports whether the job has been
+        cancelled. With ``waiting`` (the worker holds the task but its handler has not started,
+        DESIGN §4 "Delivery") the lease is extended but not acknowledged: expiring, it is still
+        undelivered. A lease already acknowledged stays so."""
         lim.check_worker_id(self._limits, worker_id)
         lim.check_task_id(self._limits, task_id)
         async with self._commit.operation() as txn:
@@ -357,10 +361,12 @@ class Leasing(ShardRoom):
             # lease_ms from now on the monotonic clock, so never shorter than before; after a
             # backward wall step the stored (wall-clock) expiry goes down with the clock.
             expiry = txn.now + self._lease_ms
-            if expiry != lease.expiry_ms or not lease.acked:
-                # A heartbeat acknowledges delivery too, in the batch that extends the lease.
+            acked = lease.acked or not waiting
+            if expiry != lease.expiry_ms or acked != lease.acked:
+                # A heartbeat of a started task acknowledges delivery too, in the batch that
+                # extends the lease.
                 txn.put(key(Prefix.LEASE, task_id),
-                        replace(lease, expiry_ms=expiry, acked=True).encode())
+                        replace(lease, expiry_ms=expiry, acked=acked).encode())
             if expiry != lease.expiry_ms:
                 txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, task_id))
                 txn.put(key(Prefix.LEASE_EXPIRY, expiry, task_id), b"")

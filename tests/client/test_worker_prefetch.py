@@ -72,9 +72,15 @@ async def test_worker_holds_at_most_slots_plus_prefetch(autojump_clock: trio.abc
     asked = [c.request.max_tasks for c in cluster.calls_of("LeaseTasks")]
     assert asked[0] == 5 and max(asked) <= 5
     assert all(which(o) == "success" for o in cluster.recorded.values())
-    # Every task, prefetched or not, was acknowledged on a later lease call.
-    acked = {a.task_id for c in cluster.calls_of("LeaseTasks") for a in c.request.acks}
-    assert acked == {f"t{n}" for n in range(1, 21)}
+    # A task is acknowledged (by a lease call's ack, a heartbeat without `waiting` or its
+    # report) only once its handler started, and every task was.
+    acks = [(a.task_id, c.at) for c in cluster.calls_of("LeaseTasks") for a in c.request.acks]
+    acks += [(c.request.task_id, c.at) for c in cluster.calls_of("Heartbeat")
+             if not c.request.waiting]
+    acks += [(o.task_id, c.at) for c in cluster.calls_of("ReportOutcomes")
+             for o in c.request.outcomes]
+    assert all(at >= gate.started_at[t] for t, at in acks), acks
+    assert {t for t, _ in acks} == {f"t{n}" for n in range(1, 21)}
 
 
 async def test_waiting_tasks_start_in_lease_order(autojump_clock: trio.abc.Clock) -> None:
@@ -116,7 +122,7 @@ async def test_a_freed_slot_starts_the_next_task_without_a_lease_call(
         worker.stop(5)
 
 
-async def test_waiting_tasks_are_acknowledged_and_heartbeated(
+async def test_waiting_tasks_are_heartbeated_but_acknowledged_only_once_started(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     cluster = FakeCluster(lease_ms=3000, to_lease=[make_task(1), make_task(2)])
@@ -127,18 +133,78 @@ async def test_waiting_tasks_are_acknowledged_and_heartbeated(
         await wait_for(lambda: gate.started == ["t1"])
         await trio.sleep(20)  # t2 waits much longer than its lease
         assert gate.started == ["t1"]
-        beats = [c.at for c in cluster.calls_of("Heartbeat") if c.request.task_id == "t2"]
-        assert len(beats) >= 20 / 1.0 - 2  # every third of the 3 s lease
-        assert max(b - a for a, b in zip([0.0, *beats], beats + [trio.current_time()],
+        beats = [c for c in cluster.calls_of("Heartbeat") if c.request.task_id == "t2"]
+        at = [c.at for c in beats]
+        assert len(at) >= 20 / 1.0 - 2  # every third of the 3 s lease
+        assert max(b - a for a, b in zip([0.0, *at], at + [trio.current_time()],
                                          strict=True)) < 3
-        # No credit is free, so no lease call carries its ack: the prompt first heartbeat does.
+        # Kept alive, never acknowledged: killed now, the worker would leave t2 undelivered.
+        assert all(c.request.waiting for c in beats)
+        assert not [a for c in cluster.calls_of("LeaseTasks") for a in c.request.acks
+                    if a.task_id == "t2"]
+        # t1 started on arrival: no credit is free, so no lease call carries its ack, and
+        # the prompt first heartbeat does.
         received_at = cluster.calls_of("LeaseTasks")[0].at
-        assert beats[0] - received_at <= 0.05 * 3 + 0.01
+        t1 = [c for c in cluster.calls_of("Heartbeat") if c.request.task_id == "t1"]
+        assert not t1[0].request.waiting and t1[0].at - received_at <= 0.05 * 3 + 0.01
+        beats_before = len(beats)
+        opened_at = trio.current_time()
         gate.open("t1")
+        await wait_for(lambda: gate.started == ["t1", "t2"])
+        # Started: its next heartbeat, soon, acknowledges it (no lease call in between does).
+        await trio.sleep(0.2)
+        after = [c for c in cluster.calls_of("Heartbeat") if c.request.task_id == "t2"]
+        first_acking = next(c for c in after[beats_before:] if not c.request.waiting)
+        acked_by_lease = [c.at for c in cluster.calls_of("LeaseTasks")
+                          if any(a.task_id == "t2" for a in c.request.acks)]
+        assert first_acking.at - opened_at <= 0.05 * 3 + 0.01 or (
+            acked_by_lease and acked_by_lease[0] - opened_at <= 0.05 * 3 + 0.01)
+        assert all(not c.request.waiting for c in after[beats_before:]
+                   if c.at > gate.started_at["t2"])
         gate.open("t2")
         await wait_for(lambda: len(cluster.recorded) == 2)
         worker.stop(5)
     assert which(cluster.recorded["t2"]) == "success"
+
+
+async def test_a_waiting_task_started_while_its_heartbeat_is_in_flight_is_acked_soon(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """t2's `waiting` heartbeat is slow to answer; t2 starts meanwhile: the answer does not
+    push the acknowledging heartbeat back to the ordinary interval."""
+    cluster = FakeCluster(lease_ms=3000, to_lease=[make_task(1), make_task(2)])
+    gate = Gate()
+    original = cluster.call_address
+    slow: list[float] = []
+
+    async def call_address(address: str, method: str, request: Any, response_type: Any,
+                           **kw: Any) -> Any:
+        if method == "Heartbeat" and request.task_id == "t2" and request.waiting and not slow:
+            slow.append(trio.current_time())
+            await trio.sleep(0.5)
+        return await original(address, method, request, response_type, **kw)
+
+    cluster.call_address = call_address  # type: ignore[method-assign]
+    worker = worker_for(cluster, gate.handler, max_concurrent_tasks=1, prefetch=1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker.run)
+        await wait_for(lambda: bool(slow))
+        await trio.sleep(0.1)  # the slow heartbeat is in flight
+        gate.open("t1")
+        await wait_for(lambda: gate.started == ["t1", "t2"])
+        started = gate.started_at["t2"]
+        await trio.sleep(1.5)
+        acking = [c.at for c in cluster.calls_of("Heartbeat")
+                  if c.request.task_id == "t2" and not c.request.waiting]
+        acked_by_lease = [c.at for c in cluster.calls_of("LeaseTasks")
+                          if any(a.task_id == "t2" for a in c.request.acks)]
+        first = min(acking + acked_by_lease)
+        # At most the rest of the slow call plus the prompt first heartbeat (0.15 s), well
+        # before the ordinary interval (1 s) after it.
+        assert first - started <= 0.4 + 0.15 + 0.01, (started, acking, acked_by_lease)
+        gate.open("t2")
+        await wait_for(lambda: len(cluster.recorded) == 2)
+        worker.stop(5)
 
 
 async def test_stop_hands_back_the_waiting_tasks(autojump_clock: trio.abc.Clock) -> None:

@@ -38,6 +38,8 @@ CASES = {
     # Stopping workers hand back the tasks they prefetched and never started.
     "charge-released": ("worker_stops", Invariant.RETRY_BUDGET, "charged to its retry budget"),
     "release-started": ("worker_stops", Invariant.ATTEMPTS, "but its handler had started"),
+    # Killed workers leave the prefetched tasks they acknowledged to expire WORKER_CRASHED.
+    "ack-waiting": ("worker_stops", Invariant.RETRY_BUDGET, "never started its handler"),
     # Invariant 17 fails the run as a crash of the code under test (exit 3).
     "poison-retry-overflow": ("retry_extremes", Invariant.NO_NODE_DEATH, "poison item"),
     # High latency makes workers batch their reports; the lost report's lease is reaped.

@@ -107,7 +107,11 @@ class GetSplitStatusRequest(Message, package="silo.v1"): shard: "int | None" = f
 class GetSplitStatusResponse(Message, package="silo.v1"): splits: "list[SplitStatus]" = field(1, TYPE_MESSAGE, repeated=True)
 
 
-class HeartbeatRequest(Message, package="silo.v1"): shard: "int" = field(1, TYPE_UINT32); worker_id: "str" = field(2, TYPE_STRING); task_id: "str" = field(3, TYPE_STRING)
+# Extends a lease. Unless `waiting` is set it also acknowledges the lease's delivery (see
+# TaskAck): a worker sets `waiting` for a task it holds but has not started (prefetched), so the
+# lease stays alive while the task waits but still counts as undelivered if it expires.
+# waiting: the task's handler has not started: extend without acknowledging
+class HeartbeatRequest(Message, package="silo.v1"): shard: "int" = field(1, TYPE_UINT32); worker_id: "str" = field(2, TYPE_STRING); task_id: "str" = field(3, TYPE_STRING); waiting: "bool" = field(4, TYPE_BOOL)
 
 
 class HeartbeatResponse(Message, package="silo.v1"): cancelled: "bool" = field(1, TYPE_BOOL); lease_expiry_ms: "int" = field(2, TYPE_UINT64)
@@ -141,7 +145,7 @@ class JobSpec(Message, package="silo.v1"): tenant: "str" = field(1, TYPE_STRING)
 # shard: ignored when all_shards is set
 # all_shards: lease from every shard this node serves
 # wait_ms: with all_shards: wait up to this long for a task (max 30000)
-# acks: tasks this worker received in earlier replies (delivery acks)
+# acks: tasks of earlier replies whose handlers started (delivery acks)
 class LeaseTasksRequest(Message, package="silo.v1"): shard: "int" = field(1, TYPE_UINT32); worker_id: "str" = field(2, TYPE_STRING); task_group: "str" = field(3, TYPE_STRING); max_tasks: "int" = field(4, TYPE_UINT32); all_shards: "bool" = field(5, TYPE_BOOL); wait_ms: "int" = field(6, TYPE_UINT32); acks: "list[TaskAck]" = field(7, TYPE_MESSAGE, repeated=True)
 
 
@@ -233,8 +237,10 @@ class SplitStatus(Message, package="silo.v1"): parent: "int" = field(1, TYPE_UIN
 class Task(Message, package="silo.v1"): shard: "int" = field(1, TYPE_UINT32); task_id: "str" = field(2, TYPE_STRING); tenant: "str" = field(3, TYPE_STRING); job_id: "str" = field(4, TYPE_STRING); attempt: "int" = field(5, TYPE_UINT32); task_group: "str" = field(6, TYPE_STRING); payload: "bytes" = field(7, TYPE_BYTES); priority: "int" = field(8, TYPE_UINT32); metadata: "dict[str, str]" = field(9, TYPE_MAP, map_meta=map_meta(TYPE_STRING, TYPE_STRING)); lease_expiry_ms: "int" = field(10, TYPE_UINT64); refresh: "RefreshInfo | None" = field(11, TYPE_MESSAGE, optional=True); timeout_ms: "int" = field(12, TYPE_UINT64)
 
 
-# A worker's acknowledgement that it received a leased task. Until a lease is acknowledged
-# (by an ack, a heartbeat or a report) its expiry is an undelivered attempt, not a failure.
+# A worker's acknowledgement that a leased task was delivered: its handler started (a task the
+# worker holds unstarted, prefetched, is not acknowledged yet). Until a lease is acknowledged
+# (by an ack, a heartbeat without `waiting`, or a report) its expiry is an undelivered attempt,
+# not a failure.
 class TaskAck(Message, package="silo.v1"): shard: "int" = field(1, TYPE_UINT32); task_id: "str" = field(2, TYPE_STRING)
 
 
