@@ -364,7 +364,9 @@ async def test_when_every_slot_is_stuck_the_waiting_tasks_are_handed_back(
         assert worker.stats.stuck_handlers == 1 and worker.stats.handed_back == 2
         await trio.sleep(1)  # a long poll in flight when t1 got stuck has ended by now
         leases = len(cluster.calls_of("LeaseTasks"))
-        cluster.to_lease = [make_task(4)]
+        # Its own long timeout: the autojump clock jumps while its thread runs, and under load
+        # would otherwise reach the 300 ms default before the thread returns.
+        cluster.to_lease = [make_task(4, timeout_ms=60_000)]
         await trio.sleep(5)
         assert len(cluster.calls_of("LeaseTasks")) == leases  # nothing could run: no lease
         gate.set()
