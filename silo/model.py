@@ -64,6 +64,10 @@ INTERNAL_ERROR = "INTERNAL_ERROR"
 it (a poison item: DESIGN §4 "No poison")."""
 """The failure code recorded when an acknowledged lease expires without a report."""
 
+RELEASED = "RELEASED"
+"""The error code on the UNDELIVERED attempt row of a lease its worker handed back unstarted
+(and on the FAILED row when the job could make no further attempt)."""
+
 TASK_TOO_LARGE = "TASK_TOO_LARGE"
 """The failure code of a job whose task alone does not fit in a LeaseTasks reply."""
 
@@ -597,7 +601,15 @@ class Cancelled:
     pass
 
 
-Outcome = Success | Failure | Cancelled
+@dataclass(frozen=True, slots=True)
+class Released:
+    """The worker hands an unstarted lease back: not an attempt (DESIGN §4, delivery). The
+    attempt row ends UNDELIVERED with error code :data:`RELEASED` and the job is re-queued at
+    once with its retry budget intact (unless it was cancelled, or has made every attempt it
+    may ever make)."""
+
+
+Outcome = Success | Failure | Cancelled | Released
 
 
 @dataclass(frozen=True, slots=True)

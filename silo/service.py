@@ -249,7 +249,7 @@ class SiloService:
     async def heartbeat(self, req: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         self._check_task_ref(req.worker_id, req.task_id)
         result = await self.node.shard_for_task(req.shard, req.task_id).heartbeat(
-            req.worker_id, req.task_id)
+            req.worker_id, req.task_id, waiting=req.waiting)
         return pb.HeartbeatResponse(
             cancelled=result.cancelled, lease_expiry_ms=result.lease_expiry_ms
         )

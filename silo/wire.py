@@ -29,6 +29,7 @@ from silo.model import (
     Outcome,
     OutcomeReport,
     RateLimit,
+    Released,
     RetryPolicy,
     Success,
 )
@@ -346,8 +347,10 @@ def outcome_from_pb(o: pb.Outcome) -> OutcomeReport:
         outcome = Failure(value.code, value.data)
     elif which == "cancelled":
         outcome = Cancelled()
+    elif which == "released":
+        outcome = Released()
     else:
-        raise InvalidArgument("outcome must be one of success, failure or cancelled")
+        raise InvalidArgument("outcome must be one of success, failure, cancelled or released")
     return OutcomeReport(
         worker_id=o.worker_id,
         task_id=o.task_id,
@@ -372,6 +375,8 @@ def outcome_to_pb(shard: int, report: OutcomeReport) -> pb.Outcome:
         o.success = outcome.result
     elif isinstance(outcome, Failure):
         o.failure = pb.Failure(code=outcome.code, data=outcome.data)
+    elif isinstance(outcome, Released):
+        o.released = pb.Released()
     else:
         o.cancelled = pb.Cancelled()
     return o

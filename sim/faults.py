@@ -33,9 +33,11 @@ FAULT_POINTS: tuple[str, ...] = (
     "shard.write.error",
     "clock.jump",
     "worker.crash",
+    "worker.stop",
     "etcd.unavailable",
 )
-"""Every named fault point (``node.restart`` is a clean stop and start of a node;
+"""Every named fault point (``node.restart`` is a clean stop and start of a node,
+``worker.stop`` a clean stop and later start of a worker;
 ``etcd.unavailable``: the simulated etcd answers one call with UNAVAILABLE, as etcd does without a
 leader)."""
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from silo.client.client import RetrySettings, SiloClient
-from silo.client.worker import TaskContext, Worker
+from silo.client.worker import TaskContext
 from silo.cluster.shard_map import ShardMap
 from silo.errors import SiloError
 from silo.node import NodeConfig, SiloNode, open_node
@@ -238,13 +238,15 @@ class SimWorker:
         self.concurrency = concurrency
         self.lease_wait_ms = lease_wait_ms
         self.incarnation = 0
+        self.prefetch: int | None = None
+        """The worker's ``prefetch`` (None: its default)."""
         self.heartbeat_fraction = 1 / 3
         """A fraction above 1 makes a slow worker: its leases lapse between heartbeats."""
         self.discover_interval_s: float | None = sim.worker_discover_interval_s
         """How often the worker looks for nodes that gained shards (None: only the nodes known
         at its start; one node has nothing to discover)."""
         self.faults = sim.board.faults_for(self.host.random.stream("faults"), sim.mutations, name)
-        self.worker: Worker | None = None
+        self.worker: ObservedWorker | None = None
         self.running = False
         self._scope: trio.CancelScope | None = None
         self._done = trio.Event()
@@ -282,7 +284,8 @@ class SimWorker:
                         await trio.sleep(0.5)
                 self.worker = ObservedWorker(
                     self.sim.checker, client, self.task_group, self.handler,
-                    max_concurrent_tasks=self.concurrency, worker_id=self.worker_id,
+                    max_concurrent_tasks=self.concurrency, prefetch=self.prefetch,
+                    worker_id=self.worker_id,
                     lease_wait_ms=self.lease_wait_ms, refresh_handler=self.refresh_handler,
                     heartbeat_fraction=self.heartbeat_fraction, faults=self.faults,
                     discover_interval_s=self.discover_interval_s,
@@ -295,6 +298,8 @@ class SimWorker:
     def crash(self) -> None:
         if self.running and self._scope is not None:
             self.sim.trace.record(f"worker {self.worker_id} crash")
+            if self.worker is not None:
+                self.worker.killed = True
             self._scope.cancel()
 
     async def stop(self, timeout: float = 5.0) -> None:

@@ -32,6 +32,15 @@ class ObservedWorker(Worker):
     def __init__(self, checker: Checker, *args: Any, **kwargs: Any) -> None:
         self._checker = checker
         super().__init__(*args, **kwargs, on_report_dropped=self._dropped)
+        checker.on_worker_created(self.worker_id)
+        self.killed = False
+        """Set when the simulator kills this worker: the cancellation that models the kill
+        unwinds its tasks, and a waiting task that a freed slot "starts" during that unwinding
+        is not a start (a killed process runs nothing)."""
+
+    def _task_started(self, task: pb.Task) -> None:
+        if not self.killed:
+            self._checker.on_handler_started(self.worker_id, task.task_id)
 
     def _task_finished(self, ctx: TaskContext, outcome: Outcome | None,
                        elapsed_s: float) -> None:

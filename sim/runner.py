@@ -39,6 +39,10 @@ MUTATIONS: dict[str, str] = {
     "lease-before-due": "timers (start times, retry backoffs, rate-token waits) fall due a "
                         "second early",
     "charge-undelivered": "an undelivered attempt is charged to the job's retry budget",
+    "charge-released": "a lease handed back unstarted is charged to the job's retry budget",
+    "release-started": "a stopping worker hands back its running tasks as unstarted",
+    "ack-waiting": "a worker acknowledges a prefetched task on arrival, before its handler "
+                   "starts",
     "poison-retry-overflow": "retry backoff uses the unguarded float power, which overflows for "
                              "large factors and retry numbers",
     "drop-reports": "the last outcome report of a batch is answered OK but never recorded",

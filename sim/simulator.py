@@ -55,6 +55,9 @@ class FaultPlan:
     clock_jump_ms: tuple[int, int] = (-3000, 8000)
     worker_crash_every_s: float | None = None
     worker_restart_s: tuple[float, float] = (0.5, 5.0)
+    worker_stop_every_s: float | None = None
+    """Clean worker stops (``Worker.stop`` with 0.1-2 s for running handlers; the prefetched
+    tasks are handed back), each followed by a restart after ``worker_restart_s``."""
 
 
 class Simulator:
@@ -244,10 +247,11 @@ class Simulator:
     async def add_worker(
         self, name: str, task_group: str, handler: Callable[..., Any], *, concurrency: int,
         lease_wait_ms: int = 2000, refresh_handler: Callable[..., Any] | None = None,
-        heartbeat_fraction: float = 1 / 3,
+        heartbeat_fraction: float = 1 / 3, prefetch: int | None = None,
     ) -> SimWorker:
         w = SimWorker(self, name, task_group, handler, concurrency=concurrency,
                       lease_wait_ms=lease_wait_ms, refresh_handler=refresh_handler)
+        w.prefetch = prefetch
         w.heartbeat_fraction = heartbeat_fraction
         self.workers[name] = w
         await w.start()
@@ -351,6 +355,7 @@ class Simulator:
             (plan.partition_every_s, "net.partition", self._inject_partition),
             (plan.clock_jump_every_s, "clock.jump", self._inject_clock_jump),
             (plan.worker_crash_every_s, "worker.crash", self._inject_worker_crash),
+            (plan.worker_stop_every_s, "worker.stop", self._inject_worker_stop),
         ]
         for every, point, fn in drivers:
             if every:
@@ -450,6 +455,19 @@ class Simulator:
         self.checker.on_worker_crash(w.worker_id)
         w.crash()
         self.spawn(self._restart_worker_later, w, rng.uniform(*self.plan.worker_restart_s))
+
+    async def _inject_worker_stop(self, rng: random.Random) -> None:
+        live = [w for name, w in sorted(self.workers.items()) if w.running]
+        if not live:
+            return
+        w = rng.choice(live)
+        self.board.count("worker.stop", w.worker_id)
+        self.spawn(self._stop_worker_and_restart, w, round(rng.uniform(0.1, 2.0), 3),
+                   rng.uniform(*self.plan.worker_restart_s))
+
+    async def _stop_worker_and_restart(self, w: SimWorker, timeout: float, delay: float) -> None:
+        await w.stop(timeout)
+        await self._restart_worker_later(w, delay)
 
     async def _restart_worker_later(self, w: SimWorker, delay: float) -> None:
         await trio.sleep(delay)

@@ -125,6 +125,8 @@ KNOBS: dict[str, tuple[Callable[[random.Random], Any], Callable[[random.Random],
     "vanisher": (lambda rng: False, _choice(True)),
     "retrying_client": (lambda rng: False, _choice(True)),
     "hung_prob": (lambda rng: 0.0, _choice(0.05, 0.3)),
+    # Tasks a worker leases beyond its free slots (last: adding it left the draws above alone).
+    "prefetch": (_span(0, 8), _choice(0, 64, 1000)),
 }
 """Every drawn knob of a workload (see :meth:`Workload.draw`)."""
 
@@ -148,6 +150,8 @@ class Workload:
     task_groups: int = 1
     workers: int = 2
     concurrency: int = 4
+    prefetch: int | None = None
+    """Each worker's ``prefetch`` (None: the worker's default, its concurrency)."""
     lease_wait_ms: int = 2000
     priority: tuple[int, int] = (0, 99)
     duration_ms: tuple[int, int] = (0, 1500)
@@ -668,11 +672,12 @@ async def run_workload(
         for i in range(max(w.workers, w.task_groups)):
             await sim.add_worker(
                 f"w{i}", w.task_group(i % w.task_groups), handler, concurrency=w.concurrency,
-                lease_wait_ms=w.lease_wait_ms, refresh_handler=w.refresh_handler,
+                prefetch=w.prefetch, lease_wait_ms=w.lease_wait_ms,
+                refresh_handler=w.refresh_handler,
             )
         if w.slow_worker:  # besides the honest ones, which finish what it lets lapse
             await sim.add_worker("slow", w.task_group(0), handler, concurrency=w.concurrency,
-                                 lease_wait_ms=w.lease_wait_ms,
+                                 prefetch=w.prefetch, lease_wait_ms=w.lease_wait_ms,
                                  refresh_handler=w.refresh_handler, heartbeat_fraction=1.5)
 
     if w.workers_after_s:

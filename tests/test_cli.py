@@ -173,7 +173,9 @@ def test_timeout_flags_are_seconds_to_milliseconds():
     assert a.timeout == 2500
     assert build_parser().parse_args(["job", "enqueue", "-g", "g"]).timeout is None
     a = build_silo_parser().parse_args(["worker", "m:f", "-g", "g", "--timeout", "0.3"])
-    assert (a.timeout, a.concurrency) == (300, 10)
+    assert (a.timeout, a.concurrency, a.prefetch) == (300, 10, None)
+    a = build_silo_parser().parse_args(["worker", "m:f", "-g", "g", "--prefetch", "0"])
+    assert a.prefetch == 0
 
 
 @pytest.mark.parametrize(
@@ -181,6 +183,9 @@ def test_timeout_flags_are_seconds_to_milliseconds():
     [
         (["worker", "m:f", "-g", "g", "--concurrency", "1001"], "limit of 1000"),
         (["worker", "m:f", "-g", "g", "--timeout", "0"], "timeout must be between"),
+        (["worker", "m:f", "-g", "g", "--prefetch", "-1"], "prefetch -1 is outside 0..1000"),
+        (["worker", "m:f", "-g", "g", "--prefetch", "1001"], "prefetch 1001 is outside"),
+        (["worker", "m:f", "-g", "g", "--prefetch", "x"], "non-negative integer"),
         (["worker", "m:f", "-g", "g", "--timeout", "86401"], "timeout must be between"),
     ],
 )

@@ -1,6 +1,8 @@
 """Benchmarks: ``python -m silo.bench engine [--jobs N] [--workers W]`` (one LevelDB shard),
 ``python -m silo.bench e2e [--jobs N] [--workers W]`` (server + gRPC + worker processes),
 ``python -m silo.bench split [--jobs N]`` (split a shard of N jobs; its cleanup rate),
+``python -m silo.bench latency`` (enqueue-to-handler-start latency at half the peak rate, from
+the trio, asyncio and blocking clients, against ``silo worker`` processes at their defaults),
 ``python -m silo.bench memory`` (RSS, open time and first lease of a shard of 1.1M jobs),
 ``python -m silo.bench peers`` (silo side by side with pgqueuer on PostgreSQL 15; needs the
 ``bench`` extra and Debian's ``postgresql-15``) and ``python -m silo.bench plot`` (the peers
@@ -68,6 +70,32 @@ def main(argv: list[str] | None = None) -> int:
     spl.add_argument("--tenants", type=int, default=1000)
     spl.add_argument("--batch-keys", type=int, default=500,
                      help="rows per cleanup batch (default 500)")
+    from silo.bench.latency import CLIENTS, LatencyConfig
+
+    lat = sub.add_parser(
+        "latency", help="enqueue-to-handler-start latency at half the peak processing rate",
+        description="Measure the peak processing rate of `silo worker` processes at their "
+                    "defaults, then enqueue at a fraction of it (one job per call, paced) from "
+                    "each client and print p50/p99/max enqueue-to-handler-start latency.",
+    )
+    defaults = LatencyConfig()
+    lat.add_argument("--jobs", type=int, default=defaults.jobs,
+                     help=f"paced jobs per client (default {defaults.jobs})")
+    lat.add_argument("--peak-jobs", type=int, default=defaults.peak_jobs,
+                     help=f"jobs of the peak measurement (default {defaults.peak_jobs})")
+    lat.add_argument("--workers", type=int, default=defaults.workers,
+                     help=f"`silo worker` processes (default {defaults.workers})")
+    lat.add_argument("--clients", default=",".join(CLIENTS),
+                     help=f"comma-separated, of {','.join(CLIENTS)} (default all)")
+    lat.add_argument("--load-fraction", type=float, default=defaults.load_fraction,
+                     help=f"paced rate as a fraction of the peak (default "
+                          f"{defaults.load_fraction:g})")
+    lat.add_argument("--max-seconds", type=float, default=defaults.max_seconds,
+                     help=f"each paced phase stops sending after this long (default "
+                          f"{defaults.max_seconds:g})")
+    lat.add_argument("--prefetch", type=int, default=None,
+                     help="pass --prefetch N to the workers (default: the CLI's default)")
+    lat.add_argument("--json", action="store_true", help="print the result as JSON")
     mem = sub.add_parser("memory", help="RSS, open time and first lease of a shard of many jobs")
     mem.add_argument("--scheduled", type=int, default=1_000_000,
                      help="jobs scheduled over the next day (default 1,000,000)")
@@ -88,6 +116,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if result.exactly_once else 1
     if args.bench == "peers":
         return _peers(parser, args)
+    if args.bench == "latency":
+        from silo.bench.latency import format_latency, run_latency
+
+        config = LatencyConfig(args.jobs, args.peak_jobs, args.workers,
+                               tuple(c for c in args.clients.split(",") if c),
+                               args.load_fraction, args.max_seconds, args.prefetch)
+        try:
+            config.check()
+        except ValueError as exc:
+            parser.error(str(exc))
+        say = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr))
+        result = run_latency(config, say)
+        print(result.to_json() if args.json else format_latency(result))
+        return 0
     if args.bench == "plot":
         from silo.bench.peers_report import read_records
         from silo.bench.plot import plot_ratios

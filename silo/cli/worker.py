@@ -37,6 +37,7 @@ from silo.cli.common import (
 )
 from silo.client.worker import (
     MAX_CONCURRENT_TASKS_MAX,
+    PREFETCH_MAX,
     HandlerFn,
     TaskContext,
     Worker,
@@ -65,6 +66,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="task group to lease tasks from")
     p.add_argument("--concurrency", "-c", type=_positive_int, default=10, metavar="N",
                    help="handlers running at once (default 10)")
+    p.add_argument("--prefetch", type=_prefetch, default=None, metavar="N",
+                   help="tasks leased beyond the free slots, waiting to start the moment a "
+                        "slot frees; handed back unstarted on stop (default: --concurrency; "
+                        "0 leases only for free slots)")
     p.add_argument("-a", "--address", type=address_list,
                    default=os.environ.get("SILO_ADDRESS", DEFAULT_ADDRESS),
                    metavar="HOST:PORT[,...]",
@@ -92,6 +97,17 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{value} is above the limit of {MAX_CONCURRENT_TASKS_MAX} concurrent tasks"
         )
+    return value
+
+
+def _prefetch(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a non-negative integer, got {text!r}") from None
+    if not 0 <= value <= PREFETCH_MAX:
+        raise argparse.ArgumentTypeError(f"prefetch {value} is outside 0..{PREFETCH_MAX}")
     return value
 
 
@@ -170,11 +186,13 @@ async def _run(args: argparse.Namespace, handler: HandlerFn) -> int:
         async with SiloClient.connect(*args.address, token=args.token) as client:
             worker = LoggingWorker(client, args.task_group, handler,
                                    max_concurrent_tasks=args.concurrency,
+                                   prefetch=args.prefetch,
                                    default_timeout_ms=args.timeout)
             log.info(
                 "worker started",
                 extra={"worker_id": worker.worker_id, "handler": args.handler,
                        "task_group": args.task_group, "concurrency": args.concurrency,
+                       "prefetch": worker.prefetch,
                        "servers": ",".join(client.owner_addresses()), "kind": worker.kind,
                        "timeout_ms": args.timeout},
             )

@@ -1,11 +1,15 @@
 """Heartbeater: keeps the worker's leases alive.
 
 Contract:
-- every lease added is heartbeated first soon after it arrives (``FIRST_HEARTBEAT_FRACTION`` of
-  the lease), which acknowledges its delivery when the worker does not lease again soon; once
-  its ack rode on a successful LeaseTasks call (:meth:`Heartbeater.acknowledged`) that early
-  heartbeat is skipped, so a busy worker sends no heartbeat for a task that ends quickly; then
-  every ``heartbeat_fraction`` of the lease, until it is removed;
+- a lease whose handler has not started (``HeldLease.waiting``) is heartbeated with
+  ``waiting`` set: the server extends it without acknowledging its delivery, so if the worker
+  dies before starting it, its expiry is undelivered and charges no attempt (DESIGN §4);
+- a lease is heartbeated first soon after its handler starts (``FIRST_HEARTBEAT_FRACTION`` of
+  the lease; :meth:`Heartbeater.started`), which acknowledges its delivery when the worker does
+  not lease again soon; once its ack rode on a successful LeaseTasks call
+  (:meth:`Heartbeater.acknowledged`) that early heartbeat is skipped, so a busy worker sends no
+  heartbeat for a task that ends quickly; otherwise every ``heartbeat_fraction`` of the lease
+  (from its arrival), until it is removed;
 - at most one heartbeat per lease is in flight; a failed heartbeat is retried sooner;
 - "shard not found" is not a lost lease: the lease is re-routed (owner hint, else a fresh shard
   map) and heartbeated again at once;
@@ -76,20 +80,41 @@ class Heartbeater:
     def interval_s(self) -> float:
         return max(0.01, self.lease_s * self._fraction)
 
+    @property
+    def first_s(self) -> float:
+        """How soon a started, unacknowledged lease is heartbeated (to acknowledge it)."""
+        return min(self.interval_s, self.lease_s * FIRST_HEARTBEAT_FRACTION)
+
     def add(self, lease: HeldLease) -> None:
-        first_s = min(self.interval_s, self.lease_s * FIRST_HEARTBEAT_FRACTION)
-        lease.next_heartbeat_at = trio.current_time() + first_s
+        """Heartbeat ``lease`` from now on (soon, if its handler already started)."""
+        due_s = self.interval_s if lease.waiting or lease.acked else self.first_s
+        lease.next_heartbeat_at = trio.current_time() + due_s
         self._leases[lease.task_id] = lease
         self._wake.set()
 
+    def started(self, lease: HeldLease) -> None:
+        """``lease``'s handler is starting: from now on its heartbeats acknowledge it, the
+        next one soon (unless a LeaseTasks call carries its ack first)."""
+        lease.waiting = False
+        if self._leases.get(lease.task_id) is not lease or lease.acked:
+            return
+        if not lease.heartbeat_in_flight:  # else _beat schedules it when the answer comes
+            lease.next_heartbeat_at = min(lease.next_heartbeat_at,
+                                          trio.current_time() + self.first_s)
+            self._wake.set()
+
     def acknowledged(self, task_ids: list[str]) -> None:
-        """The server took these leases' acks on a LeaseTasks call: their early first
-        heartbeat is not needed for delivery, so they move to the ordinary interval."""
+        """The server took these leases' acks on a LeaseTasks call: their early heartbeat is
+        not needed for delivery, so they move back to the ordinary interval (from the last
+        call that extended them)."""
         for task_id in task_ids:
             lease = self._leases.get(task_id)
-            if lease is not None and not lease.heartbeat_in_flight:
+            if lease is None:
+                continue
+            lease.acked = True
+            if not lease.heartbeat_in_flight:
                 lease.next_heartbeat_at = max(
-                    lease.next_heartbeat_at, lease.received_at + self.interval_s
+                    lease.next_heartbeat_at, lease.deadline - self.lease_s + self.interval_s
                 )
 
     def remove(self, lease: HeldLease) -> None:
@@ -121,11 +146,12 @@ class Heartbeater:
             await trio.sleep(self.lease_s / 2)
         sent_at = trio.current_time()
         address = lease.address
+        waiting = lease.waiting
         try:
             resp = await self._client.call_address(
                 address, "Heartbeat",
                 pb.HeartbeatRequest(shard=lease.shard, worker_id=self._worker_id,
-                                    task_id=lease.task_id),
+                                    task_id=lease.task_id, waiting=waiting),
                 pb.HeartbeatResponse,
                 timeout=min(self._client.retry.call_timeout_s, max(1.0, self.lease_s / 2)),
             )
@@ -153,7 +179,11 @@ class Heartbeater:
             self._wake.set()
         lease.heartbeat_failures = 0
         lease.deadline = max(lease.deadline, sent_at + self.lease_s)
-        lease.next_heartbeat_at = trio.current_time() + self.interval_s
+        if not waiting:
+            lease.acked = True
+        # Started while this (waiting) heartbeat was in flight: acknowledge it soon.
+        due_s = self.interval_s if lease.waiting or lease.acked else self.first_s
+        lease.next_heartbeat_at = trio.current_time() + due_s
         if resp.cancelled:
             self._on_cancel_requested(lease)
 

@@ -15,10 +15,11 @@ class HeldLease:
     """One leased task, from the LeaseTasks reply that brought it until its report is
     acknowledged (or dropped), or until the worker gives it up.
 
-    It is heartbeated for all that time, so the lease cannot lapse while its report waits in the
-    queue or is retried. ``deadline`` is the trio time at which the server would reap it if no
-    heartbeat got through from now on (conservative: measured from when each successful call
-    was sent).
+    It is heartbeated for all that time, so the lease cannot lapse while it waits for a slot, nor
+    while its report waits in the queue or is retried. It is acknowledged only once its handler
+    starts: until then its heartbeats are marked ``waiting``. ``deadline`` is the trio time at
+    which the server would reap it if no heartbeat got through from now on (conservative:
+    measured from when each successful call was sent).
     """
 
     task: pb.Task
@@ -38,6 +39,12 @@ class HeldLease:
     """The server said the lease is gone (reaped, or owned by another worker)."""
     heartbeat_in_flight: bool = False
     heartbeat_failures: int = 0
+    waiting: bool = True
+    """Its handler has not started (prefetched, or just received): its heartbeats extend the
+    lease without acknowledging its delivery (DESIGN §4 "Delivery")."""
+    acked: bool = False
+    """The server took its delivery ack (on a LeaseTasks call or a heartbeat of the started
+    task), as far as the worker knows."""
 
     @property
     def task_id(self) -> str:

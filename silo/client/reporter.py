@@ -4,6 +4,9 @@ Contract:
 - reports go out in ReportOutcomes batches, one sender per node address at a time; a batch holds
   at most ``REPORT_BATCH_MAX`` reports and its encoded request stays under the client's
   ``max_message_bytes`` (a report larger than that alone cannot be sent and is dropped);
+- linger: a new report waits up to ``linger_ms`` (measured from when the oldest report waiting
+  for that address was submitted) for others to join its batch; a full batch goes at once, and
+  no report waits longer than ``linger_ms`` for company (retries wait for their backoff only);
 - transient errors (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, whole call or per
   report) are retried with bounded exponential backoff while the report's lease would still be
   alive (``HeldLease.deadline``, which the worker's heartbeats keep extending) and for at most
@@ -44,6 +47,9 @@ from silo.wire import pb
 log = logging.getLogger("silo.worker")
 
 REPORT_BATCH_MAX = 500
+LINGER_MS = 1.0
+"""Default of ``Reporter(linger_ms=...)`` (and of ``Worker(report_linger_ms=...)``)."""
+LINGER_MS_MAX = 1000.0
 REQUEST_OVERHEAD_BYTES = 1024
 """Headroom left under ``max_message_bytes`` for framing that a batch's sizing does not count."""
 REPORT_TRIES_MAX = 200
@@ -69,6 +75,8 @@ class PendingReport:
     """Bytes this report adds to a ReportOutcomesRequest (field tag, length and message)."""
     tries: int = 0
     not_before: float = 0.0
+    submitted_at: float = 0.0
+    """Trio time of :meth:`Reporter.submit`."""
     alone: bool = False
     """Send in a batch of its own (its batch was refused as a whole)."""
     last_error: str = ""
@@ -91,7 +99,11 @@ class Reporter:
         observer: Callable[[str, int], None] | None = None,
         on_dropped: Callable[[pb.Task, pb.Outcome, str], None] | None = None,
         faults: Faults = NO_FAULTS,
+        linger_ms: float = LINGER_MS,
     ) -> None:
+        if not 0 <= linger_ms <= LINGER_MS_MAX:
+            raise ValueError(f"report linger_ms {linger_ms} is outside 0..{LINGER_MS_MAX:g}")
+        self._linger_s = linger_ms / 1000
         self._faults = faults
         self._client = client
         self.stats = stats
@@ -117,7 +129,8 @@ class Reporter:
     def submit(self, lease: HeldLease, outcome: pb.Outcome) -> None:
         """Queue the report of ``lease``'s outcome (at most one per lease)."""
         assert lease.task_id not in self._outstanding, "one report per lease"
-        item = PendingReport(lease, outcome, _field_size(len(bytes(outcome))))
+        item = PendingReport(lease, outcome, _field_size(len(bytes(outcome))),
+                             submitted_at=trio.current_time())
         self._outstanding[lease.task_id] = item
         self._queue.append(item)
         self._wake.set()
@@ -139,13 +152,28 @@ class Reporter:
                         waiting.append(item)
                         if item.not_before > now:
                             next_due = min(next_due, item.not_before)
-                self._queue = waiting
                 for address in sorted(due):
+                    items = due[address]
+                    linger_until = self._linger_until(items)
+                    if linger_until > now:
+                        waiting += items
+                        next_due = min(next_due, linger_until)
+                        continue
                     self._busy[address] = True
-                    nursery.start_soon(self._send_all, address, due[address])
+                    nursery.start_soon(self._send_all, address, items)
+                self._queue = waiting
                 with trio.move_on_at(next_due):
                     await self._wake.wait()
                 self._wake = trio.Event()
+
+    def _linger_until(self, items: list[PendingReport]) -> float:
+        """When the due reports ``items`` of one address should go: now (``-inf``) for a full
+        batch or one holding a retry, else ``linger_ms`` after the oldest was submitted."""
+        if not self._linger_s or len(items) >= REPORT_BATCH_MAX:
+            return -math.inf
+        if any(item.tries for item in items):
+            return -math.inf
+        return min(item.submitted_at for item in items) + self._linger_s
 
     async def drain(self, deadline: float) -> bool:
         """Wait until every report has settled or ``deadline`` (trio time) passes; whether all

@@ -1,14 +1,22 @@
-"""Worker slots: a dedicated ``trio.CapacityLimiter`` of ``max_concurrent_tasks`` tokens.
+"""Worker slots: ``size`` run slots and ``size + prefetch`` lease credits.
 
-A task holds one :class:`Slot` from the lease that brought it until its handler has *really*
-stopped. A handler that is abandoned (timed out, or cancelled past its grace) while its body
-still runs (a thread, or an asyncio task that ignores cancellation) keeps its slot until the body
-returns: the worker then leases fewer tasks instead of leasing tasks it cannot run. The threads of
-sync handlers draw on the same tokens (see :meth:`Slot.thread_limiter`), never on trio's
+A leased task holds one :class:`Slot` from the lease call that brought it until its handler has
+*really* stopped. The slot first holds only a lease *credit* (a token of a dedicated
+``trio.CapacityLimiter`` of ``size + prefetch`` tokens): the worker leases at most as many tasks
+as it has free credits, so at most ``size + prefetch`` tasks are held at once, of which at most
+``prefetch`` wait unstarted beyond the free run slots. :meth:`SlotPool.try_start` then gives it
+one of the ``size`` *run* slots: at most ``size`` handlers run at once. Whenever a run slot frees
+``on_run_free()`` is called synchronously, so the worker can start its next waiting task at once,
+without a round trip to the server and in the order it chooses (lease order).
+
+A handler that is abandoned (timed out, or cancelled past its grace) while its body still runs
+(a thread, or an asyncio task that ignores cancellation) keeps its run slot and its credit until
+the body returns: the worker then leases fewer tasks instead of leasing tasks it cannot run. The
+threads of sync handlers run on the slot (see :meth:`Slot.thread_limiter`), never on trio's
 process-wide default thread limiter, so stuck handlers of one worker cannot starve any other.
 
-Invariants: every slot is released exactly once; ``stuck`` counts the abandoned bodies still
-running, at most ``size``.
+Invariants: every credit and every run slot is released exactly once; ``running <= size``;
+``stuck`` counts the abandoned bodies still running, at most ``size``.
 """
 
 from __future__ import annotations
@@ -23,35 +31,74 @@ log = logging.getLogger("silo.worker")
 
 
 class SlotPool:
-    """``size`` slots. ``on_stuck(n)`` is called whenever the number of stuck slots changes."""
+    """``size`` run slots and ``size + prefetch`` lease credits. ``on_stuck(n)`` is called
+    whenever the number of stuck slots changes, ``on_run_free()`` whenever a run slot frees."""
 
-    def __init__(self, size: int, on_stuck: Callable[[int], None] | None = None) -> None:
+    def __init__(self, size: int, on_stuck: Callable[[int], None] | None = None, *,
+                 prefetch: int = 0, on_run_free: Callable[[], None] | None = None) -> None:
         self.size = size
-        self._limiter = trio.CapacityLimiter(size)
+        self.prefetch = prefetch
+        self._credits = trio.CapacityLimiter(size + prefetch)
         self._on_stuck = on_stuck
+        self._on_run_free = on_run_free
+        self.running = 0
+        """Run slots taken (handlers started and not yet really stopped)."""
         self.stuck = 0
         """Slots held by abandoned handlers whose body is still running."""
+        self._not_all_stuck = trio.Event()
+        self._not_all_stuck.set()
+
+    @property
+    def credits(self) -> int:
+        """Tasks the worker may hold at once (``size + prefetch``)."""
+        return self.size + self.prefetch
+
+    async def wait_not_all_stuck(self) -> None:
+        """Wait while every run slot is held by a stuck handler (nothing leased could run)."""
+        while self.stuck >= self.size:
+            await self._not_all_stuck.wait()
 
     async def acquire(self) -> Slot:
+        """A slot holding a lease credit (waits for one)."""
         slot = Slot(self)
-        await self._limiter.acquire_on_behalf_of(slot)
+        await self._credits.acquire_on_behalf_of(slot)
         return slot
 
     def acquire_nowait(self) -> Slot:
-        """A free slot; raises ``trio.WouldBlock`` when there is none."""
+        """A slot holding a lease credit; raises ``trio.WouldBlock`` when there is none."""
         slot = Slot(self)
-        self._limiter.acquire_on_behalf_of_nowait(slot)
+        self._credits.acquire_on_behalf_of_nowait(slot)
         return slot
 
     @property
     def available(self) -> int:
-        return int(self._limiter.available_tokens)
+        """Free lease credits."""
+        return int(self._credits.available_tokens)
+
+    def try_start(self, slot: Slot) -> bool:
+        """Give ``slot`` a run slot if one is free; whether it has one now."""
+        if slot._running:
+            return True
+        if not slot._held or self.running >= self.size:
+            return False
+        self.running += 1
+        slot._running = True
+        return True
 
     def _release(self, slot: Slot) -> None:
-        self._limiter.release_on_behalf_of(slot)
+        self._credits.release_on_behalf_of(slot)
+        if slot._running:
+            slot._running = False
+            self.running -= 1
+            if self._on_run_free is not None:
+                self._on_run_free()
 
     def _stuck_changed(self, delta: int) -> None:
         self.stuck += delta
+        if self.stuck >= self.size:
+            self._not_all_stuck = trio.Event()
+        else:
+            self._not_all_stuck.set()
         if delta > 0 and self.stuck >= self.size:
             log.warning(
                 "all %d slots are held by abandoned handlers that are still running; this "
@@ -62,19 +109,26 @@ class SlotPool:
 
 
 class Slot:
-    """One token of a :class:`SlotPool`, held by one task."""
+    """One lease credit of a :class:`SlotPool`, and once started one run slot, held by one
+    task."""
 
-    __slots__ = ("_pool", "_held", "_body_running", "_abandoned")
+    __slots__ = ("_pool", "_held", "_running", "_body_running", "_abandoned")
 
     def __init__(self, pool: SlotPool) -> None:
         self._pool = pool
         self._held = True
+        self._running = False
         self._body_running = False
         self._abandoned = False
 
+    @property
+    def started(self) -> bool:
+        """Whether the slot holds a run slot."""
+        return self._running
+
     def finish(self) -> None:
-        """The task is done with its handler (returned, failed or abandoned). The slot is
-        released now, or, when the handler's body still runs, once it returns."""
+        """The task is done with its handler (returned, failed, abandoned, or never started).
+        The slot is released now, or, when the handler's body still runs, once it returns."""
         if not self._held or self._abandoned:
             return
         if self._body_running:

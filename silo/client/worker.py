@@ -1,12 +1,25 @@
 """Worker: leases tasks of one task group, runs a handler on each, heartbeats, reports.
 
 Contract:
-- at most ``max_concurrent_tasks`` handlers run at once; leasing asks for exactly the free slots
-  and long-polls, so an idle worker costs one RPC per poll window, not a busy loop. A slot stays
-  taken until its handler has really stopped (see :mod:`silo.client.slots`);
-- delivery: every task received is acknowledged (``TaskAck``) on the next LeaseTasks call to the
-  node it came from, and heartbeated first soon after it arrives, so a busy worker that does not
-  lease again still acknowledges it within a small fraction of the lease;
+- at most ``max_concurrent_tasks`` handlers run at once, and at most ``prefetch`` more tasks are
+  held leased but unstarted: leasing asks for the free slots plus the free prefetch room and
+  long-polls, so an idle worker costs one RPC per poll window, not a busy loop, and a slot that
+  frees starts the next prefetched task at once instead of waiting a round trip. Tasks start in
+  the order they were leased (each reply is in priority order). A slot stays taken until its
+  handler has really stopped (see :mod:`silo.client.slots`);
+- a prefetched task counts as delivered only once its handler starts (DESIGN §4 "Delivery"):
+  while it waits it is heartbeated with ``waiting`` set, which keeps its lease alive without
+  acknowledging it, so a worker killed while holding prefetched tasks leaves them undelivered
+  (re-queued without charging an attempt), never ``WORKER_CRASHED``. One whose job is
+  cancelled while it waits, every one still waiting
+  at :meth:`Worker.stop`, and all of them when every slot becomes stuck, are handed back
+  (reported ``released``): the server re-queues them at once without charging an attempt
+  (DESIGN §4 "Delivery"), or ends a cancelled job CANCELLED. A floating-limit refresh task
+  cannot be handed back: one still waiting then is left to its lease expiry;
+- delivery: every task whose handler starts is acknowledged (``TaskAck``) on the next LeaseTasks
+  call to the node it came from, and heartbeated (acknowledging it) soon after it starts, so a
+  busy worker that does not lease again still acknowledges it within a small fraction of the
+  lease;
 - every task is heartbeated (see :mod:`silo.client.heartbeats`) from its arrival until its
   report is acknowledged, so its lease cannot lapse while the report waits or is retried
   (floating-limit refresh tasks excepted: they are short and their report acknowledges them). A
@@ -19,11 +32,13 @@ Contract:
   and the attempt is reported failed with code ``TIMEOUT``;
 - a handler's return value is the result; ``raise Fail(code, data)`` fails with that code; any
   other exception fails with ``HANDLER_ERROR``; ``raise Cancel()`` reports a cancellation;
-- outcomes are reported by :mod:`silo.client.reporter` (batched by count and bytes, retried,
-  re-routed; a dropped report is logged at ERROR and counted in ``stats.reports_dropped``);
+- outcomes are reported by :mod:`silo.client.reporter` (batched by count and bytes with a
+  ``report_linger_ms`` linger, retried, re-routed; a dropped report is logged at ERROR and
+  counted in ``stats.reports_dropped``);
 - ``stop(timeout)`` stops leasing at once: a LeaseTasks call in flight is cancelled, and the
   tasks it may have leased are neither run nor acknowledged (the server puts them back as
-  undelivered, without charging their retry budget). Running handlers get ``timeout`` seconds to
+  undelivered, without charging their retry budget); no waiting task starts any more, and the
+  waiting ones are handed back (above). Running handlers get ``timeout`` seconds to
   finish, then are abandoned (their leases expire and the jobs are retried elsewhere); pending
   reports are sent within the same ``timeout`` (at least ``REPORT_DRAIN_MIN_S``), and any still
   unacknowledged then are dropped (logged and counted).
@@ -52,11 +67,11 @@ from silo.client.handlers import (
 )
 from silo.client.heartbeats import Heartbeater, is_shard_not_found
 from silo.client.leases import HeldLease
-from silo.client.reporter import Reporter, ReporterStats
+from silo.client.reporter import LINGER_MS, Reporter, ReporterStats
 from silo.client.slots import Slot, SlotPool
 from silo.client.types import Cancel, Fail, pack, unpack
 from silo.errors import Code, SiloError
-from silo.model import Cancelled, Failure, Outcome, OutcomeReport, Success
+from silo.model import Cancelled, Failure, Outcome, OutcomeReport, Released, Success
 from silo.node import SHARD_OWNER_METADATA
 from silo.rpc import RpcError
 from silo.runtime.faults import NO_FAULTS, Faults
@@ -87,6 +102,9 @@ LEASE_WAIT_MS_MAX = 30_000
 """The server's bound on LeaseTasks ``wait_ms``."""
 MAX_CONCURRENT_TASKS_MAX = 1000
 """The server's default ``max_tasks_per_lease``: a worker asks for up to this many at once."""
+PREFETCH_MAX = 1000
+"""Bound on :attr:`Worker.prefetch` (one LeaseTasks call asks for at most
+``MAX_CONCURRENT_TASKS_MAX`` tasks whatever the prefetch)."""
 TIMEOUT_MS_MAX = 24 * 3600 * 1000
 HEARTBEAT_FRACTION_MAX = 100.0
 CANCEL_GRACE_S = 5.0
@@ -117,6 +135,10 @@ class WorkerStats(ReporterStats):
     """Abandoned handlers whose thread or asyncio task is still running (each holds a slot)."""
     all_slots_stuck: int = 0
     """How many times every slot became held by a stuck handler."""
+    prefetched: int = 0
+    """Tasks that arrived while no slot was free (or others waited) and waited for one."""
+    handed_back: int = 0
+    """Prefetched tasks handed back unstarted (reported ``released``)."""
 
 
 class Worker:
@@ -130,6 +152,7 @@ class Worker:
         handler: HandlerFn,
         *,
         max_concurrent_tasks: int = 10,
+        prefetch: int | None = None,
         worker_id: str | None = None,
         heartbeat_fraction: float = 1 / 3,
         lease_wait_ms: int = LEASE_WAIT_MS,
@@ -140,8 +163,12 @@ class Worker:
         default_timeout_ms: int | None = None,
         on_report_dropped: Callable[[pb.Task, pb.Outcome, str], None] | None = None,
         discover_interval_s: float | None = DISCOVER_INTERVAL_S,
+        report_linger_ms: float = LINGER_MS,
     ) -> None:
         _check_int("max_concurrent_tasks", max_concurrent_tasks, 1, MAX_CONCURRENT_TASKS_MAX)
+        if prefetch is None:
+            prefetch = default_prefetch(max_concurrent_tasks)
+        _check_int("prefetch", prefetch, 0, PREFETCH_MAX)
         _check_int("lease_wait_ms", lease_wait_ms, 0, LEASE_WAIT_MS_MAX)
         if default_timeout_ms is not None:
             _check_int("default_timeout_ms", default_timeout_ms, 1, TIMEOUT_MS_MAX)
@@ -164,6 +191,9 @@ class Worker:
         if self.kind not in ("trio", "asyncio", "sync"):
             raise ValueError(f"unknown handler kind {self.kind!r}")
         self.max_concurrent_tasks = max_concurrent_tasks
+        self.prefetch = prefetch
+        """Tasks leased beyond the free slots, waiting unstarted for one (0: lease only for free
+        slots; default :func:`default_prefetch`)."""
         self.faults = faults
         """Forced rare paths and probes (silo.runtime.points); the simulator's, or none."""
         self.default_timeout_ms = default_timeout_ms
@@ -181,11 +211,18 @@ class Worker:
         self.heartbeat_fraction = heartbeat_fraction
         self.lease_wait_ms = lease_wait_ms
         self.stats = WorkerStats()
-        self._slots = SlotPool(max_concurrent_tasks, on_stuck=self._stuck_changed)
+        self._slots = SlotPool(max_concurrent_tasks, on_stuck=self._stuck_changed,
+                               prefetch=prefetch, on_run_free=self._start_waiting)
         self._lease_loops = 0
         """Lease loops running (one per node leased from)."""
         self._running: dict[str, HeldLease] = {}
         """Leases whose handler is running, by task id."""
+        self._waiting: dict[str, tuple[HeldLease, Slot]] = {}
+        """Leased tasks waiting for a run slot, by task id, in lease order (dict order)."""
+        self._acks: dict[str, list[pb.TaskAck]] = {}
+        """Delivery acks of started tasks, by the address of the node to carry them (the lease
+        loop of that node sends them on its next LeaseTasks call)."""
+        self._tasks: trio.Nursery | None = None
         self._handler_done = trio.Event()
         self._stopping = trio.Event()
         self._stop_deadline = math.inf
@@ -195,7 +232,9 @@ class Worker:
         )
         self._reporter = Reporter(client, self.stats, on_settled=self._report_settled,
                                   observer=observer, on_dropped=on_report_dropped,
-                                  faults=faults)
+                                  faults=faults, linger_ms=report_linger_ms)
+        self.report_linger_ms = report_linger_ms
+        """How long a report waits for others to share its ReportOutcomes call (at most)."""
         self.completed = 0
         self.failed = 0
         self.abandoned = 0
@@ -214,18 +253,24 @@ class Worker:
         async with trio.open_nursery() as outer:
             outer.start_soon(self._heartbeats.run)
             outer.start_soon(self._reporter.run)
-            async with trio.open_nursery() as tasks:
-                async with trio.open_nursery() as leasers:
-                    leasers.start_soon(self._follow_nodes, leasers, tasks)
-                    await self._stopping.wait()
-                    leasers.cancel_scope.cancel()
-                with trio.move_on_at(self._stop_deadline):
-                    while self._running:
-                        await self._handler_done.wait()
-                        self._handler_done = trio.Event()
-                for lease in list(self._running.values()):
-                    lease.abandoned = True
-                    lease.scope.cancel()
+            try:
+                async with trio.open_nursery() as tasks:
+                    self._tasks = tasks
+                    async with trio.open_nursery() as leasers:
+                        leasers.start_soon(self._follow_nodes, leasers, tasks)
+                        await self._stopping.wait()
+                        leasers.cancel_scope.cancel()
+                    self._hand_back_waiting()
+                    with trio.move_on_at(self._stop_deadline):
+                        while self._running:
+                            await self._handler_done.wait()
+                            self._handler_done = trio.Event()
+                    for lease in list(self._running.values()):
+                        lease.abandoned = True
+                        lease.scope.cancel()
+            finally:
+                # A stuck body that returns later frees its slot: nothing may start then.
+                self._tasks = None
             drain_until = max(self._stop_deadline, trio.current_time() + REPORT_DRAIN_MIN_S)
             await self._reporter.drain(drain_until)
             self._reporter.close("the worker stopped before the server acknowledged it")
@@ -265,21 +310,22 @@ class Worker:
             self._lease_loops -= 1
 
     def _poll_shape(self) -> tuple[int, int]:
-        """``(wait_ms, most slots)`` for the next LeaseTasks of one lease loop. One loop: the
-        configured wait and every free slot. Several (one per node): each takes at most its
-        share of the slots and waits at most :data:`SHARED_LEASE_WAIT_MS`, so a node with work
-        gets a slot within that long of one freeing, whatever the other nodes hold back."""
+        """``(wait_ms, most lease credits)`` for the next LeaseTasks of one lease loop. One
+        loop: the configured wait and every free credit. Several (one per node): each takes at
+        most its share of the credits and waits at most :data:`SHARED_LEASE_WAIT_MS`, so a node
+        with work gets a credit within that long of one freeing, whatever the others hold."""
+        credits = self._slots.credits
         loops = max(1, self._lease_loops)
         if loops == 1 or self.faults.mutation("hoard-slots-across-nodes"):
-            return self.lease_wait_ms, self.max_concurrent_tasks
-        share = -(-self.max_concurrent_tasks // loops)
+            return self.lease_wait_ms, credits
+        share = -(-credits // loops)
         return min(self.lease_wait_ms, SHARED_LEASE_WAIT_MS), share
 
     async def _lease_from(self, address: str, tasks: trio.Nursery,
                           retired: list[bool] | None) -> None:
         failures = 0
         empty_replies = 0
-        acks: list[pb.TaskAck] = []
+        acks = self._acks.setdefault(address, [])
         while not (retired and retired[0]):
             wait_ms, most_slots = self._poll_shape()
             if (empty_replies and wait_ms < EMPTY_POLL_WAIT_MS
@@ -287,14 +333,17 @@ class Worker:
                 # The server answers at once when asked not to wait: back off instead of
                 # asking again in a busy loop (10 ms doubling to EMPTY_POLL_WAIT_MS).
                 await trio.sleep(empty_reply_backoff_s(empty_replies))
+            await self._slots.wait_not_all_stuck()
             slots = [await self._slots.acquire()]
             try:
-                while len(slots) < most_slots:
+                while len(slots) < min(most_slots, MAX_CONCURRENT_TASKS_MAX):
                     try:
                         slots.append(self._slots.acquire_nowait())
                     except trio.WouldBlock:
                         break
+                # Tasks start while the call waits (long poll): their acks go on the next one.
                 sent_acks = acks[-ACKS_MAX:]
+                acks.clear()
                 try:
                     resp = await self.client.call_address(
                         address,
@@ -308,18 +357,18 @@ class Worker:
                         timeout=wait_ms / 1000 + self.client.retry.call_timeout_s,
                     )
                     failures = 0
-                    acks = []
                     self._heartbeats.acknowledged([a.task_id for a in sent_acks])
                 except RpcError as exc:
                     failures += 1
                     if failures == 2:
                         self._discover_now.set()  # the node may be gone or its shards moved
                     if exc.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
+                        acks[:0] = sent_acks  # sent again on the next call
+                        del acks[:-ACKS_MAX]
                         log.info("lease from %s failed (%s); retrying", address, exc)
                     else:
                         # Heartbeats acknowledge the tasks too; acks that a server refuses must
-                        # not keep every later lease call failing.
-                        acks = []
+                        # not keep every later lease call failing: they are dropped.
                         log.warning("lease from %s refused (%s); retrying", address, exc)
                     for slot in slots:
                         slot.finish()
@@ -337,13 +386,17 @@ class Worker:
                     self.observer("leased", min(len(resp.tasks), len(slots)))
                 for task, slot in zip(resp.tasks, list(slots), strict=False):
                     slots.remove(slot)
-                    acks.append(pb.TaskAck(shard=task.shard, task_id=task.task_id))
                     lease = HeldLease(task, address, deadline=received_at + self._lease_s,
                                       next_heartbeat_at=received_at, received_at=received_at)
+                    if self.faults.mutation("ack-waiting"):
+                        # Planted bug for the simulator: every task is acknowledged on
+                        # arrival, so one that waits unstarted counts as delivered.
+                        lease.waiting = False
+                        self._ack(lease)
                     if not _is_refresh(task):
                         # Refresh tasks are short and acknowledged by their report alone.
                         self._heartbeats.add(lease)
-                    tasks.start_soon(self._run_task, lease, slot)
+                    self._admit(lease, slot)
             finally:
                 for slot in slots:
                     slot.finish()
@@ -351,6 +404,79 @@ class Worker:
     @property
     def _lease_s(self) -> float:
         return self._heartbeats.lease_s
+
+    # -- prefetched tasks -------------------------------------------------------------------
+
+    def _admit(self, lease: HeldLease, slot: Slot) -> None:
+        """Start a task just leased, or queue it behind the tasks already waiting."""
+        if not self._waiting and not self._stopping.is_set() and self._slots.try_start(slot):
+            self._start(lease, slot)
+            return
+        if self._slots.stuck >= self._slots.size and not self._stopping.is_set():
+            # Leased while the last slot got stuck: it could not start, so it goes back.
+            slot.finish()
+            self._hand_back(lease)
+            return
+        self.stats.prefetched += 1
+        self._waiting[lease.task_id] = (lease, slot)
+
+    def _start(self, lease: HeldLease, slot: Slot) -> None:
+        """Start ``lease``'s handler: only now is the task delivered, so only now is it
+        acknowledged (its next heartbeat, or the next LeaseTasks call, carries the ack)."""
+        assert self._tasks is not None
+        if lease.waiting:
+            self._heartbeats.started(lease)
+            self._ack(lease)
+        self._tasks.start_soon(self._run_task, lease, slot)
+
+    def _ack(self, lease: HeldLease) -> None:
+        """Queue the delivery ack of ``lease`` for the next LeaseTasks call to its node (when
+        no lease loop serves that node, its heartbeats acknowledge it instead)."""
+        acks = self._acks.get(lease.address)
+        if acks is None:
+            return
+        acks.append(pb.TaskAck(shard=lease.shard, task_id=lease.task_id))
+        del acks[:-ACKS_MAX]  # the oldest are left to their heartbeats
+
+    def _start_waiting(self) -> None:
+        """A run slot freed: start waiting tasks in lease order while slots are free."""
+        if self._stopping.is_set() or self._tasks is None:
+            return
+        while self._waiting:
+            task_id = next(iter(self._waiting))
+            lease, slot = self._waiting[task_id]
+            if not self._slots.try_start(slot):
+                return
+            del self._waiting[task_id]
+            self._start(lease, slot)
+
+    def _hand_back_waiting(self) -> None:
+        """Hand back every task still waiting for a slot (the worker is stopping, or every
+        slot is stuck)."""
+        waiting = list(self._waiting.values())
+        self._waiting.clear()
+        for lease, slot in waiting:
+            slot.finish()
+            self._hand_back(lease)
+        if self._stopping.is_set() and self.faults.mutation("release-started"):
+            # Planted bug for the simulator: running tasks are handed back as if unstarted.
+            for lease in list(self._running.values()):
+                lease.abandoned = True
+                lease.scope.cancel()
+                self._hand_back(lease)
+
+    def _hand_back(self, lease: HeldLease) -> None:
+        """Report an unstarted task ``released``: the server re-queues it without charging an
+        attempt (or ends it CANCELLED if its job was cancelled)."""
+        task = lease.task
+        if _is_refresh(task):
+            log.info("refresh task %s was not started; its lease is left to expire", task.task_id)
+            return
+        self.faults.sometimes("worker.prefetch.released")
+        self.stats.handed_back += 1
+        report = OutcomeReport(self.worker_id, task.task_id, Released(), task.tenant,
+                               task.job_id, task.attempt)
+        self._reporter.submit(lease, outcome_to_pb(task.shard, report))
 
     # -- running ----------------------------------------------------------------------------
 
@@ -361,6 +487,7 @@ class Worker:
 
     async def _run_task(self, lease: HeldLease, slot: Slot) -> None:
         task = lease.task
+        self._task_started(task)
         if _is_refresh(task):
             try:
                 await self._run_refresh(lease, slot)
@@ -437,6 +564,9 @@ class Worker:
                     "traceback": traceback.format_exc(limit=20)}
             return Failure(HANDLER_ERROR, pack(data))
 
+    def _task_started(self, task: pb.Task) -> None:
+        """Hook: the handler of ``task`` is about to run (it has a run slot)."""
+
     def _task_finished(self, ctx: TaskContext, outcome: Outcome | None,
                        elapsed_s: float) -> None:
         """Hook: ``ctx``'s handler ended with ``outcome`` after ``elapsed_s`` seconds (None:
@@ -505,6 +635,12 @@ class Worker:
 
     def _cancel_requested(self, lease: HeldLease) -> None:
         self.faults.sometimes("worker.heartbeat.cancel_seen")
+        waiting = self._waiting.pop(lease.task_id, None)
+        if waiting is not None:
+            # Not started yet: hand it back, and the server ends it CANCELLED.
+            waiting[1].finish()
+            self._hand_back(lease)
+            return
         ctx = lease.ctx
         if ctx is None or ctx.cancelled.is_set() or not lease.handler_running:
             return
@@ -514,6 +650,12 @@ class Worker:
     def _lease_lost(self, lease: HeldLease, error: RpcError) -> None:
         self.faults.sometimes("worker.heartbeat.lease_lost")
         self.stats.leases_lost += 1
+        waiting = self._waiting.pop(lease.task_id, None)
+        if waiting is not None:
+            log.info("lease lost for waiting task %s of job %s (%s)", lease.task_id,
+                     lease.task.job_id, error)
+            waiting[1].finish()
+            return
         if lease.handler_running:
             log.warning("lease lost for task %s of job %s (%s): its handler is given up",
                         lease.task_id, lease.task.job_id, error)
@@ -529,9 +671,21 @@ class Worker:
     def _stuck_changed(self, stuck: int) -> None:
         if stuck >= self.max_concurrent_tasks and stuck > self.stats.stuck_handlers:
             self.stats.all_slots_stuck += 1
+            if self._waiting and not self._stopping.is_set():
+                # None of them could start until a stuck body returns: let others run them.
+                log.warning("handing back %d waiting tasks: every slot is stuck",
+                            len(self._waiting))
+                self._hand_back_waiting()
         self.stats.stuck_handlers = stuck
         if self.observer is not None:
             self.observer("stuck", stuck)
+
+
+def default_prefetch(max_concurrent_tasks: int) -> int:
+    """The default :attr:`Worker.prefetch`: as many tasks as there are slots, so a full worker
+    has a next task ready for each slot when its handler returns (bounded by
+    :data:`PREFETCH_MAX`)."""
+    return min(max_concurrent_tasks, PREFETCH_MAX)
 
 
 def _is_refresh(task: pb.Task) -> bool:

@@ -46,6 +46,10 @@ PROBES: dict[str, str] = {
                                        "the reply's byte budget (it goes in a later reply)",
     "shard.lease.undelivered_requeued": "an unacknowledged lease expired and its job went back "
                                         "to the queue (UNDELIVERED, no retry charged)",
+    "shard.lease.released_requeued": "a worker handed back a lease it had not started and its "
+                                     "job went back to the queue (no retry charged)",
+    "worker.prefetch.released": "a stopping worker handed back prefetched tasks it never "
+                                "started",
     "shard.poison.job_failed": "a poison item's job ended FAILED INTERNAL_ERROR",
     "shard.limits.regrant": "a parked request was granted a slot that a release freed",
 }

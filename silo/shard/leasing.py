@@ -9,10 +9,11 @@ Contract:
   reap): it records the attempt, drops the lease, releases the job's slots and applies the
   job's next state (see :mod:`silo.shard.transitions`).
 - Delivery (DESIGN §4): a lease is committed unacknowledged; an ack on a later lease call (in
-  that call's batch), a heartbeat or a report acknowledges it. The reaper turns an expired
-  unacknowledged lease into an UNDELIVERED attempt and re-queues the job with its retry budget
-  intact, at most ``MAX_UNDELIVERED`` times per run; after that, and for any acknowledged
-  lease, an expiry is a ``WORKER_CRASHED`` failure.
+  that call's batch), a heartbeat or a report acknowledges it, except a heartbeat marked
+  ``waiting`` (a task the worker holds unstarted), which only extends it. The reaper turns an
+  expired unacknowledged lease into an UNDELIVERED attempt and re-queues the job with its retry
+  budget intact, at most ``MAX_UNDELIVERED`` times per run; after that, and for any
+  acknowledged lease, an expiry is a ``WORKER_CRASHED`` failure.
 - A lease reply is sized while tasks are picked (:mod:`silo.reply_size`): no lease is committed
   that the reply cannot carry; a task too large for any reply fails its job
   ``TASK_TOO_LARGE``.
@@ -40,6 +41,7 @@ from silo.model import (
     INTERNAL_ERROR,
     MAX_UNDELIVERED,
     READY,
+    RELEASED,
     TASK_TOO_LARGE,
     TIMER,
     WORKER_CRASHED,
@@ -54,6 +56,7 @@ from silo.model import (
     Outcome,
     OutcomeReport,
     RefreshRequest,
+    Released,
     Success,
     Task,
     concurrency_key,
@@ -345,9 +348,12 @@ class Leasing(ShardRoom):
             )
         return lease
 
-    async def heartbeat(self, worker_id: str, task_id: str) -> HeartbeatResult:
-        """Extend a lease (and acknowledge its delivery); reports whether the job has been
-        cancelled."""
+    async def heartbeat(self, worker_id: str, task_id: str, *,
+                        waiting: bool = False) -> HeartbeatResult:
+        """Extend a lease and acknowledge its delivery; reports whether the job has been
+        cancelled. With ``waiting`` (the worker holds the task but its handler has not started,
+        DESIGN §4 "Delivery") the lease is extended but not acknowledged: expiring, it is still
+        undelivered. A lease already acknowledged stays so."""
         lim.check_worker_id(self._limits, worker_id)
         lim.check_task_id(self._limits, task_id)
         async with self._commit.operation() as txn:
@@ -355,10 +361,12 @@ class Leasing(ShardRoom):
             # lease_ms from now on the monotonic clock, so never shorter than before; after a
             # backward wall step the stored (wall-clock) expiry goes down with the clock.
             expiry = txn.now + self._lease_ms
-            if expiry != lease.expiry_ms or not lease.acked:
-                # A heartbeat acknowledges delivery too, in the batch that extends the lease.
+            acked = lease.acked or not waiting
+            if expiry != lease.expiry_ms or acked != lease.acked:
+                # A heartbeat of a started task acknowledges delivery too, in the batch that
+                # extends the lease.
                 txn.put(key(Prefix.LEASE, task_id),
-                        replace(lease, expiry_ms=expiry, acked=True).encode())
+                        replace(lease, expiry_ms=expiry, acked=acked).encode())
             if expiry != lease.expiry_ms:
                 txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, task_id))
                 txn.put(key(Prefix.LEASE_EXPIRY, expiry, task_id), b"")
@@ -457,8 +465,8 @@ class Leasing(ShardRoom):
             lim.check_bytes(
                 outcome.data, "error data", "error_data_max_bytes", L.error_data_max_bytes
             )
-        elif not isinstance(outcome, Cancelled):
-            raise InvalidArgument("outcome must be success, failure or cancelled")
+        elif not isinstance(outcome, (Cancelled, Released)):
+            raise InvalidArgument("outcome must be success, failure, cancelled or released")
 
     async def _report_one(self, txn: Txn, report: OutcomeReport) -> None:
         lease = self._mirror.leases.get(report.task_id)
@@ -516,7 +524,13 @@ class Leasing(ShardRoom):
         A reaped lease that was never acknowledged is undelivered: unless the job was cancelled
         or already had ``MAX_UNDELIVERED`` of them this run, its attempt ends UNDELIVERED and
         the job is re-queued at once (limits released and re-acquired, a new attempt number
-        and task id, no backoff) with its retry budget untouched."""
+        and task id, no backoff) with its retry budget untouched.
+
+        A lease its worker hands back unstarted (:class:`Released`) is not an attempt either:
+        its row ends UNDELIVERED (error code ``RELEASED``) and the job is re-queued the same way,
+        whether or not the lease was acknowledged, without counting in ``undelivered``. A
+        cancelled job ends CANCELLED instead, and a job at ``max_attempts_per_job`` ends FAILED
+        ``RELEASED``."""
         info = await self._rows.info(txn, lease.tenant, lease.job_id)
         state = await self._rows.state(txn, lease.tenant, lease.job_id)
         if info is None or state is None:
@@ -528,7 +542,13 @@ class Leasing(ShardRoom):
         raw = await txn.get(ak)
         started = Attempt.decode(ak, raw).started_at_ms if raw is not None else lease.leased_at_ms
         now = txn.now
-        undelivered = (
+        released = False
+        if isinstance(outcome, Released):
+            released = (not reaped and cancelled_at is None
+                        and state.attempt_rows < self._limits.max_attempts_per_job)
+            if not released:
+                outcome = Cancelled() if cancelled_at is not None else Failure(RELEASED)
+        undelivered = not released and (
             reaped
             and not lease.acked
             and cancelled_at is None
@@ -536,9 +556,10 @@ class Leasing(ShardRoom):
             # A job at max_attempts_per_job gets no further attempt: the expiry is a failure.
             and state.attempt_rows < self._limits.max_attempts_per_job
         )
-        if undelivered:
+        if undelivered or released:
             attempt = Attempt(lease.attempt, lease.task_id, AttemptState.UNDELIVERED,
-                              lease.worker_id, started, now)
+                              lease.worker_id, started, now,
+                              error_code=RELEASED if released else None)
         elif isinstance(outcome, Success):
             attempt = Attempt(lease.attempt, lease.task_id, AttemptState.SUCCEEDED,
                               lease.worker_id, started, now, result=outcome.result)
@@ -557,7 +578,13 @@ class Leasing(ShardRoom):
         txn.delete(key(Prefix.LEASE_EXPIRY, lease.expiry_ms, lease.task_id))
         self._limiter.release(txn, info, state.held, lease.task_id)
 
-        if undelivered:
+        if released:
+            new = transitions.released(state, now)
+            if self._rt.faults.mutation("charge-released"):
+                new.run_attempts = state.run_attempts  # planted bug: the budget is charged
+            await self._limiter.queue_attempt(txn, info, new, now)
+            self._rt.faults.sometimes("shard.lease.released_requeued")
+        elif undelivered:
             new = transitions.undelivered(state, now)
             if self._rt.faults.mutation("charge-undelivered"):
                 new.run_attempts = state.run_attempts  # planted bug: the budget is charged
@@ -586,7 +613,8 @@ class Leasing(ShardRoom):
                 new = transitions.attempt_ended(state, now, Event.RETRY)
                 await self._limiter.queue_attempt(txn, info, new, now + delay)
                 self._stats["retried"] += 1
-        kind = "undelivered" if undelivered else "reaped" if reaped else attempt.state.name.lower()
+        kind = ("released" if released else "undelivered" if undelivered
+                else "reaped" if reaped else attempt.state.name.lower())
         txn.emit(
             "lease_ended", shard=self.shard_id, task_id=lease.task_id, tenant=lease.tenant,
             job_id=lease.job_id, attempt=lease.attempt, outcome=kind, at_ms=now,
@@ -635,6 +663,8 @@ def _attempt_state_for(outcome: Outcome) -> AttemptState:
         return AttemptState.SUCCEEDED
     if isinstance(outcome, Failure):
         return AttemptState.FAILED
+    if isinstance(outcome, Released):
+        return AttemptState.UNDELIVERED
     return AttemptState.CANCELLED
 
 

@@ -426,9 +426,11 @@ class JobShard:
         failure, which backs the next refresh off."""
         await self._leasing.report_refresh(worker_id, task_id, new_max, error)
 
-    async def heartbeat(self, worker_id: str, task_id: str) -> HeartbeatResult:
-        """Extend a lease (acknowledging it); reports whether the job has been cancelled."""
-        return await self._leasing.heartbeat(worker_id, task_id)
+    async def heartbeat(self, worker_id: str, task_id: str, *,
+                        waiting: bool = False) -> HeartbeatResult:
+        """Extend a lease (acknowledging it unless ``waiting``: its handler has not started);
+        reports whether the job has been cancelled."""
+        return await self._leasing.heartbeat(worker_id, task_id, waiting=waiting)
 
     async def report_outcome(self, report: OutcomeReport) -> None:
         """Record how an attempt ended (idempotent for a repeated identical report)."""

@@ -148,6 +148,20 @@ def undelivered(state: JobState, now_ms: int) -> JobState:
     return new
 
 
+def released(state: JobState, now_ms: int) -> JobState:
+    """The worker handed the running attempt's lease back unstarted: like :func:`undelivered`
+    the lease and slots are gone and the retry budget is refunded, but ``undelivered`` is not
+    counted (the worker said so; no expiry was needed to find out). The caller queues the next
+    attempt's task, due now."""
+    new = state.copy()
+    new.status = next_status(state.status, Event.UNDELIVERED)
+    new.changed_at_ms = now_ms
+    new.lease_task_id = None
+    new.held = 0
+    new.run_attempts = max(0, state.run_attempts - 1)
+    return new
+
+
 def unsendable(state: JobState, now_ms: int) -> JobState:
     """A scheduled job whose task is too large for any LeaseTasks reply ends FAILED (the
     caller removes its queued task and records the attempt)."""

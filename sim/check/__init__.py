@@ -35,8 +35,10 @@ events ever being emitted). Numbers are DESIGN §7's invariants:
     ``limit`` tokens in any window of ``per_ms`` (fed by ``token_taken``, at each token's
     reserved time; the audit checks the reservation rows against the jobs waiting for tokens);
 14. the retry budget is charged only for delivered attempts: ``status_changed`` carries the
-    shard's ``run_attempts``, which must equal leases minus undelivered ones this run, and a
-    job never ends FAILED while its budget lasts;
+    shard's ``run_attempts``, which must equal leases minus undelivered ones this run, a job
+    never ends FAILED while its budget lasts, and a lease of an SDK worker expires
+    ``WORKER_CRASHED`` only if its handler started (a task held unstarted, prefetched, is not
+    delivered; the expiry after ``MAX_UNDELIVERED`` undelivered ones excepted);
 15. every outcome a worker's handler computed while its lease was live is, after the workers'
     clean stop, the recorded state of its attempt, or the SDK dropped its report with a reason
     (fed by :class:`sim.observed_worker.ObservedWorker`; a crashed worker's outcomes die with

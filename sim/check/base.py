@@ -66,6 +66,12 @@ class CheckerBase:
         self.tokens: dict[tuple[int, str, str, str], list[int]] = {}
         """(shard, tenant, name, key) -> the times of the recent tokens taken, in order."""
         self.undelivered = 0
+        self.released = 0
+        """Leases handed back unstarted by their worker (a stopping worker's prefetched ones)."""
+        self.started_handlers: set[str] = set()
+        """Task ids whose handler a worker started (a released lease must not be one)."""
+        self.sdk_workers: set[str] = set()
+        """Ids of the SDK workers (their handler starts are reported; raw actors' are not)."""
         self.clock_steps: dict[str, int] = {}
         """Node name -> wall-clock steps so far."""
         self.last_step_s: dict[str, float] = {}

@@ -179,6 +179,9 @@ class LeaseChecks(CheckerBase):
                 return
         if f.outcome == "reaped":
             self.reaped += 1
+            self._check_crash_was_started(j, f)
+            if self.failed is not None:
+                return
         if f.outcome == "undelivered":
             self.undelivered += 1
             if j.attempts[a] not in ("UNDELIVERED", "CANCELLED"):
@@ -194,7 +197,38 @@ class LeaseChecks(CheckerBase):
             if j.attempts[a] == "UNDELIVERED":
                 j.undelivered += 1
                 j.run_attempts -= 1  # the retry budget is charged only for delivered leases
+        if f.outcome == "released":
+            # Handed back unstarted by its worker: not an attempt, and not one of the job's
+            # MAX_UNDELIVERED expiries either (DESIGN §4 "Delivery").
+            self.released += 1
+            if j.attempts[a] != "UNDELIVERED":
+                self.fail(Invariant.ATTEMPTS, f"released attempt {a} of job {j.key} recorded as "
+                             f"{j.attempts[a]}", j.describe(), ev)
+                return
+            if tid in self.started_handlers:
+                self.fail(Invariant.ATTEMPTS, f"attempt {a} of job {j.key} was handed back as "
+                             f"unstarted, but its handler had started", j.describe(), ev)
+                return
+            j.run_attempts -= 1
         j.lease = None
+
+    def _check_crash_was_started(self, j: JobModel, f: events.LeaseEnded) -> None:
+        """Invariant 14 (DESIGN §4 "Delivery"): a lease counts as delivered only once its
+        handler starts, so an expiry that ends the attempt ``WORKER_CRASHED`` (charged to the
+        retry budget) needs a started handler; a task a worker held unstarted (prefetched) and
+        lost in a crash is undelivered. Exempt: the expiry after ``MAX_UNDELIVERED``
+        undelivered ones, a cancelled job's (not charged), and leases of raw actors, which
+        report no handler starts."""
+        owner = self.task_owner.get(f.task_id)
+        if (f.state != "FAILED" or f.task_id in self.started_handlers
+                or j.undelivered >= MAX_UNDELIVERED
+                or owner is None or owner.worker_id not in self.sdk_workers):
+            return
+        self.fail(Invariant.RETRY_BUDGET,
+                  f"attempt {f.attempt} of job {j.key} expired WORKER_CRASHED, charged to the "
+                  f"retry budget, but worker {owner.worker_id} never started its handler (a "
+                  f"task held unstarted is not delivered)", j.describe(), *j.history[-6:],
+                  f"event: lease_ended {f}")
 
     def _check_not_reaped_early(self, j: JobModel, host: Any, f: events.LeaseEnded) -> None:
         """Invariant 8: a lease is reaped only once it expired on the node's monotonic clock

@@ -30,6 +30,14 @@ class ResultChecks(CheckerBase):
                       f"{_host_name(host)} shard {shard} counted {n} poison item(s) (an item or "
                       f"a background-loop round raised) in a run without corrupt records")
 
+    def on_worker_created(self, worker_id: str) -> None:
+        """An SDK worker (which reports its handler starts) came up under ``worker_id``."""
+        self.sdk_workers.add(worker_id)
+
+    def on_handler_started(self, worker_id: str, task_id: str) -> None:
+        """A worker started the handler of ``task_id``."""
+        self.started_handlers.add(task_id)
+
     def on_outcome_computed(self, worker_id: str, task_id: str, state: str) -> None:
         """A worker's handler for ``task_id`` produced an outcome that leaves ``state``."""
         key = self.live_leases.get(task_id)

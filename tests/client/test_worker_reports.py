@@ -233,15 +233,15 @@ async def test_acks_ride_on_the_next_lease_call_and_replace_the_early_heartbeat(
 async def test_a_worker_that_does_not_lease_again_acknowledges_by_a_prompt_heartbeat(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    """Every slot busy: no LeaseTasks call carries the ack, so the first heartbeat comes within
-    a small fraction of the lease and acknowledges the delivery."""
+    """Every slot busy and no prefetch: no LeaseTasks call carries the ack, so the first
+    heartbeat comes within a small fraction of the lease and acknowledges the delivery."""
     cluster = FakeCluster(lease_ms=30_000, to_lease=[make_task(1)])
 
     async def handler(ctx: TaskContext) -> str:
         await trio.sleep(20)
         return "done"
 
-    worker = worker_for(cluster, handler, max_concurrent_tasks=1)
+    worker = worker_for(cluster, handler, max_concurrent_tasks=1, prefetch=0)
     await run_until(worker, lambda: "t1" in cluster.recorded)
     received_at = cluster.calls_of("LeaseTasks")[0].at
     first_beat = cluster.calls_of("Heartbeat")[0].at

@@ -48,9 +48,11 @@ async def test_stale_worker_is_reaped_and_its_late_report_refused(start_node: St
         return f"from B, attempt {ctx.attempt}"
 
     async with SiloClient.connect(node.address) as client:
-        # A heartbeats every 10 leases: far too late to keep its lease.
+        # A heartbeats every 10 leases: far too late to keep its lease. Without prefetch, so
+        # that the re-queued attempt goes to B rather than waiting (and lapsing) behind A's.
         a = Worker(client, "stale", slow, worker_id="worker-A", max_concurrent_tasks=1,
-                   heartbeat_fraction=10, lease_wait_ms=200, observer=_counter(a_events))
+                   prefetch=0, heartbeat_fraction=10, lease_wait_ms=200,
+                   observer=_counter(a_events))
         b = Worker(client, "stale", fast, worker_id="worker-B", lease_wait_ms=200)
         job = await client.enqueue("stale", None, retry=RETRY)
         async with trio.open_nursery() as nursery:
@@ -107,9 +109,10 @@ async def test_stale_worker_abandons_when_its_heartbeat_finds_the_lease_gone(
         return "from B"
 
     async with SiloClient.connect(node.address) as client:
-        # Heartbeat every 4 leases (2 s): the first heartbeat finds the lease reaped.
+        # Heartbeat every 4 leases (2 s): the first heartbeat finds the lease reaped. Without
+        # prefetch, so that the re-queued attempt goes to B rather than waiting behind A's.
         a = Worker(client, "abandon", stuck, worker_id="worker-A", max_concurrent_tasks=1,
-                   heartbeat_fraction=4, lease_wait_ms=200)
+                   prefetch=0, heartbeat_fraction=4, lease_wait_ms=200)
         b = Worker(client, "abandon", fast, worker_id="worker-B", lease_wait_ms=200)
         job = await client.enqueue("abandon", None, retry=RETRY)
         async with trio.open_nursery() as nursery:

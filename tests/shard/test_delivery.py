@@ -1,7 +1,7 @@
 """Delivery through a shard (DESIGN §4 "Delivery"): a lease is unacknowledged until the worker
-acknowledges it (an ack on a later lease call, a heartbeat or a report); one that expires
-unacknowledged is undelivered and re-queued without charging the retry budget, at most
-``MAX_UNDELIVERED`` times per run; LeaseTasks sizes its reply while it picks tasks."""
+acknowledges it (an ack on a later lease call, a heartbeat not marked ``waiting`` or a report);
+one that expires unacknowledged is undelivered and re-queued without charging the retry budget,
+at most ``MAX_UNDELIVERED`` times per run; LeaseTasks sizes its reply while it picks tasks."""
 
 from __future__ import annotations
 
@@ -93,6 +93,49 @@ async def test_acked_lease_that_expires_is_worker_crashed(world: World) -> None:
         # The worker's next lease call carries the ack (and leases the next task).
         (other,) = await shard.lease_tasks(WORKER, "g", 1, acks=[task.task_id])
         await shard.heartbeat(WORKER, other.task_id)  # a heartbeat acknowledges too
+        await _expire(world, shard)
+        for job_id in ("a", "b"):
+            result = await shard.get_result(T, job_id)
+            assert (result.status, result.error_code) == (S.FAILED, WORKER_CRASHED), job_id
+        await check_counters(shard)
+
+
+async def test_a_waiting_heartbeat_extends_without_acknowledging(world: World) -> None:
+    """A worker holding a task unstarted (prefetched) heartbeats it ``waiting``: the lease
+    lives past its first expiry, but when it finally lapses (the worker was killed) it is
+    undelivered, so a job with retry_count 0 still gets its one run."""
+    async with world.open() as shard:
+        await shard.enqueue(new_job("j", retry_count=0))
+        first = await lease_one(shard)
+        for _ in range(3):  # three lease lengths, kept alive by waiting heartbeats
+            world.advance(LEASE_MS // 2)
+            result = await shard.heartbeat(WORKER, first.task_id, waiting=True)
+            assert result.lease_expiry_ms == world.now_ms() + LEASE_MS
+            assert await shard.reap_expired() == 0
+        assert await status_of(shard, "j") == S.RUNNING
+        await _expire(world, shard)
+        view = await shard.get_job(T, "j", include_attempts=True)
+        assert view.state.status == S.SCHEDULED and view.state.undelivered == 1
+        assert view.state.run_attempts == 0
+        second = await lease_one(shard)
+        await shard.report_outcome(report(second, Success(b"ok")))
+        assert await status_of(shard, "j") == S.SUCCEEDED
+        await check_counters(shard)
+
+
+async def test_a_waiting_heartbeat_leaves_an_acknowledged_lease_acknowledged(
+    world: World,
+) -> None:
+    """Only a heartbeat without ``waiting`` (what an older worker sends for every task)
+    acknowledges; a ``waiting`` one after it does not take the acknowledgement back."""
+    async with world.open() as shard:
+        await shard.enqueue(new_job("a"))
+        await shard.enqueue(new_job("b"))
+        a, b = await lease(shard, 2)
+        await shard.heartbeat(WORKER, a.task_id)  # started: acknowledged
+        await shard.heartbeat(WORKER, a.task_id, waiting=True)
+        await shard.acknowledge(WORKER, [b.task_id])
+        await shard.heartbeat(WORKER, b.task_id, waiting=True)
         await _expire(world, shard)
         for job_id in ("a", "b"):
             result = await shard.get_result(T, job_id)

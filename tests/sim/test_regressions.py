@@ -57,6 +57,10 @@ REGRESSIONS = [
     # rewrite re-indexed the timer on the wall clock, which had stepped forward 1.3 s since:
     # the job was leased 1.3 s early on the monotonic clock (invariant 13).
     ("rate_limits", 127, "same-slot-token-move-rebases-timer"),
+    # A worker acknowledged (and heartbeated as delivered) the tasks it prefetched before their
+    # handlers started; killed while holding them, it left them to expire WORKER_CRASHED,
+    # charged to their retry budget: with retry_count 0 a job failed without ever running.
+    ("worker_stops", 10, "prefetched-task-acknowledged-before-it-started"),
 ]
 
 

@@ -3,7 +3,7 @@
 # ruff: noqa
 """Messages and enums of the protobuf package ``silo.v1``."""
 
-__all__ = ("Attempt", "AttemptState", "Cancelled", "ConcurrencyLimit", "EnqueueBatchRequest", "EnqueueBatchResponse", "EnqueueRequest", "EnqueueResponse", "EnqueueResult", "Failure", "FloatingConcurrencyLimit", "ForceReleaseShardRequest", "ForceReleaseShardResponse", "GetClusterInfoRequest", "GetClusterInfoResponse", "GetJobRequest", "GetJobResponse", "GetJobResultRequest", "GetJobResultResponse", "GetQueueRequest", "GetQueueResponse", "GetSplitStatusRequest", "GetSplitStatusResponse", "HeartbeatRequest", "HeartbeatResponse", "Job", "JobActionRequest", "JobActionResponse", "JobRef", "JobSpec", "JobStatus", "LeaseTasksRequest", "LeaseTasksResponse", "Limit", "NodeInfo", "Outcome", "OutcomeStatus", "RateLimit", "RefreshInfo", "ReportOutcomeRequest", "ReportOutcomeResponse", "ReportOutcomesRequest", "ReportOutcomesResponse", "ReportRefreshRequest", "ReportRefreshResponse", "RetryPolicy", "ShardInfo", "SplitChildStatus", "SplitShardRequest", "SplitShardResponse", "SplitStatus", "Task", "TaskAck", "WaitingRequest")
+__all__ = ("Attempt", "AttemptState", "Cancelled", "ConcurrencyLimit", "EnqueueBatchRequest", "EnqueueBatchResponse", "EnqueueRequest", "EnqueueResponse", "EnqueueResult", "Failure", "FloatingConcurrencyLimit", "ForceReleaseShardRequest", "ForceReleaseShardResponse", "GetClusterInfoRequest", "GetClusterInfoResponse", "GetJobRequest", "GetJobResponse", "GetJobResultRequest", "GetJobResultResponse", "GetQueueRequest", "GetQueueResponse", "GetSplitStatusRequest", "GetSplitStatusResponse", "HeartbeatRequest", "HeartbeatResponse", "Job", "JobActionRequest", "JobActionResponse", "JobRef", "JobSpec", "JobStatus", "LeaseTasksRequest", "LeaseTasksResponse", "Limit", "NodeInfo", "Outcome", "OutcomeStatus", "RateLimit", "RefreshInfo", "Released", "ReportOutcomeRequest", "ReportOutcomeResponse", "ReportOutcomesRequest", "ReportOutcomesResponse", "ReportRefreshRequest", "ReportRefreshResponse", "RetryPolicy", "ShardInfo", "SplitChildStatus", "SplitShardRequest", "SplitShardResponse", "SplitStatus", "Task", "TaskAck", "WaitingRequest")
 
 import betterproto2
 from betterproto2 import TYPE_BOOL, TYPE_BYTES, TYPE_DOUBLE, TYPE_ENUM, TYPE_MAP, TYPE_MESSAGE, TYPE_STRING, TYPE_UINT32, TYPE_UINT64, field, map_meta
@@ -107,7 +107,11 @@ class GetSplitStatusRequest(Message, package="silo.v1"): shard: "int | None" = f
 class GetSplitStatusResponse(Message, package="silo.v1"): splits: "list[SplitStatus]" = field(1, TYPE_MESSAGE, repeated=True)
 
 
-class HeartbeatRequest(Message, package="silo.v1"): shard: "int" = field(1, TYPE_UINT32); worker_id: "str" = field(2, TYPE_STRING); task_id: "str" = field(3, TYPE_STRING)
+# Extends a lease. Unless `waiting` is set it also acknowledges the lease's delivery (see
+# TaskAck): a worker sets `waiting` for a task it holds but has not started (prefetched), so the
+# lease stays alive while the task waits but still counts as undelivered if it expires.
+# waiting: the task's handler has not started: extend without acknowledging
+class HeartbeatRequest(Message, package="silo.v1"): shard: "int" = field(1, TYPE_UINT32); worker_id: "str" = field(2, TYPE_STRING); task_id: "str" = field(3, TYPE_STRING); waiting: "bool" = field(4, TYPE_BOOL)
 
 
 class HeartbeatResponse(Message, package="silo.v1"): cancelled: "bool" = field(1, TYPE_BOOL); lease_expiry_ms: "int" = field(2, TYPE_UINT64)
@@ -141,7 +145,7 @@ class JobSpec(Message, package="silo.v1"): tenant: "str" = field(1, TYPE_STRING)
 # shard: ignored when all_shards is set
 # all_shards: lease from every shard this node serves
 # wait_ms: with all_shards: wait up to this long for a task (max 30000)
-# acks: tasks this worker received in earlier replies (delivery acks)
+# acks: tasks of earlier replies whose handlers started (delivery acks)
 class LeaseTasksRequest(Message, package="silo.v1"): shard: "int" = field(1, TYPE_UINT32); worker_id: "str" = field(2, TYPE_STRING); task_group: "str" = field(3, TYPE_STRING); max_tasks: "int" = field(4, TYPE_UINT32); all_shards: "bool" = field(5, TYPE_BOOL); wait_ms: "int" = field(6, TYPE_UINT32); acks: "list[TaskAck]" = field(7, TYPE_MESSAGE, repeated=True)
 
 
@@ -159,7 +163,7 @@ class NodeInfo(Message, package="silo.v1"): node_id: "str" = field(1, TYPE_STRIN
 
 # Oneofs:
 #     - result:
-class Outcome(Message, package="silo.v1"): shard: "int" = field(1, TYPE_UINT32); worker_id: "str" = field(2, TYPE_STRING); task_id: "str" = field(3, TYPE_STRING); tenant: "str" = field(4, TYPE_STRING); job_id: "str" = field(5, TYPE_STRING); attempt: "int" = field(6, TYPE_UINT32); success: "bytes | None" = field(7, TYPE_BYTES, optional=True, group="result"); failure: "Failure | None" = field(8, TYPE_MESSAGE, optional=True, group="result"); cancelled: "Cancelled | None" = field(9, TYPE_MESSAGE, optional=True, group="result")
+class Outcome(Message, package="silo.v1"): shard: "int" = field(1, TYPE_UINT32); worker_id: "str" = field(2, TYPE_STRING); task_id: "str" = field(3, TYPE_STRING); tenant: "str" = field(4, TYPE_STRING); job_id: "str" = field(5, TYPE_STRING); attempt: "int" = field(6, TYPE_UINT32); success: "bytes | None" = field(7, TYPE_BYTES, optional=True, group="result"); failure: "Failure | None" = field(8, TYPE_MESSAGE, optional=True, group="result"); cancelled: "Cancelled | None" = field(9, TYPE_MESSAGE, optional=True, group="result"); released: "Released | None" = field(10, TYPE_MESSAGE, optional=True, group="result")
 
 
 # code: gRPC status code of this one report; 0 = OK
@@ -172,6 +176,11 @@ class RateLimit(Message, package="silo.v1"): name: "str" = field(1, TYPE_STRING)
 # queue: the floating concurrency queue to refresh
 # metadata: the limit's metadata, for the refresh handler
 class RefreshInfo(Message, package="silo.v1"): queue: "str" = field(1, TYPE_STRING); current_max: "int" = field(2, TYPE_UINT32); metadata: "dict[str, str]" = field(3, TYPE_MAP, map_meta=map_meta(TYPE_STRING, TYPE_STRING))
+
+
+# The worker hands the lease back without having started its handler (a prefetched task it
+# will not run). Not an attempt: the job is re-queued at once with its retry budget intact.
+class Released(Message, package="silo.v1"): pass
 
 
 class ReportOutcomeRequest(Message, package="silo.v1"): outcome: "Outcome | None" = field(1, TYPE_MESSAGE, optional=True)
@@ -228,8 +237,10 @@ class SplitStatus(Message, package="silo.v1"): parent: "int" = field(1, TYPE_UIN
 class Task(Message, package="silo.v1"): shard: "int" = field(1, TYPE_UINT32); task_id: "str" = field(2, TYPE_STRING); tenant: "str" = field(3, TYPE_STRING); job_id: "str" = field(4, TYPE_STRING); attempt: "int" = field(5, TYPE_UINT32); task_group: "str" = field(6, TYPE_STRING); payload: "bytes" = field(7, TYPE_BYTES); priority: "int" = field(8, TYPE_UINT32); metadata: "dict[str, str]" = field(9, TYPE_MAP, map_meta=map_meta(TYPE_STRING, TYPE_STRING)); lease_expiry_ms: "int" = field(10, TYPE_UINT64); refresh: "RefreshInfo | None" = field(11, TYPE_MESSAGE, optional=True); timeout_ms: "int" = field(12, TYPE_UINT64)
 
 
-# A worker's acknowledgement that it received a leased task. Until a lease is acknowledged
-# (by an ack, a heartbeat or a report) its expiry is an undelivered attempt, not a failure.
+# A worker's acknowledgement that a leased task was delivered: its handler started (a task the
+# worker holds unstarted, prefetched, is not acknowledged yet). Until a lease is acknowledged
+# (by an ack, a heartbeat without `waiting`, or a report) its expiry is an undelivered attempt,
+# not a failure.
 class TaskAck(Message, package="silo.v1"): shard: "int" = field(1, TYPE_UINT32); task_id: "str" = field(2, TYPE_STRING)
 
 
