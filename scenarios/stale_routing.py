@@ -11,7 +11,9 @@ Parameters: 2 nodes at the start plus 1-2 spares, 4-10 shards, membership TTL 1-
 interval 0.3-1 s, a spare joining or leaving every 1-4 s during a 10-20 s fault phase, message
 loss 0-1%, lease 1-5 s, jobs 20-60, worker concurrency 2-8, narrow retry policies.
 
-Workers long-poll 2 s (``sim.cluster_workload.LEASE_WAIT_MS``). Every other knob is drawn by
+In a third of the runs the workers are narrow (1-2 slots, no prefetch, 30 s long polls): fewer
+lease credits than nodes, the shape in which one node's long poll could keep every credit from
+the node with the work (mutation ``hoard-slots-across-nodes``). Every other knob is drawn by
 ``Workload.draw`` (typical, or at an edge).
 """
 
@@ -30,10 +32,14 @@ from sim.workload import Span, Workload
 async def run(sim: Simulator, rng: random.Random) -> None:
     p = sim.param
     knobs = draw_cluster(rng, p, nodes=(2, 2), discover_s=round(rng.uniform(8.0, 20.0), 3))
+    narrow = p("narrow_workers", rng.random() < 1 / 3)
+    overrides = workload_overrides()
+    if narrow:
+        overrides |= {"lease_wait_ms": 30_000, "prefetch": 0}
     w = Workload.draw(
         rng, p, shards=Span(4, 10), lease_ms=Span(1000, 5000), jobs=Span(20, 60),
-        workers=Span(1, 4), concurrency=Span(2, 8), retry_mode="narrow",
-        fault_s=Span(10.0, 20.0), bound_s=150.0, **workload_overrides(),
+        workers=Span(1, 4), concurrency=Span(1, 2) if narrow else Span(2, 8),
+        retry_mode="narrow", fault_s=Span(10.0, 20.0), bound_s=150.0, **overrides,
     )
     spares = p("spares", rng.randint(1, 2))
     every_s = p("move_every_s", round(rng.uniform(1.0, 4.0), 3))
