@@ -569,7 +569,7 @@ class ShardMirror:
         if self.timers:
             return int(self.timers.peekitem(0)[1].due_ms)
         frontier = self.timer_frontier
-        if frontier is None:
+        if frontier is None or self.timer_rows == 0:  # nothing on disk only either
             return None
         return 0 if frontier == _TIMER else _first_int(frontier)
 
