@@ -74,16 +74,19 @@ async def run(sim: Simulator, rng: random.Random) -> None:
             victim = rng.choice(live)
             victim.crash()
             sim.count("cluster.crash")
-            if gone_for_good and not gone and len(live) > 1:
+            # Only a running member goes for good: one stopped or crashed earlier has a restart
+            # on its way, which may already be waiting for the old run to end.
+            if gone_for_good and not gone and len(live) > 1 and victim.running:
                 gone.add(victim.name)
                 sim.count("cluster.gone")
+                sim.trace.record(f"cluster {victim.name} gone for good")
             else:
-                sim.spawn(_restart_later, victim, rng.uniform(0.2, 4.0))
+                sim.spawn(_restart_later, victim, rng.uniform(0.2, 4.0), gone)
         elif roll < 0.72 and live:
             victim = rng.choice(live)
             victim.stop()
             sim.count("cluster.stop")
-            sim.spawn(_restart_later, victim, rng.uniform(0.2, 4.0))
+            sim.spawn(_restart_later, victim, rng.uniform(0.2, 4.0), gone)
         elif live:
             victim = rng.choice(live)
             victim.cut_off()
@@ -107,9 +110,11 @@ async def run(sim: Simulator, rng: random.Random) -> None:
         m.crash()
 
 
-async def _restart_later(m: ClusterMember, delay: float) -> None:
+async def _restart_later(m: ClusterMember, delay: float, gone: set[str]) -> None:
+    """Restart ``m`` after ``delay``, unless it was declared gone for good meanwhile."""
     await trio.sleep(delay)
-    await m.start()
+    if m.name not in gone:
+        await m.start()
 
 
 async def _reconnect_later(m: ClusterMember, delay: float) -> None:

@@ -176,6 +176,8 @@ class ClusterMember:
         if self.running:
             return
         await self._done.wait()
+        if self.running:  # another start ran while this one waited for the old run to end
+            return
         self.generation += 1
         self.running = True
         self._set_cut(False)
