@@ -21,8 +21,7 @@ import trio
 
 from silo.cluster.coordinator import EtcdCoordinator
 from silo.cluster.etcd import EtcdClient
-from silo.errors import SiloError
-from sim.cluster import ETCD_RETRY, ClusterMember, Ownership
+from sim.cluster import ETCD_RETRY, ClusterMember, Ownership, force_release_gone
 from sim.etcd import EtcdHost
 from sim.invariants import Invariant
 from sim.simulator import Simulator
@@ -93,7 +92,7 @@ async def run(sim: Simulator, rng: random.Random) -> None:
             sim.count("cluster.cut_off")
             sim.spawn(_reconnect_later, victim, rng.uniform(0.5, 5.0))
         if gone and not forced:
-            forced = await _force_release(sim, operator, sorted(gone))
+            forced = await force_release_gone(sim, operator, sorted(gone))
 
     sim.trace.record("cluster heal")
     sim.net.heal_all()
@@ -102,7 +101,7 @@ async def run(sim: Simulator, rng: random.Random) -> None:
         if m.name not in gone:
             await m.start()
     while gone and not forced and sim.ok:
-        forced = await _force_release(sim, operator, sorted(gone))
+        forced = await force_release_gone(sim, operator, sorted(gone))
         if not forced:
             await trio.sleep(0.5)
     await _settle(sim, etcd, ownership, members, gone, shards)
@@ -126,24 +125,6 @@ async def _operator(sim: Simulator, etcd: EtcdHost, ownership: Ownership) -> Etc
     channel = await sim.net.connector("operator").connect(etcd.address)
     client = EtcdClient(channel, rng=sim.random.stream("host/operator"), retry=ETCD_RETRY)
     return EtcdCoordinator(client, ownership.keys, "operator")
-
-
-async def _force_release(sim: Simulator, operator: EtcdCoordinator, gone: list[str]) -> bool:
-    """``siloctl shard force-release`` for the shards of members gone for good, once their
-    membership has expired (the RPC refuses it for a live member). True when done."""
-    try:
-        members = await operator.members()
-        if any(name in members for name in gone):
-            return False
-        owners = await operator.owners()
-        for shard, owner in sorted(owners.items()):
-            if owner in gone:
-                await operator.force_release(shard, owner)
-                sim.count("cluster.force_release")
-                sim.trace.record(f"cluster operator force-released shard {shard} of {owner}")
-    except SiloError:
-        return False
-    return True
 
 
 async def _settle(sim: Simulator, etcd: EtcdHost, ownership: Ownership,

@@ -25,6 +25,7 @@ from silo.cluster.coordinator import EtcdCoordinator
 from silo.cluster.etcd import EtcdClient, EtcdRetry
 from silo.cluster.layout import ClusterKeys
 from silo.cluster.reconcile import ClusterView, Reconciler, ReconcileSettings
+from silo.errors import SiloError
 from silo.runtime import RandomSource
 from sim.invariants import Invariant
 
@@ -242,4 +243,23 @@ class ClusterMember:
         self._cut = cut
 
 
-__all__ = ["ETCD_RETRY", "PREFIX", "CheckedCoordinator", "ClusterMember", "Ownership"]
+async def force_release_gone(sim: Simulator, operator: EtcdCoordinator, gone: list[str]) -> bool:
+    """``siloctl shard force-release`` for the shards of members gone for good, once their
+    membership has expired (the RPC refuses it for a live member). True when done."""
+    try:
+        members = await operator.members()
+        if any(name in members for name in gone):
+            return False
+        owners = await operator.owners()
+        for shard, owner in sorted(owners.items()):
+            if owner in gone:
+                await operator.force_release(shard, owner)
+                sim.count("cluster.force_release")
+                sim.trace.record(f"cluster operator force-released shard {shard} of {owner}")
+    except SiloError:
+        return False
+    return True
+
+
+__all__ = ["ETCD_RETRY", "PREFIX", "CheckedCoordinator", "ClusterMember", "Ownership",
+           "force_release_gone"]

@@ -24,13 +24,12 @@ from silo.cluster.coordinator import EtcdCoordinator
 from silo.cluster.etcd import EtcdClient
 from silo.cluster.layout import ClusterKeys
 from silo.cluster.shard_map import ShardMap
-from silo.errors import SiloError
 from silo.node import ClusterSettings, NodeConfig, open_node
 from silo.runtime import Runtime
 from silo.service import SiloService
 from sim.audit import ShardImage, image_of
 from sim.clock import SimClock
-from sim.cluster import ETCD_RETRY, PREFIX, CheckedCoordinator, Ownership
+from sim.cluster import ETCD_RETRY, PREFIX, CheckedCoordinator, Ownership, force_release_gone
 from sim.disk import MemoryDisk
 from sim.etcd import EtcdHost
 from sim.hosts import DATA_DIR, NodeHost
@@ -176,21 +175,7 @@ class ClusterWorld:
     async def force_release(self, gone: list[str]) -> bool:
         """``siloctl shard force-release`` of every shard the ``gone`` nodes own, once their
         memberships expired (refused while a gone node is a live member). True when done."""
-        operator = await self.operator()
-        try:
-            members = await operator.members()
-            if any(name in members for name in gone):
-                return False
-            owners = await operator.owners()
-            for shard, owner in sorted(owners.items()):
-                if owner in gone:
-                    await operator.force_release(shard, owner)
-                    self.sim.count("cluster.force_release")
-                    self.sim.trace.record(f"cluster operator force-released shard {shard} "
-                                          f"of {owner}")
-        except SiloError:
-            return False
-        return True
+        return await force_release_gone(self.sim, await self.operator(), gone)
 
     async def force_release_until_done(self, gone: list[str], bound_s: float = 60.0) -> bool:
         deadline = trio.current_time() + bound_s
