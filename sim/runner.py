@@ -55,6 +55,8 @@ MUTATIONS: dict[str, str] = {
                         "after the commit",
     "split-at-tenant-string": "split points and cleanup place tenants by their string's first "
                               "bytes instead of their routing hash",
+    "split-ignores-reserved-ids": "a split plans its children above the ids in the shard map "
+                                  "only, ignoring those reserved by splits not committed",
     "rate-token-returned-in-place": (
         "a cancelled job's rate token is given back but the latest job keeps its later time"
     ),

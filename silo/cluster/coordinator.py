@@ -52,7 +52,7 @@ from silo.cluster.layout import (
     release_outcome,
 )
 from silo.cluster.shard_map import ShardMap
-from silo.errors import SiloError
+from silo.errors import FailedPrecondition, SiloError
 
 MAX_MEMBERSHIP_TTL_S = 300
 REVOKE_TIMEOUT_S = 2.0
@@ -137,9 +137,18 @@ class Coordinator(Protocol):
         """Split records: parent shard id -> (record, mod revision)."""
         ...
 
-    async def put_split(self, parent: int, record: bytes, expected_mod_revision: int) -> bool:
+    async def reserved_split_ids(self) -> tuple[int, int]:
+        """The highest shard id reserved for split children (0 if none) and the mod revision
+        of the reservation (0 if none)."""
+        ...
+
+    async def put_split(self, parent: int, record: bytes, expected_mod_revision: int,
+                        reserve: tuple[int, int] | None = None) -> bool:
         """Write the split record of ``parent`` if its mod revision is still
-        ``expected_mod_revision`` (0: create it)."""
+        ``expected_mod_revision`` (0: create it); with ``reserve = (reserved_to, revision)``,
+        also set the child id reservation to ``reserved_to`` in the same txn, only if its mod
+        revision is still ``revision``. True when the record holds ``record`` afterwards (a
+        retried write that had gone through counts)."""
         ...
 
     async def delete_split(self, parent: int, expected_mod_revision: int) -> bool:
@@ -271,11 +280,25 @@ class EtcdCoordinator:
                 out[parent] = (kv.value, kv.mod_revision)
         return dict(sorted(out.items()))
 
-    async def put_split(self, parent: int, record: bytes, expected_mod_revision: int) -> bool:
+    async def reserved_split_ids(self) -> tuple[int, int]:
+        kv = await self.client.get(self.keys.split_ids)
+        if kv is None:
+            return 0, 0
+        raw = kv.value.decode(errors="replace")
+        if not raw.isdigit():
+            raise FailedPrecondition(f"the cluster's split id reservation {raw!r} is unreadable")
+        return int(raw), kv.mod_revision
+
+    async def put_split(self, parent: int, record: bytes, expected_mod_revision: int,
+                        reserve: tuple[int, int] | None = None) -> bool:
         key = self.keys.split(parent)
-        result = await self.client.txn(
-            [Compare.mod_revision(key, expected_mod_revision)], [Put(key, record)], [Get(key)]
-        )
+        compares = [Compare.mod_revision(key, expected_mod_revision)]
+        puts = [Put(key, record)]
+        if reserve is not None:
+            reserved_to, ids_revision = reserve
+            compares.append(Compare.mod_revision(self.keys.split_ids, ids_revision))
+            puts.append(Put(self.keys.split_ids, str(reserved_to).encode()))
+        result = await self.client.txn(compares, puts, [Get(key)])
         if result.succeeded:
             return True
         current = next((r for r in result.responses if not isinstance(r, int)), None)

@@ -14,6 +14,9 @@ SplitCoordination`.
   going back a phase. A retried write is recognised by value (:meth:`Coordinator.put_split`).
 - Finished (aborted) records beyond :data:`~silo.cluster.splitting.MAX_FINISHED_RECORDS` are
   deleted, oldest first; committed ones stay (they carry the parent -> children lineage).
+- Child ids are reserved at ``{prefix}/split_ids`` by the txn that writes a split's REQUESTED
+  record (compare-and-swap on the reservation's mod revision), so two nodes splitting different
+  parents at once never clone into the same child directory.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class EtcdSplitCoordination:
         self._revisions: dict[int, int] = {}
         """Mod revision of each record as last read or written (0: none)."""
         self._map: VersionedShardMap | None = None
+        self._ids_revision = 0
+        """Mod revision of the child id reservation as last read (0: none)."""
 
     async def read_map(self) -> ShardMap:
         current = await self.coordinator.read_shard_map()
@@ -85,14 +90,24 @@ class EtcdSplitCoordination:
         self._revisions = revisions
         return out
 
+    async def reserved_ids(self) -> int:
+        reserved_to, self._ids_revision = await self.coordinator.reserved_split_ids()
+        return reserved_to
+
     async def save_record(self, record: SplitRecord) -> None:
         """Write ``record`` if its key is unchanged since this node last read or wrote it;
-        ABORTED otherwise (another node moved the split on: re-read and decide again)."""
+        ABORTED otherwise (another node moved the split on: re-read and decide again). A
+        REQUESTED record raises the child id reservation in the same txn, if unchanged since
+        :meth:`reserved_ids` read it (ABORTED otherwise: another split took ids meanwhile)."""
         expected = self._revisions.get(record.parent, 0)
+        reserve = None
+        if record.phase == SplitPhase.REQUESTED:
+            reserve = (max(record.left, record.right), self._ids_revision)
         if not await self.coordinator.put_split(record.parent, encode_record(record),
-                                                expected):
+                                                expected, reserve):
             self._revisions.pop(record.parent, None)
-            raise Aborted(f"the split record of shard {record.parent} changed meanwhile")
+            raise Aborted(f"the split record of shard {record.parent} or the child id "
+                          "reservation changed meanwhile")
         current = await self.coordinator.splits()
         entry = current.get(record.parent)
         if entry is not None:

@@ -10,7 +10,10 @@ Keys, under a cluster ``prefix`` (e.g. ``/silo/prod``):
   so that the node, restarted with the same id, reclaims it); taken by put-if-absent, given up by
   delete-if-owner;
 - ``{prefix}/splits/{parent}``: the record of a split of shard ``parent`` in progress (opaque
-  bytes to this layer), changed by compare-and-swap on its mod revision.
+  bytes to this layer), changed by compare-and-swap on its mod revision;
+- ``{prefix}/split_ids``: the highest shard id any split has reserved for its children (a
+  decimal string), raised only by the txn that writes a split's first record, on compare of its
+  mod revision: two splits planned at once never name the same child.
 """
 
 from __future__ import annotations
@@ -86,6 +89,10 @@ class ClusterKeys:
         if parent < 0:
             raise InvalidArgument(f"shard id {parent} is negative")
         return self.splits + str(parent).encode()
+
+    @property
+    def split_ids(self) -> bytes:
+        return f"{self.prefix}/split_ids".encode()
 
     def member_of(self, key: bytes) -> str | None:
         """The node id of a members key, else None."""

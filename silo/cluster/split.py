@@ -177,19 +177,34 @@ class SplitRecord:
             raise ValueError(f"unreadable split record: {exc}") from exc
 
 
-def encode_records(records: Mapping[int, SplitRecord]) -> bytes:
-    return msgpack.packb([1, [records[p].encode() for p in sorted(records)]])
+def encode_records(records: Mapping[int, SplitRecord], reserved_to: int = 0) -> bytes:
+    """The records file of coordination ``none``: the records and the highest child id any
+    split has reserved (:func:`child_ids`)."""
+    rows = [records[p].encode() for p in sorted(records)]
+    if reserved_to:
+        return msgpack.packb([2, rows, reserved_to])
+    return msgpack.packb([1, rows])
 
 
-def decode_records(data: bytes) -> dict[int, SplitRecord]:
+def decode_records(data: bytes) -> tuple[dict[int, SplitRecord], int]:
+    """The records and the reservation of :func:`encode_records` (a format-1 file, written
+    before reservations were stored, reserves the highest child id its records name)."""
     try:
-        fmt, rows = msgpack.unpackb(data)
-    except (ValueError, TypeError) as exc:
+        row = msgpack.unpackb(data)
+        assert isinstance(row, list | tuple) and row
+        fmt = row[0]
+        if fmt == 1:
+            (_, rows), reserved_to = row, 0
+        elif fmt == 2:
+            (_, rows, reserved_to) = row
+        else:
+            raise ValueError(f"unknown split records format {fmt}")
+        assert isinstance(rows, list | tuple) and isinstance(reserved_to, int)
+    except (AssertionError, ValueError, TypeError) as exc:
         raise ValueError(f"unreadable split records: {exc}") from exc
-    if fmt != 1:
-        raise ValueError(f"unknown split records format {fmt}")
     out = [SplitRecord.decode(r) for r in rows]
-    return {r.parent: r for r in sorted(out, key=lambda r: r.parent)}
+    reserved_to = max([reserved_to, *(max(r.left, r.right) for r in out)])
+    return {r.parent: r for r in sorted(out, key=lambda r: r.parent)}, reserved_to
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -205,10 +220,13 @@ def check_split_hash(rng: ShardRange, split_hash: int) -> int:
     return split_hash
 
 
-def child_ids(shard_map: ShardMap) -> tuple[int, int]:
-    """Ids for the two children: above every id in the map. Because the parent is in the map
-    and children are always above the largest id, no id is ever used twice."""
-    top = max(s.shard_id for s in shard_map.shards)
+def child_ids(shard_map: ShardMap, reserved_to: int = 0) -> tuple[int, int]:
+    """Ids for the two children: above every id in the map and above ``reserved_to``, the
+    highest id any split has reserved for its children (a split not yet committed names
+    children that are in no map). The reservation is raised by the same atomic write that
+    records the split (:meth:`SplitCoordination.save_record`), so no id is ever used twice,
+    even by two splits planned at once on different nodes."""
+    top = max(max(s.shard_id for s in shard_map.shards), reserved_to)
     if top + 2 >= MAX_SHARD_ID:
         raise FailedPrecondition(f"shard ids are exhausted (largest id {top})")
     return top + 1, top + 2
@@ -235,12 +253,14 @@ def map_has_children(shard_map: ShardMap, record: SplitRecord) -> bool:
 
 
 def plan_split(
-    shard_map: ShardMap, parent: int, split_hash: int, now_ms: int
+    shard_map: ShardMap, parent: int, split_hash: int, now_ms: int, reserved_to: int = 0
 ) -> SplitRecord:
+    """The REQUESTED record of a split of ``parent`` at ``split_hash``, with child ids above
+    ``reserved_to`` (:func:`child_ids`)."""
     rng = shard_map.get(parent)
     if rng is None:
         raise InvalidArgument(f"shard {parent} is not in the shard map")
-    left, right = child_ids(shard_map)
+    left, right = child_ids(shard_map, reserved_to)
     check_split_hash(rng, split_hash)
     return SplitRecord(parent, rng.start, rng.end, split_hash, left, right, shard_map.version,
                        SplitPhase.REQUESTED, now_ms, now_ms)

@@ -82,8 +82,16 @@ class SplitCoordination(Protocol):
 
     async def records(self) -> dict[int, SplitRecord]: ...
 
+    async def reserved_ids(self) -> int:
+        """The highest shard id any split has reserved for its children (0: none); a split
+        plans its children above it (:func:`~silo.cluster.split.child_ids`)."""
+        ...
+
     async def save_record(self, record: SplitRecord) -> None:
-        """Durably store ``record`` (replacing the parent's previous one)."""
+        """Durably store ``record`` (replacing the parent's previous one). A REQUESTED record
+        also raises the reservation to its children, in the same atomic write, and fails with
+        ABORTED when another split reserved ids since :meth:`reserved_ids` was read (its
+        children could be the same)."""
         ...
 
 
@@ -109,19 +117,28 @@ class LocalSplitCoordination:
         await self._disk.write_file(self.map_path, new.encode())
         return new
 
-    async def records(self) -> dict[int, SplitRecord]:
+    async def _read(self) -> tuple[dict[int, SplitRecord], int]:
         raw = await self._disk.read_file(self.records_path)
-        return {} if raw is None else decode_records(raw)
+        return ({}, 0) if raw is None else decode_records(raw)
+
+    async def records(self) -> dict[int, SplitRecord]:
+        return (await self._read())[0]
+
+    async def reserved_ids(self) -> int:
+        return (await self._read())[1]
 
     async def save_record(self, record: SplitRecord) -> None:
-        records = await self.records()
+        # One node and one split at a time (the splitter's lock): nothing races the read.
+        records, reserved_to = await self._read()
         records[record.parent] = record
+        if record.phase == SplitPhase.REQUESTED:
+            reserved_to = max(reserved_to, record.left, record.right)
         finished = sorted((r for r in records.values() if r.phase.finished),
                           key=lambda r: (r.changed_at_ms, r.parent))
         for old in finished[: max(0, len(finished) - MAX_FINISHED_RECORDS)]:
             if old.phase == SplitPhase.ABORTED:
                 del records[old.parent]
-        await self._disk.write_file(self.records_path, encode_records(records))
+        await self._disk.write_file(self.records_path, encode_records(records, reserved_to))
 
 
 @dataclass(frozen=True)
@@ -226,7 +243,11 @@ class Splitter:
         if parent not in self.node.shards:
             raise FailedPrecondition(f"shard {parent} is not served by this node")
         h = self.default_point(parent) if at_hash is None else at_hash
-        record = plan_split(self.node.shard_map, parent, h, self.runtime.clock.now_ms())
+        reserved_to = await self.coordination.reserved_ids()
+        if self.runtime.faults.mutation("split-ignores-reserved-ids"):
+            reserved_to = 0
+        record = plan_split(self.node.shard_map, parent, h, self.runtime.clock.now_ms(),
+                            reserved_to)
         record = await self._save(record)
         return await self._run(record)
 

@@ -1,5 +1,6 @@
 """Invariant 11: splits lose no job, shard ranges never overlap and always cover the hash
-space, and a split child's cleanup never deletes a row of a tenant inside its range.
+space, a split child's cleanup never deletes a row of a tenant inside its range, and no two
+splits name the same child.
 
 Fed by ``split_phase`` (every phase a node records), ``split_cleanup`` (each cleanup batch, with
 the tenants whose rows it deleted) and every other event (a parent that writes once it has been
@@ -32,6 +33,7 @@ class SplitChecks(CheckerBase):
             "frozen": set(),  # (node, parent): cloned, not yet aborted or committed
             "moved": set(),  # (node, parent): models moved to the children
             "ranges": {},  # (node, shard) -> ShardRange of a split child
+            "named": {},  # (node, shard) -> parent of the split that named it a child
         }
         self.split_cleanup_batches = 0
 
@@ -55,7 +57,9 @@ class SplitChecks(CheckerBase):
         st = self._split_state()
         name = _host_name(host)
         st["seen"][(name, f.parent)] = f
-        if f.phase == "cloned":
+        if f.phase == "requested":
+            self._check_new_children(name, f)
+        elif f.phase == "cloned":
             st["frozen"].add((name, f.parent))
         elif f.phase == "aborted":
             st["frozen"].discard((name, f.parent))
@@ -65,6 +69,20 @@ class SplitChecks(CheckerBase):
         elif f.phase == "children_open":
             self._move(host, f)
             self._check_children_hold_jobs(host, f)
+
+    def _check_new_children(self, name: str, f: events.SplitPhaseRecorded) -> None:
+        """A split's children are shard ids no split has named before: two splits naming
+        the same child clone into (and, undone, destroy) the same directory."""
+        named = self._split_state()["named"]
+        for child in (f.left, f.right):
+            earlier = named.get((name, child))
+            if earlier is not None:
+                self.fail(Invariant.SPLITS,
+                          f"the split of shard {f.parent} names shard {child} as a child, "
+                          f"which the split of shard {earlier} already named",
+                          f"split: {f}")
+                return
+            named[(name, child)] = f.parent
 
     def _children(self, f: events.SplitPhaseRecorded) -> tuple[ShardRange, ShardRange]:
         return (ShardRange(f.left, f.start, f.split_hash),

@@ -338,6 +338,22 @@ async def test_split_records_change_by_cas(env: EtcdEnv, clock) -> None:
     assert await a.splits() == {}
 
 
+async def test_split_child_ids_are_reserved_by_cas(env: EtcdEnv, clock) -> None:
+    a = await env.coordinator("node-a")
+    b = await env.coordinator("node-b")
+    assert await a.reserved_split_ids() == (0, 0)
+    # Both plan on the same reading; only the first write reserves ids 3 and 4.
+    assert await a.put_split(1, b"split of 1 into 3, 4", 0, reserve=(4, 0))
+    assert not await b.put_split(2, b"split of 2 into 3, 4", 0, reserve=(4, 0))
+    assert set(await a.splits()) == {1}
+    reserved_to, rev = await b.reserved_split_ids()
+    assert reserved_to == 4 and rev > 0
+    assert await b.put_split(2, b"split of 2 into 5, 6", 0, reserve=(6, rev))
+    assert (await a.reserved_split_ids())[0] == 6
+    # A retried write that had gone through is recognised by value.
+    assert await b.put_split(2, b"split of 2 into 5, 6", 0, reserve=(6, rev))
+
+
 async def test_membership_is_lost_when_etcd_goes_away(env: EtcdEnv, clock) -> None:
     a = await env.coordinator("node-a")
     async with a.membership("10.0.0.1:7450", ttl_s=2) as m:

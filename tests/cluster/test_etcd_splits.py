@@ -111,7 +111,30 @@ async def test_old_aborted_records_are_pruned(env: EtcdEnv, clock) -> None:
     assert created.map is not None
     sc = EtcdSplitCoordination(coord, max_finished=2)
     for parent in range(4):
-        r = plan_split(created.map, parent, created.map.shards[parent].start + 10, parent)
+        r = plan_split(created.map, parent, created.map.shards[parent].start + 10, parent,
+                       await sc.reserved_ids())
         await sc.save_record(r)
         await sc.save_record(r.advance(SplitPhase.ABORTED, 100 + parent, "test"))
     assert sorted(await sc.records()) == [2, 3]
+
+
+async def test_two_splits_planned_at_once_never_share_a_child(env: EtcdEnv, clock) -> None:
+    _, first, m = await _setup(env)
+    second = EtcdSplitCoordination(await env.coordinator("n2"))
+    # Both read the reservation before either records its split: both plan children 2 and 3.
+    floor_a, floor_b = await first.reserved_ids(), await second.reserved_ids()
+    a = plan_split(m, 0, m.shards[0].end // 2, 1, floor_a)
+    b = plan_split(m, 1, m.shards[1].start + 5, 1, floor_b)
+    assert (a.left, a.right) == (b.left, b.right) == (2, 3)
+    await first.save_record(a)
+    with pytest.raises(Aborted, match="reservation changed meanwhile"):
+        await second.save_record(b)
+    assert set(await second.records()) == {0}
+    # Planned again on a fresh reading, the second split takes the next ids.
+    b = plan_split(m, 1, m.shards[1].start + 5, 1, await second.reserved_ids())
+    assert (b.left, b.right) == (4, 5)
+    await second.save_record(b)
+    assert await first.reserved_ids() == 5
+    # Later phases leave the reservation alone.
+    await first.save_record(a.advance(SplitPhase.PAUSED, 2))
+    assert await second.reserved_ids() == 5

@@ -79,7 +79,11 @@ def test_illegal_transitions_raise(old: SplitPhase, new: SplitPhase) -> None:
 def test_record_round_trips() -> None:
     r = record().advance(SplitPhase.PAUSED, 9)
     assert SplitRecord.decode(r.encode()) == r
-    assert decode_records(encode_records({r.parent: r})) == {r.parent: r}
+    assert decode_records(encode_records({r.parent: r})) == ({r.parent: r}, 3)
+    assert decode_records(encode_records({r.parent: r}, 9)) == ({r.parent: r}, 9)
+    assert decode_records(encode_records({})) == ({}, 0)
+    with pytest.raises(ValueError, match="unreadable split records"):
+        decode_records(b"\x93\x02\x90\xa1x")  # [2, [], "x"]
     with pytest.raises(ValueError, match="unreadable split record"):
         SplitRecord.decode([2, 1])
 
@@ -98,6 +102,16 @@ def test_children_cover_the_parent_and_ids_are_new() -> None:
     again = plan_split(new, 3, r.split_hash + 10, 0)
     assert (again.left, again.right) == (4, 5)
     assert child_ids(split_map(new, again)) == (6, 7)
+
+
+def test_children_ids_stay_above_the_reservation() -> None:
+    # A split not committed (or undone) names children that are in no map: a later split of
+    # any parent plans above them.
+    pending = plan_split(MAP, 1, MAP.shards[1].start + 1000, 0)
+    assert (pending.left, pending.right) == (2, 3)
+    other = plan_split(MAP, 0, 1000, 0, reserved_to=max(pending.left, pending.right))
+    assert (other.left, other.right) == (4, 5)
+    assert child_ids(MAP, reserved_to=1) == (2, 3)  # the map's ids still count
 
 
 def test_split_map_refuses_a_stale_parent() -> None:
