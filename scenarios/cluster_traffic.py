@@ -23,23 +23,23 @@ import random
 import trio
 
 from sim.cluster_nodes import ClusterWorld
-from sim.cluster_workload import Moves, draw_cluster, run_cluster_workload, workload_overrides
-from sim.simulator import FaultPlan, Simulator
-from sim.workload import Span, Workload
+from sim.cluster_workload import (
+    Moves,
+    draw_cluster,
+    draw_message_loss,
+    draw_traffic,
+    run_cluster_workload,
+)
+from sim.simulator import Simulator
 
 
 async def run(sim: Simulator, rng: random.Random) -> None:
     p = sim.param
     knobs = draw_cluster(rng, p, nodes=(2, 3))
-    w = Workload.draw(
-        rng, p, shards=Span(4, 10), lease_ms=Span(1000, 5000), jobs=Span(20, 60),
-        workers=Span(1, 4), concurrency=Span(2, 8), retry_mode="narrow",
-        fault_s=Span(10.0, 20.0), bound_s=150.0, **workload_overrides(),
-    )
+    w = draw_traffic(rng, p)
     joins = p("joins", rng.randint(1, 2))
     every_s = p("fault_every_s", round(rng.uniform(1.0, 4.0), 3))
-    loss = p("message_loss", round(rng.uniform(0.0, 0.01), 4))
-    faults = FaultPlan(rates={"net.drop.request": loss, "net.drop.response": loss})
+    faults = draw_message_loss(rng, p)
 
     async def driver(sim: Simulator, world: ClusterWorld, rng: random.Random) -> None:
         moves = Moves(sim, world, rng)

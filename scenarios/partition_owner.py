@@ -23,10 +23,15 @@ import random
 import trio
 
 from sim.cluster_nodes import ClusterNodeHost, ClusterWorld
-from sim.cluster_workload import Moves, draw_cluster, run_cluster_workload, workload_overrides
+from sim.cluster_workload import (
+    Moves,
+    draw_cluster,
+    draw_message_loss,
+    draw_traffic,
+    run_cluster_workload,
+)
 from sim.invariants import Invariant
-from sim.simulator import FaultPlan, Simulator
-from sim.workload import Span, Workload
+from sim.simulator import Simulator
 
 TAKEOVER_BOUND_S = 20.0
 """Simulated seconds the survivors get to serve the force-released shards."""
@@ -35,15 +40,10 @@ TAKEOVER_BOUND_S = 20.0
 async def run(sim: Simulator, rng: random.Random) -> None:
     p = sim.param
     knobs = draw_cluster(rng, p, nodes=(3, 4))
-    w = Workload.draw(
-        rng, p, shards=Span(4, 10), lease_ms=Span(1000, 5000), jobs=Span(20, 60),
-        workers=Span(1, 4), concurrency=Span(2, 8), retry_mode="narrow",
-        fault_s=Span(10.0, 20.0), bound_s=150.0, **workload_overrides(),
-    )
+    w = draw_traffic(rng, p)
     partitions = p("partitions", rng.randint(1, 2))
     clients_too = p("cut_clients_too", rng.random() < 0.5)
-    loss = p("message_loss", round(rng.uniform(0.0, 0.01), 4))
-    faults = FaultPlan(rates={"net.drop.request": loss, "net.drop.response": loss})
+    faults = draw_message_loss(rng, p)
 
     async def driver(sim: Simulator, world: ClusterWorld, rng: random.Random) -> None:
         moves = Moves(sim, world, rng)

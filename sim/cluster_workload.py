@@ -25,7 +25,7 @@ import trio
 from sim.cluster_nodes import ClusterNodeHost, ClusterWorld
 from sim.invariants import Invariant
 from sim.simulator import FaultPlan, Simulator
-from sim.workload import Workload, run_workload
+from sim.workload import Span, Workload, run_workload
 
 LEASE_WAIT_MS: int | None = None
 """The workers' ``lease_wait_ms`` in the cluster scenarios (None: drawn like any knob, up to its
@@ -51,6 +51,28 @@ class ClusterKnobs:
 def workload_overrides() -> dict[str, Any]:
     """The :meth:`Workload.draw` overrides every cluster scenario passes."""
     return {} if LEASE_WAIT_MS is None else {"lease_wait_ms": LEASE_WAIT_MS}
+
+
+TRAFFIC: dict[str, Any] = {
+    "shards": Span(4, 10), "lease_ms": Span(1000, 5000), "jobs": Span(20, 60),
+    "workers": Span(1, 4), "concurrency": Span(2, 8), "retry_mode": "narrow",
+    "fault_s": Span(10.0, 20.0), "bound_s": 150.0,
+}
+"""The job traffic of the cluster scenarios: 4-10 shards, lease 1-5 s, 20-60 jobs, 1-4 workers
+of concurrency 2-8, narrow retry policies, a 10-20 s fault phase, a 150 s liveness bound."""
+
+
+def draw_traffic(rng: random.Random, param: Callable[[str, Any], Any],
+                 **changes: Any) -> Workload:
+    """:meth:`Workload.draw` with :data:`TRAFFIC` and :func:`workload_overrides`, then
+    ``changes`` on top."""
+    return Workload.draw(rng, param, **(TRAFFIC | workload_overrides() | changes))
+
+
+def draw_message_loss(rng: random.Random, param: Callable[[str, Any], Any]) -> FaultPlan:
+    """Request and response loss of 0-1% each, as one drawn ``message_loss`` rate."""
+    loss = param("message_loss", round(rng.uniform(0.0, 0.01), 4))
+    return FaultPlan(rates={"net.drop.request": loss, "net.drop.response": loss})
 
 
 def draw_cluster(rng: random.Random, param: Callable[[str, Any], Any], *,
