@@ -10,7 +10,14 @@ Contract:
   (:meth:`Heartbeater.acknowledged`) that early heartbeat is skipped, so a busy worker sends no
   heartbeat for a task that ends quickly; otherwise every ``heartbeat_fraction`` of the lease
   (from its arrival), until it is removed;
-- at most one heartbeat per lease is in flight; a failed heartbeat is retried sooner;
+- heartbeats are paced from when they were sent, not from when they were answered: while a
+  heartbeat waits for its answer (the server answers once the extension is durable, so a slow
+  write delays it), the next one still goes out on time, up to ``IN_FLIGHT_MAX`` per lease.
+  The server extends the lease (in memory, for its reaper) when a heartbeat arrives, so slow
+  answers do not widen the gap between two extensions; pacing from the answer made that gap
+  the interval plus the round trip, and a write slower than the rest of the lease (a 400 ms
+  stall under a 500 ms lease) expired a healthy worker's lease between two heartbeats;
+- a failed heartbeat is retried sooner;
 - "shard not found" is not a lost lease: the lease is re-routed (owner hint, else a fresh shard
   map) and heartbeated again at once;
 - only NOT_FOUND "lease not found" and FAILED_PRECONDITION (owner mismatch) mean the lease is
@@ -41,6 +48,12 @@ FIRST_HEARTBEAT_FRACTION = 0.05
 RETRY_MIN_S = 0.05
 REROUTES_MAX = 3
 """Immediate re-routes in a row before a lease's heartbeat waits for its next turn."""
+IN_FLIGHT_MAX = 8
+"""Most heartbeats of one lease waiting for their answers at once. Pacing from the send keeps
+the rate at one per interval however slow the answers, so this only bounds the calls held
+open: with the default interval (a third of the lease) the lease's extensions keep arriving
+while answers are up to 8/3 of a lease late (each call times out after at most half the lease
+or 1 s, whichever is longer, so short leases reach it first)."""
 
 
 def is_shard_not_found(code: int, message: str) -> bool:
@@ -98,10 +111,10 @@ class Heartbeater:
         lease.waiting = False
         if self._leases.get(lease.task_id) is not lease or lease.acked:
             return
-        if not lease.heartbeat_in_flight:  # else _beat schedules it when the answer comes
-            lease.next_heartbeat_at = min(lease.next_heartbeat_at,
-                                          trio.current_time() + self.first_s)
-            self._wake.set()
+        # Even while a (waiting) heartbeat is still unanswered: that one cannot acknowledge.
+        lease.next_heartbeat_at = min(lease.next_heartbeat_at,
+                                      trio.current_time() + self.first_s)
+        self._wake.set()
 
     def acknowledged(self, task_ids: list[str]) -> None:
         """The server took these leases' acks on a LeaseTasks call: their early heartbeat is
@@ -112,10 +125,9 @@ class Heartbeater:
             if lease is None:
                 continue
             lease.acked = True
-            if not lease.heartbeat_in_flight:
-                lease.next_heartbeat_at = max(
-                    lease.next_heartbeat_at, lease.deadline - self.lease_s + self.interval_s
-                )
+            lease.next_heartbeat_at = max(
+                lease.next_heartbeat_at, lease.deadline - self.lease_s + self.interval_s
+            )
 
     def remove(self, lease: HeldLease) -> None:
         if self._leases.get(lease.task_id) is lease:
@@ -130,13 +142,14 @@ class Heartbeater:
                 now = trio.current_time()
                 next_due = math.inf
                 for lease in list(self._leases.values()):
-                    if lease.heartbeat_in_flight:
-                        continue
+                    if lease.heartbeats_in_flight >= IN_FLIGHT_MAX:
+                        continue  # the next answer wakes this loop
                     if lease.next_heartbeat_at <= now:
-                        lease.heartbeat_in_flight = True
+                        lease.heartbeats_in_flight += 1
+                        # Paced from now: the next one is due even if this one is slow.
+                        lease.next_heartbeat_at = now + self.interval_s
                         nursery.start_soon(self._beat, lease)
-                    else:
-                        next_due = min(next_due, lease.next_heartbeat_at)
+                    next_due = min(next_due, lease.next_heartbeat_at)
                 with trio.move_on_at(next_due):
                     await self._wake.wait()
                 self._wake = trio.Event()
@@ -162,9 +175,9 @@ class Heartbeater:
                     lease.shard, stale=address, hint=exc.metadata.get(SHARD_OWNER_METADATA)
                 )
                 immediate = lease.heartbeat_failures <= REROUTES_MAX
-                lease.next_heartbeat_at = trio.current_time() + (
+                self._due_by(lease, trio.current_time() + (
                     0 if immediate else self._retry_delay_s(lease)
-                )
+                ))
             elif is_lease_lost(exc.code, exc.message):
                 if self._leases.get(lease.task_id) is lease:
                     self.remove(lease)
@@ -172,20 +185,25 @@ class Heartbeater:
                     self._on_lost(lease, exc)
             else:
                 log.info("heartbeat for task %s failed (%s); retrying", lease.task_id, exc)
-                lease.next_heartbeat_at = trio.current_time() + self._retry_delay_s(lease)
+                self._due_by(lease, trio.current_time() + self._retry_delay_s(lease))
             return
         finally:
-            lease.heartbeat_in_flight = False
+            lease.heartbeats_in_flight -= 1
             self._wake.set()
         lease.heartbeat_failures = 0
         lease.deadline = max(lease.deadline, sent_at + self.lease_s)
         if not waiting:
             lease.acked = True
         # Started while this (waiting) heartbeat was in flight: acknowledge it soon.
-        due_s = self.interval_s if lease.waiting or lease.acked else self.first_s
-        lease.next_heartbeat_at = trio.current_time() + due_s
+        if not (lease.waiting or lease.acked):
+            self._due_by(lease, trio.current_time() + self.first_s)
         if resp.cancelled:
             self._on_cancel_requested(lease)
+
+    @staticmethod
+    def _due_by(lease: HeldLease, at: float) -> None:
+        """Heartbeat ``lease`` at ``at`` at the latest (never later than already due)."""
+        lease.next_heartbeat_at = min(lease.next_heartbeat_at, at)
 
     def _retry_delay_s(self, lease: HeldLease) -> float:
         return min(self.interval_s, RETRY_MIN_S * 2 ** min(lease.heartbeat_failures, 8))

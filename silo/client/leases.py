@@ -37,7 +37,8 @@ class HeldLease:
     """The handler's outcome will not be reported (lease lost, or worker stopped)."""
     lost: bool = False
     """The server said the lease is gone (reaped, or owned by another worker)."""
-    heartbeat_in_flight: bool = False
+    heartbeats_in_flight: int = 0
+    """Its heartbeats sent and not answered yet (at most ``heartbeats.IN_FLIGHT_MAX``)."""
     heartbeat_failures: int = 0
     waiting: bool = True
     """Its handler has not started (prefetched, or just received): its heartbeats extend the

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import trio
 
+from silo.client.client import RetrySettings
+from silo.client.heartbeats import IN_FLIGHT_MAX
 from silo.client.types import unpack
 from silo.client.worker import TaskContext, Worker
 from silo.errors import Code
@@ -313,3 +315,51 @@ async def test_the_worker_leases_from_nodes_that_join_and_stops_on_nodes_that_le
         await trio.sleep(3)
         assert len([c for c in cluster.calls_of("LeaseTasks") if c.address == ADDRESS]) == seen
         worker.stop(1)
+
+
+@pytest.mark.parametrize(("answer_s", "in_flight"), [(2.5, 3), (20.0, IN_FLIGHT_MAX)])
+async def test_slow_heartbeat_answers_do_not_space_out_the_heartbeats(
+    autojump_clock: trio.abc.Clock, answer_s: float, in_flight: int
+) -> None:
+    """The server answers a heartbeat once its extension is durable, but extends the lease when
+    the heartbeat arrives: a slow answer (a slow disk) must not delay the next heartbeat. They
+    go out every interval (1 s of a 3 s lease) from their sends, several in flight (at most
+    ``IN_FLIGHT_MAX``); paced from the answers, 2.5 s answers spaced them 3.5 s apart and the
+    lease lapsed between two of them (wide seed 1790228235)."""
+    cluster = FakeCluster(lease_ms=3000, to_lease=[make_task(1)],
+                          retry=RetrySettings(call_timeout_s=30.0))
+    original = cluster.call_address
+    sent: list[float] = []
+    open_calls = [0]
+    most_open = [0]
+
+    async def call_address(address: str, method: str, request: Any, response_type: Any,
+                           **kw: Any) -> Any:
+        if method != "Heartbeat":
+            return await original(address, method, request, response_type, **kw)
+        sent.append(trio.current_time())
+        open_calls[0] += 1
+        most_open[0] = max(most_open[0], open_calls[0])
+        try:
+            await trio.sleep(answer_s)
+            return await original(address, method, request, response_type, **kw)
+        finally:
+            open_calls[0] -= 1
+
+    cluster.call_address = call_address  # type: ignore[method-assign]
+
+    async def handler(ctx: TaskContext) -> str:
+        await trio.sleep(12)
+        return "done"
+
+    worker = worker_for(cluster, handler, max_concurrent_tasks=1, prefetch=0)
+    await run_until(worker, lambda: "t1" in cluster.recorded, stop_s=30)
+    at = sent
+    received_at = cluster.calls_of("LeaseTasks")[0].at
+    report_at = cluster.calls_of("ReportOutcomes")[0].at
+    gaps = [b - a for a, b in zip([received_at, *at], [*at, report_at], strict=True)]
+    if answer_s < IN_FLIGHT_MAX * 1.0:
+        assert max(gaps) <= 1.0 + 0.01, gaps  # every interval, whatever the answers take
+    else:  # answers later than IN_FLIGHT_MAX intervals: the next waits for one
+        assert max(gaps) <= answer_s + 0.01, gaps
+    assert most_open[0] == in_flight

@@ -12,6 +12,8 @@ import random
 import pytest
 import trio
 
+import scenarios
+from silo.client.handlers import TaskContext
 from silo.errors import AlreadyExists
 from silo.model import NewJob
 from silo.runtime import RandomSource, Runtime
@@ -19,6 +21,7 @@ from silo.shard import open_shard
 from sim.clock import SimClock
 from sim.disk import MemoryDisk
 from sim.runner import run_one
+from sim.simulator import Simulator
 
 REGRESSIONS = [
     # An enqueue retried while the first try's batch was still being written was answered
@@ -72,6 +75,12 @@ REGRESSIONS = [
     # now a served shard, and shard 2 never opened again (tests/cluster/test_etcd_splits.py:
     # two splits planned at once never share a child).
     ("cluster_split", 90827600, "split-children-ids-collide"),
+    # The worker sent a lease's next heartbeat an interval after the last one was answered, and
+    # the server answers once the extension is durable: with a 500 ms lease, a 167 ms interval
+    # and 25% of writes stalled 400 ms (and more behind them), the gap between two extensions
+    # often passed the lease, so handlers of a few seconds lost their leases on almost every
+    # attempt; 12 jobs, at up to 295 attempts, were still running 514 s after healing.
+    ("wide", 1790228235, "heartbeats-paced-from-their-answers"),
 ]
 
 
@@ -121,3 +130,48 @@ def test_worker_lease_loops_starve_the_node_with_work(monkeypatch: pytest.Monkey
     monkeypatch.setattr(sim.cluster_workload, "LEASE_WAIT_MS", None)
     r = run_one("stale_routing", 2008)
     assert r.exit_code == 0, f"{r.replay}\n{r.message}"
+
+
+LONG_HANDLER_S = 4.0
+HANDLER_RUNS: list[tuple[int, bool]] = []
+
+
+async def _slow_writes_long_handler(sim: Simulator, rng: random.Random) -> None:
+    """One job whose handler runs 4 s, a 500 ms lease (heartbeats every 167 ms), and a disk
+    whose every write takes 400 ms: longer than the lease minus the interval, shorter than the
+    lease minus the first heartbeat's delay (so the lease reply itself arrives in time)."""
+    sim.board.buggify_rates = {}  # no forced paths: only the slow disk
+    await sim.add_node("n1", shards=1, lease_ms=500, write_latency_s=0.4)
+    client = sim.add_host("p").client()
+    await client.enqueue("g", {"d": int(LONG_HANDLER_S * 1000)}, id="long")
+    sim.checker.on_ack_enqueue("default", "long")
+    await trio.sleep(1.0)  # the enqueue is durable: the lease is the only write in flight
+
+    async def handler(ctx: TaskContext) -> str:
+        HANDLER_RUNS.append((ctx.attempt, False))
+        await trio.sleep(LONG_HANDLER_S)
+        HANDLER_RUNS.append((ctx.attempt, True))
+        return "done"
+
+    await sim.add_worker("w0", "g", handler, concurrency=1)
+    await sim.heal()
+    await sim.settle(60.0)
+    job = sim.checker.jobs[("default", "long")]
+    HANDLER_RUNS.append((-1, job.status == "SUCCEEDED"))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_slow_heartbeat_answers_do_not_let_the_lease_lapse(
+    monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Found by wide seed 1790228235: every heartbeat's answer takes at least 400 ms (the
+    extension is answered once durable), so a worker pacing each heartbeat from the previous
+    answer let 400 + 167 ms pass between two extensions of a 500 ms lease and lost it. Paced
+    from their sends (several in flight), the heartbeats keep arriving every 167 ms and the
+    server, extending on arrival, keeps the lease for the whole 4 s handler."""
+    HANDLER_RUNS.clear()
+    monkeypatch.setitem(scenarios.SCENARIOS, "slow_writes_long_handler",
+                        _slow_writes_long_handler)
+    r = run_one("slow_writes_long_handler", seed)
+    assert r.exit_code == 0, f"{r.replay}\n{r.message}\n" + "\n".join(r.evidence)
+    assert HANDLER_RUNS == [(1, False), (1, True), (-1, True)], HANDLER_RUNS
