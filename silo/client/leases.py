@@ -18,8 +18,10 @@ class HeldLease:
     It is heartbeated for all that time, so the lease cannot lapse while it waits for a slot, nor
     while its report waits in the queue or is retried. It is acknowledged only once its handler
     starts: until then its heartbeats are marked ``waiting``. ``deadline`` is the trio time at
-    which the server would reap it if no heartbeat got through from now on (conservative:
-    measured from when each successful call was sent).
+    which the server would reap it if no heartbeat got through from now on: from the arrival of
+    the LeaseTasks reply at first (the server's lease starts at its grant, somewhere in a long
+    poll, so the reply is the first moment the worker knows of it; the server's expiry can be
+    earlier by the reply's transit), then from when each successful heartbeat was sent.
     """
 
     task: pb.Task
