@@ -336,11 +336,11 @@ class Worker:
             await self._slots.wait_not_all_stuck()
             slots = [await self._slots.acquire()]
             try:
-                while len(slots) < min(most_slots, MAX_CONCURRENT_TASKS_MAX):
-                    try:
-                        slots.append(self._slots.acquire_nowait())
-                    except trio.WouldBlock:
-                        break
+                # Every further free credit up to this call's share, taken at once: as many
+                # as acquire_nowait() would give one by one until it raised WouldBlock (none
+                # while another lease loop waits for a credit).
+                slots += self._slots.acquire_up_to(
+                    min(most_slots, MAX_CONCURRENT_TASKS_MAX) - len(slots))
                 # Tasks start while the call waits (long poll): their acks go on the next one.
                 sent_acks = acks[-ACKS_MAX:]
                 acks.clear()
