@@ -121,13 +121,14 @@ class RunResult:
 
 
 class _StallGuard(Instrument):
-    def __init__(self, sim: Simulator) -> None:
+    def __init__(self, sim: Simulator, clock: trio.abc.Clock) -> None:
         self.sim = sim
+        self.clock = clock
         self.last = -1.0
         self.steps = 0
 
     def before_io_wait(self, timeout: float) -> None:
-        now = trio.current_time()
+        now = self.clock.current_time()  # what trio.current_time() answers
         if now != self.last:
             self.last = now
             self.steps = 0
@@ -191,7 +192,7 @@ def run_one(
 
     t0 = time.perf_counter()
     try:
-        trio.run(main, clock=clock, instruments=[_StallGuard(sim)])
+        trio.run(main, clock=clock, instruments=[_StallGuard(sim, clock)])
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # a crash of the code under test or of the simulator

@@ -213,12 +213,19 @@ class _Field:
             self.encode = _single_encoder(meta.number, meta.proto_type)
 
 
+_SET, _APPEND, _EXTEND, _MAP_ENTRY = range(4)
+"""How a decoded value is stored: assigned, appended, extended by, or a map entry."""
+
+
 class _Plan:
-    __slots__ = ("fields", "by_number")
+    __slots__ = ("fields", "encode", "table")
 
     def __init__(self, fields: list[_Field]) -> None:
         self.fields = fields
-        self.by_number = {f.number: f for f in fields}
+        self.encode = _encoder(fields)
+        self.table = _decode_table(fields)
+        """Field key (number << 3 | wire type) -> (field name, reader, how it is stored), for
+        the keys betterproto2 decodes without surprises; any other key is unsupported."""
 
 
 _PLANS: dict[type, _Plan | None] = {}
@@ -245,7 +252,10 @@ def _build_plan(cls: type) -> _Plan | None:
         default = meta_all.default_gen[name]()
         fields.append(_Field(name, meta, default, meta_all.cls_by_field.get(name),
                              meta_all.cls_by_field.get(f"{name}.value")))
-    return _Plan(fields)
+    try:
+        return _Plan(fields)
+    except Unsupported:
+        return None
 
 
 def plan_for(cls: type) -> _Plan | None:
@@ -261,125 +271,201 @@ def plan_for(cls: type) -> _Plan | None:
 # -- encode ---------------------------------------------------------------------------------
 
 
+def _encoder(fields: list[_Field]) -> Callable[[Any], bytes]:
+    """A function encoding a message with ``fields`` as betterproto2's ``__bytes__`` does: fields
+    in declaration order, None and default (zero) values left out, unknown fields last."""
+    env: dict[str, Any] = {"_varint": _varint}
+    lines = ["def encode(m):", "    parts = []", "    ap = parts.append"]
+    for n, f in enumerate(fields):
+        env[f"D{n}"] = f.default
+        env[f"E{n}"] = f.encode
+        env[f"K{n}"] = _varint((f.number << 3) | f.wire)
+        lines += [f"    v = m.{f.name}", f"    if v is not None and not (v == D{n}):"]
+        if f.is_map or f.packed:
+            lines.append(f"        ap(E{n}(v))")
+        elif f.repeated and f.proto_type == TYPE_MESSAGE:
+            lines += ["        for it in v:", "            b = bytes(it)",
+                      f"            ap(K{n} + _varint(len(b)) + b)"]
+        elif f.repeated:
+            lines.append(f"        ap(E{n}(v))")
+        elif f.proto_type in _VARINT_TYPES:
+            lines.append(f"        ap(K{n} + _varint(v))")
+        elif f.proto_type == TYPE_STRING:
+            lines += ["        b = v.encode('utf-8')", f"        ap(K{n} + _varint(len(b)) + b)"]
+        elif f.proto_type == TYPE_BYTES:
+            lines.append(f"        ap(K{n} + _varint(len(v)) + v)")
+        elif f.proto_type == TYPE_MESSAGE:
+            lines += ["        b = bytes(v)", f"        ap(K{n} + _varint(len(b)) + b)"]
+        else:
+            lines.append(f"        ap(E{n}(v))")
+    lines += ["    ap(m._unknown_fields)", "    return b''.join(parts)"]
+    exec("\n".join(lines), env)  # noqa: S102 - code built above from field metadata only
+    return env["encode"]  # type: ignore[no-any-return]
+
+
 def encode(message: Any) -> bytes:
     """``bytes(message)`` as betterproto2 computes it (see the module contract)."""
     plan = plan_for(type(message))
     if plan is None:
         raise Unsupported(type(message).__name__)
-    parts: list[bytes] = []
-    for f in plan.fields:
-        value = getattr(message, f.name)
-        if value is None:
-            continue
-        if value == f.default:
-            continue  # default (zero) values are not serialized
-        parts.append(f.encode(value))
-    parts.append(message._unknown_fields)
-    return b"".join(parts)
+    return plan.encode(message)
 
 
 # -- decode ---------------------------------------------------------------------------------
 
+Reader = Callable[[bytes, int], tuple[Any, int]]
 
-def _varint_value(f: _Field, value: int) -> Any:
-    """betterproto2's ``_postprocess_single`` for a varint."""
+
+def _varint_reader(f: _Field) -> Reader:
+    """Reads one varint of field ``f`` as betterproto2's ``_postprocess_single`` converts it."""
     pt = f.proto_type
     if pt == TYPE_UINT32:
-        return value & 0xFFFFFFFF
+        def read_uint32(data: bytes, i: int) -> tuple[Any, int]:
+            v, i = _read_varint(data, i)
+            return v & 0xFFFFFFFF, i
+        return read_uint32
     if pt == TYPE_UINT64:
-        return value & 0xFFFFFFFFFFFFFFFF
+        def read_uint64(data: bytes, i: int) -> tuple[Any, int]:
+            v, i = _read_varint(data, i)
+            return v & 0xFFFFFFFFFFFFFFFF, i
+        return read_uint64
     if pt == TYPE_BOOL:
-        return value > 0
+        def read_bool(data: bytes, i: int) -> tuple[Any, int]:
+            v, i = _read_varint(data, i)
+            return v > 0, i
+        return read_bool
     if pt in (TYPE_INT32, TYPE_INT64, TYPE_ENUM):
         bits = 32 if pt == TYPE_INT32 else 64
-        value = value & ((1 << bits) - 1)
+        mask = (1 << bits) - 1
         signbit = 1 << (bits - 1)
-        value = int((value ^ signbit) - signbit)
-        if pt == TYPE_ENUM:
-            assert f.cls is not None
-            value = f.cls(value)
-        return value
-    if pt in _ZIGZAG_TYPES:
-        bits = 32 if pt == TYPE_SINT32 else 64
-        value = value & ((1 << bits) - 1)
-        return (value >> 1) ^ (-(value & 1))
-    raise Unsupported("varint for a non-varint field")
+        enum_cls = f.cls if pt == TYPE_ENUM else None
+        if pt == TYPE_ENUM and enum_cls is None:
+            raise Unsupported("enum without a class")
+
+        def read_signed(data: bytes, i: int) -> tuple[Any, int]:
+            v, i = _read_varint(data, i)
+            v = int(((v & mask) ^ signbit) - signbit)
+            if enum_cls is not None:
+                v = enum_cls(v)
+            return v, i
+        return read_signed
+    bits = 32 if pt == TYPE_SINT32 else 64
+    mask = (1 << bits) - 1
+
+    def read_zigzag(data: bytes, i: int) -> tuple[Any, int]:
+        v, i = _read_varint(data, i)
+        v = v & mask
+        return (v >> 1) ^ (-(v & 1)), i
+    return read_zigzag
+
+
+def _chunk(data: bytes, i: int) -> tuple[bytes, int]:
+    """The length-delimited value at ``data[i:]``; raises when it is cut short."""
+    length, i = _read_varint(data, i)
+    end = i + length
+    if end > len(data):
+        raise Unsupported("short value")
+    return data[i:end], end
+
+
+def _fixed_reader(f: _Field) -> Reader:
+    fmt = _FIXED_FMT[f.proto_type]
+    size = 4 if f.wire == _WIRE_FIXED_32 else 8
+
+    def read_fixed(data: bytes, i: int) -> tuple[Any, int]:
+        end = i + size
+        if end > len(data):
+            raise Unsupported("short value")
+        return struct.unpack(fmt, data[i:end])[0], end
+    return read_fixed
+
+
+def _packed_reader(f: _Field) -> Reader:
+    """Reads a packed repeated value as betterproto2 does (a list of the items)."""
+    if f.wire == _WIRE_VARINT:
+        one = _varint_reader(f)
+
+        def read_packed_varints(data: bytes, i: int) -> tuple[Any, int]:
+            chunk, i = _chunk(data, i)
+            out = []
+            pos = 0
+            n = len(chunk)
+            while pos < n:
+                v, pos = one(chunk, pos)
+                out.append(v)
+            return out, i
+        return read_packed_varints
+    fmt = _FIXED_FMT[f.proto_type]
+    size = 4 if f.wire == _WIRE_FIXED_32 else 8
+
+    def read_packed_fixed(data: bytes, i: int) -> tuple[Any, int]:
+        chunk, i = _chunk(data, i)
+        if len(chunk) % size:
+            raise Unsupported("short packed value")
+        return [struct.unpack(fmt, chunk[p:p + size])[0]
+                for p in range(0, len(chunk), size)], i
+    return read_packed_fixed
+
+
+def _len_delim_reader(f: _Field) -> Reader:
+    pt = f.proto_type
+    if pt == TYPE_STRING:
+        def read_string(data: bytes, i: int) -> tuple[Any, int]:
+            chunk, i = _chunk(data, i)
+            return str(chunk, "utf-8"), i
+        return read_string
+    if pt == TYPE_BYTES:
+        return _chunk
+    cls = f.cls
+    if cls is None:
+        raise Unsupported("message without a class")
+
+    def read_message(data: bytes, i: int) -> tuple[Any, int]:
+        chunk, i = _chunk(data, i)
+        return decode(cls, chunk), i
+    return read_message
+
+
+def _decode_table(fields: list[_Field]) -> dict[int, tuple[str, Reader, int]]:
+    table: dict[int, tuple[str, Reader, int]] = {}
+    for f in fields:
+        if f.wire == _WIRE_LEN_DELIM:
+            store = _MAP_ENTRY if f.is_map else _APPEND if f.repeated else _SET
+            reader = _len_delim_reader(f)
+        else:
+            store = _APPEND if f.repeated else _SET
+            reader = _varint_reader(f) if f.wire == _WIRE_VARINT else _fixed_reader(f)
+        table[(f.number << 3) | f.wire] = (f.name, reader, store)
+        if f.packed:
+            table[(f.number << 3) | _WIRE_LEN_DELIM] = (f.name, _packed_reader(f), _EXTEND)
+    return table
 
 
 def _decode_into(cls: type, plan: _Plan, data: bytes) -> Any:
     message = cls()
-    by_number = plan.by_number
+    table = plan.table
     n = len(data)
     i = 0
     while i < n:
-        key, i = _read_varint(data, i)
-        f = by_number.get(key >> 3)
-        if f is None:
-            raise Unsupported("unknown field")
-        wire = key & 7
-        if wire == _WIRE_VARINT:
-            raw, i = _read_varint(data, i)
-            if f.wire != _WIRE_VARINT:
-                raise Unsupported("wire type mismatch")
-            value: Any = _varint_value(f, raw)
-        elif wire == _WIRE_LEN_DELIM:
-            length, i = _read_varint(data, i)
-            end = i + length
-            if end > n:
-                raise Unsupported("short value")
-            chunk = data[i:end]
-            i = end
-            if f.packed:
-                values = _decode_packed(f, chunk)
-                getattr(message, f.name).extend(values)
-                continue
-            if f.wire != _WIRE_LEN_DELIM:
-                raise Unsupported("wire type mismatch")
-            pt = f.proto_type
-            if pt == TYPE_STRING:
-                value = str(chunk, "utf-8")
-            elif pt == TYPE_BYTES:
-                value = chunk
-            elif pt == TYPE_MESSAGE or pt == TYPE_MAP:
-                assert f.cls is not None
-                value = decode(f.cls, chunk)
-            else:
-                raise Unsupported("length-delimited value for a scalar field")
-        elif wire == _WIRE_FIXED_64 or wire == _WIRE_FIXED_32:
-            size = 8 if wire == _WIRE_FIXED_64 else 4
-            if f.wire != wire or i + size > n:
-                raise Unsupported("fixed-size value")
-            value = struct.unpack(_FIXED_FMT[f.proto_type], data[i:i + size])[0]
-            i += size
+        key = data[i]
+        if key < 0x80:
+            i += 1
         else:
-            raise Unsupported("wire type")
-        if f.is_map:
-            getattr(message, f.name)[value.key] = value.value
-        elif f.repeated:
-            getattr(message, f.name).append(value)
+            key, i = _read_varint(data, i)
+        entry = table.get(key)
+        if entry is None:
+            raise Unsupported("unknown field or unexpected wire type")
+        name, reader, store = entry
+        value, i = reader(data, i)
+        if store == _SET:
+            setattr(message, name, value)
+        elif store == _APPEND:
+            getattr(message, name).append(value)
+        elif store == _EXTEND:
+            getattr(message, name).extend(value)
         else:
-            setattr(message, f.name, value)
+            getattr(message, name)[value.key] = value.value
     return message
-
-
-def _decode_packed(f: _Field, chunk: bytes) -> list[Any]:
-    if not f.repeated:
-        raise Unsupported("packed value for a single field")
-    out: list[Any] = []
-    pos = 0
-    n = len(chunk)
-    if f.wire == _WIRE_VARINT:
-        while pos < n:
-            raw, pos = _read_varint(chunk, pos)
-            out.append(_varint_value(f, raw))
-        return out
-    size = 4 if f.wire == _WIRE_FIXED_32 else 8
-    if n % size:
-        raise Unsupported("short packed value")
-    fmt = _FIXED_FMT[f.proto_type]
-    for pos in range(0, n, size):
-        out.append(struct.unpack(fmt, chunk[pos:pos + size])[0])
-    return out
 
 
 def decode(cls: type, data: bytes) -> Any:
