@@ -90,6 +90,23 @@ class SlotPool:
         slot._running = True
         return True
 
+    def finish_all(self, slots: list[Slot]) -> None:
+        """:meth:`Slot.finish` on each of ``slots`` in order. The credits of slots that never
+        started are returned together (waking waiting tasks exactly as one by one would)."""
+        unused = 0
+        for slot in slots:
+            if (slot._held and not slot._running and not slot._body_running
+                    and not slot._abandoned):
+                slot._held = False
+                unused += 1
+            else:
+                if unused:
+                    self._credits.release(unused)
+                    unused = 0
+                slot.finish()
+        if unused:
+            self._credits.release(unused)
+
     def _release(self, slot: Slot) -> None:
         self._credits.release()
         if slot._running:
@@ -152,14 +169,19 @@ class _Credits:
         # parked was not woken and holds nothing.
         await self._lot.park()
 
-    def release(self) -> None:
-        """Return one token; wake as many waiting tasks as tokens are now free."""
-        if self._borrowed <= 0:
+    def release(self, n: int = 1) -> None:
+        """Return ``n`` tokens one after the other; after each, wake as many waiting tasks as
+        tokens are then free."""
+        if self._borrowed < n:
             raise RuntimeError("no lease credit is held")
-        self._borrowed -= 1
-        if self._lot:
-            for _woken in self._lot.unpark(count=self._total - self._borrowed):
-                self._borrowed += 1
+        if not self._lot:
+            self._borrowed -= n  # nobody to wake: the same as one by one
+            return
+        for _ in range(n):
+            self._borrowed -= 1
+            if self._lot:
+                for _woken in self._lot.unpark(count=self._total - self._borrowed):
+                    self._borrowed += 1
 
 
 class Slot:

@@ -370,8 +370,8 @@ class Worker:
                         # Heartbeats acknowledge the tasks too; acks that a server refuses must
                         # not keep every later lease call failing: they are dropped.
                         log.warning("lease from %s refused (%s); retrying", address, exc)
-                    for slot in slots:
-                        slot.finish()
+                    # Slot.finish() on each, in order:
+                    self._slots.finish_all(slots)
                     slots = []
                     await trio.sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
                     continue
@@ -398,8 +398,8 @@ class Worker:
                         self._heartbeats.add(lease)
                     self._admit(lease, slot)
             finally:
-                for slot in slots:
-                    slot.finish()
+                # Slot.finish() on each, in order:
+                self._slots.finish_all(slots)
 
     @property
     def _lease_s(self) -> float:
