@@ -1,13 +1,14 @@
 """Worker slots: ``size`` run slots and ``size + prefetch`` lease credits.
 
 A leased task holds one :class:`Slot` from the lease call that brought it until its handler has
-*really* stopped. The slot first holds only a lease *credit* (a token of a dedicated
-``trio.CapacityLimiter`` of ``size + prefetch`` tokens): the worker leases at most as many tasks
-as it has free credits, so at most ``size + prefetch`` tasks are held at once, of which at most
-``prefetch`` wait unstarted beyond the free run slots. :meth:`SlotPool.try_start` then gives it
-one of the ``size`` *run* slots: at most ``size`` handlers run at once. Whenever a run slot frees
-``on_run_free()`` is called synchronously, so the worker can start its next waiting task at once,
-without a round trip to the server and in the order it chooses (lease order).
+*really* stopped. The slot first holds only a lease *credit* (a token of a dedicated limiter of
+``size + prefetch`` tokens with ``trio.CapacityLimiter``'s semantics): the worker leases at most
+as many tasks as it has free credits, so at most ``size + prefetch`` tasks are held at once, of
+which at most ``prefetch`` wait unstarted beyond the free run slots. :meth:`SlotPool.try_start`
+then gives it one of the ``size`` *run* slots: at most ``size`` handlers run at once. Whenever a
+run slot frees ``on_run_free()`` is called synchronously, so the worker can start its next
+waiting task at once, without a round trip to the server and in the order it chooses (lease
+order).
 
 A handler that is abandoned (timed out, or cancelled past its grace) while its body still runs
 (a thread, or an asyncio task that ignores cancellation) keeps its run slot and its credit until
@@ -38,7 +39,7 @@ class SlotPool:
                  prefetch: int = 0, on_run_free: Callable[[], None] | None = None) -> None:
         self.size = size
         self.prefetch = prefetch
-        self._credits = trio.CapacityLimiter(size + prefetch)
+        self._credits = _Credits(size + prefetch)
         self._on_stuck = on_stuck
         self._on_run_free = on_run_free
         self.running = 0
@@ -60,20 +61,24 @@ class SlotPool:
 
     async def acquire(self) -> Slot:
         """A slot holding a lease credit (waits for one)."""
-        slot = Slot(self)
-        await self._credits.acquire_on_behalf_of(slot)
-        return slot
+        await self._credits.acquire()
+        return Slot(self)
 
     def acquire_nowait(self) -> Slot:
         """A slot holding a lease credit; raises ``trio.WouldBlock`` when there is none."""
-        slot = Slot(self)
-        self._credits.acquire_on_behalf_of_nowait(slot)
-        return slot
+        if not self._credits.acquire_nowait(1):
+            raise trio.WouldBlock
+        return Slot(self)
+
+    def acquire_up_to(self, n: int) -> list[Slot]:
+        """Up to ``n`` slots holding a lease credit each, as many as are free now (the same as
+        calling :meth:`acquire_nowait` until it raises or ``n`` are taken)."""
+        return [Slot(self) for _ in range(self._credits.acquire_nowait(n))]
 
     @property
     def available(self) -> int:
         """Free lease credits."""
-        return int(self._credits.available_tokens)
+        return self._credits.available
 
     def try_start(self, slot: Slot) -> bool:
         """Give ``slot`` a run slot if one is free; whether it has one now."""
@@ -85,8 +90,25 @@ class SlotPool:
         slot._running = True
         return True
 
+    def finish_all(self, slots: list[Slot]) -> None:
+        """:meth:`Slot.finish` on each of ``slots`` in order. The credits of slots that never
+        started are returned together (waking waiting tasks exactly as one by one would)."""
+        unused = 0
+        for slot in slots:
+            if (slot._held and not slot._running and not slot._body_running
+                    and not slot._abandoned):
+                slot._held = False
+                unused += 1
+            else:
+                if unused:
+                    self._credits.release(unused)
+                    unused = 0
+                slot.finish()
+        if unused:
+            self._credits.release(unused)
+
     def _release(self, slot: Slot) -> None:
-        self._credits.release_on_behalf_of(slot)
+        self._credits.release()
         if slot._running:
             slot._running = False
             self.running -= 1
@@ -106,6 +128,60 @@ class SlotPool:
             )
         if self._on_stuck is not None:
             self._on_stuck(self.stuck)
+
+
+class _Credits:
+    """A counting ``trio.CapacityLimiter`` without borrower identities: the same fairness (no
+    token is taken past a waiting task), the same checkpoints and the same wake-up order, so a
+    task sees exactly what it saw with ``trio.CapacityLimiter``. Slots keep their own
+    "held" flag, so each token is released exactly once (:meth:`Slot.finish`); without a set of
+    borrowers, taking and returning many tokens is cheap."""
+
+    __slots__ = ("_total", "_borrowed", "_lot")
+
+    def __init__(self, total: int) -> None:
+        self._total = total
+        self._borrowed = 0
+        self._lot = trio.lowlevel.ParkingLot()
+
+    @property
+    def available(self) -> int:
+        return self._total - self._borrowed
+
+    def acquire_nowait(self, n: int) -> int:
+        """Take up to ``n`` free tokens unless a task waits for one; how many were taken."""
+        if self._lot or n <= 0:
+            return 0
+        k = min(n, self._total - self._borrowed)
+        if k <= 0:
+            return 0
+        self._borrowed += k
+        return k
+
+    async def acquire(self) -> None:
+        """Take one token, waiting (first come, first served) while none is free."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._lot and self._borrowed < self._total:
+            self._borrowed += 1
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        # The releaser counts the token for the task it wakes; a task cancelled while
+        # parked was not woken and holds nothing.
+        await self._lot.park()
+
+    def release(self, n: int = 1) -> None:
+        """Return ``n`` tokens one after the other; after each, wake as many waiting tasks as
+        tokens are then free."""
+        if self._borrowed < n:
+            raise RuntimeError("no lease credit is held")
+        if not self._lot:
+            self._borrowed -= n  # nobody to wake: the same as one by one
+            return
+        for _ in range(n):
+            self._borrowed -= 1
+            if self._lot:
+                for _woken in self._lot.unpark(count=self._total - self._borrowed):
+                    self._borrowed += 1
 
 
 class Slot:

@@ -336,11 +336,11 @@ class Worker:
             await self._slots.wait_not_all_stuck()
             slots = [await self._slots.acquire()]
             try:
-                while len(slots) < min(most_slots, MAX_CONCURRENT_TASKS_MAX):
-                    try:
-                        slots.append(self._slots.acquire_nowait())
-                    except trio.WouldBlock:
-                        break
+                # Every further free credit up to this call's share, taken at once: as many
+                # as acquire_nowait() would give one by one until it raised WouldBlock (none
+                # while another lease loop waits for a credit).
+                slots += self._slots.acquire_up_to(
+                    min(most_slots, MAX_CONCURRENT_TASKS_MAX) - len(slots))
                 # Tasks start while the call waits (long poll): their acks go on the next one.
                 sent_acks = acks[-ACKS_MAX:]
                 acks.clear()
@@ -370,8 +370,8 @@ class Worker:
                         # Heartbeats acknowledge the tasks too; acks that a server refuses must
                         # not keep every later lease call failing: they are dropped.
                         log.warning("lease from %s refused (%s); retrying", address, exc)
-                    for slot in slots:
-                        slot.finish()
+                    # Slot.finish() on each, in order:
+                    self._slots.finish_all(slots)
                     slots = []
                     await trio.sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
                     continue
@@ -398,8 +398,8 @@ class Worker:
                         self._heartbeats.add(lease)
                     self._admit(lease, slot)
             finally:
-                for slot in slots:
-                    slot.finish()
+                # Slot.finish() on each, in order:
+                self._slots.finish_all(slots)
 
     @property
     def _lease_s(self) -> float:

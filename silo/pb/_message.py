@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, dataclass_transform
+from typing import Any, Self, dataclass_transform
 
 import betterproto2
 
+from silo.pb import _codec
 from silo.pb.message_pool import default_message_pool
 
 __all__ = ["Message", "renamed_proto_names"]
@@ -44,6 +45,24 @@ class Message(betterproto2.Message):
             return
         dataclasses.dataclass(eq=False, repr=False)(cls)
         default_message_pool.register_message(package, proto_name or cls.__name__, cls)
+
+    def __bytes__(self) -> bytes:
+        """The binary protobuf encoding, exactly betterproto2's (:mod:`silo.pb._codec`, falling
+        back to betterproto2 itself for what that codec does not handle)."""
+        try:
+            return _codec.encode(self)
+        except Exception:
+            return betterproto2.Message.__bytes__(self)
+
+    @classmethod
+    def parse(cls, data: bytes) -> Self:
+        """The message encoded in ``data``, exactly as betterproto2 parses it
+        (:mod:`silo.pb._codec`, falling back to betterproto2 itself for what that codec does
+        not handle, including every malformed input)."""
+        try:
+            return _codec.decode(cls, data)  # type: ignore[no-any-return]
+        except Exception:
+            return super().parse(data)
 
 
 def renamed_proto_names(
