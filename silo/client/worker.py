@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import logging
 import math
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +68,7 @@ from silo.client.heartbeats import Heartbeater, is_shard_not_found
 from silo.client.leases import HeldLease
 from silo.client.reporter import LINGER_MS, Reporter, ReporterStats
 from silo.client.slots import Slot, SlotPool
+from silo.client.tracebacks import portable_traceback
 from silo.client.types import Cancel, Fail, pack, unpack
 from silo.errors import Code, SiloError
 from silo.model import Cancelled, Failure, Outcome, OutcomeReport, Released, Success
@@ -561,7 +561,7 @@ class Worker:
             self.faults.sometimes("worker.handler.failed")
             log.info("handler failed for job %s: %r", ctx.job_id, exc)
             data = {"type": type(exc).__name__, "message": str(exc),
-                    "traceback": traceback.format_exc(limit=20)}
+                    "traceback": portable_traceback(exc)}
             return Failure(HANDLER_ERROR, pack(data))
 
     def _task_started(self, task: pb.Task) -> None:
