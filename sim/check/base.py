@@ -170,6 +170,7 @@ class CheckerBase:
 
     def _rebase_timer(self, j: JobModel, task: Queued, wall: int, mono: int) -> None:
         """The node indexed the stored due time of ``task`` on readings ``(wall, mono)``."""
+        task.prior_due_mono_ms, task.rebased_mono_ms = task.due_mono_ms, mono
         task.due_mono_ms = task.due_ms - (wall - mono)
         task.exact_due = True  # the stored due time, re-based exactly as the node did
         task.steps_at = self.clock_steps.get(_host_name(j.host), 0)

@@ -91,6 +91,19 @@ class Queued:
     gen_at: int = -1
     """The node's generation (process incarnation) when the task was queued: a new process
     re-bases stored due times on its wall clock, so a wall step in between moves them."""
+    rebased_mono_ms: int | None = None
+    """The node's monotonic reading when it last re-based this timer (a page-in or an open),
+    and :attr:`prior_due_mono_ms` its deadline before that: a lease decided before the re-base
+    (its event can arrive later, once its write is durable) saw the prior deadline."""
+    prior_due_mono_ms: int | None = None
+
+    def due_mono_seen_at(self, mono_ms: int | None) -> int | None:
+        """The monotonic deadline the node had indexed at its reading ``mono_ms``: the prior
+        one for a decision taken before (or in the same millisecond as) the last re-base."""
+        if (mono_ms is not None and self.rebased_mono_ms is not None
+                and mono_ms <= self.rebased_mono_ms):
+            return self.prior_due_mono_ms
+        return self.due_mono_ms
 
     def leasable(self, at_ms: int, mono_ms: int | None = None) -> bool:
         """Could a lease at ``at_ms`` (monotonic ``mono_ms``) hand this task out? Ready tasks
@@ -101,8 +114,9 @@ class Queued:
             return True
         if self.where != TIMER or self.limits_left != 0:
             return False
-        if mono_ms is not None and self.due_mono_ms is not None:
-            return self.due_mono_ms <= mono_ms
+        due_mono = self.due_mono_seen_at(mono_ms)
+        if mono_ms is not None and due_mono is not None:
+            return due_mono <= mono_ms
         return self.due_ms <= at_ms
 
 

@@ -631,6 +631,40 @@ def test_inv9_a_timer_read_back_is_re_based_on_the_readings_of_its_page_in() -> 
     assert h.invariant == Invariant.PRIORITY
 
 
+def _lease_ready_event_late(h: Harness, job: str, task: str, mono: int, seen_at: int) -> None:
+    """Queue ``job`` (priority 60) ready at monotonic ``mono`` and lease it then, but with the
+    events reaching the checker at monotonic ``seen_at`` (once the lease's write is durable)."""
+    wall = T0 + mono + h.host.clock.offset
+    h.host.clock.now = T0 + seen_at
+    h.ev("job_enqueued", job_id=job, task_group="g", priority=60, due_ms=wall)
+    h.ev("status_changed", job_id=job, old=None, new="SCHEDULED", attempt=1, at_ms=wall,
+         task_group="g", priority=60, due_ms=wall, where=READY, limits_left=0, mono_ms=mono)
+    h.ev("task_leased", job_id=job, task_id=task, attempt=1, worker_id="w", task_group="g",
+         priority=60, due_ms=wall, expiry_ms=wall + 1000, at_ms=wall, mono_ms=mono)
+
+
+def test_inv9_a_lease_decided_before_a_page_in_is_judged_on_the_prior_deadline() -> None:
+    """``high`` is read back at monotonic 1200 after a forward step of 2.5 s, re-based to fall
+    due at monotonic 500 (due at once). A lower-priority lease decided at 1100, whose event
+    arrives only after the page-in (its write was slow), saw the prior deadline (3000): legal
+    (wide seed 96186921). One decided after the page-in skips ``high``."""
+    h = Harness()
+    h.ev("job_enqueued", job_id="high", task_group="g", priority=10, due_ms=T0 + 3000)
+    h.ev("status_changed", job_id="high", old=None, new="SCHEDULED", attempt=1, at_ms=T0,
+         task_group="g", priority=10, due_ms=T0 + 3000, where=TIMER, limits_left=0, mono_ms=0)
+    h.ev("timers_paged", node="n1", before=None, after=bytes((Prefix.TIMER,)).hex(),
+         at_ms=T0 + 900, mono_ms=900)  # paged out
+    h.host.clock.now = T0 + 1000
+    h.host.clock.offset = 2500
+    h.checker.on_clock_step(h.host)
+    h.ev("timers_paged", node="n1", before=bytes((Prefix.TIMER,)).hex(), after=_high_key().hex(),
+         at_ms=T0 + 1200 + 2500, mono_ms=1200)  # read back: due at monotonic 500
+    _lease_ready_event_late(h, "low", "t1", 1100, seen_at=1400)
+    assert h.violations == []
+    _lease_ready_event_late(h, "low2", "t2", 1300, seen_at=1500)
+    assert h.invariant == Invariant.PRIORITY
+
+
 def test_inv9_an_open_re_bases_only_the_timers_it_reads() -> None:
     """``shard_opened`` names the frontier: a timer beyond it is on disk only, not re-based by
     the open, so a later forward step makes it due (the node must read it back then)."""

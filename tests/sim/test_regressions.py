@@ -81,6 +81,12 @@ REGRESSIONS = [
     # often passed the lease, so handlers of a few seconds lost their leases on almost every
     # attempt; 12 jobs, at up to 295 attempts, were still running 514 s after healing.
     ("wide", 1790228235, "heartbeats-paced-from-their-answers"),
+    # Checker: a lease decided at monotonic 924 reached the checker only at 1362 (its write
+    # stalled); meanwhile a forward wall step and a timer page-in had re-based a higher-priority
+    # timer to be due at once, and invariant 9 judged the earlier lease on that later deadline
+    # (tests/sim/test_checkers.py: a lease decided before a page-in is judged on the prior
+    # deadline).
+    ("wide", 96186921, "lease-judged-on-a-later-rebase"),
 ]
 
 
