@@ -12,8 +12,9 @@ rediscovering the nodes every 0.5-3 s, 1-3 splits during a 10-20 s fault phase, 
 hash in 70% of the requests, else a random hash in the range; 4-12 tenants, single jobs per
 enqueue; in half the runs a node joins during the fault phase.
 
-Workers long-poll 2 s (``sim.cluster_workload.LEASE_WAIT_MS``). Every other knob is drawn by
-``Workload.draw`` (typical, or at an edge).
+The job traffic is ``sim.cluster_workload.TRAFFIC`` where not said otherwise; every other knob
+(the workers' long poll among them, up to its 30 s edge) is drawn by ``Workload.draw`` (typical,
+or at an edge).
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ fault every 1-4 s during a 10-20 s fault phase (a crash with a restart after 0.2
 leave and a return after 0.2-4 s, a partition from etcd for 0.5-5 s, or a join), message loss
 0-1%, lease 1-5 s, jobs 20-60, worker concurrency 2-8, narrow retry policies.
 
-Workers long-poll 2 s (``sim.cluster_workload.LEASE_WAIT_MS``). Every other knob is drawn by
-``Workload.draw`` (typical, or at an edge).
+The job traffic is ``sim.cluster_workload.TRAFFIC`` where not said otherwise; every other knob
+(the workers' long poll among them, up to its 30 s edge) is drawn by ``Workload.draw`` (typical,
+or at an edge).
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ rediscovering the nodes every 0.5-3 s, 1-3 outages during a 10-20 s fault phase 
 each 0.3-8 s long; etcd answering UNAVAILABLE "no leader", or down), message loss 0-1%, lease
 1-5 s, jobs 20-60, worker concurrency 2-8, narrow retry policies.
 
-Workers long-poll 2 s (``sim.cluster_workload.LEASE_WAIT_MS``). Every other knob is drawn by
-``Workload.draw`` (typical, or at an edge).
+The job traffic is ``sim.cluster_workload.TRAFFIC`` where not said otherwise; every other knob
+(the workers' long poll among them, up to its 30 s edge) is drawn by ``Workload.draw`` (typical,
+or at an edge).
 """
 
 from __future__ import annotations

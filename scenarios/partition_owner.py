@@ -12,8 +12,9 @@ workers rediscovering the nodes every 0.5-3 s, 1-2 partitions of an owner during
 phase (1-3 s apart, each healed 0-3 s after the takeover), message loss 0-1%, lease 1-5 s, jobs
 20-60, worker concurrency 2-8, narrow retry policies.
 
-Workers long-poll 2 s (``sim.cluster_workload.LEASE_WAIT_MS``). Every other knob is drawn by
-``Workload.draw`` (typical, or at an edge).
+The job traffic is ``sim.cluster_workload.TRAFFIC`` where not said otherwise; every other knob
+(the workers' long poll among them, up to its 30 s edge) is drawn by ``Workload.draw`` (typical,
+or at an edge).
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ lease 1-5 s, jobs 20-60, worker concurrency 2-8 and narrow retry policies (a wor
 lease loop per node, and each holds a slot while it long-polls: with one slot and several nodes
 a job's attempts wait for the slot's turn, too slow for the 1,000 attempts of a poison job).
 
-Workers long-poll 2 s (``sim.cluster_workload.LEASE_WAIT_MS``). Every other knob is drawn by
-``Workload.draw`` (typical, or at an edge).
+The job traffic is ``sim.cluster_workload.TRAFFIC`` where not said otherwise; every other knob
+(the workers' long poll among them, up to its 30 s edge) is drawn by ``Workload.draw`` (typical,
+or at an edge).
 """
 
 from __future__ import annotations
