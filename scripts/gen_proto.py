@@ -11,7 +11,8 @@ protoc plugin (``protoc-gen-python_betterproto2``) under grpcio-tools' bundled p
 
 1. messages only (``client_generation=none,server_generation=none``). Each module is rewritten
    by ``gen_proto_messages.py`` into a compact layout (one line of fields per message, on the
-   helpers of the hand-written ``silo/pb/_message.py``) and written to ``silo/pb/``, which
+   helpers of the hand-written ``silo/pb/_message.py``, whose encode and decode go through the
+   hand-written ``silo/pb/_codec.py``) and written to ``silo/pb/``, which
    imports neither grpclib nor asyncio, as the simulator requires;
 2. with grpclib client stubs and server bases, into a scratch directory. ``gen_proto_stubs.py``
    reads each service's methods off the compiler's ``<Service>Base.__mapping__`` and writes
@@ -67,7 +68,7 @@ class Tree:
     hand_written: frozenset[str] = frozenset()  # relative posix paths
 
 
-MESSAGES = Tree(ROOT / "silo" / "pb", "silo/pb", frozenset({"_message.py"}))
+MESSAGES = Tree(ROOT / "silo" / "pb", "silo/pb", frozenset({"_message.py", "_codec.py"}))
 STUBS = Tree(ROOT / "silo" / "transport" / "stubs", "silo/transport/stubs")
 
 STUBS_INIT = '''\

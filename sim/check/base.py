@@ -141,7 +141,7 @@ class CheckerBase:
             if task is not None and task.where == TIMER:
                 k = self._timer_key(j, task)
                 if frontier is None or k <= frontier:
-                    self._rebase_timer(j, task, wall, mono)
+                    self._rebase_timer(j, task, wall, mono, paged_in=False)
             lease = j.lease
             if lease is not None:
                 lease.deadline_s = self._now() + (lease.expiry_ms - wall) / 1000
@@ -166,11 +166,18 @@ class CheckerBase:
             if task is not None and task.where == TIMER:
                 k = self._timer_key(j, task)
                 if before < k and (after is None or k <= after):
-                    self._rebase_timer(j, task, f.at_ms, f.mono_ms)
+                    self._rebase_timer(j, task, f.at_ms, f.mono_ms, paged_in=True)
 
-    def _rebase_timer(self, j: JobModel, task: Queued, wall: int, mono: int) -> None:
-        """The node indexed the stored due time of ``task`` on readings ``(wall, mono)``."""
-        task.prior_due_mono_ms, task.rebased_mono_ms = task.due_mono_ms, mono
+    def _rebase_timer(self, j: JobModel, task: Queued, wall: int, mono: int, *,
+                      paged_in: bool) -> None:
+        """The node indexed the stored due time of ``task`` on readings ``(wall, mono)``: at a
+        page-in (a lease decided just before it, whose event comes later, saw the prior
+        deadline) or at an open (nothing of this process was decided before it: the prior
+        deadline belonged to the last one)."""
+        if paged_in:
+            task.prior_due_mono_ms, task.rebased_mono_ms = task.due_mono_ms, mono
+        else:
+            task.prior_due_mono_ms = task.rebased_mono_ms = None
         task.due_mono_ms = task.due_ms - (wall - mono)
         task.exact_due = True  # the stored due time, re-based exactly as the node did
         task.steps_at = self.clock_steps.get(_host_name(j.host), 0)

@@ -95,7 +95,7 @@ class LeaseChecks(CheckerBase):
         same_offset = (task.steps_at == self.clock_steps.get(_host_name(j.host), 0)
                        or task.gen_at == getattr(j.host, "generation", 0))
         decided_before_rebase = (mono is not None and task.rebased_mono_ms is not None
-                                 and mono <= task.rebased_mono_ms)
+                                 and mono < task.rebased_mono_ms)
         if (task.exact_due and task.due_mono_ms is not None and mono is not None and same_offset
                 and not decided_before_rebase):
             self.leased_early_checked += 1

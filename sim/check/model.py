@@ -92,16 +92,18 @@ class Queued:
     """The node's generation (process incarnation) when the task was queued: a new process
     re-bases stored due times on its wall clock, so a wall step in between moves them."""
     rebased_mono_ms: int | None = None
-    """The node's monotonic reading when it last re-based this timer (a page-in or an open),
-    and :attr:`prior_due_mono_ms` its deadline before that: a lease decided before the re-base
-    (its event can arrive later, once its write is durable) saw the prior deadline."""
+    """The node's monotonic reading when it last paged this timer in (re-basing it), and
+    :attr:`prior_due_mono_ms` its deadline before that: a lease decided before the page-in (its
+    event can arrive later, once its write is durable) saw the prior deadline. Cleared by an
+    open, before which this process decided nothing."""
     prior_due_mono_ms: int | None = None
 
     def due_mono_seen_at(self, mono_ms: int | None) -> int | None:
         """The monotonic deadline the node had indexed at its reading ``mono_ms``: the prior
-        one for a decision taken before (or in the same millisecond as) the last re-base."""
+        one for a decision taken before the last page-in. (A decision in the same millisecond
+        is taken to follow it: a shard pages timers in as it opens, then leases.)"""
         if (mono_ms is not None and self.rebased_mono_ms is not None
-                and mono_ms <= self.rebased_mono_ms):
+                and mono_ms < self.rebased_mono_ms):
             return self.prior_due_mono_ms
         return self.due_mono_ms
 
