@@ -16,6 +16,8 @@ and before each release of an ownership key (the releasing node has closed the s
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -24,9 +26,8 @@ from silo.cluster.coordinator import EtcdCoordinator
 from silo.cluster.etcd import EtcdClient
 from silo.cluster.layout import ClusterKeys
 from silo.cluster.shard_map import ShardMap
-from silo.node import ClusterSettings, NodeConfig, open_node
+from silo.node import ClusterSettings, NodeConfig, SiloNode, open_node
 from silo.runtime import Runtime
-from silo.service import SiloService
 from sim.audit import ShardImage, image_of
 from sim.clock import SimClock
 from sim.cluster import ETCD_RETRY, PREFIX, CheckedCoordinator, Ownership, force_release_gone
@@ -262,45 +263,21 @@ class ClusterNodeHost(NodeHost):
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def _run(self, gen: int, task_status: trio.TaskStatus[None]) -> None:
-        runtime = Runtime(
-            clock=self.clock, random=self.random, disk=self.disk, faults=self.faults,
-            events=self._sink(gen), node_id=self.name,
-        )
-        self._stopped = trio.Event()
-        self._scope = trio.CancelScope()
-        try:
-            with self._scope:
-                channel = await self.sim.net.connector(self.name).connect(
-                    self.world.etcd.address)
-                client = EtcdClient(channel, rng=self.random.stream("etcd"), retry=ETCD_RETRY,
-                                    faults=self.faults)
-                coordinator = CheckedCoordinator(
-                    EtcdCoordinator(client, self.world.keys, self.name), self)
-                async with (
-                    open_node(runtime, self.config, coordinator,  # type: ignore[arg-type]
-                              self.cluster) as node,
-                    trio.open_nursery() as hn,
-                ):
-                    self.node = node
-                    self.handlers = SiloService(node).handlers()
-                    self.handler_nursery = hn
-                    self.serving = True
-                    self.started_at = trio.current_time()
-                    task_status.started()
-                    # Serving RPCs (UNAVAILABLE until the reconcile loop opens shards), as the
-                    # real server does while it joins.
-                    await node.join_cluster(self.address)
-                    await trio.sleep_forever()
-        except Exception:
-            if not (self.crashed and gen == self.generation):
-                raise
-        finally:
-            if gen == self.generation:
-                self.serving = False
-                self.node = None
-                self.handler_nursery = None
-            self._stopped.set()
+    @asynccontextmanager
+    async def _open_node(self, runtime: Runtime) -> AsyncIterator[SiloNode]:
+        channel = await self.sim.net.connector(self.name).connect(self.world.etcd.address)
+        client = EtcdClient(channel, rng=self.random.stream("etcd"), retry=ETCD_RETRY,
+                            faults=self.faults)
+        coordinator = CheckedCoordinator(EtcdCoordinator(client, self.world.keys, self.name), self)
+        async with open_node(runtime, self.config, coordinator,  # type: ignore[arg-type]
+                             self.cluster) as node:
+            yield node
+
+    async def _serve(self, node: SiloNode) -> None:
+        # Serving RPCs (UNAVAILABLE until the reconcile loop opens shards), as the real server
+        # does while it joins.
+        await node.join_cluster(self.address)
+        await trio.sleep_forever()
 
     def crash(self) -> None:
         """Crash now: the stores this node has open lose their unsynced writes (the other

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -133,14 +134,14 @@ class NodeHost:
         self._scope = trio.CancelScope()
         try:
             with self._scope:
-                async with open_node(runtime, self.config) as node, trio.open_nursery() as hn:
+                async with self._open_node(runtime) as node, trio.open_nursery() as hn:
                     self.node = node
                     self.handlers = SiloService(node).handlers()
                     self.handler_nursery = hn
                     self.serving = True
                     self.started_at = trio.current_time()
                     task_status.started()
-                    await trio.sleep_forever()
+                    await self._serve(node)
         except Exception:
             if not (self.crashed and gen == self.generation):
                 raise
@@ -151,6 +152,14 @@ class NodeHost:
                 self.node = None
                 self.handler_nursery = None
             self._stopped.set()
+
+    def _open_node(self, runtime: Runtime) -> AbstractAsyncContextManager[SiloNode]:
+        """The node this host runs (a clustered host connects to etcd first)."""
+        return open_node(runtime, self.config)
+
+    async def _serve(self, node: SiloNode) -> None:
+        """What the process does once it serves RPCs, until it stops or crashes."""
+        await trio.sleep_forever()
 
     def crash(self) -> None:
         """Crash now: unsynced writes are lost as the disk's seed decides; the process dies."""
