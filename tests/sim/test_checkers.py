@@ -560,10 +560,14 @@ def _high_timer_then_back_step(h: Harness) -> None:
     h.checker.on_clock_step(h.host)
 
 
-def _lease_ready(h: Harness, job: str, task: str, mono: int) -> None:
-    """Queue ``job`` (priority 60) ready now and lease it, at monotonic ``mono``."""
+def _lease_ready(h: Harness, job: str, task: str, mono: int, seen_at: int | None = None) -> None:
+    """Queue ``job`` (priority 60) ready and lease it, at monotonic ``mono``; with ``seen_at``,
+    the events reach the checker only at that monotonic time (once the lease's write is
+    durable)."""
     h.host.clock.now = T0 + mono
     wall = h.host.clock.now_ms()
+    if seen_at is not None:
+        h.host.clock.now = T0 + seen_at
     h.ev("job_enqueued", job_id=job, task_group="g", priority=60, due_ms=wall)
     h.ev("status_changed", job_id=job, old=None, new="SCHEDULED", attempt=1, at_ms=wall,
          task_group="g", priority=60, due_ms=wall, where=READY, limits_left=0, mono_ms=mono)
@@ -631,18 +635,6 @@ def test_inv9_a_timer_read_back_is_re_based_on_the_readings_of_its_page_in() -> 
     assert h.invariant == Invariant.PRIORITY
 
 
-def _lease_ready_event_late(h: Harness, job: str, task: str, mono: int, seen_at: int) -> None:
-    """Queue ``job`` (priority 60) ready at monotonic ``mono`` and lease it then, but with the
-    events reaching the checker at monotonic ``seen_at`` (once the lease's write is durable)."""
-    wall = T0 + mono + h.host.clock.offset
-    h.host.clock.now = T0 + seen_at
-    h.ev("job_enqueued", job_id=job, task_group="g", priority=60, due_ms=wall)
-    h.ev("status_changed", job_id=job, old=None, new="SCHEDULED", attempt=1, at_ms=wall,
-         task_group="g", priority=60, due_ms=wall, where=READY, limits_left=0, mono_ms=mono)
-    h.ev("task_leased", job_id=job, task_id=task, attempt=1, worker_id="w", task_group="g",
-         priority=60, due_ms=wall, expiry_ms=wall + 1000, at_ms=wall, mono_ms=mono)
-
-
 def test_inv9_a_lease_decided_before_a_page_in_is_judged_on_the_prior_deadline() -> None:
     """``high`` is read back at monotonic 1200 after a forward step of 2.5 s, re-based to fall
     due at monotonic 500 (due at once). A lower-priority lease decided at 1100, whose event
@@ -659,10 +651,10 @@ def test_inv9_a_lease_decided_before_a_page_in_is_judged_on_the_prior_deadline()
     h.checker.on_clock_step(h.host)
     h.ev("timers_paged", node="n1", before=bytes((Prefix.TIMER,)).hex(), after=_high_key().hex(),
          at_ms=T0 + 1200 + 2500, mono_ms=1200)  # read back: due at monotonic 500
-    _lease_ready_event_late(h, "low", "t1", 1100, seen_at=1400)
+    _lease_ready(h, "low", "t1", 1100, seen_at=1400)
     assert h.violations == []
     # Decided in the page-in's millisecond: taken to follow it (an open pages in, then leases).
-    _lease_ready_event_late(h, "low2", "t2", 1200, seen_at=1500)
+    _lease_ready(h, "low2", "t2", 1200, seen_at=1500)
     assert h.invariant == Invariant.PRIORITY
 
 
