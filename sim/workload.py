@@ -727,29 +727,42 @@ def job_slot_s(p: JobPlan) -> float:
     after another: each attempt's handler time plus 0.5 s of RPCs, and a hung first attempt its
     whole timeout (only the worker's timeout ends it)."""
     plan = p.payload or {}
-    attempts = plan.get("k", 0) + 1
-    s = attempts * (plan.get("d", 0) / 1000 + 0.5)
+    s = planned_attempts(p) * (plan.get("d", 0) / 1000 + 0.5)
     if plan.get("h"):
         s += p.timeout_ms / 1000 + 0.5
     return s
 
 
-def queue_work_s(jobs: list[JobPlan], chains: list[float]) -> dict[tuple[str, str], float]:
+def planned_attempts(p: JobPlan) -> int:
+    """How many attempts a job's plan runs: its planned failures and the last one."""
+    return (p.payload or {}).get("k", 0) + 1
+
+
+def queue_work_s(jobs: list[JobPlan], chains: list[float]) -> dict[tuple[str, ...], float]:
     """Per concurrency queue ``(tenant, key)``: the slot time of the jobs holding it divided by
     its max (the smallest any of them gives; a floating queue counts as max 1, the least a
     refresh may set it to), i.e. how long those jobs take at best when only the queue limits
-    them."""
-    work: dict[tuple[str, str], float] = {}
-    least: dict[tuple[str, str], int] = {}
+    them. Per rate bucket ``(tenant, name, key)``: every planned attempt of the jobs naming it
+    takes one token, so they take at least their attempts times the slowest window a job gives
+    (``per_ms / limit``)."""
+    work: dict[tuple[str, ...], float] = {}
+    least: dict[tuple[str, ...], int] = {}
+    tokens: dict[tuple[str, ...], int] = {}
+    token_s: dict[tuple[str, ...], float] = {}
     for p, s in zip(jobs, chains, strict=True):
         for limit in p.limits:
             if isinstance(limit, RateLimit):
+                b = (p.tenant, limit.name, limit.key)
+                tokens[b] = tokens.get(b, 0) + planned_attempts(p)
+                token_s[b] = max(token_s.get(b, 0.0), limit.per_ms / 1000 / max(1, limit.limit))
                 continue
             q = (p.tenant, limit.key)
             m = limit.max_concurrency if isinstance(limit, ConcurrencyLimit) else 1
             least[q] = max(1, min(least.get(q, m), m))
             work[q] = work.get(q, 0.0) + s
-    return {q: work[q] / least[q] for q in work}
+    out = {q: work[q] / least[q] for q in work}
+    out.update({b: tokens[b] * token_s[b] for b in tokens})
+    return out
 
 
 def concurrency_mix(maxes: list[int], limited_prob: float, *, max_per_job: int = 1,

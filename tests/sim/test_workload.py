@@ -7,7 +7,13 @@ import random
 import pytest
 
 from silo.client.types import pack
-from silo.model import ConcurrencyLimit, FloatingConcurrencyLimit, Limit, RetryPolicy
+from silo.model import (
+    ConcurrencyLimit,
+    FloatingConcurrencyLimit,
+    Limit,
+    RateLimit,
+    RetryPolicy,
+)
 from silo.shard.validation import ShardLimits, check_job_limits, check_retry
 from sim.workload import (
     GATED_EDGES,
@@ -128,8 +134,9 @@ def test_odd_names_are_unique_and_maximal() -> None:
         not c.isascii() for t in w.tenant_names for c in t)
 
 
-def _job(n: int, *, hung_ms: int = 0, limits: tuple[Limit, ...] = (), tenant: str = "t") -> JobPlan:
-    payload: dict[str, object] = {"k": 0, "d": 10}
+def _job(n: int, *, hung_ms: int = 0, limits: tuple[Limit, ...] = (), tenant: str = "t",
+         failures: int = 0) -> JobPlan:
+    payload: dict[str, object] = {"k": failures, "d": 10}
     if hung_ms:
         payload["h"] = 1
     return JobPlan(tenant, f"j{n}", "g", 0, 0, RetryPolicy(retry_count=1), payload,
@@ -160,3 +167,22 @@ def test_work_bound_serialises_the_jobs_of_a_queue_by_its_max() -> None:
     floating = (FloatingConcurrencyLimit("f", 3, 1000),)
     assert work_bound_s(w, [_job(n, hung_ms=10_000, limits=floating) for n in range(20)]) == (
         pytest.approx(work_bound_s(w, jobs)))
+
+
+def test_work_bound_spaces_every_attempt_of_a_rate_bucket_by_its_window() -> None:
+    """split seed 200998: a poison job of 1,000 attempts on a bucket of 1 token per 1,441 ms
+    takes 1,441 s whatever its slot time; tokens are per (tenant, name, key), and the slowest
+    window any job gives for a bucket counts."""
+    w = Workload(workers=4, concurrency=4)
+    slow = (RateLimit("api", "shared", 1, 1441),)
+    poison = _job(0, limits=slow, failures=999)
+    assert work_bound_s(w, [poison]) >= 2 * 1000 * 1.441
+    fast = (RateLimit("api", "shared", 10, 1441),)
+    assert work_bound_s(w, [_job(0, limits=fast, failures=999)]) < work_bound_s(w, [poison])
+    # Two jobs on one bucket share its tokens; in two tenants they have a bucket each.
+    shared = work_bound_s(w, [_job(n, limits=slow, failures=499) for n in range(2)])
+    assert shared >= 2 * 1000 * 1.441
+    apart = work_bound_s(w, [_job(n, limits=slow, failures=499, tenant=f"t{n}") for n in range(2)])
+    assert apart == pytest.approx(shared / 2)
+    mixed = [_job(0, limits=fast, failures=499), _job(1, limits=slow, failures=499)]
+    assert work_bound_s(w, mixed) == pytest.approx(shared)
