@@ -57,6 +57,8 @@ MUTATIONS: dict[str, str] = {
                               "bytes instead of their routing hash",
     "split-ignores-reserved-ids": "a split plans its children above the ids in the shard map "
                                   "only, ignoring those reserved by splits not committed",
+    "reopen-split-parent": "a node restarting with a committed split still to finish opens "
+                           "the split's parent again beside its children",
     "rate-token-returned-in-place": (
         "a cancelled job's rate token is given back but the latest job keeps its later time"
     ),

@@ -328,9 +328,14 @@ class Splitter:
         await self._advance(record, SplitPhase.ABORTED, reason)
 
     async def _open_children(self, record: SplitRecord) -> SplitRecord:
+        """Open the children of a committed split that are still shards of the map (a child
+        split again since is not: its own split's children serve its range, and opening it
+        would create an empty store answering for tenants it no longer holds), close and
+        delete the parent, and see whether the cleanup is done."""
         async with trio.open_nursery() as nursery:  # both children load at once
             for child in record.children:
-                if child.shard_id not in self.node.shards:
+                if (child.shard_id not in self.node.shards
+                        and self.node.shard_map.get(child.shard_id) is not None):
                     nursery.start_soon(partial(self.node.open_shard, child.shard_id,
                                                recover=False))
         # Closed since the pause; only the planted bug skip-split-pause still serves it here.
@@ -393,6 +398,10 @@ class Splitter:
                             self.records[record.parent] = record
                         if set(record.cleaned) == {record.left, record.right}:
                             await self._advance(record, SplitPhase.CLEANUP_DONE)
+                            if record.parent in self._children_of_open_splits():
+                                # The parent was a child of an earlier split: its range is
+                                # clean now, so that split's record can say so.
+                                self.node.spawn(self._note_cleaned, record.parent)
                 return
             except SiloError as exc:
                 log.info("noting the cleanup of shard %d failed (%s); retrying", child, exc)
@@ -445,17 +454,33 @@ class Splitter:
         if marker is not None and marker.done:
             self.node.spawn(self._note_cleaned, shard_id)
 
+    def _children_of_open_splits(self) -> set[int]:
+        return {c for _, r in sorted(self.records.items())
+                if r.phase == SplitPhase.CHILDREN_OPEN for c in (r.left, r.right)}
+
+    def _child_cleaned(self, record: SplitRecord, child: int) -> bool:
+        """Whether ``child`` of ``record`` holds no out-of-range row any more: noted in the
+        record, or its open shard's marker says done, or it was split in turn and that split's
+        cleanup finished (each grandchild sweeps everything outside its own range, which lies
+        inside the child's)."""
+        if child in record.cleaned:
+            return True
+        shard = self.node.shards.get(child)
+        marker = None if shard is None else shard.split_marker()
+        if marker is not None:
+            return marker.done
+        later = self.records.get(child)
+        return later is not None and later.phase == SplitPhase.CLEANUP_DONE
+
     async def _finish_cleanup(self, parent: int) -> None:
         async with self._lock:
             record = self.records.get(parent)
             if record is None or record.phase != SplitPhase.CHILDREN_OPEN:
                 return
-            for child in (record.left, record.right):
-                shard = self.node.shards.get(child)
-                marker = None if shard is None else shard.split_marker()
-                if marker is None or not marker.done:
-                    return
+            if not all(self._child_cleaned(record, c) for c in (record.left, record.right)):
+                return
             await self._advance(record, SplitPhase.CLEANUP_DONE)
+        self.on_cleanup_done(parent)  # the parent may be a child of an earlier split
 
     # -- recovery ---------------------------------------------------------------------------
 
@@ -494,6 +519,8 @@ class Splitter:
     async def recover_after_open(self, todo: list[SplitRecord]) -> None:
         """Once the map's shards (children included) are open: finish the committed splits."""
         for record in todo:
+            if self.runtime.faults.mutation("reopen-split-parent"):
+                await self.node.open_shard(record.parent, recover=False)
             await self._open_children(self.records[record.parent])
         for parent, record in sorted(self.records.items()):
             if record.phase == SplitPhase.CHILDREN_OPEN:

@@ -34,6 +34,7 @@ class SplitChecks(CheckerBase):
             "moved": set(),  # (node, parent): models moved to the children
             "ranges": {},  # (node, shard) -> ShardRange of a split child
             "named": {},  # (node, shard) -> parent of the split that named it a child
+            "retired": {},  # shard -> the committed split that replaced it in the map
         }
         self.split_cleanup_batches = 0
 
@@ -65,6 +66,7 @@ class SplitChecks(CheckerBase):
             st["frozen"].discard((name, f.parent))
         elif f.phase == "committed":
             self._check_committed_map(host, f)
+            st["retired"][f.parent] = f
             self._move(host, f)
         elif f.phase == "children_open":
             self._move(host, f)
@@ -101,11 +103,23 @@ class SplitChecks(CheckerBase):
             self.fail(Invariant.SPLITS, f"the map committed by the split of shard {f.parent} "
                       f"does not replace it by its children {self._children(f)}: {m}")
 
+    def _on_shard_opened(self, host: Any, f: events.ShardOpened) -> None:
+        """A shard a committed split replaced never opens again, on any node: its directory
+        is gone, so it would open empty and answer for tenants its children hold."""
+        retired = self._split_state()["retired"].get(f.shard)
+        if retired is not None:
+            self.fail(Invariant.SPLITS,
+                      f"{_host_name(host)} opened shard {f.shard} after its split committed "
+                      f"(into {retired.left} and {retired.right})", f"split: {retired}")
+            return
+        super()._on_shard_opened(host, f)
+
     def adopt_map(self, host: Any, shard_map: ShardMap) -> None:
         """After a crash: move the models of every split whose commit the map shows."""
         for (name, parent), f in sorted(self._split_state()["seen"].items()):
             if name == _host_name(host) and shard_map.get(parent) is None and all(
                     shard_map.get(c.shard_id) == c for c in self._children(f)):
+                self._split_state()["retired"][parent] = f
                 self._move(host, f)
 
     def _move(self, host: Any, f: events.SplitPhaseRecorded) -> None:

@@ -273,3 +273,33 @@ async def test_split_metrics(memory_world: World) -> None:
         deleted = [get("silo_split_cleanup_keys_deleted", {"shard": s}) for s in ("1", "2")]
         assert all(d and d > 0 for d in deleted)
         assert get("silo_split_cleanup_done", {"shard": "1"}) == 1
+
+
+async def test_a_child_split_again_before_its_cleanup_stays_retired(memory_world: World) -> None:
+    """split seed 458: shard 0 splits into 1 and 2; before that split's cleanup ends, 2 splits
+    into 3 and 4 (its directory is deleted); the node restarts. Finishing the first split must
+    not open shard 2 again (it would come up empty and refuse its old tenants as belonging
+    elsewhere), and the first split's cleanup counts as done once the second's is: 3 and 4
+    swept everything outside their ranges, which lie inside 2's."""
+    world = memory_world
+    slow = ShardConfig(lease_ms=LEASE_MS, cleanup_batch_keys=2, cleanup_pause_s=0.05)
+    async with open_node(world.runtime, NodeConfig(data_dir=world.path, shards=1,
+                                                   shard=slow)) as node:
+        jobs = await fill(node, 2)
+        await node.splitter.request(0)
+        assert node.splitter.records[0].phase == SplitPhase.CHILDREN_OPEN  # time stands still
+        await node.splitter.request(2)
+        assert node.splitter.records[0].phase == SplitPhase.CHILDREN_OPEN
+        assert sorted(node.shards) == [1, 3, 4]
+    async with open_node(world.runtime, config(world)) as node:
+        assert sorted(node.shards) == [1, 3, 4]
+        await wait_cleanup(node, 2)
+        await wait_cleanup(node, 0)
+        assert sorted(node.shards) == [1, 3, 4]
+        assert not await world.disk.exists(node.shard_path(2))
+        for t, ids in jobs.items():
+            owner = node.shard_map.shard_for_tenant(t).shard_id
+            if owner != 1:
+                assert node.route(2, t) == owner  # the retired id is forwarded
+            for job_id in ids:
+                assert (await node.shards[owner].get_job(t, job_id)).info.job_id == job_id

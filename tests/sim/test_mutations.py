@@ -66,6 +66,9 @@ CASES = {
     # A split undone (or crashed before its commit) reserved its children's ids; the next
     # split names them again and clones into, or destroys, the same directories.
     "split-ignores-reserved-ids": ("split", Invariant.SPLITS, "already named"),
+    # A shard a committed split replaced opens again: an empty store (its directory is gone)
+    # that answers for tenants its children hold.
+    "reopen-split-parent": ("split", Invariant.SPLITS, "after its split committed"),
     # Invariant 10 (cluster ownership): a joining or restarted member takes shards another
     # still serves; a moving shard's key is free while its old owner still has it open.
     "split-brain": ("cluster_membership", Invariant.SINGLE_OWNER, "ownership key names"),

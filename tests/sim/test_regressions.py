@@ -92,6 +92,12 @@ REGRESSIONS = [
     # only slot time (0.5 s per attempt) and gave up at 1,186 s after healing with the job at
     # attempt 834 and still moving (tests/sim/test_workload.py: rate buckets bound the work).
     ("split", 200998, "liveness-bound-ignores-rate-buckets"),
+    # Shard 1 split into 2 and 3, then 3 into 4 and 5 before the first split's cleanup ended;
+    # after a crash, finishing the first split reopened child 3 (an empty store, its
+    # directory deleted), which refused its old tenants' enqueues INVALID_ARGUMENT
+    # ("belongs to shard 5") instead of forwarding them, and the first split never recorded
+    # its cleanup done (tests/cluster/test_splitting.py: a child split again stays retired).
+    ("split", 458, "retired-child-reopened"),
 ]
 
 
