@@ -163,7 +163,8 @@ class Splitter:
         self.node = node
         self.runtime = node.runtime
         self.coordination = coordination
-        self._lock = trio.Lock()
+        self._lock = trio.Lock()  # splits and record updates, one at a time
+        self._splitting = False  # a split holds (or waits for) the lock
         self.lineage: dict[int, tuple[int, int]] = {}
         """Committed splits: parent id -> (left, right) (requests naming an old id are
         forwarded to the child that owns the tenant now)."""
@@ -220,8 +221,16 @@ class Splitter:
         once both children serve (cleanup goes on in the background). INVALID_ARGUMENT for a
         hash outside the range or an unknown shard; FAILED_PRECONDITION while another split
         runs or when the parent is not served here."""
-        if self._lock.locked():
+        if self._splitting:
             raise FailedPrecondition("another split is in progress on this node")
+        self._splitting = True
+        try:
+            return await self._split_locked(parent, at_hash)
+        finally:
+            self._splitting = False
+
+    async def _split_locked(self, parent: int, at_hash: int | None) -> SplitRecord:
+        # A record update (a cleanup noted) may hold the lock for a moment: wait for it.
         async with self._lock:
             reconciler = self.node.reconciler
             if reconciler is None:

@@ -185,3 +185,38 @@ async def test_a_crash_after_the_commit_is_finished_when_the_children_open(
         await _until(done, "cleanup done")
         assert not await disk.exists(b.shard_path(parent))
         await _jobs_readable([b], jobs)
+
+
+async def test_a_child_split_before_its_cleanup_ends_lets_the_first_split_finish(
+        env: EtcdEnv, clock) -> None:
+    """A child split again while it still sweeps rows outside its range: its own children's
+    sweeps cover that (their ranges lie inside it), so once the second split's cleanup is done
+    the first split's record says its cleanup is done too, and the retired child never
+    opens again."""
+    from dataclasses import replace
+
+    disk = _disk()
+    async with member(env, disk, "a", 7131) as a:
+        await settled([a])
+        parent = min(a.shards)
+        await _fill(a, parent)
+        slow = replace(a.config.shard, cleanup_batch_keys=2, cleanup_pause_s=0.05)
+        a.config = replace(a.config, shard=slow)
+        first = await SiloService(a).split_shard(pb.SplitShardRequest(shard=parent))
+        left = first.split.children[0].shard
+        marker = a.shards[left].split_marker()
+        assert marker is not None and not marker.done
+        await SiloService(a).split_shard(pb.SplitShardRequest(shard=left))
+        a.config = replace(a.config, shard=replace(slow, cleanup_pause_s=0.0))
+
+        async def done(shard: int) -> bool:
+            s = await SiloService(a).get_split_status(pb.GetSplitStatusRequest(shard=shard))
+            return s.splits[0].phase == "cleanup_done"
+
+        try:
+            await _until(lambda: done(left), "the second split's cleanup done", 60)
+            await _until(lambda: done(parent), "the first split's cleanup done", 60)
+        except trio.TooSlowError:
+            st = await SiloService(a).get_split_status(pb.GetSplitStatusRequest())
+            raise AssertionError(st.to_dict()) from None
+        assert left not in a.shards and parent not in a.shards
