@@ -6,6 +6,7 @@ parent's next owner, one after it finished by whoever opens the children."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 import trio
@@ -193,8 +194,6 @@ async def test_a_child_split_before_its_cleanup_ends_lets_the_first_split_finish
     sweeps cover that (their ranges lie inside it), so once the second split's cleanup is done
     the first split's record says its cleanup is done too, and the retired child never
     opens again."""
-    from dataclasses import replace
-
     disk = _disk()
     async with member(env, disk, "a", 7131) as a:
         await settled([a])
