@@ -47,6 +47,12 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 log = logging.getLogger("silo.node")
 
+EMPTY_ROUNDS_RETRIED_MAX = 2
+"""A LeaseTasks round that leased nothing while a shard reports ready tasks (they came in during
+the round) is retried at once at most this many times in a row; then the call waits as if none
+were ready (a wakeup, the next timer or its deadline), so no count that disagrees with what a
+lease can take keeps a node's loop spinning."""
+
 LONG_POLL_TASK_GROUPS_MAX = 10_000
 """Default of :attr:`NodeConfig.long_poll_task_groups_max`."""
 
@@ -323,6 +329,7 @@ class SiloNode:
         self.check_acks(acks)
         pending_acks = self.acks_by_shard(acks)
         deadline = trio.current_time() + wait_ms / 1000
+        empty_rounds = 0
         while True:
             if self._draining:
                 await self.apply_acks(worker_id, pending_acks)
@@ -335,11 +342,14 @@ class SiloNode:
                     self.runtime.faults.sometimes("node.lease.empty_after_wait")
                 return out
             event = self._wakeup_event(task_group)
-            if any(s.has_ready_tasks(task_group) for s in self._ordered_shards()):
-                continue
+            empty_rounds += 1
+            if (empty_rounds <= EMPTY_ROUNDS_RETRIED_MAX
+                    and any(s.has_ready_tasks(task_group) for s in self._ordered_shards())):
+                continue  # tasks came in during the round
             wait_s = min(remaining, self._next_timer_s())
             if self.runtime.faults.buggify("node.lease.wake_early"):
                 wait_s = min(wait_s, 0.001)
+            empty_rounds = 0
             try:
                 with trio.move_on_after(wait_s):
                     if event is None:

@@ -189,8 +189,11 @@ class CommitProtocol:
             self._store.repaired()
         try:
             await self._mirror.page_timers(self._store)
+            await self._mirror.page_ready(self._store)
         except DiskError as exc:
-            raise Unavailable(f"shard {self._shard_id}: reading timers: {exc}") from exc
+            raise Unavailable(
+                f"shard {self._shard_id}: paging timers or ready tasks in: {exc}"
+            ) from exc
         txn = self.new_txn()
         if self._mirror.corrupt and self.after_load is not None:
             await self.after_load(txn)
@@ -212,9 +215,9 @@ class CommitProtocol:
         if not txn.ops:
             return None
         ops = list(txn.ops.items())
-        beyond = self._mirror.timer_keys_beyond(ops)
+        beyond = self._mirror.keys_beyond(ops)
         stored: set[bytes] = set()
-        if beyond:  # timer rows on disk only: whether they exist, to keep the count
+        if beyond:  # timer or ready rows on disk only: whether they exist, to keep the counts
             try:
                 found = await self._store.get_many(beyond)
             except DiskError as exc:

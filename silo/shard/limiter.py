@@ -555,6 +555,15 @@ class Limiter:
         raw = await txn.get(k)
         return None if raw is None else Task.decode(k, raw)
 
+    async def _ready(self, txn: Txn, k: bytes) -> Task | None:
+        """Ready task ``k`` as stored before this transaction: from the mirror, or from the
+        store when ``k`` is beyond its group's ready frontier (paged out)."""
+        found = self._mirror.ready_lookup(k)
+        if found is not False:
+            return found  # type: ignore[return-value]
+        raw = await txn.get(k)
+        return None if raw is None else Task.decode(k, raw)
+
     # -- unqueue ----------------------------------------------------------------------------
 
     async def unqueue_task(self, txn: Txn, info: JobInfo, state: JobState) -> Task | None:
@@ -567,7 +576,7 @@ class Limiter:
                      due_ms)
         if where == READY:
             k = ready_key(probe)
-            task = self._mirror.ready.get(k)
+            task = await self._ready(txn, k)
         elif where == TIMER:
             k = timer_key(probe)
             task = await self._timer(txn, k)

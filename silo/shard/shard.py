@@ -63,7 +63,7 @@ from silo.shard.fingerprint import job_fingerprint
 from silo.shard.leasing import HeartbeatResult, Leasing
 from silo.shard.limiter import Limiter, acquisition_order
 from silo.shard.loops import ShardLoops
-from silo.shard.mirror import COUNTER_PREFIX, ShardMirror, TimerPaging
+from silo.shard.mirror import COUNTER_PREFIX, ReadyPaging, ShardMirror, TimerPaging
 from silo.shard.operations import OperatorOps
 from silo.shard.quarantine import PoisonItems
 from silo.shard.reads import ShardReads, ShardStatistics
@@ -92,10 +92,24 @@ class ShardConfig:
     timer_lookahead_ms: int = 60_000
     """Every timer due (wall time) within this of now is in memory when an operation starts."""
 
+    ready_page_rows: int = 2_000
+    """Ready rows of one task group read from disk at once when paging them in (0: every
+    ready row is kept in memory, no paging). Fewer than this of a group in memory reads its
+    next page; at or above ``max_tasks_per_lease``, a lease is never short for want of rows in
+    memory."""
+    ready_memory_rows: int = 10_000
+    """The most ready rows of one task group kept in memory: past it, the group's latest ones
+    are dropped from memory down to this minus a page (at least twice ``ready_page_rows``)."""
+
     def timer_paging(self) -> TimerPaging | None:
         if self.timer_page_rows == 0:
             return None
         return TimerPaging(self.timer_page_rows, self.timer_memory_rows, self.timer_lookahead_ms)
+
+    def ready_paging(self) -> ReadyPaging | None:
+        if self.ready_page_rows == 0:
+            return None
+        return ReadyPaging(self.ready_page_rows, self.ready_memory_rows)
 
 
 class JobShard:
@@ -107,7 +121,7 @@ class JobShard:
         self.shard_id = shard_id
         self.config = config
         self._limits = config.limits
-        self._mirror = ShardMirror(runtime.clock, config.timer_paging())
+        self._mirror = ShardMirror(runtime.clock, config.timer_paging(), config.ready_paging())
         self._mirror.on_timers_paged = self._timers_paged
         self._mirror.mutation = runtime.faults.mutation
         store.shard_id = shard_id

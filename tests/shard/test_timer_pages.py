@@ -255,7 +255,7 @@ def test_a_paged_mirror_agrees_with_an_unpaged_one(
         await plain.load(store)  # type: ignore[arg-type]
 
         def write(k: bytes, v: bytes | None) -> None:
-            stored = {b for b in paged.timer_keys_beyond([(k, v)]) if b in store.rows}
+            stored = {b for b in paged.keys_beyond([(k, v)]) if b in store.rows}
             plain.apply([(k, v)])
             paged.apply([(k, v)], beyond_stored=stored)
             if v is None:

@@ -23,6 +23,8 @@ CASES = {
     "ignore-priority": ("priority", Invariant.PRIORITY, "waited"),
     # A timer never read back into memory is due and skipped by the leases of its group.
     "timer-page-skips-row": ("priority", Invariant.PRIORITY, "waited"),
+    # A ready row never read back into memory is skipped by every lease of its group.
+    "ready-page-skips-row": ("priority", Invariant.PRIORITY, "waited"),
     "skip-release-on-cancel": ("cancel_releases", Invariant.TERMINAL_CLEAN, "still in the"),
     "counter-drift": ("happy", Invariant.COUNTERS, "recount"),
     "recreate-deleted-on-retry": ("retry_after_delete", Invariant.NO_LOST_ENQUEUE,
