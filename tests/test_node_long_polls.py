@@ -49,3 +49,43 @@ async def test_wakeup_events_are_dropped_and_capped(world: World, tmp_path) -> N
                 await trio.testing.wait_all_tasks_blocked()
                 world.advance(6000)
         assert node._ready_events == {}
+
+
+async def test_a_ready_count_no_lease_can_take_does_not_spin_the_long_poll(
+    world: World, tmp_path,  # noqa: ANN001
+) -> None:
+    """A shard that says it has ready tasks while a lease takes none (a count that disagrees
+    with the mirror) makes a long poll retry at once only EMPTY_ROUNDS_RETRIED_MAX times in a
+    row, then wait: the call ends at its deadline instead of spinning the node's loop."""
+    from silo.node import EMPTY_ROUNDS_RETRIED_MAX
+
+    config = NodeConfig(data_dir=f"{tmp_path}/node", shards=1,
+                        shard=ShardConfig(lease_ms=30_000))
+    async with open_node(world.runtime, config) as node:
+        shard = node.shard_for_tenant("default")
+        rounds = 0
+        real_round = node._lease_round
+
+        async def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            nonlocal rounds
+            rounds += 1
+            return await real_round(*args, **kwargs)
+
+        node._lease_round = counted  # type: ignore[method-assign]
+        shard.has_ready_tasks = lambda task_group: True  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            result: list[object] = []
+
+            async def poll() -> None:
+                result.append(await node.lease_any("w1", "g", 10, wait_ms=2_000))
+
+            nursery.start_soon(poll)
+            for _ in range(500):  # a spinning poll would run a round every few of these
+                await trio.lowlevel.checkpoint()
+            assert rounds == EMPTY_ROUNDS_RETRIED_MAX + 1  # then it waits
+            await trio.testing.wait_all_tasks_blocked()
+            for _ in range(3):
+                world.advance(1000)
+                await trio.testing.wait_all_tasks_blocked()
+        assert result == [[]]
+        assert rounds <= 3 * (EMPTY_ROUNDS_RETRIED_MAX + 1)
