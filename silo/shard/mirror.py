@@ -93,6 +93,39 @@ def _ready_group(k: bytes) -> str:
     return str(keys.parse(k)[1][0])
 
 
+def _ready_group_range(group: str) -> tuple[bytes, bytes]:
+    """``[start, end)`` of the ready keys of ``group``."""
+    start, end = keys.prefix_range(Prefix.READY, group)
+    assert end is not None, "a ready key range always ends (its prefix is not all 0xff)"
+    return start, end
+
+
+async def _read_page(
+    store: ShardStore, start: bytes, end: bytes, page_rows: int
+) -> tuple[bytes | None, dict[bytes, bytes], list[tuple[bytes, int, bool]]]:
+    """One page of the rows stored from ``start`` (pending batches included): the last key of
+    the page read from disk (None: the range ends within the page), the rows up to it, and the
+    pending writes merged into them as ``(key, batch, whether it removed a row)``."""
+    pending = store.pending(start, end)
+    base = await store.kv.scan(start, end, limit=page_rows)
+    # Batches submitted during the scan are newer than what it read; an entry made durable
+    # meanwhile keeps its newest value here.
+    pending.update(store.pending(start, end))
+    after = base[-1][0] if len(base) >= page_rows else None
+    rows: dict[bytes, bytes] = dict(base)
+    merged: list[tuple[bytes, int, bool]] = []
+    for k, (seq, v) in sorted(pending.items()):
+        if after is not None and k > after:
+            continue
+        if v is None:
+            if rows.pop(k, None) is not None:
+                merged.append((k, seq, True))
+        else:
+            rows[k] = v
+            merged.append((k, seq, False))
+    return after, rows, merged
+
+
 PagedTimers = Callable[[bytes | None, bytes | None, int, int], None]
 """``(frontier before, frontier after, wall ms, monotonic ms)`` of a page-in or page-out."""
 
@@ -296,7 +329,7 @@ class ShardMirror:
                     continue  # set aside as corrupt
                 group = task.task_group
                 if self.ready_in_memory.get(group, 0) >= page:
-                    _, group_end = keys.prefix_range(Prefix.READY, group)
+                    _, group_end = _ready_group_range(group)
                     beyond = await kv.count_keys(k + b"\x00", group_end)
                     if beyond:
                         self.ready_frontiers[group] = k
@@ -327,21 +360,8 @@ class ShardMirror:
     async def _page_ready_in(self, store: ShardStore, group: str) -> None:
         assert self.ready_paging is not None
         page = self.ready_paging.page_rows
-        start = self.ready_frontiers[group] + b"\x00"
-        _, end = keys.prefix_range(Prefix.READY, group)
-        pending = store.pending(start, end)
-        base = await store.kv.scan(start, end, limit=page)
-        # Batches submitted during the scan are newer than what it read.
-        pending.update(store.pending(start, end))
-        after = base[-1][0] if len(base) >= page else None
-        rows: dict[bytes, bytes] = dict(base)
-        for k, (_, v) in sorted(pending.items()):
-            if after is not None and k > after:
-                continue
-            if v is None:
-                rows.pop(k, None)
-            else:
-                rows[k] = v
+        _, end = _ready_group_range(group)
+        after, rows, _ = await _read_page(store, self.ready_frontiers[group] + b"\x00", end, page)
         if after is None:
             del self.ready_frontiers[group]
         else:
@@ -368,7 +388,7 @@ class ShardMirror:
         if held <= paging.memory_rows:
             return
         keep = paging.memory_rows - paging.page_rows
-        group_start, _ = keys.prefix_range(Prefix.READY, group)
+        group_start, _ = _ready_group_range(group)
         first = self.ready.bisect_left(group_start)
         for k in list(self.ready.islice(first + keep, first + held)):
             del self.ready[k]
@@ -409,25 +429,11 @@ class ShardMirror:
     async def _page_in(self, store: ShardStore) -> None:
         assert self.paging is not None and self.timer_frontier is not None
         before = self.timer_frontier
-        start = before + b"\x00"
-        pending = store.pending(start, _TIMERS_END)
-        base = await store.kv.scan(start, _TIMERS_END, limit=self.paging.page_rows)
-        # Batches submitted during the scan are newer than what it read; an entry made durable
-        # meanwhile keeps its newest value here.
-        pending.update(store.pending(start, _TIMERS_END))
-        after = base[-1][0] if len(base) >= self.paging.page_rows else None
-        rows: dict[bytes, bytes] = dict(base)
-        deleted: list[tuple[bytes, int]] = []
-        written: dict[bytes, int] = {}
-        for k, (seq, v) in sorted(pending.items()):
-            if after is not None and k > after:
-                continue
-            if v is None:
-                if rows.pop(k, None) is not None:
-                    deleted.append((k, seq))
-            else:
-                rows[k] = v
-                written[k] = seq
+        after, rows, merged = await _read_page(
+            store, before + b"\x00", _TIMERS_END, self.paging.page_rows
+        )
+        deleted = [(k, seq) for k, seq, removed in merged if removed]
+        written = {k: seq for k, seq, removed in merged if not removed}
         wall, mono = self.clock_readings()
         durable = store.durable_seq
         self.timer_frontier = after
