@@ -45,12 +45,16 @@ def _timer_paging(rng: random.Random) -> dict[str, int]:
     }
 
 
-def _ready_paging(rng: random.Random) -> dict[str, int]:
-    """Ready pages from tiny (the shard pages each task group's ready rows in and out all the
-    time, and a lease gets at most a page or so: legal, and rare at the defaults) through pages
-    wider than any lease, to none at all (0: every ready row in memory)."""
+def _group_paging(rng: random.Random) -> dict[str, int]:
+    """Ready and parked-request pages from tiny (the shard pages each task group's ready rows
+    and each queue's requests in and out all the time, a lease gets at most a page or so, and
+    grants read on in the middle of operations) through pages wider than any lease, to none at
+    all (0: every row in memory)."""
     page = rng.choice((0, 1, 2, 3, 5, 64))
-    return {"ready_page_rows": page, "ready_memory_rows": 2 * page + rng.randrange(4)}
+    requests = rng.choice((0, 1, 2, 3, 5, 64))
+    return {"ready_page_rows": page, "ready_memory_rows": 2 * page + rng.randrange(4),
+            "request_page_rows": requests,
+            "request_memory_rows": 2 * requests + rng.randrange(4)}
 
 
 class NodeHost:
@@ -73,7 +77,7 @@ class NodeHost:
         self.config = NodeConfig(
             data_dir=DATA_DIR, shards=shards, node_id=name, advertise_address=self.address,
             shard=ShardConfig(lease_ms=lease_ms, **_timer_paging(self.random.stream("paging")),
-                              **_ready_paging(self.random.stream("ready-paging"))),
+                              **_group_paging(self.random.stream("ready-paging"))),
         )
         self.generation = 0
         self.serving = False

@@ -33,6 +33,8 @@ MUTATIONS: dict[str, str] = {
                             "frontier moves past it)",
     "ready-page-skips-row": "reading a page of a task group's ready rows back into memory skips "
                             "its first row (the frontier moves past it)",
+    "request-page-skips-row": "reading a page of a concurrency queue's parked requests back into "
+                              "memory skips its first row (the frontier moves past it)",
     "skip-release-on-cancel": "cancelling a scheduled job leaves its task queued",
     "counter-drift": "enqueue counts every job twice in the total",
     "over-grant": "a concurrency queue grants one slot beyond its max",

@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="jobs scheduled over the next day (default 1,000,000)")
     mem.add_argument("--ready", type=int, default=100_000,
                      help="jobs due now (default 100,000)")
+    mem.add_argument("--parked", type=int, default=0,
+                     help="jobs parked on one concurrency queue with one slot (default 0)")
     mem.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     ew = sub.add_parser("e2e-worker", help=argparse.SUPPRESS)
     ew.add_argument("--address", required=True)
@@ -154,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
 
         from silo.bench.memory import asdict, print_memory, run_memory
 
-        if args.scheduled < 0 or args.ready < 1:
-            parser.error("--scheduled must be >= 0 and --ready >= 1")
-        memory = run_memory(args.scheduled, args.ready, progress=not args.json)
+        if args.scheduled < 0 or args.ready < 1 or args.parked < 0:
+            parser.error("--scheduled and --parked must be >= 0 and --ready >= 1")
+        memory = run_memory(args.scheduled, args.ready, progress=not args.json,
+                            parked=args.parked)
         if args.json:
             print(json.dumps(asdict(memory)))
         else:

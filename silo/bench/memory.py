@@ -1,7 +1,8 @@
 """Memory benchmark: what a shard with many waiting jobs costs to open and to hold.
 
 Fills one LevelDB shard with ``scheduled`` jobs whose start times are spread over the next day
-plus ``ready`` jobs due now, closes it, then opens it again in a fresh process and reports that
+plus ``ready`` jobs due now (and ``parked`` jobs waiting for the one slot of a concurrency queue,
+in a task group of their own), closes it, then opens it again in a fresh process and reports that
 process's resident memory before the open, after the open and after the first lease, the open
 time and the time from the start of the open to the first leased task. Synced writes stay on.
 
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import trio
 
-from silo.model import NewJob
+from silo.model import ConcurrencyLimit, NewJob
 from silo.runtime import real_runtime
 from silo.shard import ShardConfig, open_shard
 
@@ -32,6 +33,8 @@ DEFAULT_READY = 100_000
 FILL_BATCH = 1000
 SPREAD_MS = 86_400_000
 TASK_GROUP = "bench"
+PARKED_TASK_GROUP = "bench-parked"
+PARKED_LIMIT = ConcurrencyLimit("bench-queue", 1)
 
 
 @dataclass
@@ -46,6 +49,7 @@ class MemoryResult:
     rss_after_open_mib: float
     rss_after_lease_mib: float
     peak_rss_mib: float
+    parked: int = 0
 
 
 def _rss_mib() -> float:
@@ -56,17 +60,21 @@ def _rss_mib() -> float:
     return 0.0
 
 
-async def _fill(path: str, scheduled: int, ready: int, progress: bool) -> None:
+async def _fill(path: str, scheduled: int, ready: int, parked: int, progress: bool) -> None:
     rt = real_runtime()
     now_ms = int(time.time() * 1000)
-    total = scheduled + ready
+    total = scheduled + ready + parked
     async with open_shard(rt, path, config=ShardConfig(lease_ms=60_000)) as shard:
-        stride = max(1, total // ready)
+        stride = max(1, (scheduled + ready) // ready)
         done = 0
         last_print = time.monotonic()
         for lo in range(0, total, FILL_BATCH):
             jobs = []
             for i in range(lo, min(total, lo + FILL_BATCH)):
+                if i >= scheduled + ready:  # the parked ones come last, one queue, one slot
+                    jobs.append(NewJob(PARKED_TASK_GROUP, b"\x80", job_id=f"p{i}",
+                                       priority=i % 100, limits=(PARKED_LIMIT,)))
+                    continue
                 # Every stride-th job is ready (exactly ``ready`` of them), interleaved with the
                 # scheduled ones so neither kind sits in one contiguous run of the index.
                 if i % stride == 0 and i // stride < ready:
@@ -109,29 +117,29 @@ async def _open_and_lease(path: str) -> dict[str, float]:
     }
 
 
-def _counts_ok(scheduled: int, ready: int) -> None:
-    if scheduled < 0 or ready < 1:
-        raise SystemExit("--scheduled must be >= 0 and --ready >= 1")
-    if scheduled + ready > 20_000_000:
-        raise SystemExit("--scheduled + --ready must be at most 20,000,000")
+def _counts_ok(scheduled: int, ready: int, parked: int) -> None:
+    if scheduled < 0 or ready < 1 or parked < 0:
+        raise SystemExit("--scheduled and --parked must be >= 0 and --ready >= 1")
+    if scheduled + ready + parked > 20_000_000:
+        raise SystemExit("--scheduled + --ready + --parked must be at most 20,000,000")
 
 
 def run_memory(scheduled: int = DEFAULT_SCHEDULED, ready: int = DEFAULT_READY,
-               progress: bool = True) -> MemoryResult:
+               progress: bool = True, parked: int = 0) -> MemoryResult:
     """Fill a fresh shard, open it in a child process and return the figures."""
-    _counts_ok(scheduled, ready)
+    _counts_ok(scheduled, ready, parked)
     tmp = tempfile.mkdtemp(prefix="silo-bench-memory-")
     try:
         path = tmp + "/shard"
         t0 = time.perf_counter()
-        trio.run(_fill, path, scheduled, ready, progress)
+        trio.run(_fill, path, scheduled, ready, parked, progress)
         fill_s = time.perf_counter() - t0
         out = subprocess.run(
             [sys.executable, "-m", "silo.bench.memory", "--open", path],
             check=True, capture_output=True, text=True, timeout=600,
         ).stdout
         figures = json.loads(out.strip().splitlines()[-1])
-        return MemoryResult(scheduled, ready, fill_s, **figures)
+        return MemoryResult(scheduled, ready, fill_s, **figures, parked=parked)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -140,8 +148,9 @@ def print_memory(r: MemoryResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    parked = f" + {r.parked:,} parked on a concurrency queue" if r.parked else ""
     table = Table(title=f"memory: one shard, {r.scheduled:,} jobs scheduled over the next day "
-                        f"+ {r.ready:,} ready; opened in a fresh process")
+                        f"+ {r.ready:,} ready{parked}; opened in a fresh process")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("fill time s", f"{r.fill_s:,.1f}")

@@ -52,6 +52,8 @@ PROBES: dict[str, str] = {
                                 "started",
     "shard.poison.job_failed": "a poison item's job ended FAILED INTERNAL_ERROR",
     "shard.limits.regrant": "a parked request was granted a slot that a release freed",
+    "shard.limits.requests_paged_mid_operation": "a grant took every parked request of its "
+                                                 "queue in memory and read the next page",
 }
 """Coverage probes placed in product code, by name."""
 

@@ -189,10 +189,10 @@ class CommitProtocol:
             self._store.repaired()
         try:
             await self._mirror.page_timers(self._store)
-            await self._mirror.page_ready(self._store)
+            await self._mirror.page_groups(self._store)
         except DiskError as exc:
             raise Unavailable(
-                f"shard {self._shard_id}: paging timers or ready tasks in: {exc}"
+                f"shard {self._shard_id}: paging timers, ready tasks or requests in: {exc}"
             ) from exc
         txn = self.new_txn()
         if self._mirror.corrupt and self.after_load is not None:

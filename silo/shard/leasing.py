@@ -131,7 +131,7 @@ class Leasing(ShardRoom):
 
     async def _promote_one(self, txn: Txn, task: Task) -> None:
         if task.is_refresh:
-            self._limiter.promote_refresh(txn, task)
+            await self._limiter.promote_refresh(txn, task)
             return
         txn.delete(timer_key(task))
         found = await self._rows.queued_job(txn, task, TIMER)
@@ -333,7 +333,7 @@ class Leasing(ShardRoom):
             check_refresh_value(new_max)
         async with self._commit.operation(empty=EmptyBatch.NOTHING) as txn:
             lease = require_refresh_lease(self._mirror.leases.get(task_id), worker_id, task_id)
-            self._limiter.end_refresh(txn, lease, new_max)
+            await self._limiter.end_refresh(txn, lease, new_max)
 
     # -- running tasks ----------------------------------------------------------------------
 
@@ -439,7 +439,7 @@ class Leasing(ShardRoom):
                 queue = concurrency_key(limit)
                 if queue is None:
                     continue
-                first = self._limiter.first_request(txn, info.tenant, queue)
+                first = await self._limiter.first_request(txn, info.tenant, queue)
                 if first is not None:
                     wanted += job_keys(first[1].tenant, first[1].job_id)[:2]
         await txn.prefetch(wanted)
@@ -650,7 +650,7 @@ class Leasing(ShardRoom):
                 sp = txn.savepoint()
                 try:
                     if lease.is_refresh:
-                        self._limiter.end_refresh(txn, lease, None, reaped=True)
+                        await self._limiter.end_refresh(txn, lease, None, reaped=True)
                     else:
                         await self.end_attempt(txn, lease, Failure(WORKER_CRASHED), reaped=True)
                 except Exception as exc:

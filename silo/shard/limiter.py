@@ -152,18 +152,30 @@ class Limiter:
             return txn.ops[hk] is not None
         return hk in self._mirror.holder_keys
 
-    def first_request(self, txn: Txn, tenant: str, queue: str) -> tuple[bytes, Task] | None:
+    async def first_request(
+        self, txn: Txn, tenant: str, queue: str
+    ) -> tuple[bytes, Task] | None:
+        """The request a free slot of the queue goes to next, as this transaction sees it:
+        its smallest parked request not granted (or cancelled) yet. When the queue's requests
+        in memory are all taken and more are on disk, the next page is read first."""
         start, end = keys.prefix_range(Prefix.CONCURRENCY_REQUEST, tenant, queue)
+        q = (tenant, queue)
+        pages = self._mirror.request_pages
         best: bytes | None = None
         # Requests are granted smallest first, so this operation's earlier grants on the queue
         # are all below its floor: start past them instead of skipping them one by one.
-        floor = txn.request_floor.get((tenant, queue))
+        floor = txn.request_floor.get(q)
         lower, inclusive = (start, True) if floor is None else (floor, False)
-        for k in self._mirror.requests.irange(lower, end, inclusive=(inclusive, False)):
-            if k in txn.ops and txn.ops[k] is None:
-                continue
-            best = k
-            break
+        while True:
+            for k in self._mirror.requests.irange(lower, end, inclusive=(inclusive, False)):
+                if k in txn.ops and txn.ops[k] is None:
+                    continue
+                best = k
+                break
+            if best is not None or q not in pages.frontiers:
+                break
+            self._faults.sometimes("shard.limits.requests_paged_mid_operation")
+            await pages.page_in(txn.store, q)
         for k in txn.new_requests:
             if start <= k and (end is None or k < end) and txn.ops.get(k) is not None:
                 if best is None or k < best:
@@ -174,11 +186,12 @@ class Limiter:
         task = Task.decode(best, raw) if raw is not None else self._mirror.requests[best]
         return best, task
 
-    def _has_waiting(self, txn: Txn, tenant: str, queue: str) -> bool:
-        return self.first_request(txn, tenant, queue) is not None
+    async def _has_waiting(self, txn: Txn, tenant: str, queue: str) -> bool:
+        return await self.first_request(txn, tenant, queue) is not None
 
-    def _queue_has_work(self, txn: Txn, tenant: str, queue: str) -> bool:
-        return self._holders(txn, tenant, queue) > 0 or self._has_waiting(txn, tenant, queue)
+    async def _queue_has_work(self, txn: Txn, tenant: str, queue: str) -> bool:
+        return (self._holders(txn, tenant, queue) > 0
+                or await self._has_waiting(txn, tenant, queue))
 
     def note_limits(self, txn: Txn, info: JobInfo) -> None:
         """A new job's limits applied to the queues that have state now: a plain limit's max
@@ -213,7 +226,9 @@ class Limiter:
             qs = _floating_state(limit, info.task_group, limit.default_max_concurrency)
         self._put_queue_state(txn, info.tenant, limit.key, qs)
 
-    def _forget_idle_queues(self, txn: Txn, queues: Iterable[tuple[str, str]]) -> None:
+    async def _forget_idle_queues(
+        self, txn: Txn, queues: Iterable[tuple[str, str]]
+    ) -> None:
         """Delete the row of every queue in ``queues`` that has no holder, no waiting request
         and no refresh pending: an idle queue is indistinguishable from one never used."""
         for tenant, queue in queues:
@@ -221,7 +236,7 @@ class Limiter:
             if (
                 qs is not None
                 and qs.refresh_task_id is None
-                and not self._queue_has_work(txn, tenant, queue)
+                and not await self._queue_has_work(txn, tenant, queue)
             ):
                 txn.delete(queue_key(tenant, queue))
 
@@ -273,7 +288,7 @@ class Limiter:
                 free = self._holders(txn, info.tenant, queue) < self._queue_max(
                     txn, info.tenant, queue
                 )
-                if free and not self._has_waiting(txn, info.tenant, queue):
+                if free and not await self._has_waiting(txn, info.tenant, queue):
                     self._grant(txn, info.tenant, queue, task)
                 else:
                     rk = request_key(info.tenant, queue, task)
@@ -337,7 +352,7 @@ class Limiter:
                 self._faults.sometimes("shard.limits.regrant")
                 # Granted tasks may have parked on other queues; those get another look.
                 done.discard(q)
-        self._forget_idle_queues(txn, touched)
+        await self._forget_idle_queues(txn, touched)
 
     async def _grant_waiting(self, txn: Txn, tenant: str, queue: str) -> int:
         granted = 0
@@ -345,7 +360,7 @@ class Limiter:
         for _ in range(MAX_GRANTS_PER_QUEUE_PER_OP):
             if self._holders(txn, tenant, queue) >= self._queue_max(txn, tenant, queue) + over:
                 break
-            first = self.first_request(txn, tenant, queue)
+            first = await self.first_request(txn, tenant, queue)
             if first is None:
                 break
             rk, task = first
@@ -499,13 +514,13 @@ class Limiter:
         new.refresh_task_id = task.task_id
         self._put_queue_state(txn, tenant, queue, new)
 
-    def promote_refresh(self, txn: Txn, task: Task) -> None:
+    async def promote_refresh(self, txn: Txn, task: Task) -> None:
         """A due refresh timer: hand it to workers if the queue still has work, else drop it."""
         txn.delete(timer_key(task))
         qs = self.queue_state(txn, task.tenant, task.job_id)
         if qs is None or qs.refresh_task_id != task.task_id:
             return
-        if self._queue_has_work(txn, task.tenant, task.job_id):
+        if await self._queue_has_work(txn, task.tenant, task.job_id):
             txn.put(ready_key(task), task.encode())
         else:
             new = qs.copy()
@@ -513,7 +528,7 @@ class Limiter:
             self._put_queue_state(txn, task.tenant, task.job_id, new)
             txn.regrant.append((task.tenant, task.job_id))  # idle now: forgotten at commit
 
-    def end_refresh(
+    async def end_refresh(
         self, txn: Txn, lease: Lease, new_max: int | None, *, reaped: bool = False
     ) -> None:
         """Apply a refresh result (``new_max``) or a failure (``None``)."""
@@ -543,7 +558,7 @@ class Limiter:
         self._put_queue_state(txn, lease.tenant, queue, new)
         # Grants what a larger max frees; forgets the queue if it has no work left.
         txn.regrant.append((lease.tenant, queue))
-        if self._queue_has_work(txn, lease.tenant, queue):
+        if await self._queue_has_work(txn, lease.tenant, queue):
             self.ensure_refresh(txn, lease.tenant, queue)
 
     async def _timer(self, txn: Txn, k: bytes) -> Task | None:
@@ -559,6 +574,15 @@ class Limiter:
         """Ready task ``k`` as stored before this transaction: from the mirror, or from the
         store when ``k`` is beyond its group's ready frontier (paged out)."""
         found = self._mirror.ready_lookup(k)
+        if found is not False:
+            return found  # type: ignore[return-value]
+        raw = await txn.get(k)
+        return None if raw is None else Task.decode(k, raw)
+
+    async def _request(self, txn: Txn, k: bytes) -> Task | None:
+        """Parked request ``k`` as stored before this transaction: from the mirror, or from the
+        store when ``k`` is beyond its queue's frontier (paged out)."""
+        found = self._mirror.request_lookup(k)
         if found is not False:
             return found  # type: ignore[return-value]
         raw = await txn.get(k)
@@ -584,7 +608,7 @@ class Limiter:
             queue = concurrency_key(info.limits[state.held])
             assert queue is not None
             k = request_key(info.tenant, queue, probe)
-            task = self._mirror.requests.get(k)
+            task = await self._request(txn, k)
             txn.regrant.append((info.tenant, queue))  # forgotten at commit if left idle
         if where == TIMER and state.held > 0:
             reserved = info.limits[state.held - 1]

@@ -27,6 +27,7 @@ from silo.model import (
 from silo.runtime.clock import Clock
 from silo.runtime.disk import KVStore
 from silo.shard.deadlines import DeadlineIndex
+from silo.shard.pages import GroupedPages, GroupPaging, read_page
 from silo.shard.store import ShardStore
 from silo.shard.tables import RATE_FLOOR_KEY
 
@@ -70,60 +71,29 @@ class TimerPaging:
             raise ValueError(f"invalid timer paging {self}")
 
 
-@dataclass(frozen=True)
-class ReadyPaging:
-    """How many ready rows of each task group the mirror holds (see :class:`ShardMirror`,
-    "Ready pages").
-
-    ``page_rows``: rows one page-in of a group reads; fewer than this of a group in memory
-    (with more of it on disk) reads its next page. ``memory_rows``: past this many of one group,
-    its latest rows are dropped from memory down to ``memory_rows - page_rows``.
-    """
-
-    page_rows: int
-    memory_rows: int
-
-    def __post_init__(self) -> None:
-        if self.page_rows < 1 or self.memory_rows < 2 * self.page_rows:
-            raise ValueError(f"invalid ready paging {self}")
-
-
-def _ready_group(k: bytes) -> str:
-    """The task group of a ready key."""
-    return str(keys.parse(k)[1][0])
-
-
-def _ready_group_range(group: str) -> tuple[bytes, bytes]:
-    """``[start, end)`` of the ready keys of ``group``."""
-    start, end = keys.prefix_range(Prefix.READY, group)
-    assert end is not None, "a ready key range always ends (its prefix is not all 0xff)"
+def _range(prefix: Prefix, *elements: str) -> tuple[bytes, bytes]:
+    start, end = keys.prefix_range(prefix, *elements)
+    assert end is not None, "a group's key range always ends (its prefix is not all 0xff)"
     return start, end
 
 
-async def _read_page(
-    store: ShardStore, start: bytes, end: bytes, page_rows: int
-) -> tuple[bytes | None, dict[bytes, bytes], list[tuple[bytes, int, bool]]]:
-    """One page of the rows stored from ``start`` (pending batches included): the last key of
-    the page read from disk (None: the range ends within the page), the rows up to it, and the
-    pending writes merged into them as ``(key, batch, whether it removed a row)``."""
-    pending = store.pending(start, end)
-    base = await store.kv.scan(start, end, limit=page_rows)
-    # Batches submitted during the scan are newer than what it read; an entry made durable
-    # meanwhile keeps its newest value here.
-    pending.update(store.pending(start, end))
-    after = base[-1][0] if len(base) >= page_rows else None
-    rows: dict[bytes, bytes] = dict(base)
-    merged: list[tuple[bytes, int, bool]] = []
-    for k, (seq, v) in sorted(pending.items()):
-        if after is not None and k > after:
-            continue
-        if v is None:
-            if rows.pop(k, None) is not None:
-                merged.append((k, seq, True))
-        else:
-            rows[k] = v
-            merged.append((k, seq, False))
-    return after, rows, merged
+def _ready_group(k: bytes, task: Task | None) -> str:
+    """The task group of a ready row."""
+    return task.task_group if task is not None else str(keys.parse(k)[1][0])
+
+
+def _ready_range(group: str) -> tuple[bytes, bytes]:
+    return _range(Prefix.READY, group)
+
+
+def _request_queue(k: bytes, task: Task | None) -> tuple[str, str]:
+    """``(tenant, queue)`` of a parked request (its key names the queue; the task does not)."""
+    _, parts = keys.parse(k)
+    return str(parts[0]), str(parts[1])
+
+
+def _request_range(q: tuple[str, str]) -> tuple[bytes, bytes]:
+    return _range(Prefix.CONCURRENCY_REQUEST, *q)
 
 
 PagedTimers = Callable[[bytes | None, bytes | None, int, int], None]
@@ -154,28 +124,34 @@ class ShardMirror:
     frontier before and after and those readings. A reload after a failed write keeps the
     frontier (it reloads exactly the rows up to it, all of them indexed before).
 
-    Ready pages (with ``ready_paging``): the same per task group, by key order (priority, then
-    due time). A group with an entry in :attr:`ready_frontiers` holds in memory exactly its
-    stored rows (pending batches included) with key <= its frontier; a group without one holds
-    all of them. :attr:`ready_per_group` counts every stored row, in memory or not. Whenever an
-    operation starts (:meth:`page_ready`), a group with rows on disk only and fewer than
-    ``page_rows`` in memory reads its next page, and a group with more than ``memory_rows`` in
-    memory drops its latest rows; so a group that has ready rows always has its first
-    ``page_rows`` (or all of them) in memory, the ones a lease hands out first. A reload after a
-    failed write pages every group afresh (ready rows carry no deadline to keep).
+    Group pages (:mod:`silo.shard.pages`): ready tasks per task group (with ``ready_paging``)
+    and parked concurrency requests per queue (with ``request_paging``) are held the same way,
+    each group in key order (priority, then due time): its first rows in memory, the others
+    counted (:attr:`ready_per_group`, :attr:`requests_per_queue` count every stored row). So a
+    lease finds a group's first tasks in memory, and a grant a queue's first requests (reading
+    on in the middle of an operation when it grants more than a page). A reload after a failed
+    write pages every group afresh (these rows carry no deadline to keep).
     """
 
     def __init__(self, clock: Clock | None = None, paging: TimerPaging | None = None,
-                 ready_paging: ReadyPaging | None = None) -> None:
+                 ready_paging: GroupPaging | None = None,
+                 request_paging: GroupPaging | None = None) -> None:
         self.clock = clock
         self.paging = paging
-        self.ready_paging = ready_paging
-        self.ready_frontiers: dict[str, bytes] = {}
-        """Task group -> the last of its ready keys held in memory (absent: all are)."""
-        self.ready_in_memory: dict[str, int] = {}
-        """Task group -> how many of its ready rows are in memory."""
-        self._ready_to_page: set[str] = set()
-        """Groups that may need a page-in or page-out at the next :meth:`page_ready`."""
+        self.corrupt: list[tuple[bytes, bytes]] = []
+        """Rows the last :meth:`load` (or a page-in since) could not decode (left out of the
+        mirrors; the shard quarantines them)."""
+        self.ready_pages: GroupedPages[str] = GroupedPages(
+            _READY, _ready_group, _ready_range, ready_paging, "ready-page-skips-row",
+            self.corrupt,
+        )
+        self.request_pages: GroupedPages[tuple[str, str]] = GroupedPages(
+            _REQUEST, _request_queue, _request_range, request_paging, "request-page-skips-row",
+            self.corrupt,
+        )
+        self.ready_pages.on_added = self._ready_added
+        self.ready_pages.mutation = self._mutation
+        self.request_pages.mutation = self._mutation
         self.timer_frontier: bytes | None = None if paging is None else _TIMER
         """The last timer key held in memory (None: every timer row is; the bare prefix:
         none is, before the first load)."""
@@ -192,15 +168,16 @@ class ShardMirror:
         self.expiry_deadlines = DeadlineIndex(_first_int)
         """Lease-expiry key -> monotonic expiry."""
         self._loading = False
-        self.ready: SortedDict = SortedDict()  # ready key -> Task (in memory)
-        self.ready_per_group: dict[str, int] = {}
+        self.ready: SortedDict = self.ready_pages.rows  # ready key -> Task (in memory)
+        self.ready_per_group: dict[str, int] = self.ready_pages.stored
         """Task group -> how many ready rows it has stored (in memory or not)."""
         self.timers: SortedDict = SortedDict()  # timer key -> Task
         self.leases: dict[str, Lease] = {}
         self.expiries: SortedDict = SortedDict()  # expiry key -> task id
         self.counters: dict[bytes, int] = {}
-        self.requests: SortedDict = SortedDict()  # request key -> Task
-        self.requests_per_queue: dict[tuple[str, str], int] = {}
+        self.requests: SortedDict = self.request_pages.rows  # request key -> Task (in memory)
+        self.requests_per_queue: dict[tuple[str, str], int] = self.request_pages.stored
+        """(tenant, queue) -> how many parked requests it has stored (in memory or not)."""
         self.holder_keys: dict[bytes, tuple[str, str]] = {}  # holder key -> (tenant, queue)
         self.holders: dict[tuple[str, str], int] = {}
         self.queues: dict[tuple[str, str], QueueState] = {}
@@ -217,18 +194,17 @@ class ShardMirror:
         self.on_timer_added: Callable[[], None] = lambda: None
         self.on_expiry_added: Callable[[], None] = lambda: None
         self.on_ready_added: Callable[[str], None] = lambda task_group: None
-        self.corrupt: list[tuple[bytes, bytes]] = []
-        """Rows the last :meth:`load` could not decode (left out of the mirrors; the shard
-        quarantines them)."""
         self.loaded_at: tuple[int, int] | None = None
         """``(wall ms, monotonic ms)`` the last :meth:`load` re-based new deadlines on."""
 
     def clear(self) -> None:
         """Forget every mirrored row (the clock, paging settings and timer frontier stay; the
-        ready frontiers go: a load pages every group afresh)."""
+        group frontiers go: a load pages every group afresh)."""
         clock, paging, frontier = self.clock, self.paging, self.timer_frontier
         paged, mutation = self.on_timers_paged, self.mutation
-        self.__init__(clock, paging, self.ready_paging)  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            clock, paging, self.ready_pages.paging, self.request_pages.paging
+        )
         self.timer_frontier, self.on_timers_paged, self.mutation = frontier, paged, mutation
 
     def clock_readings(self) -> tuple[int, int]:
@@ -275,8 +251,11 @@ class ShardMirror:
             if prefix == _TIMER and self.timer_frontier is not None:
                 await self._load_timer_pages(kv)
                 continue
-            if prefix == _READY and self.ready_paging is not None:
-                await self._load_ready_pages(kv)
+            if prefix == _READY:
+                await self.ready_pages.load(kv, end)
+                continue
+            if prefix == _REQUEST:
+                await self.request_pages.load(kv, end)
                 continue
             while True:
                 rows = await kv.scan(start, end, limit=10_000)
@@ -314,86 +293,17 @@ class ShardMirror:
             return
         self.timer_rows += await kv.count_keys(frontier + b"\x00", _TIMERS_END)
 
-    async def _load_ready_pages(self, kv: KVStore) -> None:
-        """Load the first ``page_rows`` ready rows of every task group, counting the others."""
-        assert self.ready_paging is not None
-        page = self.ready_paging.page_rows
-        start, end = _READY, keys.successor(_READY)
-        while True:
-            rows = await kv.scan(start, end, limit=page)
-            resume: bytes | None = None
-            for k, v in rows:
-                self._load_rows([(k, v)])
-                task = self.ready.get(k)
-                if task is None:
-                    continue  # set aside as corrupt
-                group = task.task_group
-                if self.ready_in_memory.get(group, 0) >= page:
-                    _, group_end = _ready_group_range(group)
-                    beyond = await kv.count_keys(k + b"\x00", group_end)
-                    if beyond:
-                        self.ready_frontiers[group] = k
-                        self.ready_per_group[group] += beyond
-                    resume = group_end
-                    break
-            if resume is None:
-                if len(rows) < page:
-                    break
-                resume = rows[-1][0] + b"\x00"
-            start = resume
-        self._ready_to_page.clear()
+    def _ready_added(self, task_group: str) -> None:
+        self.on_ready_added(task_group)
 
-    async def page_ready(self, store: ShardStore) -> None:
-        """Page ready rows in and out, group by group, as the class docstring says. Call with
-        the shard lock held, where an operation starts (after :meth:`page_timers`)."""
-        paging = self.ready_paging
-        if paging is None or not self._ready_to_page:
-            return
-        groups = sorted(self._ready_to_page)
-        self._ready_to_page.clear()
-        for group in groups:
-            while (group in self.ready_frontiers
-                   and self.ready_in_memory.get(group, 0) < paging.page_rows):
-                await self._page_ready_in(store, group)
-            self._page_ready_out(group)
+    def _mutation(self, name: str) -> bool:
+        return self.mutation(name)
 
-    async def _page_ready_in(self, store: ShardStore, group: str) -> None:
-        assert self.ready_paging is not None
-        page = self.ready_paging.page_rows
-        _, end = _ready_group_range(group)
-        after, rows, _ = await _read_page(store, self.ready_frontiers[group] + b"\x00", end, page)
-        if after is None:
-            del self.ready_frontiers[group]
-        else:
-            self.ready_frontiers[group] = after
-        if rows and self.mutation("ready-page-skips-row"):
-            # Planted bug for the simulator: the page's first row is never read into memory.
-            del rows[min(rows)]
-        for k, v in sorted(rows.items()):
-            try:
-                task = Task.decode(k, v)
-            except (CorruptRecord, ValueError):
-                self.corrupt.append((k, v))
-                self._count_ready(group, -1, in_memory=False)  # as at a load: not counted
-                continue
-            self.ready[k] = task
-            self.ready_in_memory[group] = self.ready_in_memory.get(group, 0) + 1
-
-    def _page_ready_out(self, group: str) -> None:
-        """Drop the latest ready rows of ``group`` from memory while it holds more than
-        ``memory_rows``: down to ``memory_rows - page_rows``."""
-        paging = self.ready_paging
-        assert paging is not None
-        held = self.ready_in_memory.get(group, 0)
-        if held <= paging.memory_rows:
-            return
-        keep = paging.memory_rows - paging.page_rows
-        group_start, _ = _ready_group_range(group)
-        first = self.ready.bisect_left(group_start)
-        for k in list(self.ready.islice(first + keep, first + held)):
-            del self.ready[k]
-        self.ready_frontiers[group] = self.ready.peekitem(first + keep - 1)[0]
-        self.ready_in_memory[group] = keep
+    async def page_groups(self, store: ShardStore) -> None:
+        """Page ready tasks and parked requests in and out, group by group (see the class
+        docstring). Call with the shard lock held, where an operation starts."""
+        await self.ready_pages.page(store)
+        await self.request_pages.page(store)
 
     def _wants_page(self, wall_ms: int) -> bool:
         """More timer rows are on disk and fewer than a page are in memory, or the frontier is
@@ -429,7 +339,7 @@ class ShardMirror:
     async def _page_in(self, store: ShardStore) -> None:
         assert self.paging is not None and self.timer_frontier is not None
         before = self.timer_frontier
-        after, rows, merged = await _read_page(
+        after, rows, merged = await read_page(
             store, before + b"\x00", _TIMERS_END, self.paging.page_rows
         )
         deleted = [(k, seq) for k, seq, removed in merged if removed]
@@ -508,30 +418,22 @@ class ShardMirror:
                 self.corrupt.append(row)
 
     def keys_beyond(self, ops: list[tuple[bytes, bytes | None]]) -> list[bytes]:
-        """The timer and ready keys of ``ops`` beyond their frontier: :meth:`apply` needs to be
-        told which of them are stored (``beyond_stored``) to keep :attr:`timer_rows` and
-        :attr:`ready_per_group`."""
+        """The timer, ready and request keys of ``ops`` beyond their frontier: :meth:`apply`
+        needs to be told which of them are stored (``beyond_stored``) to keep the counts."""
         out: list[bytes] = []
         if self.timer_frontier is not None:
             out = [k for k, _ in ops if k[:1] == _TIMER and not self.timer_mirrored(k)]
-        if self.ready_frontiers:
-            out += [k for k, _ in ops if k[:1] == _READY and self._ready_beyond(k)]
-        return out
-
-    def _ready_beyond(self, k: bytes) -> bool:
-        """Whether ready key ``k`` is beyond its group's frontier (on disk only, if stored)."""
-        if k in self.ready or not self.ready_frontiers:
-            return False
-        frontier = self.ready_frontiers.get(_ready_group(k))
-        return frontier is not None and k > frontier
+        return out + self.ready_pages.keys_beyond(ops) + self.request_pages.keys_beyond(ops)
 
     def ready_lookup(self, k: bytes) -> Task | None | bool:
         """The mirrored ready task ``k``; None when there is surely none; False when ``k`` is
         beyond its group's frontier (read the store)."""
-        task = self.ready.get(k)
-        if task is not None:
-            return task  # type: ignore[no-any-return]
-        return False if self._ready_beyond(k) else None
+        return self.ready_pages.lookup(k)
+
+    def request_lookup(self, k: bytes) -> Task | None | bool:
+        """The mirrored parked request ``k``; None when there is surely none; False when ``k``
+        is beyond its queue's frontier (read the store)."""
+        return self.request_pages.lookup(k)
 
     def apply(
         self,
@@ -551,7 +453,7 @@ class ShardMirror:
         for k, v in ops:
             p = k[:1]
             if p == _READY:
-                self._apply_ready(k, v, beyond_stored)
+                self.ready_pages.apply(k, v, beyond_stored)
             elif p == _TIMER:
                 if not self.timer_mirrored(k):
                     if not self._loading:
@@ -589,7 +491,7 @@ class ShardMirror:
                         if self._index(self.expiry_deadlines, k, clock_ref, batch):
                             self.on_expiry_added()
             elif p == _REQUEST:
-                self._apply_request(k, v)
+                self.request_pages.apply(k, v, beyond_stored)
             elif p == _HOLDER:
                 self._apply_holder(k, v)
             elif p == _QUEUE:
@@ -663,21 +565,6 @@ class ShardMirror:
         self._reservation_expires[k] = expires
         self.reservation_expiry.add((expires, k))
 
-    def _apply_request(self, k: bytes, v: bytes | None) -> None:
-        _, parts = keys.parse(k)
-        q = (str(parts[0]), str(parts[1]))
-        if v is None:
-            if self.requests.pop(k, None) is not None:
-                n = self.requests_per_queue[q] - 1
-                if n:
-                    self.requests_per_queue[q] = n
-                else:
-                    del self.requests_per_queue[q]
-        else:
-            if k not in self.requests:
-                self.requests_per_queue[q] = self.requests_per_queue.get(q, 0) + 1
-            self.requests[k] = Task.decode(k, v)
-
     def _apply_holder(self, k: bytes, v: bytes | None) -> None:
         if v is None:
             q = self.holder_keys.pop(k, None)
@@ -692,51 +579,6 @@ class ShardMirror:
             q = (str(parts[0]), str(parts[1]))
             self.holder_keys[k] = q
             self.holders[q] = self.holders.get(q, 0) + 1
-
-    def _apply_ready(
-        self, k: bytes, v: bytes | None, beyond_stored: frozenset[bytes] | set[bytes]
-    ) -> None:
-        if v is None:
-            task = self.ready.pop(k, None)
-            if task is not None:
-                self._count_ready(task.task_group, -1, in_memory=True)
-            elif self._ready_beyond(k) and k in beyond_stored:
-                self._count_ready(_ready_group(k), -1, in_memory=False)
-            return
-        task = Task.decode(k, v)
-        group = task.task_group
-        frontier = self.ready_frontiers.get(group)
-        if frontier is not None and k > frontier:
-            if k not in beyond_stored:
-                self._count_ready(group, 1, in_memory=False)
-        else:
-            if k not in self.ready:
-                self._count_ready(group, 1, in_memory=True)
-            self.ready[k] = task
-        self.on_ready_added(group)
-
-    def _count_ready(self, group: str, delta: int, *, in_memory: bool) -> None:
-        """Count a ready row of ``group`` stored (+1) or removed (-1), in memory or not, and
-        note the group for :meth:`page_ready` when it crosses a paging bound."""
-        n = self.ready_per_group.get(group, 0) + delta
-        assert n >= 0, f"ready rows of {group!r} counted below zero"
-        if n:
-            self.ready_per_group[group] = n
-        else:
-            self.ready_per_group.pop(group, None)
-        held = self.ready_in_memory.get(group, 0)
-        if in_memory:
-            held += delta
-            if held:
-                self.ready_in_memory[group] = held
-            else:
-                self.ready_in_memory.pop(group, None)
-        paging = self.ready_paging
-        if paging is not None and not self._loading and (
-            held > paging.memory_rows
-            or (held < paging.page_rows and group in self.ready_frontiers)
-        ):
-            self._ready_to_page.add(group)
 
     def next_timer_deadline_ms(self) -> int | None:
         """Monotonic due time of the earliest timer (None: no timer)."""

@@ -76,7 +76,7 @@ class PoisonItems(ShardRoom):
         sp = txn.savepoint()
         try:
             if lease.is_refresh:
-                self._limiter.end_refresh(txn, lease, None)
+                await self._limiter.end_refresh(txn, lease, None)
             else:
                 await self._fail_running(txn, lease, exc)
         except Exception as again:

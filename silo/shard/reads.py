@@ -146,7 +146,7 @@ class ShardReads(ShardRoom):
             leases_held=len(self._mirror.leases),
             due_tasks_per_task_group=dict(sorted(self._mirror.ready_per_group.items())),
             scheduled_future_tasks=self._mirror.timer_rows,
-            parked_requests=len(self._mirror.requests),
+            parked_requests=self._mirror.request_pages.total,
             slots_held=len(self._mirror.holder_keys),
             enqueued=self._stats["enqueued"],
             leased=self._stats["leased"],

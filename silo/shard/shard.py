@@ -63,8 +63,9 @@ from silo.shard.fingerprint import job_fingerprint
 from silo.shard.leasing import HeartbeatResult, Leasing
 from silo.shard.limiter import Limiter, acquisition_order
 from silo.shard.loops import ShardLoops
-from silo.shard.mirror import COUNTER_PREFIX, ReadyPaging, ShardMirror, TimerPaging
+from silo.shard.mirror import COUNTER_PREFIX, ShardMirror, TimerPaging
 from silo.shard.operations import OperatorOps
+from silo.shard.pages import GroupPaging
 from silo.shard.quarantine import PoisonItems
 from silo.shard.reads import ShardReads, ShardStatistics
 from silo.shard.rows import JobRows
@@ -100,16 +101,28 @@ class ShardConfig:
     ready_memory_rows: int = 10_000
     """The most ready rows of one task group kept in memory: past it, the group's latest ones
     are dropped from memory down to this minus a page (at least twice ``ready_page_rows``)."""
+    request_page_rows: int = 2_000
+    """Parked requests of one concurrency queue read from disk at once (0: every parked request
+    is kept in memory, no paging). Fewer than this of a queue in memory reads its next page; a
+    grant that runs out of them in the middle of an operation reads the next page then."""
+    request_memory_rows: int = 10_000
+    """The most parked requests of one queue kept in memory: past it, the queue's latest ones
+    are dropped from memory down to this minus a page (at least twice ``request_page_rows``)."""
 
     def timer_paging(self) -> TimerPaging | None:
         if self.timer_page_rows == 0:
             return None
         return TimerPaging(self.timer_page_rows, self.timer_memory_rows, self.timer_lookahead_ms)
 
-    def ready_paging(self) -> ReadyPaging | None:
+    def ready_paging(self) -> GroupPaging | None:
         if self.ready_page_rows == 0:
             return None
-        return ReadyPaging(self.ready_page_rows, self.ready_memory_rows)
+        return GroupPaging(self.ready_page_rows, self.ready_memory_rows)
+
+    def request_paging(self) -> GroupPaging | None:
+        if self.request_page_rows == 0:
+            return None
+        return GroupPaging(self.request_page_rows, self.request_memory_rows)
 
 
 class JobShard:
@@ -121,7 +134,9 @@ class JobShard:
         self.shard_id = shard_id
         self.config = config
         self._limits = config.limits
-        self._mirror = ShardMirror(runtime.clock, config.timer_paging(), config.ready_paging())
+        self._mirror = ShardMirror(
+            runtime.clock, config.timer_paging(), config.ready_paging(), config.request_paging()
+        )
         self._mirror.on_timers_paged = self._timers_paged
         self._mirror.mutation = runtime.faults.mutation
         store.shard_id = shard_id

@@ -16,6 +16,12 @@ def test_tiny_memory_run_reports_consistent_figures() -> None:
     assert r.rss_after_open_mib <= r.peak_rss_mib
 
 
+def test_a_memory_run_with_parked_jobs_reports_them() -> None:
+    r = run_memory(scheduled=50, ready=10, progress=False, parked=30)
+    assert (r.scheduled, r.ready, r.parked) == (50, 10, 30)
+    assert 0 < r.open_s <= r.first_lease_s
+
+
 def test_memory_run_refuses_no_ready_jobs() -> None:
     with pytest.raises(SystemExit):
         run_memory(scheduled=10, ready=0, progress=False)

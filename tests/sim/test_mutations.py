@@ -25,6 +25,8 @@ CASES = {
     "timer-page-skips-row": ("priority", Invariant.PRIORITY, "waited"),
     # A ready row never read back into memory is skipped by every lease of its group.
     "ready-page-skips-row": ("priority", Invariant.PRIORITY, "waited"),
+    # A parked request never read back into memory is never granted: its job never runs.
+    "request-page-skips-row": ("head_of_line", Invariant.LIVENESS, "not terminal"),
     "skip-release-on-cancel": ("cancel_releases", Invariant.TERMINAL_CLEAN, "still in the"),
     "counter-drift": ("happy", Invariant.COUNTERS, "recount"),
     "recreate-deleted-on-retry": ("retry_after_delete", Invariant.NO_LOST_ENQUEUE,
