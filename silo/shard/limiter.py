@@ -562,31 +562,8 @@ class Limiter:
             self.ensure_refresh(txn, lease.tenant, queue)
 
     async def _timer(self, txn: Txn, k: bytes) -> Task | None:
-        """Timer ``k`` as stored before this transaction: from the mirror, or from the store
-        when ``k`` is beyond the mirror's timer frontier (paged out)."""
-        found = self._mirror.timer_lookup(k)
-        if found is not False:
-            return found  # type: ignore[return-value]
-        raw = await txn.get(k)
-        return None if raw is None else Task.decode(k, raw)
-
-    async def _ready(self, txn: Txn, k: bytes) -> Task | None:
-        """Ready task ``k`` as stored before this transaction: from the mirror, or from the
-        store when ``k`` is beyond its group's ready frontier (paged out)."""
-        found = self._mirror.ready_lookup(k)
-        if found is not False:
-            return found  # type: ignore[return-value]
-        raw = await txn.get(k)
-        return None if raw is None else Task.decode(k, raw)
-
-    async def _request(self, txn: Txn, k: bytes) -> Task | None:
-        """Parked request ``k`` as stored before this transaction: from the mirror, or from the
-        store when ``k`` is beyond its queue's frontier (paged out)."""
-        found = self._mirror.request_lookup(k)
-        if found is not False:
-            return found  # type: ignore[return-value]
-        raw = await txn.get(k)
-        return None if raw is None else Task.decode(k, raw)
+        """Timer ``k`` as stored before this transaction (see :func:`_stored_task`)."""
+        return await _stored_task(txn, k, self._mirror.timer_lookup(k))
 
     # -- unqueue ----------------------------------------------------------------------------
 
@@ -600,7 +577,7 @@ class Limiter:
                      due_ms)
         if where == READY:
             k = ready_key(probe)
-            task = await self._ready(txn, k)
+            task = await _stored_task(txn, k, self._mirror.ready_lookup(k))
         elif where == TIMER:
             k = timer_key(probe)
             task = await self._timer(txn, k)
@@ -608,7 +585,7 @@ class Limiter:
             queue = concurrency_key(info.limits[state.held])
             assert queue is not None
             k = request_key(info.tenant, queue, probe)
-            task = await self._request(txn, k)
+            task = await _stored_task(txn, k, self._mirror.request_lookup(k))
             txn.regrant.append((info.tenant, queue))  # forgotten at commit if left idle
         if where == TIMER and state.held > 0:
             reserved = info.limits[state.held - 1]
@@ -685,6 +662,15 @@ class Limiter:
             "next_refresh_ms": qs.next_refresh_ms if qs.floating else None,
             "refresh_backoff_ms": qs.backoff_ms if qs.floating else None,
         }
+
+
+async def _stored_task(txn: Txn, k: bytes, found: Task | None | bool) -> Task | None:
+    """The queued task ``k`` as stored before this transaction: ``found`` by a mirror lookup,
+    or (``False``: ``k`` is beyond its table's frontier, paged out) read from the store."""
+    if found is not False:
+        return found  # type: ignore[return-value]
+    raw = await txn.get(k)
+    return None if raw is None else Task.decode(k, raw)
 
 
 def acquisition_order(limits: Iterable[Limit]) -> tuple[Limit, ...]:

@@ -27,7 +27,7 @@ from silo.model import (
 from silo.runtime.clock import Clock
 from silo.runtime.disk import KVStore
 from silo.shard.deadlines import DeadlineIndex
-from silo.shard.pages import GroupedPages, GroupPaging, read_page
+from silo.shard.pages import GroupedPages, GroupPaging, decode_page, read_page
 from silo.shard.store import ShardStore
 from silo.shard.tables import RATE_FLOOR_KEY
 
@@ -348,16 +348,8 @@ class ShardMirror:
         durable = store.durable_seq
         self.timer_frontier = after
         first = self.timer_deadlines.first_ms()
-        if rows and self.mutation("timer-page-skips-row"):
-            # Planted bug for the simulator: the page's first row is never read into memory.
-            del rows[min(rows)]
-        for k, v in sorted(rows.items()):
-            try:
-                task = Task.decode(k, v)
-            except (CorruptRecord, ValueError):
-                self.corrupt.append((k, v))
-                self.timer_rows -= 1  # as at a load: a row set aside is not counted
-                continue
+        corrupt = len(self.corrupt)
+        for k, task in decode_page(rows, self.mutation("timer-page-skips-row"), self.corrupt):
             self.timers[k] = task
             own = self._beyond.get(k)
             seq = written.get(k)
@@ -365,6 +357,7 @@ class ShardMirror:
                 self.timer_deadlines.put(k, own[1], own[2])
             else:
                 self.timer_deadlines.put(k, wall, mono)
+        self.timer_rows -= len(self.corrupt) - corrupt  # as at a load: set aside, not counted
         for k, seq in deleted:
             if seq > durable:
                 # Durable on disk, deleted by a batch still being written: indexed as paged in

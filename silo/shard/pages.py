@@ -29,7 +29,7 @@ from silo.model import CorruptRecord, Task
 from silo.runtime.disk import KVStore
 from silo.shard.store import ShardStore
 
-__all__ = ["GroupPaging", "GroupedPages", "read_page"]
+__all__ = ["GroupPaging", "GroupedPages", "decode_page", "read_page"]
 
 G = TypeVar("G", bound=Hashable)
 
@@ -75,6 +75,23 @@ async def read_page(
             rows[k] = v
             merged.append((k, seq, False))
     return after, rows, merged
+
+
+def decode_page(
+    rows: dict[bytes, bytes], skip_first: bool, corrupt: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, Task]]:
+    """The tasks of a page read back, in key order; a row that cannot be decoded goes to
+    ``corrupt`` instead. ``skip_first``: the planted bug of a page-in that skips its first row
+    (for the simulator)."""
+    out: list[tuple[bytes, Task]] = []
+    for i, (k, v) in enumerate(sorted(rows.items())):
+        if skip_first and i == 0:
+            continue
+        try:
+            out.append((k, Task.decode(k, v)))
+        except (CorruptRecord, ValueError):
+            corrupt.append((k, v))
+    return out
 
 
 class GroupedPages(Generic[G]):
@@ -256,18 +273,12 @@ class GroupedPages(Generic[G]):
             del self.frontiers[group]
         else:
             self.frontiers[group] = after
-        if rows and self.mutation(self.skip_mutation):
-            # Planted bug for the simulator: the page's first row is never read into memory.
-            del rows[min(rows)]
-        for k, v in sorted(rows.items()):
-            try:
-                task = Task.decode(k, v)
-            except (CorruptRecord, ValueError):
-                self.corrupt.append((k, v))
-                self._count(group, -1, in_memory=False)  # as at a load: not counted
-                continue
+        corrupt = len(self.corrupt)
+        for k, task in decode_page(rows, self.mutation(self.skip_mutation), self.corrupt):
             self.rows[k] = task
             self.in_memory[group] = self.in_memory.get(group, 0) + 1
+        for _ in range(len(self.corrupt) - corrupt):
+            self._count(group, -1, in_memory=False)  # as at a load: a row set aside is not counted
 
     def _page_out(self, group: G) -> None:
         """Drop the latest rows of ``group`` from memory while it holds more than

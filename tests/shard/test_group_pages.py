@@ -33,7 +33,7 @@ from tests.shard.support import (
     store_items,
     where_is,
 )
-from tests.shard.test_timer_pages import _Clock, _DurableStore
+from tests.shard.test_timer_pages import _Clock, _DurableStore, write_both
 
 
 class _Store(_DurableStore):
@@ -296,13 +296,7 @@ def test_a_paged_mirror_agrees_with_an_unpaged_one(
             return pages(m).group_of(k, pages(m).rows[k])
 
         def write(k: bytes, v: bytes | None) -> None:
-            stored = {b for b in paged.keys_beyond([(k, v)]) if b in store.rows}
-            plain.apply([(k, v)])
-            paged.apply([(k, v)], beyond_stored=stored)
-            if v is None:
-                store.rows.pop(k, None)
-            else:
-                store.rows[k] = v
+            write_both(plain, paged, store, k, v)
 
         reopened = False
         for i, (op, g, b) in enumerate(ops):

@@ -220,6 +220,18 @@ class _DurableStore:
         return rows if limit is None else rows[:limit]
 
 
+def write_both(plain: ShardMirror, paged: ShardMirror, store: _DurableStore, k: bytes,
+               v: bytes | None) -> None:
+    """One key write applied to an unpaged and a paged mirror and to the store behind them."""
+    stored = {b for b in paged.keys_beyond([(k, v)]) if b in store.rows}
+    plain.apply([(k, v)])
+    paged.apply([(k, v)], beyond_stored=stored)
+    if v is None:
+        store.rows.pop(k, None)
+    else:
+        store.rows[k] = v
+
+
 class _Clock:
     def __init__(self) -> None:
         self.ms = 1_000_000
@@ -255,13 +267,7 @@ def test_a_paged_mirror_agrees_with_an_unpaged_one(
         await plain.load(store)  # type: ignore[arg-type]
 
         def write(k: bytes, v: bytes | None) -> None:
-            stored = {b for b in paged.keys_beyond([(k, v)]) if b in store.rows}
-            plain.apply([(k, v)])
-            paged.apply([(k, v)], beyond_stored=stored)
-            if v is None:
-                store.rows.pop(k, None)
-            else:
-                store.rows[k] = v
+            write_both(plain, paged, store, k, v)
 
         for op, a, b in ops:
             await paged.page_timers(store)  # type: ignore[arg-type]
