@@ -217,7 +217,7 @@ class CommitProtocol:
         ops = list(txn.ops.items())
         beyond = self._mirror.keys_beyond(ops)
         stored: set[bytes] = set()
-        if beyond:  # timer or ready rows on disk only: whether they exist, to keep the counts
+        if beyond:  # rows on disk only (paged out): whether they exist, to keep the counts
             try:
                 found = await self._store.get_many(beyond)
             except DiskError as exc:

@@ -175,6 +175,9 @@ class Limiter:
             if best is not None or q not in pages.frontiers:
                 break
             self._faults.sometimes("shard.limits.requests_paged_mid_operation")
+            # Every request held up to the frontier was looked at and is taken: the page read
+            # now holds only later ones.
+            lower, inclusive = pages.frontiers[q], False
             await pages.page_in(txn.store, q)
         for k in txn.new_requests:
             if start <= k and (end is None or k < end) and txn.ops.get(k) is not None:

@@ -54,11 +54,12 @@ def _world(tmp_path, kind: str = "memory") -> World:  # noqa: ANN001
 async def _check_pages(shard: JobShard) -> None:
     """Each group holds exactly its stored ready rows up to its frontier, and counts them all."""
     m = shard._mirror
-    stored = sorted(k for k, _ in await store_items(shard) if k[:1] == _READY)
+    rows = {k: v for k, v in await store_items(shard) if k[:1] == _READY}
+    stored = sorted(rows)
     assert [k for k in stored if m.ready_lookup(k) is not False] == list(m.ready)
     by_group: dict[str, int] = {}
     for k in stored:
-        group = Task.decode(k, dict(await store_items(shard))[k]).task_group
+        group = Task.decode(k, rows[k]).task_group
         by_group[group] = by_group.get(group, 0) + 1
     assert m.ready_per_group == by_group
 
